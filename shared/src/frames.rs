@@ -1,0 +1,492 @@
+//! Protocol v1 device frames: what phones and browsers exchange with a hub or the cloud.
+//!
+//! Every frame is a JSON object `{"v":1,"type":...}`. Decoding is two-step on purpose: a
+//! cheap pass reads only `v` and `type` (so a wrong version or unknown type gets its own
+//! stable error code), then the frame is parsed into the struct for its type. Unknown
+//! fields are ignored, as the contract says. Message bodies are kept as raw JSON text
+//! (`Body`) so the hub stores and forwards exactly the bytes the sender wrote without
+//! re-serialising them.
+//!
+//! Extensions to the written contract (ignored by clients that do not know them):
+//! `welcome.role`, `receipt.room` and `receipt.cursor`, and a missing `v` being read as 1
+//! (the contract's own browser ping, `{"type":"ping"}`, has none).
+
+use std::borrow::Cow;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error_code::ErrorCode;
+use crate::hlc::Hlc;
+use crate::ids::{Cursor, DeviceId, Epoch, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
+use crate::token::Role;
+use crate::PROTOCOL_VERSION;
+
+/// A message body: any JSON value, kept as the exact text the sender wrote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Body(Box<RawValue>);
+
+impl Body {
+    /// Parses `json` (must be one valid JSON value).
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(json.to_owned()).map(Self)
+    }
+    /// Wraps a value by serialising it.
+    pub fn from_value<T: Serialize>(v: &T) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(v).map(Self)
+    }
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+    /// Size in bytes, as counted against the body limit.
+    pub fn len(&self) -> usize {
+        self.0.get().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.get().is_empty()
+    }
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+/// The message a device sends (`send.msg`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutgoingMsg {
+    pub id: MessageId,
+    pub room: RoomId,
+    pub kind: MessageKind,
+    #[serde(default = "default_priority")]
+    pub priority: Priority,
+    pub body: Body,
+    pub seq: Seq,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+}
+
+fn default_priority() -> Priority {
+    Priority::Normal
+}
+
+/// A stored message as servers show it (`message.msg`): the sent fields plus who sent it,
+/// from which device, its HLC stamp and the server's receive time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageBody {
+    pub id: MessageId,
+    pub room: RoomId,
+    pub kind: MessageKind,
+    pub priority: Priority,
+    pub body: Body,
+    pub seq: Seq,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+    pub from: UserId,
+    pub device: DeviceId,
+    pub hlc: Hlc,
+    /// Server receive time, milliseconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// A message with its log position (`message` frames and `history` entries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Positioned {
+    pub cursor: Cursor,
+    pub msg: MessageBody,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptState {
+    Stored,
+    Forwarded,
+    Delivered,
+    Read,
+}
+
+impl ReceiptState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Forwarded => "forwarded",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stored" => Some(Self::Stored),
+            "forwarded" => Some(Self::Forwarded),
+            "delivered" => Some(Self::Delivered),
+            "read" => Some(Self::Read),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceStatus {
+    Online,
+    Away,
+    /// Only servers say this, when a user's last device leaves.
+    Offline,
+}
+
+// ---------------------------------------------------------------------------------------
+// Client → server
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub token: String,
+    pub device: DeviceId,
+    #[serde(default)]
+    pub cursor: Option<Cursor>,
+    #[serde(default)]
+    pub epoch: Option<Epoch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Send {
+    pub msg: OutgoingMsg,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub cursor: Cursor,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Read {
+    pub room: RoomId,
+    pub id: MessageId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Typing {
+    pub room: RoomId,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Presence {
+    pub status: PresenceStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub room: RoomId,
+    #[serde(default)]
+    pub before: Option<Cursor>,
+    /// At most [`HISTORY_MAX_LIMIT`]; larger values are clamped.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// The largest `history.limit` a server honours.
+pub const HISTORY_MAX_LIMIT: u32 = 200;
+/// The page size when `history.limit` is absent.
+pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientFrame {
+    Hello(Hello),
+    Send(Send),
+    Ack(Ack),
+    Read(Read),
+    Typing(Typing),
+    Presence(Presence),
+    History(History),
+    Ping,
+}
+
+// ---------------------------------------------------------------------------------------
+// Server → client
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub epoch: Epoch,
+    pub cursor: Cursor,
+    pub user: UserId,
+    pub rooms: Vec<RoomId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    pub id: MessageId,
+    pub cursor: Cursor,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub id: MessageId,
+    pub state: ReceiptState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<UserId>,
+    pub at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<RoomId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Cursor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resync {
+    pub epoch: Epoch,
+    pub cursor: Cursor,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<MessageId>,
+}
+
+impl ErrorFrame {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), id: None }
+    }
+    pub fn with_id(mut self, id: Option<MessageId>) -> Self {
+        self.id = id;
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TypingEvent {
+    pub room: RoomId,
+    pub user: UserId,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceEvent {
+    pub user: UserId,
+    pub status: PresenceStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub room: RoomId,
+    pub messages: Vec<Positioned>,
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerFrame {
+    Welcome(Welcome),
+    Stored(Stored),
+    Message(Positioned),
+    Receipt(Receipt),
+    Resync(Resync),
+    Error(ErrorFrame),
+    Typing(TypingEvent),
+    Presence(PresenceEvent),
+    History(HistoryPage),
+    Pong,
+}
+
+// ---------------------------------------------------------------------------------------
+// Codec
+
+/// Why a frame was refused, with the code the peer should be told.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct DecodeError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The message id, when the frame was a `send` whose id could still be read.
+    pub id: Option<MessageId>,
+}
+
+impl DecodeError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self { code: ErrorCode::BadFrame, message: message.into(), id: None }
+    }
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(default)]
+    v: Option<serde_json::Value>,
+    #[serde(rename = "type", borrow, default)]
+    ty: Option<Cow<'a, str>>,
+}
+
+/// Reads only `{"msg":{"id":...}}` so a refused `send` can still name its message.
+#[derive(Deserialize)]
+struct SendIdOnly {
+    msg: IdOnly,
+}
+#[derive(Deserialize)]
+struct IdOnly {
+    id: MessageId,
+}
+
+fn head(text: &str) -> Result<Cow<'_, str>, DecodeError> {
+    let head: Head<'_> = serde_json::from_str(text)
+        .map_err(|e| DecodeError::bad(format!("not a JSON object with a string \"type\": {e}")))?;
+    match head.v {
+        None => {}
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(PROTOCOL_VERSION) => {}
+        Some(other) => {
+            return Err(DecodeError {
+                code: ErrorCode::UnsupportedVersion,
+                message: format!("protocol version {other} is not supported; this server speaks \"v\": 1"),
+                id: None,
+            });
+        }
+    }
+    head.ty.ok_or_else(|| DecodeError::bad("the frame has no \"type\" field"))
+}
+
+fn body<T: DeserializeOwned>(ty: &str, text: &str) -> Result<T, DecodeError> {
+    serde_json::from_str(text).map_err(|e| DecodeError::bad(format!("bad `{ty}` frame: {e}")))
+}
+
+/// Serialises `inner` (a JSON object) with `"v":1,"type":ty` in front.
+fn encode_with<T: Serialize>(ty: &str, inner: &T) -> String {
+    // Serialising these plain structs cannot fail (string keys, no maps with
+    // non-string keys); an empty object is the safe fallback.
+    let json = serde_json::to_string(inner).unwrap_or_else(|_| "{}".to_owned());
+    let rest = json.strip_prefix('{').unwrap_or("}");
+    let mut out = String::with_capacity(json.len() + ty.len() + 20);
+    out.push_str("{\"v\":1,\"type\":\"");
+    out.push_str(ty);
+    out.push('"');
+    if rest != "}" {
+        out.push(',');
+    }
+    out.push_str(rest);
+    out
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+impl ClientFrame {
+    /// Decodes one text frame from a device.
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        let ty = head(text)?;
+        Ok(match ty.as_ref() {
+            "hello" => Self::Hello(body("hello", text)?),
+            "send" => Self::Send(body("send", text).map_err(|mut e: DecodeError| {
+                e.id = serde_json::from_str::<SendIdOnly>(text).ok().map(|s| s.msg.id);
+                e
+            })?),
+            "ack" => Self::Ack(body("ack", text)?),
+            "read" => Self::Read(body("read", text)?),
+            "typing" => Self::Typing(body("typing", text)?),
+            "presence" => {
+                let p: Presence = body("presence", text)?;
+                if p.status == PresenceStatus::Offline {
+                    return Err(DecodeError::bad("presence status must be \"online\" or \"away\""));
+                }
+                Self::Presence(p)
+            }
+            "history" => Self::History(body("history", text)?),
+            "ping" => Self::Ping,
+            other => {
+                return Err(DecodeError::bad(format!(
+                    "unknown frame type {:?}; see protocol v1 for the client frames",
+                    other.chars().take(40).collect::<String>()
+                )));
+            }
+        })
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Send(_) => "send",
+            Self::Ack(_) => "ack",
+            Self::Read(_) => "read",
+            Self::Typing(_) => "typing",
+            Self::Presence(_) => "presence",
+            Self::History(_) => "history",
+            Self::Ping => "ping",
+        }
+    }
+
+    /// Encodes the frame as a device would send it.
+    pub fn encode(&self) -> String {
+        let ty = self.type_name();
+        match self {
+            Self::Hello(f) => encode_with(ty, f),
+            Self::Send(f) => encode_with(ty, f),
+            Self::Ack(f) => encode_with(ty, f),
+            Self::Read(f) => encode_with(ty, f),
+            Self::Typing(f) => encode_with(ty, f),
+            Self::Presence(f) => encode_with(ty, f),
+            Self::History(f) => encode_with(ty, f),
+            Self::Ping => encode_with(ty, &Empty {}),
+        }
+    }
+}
+
+impl ServerFrame {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Welcome(_) => "welcome",
+            Self::Stored(_) => "stored",
+            Self::Message(_) => "message",
+            Self::Receipt(_) => "receipt",
+            Self::Resync(_) => "resync",
+            Self::Error(_) => "error",
+            Self::Typing(_) => "typing",
+            Self::Presence(_) => "presence",
+            Self::History(_) => "history",
+            Self::Pong => "pong",
+        }
+    }
+
+    /// Encodes the frame for the wire.
+    pub fn encode(&self) -> String {
+        let ty = self.type_name();
+        match self {
+            Self::Welcome(f) => encode_with(ty, f),
+            Self::Stored(f) => encode_with(ty, f),
+            Self::Message(f) => encode_with(ty, f),
+            Self::Receipt(f) => encode_with(ty, f),
+            Self::Resync(f) => encode_with(ty, f),
+            Self::Error(f) => encode_with(ty, f),
+            Self::Typing(f) => encode_with(ty, f),
+            Self::Presence(f) => encode_with(ty, f),
+            Self::History(f) => encode_with(ty, f),
+            Self::Pong => encode_with(ty, &Empty {}),
+        }
+    }
+
+    /// Decodes a frame from a server (used by clients and tests).
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        let ty = head(text)?;
+        Ok(match ty.as_ref() {
+            "welcome" => Self::Welcome(body("welcome", text)?),
+            "stored" => Self::Stored(body("stored", text)?),
+            "message" => Self::Message(body("message", text)?),
+            "receipt" => Self::Receipt(body("receipt", text)?),
+            "resync" => Self::Resync(body("resync", text)?),
+            "error" => Self::Error(body("error", text)?),
+            "typing" => Self::Typing(body("typing", text)?),
+            "presence" => Self::Presence(body("presence", text)?),
+            "history" => Self::History(body("history", text)?),
+            "pong" => Self::Pong,
+            other => return Err(DecodeError::bad(format!("unknown server frame type {other:?}"))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

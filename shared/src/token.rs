@@ -1,0 +1,241 @@
+//! Device tokens: issued by the cloud, verified offline by hubs.
+//!
+//! The format is a standard JWT signed with Ed25519 (`alg: EdDSA`) through the
+//! `jsonwebtoken` crate, so any JWT tool can inspect one. The claims name the user, their
+//! role, the rooms they belong to and the expiry. Verification needs only the cloud's
+//! 32-byte public key, which every hub receives in its enrollment bundle, so a hub with no
+//! uplink can still authenticate its village. The caller passes `now`: this crate never
+//! reads a clock (jsonwebtoken's own expiry check is switched off and done here).
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{RoomId, UserId};
+
+/// What a token holder may do. Checked by servers on every action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Worker,
+    Doctor,
+    Supervisor,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Worker => "worker",
+            Self::Doctor => "doctor",
+            Self::Supervisor => "supervisor",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "worker" => Ok(Self::Worker),
+            "doctor" => Ok(Self::Doctor),
+            "supervisor" => Ok(Self::Supervisor),
+            "admin" => Ok(Self::Admin),
+            other => Err(format!("unknown role {other:?}; use worker, doctor, supervisor or admin")),
+        }
+    }
+}
+
+/// The claims carried by a device token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user.
+    pub sub: UserId,
+    pub role: Role,
+    pub rooms: Vec<RoomId>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Issue time, seconds since the Unix epoch.
+    pub iat: u64,
+    /// The issuing cloud's id; a hub accepts only its own cloud's tokens.
+    pub iss: String,
+    /// Unique token id, for revocation.
+    pub jti: String,
+}
+
+impl Claims {
+    pub fn may_use_room(&self, room: &RoomId) -> bool {
+        self.rooms.iter().any(|r| r == room)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is not a valid Outpost token: {reason}")]
+    Malformed { reason: String },
+    #[error("the token's signature does not verify with this cloud's key")]
+    BadSignature,
+    #[error("the token expired at {exp} (now {now})")]
+    Expired { exp: u64, now: u64 },
+    #[error("the token was issued by {issuer:?}, not by this hub's cloud")]
+    WrongIssuer { issuer: String },
+    #[error("the signing key is invalid: {reason}")]
+    BadKey { reason: String },
+}
+
+/// PKCS#8 v1 prefix for a bare Ed25519 seed (RFC 8410): the DER header jsonwebtoken wants
+/// in front of the 32 secret bytes.
+const PKCS8_ED25519_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+
+/// Issues tokens (the cloud holds one).
+pub struct TokenSigner {
+    key: EncodingKey,
+    public: [u8; 32],
+    issuer: String,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner").field("issuer", &self.issuer).finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    /// A signer from a 32-byte Ed25519 secret seed.
+    pub fn from_seed(seed: &[u8; 32], issuer: impl Into<String>) -> Self {
+        let mut der = Vec::with_capacity(48);
+        der.extend_from_slice(&PKCS8_ED25519_PREFIX);
+        der.extend_from_slice(seed);
+        let public = ed25519_dalek::SigningKey::from_bytes(seed).verifying_key().to_bytes();
+        Self { key: EncodingKey::from_ed_der(&der), public, issuer: issuer.into() }
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Signs `claims` (whose `iss` should be this signer's issuer).
+    pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &self.key)
+            .map_err(|e| TokenError::BadKey { reason: e.to_string() })
+    }
+}
+
+/// Verifies tokens offline (every hub and the cloud hold one).
+#[derive(Clone)]
+pub struct TokenVerifier {
+    key: DecodingKey,
+    issuer: String,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier").field("issuer", &self.issuer).finish_non_exhaustive()
+    }
+}
+
+impl TokenVerifier {
+    pub fn new(public_key: &[u8; 32], issuer: impl Into<String>) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        // Expiry is checked below against the caller's clock, not jsonwebtoken's.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        Self { key: DecodingKey::from_ed_der(public_key), issuer: issuer.into(), validation }
+    }
+
+    /// Verifies signature, issuer and expiry; `now` is seconds since the Unix epoch.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+            match e.kind() {
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                _ => TokenError::Malformed { reason: e.to_string() },
+            }
+        })?;
+        let claims = data.claims;
+        if claims.iss != self.issuer {
+            return Err(TokenError::WrongIssuer { issuer: claims.iss });
+        }
+        if claims.exp <= now {
+            return Err(TokenError::Expired { exp: claims.exp, now });
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            sub: UserId::new("amina").unwrap_or_else(|e| panic!("{e}")),
+            role: Role::Worker,
+            rooms: vec![RoomId::new("clinic").unwrap_or_else(|e| panic!("{e}"))],
+            exp,
+            iat: 100,
+            iss: "cloud-1".into(),
+            jti: "t1".into(),
+        }
+    }
+
+    fn signer(seed: u8) -> TokenSigner {
+        TokenSigner::from_seed(&[seed; 32], "cloud-1")
+    }
+
+    #[test]
+    fn issued_token_verifies_offline() {
+        let s = signer(7);
+        let tok = s.sign(&claims(1_000)).unwrap_or_default();
+        let v = TokenVerifier::new(&s.public_key(), "cloud-1");
+        assert_eq!(v.verify(&tok, 999), Ok(claims(1_000)));
+    }
+
+    #[test]
+    fn expired_token_is_refused() {
+        let s = signer(7);
+        let tok = s.sign(&claims(1_000)).unwrap_or_default();
+        let v = TokenVerifier::new(&s.public_key(), "cloud-1");
+        assert_eq!(v.verify(&tok, 1_000), Err(TokenError::Expired { exp: 1_000, now: 1_000 }));
+    }
+
+    #[test]
+    fn token_from_another_key_is_refused() {
+        let tok = signer(1).sign(&claims(1_000)).unwrap_or_default();
+        let v = TokenVerifier::new(&signer(2).public_key(), "cloud-1");
+        assert_eq!(v.verify(&tok, 10), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn tampered_claims_are_refused() {
+        let s = signer(3);
+        let tok = s.sign(&claims(1_000)).unwrap_or_default();
+        let mut parts: Vec<String> = tok.split('.').map(str::to_owned).collect();
+        let mut other = claims(1_000);
+        other.role = Role::Admin;
+        let forged = s.sign(&other).unwrap_or_default();
+        parts[1] = forged.split('.').nth(1).unwrap_or_default().to_owned();
+        let v = TokenVerifier::new(&s.public_key(), "cloud-1");
+        assert_eq!(v.verify(&parts.join("."), 10), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn garbage_and_foreign_issuer_are_refused() {
+        let s = signer(4);
+        let v = TokenVerifier::new(&s.public_key(), "cloud-1");
+        assert!(matches!(v.verify("not a token", 10), Err(TokenError::Malformed { .. })));
+        let other = TokenSigner::from_seed(&[4; 32], "cloud-2");
+        let mut c = claims(1_000);
+        c.iss = "cloud-2".into();
+        let tok = other.sign(&c).unwrap_or_default();
+        assert_eq!(v.verify(&tok, 10), Err(TokenError::WrongIssuer { issuer: "cloud-2".into() }));
+    }
+}
