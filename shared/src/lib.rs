@@ -6,6 +6,7 @@
 //! or touches a socket; callers pass `now` in. That keeps the rules testable by property
 //! tests and identical on every replica.
 
+pub mod bundle;
 pub mod error_code;
 pub mod frames;
 pub mod hlc;

@@ -1,0 +1,31 @@
+//! Relay enrollment: a client certificate under the cloud's relay CA, packed with the
+//! cloud's public key and address into the bundle `outpost-relay init` consumes.
+
+use outpost_shared::bundle::{encode_key, Bundle, BUNDLE_VERSION};
+use outpost_shared::RelayId;
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+
+use crate::identity::{CloudIdentity, IdentityError};
+use crate::layout::SERVER_NAME;
+
+/// Makes the bundle for `relay`, reachable at `cloud_addr`.
+pub fn enroll_relay(id: &CloudIdentity, relay: &RelayId, cloud_addr: &str) -> Result<Bundle, IdentityError> {
+    let key = KeyPair::generate()?;
+    // The relay id is the certificate's only name: the cloud reads it from the
+    // verified chain to know which relay is speaking.
+    let mut p = CertificateParams::new(vec![relay.as_str().to_owned()])?;
+    p.distinguished_name.push(DnType::CommonName, relay.as_str());
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &id.ca_issuer()?)?;
+    Ok(Bundle {
+        v: BUNDLE_VERSION,
+        cloud_id: id.cloud_id.clone(),
+        relay_id: relay.clone(),
+        cloud_addr: cloud_addr.to_owned(),
+        cloud_server_name: SERVER_NAME.to_owned(),
+        token_public_key: encode_key(&id.signer.public_key()),
+        ca_cert_pem: id.ca_cert_pem.clone(),
+        relay_cert_pem: cert.pem(),
+        relay_key_pem: key.serialize_pem(),
+    })
+}
