@@ -1,1 +1,19 @@
+//! The Outpost hub.
+//!
+//! A village's phones talk to it over WebSocket (protocol v1); it keeps every message in
+//! SQLite before acknowledging it and delivers it to the room at once. Modules:
+//! [`config`] (layered settings), [`store`] (durable log, one writer thread), [`router`]
+//! (live fan-out), [`session`] (one device connection), [`server`] (HTTP and lifecycle),
+//! [`init`] (provisioning from an enrollment bundle).
 
+pub mod config;
+pub mod hub;
+pub mod init;
+pub mod ratelimit;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod store;
+
+pub use config::RelayConfig;
+pub use server::{run, Listeners, RunError};

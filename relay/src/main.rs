@@ -1,1 +1,132 @@
-fn main() {}
+//! `outpost-relay`: the hub's command line. Arguments, logging, configuration and exit
+//! codes live here; everything else is in the library.
+//!
+//! Exit codes: 0 after a clean shutdown, 64 for bad configuration or usage (systemd's
+//! `RestartPreventExitStatus=64` keeps a misconfigured hub from restart-looping), 1 for
+//! any other failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use outpost_relay::{run, Listeners, RelayConfig};
+use tokio_util::sync::CancellationToken;
+
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "outpost-relay", version, about = "Outpost hub: stores and delivers a village's messages")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Provision a relay directory from the cloud's enrollment bundle.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        bundle: PathBuf,
+    },
+    /// Run the hub.
+    Run {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Device listener address (overrides server.listen), e.g. 0.0.0.0:8080.
+        #[arg(long)]
+        ws: Option<String>,
+        /// The cloud's QUIC address (overrides uplink.cloud).
+        #[arg(long)]
+        cloud: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.cmd {
+        Cmd::Init { dir, bundle } => match outpost_relay::init::init(&dir, &bundle) {
+            Ok(relay) => {
+                println!("relay {relay} provisioned in {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("outpost-relay: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Cmd::Run { dir, ws, cloud } => run_hub(dir, ws, cloud),
+    }
+}
+
+fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode {
+    let mut config = match RelayConfig::load(&dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outpost-relay: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(ws) = ws {
+        config.server.listen = ws;
+    }
+    if let Some(cloud) = cloud {
+        config.uplink.cloud = cloud;
+    }
+    let problems = config.problems();
+    if !problems.is_empty() {
+        eprintln!("outpost-relay: invalid configuration:\n  - {}", problems.join("\n  - "));
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outpost-relay: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("outpost-relay: cannot listen on {}: {e}", config.server.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        match listener.local_addr() {
+            // Tests and scripts read this line to learn the bound port.
+            Ok(addr) => println!("outpost-relay listening on ws://{addr}/ws"),
+            Err(e) => eprintln!("outpost-relay: {e}"),
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        match run(config, dir, Listeners { ws: listener }, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("outpost-relay: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// SIGTERM (systemd) and SIGINT (Ctrl-C) both start a graceful shutdown.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the hub with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

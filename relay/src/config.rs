@@ -1,0 +1,306 @@
+//! The hub's configuration: one serde tree with documented defaults.
+//!
+//! Layers, later winning: embedded defaults → `DIR/relay.toml` → `OUTPOST_...` environment
+//! variables (`__` separates levels: `OUTPOST_LIMITS__MAX_BODY_BYTES=1024`) → command-line
+//! flags. Every `OUTPOST_` variable is read as configuration, so a misspelt one is an
+//! error, not a silent no-op. [`RelayConfig::load`] reports every problem it finds at once
+//! (per section for parse errors, all of them for value checks) before anything binds; the
+//! binary exits with code 64 on any of them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The configuration file inside the relay's directory.
+pub const CONFIG_FILE: &str = "relay.toml";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub limits: LimitsConfig,
+    pub identity: IdentityConfig,
+    pub uplink: UplinkConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the LAN listener for devices (`--ws` overrides it).
+    pub listen: String,
+    /// How long a graceful shutdown waits for sessions to close, seconds. Kept well under
+    /// systemd's `TimeoutStopSec` so the store is always flushed before a hard kill.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: "0.0.0.0:8080".into(), shutdown_grace_secs: 10 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The SQLite database; relative paths are inside the relay directory. Point it at an
+    /// external USB disk to spare the SD card.
+    pub path: PathBuf,
+    /// Most bytes the database may use. Past `quota_bytes - emergency_reserve_bytes` only
+    /// emergency messages are accepted (`storage_full` for the rest).
+    pub quota_bytes: u64,
+    /// Space kept back for emergencies when the quota is nearly reached.
+    pub emergency_reserve_bytes: u64,
+    /// Most commands committed in one transaction (group commit). Bigger batches mean
+    /// fewer fsyncs under load; the queue in front of the writer holds as many, so an
+    /// emergency never waits behind more than the transaction in progress.
+    pub max_batch: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("data/relay.db"),
+            quota_bytes: 8 << 30,
+            emergency_reserve_bytes: 64 << 20,
+            max_batch: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest text frame a device may send (`too_large` beyond it). Media goes in chunks.
+    pub max_frame_bytes: usize,
+    /// Largest message body, in bytes of JSON.
+    pub max_body_bytes: usize,
+    /// Most concurrent device connections on this hub (HTTP 503 beyond it).
+    pub max_devices: usize,
+    /// Most concurrent connections from one source address (HTTP 429 beyond it).
+    pub max_connections_per_ip: usize,
+    /// Live entries queued per session and lane before the session falls back to reading
+    /// the log (so a slow phone costs the hub disk reads, never memory).
+    pub outbound_queue: usize,
+    /// Sends a device may have awaiting their commit at once; past it the hub stops reading
+    /// that socket until commits catch up (back-pressure, not an error).
+    pub max_inflight_per_device: usize,
+    /// WebSocket read buffer per connection. Small, so thousands of idle phones stay cheap.
+    pub read_buffer_bytes: usize,
+    /// Sustained messages per second per device before `rate_limited`.
+    pub rate_per_sec: u32,
+    /// Burst allowance on top of the sustained rate.
+    pub rate_burst: u32,
+    /// Seconds a new connection has to send `hello` (close 4008 after).
+    pub hello_timeout_secs: u64,
+    /// Seconds between server pings.
+    pub ping_interval_secs: u64,
+    /// Seconds of silence after which a peer is considered dead and dropped.
+    pub idle_timeout_secs: u64,
+    /// Presence updates per second per user that are passed on (others are dropped).
+    pub presence_per_sec: u32,
+    /// Most `delivered`/`read` receipts one `ack` or `read` frame can generate; a device
+    /// resyncing years of history must not flood senders with receipts.
+    pub max_receipts_per_ack: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 256 << 10,
+            max_body_bytes: 64 << 10,
+            max_devices: 1000,
+            max_connections_per_ip: 1000,
+            outbound_queue: 1024,
+            max_inflight_per_device: 1024,
+            read_buffer_bytes: 4096,
+            rate_per_sec: 1000,
+            rate_burst: 2000,
+            hello_timeout_secs: 10,
+            ping_interval_secs: 30,
+            idle_timeout_secs: 90,
+            presence_per_sec: 2,
+            max_receipts_per_ack: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// This hub's id, from its enrollment bundle.
+    pub relay_id: String,
+    /// The cloud whose tokens this hub accepts (`iss`).
+    pub cloud_id: String,
+    /// The cloud's Ed25519 token key, base64.
+    pub token_public_key: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// The cloud's QUIC address (`HOST:PORT`); empty means no uplink. `--cloud` overrides.
+    pub cloud: String,
+}
+
+/// Everything wrong with a configuration, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl RelayConfig {
+    /// Loads defaults → `dir/relay.toml` (if present) → `OUTPOST_` environment.
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        let file = dir.join(CONFIG_FILE);
+        let built = config::Config::builder()
+            .add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml).required(false))
+            .add_source(
+                config::Environment::with_prefix("OUTPOST")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(|e| ConfigError { problems: vec![e.to_string()] })?;
+
+        let mut problems = Vec::new();
+        if let Ok(table) = built.clone().try_deserialize::<std::collections::HashMap<String, config::Value>>() {
+            for key in table.keys() {
+                if !["server", "storage", "limits", "identity", "uplink"].contains(&key.as_str()) {
+                    problems.push(format!("unknown section `{key}` (known: server, storage, limits, identity, uplink)"));
+                }
+            }
+        }
+        fn section<T: for<'de> Deserialize<'de> + Default>(
+            c: &config::Config,
+            name: &str,
+            problems: &mut Vec<String>,
+        ) -> T {
+            match c.get::<T>(name) {
+                Ok(v) => v,
+                Err(config::ConfigError::NotFound(_)) => T::default(),
+                Err(e) => {
+                    problems.push(format!("[{name}]: {e}"));
+                    T::default()
+                }
+            }
+        }
+        let cfg = RelayConfig {
+            server: section(&built, "server", &mut problems),
+            storage: section(&built, "storage", &mut problems),
+            limits: section(&built, "limits", &mut problems),
+            identity: section(&built, "identity", &mut problems),
+            uplink: section(&built, "uplink", &mut problems),
+        };
+        problems.extend(cfg.problems());
+        if problems.is_empty() { Ok(cfg) } else { Err(ConfigError { problems }) }
+    }
+
+    /// Checks values (not syntax) and lists every problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            p.push(format!("server.listen = {:?} is not an address like 0.0.0.0:8080", self.server.listen));
+        }
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_frame_bytes", l.max_frame_bytes as u64),
+            ("limits.max_body_bytes", l.max_body_bytes as u64),
+            ("limits.max_devices", l.max_devices as u64),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip as u64),
+            ("limits.outbound_queue", l.outbound_queue as u64),
+            ("limits.max_inflight_per_device", l.max_inflight_per_device as u64),
+            ("limits.rate_per_sec", u64::from(l.rate_per_sec)),
+            ("limits.hello_timeout_secs", l.hello_timeout_secs),
+            ("limits.ping_interval_secs", l.ping_interval_secs),
+            ("limits.idle_timeout_secs", l.idle_timeout_secs),
+            ("limits.presence_per_sec", u64::from(l.presence_per_sec)),
+            ("limits.max_receipts_per_ack", l.max_receipts_per_ack as u64),
+            ("storage.max_batch", self.storage.max_batch as u64),
+            ("storage.quota_bytes", self.storage.quota_bytes),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                p.push(format!("{name} must be greater than 0"));
+            }
+        }
+        if l.max_body_bytes > l.max_frame_bytes {
+            p.push(format!(
+                "limits.max_body_bytes ({}) must not exceed limits.max_frame_bytes ({})",
+                l.max_body_bytes, l.max_frame_bytes
+            ));
+        }
+        if l.read_buffer_bytes < 256 {
+            p.push("limits.read_buffer_bytes must be at least 256".into());
+        }
+        if l.idle_timeout_secs <= l.ping_interval_secs {
+            p.push("limits.idle_timeout_secs must be longer than limits.ping_interval_secs".into());
+        }
+        if self.storage.emergency_reserve_bytes >= self.storage.quota_bytes {
+            p.push("storage.emergency_reserve_bytes must be smaller than storage.quota_bytes".into());
+        }
+        if self.identity.cloud_id.is_empty() || self.identity.token_public_key.is_empty() {
+            p.push("identity is not set: run `outpost-relay init --dir DIR --bundle FILE` first".into());
+        } else if let Err(e) = outpost_shared::bundle::decode_public_key(&self.identity.token_public_key) {
+            p.push(format!("identity.token_public_key: {e}"));
+        }
+        if !self.uplink.cloud.is_empty() && self.uplink.cloud.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+            p.push(format!("uplink.cloud = {:?} must be HOST:PORT", self.uplink.cloud));
+        }
+        p
+    }
+
+    /// The database path, resolved against the relay directory.
+    pub fn db_path(&self, dir: &Path) -> PathBuf {
+        if self.storage.path.is_absolute() { self.storage.path.clone() } else { dir.join(&self.storage.path) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_identity(text: &str) -> String {
+        format!(
+            "[identity]\nrelay_id = \"r1\"\ncloud_id = \"c1\"\ntoken_public_key = \"{}\"\n{text}",
+            outpost_shared::bundle::encode_key(&[1; 32])
+        )
+    }
+
+    #[test]
+    fn defaults_plus_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join(CONFIG_FILE), with_identity("[limits]\nmax_body_bytes = 1000\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = RelayConfig::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.limits.max_body_bytes, 1000);
+        assert_eq!(cfg.limits.max_frame_bytes, 256 << 10);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[server]\nlisten = \"nowhere\"\n[limits]\nmax_devices = 0\nrate_per_sec = 0\n[bogus]\nx = 1\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let err = RelayConfig::load(dir.path()).err().map(|e| e.problems).unwrap_or_default();
+        let all = err.join("\n");
+        for needle in ["server.listen", "max_devices", "rate_per_sec", "bogus", "identity is not set"] {
+            assert!(all.contains(needle), "{needle} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join(CONFIG_FILE), with_identity("[limits]\nmax_bodyy_bytes = 5\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = RelayConfig::load(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("max_bodyy_bytes"), "{err}");
+    }
+}

@@ -1,0 +1,114 @@
+//! The hub's HTTP server and its lifecycle: `run(config, listeners, shutdown)`.
+//!
+//! Shutdown order (SIGTERM/SIGINT cancel the token): stop accepting connections → close
+//! sessions with 1001 and wait for them (bounded by `server.shutdown_grace_secs`) → commit
+//! what is queued and stop the store's writer.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use outpost_shared::bundle::decode_public_key;
+use outpost_shared::TokenVerifier;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RelayConfig;
+use crate::hub::{ConnTracker, Hub, Refusal};
+use crate::router::Router;
+use crate::store::{OpenError, Store, StoreOptions};
+
+/// Sockets the hub serves on, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub ws: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the hub until `shutdown` is cancelled. `dir` is the relay directory.
+pub async fn run(config: RelayConfig, dir: PathBuf, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
+    let key = decode_public_key(&config.identity.token_public_key).map_err(RunError::Config)?;
+    let verifier = TokenVerifier::new(&key, config.identity.cloud_id.clone());
+    let router = Arc::new(Router::new());
+    let opts = StoreOptions {
+        quota_bytes: config.storage.quota_bytes,
+        emergency_reserve_bytes: config.storage.emergency_reserve_bytes,
+        max_batch: config.storage.max_batch,
+        max_receipts_per_ack: config.limits.max_receipts_per_ack,
+    };
+    let db = config.db_path(&dir);
+    let store = Store::open(&db, opts, router.clone())?;
+    tracing::info!(db = %db.display(), epoch = %store.epoch(), head = store.head().0, "store open");
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let sessions_stop = CancellationToken::new();
+    let hub = Arc::new(Hub::new(config, store.clone(), router, verifier, sessions_stop.clone()));
+    let tracker = TaskTracker::new();
+
+    let app = axum::Router::new()
+        .route("/ws", get(ws_upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state((hub.clone(), tracker.clone()));
+
+    let serve = axum::serve(listeners.ws, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let result = serve.await;
+    tracing::info!("stopped accepting; closing sessions");
+    sessions_stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("sessions did not close within the grace period");
+    }
+    store.shutdown().await;
+    tracing::info!("hub stopped");
+    result.map_err(RunError::Serve)
+}
+
+type AppState = (Arc<Hub>, TaskTracker);
+
+async fn ws_upgrade(
+    State((hub, tracker)): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let slot = match ConnTracker::acquire(&hub, peer.ip()) {
+        Ok(s) => s,
+        Err(Refusal::HubFull) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "hub_full: this hub serves its maximum number of devices; try again later\n")
+                .into_response();
+        }
+        Err(Refusal::TooManyFromAddress) => {
+            return (StatusCode::TOO_MANY_REQUESTS, "rate_limited: too many connections from this address\n").into_response();
+        }
+    };
+    let limits = &hub.config.limits;
+    // Frames a little over the limit are read and refused with `too_large` while the
+    // connection stays open; tungstenite's hard cap sits at twice the limit.
+    let hard_cap = limits.max_frame_bytes.saturating_mul(2);
+    upgrade
+        .read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(limits.read_buffer_bytes)
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                crate::session::serve(hub, socket, peer).await;
+                drop(slot);
+            })
+        })
+}

@@ -1,0 +1,501 @@
+//! One device connection: handshake, replay, live traffic, keep-alive.
+//!
+//! A session is one task that owns its socket. It answers `hello` (token checked offline),
+//! replays what the device missed straight from the log, then serves three sources in
+//! strict priority: emergency lane, `stored` answers, everything else — and reads the
+//! socket only while it has room for another send in flight, which is how a fast sender
+//! feels back-pressure instead of growing the hub's memory.
+//!
+//! Delivery bookkeeping: `watermark` is the cursor up to which everything this device may
+//! see has been written to it; emergencies may jump ahead of it and are remembered in
+//! `sent_above` so the ordered lane and log catch-up skip them. When the router reports
+//! that live entries were dropped (slow reader), the session re-reads the log from the
+//! watermark.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt as _;
+use outpost_shared::frames::{
+    ErrorFrame, Hello, PresenceEvent, PresenceStatus, Resync, Stored, TypingEvent, Welcome, HISTORY_DEFAULT_LIMIT,
+    HISTORY_MAX_LIMIT,
+};
+use outpost_shared::{Claims, ClientFrame, Cursor, ErrorCode, RoomId, ServerFrame, TokenError};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::hub::{now_ms, Hub};
+use crate::ratelimit::TokenBucket;
+use crate::router::{Lanes, Live, SessionLink};
+use crate::store::{AppendRequest, ReplayQuery};
+
+/// WebSocket close codes used by the hub.
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const TOO_BIG: u16 = 1009;
+    pub const UNAUTHENTICATED: u16 = 4001;
+    pub const HELLO_TIMEOUT: u16 = 4008;
+    pub const IDLE: u16 = 4009;
+}
+
+/// Entries read from the log per replay page.
+const REPLAY_PAGE: usize = 512;
+/// Frames written before forcing a flush even if more are ready.
+const FLUSH_EVERY: usize = 64;
+
+/// Why a session ended (for logs).
+#[derive(Debug)]
+enum End {
+    Closed,
+    Socket(String),
+}
+
+type Step = Result<(), End>;
+
+fn socket_err(e: impl std::fmt::Display) -> End {
+    End::Socket(e.to_string())
+}
+
+fn error_frame(code: ErrorCode, message: impl Into<String>, id: Option<outpost_shared::MessageId>) -> Utf8Bytes {
+    Utf8Bytes::from(ServerFrame::Error(ErrorFrame::new(code, message).with_id(id)).encode())
+}
+
+async fn close_with(ws: &mut WebSocket, code: u16, reason: &str) {
+    let _ = ws.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason.to_owned()) }))).await;
+}
+
+/// Serves one upgraded connection until it ends or the hub shuts down.
+pub async fn serve(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
+    let hello_timeout = Duration::from_secs(hub.config.limits.hello_timeout_secs);
+    let hello = tokio::select! {
+        biased;
+        () = hub.shutdown.cancelled() => { close_with(&mut ws, close::GOING_AWAY, "hub shutting down").await; return; }
+        r = tokio::time::timeout(hello_timeout, wait_hello(&hub, &mut ws)) => r,
+    };
+    let hello = match hello {
+        Ok(Some(h)) => h,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "no hello in time");
+            close_with(&mut ws, close::HELLO_TIMEOUT, "send hello within 10 s of connecting").await;
+            return;
+        }
+    };
+    let claims = match hub.verifier.verify(&hello.token, now_ms() / 1000) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e {
+                TokenError::Expired { .. } => ErrorCode::TokenExpired,
+                _ => ErrorCode::Unauthenticated,
+            };
+            tracing::info!(%peer, device = %hello.device, error = %e, "hello refused");
+            let _ = ws.send(Message::Text(error_frame(code, e.to_string(), None))).await;
+            close_with(&mut ws, close::UNAUTHENTICATED, code.as_str()).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("session", user = %claims.sub, device = %hello.device, %peer);
+    let _enter = span.enter();
+    drop(_enter);
+    let fut = async move {
+        let mut s = Session::open(hub, ws, claims, hello).await;
+        let end = s.run().await;
+        s.finish(end).await;
+    };
+    tracing::Instrument::instrument(fut, span).await;
+}
+
+/// Reads frames until a `hello`. Bad frames get an error and the wait goes on; any other
+/// frame means the client skipped the handshake and is closed with 4001.
+async fn wait_hello(hub: &Hub, ws: &mut WebSocket) -> Option<Hello> {
+    loop {
+        let msg = ws.recv().await?.ok()?;
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Close(_) => return None,
+            Message::Binary(_) => {
+                let _ = ws.send(Message::Text(error_frame(ErrorCode::BadFrame, "send a JSON hello first", None))).await;
+                continue;
+            }
+            _ => continue,
+        };
+        if text.len() > hub.config.limits.max_frame_bytes {
+            let _ = ws.send(Message::Text(error_frame(ErrorCode::TooLarge, "the hello frame is too large", None))).await;
+            continue;
+        }
+        match ClientFrame::decode(text.as_str()) {
+            Ok(ClientFrame::Hello(h)) => return Some(h),
+            Ok(ClientFrame::Ping) => {
+                let _ = ws.send(Message::Text(Utf8Bytes::from(ServerFrame::Pong.encode()))).await;
+            }
+            Ok(other) => {
+                let msg = format!("send hello before {}", other.type_name());
+                let _ = ws.send(Message::Text(error_frame(ErrorCode::Unauthenticated, msg, None))).await;
+                close_with(ws, close::UNAUTHENTICATED, "unauthenticated").await;
+                return None;
+            }
+            Err(e) => {
+                let _ = ws.send(Message::Text(error_frame(e.code, e.message, e.id))).await;
+            }
+        }
+    }
+}
+
+struct Session {
+    hub: Arc<Hub>,
+    ws: WebSocket,
+    claims: Claims,
+    rooms: Arc<[RoomId]>,
+    link: Arc<SessionLink>,
+    lanes: Lanes,
+    direct_tx: mpsc::Sender<Utf8Bytes>,
+    direct_rx: mpsc::Receiver<Utf8Bytes>,
+    watermark: Cursor,
+    sent_above: BTreeSet<Cursor>,
+    own_visible_until: Cursor,
+    bucket: TokenBucket,
+    started: Instant,
+    last_heard: Instant,
+    unflushed: usize,
+}
+
+impl Session {
+    async fn open(hub: Arc<Hub>, ws: WebSocket, claims: Claims, hello: Hello) -> Self {
+        let rooms: Arc<[RoomId]> = Arc::from(claims.rooms.clone());
+        hub.store.note_rooms(&rooms).await;
+        let limits = &hub.config.limits;
+        let (link, lanes, came_online) =
+            hub.router.register(claims.sub.clone(), hello.device.clone(), rooms.clone(), limits.outbound_queue);
+        let (direct_tx, direct_rx) = mpsc::channel(limits.max_inflight_per_device);
+        let head = hub.store.head();
+        let epoch = hub.store.epoch().clone();
+        // Decide where replay starts: a foreign epoch or a cursor from the future means the
+        // device's copy belongs to another database: full replay after `resync`.
+        let (resync, watermark, own_visible_until) = match (&hello.epoch, hello.cursor) {
+            (Some(e), _) if *e != epoch => (true, Cursor(0), head),
+            (_, Some(c)) if c > head => (true, Cursor(0), head),
+            (_, Some(c)) => (false, c, Cursor(0)),
+            (_, None) => (false, Cursor(0), head),
+        };
+        let now = Instant::now();
+        let bucket = TokenBucket::new(limits.rate_per_sec, limits.rate_burst, Duration::ZERO);
+        let mut s = Self {
+            rooms,
+            link,
+            lanes,
+            direct_tx,
+            direct_rx,
+            watermark,
+            sent_above: BTreeSet::new(),
+            own_visible_until,
+            bucket,
+            started: now,
+            last_heard: now,
+            unflushed: 0,
+            ws,
+            claims,
+            hub,
+        };
+        let welcome = ServerFrame::Welcome(Welcome {
+            epoch: epoch.clone(),
+            cursor: head,
+            user: s.claims.sub.clone(),
+            rooms: s.rooms.to_vec(),
+            role: Some(s.claims.role),
+        });
+        s.feed(Utf8Bytes::from(welcome.encode())).await.ok();
+        if resync {
+            tracing::info!(cursor = ?hello.cursor, epoch = ?hello.epoch, "device state is foreign; resync");
+            s.feed(Utf8Bytes::from(ServerFrame::Resync(Resync { epoch, cursor: head }).encode())).await.ok();
+        }
+        if came_online {
+            let frame = presence(&s.claims, PresenceStatus::Online, None);
+            s.hub.router.to_co_members(&s.claims.sub, &s.rooms, frame);
+        }
+        for other in s.hub.router.online_in(&s.claims.sub, &s.rooms) {
+            let f = ServerFrame::Presence(PresenceEvent { user: other, status: PresenceStatus::Online, last_seen: None });
+            s.feed(Utf8Bytes::from(f.encode())).await.ok();
+        }
+        s
+    }
+
+    async fn run(&mut self) -> End {
+        if let Err(e) = self.catch_up().await {
+            return e;
+        }
+        let limits = &self.hub.config.limits;
+        let idle = Duration::from_secs(limits.idle_timeout_secs);
+        let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_secs));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let shutdown = self.hub.shutdown.clone();
+        loop {
+            if self.link.take_lagged() {
+                if let Err(e) = self.catch_up().await {
+                    return e;
+                }
+            }
+            if self.unflushed > 0
+                && (self.unflushed >= FLUSH_EVERY
+                    || (self.lanes.urgent.is_empty() && self.direct_rx.is_empty() && self.lanes.normal.is_empty()))
+            {
+                if let Err(e) = self.flush().await {
+                    return e;
+                }
+            }
+            let can_read = self.direct_tx.capacity() > 0;
+            let step = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    let _ = self.flush().await;
+                    close_with(&mut self.ws, close::GOING_AWAY, "hub shutting down").await;
+                    return End::Closed;
+                }
+                Some(live) = self.lanes.urgent.recv() => self.live(live, true).await,
+                Some(text) = self.direct_rx.recv() => self.feed(text).await,
+                Some(live) = self.lanes.normal.recv() => self.live(live, false).await,
+                msg = self.ws.recv(), if can_read => self.incoming(msg).await,
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > idle {
+                        close_with(&mut self.ws, close::IDLE, "no traffic for too long").await;
+                        return End::Closed;
+                    }
+                    self.feed_msg(Message::Ping(Default::default())).await
+                }
+            };
+            if let Err(e) = step {
+                return e;
+            }
+        }
+    }
+
+    async fn finish(&mut self, end: End) {
+        match &end {
+            End::Closed => tracing::debug!("session closed"),
+            End::Socket(e) => tracing::debug!(error = %e, "session ended"),
+        }
+        let now = now_ms();
+        if self.hub.router.unregister(&self.link, now) {
+            self.hub.forget_presence(&self.claims.sub);
+            let frame = presence(&self.claims, PresenceStatus::Offline, Some(now));
+            self.hub.router.to_co_members(&self.claims.sub, &self.rooms, frame);
+        }
+    }
+
+    async fn feed_msg(&mut self, m: Message) -> Step {
+        self.ws.feed(m).await.map_err(socket_err)?;
+        self.unflushed += 1;
+        Ok(())
+    }
+
+    async fn feed(&mut self, text: Utf8Bytes) -> Step {
+        self.feed_msg(Message::Text(text)).await
+    }
+
+    async fn flush(&mut self) -> Step {
+        self.unflushed = 0;
+        self.ws.flush().await.map_err(socket_err)
+    }
+
+    /// Replays the log from the watermark until caught up.
+    async fn catch_up(&mut self) -> Step {
+        loop {
+            let q = ReplayQuery {
+                after: self.watermark,
+                rooms: self.rooms.clone(),
+                user: self.claims.sub.clone(),
+                own_device: self.link.device.clone(),
+                own_visible_until: self.own_visible_until,
+                limit: REPLAY_PAGE,
+            };
+            let page = match self.hub.store.replay(q).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "replay failed");
+                    self.feed(error_frame(ErrorCode::Internal, "replay failed; reconnect to resume", None)).await?;
+                    self.flush().await?;
+                    return Err(End::Socket(e.to_string()));
+                }
+            };
+            for (cursor, frame) in page.frames {
+                if !self.sent_above.remove(&cursor) {
+                    self.feed(Utf8Bytes::from(frame)).await?;
+                    if self.unflushed >= FLUSH_EVERY {
+                        self.flush().await?;
+                    }
+                }
+            }
+            self.watermark = self.watermark.max(page.scanned_to);
+            if page.done {
+                break;
+            }
+        }
+        let wm = self.watermark;
+        self.sent_above.retain(|c| *c > wm);
+        self.flush().await
+    }
+
+    async fn live(&mut self, live: Live, urgent: bool) -> Step {
+        match live {
+            Live::Ephemeral(text) => self.feed(text).await,
+            Live::Log { cursor, text } => {
+                if cursor <= self.watermark || self.sent_above.contains(&cursor) {
+                    self.sent_above.remove(&cursor);
+                    return Ok(());
+                }
+                if urgent {
+                    self.sent_above.insert(cursor);
+                } else {
+                    self.watermark = cursor;
+                    let wm = self.watermark;
+                    while self.sent_above.first().is_some_and(|c| *c <= wm) {
+                        self.sent_above.pop_first();
+                    }
+                }
+                self.feed(text).await
+            }
+        }
+    }
+
+    async fn incoming(&mut self, msg: Option<Result<Message, axum::Error>>) -> Step {
+        let msg = match msg {
+            None => return Err(End::Closed),
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                // tungstenite refuses a message past its hard cap; the stream cannot continue.
+                let text = e.to_string();
+                if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+                    self.feed(error_frame(ErrorCode::TooLarge, "the frame is far over the size limit", None)).await?;
+                    self.flush().await?;
+                    close_with(&mut self.ws, close::TOO_BIG, "frame too large").await;
+                }
+                return Err(End::Socket(text));
+            }
+        };
+        self.last_heard = Instant::now();
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                return self.feed(error_frame(ErrorCode::BadFrame, "binary frames are reserved for media chunks", None)).await;
+            }
+            Message::Close(_) => return Err(End::Closed),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        };
+        let max = self.hub.config.limits.max_frame_bytes;
+        if text.len() > max {
+            let m = format!("the frame is {} bytes; the limit is {max}", text.len());
+            return self.feed(error_frame(ErrorCode::TooLarge, m, None)).await;
+        }
+        match ClientFrame::decode(text.as_str()) {
+            Ok(frame) => self.handle(frame).await,
+            Err(e) => self.feed(error_frame(e.code, e.message, e.id)).await,
+        }
+    }
+
+    /// Room access: members only; a room nobody has named is `unknown_room`.
+    fn check_room(&self, room: &RoomId) -> Result<(), (ErrorCode, String)> {
+        if self.claims.may_use_room(room) {
+            Ok(())
+        } else if self.hub.store.room_known(room) {
+            Err((ErrorCode::Forbidden, format!("you are not a member of room {room}")))
+        } else {
+            Err((ErrorCode::UnknownRoom, format!("no room named {room} on this hub")))
+        }
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) -> Step {
+        match frame {
+            ClientFrame::Send(s) => self.send(s.msg).await,
+            ClientFrame::Ack(a) => {
+                let h = &self.hub;
+                h.store.ack(self.link.device.clone(), self.claims.sub.clone(), self.rooms.clone(), a.cursor, now_ms()).await;
+                Ok(())
+            }
+            ClientFrame::Read(r) => match self.check_room(&r.room) {
+                Err((code, m)) => self.feed(error_frame(code, m, Some(r.id))).await,
+                Ok(()) => {
+                    self.hub.store.read(self.claims.sub.clone(), r.room, r.id, now_ms()).await;
+                    Ok(())
+                }
+            },
+            ClientFrame::Typing(t) => match self.check_room(&t.room) {
+                Err((code, m)) => self.feed(error_frame(code, m, None)).await,
+                Ok(()) => {
+                    let f = ServerFrame::Typing(TypingEvent { room: t.room.clone(), user: self.claims.sub.clone(), active: t.active });
+                    self.hub.router.to_room(&t.room, self.link.id, Utf8Bytes::from(f.encode()));
+                    Ok(())
+                }
+            },
+            ClientFrame::Presence(p) => {
+                if self.hub.presence_allowed(&self.claims.sub) {
+                    let frame = presence(&self.claims, p.status, None);
+                    self.hub.router.to_co_members(&self.claims.sub, &self.rooms, frame);
+                }
+                Ok(())
+            }
+            ClientFrame::History(h) => match self.check_room(&h.room) {
+                Err((code, m)) => self.feed(error_frame(code, m, None)).await,
+                Ok(()) => {
+                    let limit = h.limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
+                    match self.hub.store.history(h.room, h.before, limit).await {
+                        Ok(page) => self.feed(Utf8Bytes::from(ServerFrame::History(page).encode())).await,
+                        Err(e) => self.feed(error_frame(e.code(), e.to_string(), None)).await,
+                    }
+                }
+            },
+            ClientFrame::Ping => self.feed(Utf8Bytes::from(ServerFrame::Pong.encode())).await,
+            ClientFrame::Hello(_) => self.feed(error_frame(ErrorCode::BadFrame, "already signed in on this connection", None)).await,
+        }
+    }
+
+    async fn send(&mut self, msg: outpost_shared::OutgoingMsg) -> Step {
+        let id = Some(msg.id);
+        if !self.bucket.try_take(self.started.elapsed()) {
+            let m = format!(
+                "more than {} messages/s (burst {}); slow down and resend this message",
+                self.hub.config.limits.rate_per_sec, self.hub.config.limits.rate_burst
+            );
+            return self.feed(error_frame(ErrorCode::RateLimited, m, id)).await;
+        }
+        let max_body = self.hub.config.limits.max_body_bytes;
+        if msg.body.len() > max_body {
+            let m = format!("the body is {} bytes; the limit is {max_body}; send media as an attachment", msg.body.len());
+            return self.feed(error_frame(ErrorCode::TooLarge, m, id)).await;
+        }
+        if let Err((code, m)) = self.check_room(&msg.room) {
+            return self.feed(error_frame(code, m, id)).await;
+        }
+        // Capacity was checked before this frame was read and only this task reserves.
+        let Ok(permit) = self.direct_tx.clone().try_reserve_owned() else {
+            return self.feed(error_frame(ErrorCode::RateLimited, "too many messages awaiting storage; resend", id)).await;
+        };
+        let req = AppendRequest {
+            msg,
+            from: self.claims.sub.clone(),
+            device: self.link.device.clone(),
+            at: now_ms(),
+            origin: Some(self.link.id),
+        };
+        self.hub
+            .store
+            .append(
+                req,
+                Box::new(move |result| {
+                    let frame = match result {
+                        Ok(a) => ServerFrame::Stored(Stored { id: a.id, cursor: a.cursor, duplicate: a.duplicate }),
+                        Err(e) => ServerFrame::Error(ErrorFrame::new(e.code(), e.to_string()).with_id(id)),
+                    };
+                    permit.send(Utf8Bytes::from(frame.encode()));
+                }),
+            )
+            .await;
+        Ok(())
+    }
+}
+
+fn presence(claims: &Claims, status: PresenceStatus, last_seen: Option<u64>) -> Utf8Bytes {
+    Utf8Bytes::from(ServerFrame::Presence(PresenceEvent { user: claims.sub.clone(), status, last_seen }).encode())
+}

@@ -1,0 +1,302 @@
+//! The hub's durable store: one SQLite database, one writer thread, a pool of readers.
+//!
+//! All writes go through a bounded channel to a single writer thread that commits them in
+//! groups (many messages per transaction, `synchronous=FULL`), so a message's sender is
+//! told `stored` only after the transaction holding it is on disk, and the fsync cost is
+//! shared by everyone who sent during it. Emergency messages in a group are committed in
+//! their own transaction first and published first. After each commit the writer hands
+//! the new log entries to a [`Publisher`] (the live router). Reads (replay, history) use
+//! separate connections on blocking threads; WAL lets them run beside the writer.
+//!
+//! This module does not know about WebSockets or sessions beyond an opaque [`SessionId`]
+//! used to avoid echoing a message to the connection that sent it.
+
+mod reader;
+mod schema;
+mod writer;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use outpost_shared::frames::{HistoryPage, OutgoingMsg};
+use outpost_shared::{Cursor, DeviceId, Epoch, ErrorCode, MessageId, Priority, RoomId, UserId};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+pub use reader::Replay;
+pub use schema::{current_version as schema_version, MigrateError, MIGRATIONS};
+
+/// Identifies one live connection (opaque to the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+/// Who should see a new log entry.
+#[derive(Debug, Clone)]
+pub enum Audience {
+    /// Every session in the room except the one that sent it.
+    Room { room: RoomId, except: Option<SessionId> },
+    /// Every session of one user (custody receipts go to the sender).
+    User(UserId),
+}
+
+/// A committed log entry, already encoded as the frame devices receive.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub cursor: Cursor,
+    pub priority: Priority,
+    pub audience: Audience,
+    pub frame: String,
+}
+
+/// Receives entries after they committed (the router implements it).
+pub trait Publisher: Send + Sync + 'static {
+    fn publish(&self, entry: LogEntry);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage is full ({used} of {quota} bytes used); only emergency messages are accepted")]
+    StorageFull { used: u64, quota: u64 },
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl StoreError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::StorageFull { .. } => ErrorCode::StorageFull,
+            Self::Closed | Self::Database(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            if f.code == rusqlite::ErrorCode::DiskFull {
+                return Self::StorageFull { used: 0, quota: 0 };
+            }
+        }
+        Self::Database(e.to_string())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error("cannot start the writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What a committed `send` produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub id: MessageId,
+    pub cursor: Cursor,
+    pub duplicate: bool,
+}
+
+/// Called by the writer thread once the send's fate is known (after the commit).
+pub type Reply = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
+
+/// A message to append, with what the hub knows about its sender.
+#[derive(Debug)]
+pub struct AppendRequest {
+    pub msg: OutgoingMsg,
+    pub from: UserId,
+    pub device: DeviceId,
+    /// Server receive time, ms since the Unix epoch.
+    pub at: u64,
+    pub origin: Option<SessionId>,
+}
+
+pub(crate) enum Command {
+    Append(AppendRequest, Reply),
+    Ack { device: DeviceId, user: UserId, rooms: Arc<[RoomId]>, cursor: Cursor, at: u64 },
+    Read { user: UserId, room: RoomId, id: MessageId, at: u64 },
+    Rooms(Vec<RoomId>),
+    Stop(oneshot::Sender<()>),
+}
+
+impl Command {
+    fn is_emergency(&self) -> bool {
+        matches!(self, Command::Append(r, _) if r.msg.priority == Priority::Emergency)
+    }
+}
+
+/// Storage tuning taken from the relay configuration.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub quota_bytes: u64,
+    pub emergency_reserve_bytes: u64,
+    pub max_batch: usize,
+    pub max_receipts_per_ack: usize,
+}
+
+/// A cheap, cloneable handle on the store.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Command>,
+    readers: Arc<reader::Readers>,
+    epoch: Epoch,
+    head: Arc<AtomicU64>,
+    known_rooms: Arc<RwLock<HashSet<RoomId>>>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("epoch", &self.epoch).finish_non_exhaustive()
+    }
+}
+
+/// Opens a connection with the pragmas every connection needs.
+fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    // WAL: readers never block the writer and commits append sequentially, which suits
+    // SD cards. FULL: the WAL is fsynced at every commit, so an ack survives power loss.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn new_epoch() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the database at `path` and starts the
+    /// writer thread.
+    pub fn open(path: &Path, opts: StoreOptions, publisher: Arc<dyn Publisher>) -> Result<Self, OpenError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| OpenError::Dir { path: parent.to_path_buf(), source })?;
+        }
+        let open_err = |source| OpenError::Open { path: path.to_path_buf(), source };
+        let mut conn = connect(path, OpenFlags::default()).map_err(open_err)?;
+        schema::migrate(&mut conn, &new_epoch())?;
+        let state = writer::State::load(&conn).map_err(open_err)?;
+        let epoch = Epoch(state.epoch.clone());
+        let head = Arc::new(AtomicU64::new(state.next_cursor.saturating_sub(1)));
+        let known_rooms = Arc::new(RwLock::new(state.rooms.clone()));
+        let (tx, rx) = mpsc::channel(opts.max_batch);
+        let w = writer::Writer::new(conn, rx, publisher, state, opts, head.clone(), known_rooms.clone());
+        let handle = std::thread::Builder::new()
+            .name("outpost-store".into())
+            .spawn(move || w.run())
+            .map_err(OpenError::Thread)?;
+        Ok(Self {
+            tx,
+            readers: Arc::new(reader::Readers::new(path.to_path_buf())),
+            epoch,
+            head,
+            known_rooms,
+            writer: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+
+    /// The newest committed cursor.
+    pub fn head(&self) -> Cursor {
+        Cursor(self.head.load(Ordering::Acquire))
+    }
+
+    /// Whether any token or message has named this room on this hub.
+    pub fn room_known(&self, room: &RoomId) -> bool {
+        self.known_rooms.read().map(|r| r.contains(room)).unwrap_or(false)
+    }
+
+    /// Queues a message for the next group commit; `reply` runs after it committed.
+    pub async fn append(&self, req: AppendRequest, reply: Reply) {
+        if let Err(mpsc::error::SendError(Command::Append(_, reply))) = self.tx.send(Command::Append(req, reply)).await {
+            reply(Err(StoreError::Closed));
+        }
+    }
+
+    /// Appends and waits for the commit (for tools and tests).
+    pub async fn append_wait(&self, req: AppendRequest) -> Result<Appended, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.append(req, Box::new(move |r| drop(tx.send(r)))).await;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Records that `device` holds everything up to `cursor` and emits `delivered` receipts.
+    pub async fn ack(&self, device: DeviceId, user: UserId, rooms: Arc<[RoomId]>, cursor: Cursor, at: u64) {
+        let _ = self.tx.send(Command::Ack { device, user, rooms, cursor, at }).await;
+    }
+
+    /// Records that `user` read `room` up to message `id` and emits `read` receipts.
+    pub async fn read(&self, user: UserId, room: RoomId, id: MessageId, at: u64) {
+        let _ = self.tx.send(Command::Read { user, room, id, at }).await;
+    }
+
+    /// Remembers rooms named by a token, so they count as known.
+    pub async fn note_rooms(&self, rooms: &[RoomId]) {
+        let fresh: Vec<RoomId> = match self.known_rooms.read() {
+            Ok(known) => rooms.iter().filter(|r| !known.contains(*r)).cloned().collect(),
+            Err(_) => return,
+        };
+        if !fresh.is_empty() {
+            let _ = self.tx.send(Command::Rooms(fresh)).await;
+        }
+    }
+
+    /// Reads the next page of what a session should replay (see [`Replay`]).
+    pub async fn replay(&self, q: reader::ReplayQuery) -> Result<Replay, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.replay(&q))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+    }
+
+    /// One page of a room's history, newest last.
+    pub async fn history(&self, room: RoomId, before: Option<Cursor>, limit: u32) -> Result<HistoryPage, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.history(room, before, limit))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+    }
+
+    /// Commits everything queued, checkpoints the WAL and stops the writer thread.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+pub use reader::ReplayQuery;
+
+#[cfg(test)]
+mod tests;
+
+/// Creates and migrates the database at `path` without starting a writer (provisioning).
+pub fn create(path: &Path) -> Result<Epoch, OpenError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| OpenError::Dir { path: parent.to_path_buf(), source })?;
+    }
+    let mut conn = connect(path, OpenFlags::default()).map_err(|source| OpenError::Open { path: path.to_path_buf(), source })?;
+    schema::migrate(&mut conn, &new_epoch())?;
+    let epoch: String = conn
+        .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))
+        .map_err(|source| OpenError::Open { path: path.to_path_buf(), source })?;
+    Ok(Epoch(epoch))
+}

@@ -1,0 +1,177 @@
+//! Read-only queries on their own connections: replay after a cursor and room history.
+//!
+//! Readers run on blocking threads so a phone replaying a month of messages never stalls
+//! the writer or the async sessions. Connections are pooled; WAL gives each query a
+//! consistent snapshot while commits continue.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use outpost_shared::frames::{HistoryPage, MessageBody, Positioned, Receipt, ReceiptState};
+use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, ServerFrame, UserId};
+use rusqlite::{Connection, OpenFlags, Row};
+
+use super::{connect, StoreError};
+
+/// Connections kept open for reuse; more are opened under load and closed after.
+const POOL_KEEP: usize = 4;
+
+pub(crate) struct Readers {
+    path: PathBuf,
+    pool: Mutex<Vec<Connection>>,
+}
+
+/// What a session asks for when it (re)plays the log.
+#[derive(Debug, Clone)]
+pub struct ReplayQuery {
+    /// Entries strictly after this cursor.
+    pub after: Cursor,
+    /// The rooms whose messages the session may see.
+    pub rooms: Arc<[RoomId]>,
+    /// Receipts addressed to this user are included.
+    pub user: UserId,
+    /// Messages sent by this device are skipped above `own_visible_until`: the device
+    /// already has them (it got `stored`), unless it asked for a full replay.
+    pub own_device: DeviceId,
+    pub own_visible_until: Cursor,
+    pub limit: usize,
+}
+
+/// One page of replay.
+#[derive(Debug)]
+pub struct Replay {
+    /// Encoded frames in cursor order.
+    pub frames: Vec<(Cursor, String)>,
+    /// The last cursor examined (resume the next page after it).
+    pub scanned_to: Cursor,
+    /// True when there was less than a page: the replay has caught up.
+    pub done: bool,
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn bad(what: &str) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnType(0, what.to_owned(), rusqlite::types::Type::Null)
+}
+
+/// Rebuilds a stored message from columns cursor, id, room, kind, priority, body, seq,
+/// reply_to, sender, device, hlc, at starting at `base`.
+fn message_from_row(r: &Row<'_>, base: usize) -> Result<Positioned, rusqlite::Error> {
+    let id: Vec<u8> = r.get(base + 1)?;
+    let reply_to: Option<Vec<u8>> = r.get(base + 7)?;
+    let mid = |b: &[u8]| <[u8; 16]>::try_from(b).map(MessageId::from_bytes).map_err(|_| bad("message id"));
+    Ok(Positioned {
+        cursor: Cursor(u(r.get(base)?)),
+        msg: MessageBody {
+            id: mid(&id)?,
+            room: RoomId::new(r.get::<_, String>(base + 2)?).map_err(|_| bad("room"))?,
+            kind: MessageKind::new(r.get::<_, String>(base + 3)?).map_err(|_| bad("kind"))?,
+            priority: Priority::from_u8(r.get(base + 4)?).ok_or_else(|| bad("priority"))?,
+            body: Body::from_json(&r.get::<_, String>(base + 5)?).map_err(|_| bad("body"))?,
+            seq: Seq(u(r.get(base + 6)?)),
+            reply_to: reply_to.as_deref().map(mid).transpose()?,
+            from: UserId::new(r.get::<_, String>(base + 8)?).map_err(|_| bad("sender"))?,
+            device: DeviceId::new(r.get::<_, String>(base + 9)?).map_err(|_| bad("device"))?,
+            hlc: Hlc(u(r.get(base + 10)?)),
+            at: u(r.get(base + 11)?),
+        },
+    })
+}
+
+const MESSAGE_COLUMNS: &str = "cursor, id, room, kind, priority, body, seq, reply_to, sender, device, hlc, at";
+
+impl Readers {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, pool: Mutex::new(Vec::new()) }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>) -> Result<T, StoreError> {
+        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => connect(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?,
+        };
+        let out = f(&conn);
+        if let Ok(mut p) = self.pool.lock() {
+            if p.len() < POOL_KEEP {
+                p.push(conn);
+            }
+        }
+        Ok(out?)
+    }
+
+    pub fn replay(&self, q: &ReplayQuery) -> Result<Replay, StoreError> {
+        self.with(|conn| {
+            // ?1 after, ?2 user, ?3 limit, then one parameter per room (?4, ?5, ...).
+            let rooms_list: Vec<String> = (0..q.rooms.len().max(1)).map(|i| format!("?{}", i + 4)).collect();
+            let rooms_list = rooms_list.join(",");
+            let sql = format!(
+                "SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages WHERE cursor > ?1 AND room IN ({rooms_list})
+                 UNION ALL
+                 SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state
+                   FROM receipts WHERE cursor > ?1 AND target = ?2
+                 ORDER BY 2 LIMIT ?3"
+            );
+            let mut args: Vec<rusqlite::types::Value> = vec![
+                i64::try_from(q.after.0).unwrap_or(i64::MAX).into(),
+                q.user.as_str().to_owned().into(),
+                i64::try_from(q.limit).unwrap_or(i64::MAX).into(),
+            ];
+            if q.rooms.is_empty() {
+                args.push(rusqlite::types::Value::Null);
+            }
+            args.extend(q.rooms.iter().map(|r| rusqlite::types::Value::from(r.as_str().to_owned())));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+            let mut frames = Vec::new();
+            let mut scanned_to = q.after;
+            let mut count = 0usize;
+            while let Some(r) = rows.next()? {
+                count += 1;
+                let kind: i64 = r.get(0)?;
+                let cursor = Cursor(u(r.get(1)?));
+                scanned_to = cursor;
+                if kind == 0 {
+                    let m = message_from_row(r, 1)?;
+                    if m.msg.device == q.own_device && cursor > q.own_visible_until {
+                        continue;
+                    }
+                    frames.push((cursor, ServerFrame::Message(m).encode()));
+                } else {
+                    let id: Vec<u8> = r.get(2)?;
+                    let state: String = r.get(13)?;
+                    let receipt = Receipt {
+                        id: <[u8; 16]>::try_from(id.as_slice()).map(MessageId::from_bytes).map_err(|_| bad("msg_id"))?,
+                        state: ReceiptState::parse(&state).ok_or_else(|| bad("state"))?,
+                        by: UserId::new(r.get::<_, String>(9)?).ok(),
+                        at: u(r.get(12)?),
+                        room: RoomId::new(r.get::<_, String>(3)?).ok(),
+                        cursor: Some(cursor),
+                    };
+                    frames.push((cursor, ServerFrame::Receipt(receipt).encode()));
+                }
+            }
+            Ok(Replay { frames, scanned_to, done: count < q.limit })
+        })
+    }
+
+    pub fn history(&self, room: RoomId, before: Option<Cursor>, limit: u32) -> Result<HistoryPage, StoreError> {
+        self.with(|conn| {
+            let before = before.map_or(i64::MAX, |c| i64::try_from(c.0).unwrap_or(i64::MAX));
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = ?1 AND cursor < ?2 ORDER BY cursor DESC LIMIT ?3"
+            ))?;
+            let mut rows = stmt.query(rusqlite::params![room.as_str(), before, i64::from(limit) + 1])?;
+            let mut messages = Vec::new();
+            while let Some(r) = rows.next()? {
+                messages.push(message_from_row(r, 0)?);
+            }
+            let more = messages.len() > limit as usize;
+            messages.truncate(limit as usize);
+            messages.reverse();
+            Ok(HistoryPage { room, messages, more })
+        })
+    }
+}

@@ -1,0 +1,113 @@
+//! The hub database's schema and its versioned migrations.
+//!
+//! `PRAGMA user_version` records how many migrations have run. Each migration runs in
+//! its own transaction at start-up, so an upgrade interrupted by a power cut resumes where
+//! it stopped. Migrations are append-only: a released one is never edited.
+//!
+//! Messages and receipts share one cursor sequence (the log position a device resumes
+//! from), so a reconnecting phone gets the messages and the custody receipts it missed in
+//! one ordered replay.
+
+use rusqlite::Connection;
+
+/// Every migration, oldest first. Index + 1 is the schema version it produces.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the durable core.
+    "
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    -- The message log. `cursor` is the log position; `id` the sender's idempotency key,
+    -- unique forever (the dedupe index).
+    CREATE TABLE messages (
+        cursor    INTEGER PRIMARY KEY,
+        id        BLOB NOT NULL UNIQUE,
+        room      TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        priority  INTEGER NOT NULL,
+        body      TEXT NOT NULL,
+        seq       INTEGER NOT NULL,
+        reply_to  BLOB,
+        sender    TEXT NOT NULL,
+        device    TEXT NOT NULL,
+        hlc       INTEGER NOT NULL,
+        at        INTEGER NOT NULL,
+        -- 0: written on this hub (goes upstream); 1: came from the cloud.
+        origin    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX messages_room ON messages (room, cursor);
+
+    -- Custody receipts, addressed to the sender of the message they are about.
+    CREATE TABLE receipts (
+        cursor   INTEGER PRIMARY KEY,
+        msg_id   BLOB NOT NULL,
+        state    TEXT NOT NULL,
+        by_user  TEXT NOT NULL,
+        target   TEXT NOT NULL,
+        room     TEXT NOT NULL,
+        at       INTEGER NOT NULL,
+        UNIQUE (msg_id, state, by_user)
+    );
+    CREATE INDEX receipts_target ON receipts (target, cursor);
+
+    -- What each device has acknowledged (drives `delivered`).
+    CREATE TABLE device_cursors (
+        device   TEXT PRIMARY KEY,
+        user     TEXT NOT NULL,
+        acked    INTEGER NOT NULL,
+        updated  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    -- How far each user has read each room (drives `read`).
+    CREATE TABLE read_marks (
+        user     TEXT NOT NULL,
+        room     TEXT NOT NULL,
+        cursor   INTEGER NOT NULL,
+        PRIMARY KEY (user, room)
+    ) WITHOUT ROWID;
+
+    -- Rooms this hub has heard of (from tokens or messages): tells `unknown_room` from
+    -- `forbidden`.
+    CREATE TABLE rooms (
+        room     TEXT PRIMARY KEY
+    ) WITHOUT ROWID;
+    ",
+];
+
+/// The schema version this build writes.
+pub fn current_version() -> u32 {
+    u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("the database is at schema version {found}, newer than this build's {supported}; upgrade outpost-relay")]
+    TooNew { found: u32, supported: u32 },
+    #[error("migration to schema version {version} failed: {source}")]
+    Failed { version: u32, source: rusqlite::Error },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Brings the database up to [`current_version`]; creates the epoch on a new database.
+pub fn migrate(conn: &mut Connection, new_epoch: &str) -> Result<u32, MigrateError> {
+    let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let supported = current_version();
+    if found > supported {
+        return Err(MigrateError::TooNew { found, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let tx = conn.transaction().map_err(|source| MigrateError::Failed { version, source })?;
+        tx.execute_batch(sql).map_err(|source| MigrateError::Failed { version, source })?;
+        if version == 1 {
+            tx.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", [new_epoch])
+                .map_err(|source| MigrateError::Failed { version, source })?;
+        }
+        tx.pragma_update(None, "user_version", version).map_err(|source| MigrateError::Failed { version, source })?;
+        tx.commit().map_err(|source| MigrateError::Failed { version, source })?;
+    }
+    Ok(found)
+}

@@ -1,0 +1,511 @@
+//! The writer thread: group commit, dedupe, cursors, receipts.
+//!
+//! It owns the only write connection and all in-memory state derived from the log (next
+//! cursor, HLC, device acks), so none of it needs locks. It drains whatever is queued (up
+//! to `max_batch` commands), commits emergencies in a transaction of their own first,
+//! then the rest, and only after each commit answers the senders and publishes the new
+//! entries. If a transaction fails (disk full, I/O error) it is rolled back and every
+//! sender in it is told so: nothing is acknowledged that is not on disk.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use outpost_shared::frames::{MessageBody, Positioned, Receipt, ReceiptState};
+use outpost_shared::{Cursor, DeviceId, Hlc, HlcClock, MessageId, Priority, RoomId, ServerFrame, UserId};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::mpsc;
+
+use super::{AppendRequest, Appended, Audience, Command, LogEntry, Publisher, Reply, StoreError, StoreOptions};
+
+/// What the writer restores from the database at start-up.
+pub(crate) struct State {
+    pub epoch: String,
+    pub next_cursor: u64,
+    pub last_hlc: Hlc,
+    pub rooms: HashSet<RoomId>,
+}
+
+impl State {
+    pub fn load(conn: &Connection) -> Result<Self, rusqlite::Error> {
+        let epoch: String = conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))?;
+        let max_cursor: i64 = conn.query_row(
+            "SELECT max(coalesce((SELECT max(cursor) FROM messages), 0), coalesce((SELECT max(cursor) FROM receipts), 0))",
+            [],
+            |r| r.get(0),
+        )?;
+        let last_hlc: i64 = conn.query_row("SELECT coalesce(max(hlc), 0) FROM messages", [], |r| r.get(0))?;
+        let mut rooms = HashSet::new();
+        let mut stmt = conn.prepare("SELECT room FROM rooms")?;
+        for r in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            if let Ok(room) = RoomId::new(r?) {
+                rooms.insert(room);
+            }
+        }
+        Ok(Self {
+            epoch,
+            next_cursor: u64::try_from(max_cursor).unwrap_or(0) + 1,
+            last_hlc: Hlc(u64::try_from(last_hlc).unwrap_or(0)),
+            rooms,
+        })
+    }
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    publisher: Arc<dyn Publisher>,
+    opts: StoreOptions,
+    next_cursor: u64,
+    clock: HlcClock,
+    head: Arc<AtomicU64>,
+    known_rooms: Arc<RwLock<HashSet<RoomId>>>,
+    used_bytes: u64,
+    /// Last acked cursor per device, loaded lazily.
+    acks: HashMap<DeviceId, u64>,
+    /// Last seq seen per device in this run, to report gaps.
+    last_seq: HashMap<DeviceId, u64>,
+}
+
+/// A reply waiting for its transaction's fate.
+type Pending = (Reply, Result<Appended, StoreError>);
+
+/// Converts between SQLite's signed integers and our unsigned ones. Values above
+/// `i64::MAX` cannot be produced by the hub; they saturate rather than wrap.
+fn to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Writer {
+    pub fn new(
+        conn: Connection,
+        rx: mpsc::Receiver<Command>,
+        publisher: Arc<dyn Publisher>,
+        state: State,
+        opts: StoreOptions,
+        head: Arc<AtomicU64>,
+        known_rooms: Arc<RwLock<HashSet<RoomId>>>,
+    ) -> Self {
+        let mut w = Self {
+            conn,
+            rx,
+            publisher,
+            opts,
+            next_cursor: state.next_cursor,
+            clock: HlcClock::starting_after(state.last_hlc),
+            head,
+            known_rooms,
+            used_bytes: 0,
+            acks: HashMap::new(),
+            last_seq: HashMap::new(),
+        };
+        w.refresh_used_bytes();
+        w
+    }
+
+    fn refresh_used_bytes(&mut self) {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap_or(0);
+        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap_or(4096);
+        self.used_bytes = u64::try_from(pages.saturating_mul(size)).unwrap_or(0);
+    }
+
+    pub fn run(mut self) {
+        let span = tracing::info_span!("store_writer");
+        let _enter = span.enter();
+        let mut stop = None;
+        while stop.is_none() {
+            let Some(first) = self.rx.blocking_recv() else { break };
+            let mut batch = vec![first];
+            while batch.len() < self.opts.max_batch {
+                match self.rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            // Anything queued after a Stop is refused by the closed channel below.
+            if let Some(pos) = batch.iter().position(|c| matches!(c, Command::Stop(_))) {
+                for c in batch.split_off(pos) {
+                    match c {
+                        Command::Stop(tx) => stop = Some(tx),
+                        Command::Append(_, reply) => reply(Err(StoreError::Closed)),
+                        _ => {}
+                    }
+                }
+            }
+            let (urgent, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(Command::is_emergency);
+            if !urgent.is_empty() {
+                self.commit_group(urgent);
+            }
+            if !rest.is_empty() {
+                self.commit_group(rest);
+            }
+        }
+        self.rx.close();
+        while let Ok(c) = self.rx.try_recv() {
+            if let Command::Append(_, reply) = c {
+                reply(Err(StoreError::Closed));
+            }
+        }
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "final WAL checkpoint failed; the WAL is replayed at next start");
+        }
+        tracing::info!("store writer stopped");
+        if let Some(tx) = stop {
+            let _ = tx.send(());
+        }
+    }
+
+    fn commit_group(&mut self, cmds: Vec<Command>) {
+        let start_cursor = self.next_cursor;
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut entries: Vec<LogEntry> = Vec::new();
+        let mut new_rooms: Vec<RoomId> = Vec::new();
+        let outcome = (|| -> Result<(), StoreError> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            for cmd in cmds {
+                match cmd {
+                    Command::Append(req, reply) => {
+                        // Outer error: the transaction is lost; inner: this message's answer.
+                        match self.append(req, &mut entries, &mut new_rooms) {
+                            Ok(answer) => pending.push((reply, answer)),
+                            Err(e) => {
+                                pending.push((reply, Err(e.clone())));
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Command::Ack { device, user, rooms, cursor, at } => {
+                        self.ack(&device, &user, &rooms, cursor, at, &mut entries)?;
+                    }
+                    Command::Read { user, room, id, at } => self.read(&user, &room, id, at, &mut entries)?,
+                    Command::Rooms(rooms) => {
+                        for r in rooms {
+                            self.note_room(&r, &mut new_rooms)?;
+                        }
+                    }
+                    Command::Stop(_) => {}
+                }
+            }
+            self.conn.execute_batch("COMMIT")?;
+            Ok(())
+        })();
+
+        match outcome {
+            Ok(()) => {
+                self.head.store(self.next_cursor - 1, Ordering::Release);
+                if !new_rooms.is_empty() {
+                    if let Ok(mut known) = self.known_rooms.write() {
+                        known.extend(new_rooms);
+                    }
+                }
+                for (reply, result) in pending {
+                    reply(result);
+                }
+                for e in entries {
+                    self.publisher.publish(e);
+                }
+                self.refresh_used_bytes();
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "transaction failed and was rolled back; senders are told to retry");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.next_cursor = start_cursor;
+                // Acks reloaded lazily: the in-memory view may be ahead of the rolled-back rows.
+                self.acks.clear();
+                let err = match err {
+                    StoreError::StorageFull { .. } => {
+                        StoreError::StorageFull { used: self.used_bytes, quota: self.opts.quota_bytes }
+                    }
+                    other => other,
+                };
+                for (reply, _) in pending {
+                    reply(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn take_cursor(&mut self) -> u64 {
+        let c = self.next_cursor;
+        self.next_cursor += 1;
+        c
+    }
+
+    fn note_room(&mut self, room: &RoomId, new_rooms: &mut Vec<RoomId>) -> Result<(), StoreError> {
+        let known = self.known_rooms.read().map(|k| k.contains(room)).unwrap_or(false);
+        if !known && !new_rooms.contains(room) {
+            self.conn.prepare_cached("INSERT OR IGNORE INTO rooms (room) VALUES (?1)")?.execute([room.as_str()])?;
+            new_rooms.push(room.clone());
+        }
+        Ok(())
+    }
+
+    fn append(
+        &mut self,
+        req: AppendRequest,
+        entries: &mut Vec<LogEntry>,
+        new_rooms: &mut Vec<RoomId>,
+    ) -> Result<Result<Appended, StoreError>, StoreError> {
+        let m = &req.msg;
+        let id_bytes = m.id.as_bytes().as_slice();
+        // Dedupe first: a re-send is answered even when storage is full.
+        let existing: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT cursor FROM messages WHERE id = ?1")?
+            .query_row([id_bytes], |r| r.get(0))
+            .optional()?;
+        if let Some(c) = existing {
+            return Ok(Ok(Appended { id: m.id, cursor: Cursor(u64::try_from(c).unwrap_or(0)), duplicate: true }));
+        }
+        let limit = if m.priority == Priority::Emergency {
+            self.opts.quota_bytes
+        } else {
+            self.opts.quota_bytes.saturating_sub(self.opts.emergency_reserve_bytes)
+        };
+        if self.used_bytes >= limit {
+            return Ok(Err(StoreError::StorageFull { used: self.used_bytes, quota: self.opts.quota_bytes }));
+        }
+        let hlc = match m.reply_to {
+            Some(parent) => {
+                let parent_hlc: Option<i64> = self
+                    .conn
+                    .prepare_cached("SELECT hlc FROM messages WHERE id = ?1")?
+                    .query_row([parent.as_bytes().as_slice()], |r| r.get(0))
+                    .optional()?;
+                match parent_hlc {
+                    Some(h) => self.clock.observe(Hlc(u64::try_from(h).unwrap_or(0)), req.at),
+                    None => self.clock.tick(req.at),
+                }
+            }
+            None => self.clock.tick(req.at),
+        };
+        let cursor = self.take_cursor();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO messages (cursor, id, room, kind, priority, body, seq, reply_to, sender, device, hlc, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![
+                to_sql(cursor),
+                id_bytes,
+                m.room.as_str(),
+                m.kind.as_str(),
+                m.priority.as_u8(),
+                m.body.as_str(),
+                to_sql(m.seq.0),
+                m.reply_to.map(|r| r.as_bytes().to_vec()),
+                req.from.as_str(),
+                req.device.as_str(),
+                to_sql(hlc.0),
+                to_sql(req.at),
+            ])?;
+        self.note_room(&m.room, new_rooms)?;
+        self.check_seq(&req.device, m.seq.0);
+
+        let AppendRequest { msg, from, device, at, origin } = req;
+        let priority = msg.priority;
+        let room = msg.room.clone();
+        let frame = ServerFrame::Message(Positioned {
+            cursor: Cursor(cursor),
+            msg: MessageBody {
+                id: msg.id,
+                room: msg.room,
+                kind: msg.kind,
+                priority: msg.priority,
+                body: msg.body,
+                seq: msg.seq,
+                reply_to: msg.reply_to,
+                from,
+                device,
+                hlc,
+                at,
+            },
+        })
+        .encode();
+        entries.push(LogEntry { cursor: Cursor(cursor), priority, audience: Audience::Room { room, except: origin }, frame });
+        Ok(Ok(Appended { id: msg.id, cursor: Cursor(cursor), duplicate: false }))
+    }
+
+    /// Gaps are reported, never filled in: the missing messages may still arrive from the
+    /// device's outbox.
+    fn check_seq(&mut self, device: &DeviceId, seq: u64) {
+        let prev = self.last_seq.insert(device.clone(), seq);
+        if let Some(prev) = prev {
+            if seq > prev + 1 {
+                tracing::warn!(device = %device, after = prev, got = seq, "gap in device sequence");
+            }
+        }
+    }
+
+    fn device_ack(&mut self, device: &DeviceId) -> Result<u64, StoreError> {
+        if let Some(v) = self.acks.get(device) {
+            return Ok(*v);
+        }
+        let v: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT acked FROM device_cursors WHERE device = ?1")?
+            .query_row([device.as_str()], |r| r.get(0))
+            .optional()?;
+        let v = v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+        self.acks.insert(device.clone(), v);
+        Ok(v)
+    }
+
+    fn ack(
+        &mut self,
+        device: &DeviceId,
+        user: &UserId,
+        rooms: &[RoomId],
+        cursor: Cursor,
+        at: u64,
+        entries: &mut Vec<LogEntry>,
+    ) -> Result<(), StoreError> {
+        let prev = self.device_ack(device)?;
+        let upto = cursor.0.min(self.next_cursor - 1);
+        if upto <= prev || rooms.is_empty() {
+            return Ok(());
+        }
+        let placeholders = vec!["?"; rooms.len()].join(",");
+        let sql = format!(
+            "SELECT id, sender, room FROM messages
+             WHERE cursor > ? AND cursor <= ? AND sender <> ? AND room IN ({placeholders})
+             ORDER BY cursor DESC LIMIT ?"
+        );
+        let mut args: Vec<rusqlite::types::Value> =
+            vec![to_sql(prev).into(), to_sql(upto).into(), user.as_str().to_owned().into()];
+        args.extend(rooms.iter().map(|r| r.as_str().to_owned().into()));
+        args.push(to_sql(self.opts.max_receipts_per_ack as u64).into());
+        let targets = self.select_targets(&sql, args)?;
+        for (id, sender, room) in targets.into_iter().rev() {
+            self.receipt(id, ReceiptState::Delivered, user, sender, room, at, entries)?;
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO device_cursors (device, user, acked, updated) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (device) DO UPDATE SET user = excluded.user, acked = excluded.acked, updated = excluded.updated",
+            )?
+            .execute(params![device.as_str(), user.as_str(), to_sql(upto), to_sql(now_ms())])?;
+        self.acks.insert(device.clone(), upto);
+        Ok(())
+    }
+
+    fn select_targets(
+        &self,
+        sql: &str,
+        args: Vec<rusqlite::types::Value>,
+    ) -> Result<Vec<(MessageId, UserId, RoomId)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, sender, room) = row?;
+            let (Ok(id), Ok(sender), Ok(room)) = (<[u8; 16]>::try_from(id.as_slice()), UserId::new(sender), RoomId::new(room))
+            else {
+                continue;
+            };
+            out.push((MessageId::from_bytes(id), sender, room));
+        }
+        Ok(out)
+    }
+
+    fn read(
+        &mut self,
+        user: &UserId,
+        room: &RoomId,
+        id: MessageId,
+        at: u64,
+        entries: &mut Vec<LogEntry>,
+    ) -> Result<(), StoreError> {
+        let target: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT cursor FROM messages WHERE id = ?1 AND room = ?2")?
+            .query_row(params![id.as_bytes().as_slice(), room.as_str()], |r| r.get(0))
+            .optional()?;
+        let Some(target) = target else { return Ok(()) };
+        let prev: i64 = self
+            .conn
+            .prepare_cached("SELECT cursor FROM read_marks WHERE user = ?1 AND room = ?2")?
+            .query_row(params![user.as_str(), room.as_str()], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        if target <= prev {
+            return Ok(());
+        }
+        let targets = self.select_targets(
+            "SELECT id, sender, room FROM messages
+             WHERE room = ? AND cursor > ? AND cursor <= ? AND sender <> ?
+             ORDER BY cursor DESC LIMIT ?",
+            vec![
+                room.as_str().to_owned().into(),
+                prev.into(),
+                target.into(),
+                user.as_str().to_owned().into(),
+                to_sql(self.opts.max_receipts_per_ack as u64).into(),
+            ],
+        )?;
+        for (mid, sender, room) in targets.into_iter().rev() {
+            self.receipt(mid, ReceiptState::Read, user, sender, room, at, entries)?;
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO read_marks (user, room, cursor) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user, room) DO UPDATE SET cursor = excluded.cursor",
+            )?
+            .execute(params![user.as_str(), room.as_str(), target])?;
+        Ok(())
+    }
+
+    /// Stores one receipt (once per message, state and reader) and queues it for the sender.
+    #[allow(clippy::too_many_arguments)]
+    fn receipt(
+        &mut self,
+        id: MessageId,
+        state: ReceiptState,
+        by: &UserId,
+        target: UserId,
+        room: RoomId,
+        at: u64,
+        entries: &mut Vec<LogEntry>,
+    ) -> Result<(), StoreError> {
+        let cursor = self.next_cursor;
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO receipts (cursor, msg_id, state, by_user, target, room, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (msg_id, state, by_user) DO NOTHING",
+            )?
+            .execute(params![
+                to_sql(cursor),
+                id.as_bytes().as_slice(),
+                state.as_str(),
+                by.as_str(),
+                target.as_str(),
+                room.as_str(),
+                to_sql(at)
+            ])?;
+        if inserted == 0 {
+            return Ok(());
+        }
+        self.take_cursor();
+        let frame = ServerFrame::Receipt(Receipt {
+            id,
+            state,
+            by: Some(by.clone()),
+            at,
+            room: Some(room),
+            cursor: Some(Cursor(cursor)),
+        })
+        .encode();
+        entries.push(LogEntry { cursor: Cursor(cursor), priority: Priority::Normal, audience: Audience::User(target), frame });
+        Ok(())
+    }
+}
