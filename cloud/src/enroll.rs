@@ -1,20 +1,25 @@
 //! Relay enrollment: a client certificate under the cloud's relay CA, packed with the
 //! cloud's public key and address into the bundle `outpost-relay init` consumes.
 
-use outpost_shared::bundle::{encode_key, Bundle, BUNDLE_VERSION};
 use outpost_shared::RelayId;
+use outpost_shared::bundle::{BUNDLE_VERSION, Bundle, encode_key};
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
 
 use crate::identity::{CloudIdentity, IdentityError};
 use crate::layout::SERVER_NAME;
 
 /// Makes the bundle for `relay`, reachable at `cloud_addr`.
-pub fn enroll_relay(id: &CloudIdentity, relay: &RelayId, cloud_addr: &str) -> Result<Bundle, IdentityError> {
+pub fn enroll_relay(
+    id: &CloudIdentity,
+    relay: &RelayId,
+    cloud_addr: &str,
+) -> Result<Bundle, IdentityError> {
     let key = KeyPair::generate()?;
     // The relay id is the certificate's only name: the cloud reads it from the
     // verified chain to know which relay is speaking.
     let mut p = CertificateParams::new(vec![relay.as_str().to_owned()])?;
-    p.distinguished_name.push(DnType::CommonName, relay.as_str());
+    p.distinguished_name
+        .push(DnType::CommonName, relay.as_str());
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let cert = p.signed_by(&key, &id.ca_issuer()?)?;
     Ok(Bundle {

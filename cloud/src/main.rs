@@ -5,13 +5,17 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+use outpost_cloud::CloudIdentity;
 use outpost_cloud::enroll::enroll_relay;
 use outpost_cloud::identity::parse_ttl;
-use outpost_cloud::CloudIdentity;
 use outpost_shared::{RelayId, Role, RoomId, UserId};
 
 #[derive(Parser)]
-#[command(name = "outpost-cloud", version, about = "Outpost cloud: keys, device tokens and relay enrollment")]
+#[command(
+    name = "outpost-cloud",
+    version,
+    about = "Outpost cloud: keys, device tokens and relay enrollment"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -55,7 +59,10 @@ enum Cmd {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn main() -> ExitCode {
@@ -75,19 +82,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let id = CloudIdentity::init(&dir)?;
             println!("created cloud {} in {}", id.cloud_id, dir.display());
         }
-        Cmd::Token { dir, user, role, rooms, ttl } => {
+        Cmd::Token {
+            dir,
+            user,
+            role,
+            rooms,
+            ttl,
+        } => {
             let id = CloudIdentity::load(&dir)?;
             println!("{}", id.issue_token(user, role, rooms, now_secs(), ttl)?);
         }
-        Cmd::EnrollRelay { dir, relay, out, cloud_addr } => {
+        Cmd::EnrollRelay {
+            dir,
+            relay,
+            out,
+            cloud_addr,
+        } => {
             let id = CloudIdentity::load(&dir)?;
-            if cloud_addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            if cloud_addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
                 anyhow::bail!("--cloud-addr {cloud_addr:?} must be HOST:PORT");
             }
             let bundle = enroll_relay(&id, &relay, &cloud_addr)?;
             let json = serde_json::to_string_pretty(&bundle)?;
             write_private(&out, &json)?;
-            println!("wrote enrollment bundle for relay {relay} to {}", out.display());
+            println!(
+                "wrote enrollment bundle for relay {relay} to {}",
+                out.display()
+            );
         }
     }
     Ok(())
@@ -103,7 +128,9 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt as _;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok(())

@@ -34,7 +34,9 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 
@@ -46,7 +48,10 @@ impl Hub {
         verifier: TokenVerifier,
         shutdown: CancellationToken,
     ) -> Self {
-        let conns = ConnTracker::new(config.limits.max_devices, config.limits.max_connections_per_ip);
+        let conns = ConnTracker::new(
+            config.limits.max_devices,
+            config.limits.max_connections_per_ip,
+        );
         Self {
             config,
             store,
@@ -63,8 +68,12 @@ impl Hub {
     pub fn presence_allowed(&self, user: &UserId) -> bool {
         let now = self.started.elapsed();
         let rate = self.config.limits.presence_per_sec;
-        let Ok(mut map) = self.presence.lock() else { return false };
-        map.entry(user.clone()).or_insert_with(|| TokenBucket::new(rate, rate, now)).try_take(now)
+        let Ok(mut map) = self.presence.lock() else {
+            return false;
+        };
+        map.entry(user.clone())
+            .or_insert_with(|| TokenBucket::new(rate, rate, now))
+            .try_take(now)
     }
 
     /// Forgets throttling state of users with no session (keeps the map bounded).
@@ -113,7 +122,11 @@ impl Drop for ConnSlot {
 
 impl ConnTracker {
     pub fn new(max_total: usize, max_per_ip: usize) -> Self {
-        Self { max_total, max_per_ip, inner: Mutex::new((0, HashMap::new())) }
+        Self {
+            max_total,
+            max_per_ip,
+            inner: Mutex::new((0, HashMap::new())),
+        }
     }
 
     pub fn count(&self) -> usize {
@@ -123,7 +136,9 @@ impl ConnTracker {
     /// Takes a slot for a connection from `ip`, or says why not.
     pub fn acquire(hub: &Arc<Hub>, ip: IpAddr) -> Result<ConnSlot, Refusal> {
         let t = &hub.conns;
-        let Ok(mut g) = t.inner.lock() else { return Err(Refusal::HubFull) };
+        let Ok(mut g) = t.inner.lock() else {
+            return Err(Refusal::HubFull);
+        };
         if g.0 >= t.max_total {
             return Err(Refusal::HubFull);
         }
@@ -133,6 +148,9 @@ impl ConnTracker {
         }
         *n += 1;
         g.0 += 1;
-        Ok(ConnSlot { tracker: hub.clone(), ip })
+        Ok(ConnSlot {
+            tracker: hub.clone(),
+            ip,
+        })
     }
 }

@@ -16,4 +16,4 @@ pub mod session;
 pub mod store;
 
 pub use config::RelayConfig;
-pub use server::{run, Listeners, RunError};
+pub use server::{Listeners, RunError, run};

@@ -9,13 +9,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use outpost_relay::{run, Listeners, RelayConfig};
+use outpost_relay::{Listeners, RelayConfig, run};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "outpost-relay", version, about = "Outpost hub: stores and delivers a village's messages")]
+#[command(
+    name = "outpost-relay",
+    version,
+    about = "Outpost hub: stores and delivers a village's messages"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -82,7 +86,10 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode 
     }
     let problems = config.problems();
     if !problems.is_empty() {
-        eprintln!("outpost-relay: invalid configuration:\n  - {}", problems.join("\n  - "));
+        eprintln!(
+            "outpost-relay: invalid configuration:\n  - {}",
+            problems.join("\n  - ")
+        );
         return ExitCode::from(EXIT_CONFIG);
     }
     let rt = match tokio::runtime::Runtime::new() {
@@ -96,7 +103,10 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode 
         let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("outpost-relay: cannot listen on {}: {e}", config.server.listen);
+                eprintln!(
+                    "outpost-relay: cannot listen on {}: {e}",
+                    config.server.listen
+                );
                 return ExitCode::FAILURE;
             }
         };
@@ -119,8 +129,11 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode 
 
 /// SIGTERM (systemd) and SIGINT (Ctrl-C) both start a graceful shutdown.
 async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop the hub with SIGKILL");
         return;
     };

@@ -48,12 +48,16 @@ pub struct Lanes {
 
 impl SessionLink {
     fn offer(&self, priority: Priority, live: Live) {
-        let lane = if priority == Priority::Emergency { &self.urgent } else { &self.normal };
+        let lane = if priority == Priority::Emergency {
+            &self.urgent
+        } else {
+            &self.normal
+        };
         let is_log = matches!(live, Live::Log { .. });
-        if let Err(mpsc::error::TrySendError::Full(_)) = lane.try_send(live) {
-            if is_log {
-                self.lagged.store(true, Ordering::Release);
-            }
+        if let Err(mpsc::error::TrySendError::Full(_)) = lane.try_send(live)
+            && is_log
+        {
+            self.lagged.store(true, Ordering::Release);
         }
     }
 
@@ -79,7 +83,9 @@ pub struct Router {
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router").field("sessions", &self.session_count()).finish()
+        f.debug_struct("Router")
+            .field("sessions", &self.session_count())
+            .finish()
     }
 }
 
@@ -127,7 +133,9 @@ impl Router {
 
     /// Removes a session. Returns true when it was its user's last one (now offline).
     pub fn unregister(&self, link: &SessionLink, now_ms: u64) -> bool {
-        let Ok(mut inner) = self.inner.write() else { return false };
+        let Ok(mut inner) = self.inner.write() else {
+            return false;
+        };
         inner.sessions.remove(&link.id);
         for r in link.rooms.iter() {
             if let Some(set) = inner.rooms.get_mut(r) {
@@ -169,10 +177,11 @@ impl Router {
         let mut seen = HashSet::new();
         for r in rooms {
             for id in inner.rooms.get(r).into_iter().flatten() {
-                if let Some(s) = inner.sessions.get(id) {
-                    if &s.user != user && seen.insert(*id) {
-                        s.offer(Priority::Normal, Live::Ephemeral(text.clone()));
-                    }
+                if let Some(s) = inner.sessions.get(id)
+                    && &s.user != user
+                    && seen.insert(*id)
+                {
+                    s.offer(Priority::Normal, Live::Ephemeral(text.clone()));
                 }
             }
         }
@@ -180,7 +189,9 @@ impl Router {
 
     /// Other users online in any of `rooms`.
     pub fn online_in(&self, user: &UserId, rooms: &[RoomId]) -> Vec<UserId> {
-        let Ok(inner) = self.inner.read() else { return Vec::new() };
+        let Ok(inner) = self.inner.read() else {
+            return Vec::new();
+        };
         let mut users: Vec<UserId> = rooms
             .iter()
             .flat_map(|r| inner.rooms.get(r).into_iter().flatten())
@@ -198,7 +209,10 @@ impl Publisher for Router {
     fn publish(&self, entry: LogEntry) {
         let Ok(inner) = self.inner.read() else { return };
         let text = Utf8Bytes::from(entry.frame);
-        let live = Live::Log { cursor: entry.cursor, text };
+        let live = Live::Log {
+            cursor: entry.cursor,
+            text,
+        };
         match &entry.audience {
             Audience::Room { room, except } => {
                 for id in inner.rooms.get(room).into_iter().flatten() {
@@ -239,7 +253,10 @@ mod tests {
         LogEntry {
             cursor: Cursor(cursor),
             priority,
-            audience: Audience::Room { room: room(r), except },
+            audience: Audience::Room {
+                room: room(r),
+                except,
+            },
             frame: format!("{{\"c\":{cursor}}}"),
         }
     }
@@ -249,10 +266,17 @@ mod tests {
         let router = Router::new();
         let (a, mut la, _) = router.register(user("a"), dev("a1"), Arc::from(vec![room("r")]), 4);
         let (_b, mut lb, _) = router.register(user("b"), dev("b1"), Arc::from(vec![room("r")]), 4);
-        let (_c, mut lc, _) = router.register(user("c"), dev("c1"), Arc::from(vec![room("other")]), 4);
+        let (_c, mut lc, _) =
+            router.register(user("c"), dev("c1"), Arc::from(vec![room("other")]), 4);
         router.publish(entry(1, "r", Some(a.id), Priority::Normal));
         assert!(la.normal.try_recv().is_err());
-        assert!(matches!(lb.normal.try_recv(), Ok(Live::Log { cursor: Cursor(1), .. })));
+        assert!(matches!(
+            lb.normal.try_recv(),
+            Ok(Live::Log {
+                cursor: Cursor(1),
+                ..
+            })
+        ));
         assert!(lc.normal.try_recv().is_err());
     }
 
@@ -262,8 +286,20 @@ mod tests {
         let (_b, mut lb, _) = router.register(user("b"), dev("b1"), Arc::from(vec![room("r")]), 4);
         router.publish(entry(1, "r", None, Priority::Normal));
         router.publish(entry(2, "r", None, Priority::Emergency));
-        assert!(matches!(lb.urgent.try_recv(), Ok(Live::Log { cursor: Cursor(2), .. })));
-        assert!(matches!(lb.normal.try_recv(), Ok(Live::Log { cursor: Cursor(1), .. })));
+        assert!(matches!(
+            lb.urgent.try_recv(),
+            Ok(Live::Log {
+                cursor: Cursor(2),
+                ..
+            })
+        ));
+        assert!(matches!(
+            lb.normal.try_recv(),
+            Ok(Live::Log {
+                cursor: Cursor(1),
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -14,8 +14,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use outpost_shared::bundle::decode_public_key;
 use outpost_shared::TokenVerifier;
+use outpost_shared::bundle::decode_public_key;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,7 +42,12 @@ pub enum RunError {
 }
 
 /// Runs the hub until `shutdown` is cancelled. `dir` is the relay directory.
-pub async fn run(config: RelayConfig, dir: PathBuf, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: RelayConfig,
+    dir: PathBuf,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let key = decode_public_key(&config.identity.token_public_key).map_err(RunError::Config)?;
     let verifier = TokenVerifier::new(&key, config.identity.cloud_id.clone());
     let router = Arc::new(Router::new());
@@ -57,7 +62,13 @@ pub async fn run(config: RelayConfig, dir: PathBuf, listeners: Listeners, shutdo
     tracing::info!(db = %db.display(), epoch = %store.epoch(), head = store.head().0, "store open");
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let sessions_stop = CancellationToken::new();
-    let hub = Arc::new(Hub::new(config, store.clone(), router, verifier, sessions_stop.clone()));
+    let hub = Arc::new(Hub::new(
+        config,
+        store.clone(),
+        router,
+        verifier,
+        sessions_stop.clone(),
+    ));
     let tracker = TaskTracker::new();
 
     let app = axum::Router::new()
@@ -65,8 +76,11 @@ pub async fn run(config: RelayConfig, dir: PathBuf, listeners: Listeners, shutdo
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state((hub.clone(), tracker.clone()));
 
-    let serve = axum::serve(listeners.ws, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve = axum::serve(
+        listeners.ws,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let result = serve.await;
     tracing::info!("stopped accepting; closing sessions");
     sessions_stop.cancel();
@@ -89,11 +103,18 @@ async fn ws_upgrade(
     let slot = match ConnTracker::acquire(&hub, peer.ip()) {
         Ok(s) => s,
         Err(Refusal::HubFull) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, "hub_full: this hub serves its maximum number of devices; try again later\n")
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hub_full: this hub serves its maximum number of devices; try again later\n",
+            )
                 .into_response();
         }
         Err(Refusal::TooManyFromAddress) => {
-            return (StatusCode::TOO_MANY_REQUESTS, "rate_limited: too many connections from this address\n").into_response();
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited: too many connections from this address\n",
+            )
+                .into_response();
         }
     };
     let limits = &hub.config.limits;

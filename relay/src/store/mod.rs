@@ -26,7 +26,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 pub use reader::Replay;
-pub use schema::{current_version as schema_version, MigrateError, MIGRATIONS};
+pub use schema::{MIGRATIONS, MigrateError, current_version as schema_version};
 
 /// Identifies one live connection (opaque to the store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,7 +36,10 @@ pub struct SessionId(pub u64);
 #[derive(Debug, Clone)]
 pub enum Audience {
     /// Every session in the room except the one that sent it.
-    Room { room: RoomId, except: Option<SessionId> },
+    Room {
+        room: RoomId,
+        except: Option<SessionId>,
+    },
     /// Every session of one user (custody receipts go to the sender).
     User(UserId),
 }
@@ -76,10 +79,10 @@ impl StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        if let rusqlite::Error::SqliteFailure(f, _) = &e {
-            if f.code == rusqlite::ErrorCode::DiskFull {
-                return Self::StorageFull { used: 0, quota: 0 };
-            }
+        if let rusqlite::Error::SqliteFailure(f, _) = &e
+            && f.code == rusqlite::ErrorCode::DiskFull
+        {
+            return Self::StorageFull { used: 0, quota: 0 };
         }
         Self::Database(e.to_string())
     }
@@ -88,9 +91,15 @@ impl From<rusqlite::Error> for StoreError {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot create {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open the database {path}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error(transparent)]
     Migrate(#[from] MigrateError),
     #[error("cannot start the writer thread: {0}")]
@@ -121,8 +130,19 @@ pub struct AppendRequest {
 
 pub(crate) enum Command {
     Append(AppendRequest, Reply),
-    Ack { device: DeviceId, user: UserId, rooms: Arc<[RoomId]>, cursor: Cursor, at: u64 },
-    Read { user: UserId, room: RoomId, id: MessageId, at: u64 },
+    Ack {
+        device: DeviceId,
+        user: UserId,
+        rooms: Arc<[RoomId]>,
+        cursor: Cursor,
+        at: u64,
+    },
+    Read {
+        user: UserId,
+        room: RoomId,
+        id: MessageId,
+        at: u64,
+    },
     Rooms(Vec<RoomId>),
     Stop(oneshot::Sender<()>),
 }
@@ -155,7 +175,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("epoch", &self.epoch).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
     }
 }
 
@@ -178,11 +200,21 @@ fn new_epoch() -> String {
 impl Store {
     /// Opens (creating and migrating as needed) the database at `path` and starts the
     /// writer thread.
-    pub fn open(path: &Path, opts: StoreOptions, publisher: Arc<dyn Publisher>) -> Result<Self, OpenError> {
+    pub fn open(
+        path: &Path,
+        opts: StoreOptions,
+        publisher: Arc<dyn Publisher>,
+    ) -> Result<Self, OpenError> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| OpenError::Dir { path: parent.to_path_buf(), source })?;
+            std::fs::create_dir_all(parent).map_err(|source| OpenError::Dir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
         }
-        let open_err = |source| OpenError::Open { path: path.to_path_buf(), source };
+        let open_err = |source| OpenError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut conn = connect(path, OpenFlags::default()).map_err(open_err)?;
         schema::migrate(&mut conn, &new_epoch())?;
         let state = writer::State::load(&conn).map_err(open_err)?;
@@ -190,7 +222,15 @@ impl Store {
         let head = Arc::new(AtomicU64::new(state.next_cursor.saturating_sub(1)));
         let known_rooms = Arc::new(RwLock::new(state.rooms.clone()));
         let (tx, rx) = mpsc::channel(opts.max_batch);
-        let w = writer::Writer::new(conn, rx, publisher, state, opts, head.clone(), known_rooms.clone());
+        let w = writer::Writer::new(
+            conn,
+            rx,
+            publisher,
+            state,
+            opts,
+            head.clone(),
+            known_rooms.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name("outpost-store".into())
             .spawn(move || w.run())
@@ -216,12 +256,17 @@ impl Store {
 
     /// Whether any token or message has named this room on this hub.
     pub fn room_known(&self, room: &RoomId) -> bool {
-        self.known_rooms.read().map(|r| r.contains(room)).unwrap_or(false)
+        self.known_rooms
+            .read()
+            .map(|r| r.contains(room))
+            .unwrap_or(false)
     }
 
     /// Queues a message for the next group commit; `reply` runs after it committed.
     pub async fn append(&self, req: AppendRequest, reply: Reply) {
-        if let Err(mpsc::error::SendError(Command::Append(_, reply))) = self.tx.send(Command::Append(req, reply)).await {
+        if let Err(mpsc::error::SendError(Command::Append(_, reply))) =
+            self.tx.send(Command::Append(req, reply)).await
+        {
             reply(Err(StoreError::Closed));
         }
     }
@@ -234,8 +279,24 @@ impl Store {
     }
 
     /// Records that `device` holds everything up to `cursor` and emits `delivered` receipts.
-    pub async fn ack(&self, device: DeviceId, user: UserId, rooms: Arc<[RoomId]>, cursor: Cursor, at: u64) {
-        let _ = self.tx.send(Command::Ack { device, user, rooms, cursor, at }).await;
+    pub async fn ack(
+        &self,
+        device: DeviceId,
+        user: UserId,
+        rooms: Arc<[RoomId]>,
+        cursor: Cursor,
+        at: u64,
+    ) {
+        let _ = self
+            .tx
+            .send(Command::Ack {
+                device,
+                user,
+                rooms,
+                cursor,
+                at,
+            })
+            .await;
     }
 
     /// Records that `user` read `room` up to message `id` and emits `read` receipts.
@@ -246,7 +307,11 @@ impl Store {
     /// Remembers rooms named by a token, so they count as known.
     pub async fn note_rooms(&self, rooms: &[RoomId]) {
         let fresh: Vec<RoomId> = match self.known_rooms.read() {
-            Ok(known) => rooms.iter().filter(|r| !known.contains(*r)).cloned().collect(),
+            Ok(known) => rooms
+                .iter()
+                .filter(|r| !known.contains(*r))
+                .cloned()
+                .collect(),
             Err(_) => return,
         };
         if !fresh.is_empty() {
@@ -263,7 +328,12 @@ impl Store {
     }
 
     /// One page of a room's history, newest last.
-    pub async fn history(&self, room: RoomId, before: Option<Cursor>, limit: u32) -> Result<HistoryPage, StoreError> {
+    pub async fn history(
+        &self,
+        room: RoomId,
+        before: Option<Cursor>,
+        limit: u32,
+    ) -> Result<HistoryPage, StoreError> {
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || readers.history(room, before, limit))
             .await
@@ -291,12 +361,23 @@ mod tests;
 /// Creates and migrates the database at `path` without starting a writer (provisioning).
 pub fn create(path: &Path) -> Result<Epoch, OpenError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| OpenError::Dir { path: parent.to_path_buf(), source })?;
+        std::fs::create_dir_all(parent).map_err(|source| OpenError::Dir {
+            path: parent.to_path_buf(),
+            source,
+        })?;
     }
-    let mut conn = connect(path, OpenFlags::default()).map_err(|source| OpenError::Open { path: path.to_path_buf(), source })?;
+    let mut conn = connect(path, OpenFlags::default()).map_err(|source| OpenError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     schema::migrate(&mut conn, &new_epoch())?;
     let epoch: String = conn
-        .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))
-        .map_err(|source| OpenError::Open { path: path.to_path_buf(), source })?;
+        .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+            r.get(0)
+        })
+        .map_err(|source| OpenError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(Epoch(epoch))
 }

@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use outpost_shared::frames::{HistoryPage, MessageBody, Positioned, Receipt, ReceiptState};
-use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, ServerFrame, UserId};
+use outpost_shared::{
+    Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, ServerFrame, UserId,
+};
 use rusqlite::{Connection, OpenFlags, Row};
 
-use super::{connect, StoreError};
+use super::{StoreError, connect};
 
 /// Connections kept open for reuse; more are opened under load and closed after.
 const POOL_KEEP: usize = 4;
@@ -61,7 +63,11 @@ fn bad(what: &str) -> rusqlite::Error {
 fn message_from_row(r: &Row<'_>, base: usize) -> Result<Positioned, rusqlite::Error> {
     let id: Vec<u8> = r.get(base + 1)?;
     let reply_to: Option<Vec<u8>> = r.get(base + 7)?;
-    let mid = |b: &[u8]| <[u8; 16]>::try_from(b).map(MessageId::from_bytes).map_err(|_| bad("message id"));
+    let mid = |b: &[u8]| {
+        <[u8; 16]>::try_from(b)
+            .map(MessageId::from_bytes)
+            .map_err(|_| bad("message id"))
+    };
     Ok(Positioned {
         cursor: Cursor(u(r.get(base)?)),
         msg: MessageBody {
@@ -80,24 +86,34 @@ fn message_from_row(r: &Row<'_>, base: usize) -> Result<Positioned, rusqlite::Er
     })
 }
 
-const MESSAGE_COLUMNS: &str = "cursor, id, room, kind, priority, body, seq, reply_to, sender, device, hlc, at";
+const MESSAGE_COLUMNS: &str =
+    "cursor, id, room, kind, priority, body, seq, reply_to, sender, device, hlc, at";
 
 impl Readers {
     pub fn new(path: PathBuf) -> Self {
-        Self { path, pool: Mutex::new(Vec::new()) }
+        Self {
+            path,
+            pool: Mutex::new(Vec::new()),
+        }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, StoreError> {
         let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
         let conn = match pooled {
             Some(c) => c,
-            None => connect(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?,
+            None => connect(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?,
         };
         let out = f(&conn);
-        if let Ok(mut p) = self.pool.lock() {
-            if p.len() < POOL_KEEP {
-                p.push(conn);
-            }
+        if let Ok(mut p) = self.pool.lock()
+            && p.len() < POOL_KEEP
+        {
+            p.push(conn);
         }
         Ok(out?)
     }
@@ -157,7 +173,12 @@ impl Readers {
         })
     }
 
-    pub fn history(&self, room: RoomId, before: Option<Cursor>, limit: u32) -> Result<HistoryPage, StoreError> {
+    pub fn history(
+        &self,
+        room: RoomId,
+        before: Option<Cursor>,
+        limit: u32,
+    ) -> Result<HistoryPage, StoreError> {
         self.with(|conn| {
             let before = before.map_or(i64::MAX, |c| i64::try_from(c.0).unwrap_or(i64::MAX));
             let mut stmt = conn.prepare_cached(&format!(

@@ -83,10 +83,15 @@ pub fn current_version() -> u32 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("the database is at schema version {found}, newer than this build's {supported}; upgrade outpost-relay")]
+    #[error(
+        "the database is at schema version {found}, newer than this build's {supported}; upgrade outpost-relay"
+    )]
     TooNew { found: u32, supported: u32 },
     #[error("migration to schema version {version} failed: {source}")]
-    Failed { version: u32, source: rusqlite::Error },
+    Failed {
+        version: u32,
+        source: rusqlite::Error,
+    },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -100,14 +105,22 @@ pub fn migrate(conn: &mut Connection, new_epoch: &str) -> Result<u32, MigrateErr
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let tx = conn.transaction().map_err(|source| MigrateError::Failed { version, source })?;
-        tx.execute_batch(sql).map_err(|source| MigrateError::Failed { version, source })?;
+        let tx = conn
+            .transaction()
+            .map_err(|source| MigrateError::Failed { version, source })?;
+        tx.execute_batch(sql)
+            .map_err(|source| MigrateError::Failed { version, source })?;
         if version == 1 {
-            tx.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", [new_epoch])
-                .map_err(|source| MigrateError::Failed { version, source })?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('epoch', ?1)",
+                [new_epoch],
+            )
+            .map_err(|source| MigrateError::Failed { version, source })?;
         }
-        tx.pragma_update(None, "user_version", version).map_err(|source| MigrateError::Failed { version, source })?;
-        tx.commit().map_err(|source| MigrateError::Failed { version, source })?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(|source| MigrateError::Failed { version, source })?;
+        tx.commit()
+            .map_err(|source| MigrateError::Failed { version, source })?;
     }
     Ok(found)
 }

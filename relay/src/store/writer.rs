@@ -12,11 +12,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use outpost_shared::frames::{MessageBody, Positioned, Receipt, ReceiptState};
-use outpost_shared::{Cursor, DeviceId, Hlc, HlcClock, MessageId, Priority, RoomId, ServerFrame, UserId};
-use rusqlite::{params, Connection, OptionalExtension};
+use outpost_shared::{
+    Cursor, DeviceId, Hlc, HlcClock, MessageId, Priority, RoomId, ServerFrame, UserId,
+};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
-use super::{AppendRequest, Appended, Audience, Command, LogEntry, Publisher, Reply, StoreError, StoreOptions};
+use super::{
+    AppendRequest, Appended, Audience, Command, LogEntry, Publisher, Reply, StoreError,
+    StoreOptions,
+};
 
 /// What the writer restores from the database at start-up.
 pub(crate) struct State {
@@ -28,13 +33,19 @@ pub(crate) struct State {
 
 impl State {
     pub fn load(conn: &Connection) -> Result<Self, rusqlite::Error> {
-        let epoch: String = conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))?;
+        let epoch: String =
+            conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })?;
         let max_cursor: i64 = conn.query_row(
             "SELECT max(coalesce((SELECT max(cursor) FROM messages), 0), coalesce((SELECT max(cursor) FROM receipts), 0))",
             [],
             |r| r.get(0),
         )?;
-        let last_hlc: i64 = conn.query_row("SELECT coalesce(max(hlc), 0) FROM messages", [], |r| r.get(0))?;
+        let last_hlc: i64 =
+            conn.query_row("SELECT coalesce(max(hlc), 0) FROM messages", [], |r| {
+                r.get(0)
+            })?;
         let mut rooms = HashSet::new();
         let mut stmt = conn.prepare("SELECT room FROM rooms")?;
         for r in stmt.query_map([], |r| r.get::<_, String>(0))? {
@@ -111,8 +122,14 @@ impl Writer {
     }
 
     fn refresh_used_bytes(&mut self) {
-        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap_or(0);
-        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap_or(4096);
+        let pages: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap_or(0);
+        let size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap_or(4096);
         self.used_bytes = u64::try_from(pages.saturating_mul(size)).unwrap_or(0);
     }
 
@@ -121,7 +138,9 @@ impl Writer {
         let _enter = span.enter();
         let mut stop = None;
         while stop.is_none() {
-            let Some(first) = self.rx.blocking_recv() else { break };
+            let Some(first) = self.rx.blocking_recv() else {
+                break;
+            };
             let mut batch = vec![first];
             while batch.len() < self.opts.max_batch {
                 match self.rx.try_recv() {
@@ -139,7 +158,8 @@ impl Writer {
                     }
                 }
             }
-            let (urgent, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(Command::is_emergency);
+            let (urgent, rest): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(Command::is_emergency);
             if !urgent.is_empty() {
                 self.commit_group(urgent);
             }
@@ -181,10 +201,18 @@ impl Writer {
                             }
                         }
                     }
-                    Command::Ack { device, user, rooms, cursor, at } => {
+                    Command::Ack {
+                        device,
+                        user,
+                        rooms,
+                        cursor,
+                        at,
+                    } => {
                         self.ack(&device, &user, &rooms, cursor, at, &mut entries)?;
                     }
-                    Command::Read { user, room, id, at } => self.read(&user, &room, id, at, &mut entries)?,
+                    Command::Read { user, room, id, at } => {
+                        self.read(&user, &room, id, at, &mut entries)?
+                    }
                     Command::Rooms(rooms) => {
                         for r in rooms {
                             self.note_room(&r, &mut new_rooms)?;
@@ -200,10 +228,10 @@ impl Writer {
         match outcome {
             Ok(()) => {
                 self.head.store(self.next_cursor - 1, Ordering::Release);
-                if !new_rooms.is_empty() {
-                    if let Ok(mut known) = self.known_rooms.write() {
-                        known.extend(new_rooms);
-                    }
+                if !new_rooms.is_empty()
+                    && let Ok(mut known) = self.known_rooms.write()
+                {
+                    known.extend(new_rooms);
                 }
                 for (reply, result) in pending {
                     reply(result);
@@ -220,9 +248,10 @@ impl Writer {
                 // Acks reloaded lazily: the in-memory view may be ahead of the rolled-back rows.
                 self.acks.clear();
                 let err = match err {
-                    StoreError::StorageFull { .. } => {
-                        StoreError::StorageFull { used: self.used_bytes, quota: self.opts.quota_bytes }
-                    }
+                    StoreError::StorageFull { .. } => StoreError::StorageFull {
+                        used: self.used_bytes,
+                        quota: self.opts.quota_bytes,
+                    },
                     other => other,
                 };
                 for (reply, _) in pending {
@@ -239,9 +268,15 @@ impl Writer {
     }
 
     fn note_room(&mut self, room: &RoomId, new_rooms: &mut Vec<RoomId>) -> Result<(), StoreError> {
-        let known = self.known_rooms.read().map(|k| k.contains(room)).unwrap_or(false);
+        let known = self
+            .known_rooms
+            .read()
+            .map(|k| k.contains(room))
+            .unwrap_or(false);
         if !known && !new_rooms.contains(room) {
-            self.conn.prepare_cached("INSERT OR IGNORE INTO rooms (room) VALUES (?1)")?.execute([room.as_str()])?;
+            self.conn
+                .prepare_cached("INSERT OR IGNORE INTO rooms (room) VALUES (?1)")?
+                .execute([room.as_str()])?;
             new_rooms.push(room.clone());
         }
         Ok(())
@@ -262,15 +297,24 @@ impl Writer {
             .query_row([id_bytes], |r| r.get(0))
             .optional()?;
         if let Some(c) = existing {
-            return Ok(Ok(Appended { id: m.id, cursor: Cursor(u64::try_from(c).unwrap_or(0)), duplicate: true }));
+            return Ok(Ok(Appended {
+                id: m.id,
+                cursor: Cursor(u64::try_from(c).unwrap_or(0)),
+                duplicate: true,
+            }));
         }
         let limit = if m.priority == Priority::Emergency {
             self.opts.quota_bytes
         } else {
-            self.opts.quota_bytes.saturating_sub(self.opts.emergency_reserve_bytes)
+            self.opts
+                .quota_bytes
+                .saturating_sub(self.opts.emergency_reserve_bytes)
         };
         if self.used_bytes >= limit {
-            return Ok(Err(StoreError::StorageFull { used: self.used_bytes, quota: self.opts.quota_bytes }));
+            return Ok(Err(StoreError::StorageFull {
+                used: self.used_bytes,
+                quota: self.opts.quota_bytes,
+            }));
         }
         let hlc = match m.reply_to {
             Some(parent) => {
@@ -280,7 +324,9 @@ impl Writer {
                     .query_row([parent.as_bytes().as_slice()], |r| r.get(0))
                     .optional()?;
                 match parent_hlc {
-                    Some(h) => self.clock.observe(Hlc(u64::try_from(h).unwrap_or(0)), req.at),
+                    Some(h) => self
+                        .clock
+                        .observe(Hlc(u64::try_from(h).unwrap_or(0)), req.at),
                     None => self.clock.tick(req.at),
                 }
             }
@@ -309,7 +355,13 @@ impl Writer {
         self.note_room(&m.room, new_rooms)?;
         self.check_seq(&req.device, m.seq.0);
 
-        let AppendRequest { msg, from, device, at, origin } = req;
+        let AppendRequest {
+            msg,
+            from,
+            device,
+            at,
+            origin,
+        } = req;
         let priority = msg.priority;
         let room = msg.room.clone();
         let frame = ServerFrame::Message(Positioned {
@@ -329,18 +381,30 @@ impl Writer {
             },
         })
         .encode();
-        entries.push(LogEntry { cursor: Cursor(cursor), priority, audience: Audience::Room { room, except: origin }, frame });
-        Ok(Ok(Appended { id: msg.id, cursor: Cursor(cursor), duplicate: false }))
+        entries.push(LogEntry {
+            cursor: Cursor(cursor),
+            priority,
+            audience: Audience::Room {
+                room,
+                except: origin,
+            },
+            frame,
+        });
+        Ok(Ok(Appended {
+            id: msg.id,
+            cursor: Cursor(cursor),
+            duplicate: false,
+        }))
     }
 
     /// Gaps are reported, never filled in: the missing messages may still arrive from the
     /// device's outbox.
     fn check_seq(&mut self, device: &DeviceId, seq: u64) {
         let prev = self.last_seq.insert(device.clone(), seq);
-        if let Some(prev) = prev {
-            if seq > prev + 1 {
-                tracing::warn!(device = %device, after = prev, got = seq, "gap in device sequence");
-            }
+        if let Some(prev) = prev
+            && seq > prev + 1
+        {
+            tracing::warn!(device = %device, after = prev, got = seq, "gap in device sequence");
         }
     }
 
@@ -378,8 +442,11 @@ impl Writer {
              WHERE cursor > ? AND cursor <= ? AND sender <> ? AND room IN ({placeholders})
              ORDER BY cursor DESC LIMIT ?"
         );
-        let mut args: Vec<rusqlite::types::Value> =
-            vec![to_sql(prev).into(), to_sql(upto).into(), user.as_str().to_owned().into()];
+        let mut args: Vec<rusqlite::types::Value> = vec![
+            to_sql(prev).into(),
+            to_sql(upto).into(),
+            user.as_str().to_owned().into(),
+        ];
         args.extend(rooms.iter().map(|r| r.as_str().to_owned().into()));
         args.push(to_sql(self.opts.max_receipts_per_ack as u64).into());
         let targets = self.select_targets(&sql, args)?;
@@ -403,13 +470,20 @@ impl Writer {
     ) -> Result<Vec<(MessageId, UserId, RoomId)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, sender, room) = row?;
-            let (Ok(id), Ok(sender), Ok(room)) = (<[u8; 16]>::try_from(id.as_slice()), UserId::new(sender), RoomId::new(room))
-            else {
+            let (Ok(id), Ok(sender), Ok(room)) = (
+                <[u8; 16]>::try_from(id.as_slice()),
+                UserId::new(sender),
+                RoomId::new(room),
+            ) else {
                 continue;
             };
             out.push((MessageId::from_bytes(id), sender, room));
@@ -428,7 +502,9 @@ impl Writer {
         let target: Option<i64> = self
             .conn
             .prepare_cached("SELECT cursor FROM messages WHERE id = ?1 AND room = ?2")?
-            .query_row(params![id.as_bytes().as_slice(), room.as_str()], |r| r.get(0))
+            .query_row(params![id.as_bytes().as_slice(), room.as_str()], |r| {
+                r.get(0)
+            })
             .optional()?;
         let Some(target) = target else { return Ok(()) };
         let prev: i64 = self
@@ -505,7 +581,12 @@ impl Writer {
             cursor: Some(Cursor(cursor)),
         })
         .encode();
-        entries.push(LogEntry { cursor: Cursor(cursor), priority: Priority::Normal, audience: Audience::User(target), frame });
+        entries.push(LogEntry {
+            cursor: Cursor(cursor),
+            priority: Priority::Normal,
+            audience: Audience::User(target),
+            frame,
+        });
         Ok(())
     }
 }
