@@ -1,0 +1,200 @@
+//! Starting and stopping the real binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command as TokioCommand};
+
+/// Path of a workspace binary (`outpost-relay`, `outpost-cloud`).
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("HARNESS_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    // target/<profile>/deps/<test-exe> → target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    if !p.exists() {
+        panic!(
+            "{} not found: run `cargo build --bins` first (or set HARNESS_BIN_DIR)",
+            p.display()
+        );
+    }
+    p
+}
+
+/// A cloud directory made by `outpost-cloud init`.
+#[derive(Debug, Clone)]
+pub struct Cloud {
+    pub dir: PathBuf,
+}
+
+fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Cloud {
+    pub fn init(dir: &Path) -> anyhow::Result<Self> {
+        run_ok(
+            Command::new(bin("outpost-cloud"))
+                .arg("init")
+                .arg("--dir")
+                .arg(dir),
+        )?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Issues a token through the CLI, as an operator would.
+    pub fn token(
+        &self,
+        user: &str,
+        role: &str,
+        rooms: &[&str],
+        ttl: &str,
+    ) -> anyhow::Result<String> {
+        let mut cmd = Command::new(bin("outpost-cloud"));
+        cmd.arg("token")
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--user", user, "--role", role, "--ttl", ttl]);
+        for r in rooms {
+            cmd.args(["--room", r]);
+        }
+        Ok(run_ok(&mut cmd)?.trim().to_owned())
+    }
+
+    /// Enrolls relay `id` and provisions `dir` from the bundle.
+    pub fn provision_relay(&self, id: &str, dir: &Path) -> anyhow::Result<RelayDir> {
+        let bundle = self.dir.join(format!("{id}.bundle.json"));
+        run_ok(
+            Command::new(bin("outpost-cloud"))
+                .arg("enroll-relay")
+                .arg("--dir")
+                .arg(&self.dir)
+                .args(["--relay", id, "--cloud-addr", "127.0.0.1:4433", "--out"])
+                .arg(&bundle),
+        )?;
+        run_ok(
+            Command::new(bin("outpost-relay"))
+                .arg("init")
+                .arg("--dir")
+                .arg(dir)
+                .arg("--bundle")
+                .arg(&bundle),
+        )?;
+        Ok(RelayDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+/// A provisioned relay directory.
+#[derive(Debug, Clone)]
+pub struct RelayDir {
+    pub dir: PathBuf,
+}
+
+impl RelayDir {
+    /// Starts `outpost-relay run` on a free loopback port and waits until it listens.
+    pub async fn start(&self, env: &[(&str, &str)]) -> anyhow::Result<Relay> {
+        self.start_on("127.0.0.1:0", env).await
+    }
+
+    pub async fn start_on(&self, addr: &str, env: &[(&str, &str)]) -> anyhow::Result<Relay> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("relay.log"))?;
+        let mut cmd = TokioCommand::new(bin("outpost-relay"));
+        cmd.arg("run")
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--ws", addr]);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("spawning outpost-relay")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(crate::EVENT_TIMEOUT, lines.next_line())
+            .await
+            .context("relay did not report its address in time")??;
+        let Some(line) = line else {
+            let status = child.wait().await?;
+            let log = std::fs::read_to_string(self.dir.join("relay.log")).unwrap_or_default();
+            bail!("relay exited ({status}) before listening; log:\n{log}");
+        };
+        let url = line.rsplit(' ').next().unwrap_or_default().to_owned();
+        if !url.starts_with("ws://") {
+            bail!("unexpected first line from relay: {line:?}");
+        }
+        // Keep draining stdout so the relay never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Relay { child, url })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("relay.log")).unwrap_or_default()
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("data/relay.db")
+    }
+}
+
+/// A running relay process.
+pub struct Relay {
+    pub child: Child,
+    url: String,
+}
+
+impl Relay {
+    pub fn ws_url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// `host:port` of the device listener.
+    pub fn addr(&self) -> String {
+        self.url
+            .trim_start_matches("ws://")
+            .trim_end_matches("/ws")
+            .to_owned()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns its exit code.
+    pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        let pid = self.child.id().context("relay already exited")?;
+        run_ok(Command::new("kill").args(["-TERM", &pid.to_string()]))?;
+        let status = tokio::time::timeout(crate::EVENT_TIMEOUT, self.child.wait()).await??;
+        Ok(status.code())
+    }
+}

@@ -1,0 +1,123 @@
+//! Multi-device rooms: every member gets each message exactly once, in each sender's
+//! order; the sender gets `stored`; other rooms see nothing.
+
+use std::collections::{HashMap, HashSet};
+
+use outpost_tests::World;
+use outpost_tests::client::chat;
+use serde_json::json;
+
+#[tokio::test]
+async fn room_members_get_every_message_exactly_once_in_sender_order() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let mut a = w.device("amina", "amina-phone", &["clinic"]).await;
+    let mut b = w.device("baraka", "baraka-phone", &["clinic"]).await;
+    let mut c = w
+        .device("chausiku", "chausiku-tab", &["clinic", "maternity"])
+        .await;
+    let mut outsider = w.device("daudi", "daudi-phone", &["maternity"]).await;
+
+    const N: usize = 200;
+    let mut sent_a = Vec::new();
+    let mut sent_b = Vec::new();
+    // Interleave two senders without waiting for each `stored`: pipelined like a real
+    // outbox flush.
+    for i in 0..N {
+        sent_a.push(a.send_msg(chat("clinic", &format!("a{i}"))).await?);
+        sent_b.push(b.send_msg(chat("clinic", &format!("b{i}"))).await?);
+    }
+    let mut cursors = HashSet::new();
+    for id in &sent_a {
+        let s = a.expect_stored(id).await?;
+        assert!(
+            s.get("duplicate").is_none(),
+            "first send is not a duplicate: {s}"
+        );
+        assert!(
+            cursors.insert(s["cursor"].as_u64().unwrap_or(0)),
+            "cursors are unique"
+        );
+    }
+    for id in &sent_b {
+        b.expect_stored(id).await?;
+    }
+
+    // C sees all 2N, each once, each sender's in order, cursors strictly increasing.
+    let got = c.messages(2 * N).await?;
+    let mut by_sender: HashMap<String, Vec<String>> = HashMap::new();
+    let mut last_cursor = 0;
+    for f in &got {
+        let cur = f["cursor"].as_u64().unwrap_or(0);
+        assert!(cur > last_cursor, "cursor order");
+        last_cursor = cur;
+        let m = &f["msg"];
+        assert_eq!(m["room"], "clinic");
+        assert!(m["hlc"].as_u64().unwrap_or(0) > 0 && m["at"].as_u64().unwrap_or(0) > 0);
+        by_sender
+            .entry(m["from"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .push(m["id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(by_sender["amina"], sent_a);
+    assert_eq!(by_sender["baraka"], sent_b);
+    // A sees B's messages but never its own echoed back.
+    let at_a = a.messages(N).await?;
+    assert!(at_a.iter().all(|f| f["msg"]["from"] == "baraka"));
+    c.no_frame_of("message", std::time::Duration::from_millis(300))
+        .await?;
+    a.no_frame_of("message", std::time::Duration::from_millis(100))
+        .await?;
+    outsider
+        .no_frame_of("message", std::time::Duration::from_millis(100))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_message_carries_what_the_sender_wrote_plus_server_fields() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let mut a = w.device("amina", "phone-1", &["clinic"]).await;
+    let mut b = w.device("baraka", "phone-2", &["clinic"]).await;
+    let first = a.send_stored(chat("clinic", "question")).await?;
+    let q = b.expect("message").await?;
+    let reply = json!({"id": outpost_tests::new_id(), "room": "clinic", "kind": "report", "priority": "urgent",
+        "body": {"temp": 39.5, "notes": ["fever", "cough"]}, "seq": 7, "reply_to": q["msg"]["id"]});
+    let stored = b.send_stored(reply.clone()).await?;
+    let got = a.expect("message").await?;
+    assert_eq!(got["cursor"], stored["cursor"]);
+    let m = &got["msg"];
+    for k in ["id", "room", "kind", "priority", "body", "seq", "reply_to"] {
+        assert_eq!(m[k], reply[k], "field {k}");
+    }
+    assert_eq!(m["from"], "baraka");
+    assert_eq!(m["device"], "phone-2");
+    assert!(
+        m["hlc"].as_u64() > q["msg"]["hlc"].as_u64(),
+        "a reply is ordered after what it answers"
+    );
+    assert!(first["cursor"].as_u64() < stored["cursor"].as_u64());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_resent_id_is_deduplicated_with_the_same_cursor() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let mut a = w.device("amina", "phone-1", &["clinic"]).await;
+    let mut b = w.device("baraka", "phone-2", &["clinic"]).await;
+    let msg = chat("clinic", "only once");
+    let first = a.send_stored(msg.clone()).await?;
+    let mut again = msg.clone();
+    again["seq"] = json!(1);
+    let second = a.send_stored(again.clone()).await?;
+    assert_eq!(second["cursor"], first["cursor"]);
+    assert_eq!(second["duplicate"], true);
+    // Even from another connection of the same device.
+    let mut a2 = w.device("amina", "phone-1", &["clinic"]).await;
+    let third = a2.send_stored(again).await?;
+    assert_eq!(third["cursor"], first["cursor"]);
+    assert_eq!(third["duplicate"], true);
+    b.messages(1).await?;
+    b.no_frame_of("message", std::time::Duration::from_millis(300))
+        .await?;
+    Ok(())
+}
