@@ -203,6 +203,20 @@ impl Device {
         self.expect("pong").await.map(|_| ())
     }
 
+    /// Takes every frame of `ty` received so far (call after [`Device::sync`]).
+    pub fn take(&mut self, ty: &str) -> Vec<Value> {
+        let (hit, keep): (Vec<Value>, Vec<Value>) = self.backlog.drain(..).partition(|f| f["type"] == ty);
+        self.backlog = keep.into();
+        hit
+    }
+
+    /// Everything the server sends up to now: replay and live frames of `ty` that arrived
+    /// before a ping round trip.
+    pub async fn settle(&mut self, ty: &str) -> anyhow::Result<Vec<Value>> {
+        self.sync().await?;
+        Ok(self.take(ty))
+    }
+
     /// Waits for the server to close the connection; returns the close code.
     pub async fn expect_close(&mut self) -> anyhow::Result<Option<u16>> {
         loop {
