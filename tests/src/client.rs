@@ -143,23 +143,27 @@ impl Device {
         self.expect_stored(&id).await
     }
 
+    /// Waits for the server's answer to `send` of message `id`: its `stored` or `error`.
+    pub async fn answer(&mut self, id: &str) -> anyhow::Result<Value> {
+        let matches = |f: &Value| (f["type"] == "stored" || f["type"] == "error") && f["id"] == id;
+        if let Some(pos) = self.backlog.iter().position(matches) {
+            return self.backlog.remove(pos).ok_or_else(|| anyhow!("backlog"));
+        }
+        loop {
+            let f = self
+                .next_wire(EVENT_TIMEOUT)
+                .await?
+                .ok_or_else(|| anyhow!("no answer for {id}"))?;
+            if matches(&f) {
+                return Ok(f);
+            }
+            self.backlog.push_back(f);
+        }
+    }
+
     /// Waits for the `stored` frame of message `id` (or fails on its `error`).
     pub async fn expect_stored(&mut self, id: &str) -> anyhow::Result<Value> {
-        let matches = |f: &Value| (f["type"] == "stored" || f["type"] == "error") && f["id"] == id;
-        let f = if let Some(pos) = self.backlog.iter().position(matches) {
-            self.backlog.remove(pos).ok_or_else(|| anyhow!("backlog"))?
-        } else {
-            loop {
-                let f = self
-                    .next_wire(EVENT_TIMEOUT)
-                    .await?
-                    .ok_or_else(|| anyhow!("no stored for {id}"))?;
-                if matches(&f) {
-                    break f;
-                }
-                self.backlog.push_back(f);
-            }
-        };
+        let f = self.answer(id).await?;
         if f["type"] == "error" {
             bail!("send {id} refused: {f}");
         }
@@ -205,7 +209,8 @@ impl Device {
 
     /// Takes every frame of `ty` received so far (call after [`Device::sync`]).
     pub fn take(&mut self, ty: &str) -> Vec<Value> {
-        let (hit, keep): (Vec<Value>, Vec<Value>) = self.backlog.drain(..).partition(|f| f["type"] == ty);
+        let (hit, keep): (Vec<Value>, Vec<Value>) =
+            self.backlog.drain(..).partition(|f| f["type"] == ty);
         self.backlog = keep.into();
         hit
     }

@@ -233,11 +233,13 @@ impl Writer {
                 {
                     known.extend(new_rooms);
                 }
-                for (reply, result) in pending {
-                    reply(result);
-                }
+                // Publish before answering: once a sender holds `stored`, every online
+                // member already has the message queued.
                 for e in entries {
                     self.publisher.publish(e);
+                }
+                for (reply, result) in pending {
+                    reply(result);
                 }
                 self.refresh_used_bytes();
             }
