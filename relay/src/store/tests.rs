@@ -1,1 +1,258 @@
+use std::sync::{Arc, Mutex};
 
+use outpost_shared::frames::OutgoingMsg;
+use outpost_shared::{
+    Body, Cursor, DeviceId, MessageId, MessageKind, Priority, RoomId, Seq, UserId,
+};
+
+use super::*;
+
+#[derive(Default)]
+struct Collect(Mutex<Vec<LogEntry>>);
+
+impl Publisher for Collect {
+    fn publish(&self, entry: LogEntry) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(entry);
+        }
+    }
+}
+
+impl Collect {
+    fn cursors(&self) -> Vec<u64> {
+        self.0
+            .lock()
+            .map(|v| v.iter().map(|e| e.cursor.0).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        quota_bytes: 1 << 30,
+        emergency_reserve_bytes: 1 << 20,
+        max_batch: 4096,
+        max_receipts_per_ack: 100,
+    }
+}
+
+fn id(s: &str) -> RoomId {
+    RoomId::new(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn req(room: &str, priority: Priority, seq: u64) -> AppendRequest {
+    AppendRequest {
+        msg: OutgoingMsg {
+            id: MessageId(uuid::Uuid::now_v7()),
+            room: id(room),
+            kind: MessageKind::new("chat").unwrap_or_else(|e| panic!("{e}")),
+            priority,
+            body: Body::from_json(r#"{"text":"hi"}"#).unwrap_or_else(|e| panic!("{e}")),
+            seq: Seq(seq),
+            reply_to: None,
+        },
+        from: UserId::new("amina").unwrap_or_else(|e| panic!("{e}")),
+        device: DeviceId::new("phone").unwrap_or_else(|e| panic!("{e}")),
+        at: 1_700_000_000_000 + seq,
+        origin: None,
+    }
+}
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn append_dedupes_forever_and_survives_reopen() {
+    let dir = ok(tempfile::tempdir());
+    let path = dir.path().join("r.db");
+    let publ = Arc::new(Collect::default());
+    let store = ok(Store::open(&path, opts(), publ.clone()));
+    let first = req("clinic", Priority::Normal, 1);
+    let again = AppendRequest {
+        msg: first.msg.clone(),
+        ..req("clinic", Priority::Normal, 1)
+    };
+    let a = ok(store.append_wait(first).await);
+    assert!(!a.duplicate);
+    let b = ok(store.append_wait(again).await);
+    assert_eq!((b.cursor, b.duplicate), (a.cursor, true));
+    assert_eq!(
+        publ.cursors(),
+        vec![a.cursor.0],
+        "a duplicate is not published again"
+    );
+    let epoch = store.epoch().clone();
+    store.shutdown().await;
+
+    let store = ok(Store::open(&path, opts(), Arc::new(Collect::default())));
+    assert_eq!(store.epoch(), &epoch);
+    assert_eq!(store.head(), a.cursor);
+    let mut resent = req("elsewhere", Priority::Normal, 9);
+    resent.msg.id = a.id;
+    let c = ok(store.append_wait(resent).await);
+    assert_eq!(
+        (c.cursor, c.duplicate),
+        (a.cursor, true),
+        "dedupe is not a time window: it survives restarts"
+    );
+    let d = ok(store.append_wait(req("clinic", Priority::Normal, 2)).await);
+    assert!(d.cursor > a.cursor, "cursors continue after a restart");
+    store.shutdown().await;
+}
+
+/// Commands already queued when the writer starts form one drained group: the
+/// emergency among them is committed and published first.
+#[test]
+fn emergencies_in_a_group_commit_and_publish_first() {
+    let dir = ok(tempfile::tempdir());
+    let path = dir.path().join("r.db");
+    ok(create(&path));
+    let mut conn = ok(connect(&path, OpenFlags::default()));
+    ok(schema::migrate(&mut conn, "e"));
+    let state = ok(writer::State::load(&conn));
+    let (tx, rx) = mpsc::channel(64);
+    let publ = Arc::new(Collect::default());
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    for seq in 1..=10 {
+        let p = if seq == 8 {
+            Priority::Emergency
+        } else {
+            Priority::Normal
+        };
+        let answers = answers.clone();
+        let cmd = Command::Append(
+            req("ward", p, seq),
+            Box::new(move |r| {
+                if let (Ok(a), Ok(mut v)) = (r, answers.lock()) {
+                    v.push((seq, a.cursor.0));
+                }
+            }),
+        );
+        assert!(tx.try_send(cmd).is_ok());
+    }
+    drop(tx);
+    let w = writer::Writer::new(
+        conn,
+        rx,
+        publ.clone(),
+        state,
+        opts(),
+        Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        Arc::new(std::sync::RwLock::new(Default::default())),
+    );
+    w.run();
+    let answers = answers.lock().map(|v| v.clone()).unwrap_or_default();
+    assert_eq!(
+        answers.first(),
+        Some(&(8, 1)),
+        "the emergency got the first cursor: {answers:?}"
+    );
+    assert_eq!(
+        publ.0.lock().map(|v| v[0].priority).ok(),
+        Some(Priority::Emergency)
+    );
+    let normal: Vec<u64> = answers.iter().skip(1).map(|(_, c)| *c).collect();
+    assert_eq!(
+        normal,
+        (2..=10).collect::<Vec<_>>(),
+        "the rest keep their order"
+    );
+}
+
+#[tokio::test]
+async fn quota_keeps_a_reserve_for_emergencies() {
+    let dir = ok(tempfile::tempdir());
+    let o = StoreOptions {
+        quota_bytes: 300_000,
+        emergency_reserve_bytes: 150_000,
+        ..opts()
+    };
+    let store = ok(Store::open(
+        &dir.path().join("r.db"),
+        o,
+        Arc::new(Collect::default()),
+    ));
+    let mut refused = false;
+    for seq in 0..1000 {
+        let mut r = req("ward", Priority::Bulk, seq);
+        r.msg.body = ok(Body::from_value(&"x".repeat(4000)));
+        match store.append_wait(r).await {
+            Ok(_) => {}
+            Err(StoreError::StorageFull { .. }) => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused, "bulk traffic is refused before the quota");
+    assert!(
+        store
+            .append_wait(req("ward", Priority::Emergency, 5000))
+            .await
+            .is_ok(),
+        "the reserve takes emergencies"
+    );
+    assert_eq!(
+        store
+            .append_wait(req("ward", Priority::Normal, 5001))
+            .await
+            .map(|_| ())
+            .err()
+            .map(|e| e.code()),
+        Some(outpost_shared::ErrorCode::StorageFull)
+    );
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn replay_filters_rooms_and_the_devices_own_messages() {
+    let dir = ok(tempfile::tempdir());
+    let store = ok(Store::open(
+        &dir.path().join("r.db"),
+        opts(),
+        Arc::new(Collect::default()),
+    ));
+    let mine = ok(store.append_wait(req("clinic", Priority::Normal, 1)).await);
+    let mut other = req("clinic", Priority::Normal, 2);
+    other.device = ok(DeviceId::new("other"));
+    let theirs = ok(store.append_wait(other).await);
+    let mut elsewhere = req("maternity", Priority::Normal, 3);
+    elsewhere.device = ok(DeviceId::new("other"));
+    ok(store.append_wait(elsewhere).await);
+    let q = |own_visible_until| ReplayQuery {
+        after: Cursor(0),
+        rooms: Arc::from(vec![id("clinic")]),
+        user: ok(UserId::new("amina")),
+        own_device: ok(DeviceId::new("phone")),
+        own_visible_until,
+        limit: 10,
+    };
+    let resume = ok(store.replay(q(Cursor(0))).await);
+    assert_eq!(
+        resume.frames.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        vec![theirs.cursor]
+    );
+    assert!(resume.done);
+    let full = ok(store.replay(q(store.head())).await);
+    assert_eq!(
+        full.frames.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        vec![mine.cursor, theirs.cursor]
+    );
+    store.shutdown().await;
+}
+
+#[test]
+fn a_database_from_a_newer_build_is_refused() {
+    let dir = ok(tempfile::tempdir());
+    let path = dir.path().join("r.db");
+    ok(create(&path));
+    let conn = ok(Connection::open(&path));
+    ok(conn.pragma_update(None, "user_version", schema::current_version() + 1));
+    drop(conn);
+    match Store::open(&path, opts(), Arc::new(Collect::default())) {
+        Err(OpenError::Migrate(MigrateError::TooNew { .. })) => {}
+        other => panic!("expected TooNew, got {:?}", other.map(|_| ())),
+    }
+}
