@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Starts a working Outpost hub on this machine with embedded defaults: a local cloud
+# identity (keys, relay CA), an enrolled and provisioned relay, and demo tokens printed
+# for three users. State lives in ./demo-data (delete it to start over).
+#   PORT=8080 DEMO_DIR=./demo-data scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT="${PORT:-8080}"
+DEMO_DIR="${DEMO_DIR:-$PWD/demo-data}"
+
+cargo build --bins -q
+BIN="$PWD/target/debug"
+
+if [ ! -f "$DEMO_DIR/cloud/cloud.toml" ]; then
+  "$BIN/outpost-cloud" init --dir "$DEMO_DIR/cloud"
+fi
+if [ ! -f "$DEMO_DIR/relay/relay.toml" ]; then
+  "$BIN/outpost-cloud" enroll-relay --dir "$DEMO_DIR/cloud" --relay demo-hub \
+    --cloud-addr 127.0.0.1:4433 --out "$DEMO_DIR/demo-hub.bundle.json"
+  "$BIN/outpost-relay" init --dir "$DEMO_DIR/relay" --bundle "$DEMO_DIR/demo-hub.bundle.json"
+  rm -f "$DEMO_DIR/demo-hub.bundle.json"  # it holds the relay's private key
+fi
+
+token() { "$BIN/outpost-cloud" token --dir "$DEMO_DIR/cloud" --ttl 7d "$@"; }
+AMINA=$(token --user amina --role worker --room clinic --room village)
+BARAKA=$(token --user baraka --role worker --room clinic --room village)
+NEEMA=$(token --user dr-neema --role doctor --room clinic)
+
+cat <<MSG
+
+Outpost demo hub
+  WebSocket endpoint: ws://127.0.0.1:$PORT/ws   (protocol: docs/protocol.md)
+  State directory:    $DEMO_DIR
+
+Demo tokens (valid 7 days):
+  amina    (worker, rooms clinic+village): $AMINA
+  baraka   (worker, rooms clinic+village): $BARAKA
+  dr-neema (doctor, room clinic):          $NEEMA
+
+Try it with any WebSocket client, e.g. websocat:
+  websocat ws://127.0.0.1:$PORT/ws
+  {"v":1,"type":"hello","token":"<amina's token>","device":"amina-phone","cursor":null,"epoch":null}
+  {"v":1,"type":"send","msg":{"id":"$(cat /proc/sys/kernel/random/uuid)","room":"clinic","kind":"chat","priority":"normal","body":{"text":"hello"},"seq":1}}
+
+Stop with Ctrl-C (graceful: sessions closed, store flushed).
+MSG
+exec "$BIN/outpost-relay" run --dir "$DEMO_DIR/relay" --ws "127.0.0.1:$PORT"
