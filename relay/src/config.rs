@@ -157,6 +157,15 @@ pub struct ConfigError {
 impl RelayConfig {
     /// Loads defaults → `dir/relay.toml` (if present) → `OUTPOST_` environment.
     pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(dir, |_| {})
+    }
+
+    /// Like [`RelayConfig::load`], with command-line overrides applied before the values
+    /// are checked (so a flag can correct a bad value from the file or environment).
+    pub fn load_with(
+        dir: &Path,
+        overrides: impl FnOnce(&mut RelayConfig),
+    ) -> Result<Self, ConfigError> {
         let file = dir.join(CONFIG_FILE);
         let built = config::Config::builder()
             .add_source(
@@ -202,13 +211,14 @@ impl RelayConfig {
                 }
             }
         }
-        let cfg = RelayConfig {
+        let mut cfg = RelayConfig {
             server: section(&built, "server", &mut problems),
             storage: section(&built, "storage", &mut problems),
             limits: section(&built, "limits", &mut problems),
             identity: section(&built, "identity", &mut problems),
             uplink: section(&built, "uplink", &mut problems),
         };
+        overrides(&mut cfg);
         problems.extend(cfg.problems());
         if problems.is_empty() {
             Ok(cfg)

@@ -55,6 +55,22 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), InitErro
     f.sync_all().map_err(err)
 }
 
+/// Health data: the database and its folder are readable by the hub's user only.
+fn restrict(path: &Path) -> Result<(), InitError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = if path.is_dir() { 0o700 } else { 0o600 };
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+            InitError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
 /// Reads and checks a bundle file.
 pub fn read_bundle(path: &Path) -> Result<Bundle, InitError> {
     let text = fs::read_to_string(path).map_err(|source| InitError::ReadBundle {
@@ -109,14 +125,20 @@ pub fn init(dir: &Path, bundle_path: &Path) -> Result<String, InitError> {
     cfg.identity.cloud_id = bundle.cloud_id.clone();
     cfg.identity.token_public_key = bundle.token_public_key.clone();
     cfg.uplink.cloud = bundle.cloud_addr.clone();
+
+    // The database first: `relay.toml` appears last and marks a finished provisioning,
+    // so an interrupted `init` can simply be run again.
+    let db = cfg.db_path(dir);
+    crate::store::create(&db)?;
+    restrict(&db)?;
+    if let Some(parent) = db.parent() {
+        restrict(parent)?;
+    }
     write_file(
         &cfg_path,
         &render_config(&cfg, &bundle.cloud_server_name),
         false,
     )?;
-
-    // Create the database now so the epoch exists from provisioning on.
-    crate::store::create(&cfg.db_path(dir))?;
     Ok(bundle.relay_id.to_string())
 }
 

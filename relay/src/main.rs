@@ -1,9 +1,9 @@
 //! `outpost-relay`: the hub's command line. Arguments, logging, configuration and exit
 //! codes live here; everything else is in the library.
 //!
-//! Exit codes: 0 after a clean shutdown, 64 for bad configuration or usage (systemd's
-//! `RestartPreventExitStatus=64` keeps a misconfigured hub from restart-looping), 1 for
-//! any other failure.
+//! Exit codes: 0 after a clean shutdown, 64 for bad configuration or a bad enrollment
+//! bundle (systemd's `RestartPreventExitStatus=64` keeps a misconfigured hub from
+//! restart-looping), 2 for command-line usage errors (clap), 1 for any other failure.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,27 +72,20 @@ fn main() -> ExitCode {
 }
 
 fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode {
-    let mut config = match RelayConfig::load(&dir) {
+    let config = match RelayConfig::load_with(&dir, |c| {
+        if let Some(ws) = ws {
+            c.server.listen = ws;
+        }
+        if let Some(cloud) = cloud {
+            c.uplink.cloud = cloud;
+        }
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("outpost-relay: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(ws) = ws {
-        config.server.listen = ws;
-    }
-    if let Some(cloud) = cloud {
-        config.uplink.cloud = cloud;
-    }
-    let problems = config.problems();
-    if !problems.is_empty() {
-        eprintln!(
-            "outpost-relay: invalid configuration:\n  - {}",
-            problems.join("\n  - ")
-        );
-        return ExitCode::from(EXIT_CONFIG);
-    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

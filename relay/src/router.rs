@@ -61,6 +61,11 @@ impl SessionLink {
         }
     }
 
+    /// Whether live entries were dropped and not yet caught up (without clearing it).
+    pub fn is_lagged(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
+
     /// True once after live entries were dropped for this session.
     pub fn take_lagged(&self) -> bool {
         self.lagged.swap(false, Ordering::AcqRel)

@@ -404,18 +404,21 @@ impl Session {
         match live {
             Live::Ephemeral(text) => self.feed(text).await,
             Live::Log { cursor, text } => {
-                if cursor <= self.watermark || self.sent_above.contains(&cursor) {
-                    self.sent_above.remove(&cursor);
+                if cursor <= self.watermark || self.sent_above.remove(&cursor) {
                     return Ok(());
                 }
-                if urgent {
+                // An emergency overtakes only when older entries are still queued for this
+                // device; then it is marked `"ahead": true` so the device does not resume
+                // from its cursor, and the ordered stream skips it later.
+                let ahead = urgent && (!self.lanes.normal.is_empty() || self.link.is_lagged());
+                if ahead {
                     self.sent_above.insert(cursor);
-                } else {
-                    self.watermark = cursor;
-                    let wm = self.watermark;
-                    while self.sent_above.first().is_some_and(|c| *c <= wm) {
-                        self.sent_above.pop_first();
-                    }
+                    return self.feed(Utf8Bytes::from(mark_ahead(text.as_str()))).await;
+                }
+                self.watermark = cursor;
+                let wm = self.watermark;
+                while self.sent_above.first().is_some_and(|c| *c <= wm) {
+                    self.sent_above.pop_first();
                 }
                 self.feed(text).await
             }
@@ -457,9 +460,25 @@ impl Session {
                     ))
                     .await;
             }
-            Message::Close(_) => return Err(End::Closed),
+            Message::Close(_) => {
+                // tungstenite queued the close reply; flush so the peer sees a clean close.
+                let _ = self.ws.flush().await;
+                return Err(End::Closed);
+            }
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
         };
+        if self.claims.exp <= now_ms() / 1000 {
+            let _ = self
+                .feed(error_frame(
+                    ErrorCode::TokenExpired,
+                    "the token expired during the session; sign in again",
+                    None,
+                ))
+                .await;
+            let _ = self.flush().await;
+            close_with(&mut self.ws, close::UNAUTHENTICATED, "token_expired").await;
+            return Err(End::Closed);
+        }
         let max = self.hub.config.limits.max_frame_bytes;
         if text.len() > max {
             let m = format!("the frame is {} bytes; the limit is {max}", text.len());
@@ -516,6 +535,9 @@ impl Session {
             },
             ClientFrame::Typing(t) => match self.check_room(&t.room) {
                 Err((code, m)) => self.feed(error_frame(code, m, None)).await,
+                // Typing shares the device's message allowance; excess is dropped quietly
+                // (it is ephemeral and the next keystroke repeats it).
+                Ok(()) if !self.bucket.try_take(self.started.elapsed()) => Ok(()),
                 Ok(()) => {
                     let f = ServerFrame::Typing(TypingEvent {
                         room: t.room.clone(),
@@ -622,6 +644,14 @@ impl Session {
             )
             .await;
         Ok(())
+    }
+}
+
+/// Adds `"ahead":true` to an encoded frame (`{"v":1,...}`).
+fn mark_ahead(frame: &str) -> String {
+    match frame.strip_prefix('{') {
+        Some(rest) => format!("{{\"ahead\":true,{rest}"),
+        None => frame.to_owned(),
     }
 }
 

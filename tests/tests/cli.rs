@@ -136,8 +136,14 @@ fn bad_configuration_exits_64_listing_every_problem() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn environment_overrides_the_file() -> anyhow::Result<()> {
-    let w = World::start_with(&[("OUTPOST_LIMITS__MAX_BODY_BYTES", "100")]).await?;
+async fn environment_overrides_the_file_and_flags_override_both() -> anyhow::Result<()> {
+    // The listen address from the environment is nonsense, but --ws (set by the harness)
+    // replaces it before values are checked.
+    let w = World::start_with(&[
+        ("OUTPOST_LIMITS__MAX_BODY_BYTES", "100"),
+        ("OUTPOST_SERVER__LISTEN", "nowhere"),
+    ])
+    .await?;
     let mut a = w.device("amina", "a", &["clinic"]).await;
     a.send_stored(chat("clinic", "short")).await?;
     a.send_msg(chat("clinic", &"long ".repeat(40))).await?;

@@ -248,3 +248,18 @@ async fn hello_timeout_closes_with_4008() -> anyhow::Result<()> {
     assert_eq!(d.expect_close().await?, Some(4008));
     still_serving(&w).await
 }
+
+#[tokio::test]
+async fn a_token_that_expires_mid_session_ends_it() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let tok = w.cloud.token("amina", "worker", &["clinic"], "2s")?;
+    let mut d = Device::connect(&w.relay.ws_url()).await?;
+    d.hello(&tok, "a", None, None).await?;
+    d.sync().await?;
+    // Expiry is about time passing; nothing else to wait on.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    d.send_json(&json!({"v":1,"type":"ping"})).await?;
+    assert_eq!(d.expect_error().await?.0, "token_expired");
+    assert_eq!(d.expect_close().await?, Some(4001));
+    still_serving(&w).await
+}

@@ -198,3 +198,77 @@ async fn history_pages_back_through_a_room() -> anyhow::Result<()> {
     assert_eq!(page["messages"][0]["msg"]["body"]["text"], "m0");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_large_ack_is_worked_off_oldest_first_within_the_cap() -> anyhow::Result<()> {
+    let w = World::start_with(&[("OUTPOST_LIMITS__MAX_RECEIPTS_PER_ACK", "2")]).await?;
+    let mut a = w.device("amina", "a", &["clinic"]).await;
+    let mut b = w.device("baraka", "b", &["clinic"]).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(a.send_stored(chat("clinic", &format!("m{i}"))).await?["id"].clone());
+    }
+    let got = b.messages(5).await?;
+    let last = got[4]["cursor"].clone();
+    let mut receipts = Vec::new();
+    // Each ack of the same cursor yields at most two more receipts, oldest first.
+    for expected in [2usize, 2, 1] {
+        b.send_json(&json!({"v":1,"type":"ack","cursor":last}))
+            .await?;
+        for _ in 0..expected {
+            receipts.push(a.expect("receipt").await?["id"].clone());
+        }
+    }
+    assert_eq!(receipts, ids);
+    b.send_json(&json!({"v":1,"type":"ack","cursor":last}))
+        .await?;
+    a.no_frame_of("receipt", Duration::from_millis(300)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emergency_overtakes_a_slow_readers_backlog_marked_ahead() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let mut a = w.device("amina", "a", &["clinic"]).await;
+    let mut b = w.device("baraka", "b", &["clinic"]).await;
+    b.sync().await?;
+    // B stops reading while A sends far more than the socket buffers hold.
+    let filler = "n".repeat(32 * 1024);
+    const N: usize = 400;
+    for i in 0..N {
+        let id = a.send_msg(chat("clinic", &format!("{i} {filler}"))).await?;
+        if i % 50 == 49 {
+            a.expect_stored(&id).await?;
+        }
+    }
+    a.sync().await?;
+    let mut alert = chat("clinic", "eclampsia, send the ambulance");
+    alert["priority"] = json!("emergency");
+    alert["kind"] = json!("alert");
+    let stored = a.send_stored(alert).await?;
+    // Now B reads everything.
+    let got = b.messages(N + 1).await?;
+    let pos = got
+        .iter()
+        .position(|f| f["cursor"] == stored["cursor"])
+        .unwrap_or(usize::MAX);
+    assert!(
+        pos < N,
+        "the emergency arrived before the end of the backlog (at {pos})"
+    );
+    assert_eq!(got[pos]["ahead"], true, "an overtaking frame is marked");
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, f)| i == pos || f["ahead"].is_null())
+    );
+    let mut cursors: Vec<u64> = got
+        .iter()
+        .map(|f| f["cursor"].as_u64().unwrap_or(0))
+        .collect();
+    cursors.sort_unstable();
+    cursors.dedup();
+    assert_eq!(cursors.len(), N + 1, "every message exactly once");
+    b.no_frame_of("message", Duration::from_millis(300)).await?;
+    Ok(())
+}

@@ -114,3 +114,25 @@ async fn the_epoch_survives_restarts_and_a_new_database_gets_a_new_one() -> anyh
     d.expect("resync").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_device_id_is_only_unique_per_user() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    // Two people who both call their device "phone".
+    let mut a = w.device("amina", "phone", &["clinic"]).await;
+    let b = w.device("baraka", "phone", &["clinic"]).await;
+    let epoch = b.welcome["epoch"].as_str().unwrap_or_default().to_owned();
+    b.close().await;
+    let m = a.send_stored(chat("clinic", "for baraka")).await?;
+    let tok = w.token("baraka", "worker", &["clinic"]);
+    let mut b = Device::connect(&w.relay.ws_url()).await?;
+    b.hello(&tok, "phone", Some(0), Some(&epoch)).await?;
+    let got = b.settle("message").await?;
+    assert_eq!(
+        got.len(),
+        1,
+        "amina's message is not mistaken for baraka's own"
+    );
+    assert_eq!(got[0]["cursor"], m["cursor"]);
+    Ok(())
+}

@@ -32,8 +32,8 @@ pub struct ReplayQuery {
     pub rooms: Arc<[RoomId]>,
     /// Receipts addressed to this user are included.
     pub user: UserId,
-    /// Messages sent by this device are skipped above `own_visible_until`: the device
-    /// already has them (it got `stored`), unless it asked for a full replay.
+    /// Messages sent by this device of this user are skipped above `own_visible_until`:
+    /// the device already has them (it got `stored`), unless it asked for a full replay.
     pub own_device: DeviceId,
     pub own_visible_until: Cursor,
     pub limit: usize,
@@ -151,7 +151,7 @@ impl Readers {
                 scanned_to = cursor;
                 if kind == 0 {
                     let m = message_from_row(r, 1)?;
-                    if m.msg.device == q.own_device && cursor > q.own_visible_until {
+                    if m.msg.device == q.own_device && m.msg.from == q.user && cursor > q.own_visible_until {
                         continue;
                     }
                     frames.push((cursor, ServerFrame::Message(m).encode()));

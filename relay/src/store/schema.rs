@@ -53,11 +53,13 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX receipts_target ON receipts (target, cursor);
 
     -- What each device has acknowledged (drives `delivered`).
+    -- A device id is chosen by the client, so it is only unique per user.
     CREATE TABLE device_cursors (
-        device   TEXT PRIMARY KEY,
         user     TEXT NOT NULL,
+        device   TEXT NOT NULL,
         acked    INTEGER NOT NULL,
-        updated  INTEGER NOT NULL
+        updated  INTEGER NOT NULL,
+        PRIMARY KEY (user, device)
     ) WITHOUT ROWID;
 
     -- How far each user has read each room (drives `read`).

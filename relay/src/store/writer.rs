@@ -72,10 +72,10 @@ pub(crate) struct Writer {
     head: Arc<AtomicU64>,
     known_rooms: Arc<RwLock<HashSet<RoomId>>>,
     used_bytes: u64,
-    /// Last acked cursor per device, loaded lazily.
-    acks: HashMap<DeviceId, u64>,
-    /// Last seq seen per device in this run, to report gaps.
-    last_seq: HashMap<DeviceId, u64>,
+    /// Last acked cursor per (user, device), loaded lazily.
+    acks: HashMap<(UserId, DeviceId), u64>,
+    /// Last seq seen per (user, device) in this run, to report gaps.
+    last_seq: HashMap<(UserId, DeviceId), u64>,
 }
 
 /// A reply waiting for its transaction's fate.
@@ -355,7 +355,7 @@ impl Writer {
                 to_sql(req.at),
             ])?;
         self.note_room(&m.room, new_rooms)?;
-        self.check_seq(&req.device, m.seq.0);
+        self.check_seq(&req.from, &req.device, m.seq.0);
 
         let AppendRequest {
             msg,
@@ -401,8 +401,8 @@ impl Writer {
 
     /// Gaps are reported, never filled in: the missing messages may still arrive from the
     /// device's outbox.
-    fn check_seq(&mut self, device: &DeviceId, seq: u64) {
-        let prev = self.last_seq.insert(device.clone(), seq);
+    fn check_seq(&mut self, user: &UserId, device: &DeviceId, seq: u64) {
+        let prev = self.last_seq.insert((user.clone(), device.clone()), seq);
         if let Some(prev) = prev
             && seq > prev + 1
         {
@@ -410,17 +410,18 @@ impl Writer {
         }
     }
 
-    fn device_ack(&mut self, device: &DeviceId) -> Result<u64, StoreError> {
-        if let Some(v) = self.acks.get(device) {
+    fn device_ack(&mut self, user: &UserId, device: &DeviceId) -> Result<u64, StoreError> {
+        let key = (user.clone(), device.clone());
+        if let Some(v) = self.acks.get(&key) {
             return Ok(*v);
         }
         let v: Option<i64> = self
             .conn
-            .prepare_cached("SELECT acked FROM device_cursors WHERE device = ?1")?
-            .query_row([device.as_str()], |r| r.get(0))
+            .prepare_cached("SELECT acked FROM device_cursors WHERE user = ?1 AND device = ?2")?
+            .query_row([user.as_str(), device.as_str()], |r| r.get(0))
             .optional()?;
         let v = v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
-        self.acks.insert(device.clone(), v);
+        self.acks.insert(key, v);
         Ok(v)
     }
 
@@ -433,54 +434,64 @@ impl Writer {
         at: u64,
         entries: &mut Vec<LogEntry>,
     ) -> Result<(), StoreError> {
-        let prev = self.device_ack(device)?;
+        let prev = self.device_ack(user, device)?;
         let upto = cursor.0.min(self.next_cursor - 1);
         if upto <= prev || rooms.is_empty() {
             return Ok(());
         }
         let placeholders = vec!["?"; rooms.len()].join(",");
+        // Oldest first, at most `max_receipts_per_ack`; the mark only moves as far as was
+        // processed, so a huge ack is worked off over the device's next acks.
         let sql = format!(
-            "SELECT id, sender, room FROM messages
+            "SELECT id, sender, room, cursor FROM messages
              WHERE cursor > ? AND cursor <= ? AND sender <> ? AND room IN ({placeholders})
-             ORDER BY cursor DESC LIMIT ?"
+             ORDER BY cursor LIMIT ?"
         );
+        let cap = self.opts.max_receipts_per_ack;
         let mut args: Vec<rusqlite::types::Value> = vec![
             to_sql(prev).into(),
             to_sql(upto).into(),
             user.as_str().to_owned().into(),
         ];
         args.extend(rooms.iter().map(|r| r.as_str().to_owned().into()));
-        args.push(to_sql(self.opts.max_receipts_per_ack as u64).into());
+        args.push(to_sql(cap as u64).into());
         let targets = self.select_targets(&sql, args)?;
-        for (id, sender, room) in targets.into_iter().rev() {
+        let mark = if targets.len() >= cap {
+            targets.last().map_or(upto, |t| t.3)
+        } else {
+            upto
+        };
+        for (id, sender, room, _) in targets {
             self.receipt(id, ReceiptState::Delivered, user, sender, room, at, entries)?;
         }
         self.conn
             .prepare_cached(
-                "INSERT INTO device_cursors (device, user, acked, updated) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (device) DO UPDATE SET user = excluded.user, acked = excluded.acked, updated = excluded.updated",
+                "INSERT INTO device_cursors (user, device, acked, updated) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user, device) DO UPDATE SET acked = excluded.acked, updated = excluded.updated",
             )?
-            .execute(params![device.as_str(), user.as_str(), to_sql(upto), to_sql(now_ms())])?;
-        self.acks.insert(device.clone(), upto);
+            .execute(params![user.as_str(), device.as_str(), to_sql(mark), to_sql(now_ms())])?;
+        self.acks.insert((user.clone(), device.clone()), mark);
         Ok(())
     }
 
+    /// Runs a `SELECT id, sender, room, cursor ...` and decodes the rows.
     fn select_targets(
         &self,
         sql: &str,
         args: Vec<rusqlite::types::Value>,
-    ) -> Result<Vec<(MessageId, UserId, RoomId)>, StoreError> {
+    ) -> Result<Vec<(MessageId, UserId, RoomId, u64)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
             Ok((
                 r.get::<_, Vec<u8>>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, sender, room) = row?;
+            let (id, sender, room, cursor) = row?;
             let (Ok(id), Ok(sender), Ok(room)) = (
                 <[u8; 16]>::try_from(id.as_slice()),
                 UserId::new(sender),
@@ -488,7 +499,12 @@ impl Writer {
             ) else {
                 continue;
             };
-            out.push((MessageId::from_bytes(id), sender, room));
+            out.push((
+                MessageId::from_bytes(id),
+                sender,
+                room,
+                u64::try_from(cursor).unwrap_or(0),
+            ));
         }
         Ok(out)
     }
@@ -518,19 +534,26 @@ impl Writer {
         if target <= prev {
             return Ok(());
         }
+        let cap = self.opts.max_receipts_per_ack;
         let targets = self.select_targets(
-            "SELECT id, sender, room FROM messages
+            "SELECT id, sender, room, cursor FROM messages
              WHERE room = ? AND cursor > ? AND cursor <= ? AND sender <> ?
-             ORDER BY cursor DESC LIMIT ?",
+             ORDER BY cursor LIMIT ?",
             vec![
                 room.as_str().to_owned().into(),
                 prev.into(),
                 target.into(),
                 user.as_str().to_owned().into(),
-                to_sql(self.opts.max_receipts_per_ack as u64).into(),
+                to_sql(cap as u64).into(),
             ],
         )?;
-        for (mid, sender, room) in targets.into_iter().rev() {
+        // As for acks: oldest first, and the mark moves only as far as was processed.
+        let mark = if targets.len() >= cap {
+            targets.last().map_or(target, |t| to_sql(t.3))
+        } else {
+            target
+        };
+        for (mid, sender, room, _) in targets {
             self.receipt(mid, ReceiptState::Read, user, sender, room, at, entries)?;
         }
         self.conn
@@ -538,7 +561,7 @@ impl Writer {
                 "INSERT INTO read_marks (user, room, cursor) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user, room) DO UPDATE SET cursor = excluded.cursor",
             )?
-            .execute(params![user.as_str(), room.as_str(), target])?;
+            .execute(params![user.as_str(), room.as_str(), mark])?;
         Ok(())
     }
 
