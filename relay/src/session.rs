@@ -89,12 +89,11 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
         Ok(None) => return,
         Err(_) => {
             tracing::debug!(%peer, "no hello in time");
-            close_with(
-                &mut ws,
-                close::HELLO_TIMEOUT,
-                "send hello within 10 s of connecting",
-            )
-            .await;
+            let reason = format!(
+                "send hello within {} s of connecting",
+                hello_timeout.as_secs()
+            );
+            close_with(&mut ws, close::HELLO_TIMEOUT, &reason).await;
             return;
         }
     };
@@ -131,7 +130,10 @@ async fn wait_hello(hub: &Hub, ws: &mut WebSocket) -> Option<Hello> {
         let msg = ws.recv().await?.ok()?;
         let text = match msg {
             Message::Text(t) => t,
-            Message::Close(_) => return None,
+            Message::Close(_) => {
+                let _ = ws.flush().await;
+                return None;
+            }
             Message::Binary(_) => {
                 let _ = ws
                     .send(Message::Text(error_frame(
@@ -511,13 +513,16 @@ impl Session {
         match frame {
             ClientFrame::Send(s) => self.send(s.msg).await,
             ClientFrame::Ack(a) => {
+                // Only what was written in order counts as held: an emergency sent ahead
+                // does not vouch for the messages it overtook.
+                let cursor = a.cursor.min(self.watermark);
                 let h = &self.hub;
                 h.store
                     .ack(
                         self.link.device.clone(),
                         self.claims.sub.clone(),
                         self.rooms.clone(),
-                        a.cursor,
+                        cursor,
                         now_ms(),
                     )
                     .await;

@@ -10,7 +10,8 @@
 
 use rusqlite::Connection;
 
-/// Every migration, oldest first. Index + 1 is the schema version it produces.
+/// Every migration, oldest first. Index + 1 is the schema version it produces. From the
+/// first release on, a shipped migration is frozen.
 pub const MIGRATIONS: &[&str] = &[
     // 1: the durable core.
     "

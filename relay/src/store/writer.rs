@@ -122,10 +122,16 @@ impl Writer {
     }
 
     fn refresh_used_bytes(&mut self) {
-        let pages: i64 = self
+        // Free pages are reused before the file grows, so they do not count as used.
+        let total: i64 = self
             .conn
             .query_row("PRAGMA page_count", [], |r| r.get(0))
             .unwrap_or(0);
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap_or(0);
+        let pages = total.saturating_sub(free);
         let size: i64 = self
             .conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
