@@ -12,6 +12,7 @@ pub mod frames;
 pub mod hlc;
 pub mod ids;
 pub mod token;
+pub mod uplink;
 
 pub use error_code::ErrorCode;
 pub use frames::{Body, ClientFrame, DecodeError, MessageBody, OutgoingMsg, ServerFrame};

@@ -7,6 +7,7 @@
 //! pipe, a frame on a socket) with a timeout that only bounds a failing test.
 
 pub mod client;
+pub mod corpus;
 pub mod proc;
 
 pub use client::{Device, Frame};

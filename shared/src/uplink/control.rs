@@ -1,0 +1,122 @@
+//! Control-stream frames: a 4-byte big-endian length, then a postcard-encoded [`Control`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Cursor, RoomId};
+
+/// Largest control frame either side accepts (a `Hello` listing many rooms fits easily).
+pub const MAX_CONTROL_LEN: usize = 256 * 1024;
+
+/// Version of the link protocol (`Hello.v`).
+pub const LINK_VERSION: u16 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// First frame from the hub. `relay` must match its certificate; `epoch` names its
+    /// database (a new one resets what the cloud sends down); `rooms` are the rooms the
+    /// hub serves (replies in them are sent down).
+    Hello {
+        v: u16,
+        relay: String,
+        epoch: String,
+        rooms: Vec<RoomId>,
+        dicts: Vec<u32>,
+    },
+    /// The cloud's answer. `hwm`: everything the hub sent up to this cursor is durable in
+    /// the cloud (the hub may resume after it).
+    Welcome { cloud: String, hwm: Cursor },
+    /// The batch was committed by the receiver.
+    Ack { batch: u64 },
+    /// The hub serves more rooms now.
+    Rooms { rooms: Vec<RoomId> },
+    /// The receiver refuses the link (and closes it).
+    Refused { code: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("control frame of {len} bytes exceeds {MAX_CONTROL_LEN}")]
+    TooLarge { len: usize },
+    #[error("undecodable control frame: {0}")]
+    Decode(String),
+}
+
+impl Control {
+    /// Length-prefixed encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = postcard::to_stdvec(self).unwrap_or_default();
+        let mut out = Vec::with_capacity(body.len() + 4);
+        out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Checks a length prefix before reading the body.
+    pub fn check_len(prefix: [u8; 4]) -> Result<usize, ControlError> {
+        let len = u32::from_be_bytes(prefix) as usize;
+        if len > MAX_CONTROL_LEN {
+            Err(ControlError::TooLarge { len })
+        } else {
+            Ok(len)
+        }
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, ControlError> {
+        postcard::from_bytes(body).map_err(|e| ControlError::Decode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn control() -> impl Strategy<Value = Control> {
+        let room =
+            "[a-z][a-z0-9-]{0,12}".prop_map(|s| RoomId::new(s).unwrap_or_else(|e| panic!("{e}")));
+        prop_oneof![
+            (
+                any::<u16>(),
+                "\\PC{0,20}",
+                "\\PC{0,40}",
+                prop::collection::vec(room.clone(), 0..5),
+                prop::collection::vec(any::<u32>(), 0..3)
+            )
+                .prop_map(|(v, relay, epoch, rooms, dicts)| Control::Hello {
+                    v,
+                    relay,
+                    epoch,
+                    rooms,
+                    dicts
+                }),
+            ("\\PC{0,20}", any::<u64>()).prop_map(|(cloud, h)| Control::Welcome {
+                cloud,
+                hwm: Cursor(h)
+            }),
+            any::<u64>().prop_map(|batch| Control::Ack { batch }),
+            prop::collection::vec(room, 0..5).prop_map(|rooms| Control::Rooms { rooms }),
+            ("[a-z_]{1,10}", "\\PC{0,40}")
+                .prop_map(|(code, message)| Control::Refused { code, message }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn control_frames_round_trip(c in control()) {
+            let bytes = c.encode();
+            let len = Control::check_len([bytes[0], bytes[1], bytes[2], bytes[3]]).unwrap_or(usize::MAX);
+            prop_assert_eq!(len, bytes.len() - 4);
+            prop_assert_eq!(Control::decode(&bytes[4..]), Ok(c));
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Control::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused() {
+        assert!(Control::check_len(u32::MAX.to_be_bytes()).is_err());
+    }
+}

@@ -1,0 +1,325 @@
+//! The sending side of a link, as a state machine: which batches are in flight, how much
+//! may be, and how far the peer has durably taken the log (the high-water mark).
+//!
+//! Entries are read from the log per lane (emergency, normal) in cursor order. Acks can
+//! come back out of order (an emergency batch overtakes), so the high-water mark is the
+//! lowest point still unacknowledged or unread: `min(lane positions, first cursor of
+//! each unacked batch - 1)`. It only ever rises. After a reconnect the sender resumes from
+//! it; anything above that the peer already had is deduplicated there by message id.
+//!
+//! Normal batches are limited to a window of about 1.25 × the measured bandwidth-delay
+//! product (delivery rate from acks, max-filtered; RTT min-filtered), with a floor of two
+//! batches, so the link never holds a standing queue of our own making that a new
+//! emergency would have to wait behind. Emergency batches are not windowed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use super::batch::Lane;
+use crate::ids::Cursor;
+
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    /// Target compressed size of one batch.
+    pub max_batch_bytes: u64,
+    /// Most normal batches in flight whatever the window says.
+    pub max_inflight_batches: usize,
+    /// Most emergency batches in flight.
+    pub max_inflight_emergency: usize,
+    /// How long a partial normal batch may wait for more entries.
+    pub linger: Duration,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_bytes: 32 * 1024,
+            max_inflight_batches: 32,
+            max_inflight_emergency: 64,
+            linger: Duration::from_millis(50),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub lane: Lane,
+    pub first: Cursor,
+    pub last: Cursor,
+    pub bytes: u64,
+    sent_at: Duration,
+    delivered_at_send: u64,
+}
+
+/// Rate samples kept for the max filter.
+const RATE_SAMPLES: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct SendState {
+    cfg: FlowConfig,
+    next_batch: u64,
+    inflight: BTreeMap<u64, InFlight>,
+    pos_emergency: Cursor,
+    pos_normal: Cursor,
+    hwm: Cursor,
+    delivered: u64,
+    rates: VecDeque<f64>,
+    min_rtt: Option<Duration>,
+}
+
+impl SendState {
+    /// Starts after `hwm`: everything up to it the peer already has.
+    pub fn new(hwm: Cursor, cfg: FlowConfig) -> Self {
+        Self {
+            cfg,
+            next_batch: 1,
+            inflight: BTreeMap::new(),
+            pos_emergency: hwm,
+            pos_normal: hwm,
+            hwm,
+            delivered: 0,
+            rates: VecDeque::new(),
+            min_rtt: None,
+        }
+    }
+
+    pub fn config(&self) -> &FlowConfig {
+        &self.cfg
+    }
+
+    /// Where the next read of `lane` starts (exclusive).
+    pub fn lane_pos(&self, lane: Lane) -> Cursor {
+        match lane {
+            Lane::Emergency => self.pos_emergency,
+            Lane::Normal => self.pos_normal,
+        }
+    }
+
+    fn set_pos(&mut self, lane: Lane, to: Cursor) {
+        let p = match lane {
+            Lane::Emergency => &mut self.pos_emergency,
+            Lane::Normal => &mut self.pos_normal,
+        };
+        *p = (*p).max(to);
+        self.recompute_hwm();
+    }
+
+    /// Records that `lane` has nothing more up to `to`.
+    pub fn on_scanned(&mut self, lane: Lane, to: Cursor) {
+        self.set_pos(lane, to);
+    }
+
+    pub fn inflight_bytes(&self, lane: Lane) -> u64 {
+        self.inflight
+            .values()
+            .filter(|b| b.lane == lane)
+            .map(|b| b.bytes)
+            .sum()
+    }
+
+    pub fn inflight_count(&self, lane: Lane) -> usize {
+        self.inflight.values().filter(|b| b.lane == lane).count()
+    }
+
+    /// Measured bandwidth-delay product in bytes, if there are samples.
+    pub fn bdp(&self) -> Option<u64> {
+        let rate = self
+            .rates
+            .iter()
+            .copied()
+            .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))))?;
+        let rtt = self.min_rtt?;
+        Some((rate * rtt.as_secs_f64()) as u64)
+    }
+
+    /// Bytes of normal batches allowed in flight.
+    pub fn window(&self) -> u64 {
+        let floor = 2 * self.cfg.max_batch_bytes;
+        self.bdp().map_or(floor, |bdp| (bdp + bdp / 4).max(floor))
+    }
+
+    /// Whether another batch may be sent in `lane` now.
+    pub fn can_send(&self, lane: Lane) -> bool {
+        match lane {
+            Lane::Emergency => {
+                self.inflight_count(Lane::Emergency) < self.cfg.max_inflight_emergency
+            }
+            Lane::Normal => {
+                self.inflight_count(Lane::Normal) < self.cfg.max_inflight_batches
+                    && self.inflight_bytes(Lane::Normal) < self.window()
+            }
+        }
+    }
+
+    /// Registers a sent batch covering `first..=last` of `lane`, whose read examined the
+    /// log up to `scanned_to`. Returns its batch id.
+    pub fn on_sent(
+        &mut self,
+        lane: Lane,
+        first: Cursor,
+        last: Cursor,
+        scanned_to: Cursor,
+        bytes: u64,
+        now: Duration,
+    ) -> u64 {
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.inflight.insert(
+            id,
+            InFlight {
+                lane,
+                first,
+                last,
+                bytes,
+                sent_at: now,
+                delivered_at_send: self.delivered,
+            },
+        );
+        self.set_pos(lane, scanned_to.max(last));
+        id
+    }
+
+    /// The id the next batch will get (to encode it before registering).
+    pub fn peek_batch_id(&self) -> u64 {
+        self.next_batch
+    }
+
+    /// The receiver committed batch `id`. Returns what it covered (None for an unknown or
+    /// repeated ack).
+    pub fn on_ack(&mut self, id: u64, now: Duration) -> Option<InFlight> {
+        let b = self.inflight.remove(&id)?;
+        self.delivered += b.bytes;
+        let elapsed = now.saturating_sub(b.sent_at);
+        if !elapsed.is_zero() {
+            let rate = (self.delivered - b.delivered_at_send) as f64 / elapsed.as_secs_f64();
+            if self.rates.len() == RATE_SAMPLES {
+                self.rates.pop_front();
+            }
+            self.rates.push_back(rate);
+            self.min_rtt = Some(self.min_rtt.map_or(elapsed, |m| m.min(elapsed)));
+        }
+        self.recompute_hwm();
+        Some(b)
+    }
+
+    fn recompute_hwm(&mut self) {
+        let unacked = self
+            .inflight
+            .values()
+            .map(|b| Cursor(b.first.0.saturating_sub(1)))
+            .min();
+        let mut h = self.pos_emergency.min(self.pos_normal);
+        if let Some(u) = unacked {
+            h = h.min(u);
+        }
+        self.hwm = self.hwm.max(h);
+    }
+
+    /// Everything up to here was acknowledged by the peer.
+    pub fn hwm(&self) -> Cursor {
+        self.hwm
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn out_of_order_acks_hold_the_mark_at_the_oldest_gap() {
+        let mut s = SendState::new(Cursor(10), FlowConfig::default());
+        let a = s.on_sent(Lane::Normal, Cursor(11), Cursor(20), Cursor(20), 100, ms(0));
+        let e = s.on_sent(
+            Lane::Emergency,
+            Cursor(25),
+            Cursor(25),
+            Cursor(30),
+            10,
+            ms(1),
+        );
+        let b = s.on_sent(Lane::Normal, Cursor(21), Cursor(30), Cursor(30), 100, ms(2));
+        assert_eq!(s.hwm(), Cursor(10));
+        s.on_ack(e, ms(5));
+        s.on_ack(b, ms(6));
+        assert_eq!(s.hwm(), Cursor(10), "batch 11..20 is still unacked");
+        s.on_ack(a, ms(7));
+        assert_eq!(s.hwm(), Cursor(30));
+        assert!(
+            s.on_ack(a, ms(8)).is_none(),
+            "a repeated ack changes nothing"
+        );
+    }
+
+    #[test]
+    fn the_emergency_lane_position_bounds_the_mark() {
+        let mut s = SendState::new(Cursor(0), FlowConfig::default());
+        let a = s.on_sent(Lane::Normal, Cursor(1), Cursor(50), Cursor(50), 100, ms(0));
+        s.on_ack(a, ms(10));
+        assert_eq!(
+            s.hwm(),
+            Cursor(0),
+            "the emergency lane has not been read past 0"
+        );
+        s.on_scanned(Lane::Emergency, Cursor(60));
+        assert_eq!(s.hwm(), Cursor(50));
+    }
+
+    #[test]
+    fn the_window_follows_the_bandwidth_delay_product() {
+        let cfg = FlowConfig {
+            max_batch_bytes: 1000,
+            ..FlowConfig::default()
+        };
+        let mut s = SendState::new(Cursor(0), cfg);
+        assert_eq!(s.window(), 2000, "two batches before any measurement");
+        // A 100 kB/s pipe with 400 ms from send to ack: one 10 kB batch sent every 100 ms,
+        // each acked 400 ms later. BDP 40 kB.
+        let mut pending = std::collections::VecDeque::new();
+        let mut t = 0;
+        for i in 0..20u64 {
+            while pending.front().is_some_and(|(at, _)| *at <= t) {
+                if let Some((at, id)) = pending.pop_front() {
+                    s.on_ack(id, ms(at));
+                }
+            }
+            let id = s.on_sent(
+                Lane::Normal,
+                Cursor(i * 10 + 1),
+                Cursor(i * 10 + 10),
+                Cursor(i * 10 + 10),
+                10_000,
+                ms(t),
+            );
+            pending.push_back((t + 400, id));
+            t += 100;
+        }
+        for (at, id) in pending {
+            s.on_ack(id, ms(at));
+        }
+        let w = s.window();
+        assert!((40_000..=60_000).contains(&w), "window {w}");
+        assert!(s.can_send(Lane::Normal));
+        let mut n = 0;
+        while s.can_send(Lane::Normal) {
+            s.on_sent(
+                Lane::Normal,
+                Cursor(1000 + n),
+                Cursor(1000 + n),
+                Cursor(1000 + n),
+                10_000,
+                ms(t),
+            );
+            n += 1;
+        }
+        assert_eq!(
+            n,
+            w.div_ceil(10_000),
+            "sending stops once the window is full"
+        );
+        assert!(s.can_send(Lane::Emergency), "emergencies are not windowed");
+    }
+}
