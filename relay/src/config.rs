@@ -37,10 +37,7 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self {
-            listen: "0.0.0.0:8080".into(),
-            shutdown_grace_secs: 10,
-        }
+        Self { listen: "0.0.0.0:8080".into(), shutdown_grace_secs: 10 }
     }
 }
 
@@ -162,38 +159,22 @@ impl RelayConfig {
 
     /// Like [`RelayConfig::load`], with command-line overrides applied before the values
     /// are checked (so a flag can correct a bad value from the file or environment).
-    pub fn load_with(
-        dir: &Path,
-        overrides: impl FnOnce(&mut RelayConfig),
-    ) -> Result<Self, ConfigError> {
+    pub fn load_with(dir: &Path, overrides: impl FnOnce(&mut RelayConfig)) -> Result<Self, ConfigError> {
         let file = dir.join(CONFIG_FILE);
         let built = config::Config::builder()
+            .add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml).required(false))
             .add_source(
-                config::File::from(file.as_path())
-                    .format(config::FileFormat::Toml)
-                    .required(false),
-            )
-            .add_source(
-                config::Environment::with_prefix("OUTPOST")
-                    .prefix_separator("_")
-                    .separator("__")
-                    .try_parsing(true),
+                config::Environment::with_prefix("OUTPOST").prefix_separator("_").separator("__").try_parsing(true),
             )
             .build()
-            .map_err(|e| ConfigError {
-                problems: vec![e.to_string()],
-            })?;
+            .map_err(|e| ConfigError { problems: vec![e.to_string()] })?;
 
         let mut problems = Vec::new();
-        if let Ok(table) = built
-            .clone()
-            .try_deserialize::<std::collections::HashMap<String, config::Value>>()
-        {
+        if let Ok(table) = built.clone().try_deserialize::<std::collections::HashMap<String, config::Value>>() {
             for key in table.keys() {
                 if !["server", "storage", "limits", "identity", "uplink"].contains(&key.as_str()) {
-                    problems.push(format!(
-                        "unknown section `{key}` (known: server, storage, limits, identity, uplink)"
-                    ));
+                    problems
+                        .push(format!("unknown section `{key}` (known: server, storage, limits, identity, uplink)"));
                 }
             }
         }
@@ -220,36 +201,23 @@ impl RelayConfig {
         };
         overrides(&mut cfg);
         problems.extend(cfg.problems());
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigError { problems })
-        }
+        if problems.is_empty() { Ok(cfg) } else { Err(ConfigError { problems }) }
     }
 
     /// Checks values (not syntax) and lists every problem.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.server.listen.parse::<SocketAddr>().is_err() {
-            p.push(format!(
-                "server.listen = {:?} is not an address like 0.0.0.0:8080",
-                self.server.listen
-            ));
+            p.push(format!("server.listen = {:?} is not an address like 0.0.0.0:8080", self.server.listen));
         }
         let l = &self.limits;
         let positive = [
             ("limits.max_frame_bytes", l.max_frame_bytes as u64),
             ("limits.max_body_bytes", l.max_body_bytes as u64),
             ("limits.max_devices", l.max_devices as u64),
-            (
-                "limits.max_connections_per_ip",
-                l.max_connections_per_ip as u64,
-            ),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip as u64),
             ("limits.outbound_queue", l.outbound_queue as u64),
-            (
-                "limits.max_inflight_per_device",
-                l.max_inflight_per_device as u64,
-            ),
+            ("limits.max_inflight_per_device", l.max_inflight_per_device as u64),
             ("limits.rate_per_sec", u64::from(l.rate_per_sec)),
             ("limits.hello_timeout_secs", l.hello_timeout_secs),
             ("limits.ping_interval_secs", l.ping_interval_secs),
@@ -277,43 +245,24 @@ impl RelayConfig {
             p.push("limits.idle_timeout_secs must be longer than limits.ping_interval_secs".into());
         }
         if self.storage.emergency_reserve_bytes >= self.storage.quota_bytes {
-            p.push(
-                "storage.emergency_reserve_bytes must be smaller than storage.quota_bytes".into(),
-            );
+            p.push("storage.emergency_reserve_bytes must be smaller than storage.quota_bytes".into());
         }
         if self.identity.cloud_id.is_empty() || self.identity.token_public_key.is_empty() {
-            p.push(
-                "identity is not set: run `outpost-relay init --dir DIR --bundle FILE` first"
-                    .into(),
-            );
-        } else if let Err(e) =
-            outpost_shared::bundle::decode_public_key(&self.identity.token_public_key)
-        {
+            p.push("identity is not set: run `outpost-relay init --dir DIR --bundle FILE` first".into());
+        } else if let Err(e) = outpost_shared::bundle::decode_public_key(&self.identity.token_public_key) {
             p.push(format!("identity.token_public_key: {e}"));
         }
         if !self.uplink.cloud.is_empty()
-            && self
-                .uplink
-                .cloud
-                .rsplit_once(':')
-                .and_then(|(_, port)| port.parse::<u16>().ok())
-                .is_none()
+            && self.uplink.cloud.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none()
         {
-            p.push(format!(
-                "uplink.cloud = {:?} must be HOST:PORT",
-                self.uplink.cloud
-            ));
+            p.push(format!("uplink.cloud = {:?} must be HOST:PORT", self.uplink.cloud));
         }
         p
     }
 
     /// The database path, resolved against the relay directory.
     pub fn db_path(&self, dir: &Path) -> PathBuf {
-        if self.storage.path.is_absolute() {
-            self.storage.path.clone()
-        } else {
-            dir.join(&self.storage.path)
-        }
+        if self.storage.path.is_absolute() { self.storage.path.clone() } else { dir.join(&self.storage.path) }
     }
 }
 
@@ -331,11 +280,8 @@ mod tests {
     #[test]
     fn defaults_plus_file() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(
-            dir.path().join(CONFIG_FILE),
-            with_identity("[limits]\nmax_body_bytes = 1000\n"),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join(CONFIG_FILE), with_identity("[limits]\nmax_body_bytes = 1000\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
         let cfg = RelayConfig::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.limits.max_body_bytes, 1000);
         assert_eq!(cfg.limits.max_frame_bytes, 256 << 10);
@@ -349,18 +295,9 @@ mod tests {
             "[server]\nlisten = \"nowhere\"\n[limits]\nmax_devices = 0\nrate_per_sec = 0\n[bogus]\nx = 1\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let err = RelayConfig::load(dir.path())
-            .err()
-            .map(|e| e.problems)
-            .unwrap_or_default();
+        let err = RelayConfig::load(dir.path()).err().map(|e| e.problems).unwrap_or_default();
         let all = err.join("\n");
-        for needle in [
-            "server.listen",
-            "max_devices",
-            "rate_per_sec",
-            "bogus",
-            "identity is not set",
-        ] {
+        for needle in ["server.listen", "max_devices", "rate_per_sec", "bogus", "identity is not set"] {
             assert!(all.contains(needle), "{needle} missing from:\n{all}");
         }
     }
@@ -368,15 +305,9 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(
-            dir.path().join(CONFIG_FILE),
-            with_identity("[limits]\nmax_bodyy_bytes = 5\n"),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let err = RelayConfig::load(dir.path())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        std::fs::write(dir.path().join(CONFIG_FILE), with_identity("[limits]\nmax_bodyy_bytes = 5\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = RelayConfig::load(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("max_bodyy_bytes"), "{err}");
     }
 }

@@ -34,9 +34,7 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
+        f.debug_struct("Hub").field("store", &self.store).finish_non_exhaustive()
     }
 }
 
@@ -48,10 +46,7 @@ impl Hub {
         verifier: TokenVerifier,
         shutdown: CancellationToken,
     ) -> Self {
-        let conns = ConnTracker::new(
-            config.limits.max_devices,
-            config.limits.max_connections_per_ip,
-        );
+        let conns = ConnTracker::new(config.limits.max_devices, config.limits.max_connections_per_ip);
         Self {
             config,
             store,
@@ -71,9 +66,7 @@ impl Hub {
         let Ok(mut map) = self.presence.lock() else {
             return false;
         };
-        map.entry(user.clone())
-            .or_insert_with(|| TokenBucket::new(rate, rate, now))
-            .try_take(now)
+        map.entry(user.clone()).or_insert_with(|| TokenBucket::new(rate, rate, now)).try_take(now)
     }
 
     /// Forgets throttling state of users with no session (keeps the map bounded).
@@ -122,11 +115,7 @@ impl Drop for ConnSlot {
 
 impl ConnTracker {
     pub fn new(max_total: usize, max_per_ip: usize) -> Self {
-        Self {
-            max_total,
-            max_per_ip,
-            inner: Mutex::new((0, HashMap::new())),
-        }
+        Self { max_total, max_per_ip, inner: Mutex::new((0, HashMap::new())) }
     }
 
     pub fn count(&self) -> usize {
@@ -148,9 +137,6 @@ impl ConnTracker {
         }
         *n += 1;
         g.0 += 1;
-        Ok(ConnSlot {
-            tracker: hub.clone(),
-            ip,
-        })
+        Ok(ConnSlot { tracker: hub.clone(), ip })
     }
 }

@@ -16,21 +16,13 @@ use crate::config::{CONFIG_FILE, RelayConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     #[error("cannot read the bundle {path}: {source}")]
-    ReadBundle {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadBundle { path: PathBuf, source: std::io::Error },
     #[error("{path} is not an Outpost enrollment bundle: {reason}")]
     BadBundle { path: PathBuf, reason: String },
-    #[error(
-        "{path} already exists: this directory already holds a relay (remove it first to re-provision)"
-    )]
+    #[error("{path} already exists: this directory already holds a relay (remove it first to re-provision)")]
     Exists { path: PathBuf },
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] crate::store::OpenError),
 }
@@ -39,10 +31,7 @@ pub enum InitError {
 pub const IDENTITY_DIR: &str = "identity";
 
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), InitError> {
-    let err = |source| InitError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| InitError::Write { path: path.to_path_buf(), source };
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -61,39 +50,22 @@ fn restrict(path: &Path) -> Result<(), InitError> {
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = if path.is_dir() { 0o700 } else { 0o600 };
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
-            InitError::Write {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|source| InitError::Write { path: path.to_path_buf(), source })?;
     }
     Ok(())
 }
 
 /// Reads and checks a bundle file.
 pub fn read_bundle(path: &Path) -> Result<Bundle, InitError> {
-    let text = fs::read_to_string(path).map_err(|source| InitError::ReadBundle {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let bad = |reason: String| InitError::BadBundle {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let text = fs::read_to_string(path).map_err(|source| InitError::ReadBundle { path: path.to_path_buf(), source })?;
+    let bad = |reason: String| InitError::BadBundle { path: path.to_path_buf(), reason };
     let bundle: Bundle = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     if bundle.v != BUNDLE_VERSION {
-        return Err(bad(format!(
-            "bundle version {} is not supported (expected {BUNDLE_VERSION})",
-            bundle.v
-        )));
+        return Err(bad(format!("bundle version {} is not supported (expected {BUNDLE_VERSION})", bundle.v)));
     }
-    decode_public_key(&bundle.token_public_key)
-        .map_err(|e| bad(format!("token_public_key: {e}")))?;
-    for (name, pem) in [
-        ("ca_cert_pem", &bundle.ca_cert_pem),
-        ("relay_cert_pem", &bundle.relay_cert_pem),
-    ] {
+    decode_public_key(&bundle.token_public_key).map_err(|e| bad(format!("token_public_key: {e}")))?;
+    for (name, pem) in [("ca_cert_pem", &bundle.ca_cert_pem), ("relay_cert_pem", &bundle.relay_cert_pem)] {
         if !pem.contains("BEGIN CERTIFICATE") {
             return Err(bad(format!("{name} is not a PEM certificate")));
         }
@@ -112,10 +84,7 @@ pub fn init(dir: &Path, bundle_path: &Path) -> Result<String, InitError> {
         return Err(InitError::Exists { path: cfg_path });
     }
     let ident = dir.join(IDENTITY_DIR);
-    fs::create_dir_all(&ident).map_err(|source| InitError::Write {
-        path: ident.clone(),
-        source,
-    })?;
+    fs::create_dir_all(&ident).map_err(|source| InitError::Write { path: ident.clone(), source })?;
     write_file(&ident.join("ca.crt"), &bundle.ca_cert_pem, false)?;
     write_file(&ident.join("relay.crt"), &bundle.relay_cert_pem, false)?;
     write_file(&ident.join("relay.key"), &bundle.relay_key_pem, true)?;
@@ -134,11 +103,7 @@ pub fn init(dir: &Path, bundle_path: &Path) -> Result<String, InitError> {
     if let Some(parent) = db.parent() {
         restrict(parent)?;
     }
-    write_file(
-        &cfg_path,
-        &render_config(&cfg, &bundle.cloud_server_name),
-        false,
-    )?;
+    write_file(&cfg_path, &render_config(&cfg, &bundle.cloud_server_name), false)?;
     Ok(bundle.relay_id.to_string())
 }
 

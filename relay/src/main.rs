@@ -15,11 +15,7 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(
-    name = "outpost-relay",
-    version,
-    about = "Outpost hub: stores and delivers a village's messages"
-)]
+#[command(name = "outpost-relay", version, about = "Outpost hub: stores and delivers a village's messages")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -50,9 +46,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -97,10 +91,7 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode 
         let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!(
-                    "outpost-relay: cannot listen on {}: {e}",
-                    config.server.listen
-                );
+                eprintln!("outpost-relay: cannot listen on {}: {e}", config.server.listen);
                 return ExitCode::FAILURE;
             }
         };
@@ -124,10 +115,7 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode 
 /// SIGTERM (systemd) and SIGINT (Ctrl-C) both start a graceful shutdown.
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop the hub with SIGKILL");
         return;
     };

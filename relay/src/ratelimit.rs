@@ -15,12 +15,7 @@ impl TokenBucket {
     /// A full bucket at time `now` (any fixed origin).
     pub fn new(rate: u32, burst: u32, now: Duration) -> Self {
         let burst = f64::from(burst.max(1));
-        Self {
-            rate: f64::from(rate),
-            burst,
-            tokens: burst,
-            last: now,
-        }
+        Self { rate: f64::from(rate), burst, tokens: burst, last: now }
     }
 
     /// Takes one token if there is one.

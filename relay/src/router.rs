@@ -48,11 +48,7 @@ pub struct Lanes {
 
 impl SessionLink {
     fn offer(&self, priority: Priority, live: Live) {
-        let lane = if priority == Priority::Emergency {
-            &self.urgent
-        } else {
-            &self.normal
-        };
+        let lane = if priority == Priority::Emergency { &self.urgent } else { &self.normal };
         let is_log = matches!(live, Live::Log { .. });
         if let Err(mpsc::error::TrySendError::Full(_)) = lane.try_send(live)
             && is_log
@@ -88,9 +84,7 @@ pub struct Router {
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router")
-            .field("sessions", &self.session_count())
-            .finish()
+        f.debug_struct("Router").field("sessions", &self.session_count()).finish()
     }
 }
 
@@ -214,10 +208,7 @@ impl Publisher for Router {
     fn publish(&self, entry: LogEntry) {
         let Ok(inner) = self.inner.read() else { return };
         let text = Utf8Bytes::from(entry.frame);
-        let live = Live::Log {
-            cursor: entry.cursor,
-            text,
-        };
+        let live = Live::Log { cursor: entry.cursor, text };
         match &entry.audience {
             Audience::Room { room, except } => {
                 for id in inner.rooms.get(room).into_iter().flatten() {
@@ -258,10 +249,7 @@ mod tests {
         LogEntry {
             cursor: Cursor(cursor),
             priority,
-            audience: Audience::Room {
-                room: room(r),
-                except,
-            },
+            audience: Audience::Room { room: room(r), except },
             frame: format!("{{\"c\":{cursor}}}"),
         }
     }
@@ -271,17 +259,10 @@ mod tests {
         let router = Router::new();
         let (a, mut la, _) = router.register(user("a"), dev("a1"), Arc::from(vec![room("r")]), 4);
         let (_b, mut lb, _) = router.register(user("b"), dev("b1"), Arc::from(vec![room("r")]), 4);
-        let (_c, mut lc, _) =
-            router.register(user("c"), dev("c1"), Arc::from(vec![room("other")]), 4);
+        let (_c, mut lc, _) = router.register(user("c"), dev("c1"), Arc::from(vec![room("other")]), 4);
         router.publish(entry(1, "r", Some(a.id), Priority::Normal));
         assert!(la.normal.try_recv().is_err());
-        assert!(matches!(
-            lb.normal.try_recv(),
-            Ok(Live::Log {
-                cursor: Cursor(1),
-                ..
-            })
-        ));
+        assert!(matches!(lb.normal.try_recv(), Ok(Live::Log { cursor: Cursor(1), .. })));
         assert!(lc.normal.try_recv().is_err());
     }
 
@@ -291,20 +272,8 @@ mod tests {
         let (_b, mut lb, _) = router.register(user("b"), dev("b1"), Arc::from(vec![room("r")]), 4);
         router.publish(entry(1, "r", None, Priority::Normal));
         router.publish(entry(2, "r", None, Priority::Emergency));
-        assert!(matches!(
-            lb.urgent.try_recv(),
-            Ok(Live::Log {
-                cursor: Cursor(2),
-                ..
-            })
-        ));
-        assert!(matches!(
-            lb.normal.try_recv(),
-            Ok(Live::Log {
-                cursor: Cursor(1),
-                ..
-            })
-        ));
+        assert!(matches!(lb.urgent.try_recv(), Ok(Live::Log { cursor: Cursor(2), .. })));
+        assert!(matches!(lb.normal.try_recv(), Ok(Live::Log { cursor: Cursor(1), .. })));
     }
 
     #[test]

@@ -62,13 +62,7 @@ pub async fn run(
     tracing::info!(db = %db.display(), epoch = %store.epoch(), head = store.head().0, "store open");
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let sessions_stop = CancellationToken::new();
-    let hub = Arc::new(Hub::new(
-        config,
-        store.clone(),
-        router,
-        verifier,
-        sessions_stop.clone(),
-    ));
+    let hub = Arc::new(Hub::new(config, store.clone(), router, verifier, sessions_stop.clone()));
     let tracker = TaskTracker::new();
 
     let app = axum::Router::new()
@@ -76,11 +70,8 @@ pub async fn run(
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state((hub.clone(), tracker.clone()));
 
-    let serve = axum::serve(
-        listeners.ws,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve = axum::serve(listeners.ws, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let result = serve.await;
     tracing::info!("stopped accepting; closing sessions");
     sessions_stop.cancel();
@@ -110,10 +101,7 @@ async fn ws_upgrade(
                 .into_response();
         }
         Err(Refusal::TooManyFromAddress) => {
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited: too many connections from this address\n",
-            )
+            return (StatusCode::TOO_MANY_REQUESTS, "rate_limited: too many connections from this address\n")
                 .into_response();
         }
     };

@@ -20,8 +20,8 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt as _;
 use outpost_shared::frames::{
-    ErrorFrame, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, Hello, PresenceEvent, PresenceStatus,
-    Resync, Stored, TypingEvent, Welcome,
+    ErrorFrame, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, Hello, PresenceEvent, PresenceStatus, Resync, Stored,
+    TypingEvent, Welcome,
 };
 use outpost_shared::{Claims, ClientFrame, Cursor, ErrorCode, RoomId, ServerFrame, TokenError};
 use tokio::sync::mpsc;
@@ -59,21 +59,12 @@ fn socket_err(e: impl std::fmt::Display) -> End {
     End::Socket(e.to_string())
 }
 
-fn error_frame(
-    code: ErrorCode,
-    message: impl Into<String>,
-    id: Option<outpost_shared::MessageId>,
-) -> Utf8Bytes {
+fn error_frame(code: ErrorCode, message: impl Into<String>, id: Option<outpost_shared::MessageId>) -> Utf8Bytes {
     Utf8Bytes::from(ServerFrame::Error(ErrorFrame::new(code, message).with_id(id)).encode())
 }
 
 async fn close_with(ws: &mut WebSocket, code: u16, reason: &str) {
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from(reason.to_owned()),
-        })))
-        .await;
+    let _ = ws.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason.to_owned()) }))).await;
 }
 
 /// Serves one upgraded connection until it ends or the hub shuts down.
@@ -89,10 +80,7 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
         Ok(None) => return,
         Err(_) => {
             tracing::debug!(%peer, "no hello in time");
-            let reason = format!(
-                "send hello within {} s of connecting",
-                hello_timeout.as_secs()
-            );
+            let reason = format!("send hello within {} s of connecting", hello_timeout.as_secs());
             close_with(&mut ws, close::HELLO_TIMEOUT, &reason).await;
             return;
         }
@@ -105,9 +93,7 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
                 _ => ErrorCode::Unauthenticated,
             };
             tracing::info!(%peer, device = %hello.device, error = %e, "hello refused");
-            let _ = ws
-                .send(Message::Text(error_frame(code, e.to_string(), None)))
-                .await;
+            let _ = ws.send(Message::Text(error_frame(code, e.to_string(), None))).await;
             close_with(&mut ws, close::UNAUTHENTICATED, code.as_str()).await;
             return;
         }
@@ -135,50 +121,29 @@ async fn wait_hello(hub: &Hub, ws: &mut WebSocket) -> Option<Hello> {
                 return None;
             }
             Message::Binary(_) => {
-                let _ = ws
-                    .send(Message::Text(error_frame(
-                        ErrorCode::BadFrame,
-                        "send a JSON hello first",
-                        None,
-                    )))
-                    .await;
+                let _ = ws.send(Message::Text(error_frame(ErrorCode::BadFrame, "send a JSON hello first", None))).await;
                 continue;
             }
             _ => continue,
         };
         if text.len() > hub.config.limits.max_frame_bytes {
-            let _ = ws
-                .send(Message::Text(error_frame(
-                    ErrorCode::TooLarge,
-                    "the hello frame is too large",
-                    None,
-                )))
-                .await;
+            let _ =
+                ws.send(Message::Text(error_frame(ErrorCode::TooLarge, "the hello frame is too large", None))).await;
             continue;
         }
         match ClientFrame::decode(text.as_str()) {
             Ok(ClientFrame::Hello(h)) => return Some(h),
             Ok(ClientFrame::Ping) => {
-                let _ = ws
-                    .send(Message::Text(Utf8Bytes::from(ServerFrame::Pong.encode())))
-                    .await;
+                let _ = ws.send(Message::Text(Utf8Bytes::from(ServerFrame::Pong.encode()))).await;
             }
             Ok(other) => {
                 let msg = format!("send hello before {}", other.type_name());
-                let _ = ws
-                    .send(Message::Text(error_frame(
-                        ErrorCode::Unauthenticated,
-                        msg,
-                        None,
-                    )))
-                    .await;
+                let _ = ws.send(Message::Text(error_frame(ErrorCode::Unauthenticated, msg, None))).await;
                 close_with(ws, close::UNAUTHENTICATED, "unauthenticated").await;
                 return None;
             }
             Err(e) => {
-                let _ = ws
-                    .send(Message::Text(error_frame(e.code, e.message, e.id)))
-                    .await;
+                let _ = ws.send(Message::Text(error_frame(e.code, e.message, e.id))).await;
             }
         }
     }
@@ -207,12 +172,8 @@ impl Session {
         let rooms: Arc<[RoomId]> = Arc::from(claims.rooms.clone());
         hub.store.note_rooms(&rooms).await;
         let limits = &hub.config.limits;
-        let (link, lanes, came_online) = hub.router.register(
-            claims.sub.clone(),
-            hello.device.clone(),
-            rooms.clone(),
-            limits.outbound_queue,
-        );
+        let (link, lanes, came_online) =
+            hub.router.register(claims.sub.clone(), hello.device.clone(), rooms.clone(), limits.outbound_queue);
         let (direct_tx, direct_rx) = mpsc::channel(limits.max_inflight_per_device);
         let head = hub.store.head();
         let epoch = hub.store.epoch().clone();
@@ -253,26 +214,15 @@ impl Session {
         s.feed(Utf8Bytes::from(welcome.encode())).await.ok();
         if resync {
             tracing::info!(cursor = ?hello.cursor, epoch = ?hello.epoch, "device state is foreign; resync");
-            s.feed(Utf8Bytes::from(
-                ServerFrame::Resync(Resync {
-                    epoch,
-                    cursor: head,
-                })
-                .encode(),
-            ))
-            .await
-            .ok();
+            s.feed(Utf8Bytes::from(ServerFrame::Resync(Resync { epoch, cursor: head }).encode())).await.ok();
         }
         if came_online {
             let frame = presence(&s.claims, PresenceStatus::Online, None);
             s.hub.router.to_co_members(&s.claims.sub, &s.rooms, frame);
         }
         for other in s.hub.router.online_in(&s.claims.sub, &s.rooms) {
-            let f = ServerFrame::Presence(PresenceEvent {
-                user: other,
-                status: PresenceStatus::Online,
-                last_seen: None,
-            });
+            let f =
+                ServerFrame::Presence(PresenceEvent { user: other, status: PresenceStatus::Online, last_seen: None });
             s.feed(Utf8Bytes::from(f.encode())).await.ok();
         }
         s
@@ -296,9 +246,7 @@ impl Session {
             }
             if self.unflushed > 0
                 && (self.unflushed >= FLUSH_EVERY
-                    || (self.lanes.urgent.is_empty()
-                        && self.direct_rx.is_empty()
-                        && self.lanes.normal.is_empty()))
+                    || (self.lanes.urgent.is_empty() && self.direct_rx.is_empty() && self.lanes.normal.is_empty()))
                 && let Err(e) = self.flush().await
             {
                 return e;
@@ -338,9 +286,7 @@ impl Session {
         if self.hub.router.unregister(&self.link, now) {
             self.hub.forget_presence(&self.claims.sub);
             let frame = presence(&self.claims, PresenceStatus::Offline, Some(now));
-            self.hub
-                .router
-                .to_co_members(&self.claims.sub, &self.rooms, frame);
+            self.hub.router.to_co_members(&self.claims.sub, &self.rooms, frame);
         }
     }
 
@@ -374,12 +320,7 @@ impl Session {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "replay failed");
-                    self.feed(error_frame(
-                        ErrorCode::Internal,
-                        "replay failed; reconnect to resume",
-                        None,
-                    ))
-                    .await?;
+                    self.feed(error_frame(ErrorCode::Internal, "replay failed; reconnect to resume", None)).await?;
                     self.flush().await?;
                     return Err(End::Socket(e.to_string()));
                 }
@@ -434,16 +375,8 @@ impl Session {
             Some(Err(e)) => {
                 // tungstenite refuses a message past its hard cap; the stream cannot continue.
                 let text = e.to_string();
-                if text.contains("too long")
-                    || text.contains("too big")
-                    || text.contains("Space limit")
-                {
-                    self.feed(error_frame(
-                        ErrorCode::TooLarge,
-                        "the frame is far over the size limit",
-                        None,
-                    ))
-                    .await?;
+                if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+                    self.feed(error_frame(ErrorCode::TooLarge, "the frame is far over the size limit", None)).await?;
                     self.flush().await?;
                     close_with(&mut self.ws, close::TOO_BIG, "frame too large").await;
                 }
@@ -455,11 +388,7 @@ impl Session {
             Message::Text(t) => t,
             Message::Binary(_) => {
                 return self
-                    .feed(error_frame(
-                        ErrorCode::BadFrame,
-                        "binary frames are reserved for media chunks",
-                        None,
-                    ))
+                    .feed(error_frame(ErrorCode::BadFrame, "binary frames are reserved for media chunks", None))
                     .await;
             }
             Message::Close(_) => {
@@ -471,11 +400,7 @@ impl Session {
         };
         if self.claims.exp <= now_ms() / 1000 {
             let _ = self
-                .feed(error_frame(
-                    ErrorCode::TokenExpired,
-                    "the token expired during the session; sign in again",
-                    None,
-                ))
+                .feed(error_frame(ErrorCode::TokenExpired, "the token expired during the session; sign in again", None))
                 .await;
             let _ = self.flush().await;
             close_with(&mut self.ws, close::UNAUTHENTICATED, "token_expired").await;
@@ -497,15 +422,9 @@ impl Session {
         if self.claims.may_use_room(room) {
             Ok(())
         } else if self.hub.store.room_known(room) {
-            Err((
-                ErrorCode::Forbidden,
-                format!("you are not a member of room {room}"),
-            ))
+            Err((ErrorCode::Forbidden, format!("you are not a member of room {room}")))
         } else {
-            Err((
-                ErrorCode::UnknownRoom,
-                format!("no room named {room} on this hub"),
-            ))
+            Err((ErrorCode::UnknownRoom, format!("no room named {room} on this hub")))
         }
     }
 
@@ -518,23 +437,14 @@ impl Session {
                 let cursor = a.cursor.min(self.watermark);
                 let h = &self.hub;
                 h.store
-                    .ack(
-                        self.link.device.clone(),
-                        self.claims.sub.clone(),
-                        self.rooms.clone(),
-                        cursor,
-                        now_ms(),
-                    )
+                    .ack(self.link.device.clone(), self.claims.sub.clone(), self.rooms.clone(), cursor, now_ms())
                     .await;
                 Ok(())
             }
             ClientFrame::Read(r) => match self.check_room(&r.room) {
                 Err((code, m)) => self.feed(error_frame(code, m, Some(r.id))).await,
                 Ok(()) => {
-                    self.hub
-                        .store
-                        .read(self.claims.sub.clone(), r.room, r.id, now_ms())
-                        .await;
+                    self.hub.store.read(self.claims.sub.clone(), r.room, r.id, now_ms()).await;
                     Ok(())
                 }
             },
@@ -549,45 +459,30 @@ impl Session {
                         user: self.claims.sub.clone(),
                         active: t.active,
                     });
-                    self.hub
-                        .router
-                        .to_room(&t.room, self.link.id, Utf8Bytes::from(f.encode()));
+                    self.hub.router.to_room(&t.room, self.link.id, Utf8Bytes::from(f.encode()));
                     Ok(())
                 }
             },
             ClientFrame::Presence(p) => {
                 if self.hub.presence_allowed(&self.claims.sub) {
                     let frame = presence(&self.claims, p.status, None);
-                    self.hub
-                        .router
-                        .to_co_members(&self.claims.sub, &self.rooms, frame);
+                    self.hub.router.to_co_members(&self.claims.sub, &self.rooms, frame);
                 }
                 Ok(())
             }
             ClientFrame::History(h) => match self.check_room(&h.room) {
                 Err((code, m)) => self.feed(error_frame(code, m, None)).await,
                 Ok(()) => {
-                    let limit = h
-                        .limit
-                        .unwrap_or(HISTORY_DEFAULT_LIMIT)
-                        .clamp(1, HISTORY_MAX_LIMIT);
+                    let limit = h.limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
                     match self.hub.store.history(h.room, h.before, limit).await {
-                        Ok(page) => {
-                            self.feed(Utf8Bytes::from(ServerFrame::History(page).encode()))
-                                .await
-                        }
+                        Ok(page) => self.feed(Utf8Bytes::from(ServerFrame::History(page).encode())).await,
                         Err(e) => self.feed(error_frame(e.code(), e.to_string(), None)).await,
                     }
                 }
             },
             ClientFrame::Ping => self.feed(Utf8Bytes::from(ServerFrame::Pong.encode())).await,
             ClientFrame::Hello(_) => {
-                self.feed(error_frame(
-                    ErrorCode::BadFrame,
-                    "already signed in on this connection",
-                    None,
-                ))
-                .await
+                self.feed(error_frame(ErrorCode::BadFrame, "already signed in on this connection", None)).await
             }
         }
     }
@@ -603,10 +498,8 @@ impl Session {
         }
         let max_body = self.hub.config.limits.max_body_bytes;
         if msg.body.len() > max_body {
-            let m = format!(
-                "the body is {} bytes; the limit is {max_body}; send media as an attachment",
-                msg.body.len()
-            );
+            let m =
+                format!("the body is {} bytes; the limit is {max_body}; send media as an attachment", msg.body.len());
             return self.feed(error_frame(ErrorCode::TooLarge, m, id)).await;
         }
         if let Err((code, m)) = self.check_room(&msg.room) {
@@ -615,11 +508,7 @@ impl Session {
         // Capacity was checked before this frame was read and only this task reserves.
         let Ok(permit) = self.direct_tx.clone().try_reserve_owned() else {
             return self
-                .feed(error_frame(
-                    ErrorCode::RateLimited,
-                    "too many messages awaiting storage; resend",
-                    id,
-                ))
+                .feed(error_frame(ErrorCode::RateLimited, "too many messages awaiting storage; resend", id))
                 .await;
         };
         let req = AppendRequest {
@@ -635,14 +524,8 @@ impl Session {
                 req,
                 Box::new(move |result| {
                     let frame = match result {
-                        Ok(a) => ServerFrame::Stored(Stored {
-                            id: a.id,
-                            cursor: a.cursor,
-                            duplicate: a.duplicate,
-                        }),
-                        Err(e) => {
-                            ServerFrame::Error(ErrorFrame::new(e.code(), e.to_string()).with_id(id))
-                        }
+                        Ok(a) => ServerFrame::Stored(Stored { id: a.id, cursor: a.cursor, duplicate: a.duplicate }),
+                        Err(e) => ServerFrame::Error(ErrorFrame::new(e.code(), e.to_string()).with_id(id)),
                     };
                     permit.send(Utf8Bytes::from(frame.encode()));
                 }),
@@ -661,12 +544,5 @@ fn mark_ahead(frame: &str) -> String {
 }
 
 fn presence(claims: &Claims, status: PresenceStatus, last_seen: Option<u64>) -> Utf8Bytes {
-    Utf8Bytes::from(
-        ServerFrame::Presence(PresenceEvent {
-            user: claims.sub.clone(),
-            status,
-            last_seen,
-        })
-        .encode(),
-    )
+    Utf8Bytes::from(ServerFrame::Presence(PresenceEvent { user: claims.sub.clone(), status, last_seen }).encode())
 }

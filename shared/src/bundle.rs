@@ -36,9 +36,7 @@ pub struct Bundle {
 /// Decodes a base64 Ed25519 public key as found in bundles and config files.
 pub fn decode_public_key(b64: &str) -> Result<[u8; 32], String> {
     use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|e| format!("not base64: {e}"))?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| format!("not base64: {e}"))?;
     <[u8; 32]>::try_from(bytes.as_slice())
         .map_err(|_| format!("an Ed25519 public key is 32 bytes, got {}", bytes.len()))
 }

@@ -52,26 +52,18 @@ impl ErrorCode {
     /// A default sentence saying what went wrong and what to do about it.
     pub fn default_message(self) -> &'static str {
         match self {
-            Self::BadFrame => {
-                "the frame could not be understood; send a JSON object as described in protocol v1"
-            }
+            Self::BadFrame => "the frame could not be understood; send a JSON object as described in protocol v1",
             Self::UnsupportedVersion => "this server speaks protocol version 1; send \"v\": 1",
-            Self::Unauthenticated => {
-                "the token is missing or invalid; sign in again with a token issued by the cloud"
-            }
+            Self::Unauthenticated => "the token is missing or invalid; sign in again with a token issued by the cloud",
             Self::TokenExpired => "the token has expired; ask your supervisor for a new one",
             Self::Forbidden => "you are not allowed to do this in that room",
             Self::TooLarge => {
                 "the frame or message body is over the size limit; send media in chunks and keep text short"
             }
             Self::RateLimited => "too many messages too quickly; wait a moment and send again",
-            Self::StorageFull => {
-                "the hub's storage is full; only emergency messages are accepted until space is freed"
-            }
+            Self::StorageFull => "the hub's storage is full; only emergency messages are accepted until space is freed",
             Self::UnknownRoom => "no such room; check the room name",
-            Self::Internal => {
-                "the server failed to handle this; the message was not lost, try again"
-            }
+            Self::Internal => "the server failed to handle this; the message was not lost, try again",
         }
     }
 

@@ -254,11 +254,7 @@ pub struct ErrorFrame {
 
 impl ErrorFrame {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            id: None,
-        }
+        Self { code, message: message.into(), id: None }
     }
     pub fn with_id(mut self, id: Option<MessageId>) -> Self {
         self.id = id;
@@ -317,11 +313,7 @@ pub struct DecodeError {
 
 impl DecodeError {
     fn bad(message: impl Into<String>) -> Self {
-        Self {
-            code: ErrorCode::BadFrame,
-            message: message.into(),
-            id: None,
-        }
+        Self { code: ErrorCode::BadFrame, message: message.into(), id: None }
     }
 }
 
@@ -352,15 +344,12 @@ fn head(text: &str) -> Result<Cow<'_, str>, DecodeError> {
         Some(other) => {
             return Err(DecodeError {
                 code: ErrorCode::UnsupportedVersion,
-                message: format!(
-                    "protocol version {other} is not supported; this server speaks \"v\": 1"
-                ),
+                message: format!("protocol version {other} is not supported; this server speaks \"v\": 1"),
                 id: None,
             });
         }
     }
-    head.ty
-        .ok_or_else(|| DecodeError::bad("the frame has no \"type\" field"))
+    head.ty.ok_or_else(|| DecodeError::bad("the frame has no \"type\" field"))
 }
 
 fn body<T: DeserializeOwned>(ty: &str, text: &str) -> Result<T, DecodeError> {
@@ -394,9 +383,7 @@ impl ClientFrame {
         Ok(match ty.as_ref() {
             "hello" => Self::Hello(body("hello", text)?),
             "send" => Self::Send(body("send", text).map_err(|mut e: DecodeError| {
-                e.id = serde_json::from_str::<SendIdOnly>(text)
-                    .ok()
-                    .map(|s| s.msg.id);
+                e.id = serde_json::from_str::<SendIdOnly>(text).ok().map(|s| s.msg.id);
                 e
             })?),
             "ack" => Self::Ack(body("ack", text)?),
@@ -405,9 +392,7 @@ impl ClientFrame {
             "presence" => {
                 let p: Presence = body("presence", text)?;
                 if p.status == PresenceStatus::Offline {
-                    return Err(DecodeError::bad(
-                        "presence status must be \"online\" or \"away\"",
-                    ));
+                    return Err(DecodeError::bad("presence status must be \"online\" or \"away\""));
                 }
                 Self::Presence(p)
             }
@@ -499,9 +484,7 @@ impl ServerFrame {
             "history" => Self::History(body("history", text)?),
             "pong" => Self::Pong,
             other => {
-                return Err(DecodeError::bad(format!(
-                    "unknown server frame type {other:?}"
-                )));
+                return Err(DecodeError::bad(format!("unknown server frame type {other:?}")));
             }
         })
     }

@@ -14,9 +14,7 @@ const LOGICAL_MASK: u64 = (1 << LOGICAL_BITS) - 1;
 const PHYSICAL_MAX: u64 = (1 << (64 - LOGICAL_BITS)) - 1;
 
 /// One HLC stamp.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(transparent)]
 pub struct Hlc(pub u64);
 
@@ -56,11 +54,7 @@ impl HlcClock {
     /// A stamp for a local event at wall time `now_ms`.
     pub fn tick(&mut self, now_ms: u64) -> Hlc {
         let wall = Hlc::new(now_ms, 0);
-        self.last = if wall > self.last {
-            wall
-        } else {
-            self.last.successor()
-        };
+        self.last = if wall > self.last { wall } else { self.last.successor() };
         self.last
     }
 
@@ -104,11 +98,7 @@ mod tests {
     fn event() -> impl Strategy<Value = Event> {
         prop_oneof![
             (0usize..3, 0u64..1_000_000).prop_map(|(node, now)| Event::Local { node, now }),
-            (0usize..3, 0usize..3, 0u64..1_000_000).prop_map(|(from, to, now)| Event::Send {
-                from,
-                to,
-                now
-            }),
+            (0usize..3, 0usize..3, 0u64..1_000_000).prop_map(|(from, to, now)| Event::Send { from, to, now }),
         ]
     }
 

@@ -21,12 +21,7 @@ pub enum IdError {
     BadChar { kind: &'static str, value: String },
 }
 
-fn check(
-    kind: &'static str,
-    value: &str,
-    max: usize,
-    strict_alphabet: bool,
-) -> Result<(), IdError> {
+fn check(kind: &'static str, value: &str, max: usize, strict_alphabet: bool) -> Result<(), IdError> {
     if value.is_empty() {
         return Err(IdError::Empty { kind });
     }
@@ -34,17 +29,12 @@ fn check(
         return Err(IdError::TooLong { kind, max });
     }
     let ok = if strict_alphabet {
-        value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@'))
+        value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@'))
     } else {
         !value.chars().any(char::is_control)
     };
     if !ok {
-        return Err(IdError::BadChar {
-            kind,
-            value: value.chars().take(80).collect(),
-        });
+        return Err(IdError::BadChar { kind, value: value.chars().take(80).collect() });
     }
     Ok(())
 }
@@ -136,16 +126,12 @@ impl fmt::Display for MessageId {
 }
 
 /// A position in one server's log. Strictly increasing; `0` means "before everything".
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(transparent)]
 pub struct Cursor(pub u64);
 
 /// A device's own message counter, used to detect gaps in a sender's stream.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(transparent)]
 pub struct Seq(pub u64);
 
@@ -207,10 +193,7 @@ mod tests {
         assert!(RoomId::new("clinic-7").is_ok());
         assert_eq!(RoomId::new(""), Err(IdError::Empty { kind: "room id" }));
         assert!(matches!(RoomId::new("a b"), Err(IdError::BadChar { .. })));
-        assert!(matches!(
-            RoomId::new("x".repeat(65)),
-            Err(IdError::TooLong { .. })
-        ));
+        assert!(matches!(RoomId::new("x".repeat(65)), Err(IdError::TooLong { .. })));
         let err = serde_json::from_str::<RoomId>("\"bad room\"").map(|_| ());
         assert!(err.is_err());
     }

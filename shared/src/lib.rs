@@ -17,10 +17,7 @@ pub mod uplink;
 pub use error_code::ErrorCode;
 pub use frames::{Body, ClientFrame, DecodeError, MessageBody, OutgoingMsg, ServerFrame};
 pub use hlc::{Hlc, HlcClock};
-pub use ids::{
-    Cursor, DeviceId, Epoch, IdError, MessageId, MessageKind, Priority, RelayId, RoomId, Seq,
-    UserId,
-};
+pub use ids::{Cursor, DeviceId, Epoch, IdError, MessageId, MessageKind, Priority, RelayId, RoomId, Seq, UserId};
 pub use token::{Claims, Role, TokenError, TokenSigner, TokenVerifier};
 
 /// The device protocol version this crate speaks (`"v": 1` in every frame).

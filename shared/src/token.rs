@@ -41,9 +41,7 @@ impl std::str::FromStr for Role {
             "doctor" => Ok(Self::Doctor),
             "supervisor" => Ok(Self::Supervisor),
             "admin" => Ok(Self::Admin),
-            other => Err(format!(
-                "unknown role {other:?}; use worker, doctor, supervisor or admin"
-            )),
+            other => Err(format!("unknown role {other:?}; use worker, doctor, supervisor or admin")),
         }
     }
 }
@@ -87,9 +85,8 @@ pub enum TokenError {
 
 /// PKCS#8 v1 prefix for a bare Ed25519 seed (RFC 8410): the DER header jsonwebtoken wants
 /// in front of the 32 secret bytes.
-const PKCS8_ED25519_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
+const PKCS8_ED25519_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 /// Issues tokens (the cloud holds one).
 pub struct TokenSigner {
@@ -100,9 +97,7 @@ pub struct TokenSigner {
 
 impl std::fmt::Debug for TokenSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSigner")
-            .field("issuer", &self.issuer)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenSigner").field("issuer", &self.issuer).finish_non_exhaustive()
     }
 }
 
@@ -112,14 +107,8 @@ impl TokenSigner {
         let mut der = Vec::with_capacity(48);
         der.extend_from_slice(&PKCS8_ED25519_PREFIX);
         der.extend_from_slice(seed);
-        let public = ed25519_dalek::SigningKey::from_bytes(seed)
-            .verifying_key()
-            .to_bytes();
-        Self {
-            key: EncodingKey::from_ed_der(&der),
-            public,
-            issuer: issuer.into(),
-        }
+        let public = ed25519_dalek::SigningKey::from_bytes(seed).verifying_key().to_bytes();
+        Self { key: EncodingKey::from_ed_der(&der), public, issuer: issuer.into() }
     }
 
     pub fn public_key(&self) -> [u8; 32] {
@@ -132,11 +121,8 @@ impl TokenSigner {
 
     /// Signs `claims` (whose `iss` should be this signer's issuer).
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &self.key).map_err(|e| {
-            TokenError::BadKey {
-                reason: e.to_string(),
-            }
-        })
+        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &self.key)
+            .map_err(|e| TokenError::BadKey { reason: e.to_string() })
     }
 }
 
@@ -150,9 +136,7 @@ pub struct TokenVerifier {
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenVerifier")
-            .field("issuer", &self.issuer)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenVerifier").field("issuer", &self.issuer).finish_non_exhaustive()
     }
 }
 
@@ -164,33 +148,22 @@ impl TokenVerifier {
         validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
-        Self {
-            key: DecodingKey::from_ed_der(public_key),
-            issuer: issuer.into(),
-            validation,
-        }
+        Self { key: DecodingKey::from_ed_der(public_key), issuer: issuer.into(), validation }
     }
 
     /// Verifies signature, issuer and expiry; `now` is seconds since the Unix epoch.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::InvalidSignature => TokenError::BadSignature,
-                _ => TokenError::Malformed {
-                    reason: e.to_string(),
-                },
-            },
-        )?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => TokenError::BadSignature,
+            _ => TokenError::Malformed { reason: e.to_string() },
+        })?;
         let claims = data.claims;
         if claims.iss != self.issuer {
             return Err(TokenError::WrongIssuer { issuer: claims.iss });
         }
         if claims.exp <= now {
-            return Err(TokenError::Expired {
-                exp: claims.exp,
-                now,
-            });
+            return Err(TokenError::Expired { exp: claims.exp, now });
         }
         Ok(claims)
     }
@@ -229,13 +202,7 @@ mod tests {
         let s = signer(7);
         let tok = s.sign(&claims(1_000)).unwrap_or_default();
         let v = TokenVerifier::new(&s.public_key(), "cloud-1");
-        assert_eq!(
-            v.verify(&tok, 1_000),
-            Err(TokenError::Expired {
-                exp: 1_000,
-                now: 1_000
-            })
-        );
+        assert_eq!(v.verify(&tok, 1_000), Err(TokenError::Expired { exp: 1_000, now: 1_000 }));
     }
 
     #[test]
@@ -255,29 +222,18 @@ mod tests {
         let forged = s.sign(&other).unwrap_or_default();
         parts[1] = forged.split('.').nth(1).unwrap_or_default().to_owned();
         let v = TokenVerifier::new(&s.public_key(), "cloud-1");
-        assert_eq!(
-            v.verify(&parts.join("."), 10),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(v.verify(&parts.join("."), 10), Err(TokenError::BadSignature));
     }
 
     #[test]
     fn garbage_and_foreign_issuer_are_refused() {
         let s = signer(4);
         let v = TokenVerifier::new(&s.public_key(), "cloud-1");
-        assert!(matches!(
-            v.verify("not a token", 10),
-            Err(TokenError::Malformed { .. })
-        ));
+        assert!(matches!(v.verify("not a token", 10), Err(TokenError::Malformed { .. })));
         let other = TokenSigner::from_seed(&[4; 32], "cloud-2");
         let mut c = claims(1_000);
         c.iss = "cloud-2".into();
         let tok = other.sign(&c).unwrap_or_default();
-        assert_eq!(
-            v.verify(&tok, 10),
-            Err(TokenError::WrongIssuer {
-                issuer: "cloud-2".into()
-            })
-        );
+        assert_eq!(v.verify(&tok, 10), Err(TokenError::WrongIssuer { issuer: "cloud-2".into() }));
     }
 }

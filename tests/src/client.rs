@@ -33,16 +33,8 @@ pub fn chat(room: &str, text: &str) -> Value {
 
 impl Device {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .with_context(|| format!("connecting {url}"))?;
-        Ok(Self {
-            ws,
-            welcome: Value::Null,
-            backlog: Default::default(),
-            closed: None,
-            seq: 0,
-        })
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting {url}"))?;
+        Ok(Self { ws, welcome: Value::Null, backlog: Default::default(), closed: None, seq: 0 })
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) -> anyhow::Result<()> {
@@ -77,9 +69,7 @@ impl Device {
         if let Some(f) = self.backlog.pop_front() {
             return Ok(f);
         }
-        self.next_wire(EVENT_TIMEOUT)
-            .await?
-            .ok_or_else(|| anyhow!("no frame within {EVENT_TIMEOUT:?}"))
+        self.next_wire(EVENT_TIMEOUT).await?.ok_or_else(|| anyhow!("no frame within {EVENT_TIMEOUT:?}"))
     }
 
     /// Next frame off the socket within `wait`, or None if nothing arrived.
@@ -132,8 +122,7 @@ impl Device {
             msg["seq"] = json!(self.seq);
         }
         let id = msg["id"].as_str().unwrap_or_default().to_owned();
-        self.send_json(&json!({"v":1,"type":"send","msg":msg}))
-            .await?;
+        self.send_json(&json!({"v":1,"type":"send","msg":msg})).await?;
         Ok(id)
     }
 
@@ -150,10 +139,7 @@ impl Device {
             return self.backlog.remove(pos).ok_or_else(|| anyhow!("backlog"));
         }
         loop {
-            let f = self
-                .next_wire(EVENT_TIMEOUT)
-                .await?
-                .ok_or_else(|| anyhow!("no answer for {id}"))?;
+            let f = self.next_wire(EVENT_TIMEOUT).await?.ok_or_else(|| anyhow!("no answer for {id}"))?;
             if matches(&f) {
                 return Ok(f);
             }
@@ -174,11 +160,7 @@ impl Device {
     pub async fn messages(&mut self, n: usize) -> anyhow::Result<Vec<Value>> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            out.push(
-                self.expect("message")
-                    .await
-                    .with_context(|| format!("after {} of {n} messages", out.len()))?,
-            );
+            out.push(self.expect("message").await.with_context(|| format!("after {} of {n} messages", out.len()))?);
         }
         Ok(out)
     }
@@ -189,10 +171,7 @@ impl Device {
             bail!("unexpected {ty}: {f}");
         }
         let deadline = tokio::time::Instant::now() + wait;
-        while let Some(f) = self
-            .next_wire(deadline.saturating_duration_since(tokio::time::Instant::now()))
-            .await?
-        {
+        while let Some(f) = self.next_wire(deadline.saturating_duration_since(tokio::time::Instant::now())).await? {
             if f["type"] == ty {
                 bail!("unexpected {ty}: {f}");
             }
@@ -209,8 +188,7 @@ impl Device {
 
     /// Takes every frame of `ty` received so far (call after [`Device::sync`]).
     pub fn take(&mut self, ty: &str) -> Vec<Value> {
-        let (hit, keep): (Vec<Value>, Vec<Value>) =
-            self.backlog.drain(..).partition(|f| f["type"] == ty);
+        let (hit, keep): (Vec<Value>, Vec<Value>) = self.backlog.drain(..).partition(|f| f["type"] == ty);
         self.backlog = keep.into();
         hit
     }
@@ -233,9 +211,7 @@ impl Device {
                     self.closed = c.map(|c| u16::from(c.code));
                     return Ok(self.closed);
                 }
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    self.backlog.push_back(serde_json::from_str(t.as_str())?)
-                }
+                Ok(Some(Ok(Message::Text(t)))) => self.backlog.push_back(serde_json::from_str(t.as_str())?),
                 Ok(Some(Ok(_))) => {}
             }
         }

@@ -9,9 +9,7 @@
 
 use outpost_shared::frames::ReceiptState;
 use outpost_shared::uplink::batch::{Entry, WireMessage, WireReceipt};
-use outpost_shared::{
-    Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, UserId,
-};
+use outpost_shared::{Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
 use serde_json::json;
 
 /// xorshift64*: enough randomness for test data, no dependency, reproducible.
@@ -39,18 +37,11 @@ impl Rng {
 }
 
 const USERS: &[&str] = &[
-    "amina", "baraka", "chausiku", "daudi", "eshe", "faraji", "gift", "halima", "imani", "juma",
-    "khadija", "lulu", "mosi", "neema", "omari", "pendo", "rehema", "saidi", "tumaini", "zawadi",
+    "amina", "baraka", "chausiku", "daudi", "eshe", "faraji", "gift", "halima", "imani", "juma", "khadija", "lulu",
+    "mosi", "neema", "omari", "pendo", "rehema", "saidi", "tumaini", "zawadi",
 ];
 const DOCTORS: &[&str] = &["dr-neema", "dr-okello", "dr-wanjiru"];
-const ROOMS: &[&str] = &[
-    "clinic",
-    "maternity",
-    "village-north",
-    "village-south",
-    "vaccination",
-    "pharmacy",
-];
+const ROOMS: &[&str] = &["clinic", "maternity", "village-north", "village-south", "vaccination", "pharmacy"];
 const PHRASES: &[&str] = &[
     "Mama {n} amefika kliniki leo asubuhi",
     "Patient in house {n} has fever since yesterday",
@@ -66,14 +57,8 @@ const PHRASES: &[&str] = &[
     "Sawa",
     "Received, thank you",
 ];
-const NOTES: &[&str] = &[
-    "stable",
-    "mild dehydration",
-    "cough 3 days",
-    "follow up in 1 week",
-    "referred",
-    "no complaints",
-];
+const NOTES: &[&str] =
+    &["stable", "mild dehydration", "cough 3 days", "follow up in 1 week", "referred", "no complaints"];
 
 /// Generates a stream of entries as one hub's log would hold them.
 #[derive(Debug)]
@@ -89,18 +74,8 @@ pub struct Corpus {
 impl Corpus {
     pub fn new(seed: u64) -> Self {
         let mut rng = Rng::new(seed);
-        let devices = USERS
-            .iter()
-            .map(|u| format!("{u}-phone-{:04x}", rng.below(0x10000)))
-            .collect();
-        Self {
-            rng,
-            cursor: 0,
-            now_ms: 1_790_000_000_000,
-            devices,
-            seqs: vec![0; USERS.len()],
-            recent: Vec::new(),
-        }
+        let devices = USERS.iter().map(|u| format!("{u}-phone-{:04x}", rng.below(0x10000))).collect();
+        Self { rng, cursor: 0, now_ms: 1_790_000_000_000, devices, seqs: vec![0; USERS.len()], recent: Vec::new() }
     }
 
     fn uuid7(&mut self) -> MessageId {
@@ -128,11 +103,7 @@ impl Corpus {
         if roll < 28 && !self.recent.is_empty() {
             let (id, sender, room) = *self.rng.pick(&self.recent);
             let reader = self.rng.pick(DOCTORS);
-            let state = if self.rng.below(2) == 0 {
-                ReceiptState::Delivered
-            } else {
-                ReceiptState::Read
-            };
+            let state = if self.rng.below(2) == 0 { ReceiptState::Delivered } else { ReceiptState::Read };
             return Entry::Receipt(WireReceipt {
                 cursor: Cursor(self.cursor),
                 id,
@@ -149,14 +120,9 @@ impl Corpus {
             let text = format!(
                 "{} - {}",
                 self.phrase(),
-                self.rng
-                    .pick(&["haemorrhage", "seizure", "obstructed labour", "snake bite"])
+                self.rng.pick(&["haemorrhage", "seizure", "obstructed labour", "snake bite"])
             );
-            (
-                "alert",
-                Priority::Emergency,
-                json!({"text": text, "location": format!("house {}", self.rng.below(300))}),
-            )
+            ("alert", Priority::Emergency, json!({"text": text, "location": format!("house {}", self.rng.below(300))}))
         } else if roll < 50 {
             let sys = 100 + self.rng.below(60);
             let dia = 60 + self.rng.below(40);
@@ -214,7 +180,10 @@ pub fn as_device_json(e: &Entry) -> String {
             "body": serde_json::from_str::<serde_json::Value>(&m.body).unwrap_or_default(),
             "seq": m.seq, "from": m.from, "device": m.device, "hlc": m.hlc, "at": m.at}})
         .to_string(),
-        Entry::Receipt(r) => json!({"v":1,"type":"receipt","id": r.id, "state": r.state, "by": r.by, "room": r.room, "at": r.at}).to_string(),
+        Entry::Receipt(r) => {
+            json!({"v":1,"type":"receipt","id": r.id, "state": r.state, "by": r.by, "room": r.room, "at": r.at})
+                .to_string()
+        }
     }
 }
 
@@ -237,25 +206,13 @@ mod tests {
             for _ in 0..10 {
                 let entries = c.take(size);
                 n += entries.len();
-                json += entries
-                    .iter()
-                    .map(|e| as_device_json(e).len())
-                    .sum::<usize>();
+                json += entries.iter().map(|e| as_device_json(e).len()).sum::<usize>();
                 let d = dict::get(dict::CURRENT).map(|d| (dict::CURRENT, d));
-                with += encode(1, Lane::Normal, Cursor(0), &entries, d)
-                    .map(|b| b.len())
-                    .unwrap_or(usize::MAX);
-                without += encode(1, Lane::Normal, Cursor(0), &entries, None)
-                    .map(|b| b.len())
-                    .unwrap_or(usize::MAX);
+                with += encode(1, Lane::Normal, Cursor(0), &entries, d).map(|b| b.len()).unwrap_or(usize::MAX);
+                without += encode(1, Lane::Normal, Cursor(0), &entries, None).map(|b| b.len()).unwrap_or(usize::MAX);
             }
         }
-        eprintln!(
-            "bytes/entry: json {} zstd {} zstd+dict {}",
-            json / n,
-            without / n,
-            with / n
-        );
+        eprintln!("bytes/entry: json {} zstd {} zstd+dict {}", json / n, without / n, with / n);
         assert!(with < without, "dictionary {with} vs plain {without}");
     }
 }

@@ -43,30 +43,19 @@ impl World {
         let cloud = Cloud::init(&tmp.path().join("cloud"))?;
         let relay_dir = cloud.provision_relay("r1", &tmp.path().join("relay"))?;
         let relay = relay_dir.start(env).await?;
-        Ok(Self {
-            tmp,
-            cloud,
-            relay_dir,
-            relay,
-        })
+        Ok(Self { tmp, cloud, relay_dir, relay })
     }
 
     /// A token for `user` with `role` in `rooms`.
     pub fn token(&self, user: &str, role: &str, rooms: &[&str]) -> String {
-        self.cloud
-            .token(user, role, rooms, "1h")
-            .unwrap_or_else(|e| panic!("token: {e}"))
+        self.cloud.token(user, role, rooms, "1h").unwrap_or_else(|e| panic!("token: {e}"))
     }
 
     /// Connects `device` as `user` (worker role) in `rooms` and completes the handshake.
     pub async fn device(&self, user: &str, device: &str, rooms: &[&str]) -> Device {
         let tok = self.token(user, "worker", rooms);
-        let mut d = Device::connect(&self.relay.ws_url())
-            .await
-            .unwrap_or_else(|e| panic!("connect: {e}"));
-        d.hello(&tok, device, None, None)
-            .await
-            .unwrap_or_else(|e| panic!("hello: {e}"));
+        let mut d = Device::connect(&self.relay.ws_url()).await.unwrap_or_else(|e| panic!("connect: {e}"));
+        d.hello(&tok, device, None, None).await.unwrap_or_else(|e| panic!("hello: {e}"));
         d
     }
 

@@ -20,10 +20,7 @@ pub fn bin(name: &str) -> PathBuf {
     }
     let p = dir.join(name);
     if !p.exists() {
-        panic!(
-            "{} not found: run `cargo build --bins` first (or set HARNESS_BIN_DIR)",
-            p.display()
-        );
+        panic!("{} not found: run `cargo build --bins` first (or set HARNESS_BIN_DIR)", p.display());
     }
     p
 }
@@ -37,41 +34,21 @@ pub struct Cloud {
 fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Cloud {
     pub fn init(dir: &Path) -> anyhow::Result<Self> {
-        run_ok(
-            Command::new(bin("outpost-cloud"))
-                .arg("init")
-                .arg("--dir")
-                .arg(dir),
-        )?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-        })
+        run_ok(Command::new(bin("outpost-cloud")).arg("init").arg("--dir").arg(dir))?;
+        Ok(Self { dir: dir.to_path_buf() })
     }
 
     /// Issues a token through the CLI, as an operator would.
-    pub fn token(
-        &self,
-        user: &str,
-        role: &str,
-        rooms: &[&str],
-        ttl: &str,
-    ) -> anyhow::Result<String> {
+    pub fn token(&self, user: &str, role: &str, rooms: &[&str], ttl: &str) -> anyhow::Result<String> {
         let mut cmd = Command::new(bin("outpost-cloud"));
-        cmd.arg("token")
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(["--user", user, "--role", role, "--ttl", ttl]);
+        cmd.arg("token").arg("--dir").arg(&self.dir).args(["--user", user, "--role", role, "--ttl", ttl]);
         for r in rooms {
             cmd.args(["--room", r]);
         }
@@ -89,17 +66,8 @@ impl Cloud {
                 .args(["--relay", id, "--cloud-addr", "127.0.0.1:4433", "--out"])
                 .arg(&bundle),
         )?;
-        run_ok(
-            Command::new(bin("outpost-relay"))
-                .arg("init")
-                .arg("--dir")
-                .arg(dir)
-                .arg("--bundle")
-                .arg(&bundle),
-        )?;
-        Ok(RelayDir {
-            dir: dir.to_path_buf(),
-        })
+        run_ok(Command::new(bin("outpost-relay")).arg("init").arg("--dir").arg(dir).arg("--bundle").arg(&bundle))?;
+        Ok(RelayDir { dir: dir.to_path_buf() })
     }
 }
 
@@ -116,25 +84,14 @@ impl RelayDir {
     }
 
     pub async fn start_on(&self, addr: &str, env: &[(&str, &str)]) -> anyhow::Result<Relay> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("relay.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("relay.log"))?;
         let mut cmd = TokioCommand::new(bin("outpost-relay"));
-        cmd.arg("run")
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(["--ws", addr]);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        cmd.arg("run").arg("--dir").arg(&self.dir).args(["--ws", addr]);
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::from(log)).kill_on_drop(true);
         let mut child = cmd.spawn().context("spawning outpost-relay")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
@@ -177,10 +134,7 @@ impl Relay {
 
     /// `host:port` of the device listener.
     pub fn addr(&self) -> String {
-        self.url
-            .trim_start_matches("ws://")
-            .trim_end_matches("/ws")
-            .to_owned()
+        self.url.trim_start_matches("ws://").trim_end_matches("/ws").to_owned()
     }
 
     /// SIGKILL: no chance to flush anything.

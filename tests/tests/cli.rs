@@ -19,10 +19,7 @@ fn relay(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 fn token_and_enrollment_commands_write_what_they_promise() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let cloud = Cloud::init(&tmp.path().join("c"))?;
-    let again = Command::new(bin("outpost-cloud"))
-        .args(["init", "--dir"])
-        .arg(&cloud.dir)
-        .output()?;
+    let again = Command::new(bin("outpost-cloud")).args(["init", "--dir"]).arg(&cloud.dir).output()?;
     assert!(!again.status.success(), "init refuses to overwrite a cloud");
     assert!(String::from_utf8_lossy(&again.stderr).contains("already"));
     let tok = cloud.token("amina", "worker", &["clinic", "maternity"], "30d")?;
@@ -33,10 +30,7 @@ fn token_and_enrollment_commands_write_what_they_promise() -> anyhow::Result<()>
         .args(["--user", "x", "--role", "wizard", "--room", "r"])
         .output()?;
     assert!(!bad_role.status.success());
-    assert!(
-        String::from_utf8_lossy(&bad_role.stderr).contains("worker"),
-        "the error names the valid roles"
-    );
+    assert!(String::from_utf8_lossy(&bad_role.stderr).contains("worker"), "the error names the valid roles");
 
     let dir = tmp.path().join("relay");
     let r = cloud.provision_relay("hub-7", &dir)?;
@@ -46,23 +40,11 @@ fn token_and_enrollment_commands_write_what_they_promise() -> anyhow::Result<()>
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(
-            std::fs::metadata(dir.join("identity/relay.key"))?
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(dir.join("identity/relay.key"))?.permissions().mode() & 0o777, 0o600);
     }
     let bundle = cloud.dir.join("hub-7.bundle.json");
     let out = relay(
-        &[
-            "init",
-            "--dir",
-            dir.to_str().unwrap_or_default(),
-            "--bundle",
-            bundle.to_str().unwrap_or_default(),
-        ],
+        &["init", "--dir", dir.to_str().unwrap_or_default(), "--bundle", bundle.to_str().unwrap_or_default()],
         &[],
     );
     assert_eq!(out.status.code(), Some(64), "a second init refuses");
@@ -93,43 +75,22 @@ fn bad_configuration_exits_64_listing_every_problem() -> anyhow::Result<()> {
     cfg.push_str("\n[limits]\nmax_devices = 0\nidle_timeout_secs = 5\nping_interval_secs = 10\n[storage]\nquota_bytes = 10\nemergency_reserve_bytes = 20\n");
     std::fs::write(&path, cfg)?;
     let dir = r.dir.to_str().unwrap_or_default();
-    let out = relay(
-        &["run", "--dir", dir, "--ws", "127.0.0.1:0"],
-        &[("OUTPOST_LIMITS__RATE_PER_SEC", "0")],
-    );
+    let out = relay(&["run", "--dir", dir, "--ws", "127.0.0.1:0"], &[("OUTPOST_LIMITS__RATE_PER_SEC", "0")]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    for needle in [
-        "max_devices",
-        "idle_timeout_secs",
-        "emergency_reserve_bytes",
-        "rate_per_sec",
-    ] {
+    for needle in ["max_devices", "idle_timeout_secs", "emergency_reserve_bytes", "rate_per_sec"] {
         assert!(err.contains(needle), "{needle} not reported in:\n{err}");
     }
     // A misspelt variable is an error, not silently ignored.
     let fresh = cloud.provision_relay("r2", &tmp.path().join("relay2"))?;
     let out = relay(
-        &[
-            "run",
-            "--dir",
-            fresh.dir.to_str().unwrap_or_default(),
-            "--ws",
-            "127.0.0.1:0",
-        ],
+        &["run", "--dir", fresh.dir.to_str().unwrap_or_default(), "--ws", "127.0.0.1:0"],
         &[("OUTPOST_LIMITS__MAX_BODDY_BYTES", "5")],
     );
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_boddy_bytes"));
     // An unprovisioned directory says what to do.
-    let out = relay(
-        &[
-            "run",
-            "--dir",
-            tmp.path().join("nothing").to_str().unwrap_or_default(),
-        ],
-        &[],
-    );
+    let out = relay(&["run", "--dir", tmp.path().join("nothing").to_str().unwrap_or_default()], &[]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("outpost-relay init"));
     Ok(())
@@ -139,11 +100,8 @@ fn bad_configuration_exits_64_listing_every_problem() -> anyhow::Result<()> {
 async fn environment_overrides_the_file_and_flags_override_both() -> anyhow::Result<()> {
     // The listen address from the environment is nonsense, but --ws (set by the harness)
     // replaces it before values are checked.
-    let w = World::start_with(&[
-        ("OUTPOST_LIMITS__MAX_BODY_BYTES", "100"),
-        ("OUTPOST_SERVER__LISTEN", "nowhere"),
-    ])
-    .await?;
+    let w =
+        World::start_with(&[("OUTPOST_LIMITS__MAX_BODY_BYTES", "100"), ("OUTPOST_SERVER__LISTEN", "nowhere")]).await?;
     let mut a = w.device("amina", "a", &["clinic"]).await;
     a.send_stored(chat("clinic", "short")).await?;
     a.send_msg(chat("clinic", &"long ".repeat(40))).await?;
@@ -163,9 +121,6 @@ async fn sigterm_closes_sessions_with_1001_and_exits_0_keeping_data() -> anyhow:
     let got = b.settle("message").await?;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["cursor"], s["cursor"]);
-    assert!(
-        w.relay_dir.log().contains("hub stopped"),
-        "the log records an orderly stop"
-    );
+    assert!(w.relay_dir.log().contains("hub stopped"), "the log records an orderly stop");
     Ok(())
 }

@@ -15,10 +15,7 @@ async fn kill_9_mid_burst_loses_nothing_that_was_acknowledged() -> anyhow::Resul
     let mut w = World::start().await?;
     let mut senders = Vec::new();
     for i in 0..SENDERS {
-        senders.push(
-            w.device(&format!("worker{i}"), &format!("phone{i}"), &["ward"])
-                .await,
-        );
+        senders.push(w.device(&format!("worker{i}"), &format!("phone{i}"), &["ward"]).await);
     }
     // Every sender fires its whole burst without waiting; each collects whatever `stored`
     // frames arrive until the connection dies.
@@ -38,10 +35,7 @@ async fn kill_9_mid_burst_loses_nothing_that_was_acknowledged() -> anyhow::Resul
             let mut stored: HashMap<String, u64> = HashMap::new();
             while let Ok(f) = d.next().await {
                 if f["type"] == "stored" {
-                    stored.insert(
-                        f["id"].as_str().unwrap_or_default().to_owned(),
-                        f["cursor"].as_u64().unwrap_or(0),
-                    );
+                    stored.insert(f["id"].as_str().unwrap_or_default().to_owned(), f["cursor"].as_u64().unwrap_or(0));
                     if stored.len() == PER_SENDER / 4 {
                         let _ = kill_tx.send(()).await;
                     }
@@ -62,16 +56,9 @@ async fn kill_9_mid_burst_loses_nothing_that_was_acknowledged() -> anyhow::Resul
         all_msgs.push(msgs);
         acked.extend(stored);
     }
-    assert!(
-        !acked.is_empty(),
-        "some sends were acknowledged before the kill"
-    );
+    assert!(!acked.is_empty(), "some sends were acknowledged before the kill");
     let total: usize = all_msgs.iter().map(Vec::len).sum();
-    assert!(
-        acked.len() < total,
-        "the kill interrupted the burst ({} of {total} acked)",
-        acked.len()
-    );
+    assert!(acked.len() < total, "the kill interrupted the burst ({} of {total} acked)", acked.len());
 
     w.restart_relay().await?;
     let mut reader = w.device("auditor", "audit-tab", &["ward"]).await;
@@ -79,25 +66,16 @@ async fn kill_9_mid_burst_loses_nothing_that_was_acknowledged() -> anyhow::Resul
     let mut seen: HashMap<String, u64> = HashMap::new();
     for f in &replay {
         let id = f["msg"]["id"].as_str().unwrap_or_default().to_owned();
-        assert!(
-            seen.insert(id, f["cursor"].as_u64().unwrap_or(0)).is_none(),
-            "no message appears twice"
-        );
+        assert!(seen.insert(id, f["cursor"].as_u64().unwrap_or(0)).is_none(), "no message appears twice");
     }
     for (id, cursor) in &acked {
-        assert_eq!(
-            seen.get(id),
-            Some(cursor),
-            "acknowledged message {id} survived with its cursor"
-        );
+        assert_eq!(seen.get(id), Some(cursor), "acknowledged message {id} survived with its cursor");
     }
 
     // Every sender resends its whole burst: acknowledged ones come back as duplicates
     // with the same cursor; the rest are stored now.
     for (i, msgs) in all_msgs.iter().enumerate() {
-        let mut d: Device = w
-            .device(&format!("worker{i}"), &format!("phone{i}"), &["ward"])
-            .await;
+        let mut d: Device = w.device(&format!("worker{i}"), &format!("phone{i}"), &["ward"]).await;
         for m in msgs {
             let s = d.send_stored(m.clone()).await?;
             let id = m["id"].as_str().unwrap_or_default();
@@ -111,15 +89,8 @@ async fn kill_9_mid_burst_loses_nothing_that_was_acknowledged() -> anyhow::Resul
     let mut everything = seen.clone();
     for f in &after {
         let id = f["msg"]["id"].as_str().unwrap_or_default().to_owned();
-        assert!(
-            everything.insert(id, 0).is_none(),
-            "a re-send is never delivered twice"
-        );
+        assert!(everything.insert(id, 0).is_none(), "a re-send is never delivered twice");
     }
-    assert_eq!(
-        everything.len(),
-        total,
-        "every message of the burst is stored exactly once"
-    );
+    assert_eq!(everything.len(), total, "every message of the burst is stored exactly once");
     Ok(())
 }

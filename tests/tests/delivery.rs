@@ -12,9 +12,7 @@ async fn room_members_get_every_message_exactly_once_in_sender_order() -> anyhow
     let w = World::start().await?;
     let mut a = w.device("amina", "amina-phone", &["clinic"]).await;
     let mut b = w.device("baraka", "baraka-phone", &["clinic"]).await;
-    let mut c = w
-        .device("chausiku", "chausiku-tab", &["clinic", "maternity"])
-        .await;
+    let mut c = w.device("chausiku", "chausiku-tab", &["clinic", "maternity"]).await;
     let mut outsider = w.device("daudi", "daudi-phone", &["maternity"]).await;
 
     const N: usize = 200;
@@ -29,14 +27,8 @@ async fn room_members_get_every_message_exactly_once_in_sender_order() -> anyhow
     let mut cursors = HashSet::new();
     for id in &sent_a {
         let s = a.expect_stored(id).await?;
-        assert!(
-            s.get("duplicate").is_none(),
-            "first send is not a duplicate: {s}"
-        );
-        assert!(
-            cursors.insert(s["cursor"].as_u64().unwrap_or(0)),
-            "cursors are unique"
-        );
+        assert!(s.get("duplicate").is_none(), "first send is not a duplicate: {s}");
+        assert!(cursors.insert(s["cursor"].as_u64().unwrap_or(0)), "cursors are unique");
     }
     for id in &sent_b {
         b.expect_stored(id).await?;
@@ -63,13 +55,9 @@ async fn room_members_get_every_message_exactly_once_in_sender_order() -> anyhow
     // A sees B's messages but never its own echoed back.
     let at_a = a.messages(N).await?;
     assert!(at_a.iter().all(|f| f["msg"]["from"] == "baraka"));
-    c.no_frame_of("message", std::time::Duration::from_millis(300))
-        .await?;
-    a.no_frame_of("message", std::time::Duration::from_millis(100))
-        .await?;
-    outsider
-        .no_frame_of("message", std::time::Duration::from_millis(100))
-        .await?;
+    c.no_frame_of("message", std::time::Duration::from_millis(300)).await?;
+    a.no_frame_of("message", std::time::Duration::from_millis(100)).await?;
+    outsider.no_frame_of("message", std::time::Duration::from_millis(100)).await?;
     Ok(())
 }
 
@@ -91,10 +79,7 @@ async fn a_message_carries_what_the_sender_wrote_plus_server_fields() -> anyhow:
     }
     assert_eq!(m["from"], "baraka");
     assert_eq!(m["device"], "phone-2");
-    assert!(
-        m["hlc"].as_u64() > q["msg"]["hlc"].as_u64(),
-        "a reply is ordered after what it answers"
-    );
+    assert!(m["hlc"].as_u64() > q["msg"]["hlc"].as_u64(), "a reply is ordered after what it answers");
     assert!(first["cursor"].as_u64() < stored["cursor"].as_u64());
     Ok(())
 }
@@ -117,7 +102,6 @@ async fn a_resent_id_is_deduplicated_with_the_same_cursor() -> anyhow::Result<()
     assert_eq!(third["cursor"], first["cursor"]);
     assert_eq!(third["duplicate"], true);
     b.messages(1).await?;
-    b.no_frame_of("message", std::time::Duration::from_millis(300))
-        .await?;
+    b.no_frame_of("message", std::time::Duration::from_millis(300)).await?;
     Ok(())
 }

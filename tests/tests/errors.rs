@@ -18,8 +18,7 @@ async fn still_serving(w: &World) -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn malformed_frames_get_bad_frame_or_unsupported_version_and_the_session_goes_on()
--> anyhow::Result<()> {
+async fn malformed_frames_get_bad_frame_or_unsupported_version_and_the_session_goes_on() -> anyhow::Result<()> {
     let w = World::start().await?;
     let mut a = w.device("amina", "a", &["clinic"]).await;
     for bad in [
@@ -28,7 +27,8 @@ async fn malformed_frames_get_bad_frame_or_unsupported_version_and_the_session_g
         json!({"v":1}).to_string(),
         json!({"v":1,"type":"teleport"}).to_string(),
         json!({"v":1,"type":"send","msg":{"room":"clinic"}}).to_string(),
-        json!({"v":1,"type":"send","msg":{"id":"not-a-uuid","room":"clinic","kind":"chat","body":1,"seq":1}}).to_string(),
+        json!({"v":1,"type":"send","msg":{"id":"not-a-uuid","room":"clinic","kind":"chat","body":1,"seq":1}})
+            .to_string(),
         json!({"v":1,"type":"ack","cursor":"soon"}).to_string(),
     ] {
         a.send_text(bad.clone()).await?;
@@ -36,20 +36,17 @@ async fn malformed_frames_get_bad_frame_or_unsupported_version_and_the_session_g
         assert_eq!(code, "bad_frame", "{bad} -> {f}");
         assert!(f["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    a.send_text(json!({"v":2,"type":"ping"}).to_string())
-        .await?;
+    a.send_text(json!({"v":2,"type":"ping"}).to_string()).await?;
     assert_eq!(a.expect_error().await?.0, "unsupported_version");
     // A bad message body names the message it refused.
     let id = outpost_tests::new_id();
-    a.send_text(json!({"v":1,"type":"send","msg":{"id":id,"room":"bad room!","kind":"chat","body":1,"seq":1}}).to_string())
-        .await?;
+    a.send_text(
+        json!({"v":1,"type":"send","msg":{"id":id,"room":"bad room!","kind":"chat","body":1,"seq":1}}).to_string(),
+    )
+    .await?;
     let (code, f) = a.expect_error().await?;
-    assert_eq!(
-        (code.as_str(), f["id"].as_str()),
-        ("bad_frame", Some(id.as_str()))
-    );
-    a.send_stored(chat("clinic", "the same connection still works"))
-        .await?;
+    assert_eq!((code.as_str(), f["id"].as_str()), ("bad_frame", Some(id.as_str())));
+    a.send_stored(chat("clinic", "the same connection still works")).await?;
     still_serving(&w).await
 }
 
@@ -64,8 +61,7 @@ async fn authentication_failures_close_with_4001() -> anyhow::Result<()> {
     let mut d = Device::connect(&w.relay.ws_url()).await?;
     let mut sneaky = chat("clinic", "sneaky");
     sneaky["seq"] = json!(1);
-    d.send_json(&json!({"v":1,"type":"send","msg":sneaky}))
-        .await?;
+    d.send_json(&json!({"v":1,"type":"send","msg":sneaky})).await?;
     let (code, _) = d.expect_error().await?;
     assert_eq!(code, "unauthenticated");
     assert_eq!(d.expect_close().await?, Some(4001));
@@ -73,10 +69,7 @@ async fn authentication_failures_close_with_4001() -> anyhow::Result<()> {
     let other = outpost_tests::Cloud::init(&w.tmp.path().join("other-cloud"))?;
     let foreign = other.token("amina", "worker", &["clinic"], "1h")?;
     let mut d = Device::connect(&w.relay.ws_url()).await?;
-    d.send_json(
-        &json!({"v":1,"type":"hello","token":foreign,"device":"d3","cursor":null,"epoch":null}),
-    )
-    .await?;
+    d.send_json(&json!({"v":1,"type":"hello","token":foreign,"device":"d3","cursor":null,"epoch":null})).await?;
     let (code, _) = d.expect_error().await?;
     assert_eq!(code, "unauthenticated");
     assert_eq!(d.expect_close().await?, Some(4001));
@@ -84,12 +77,7 @@ async fn authentication_failures_close_with_4001() -> anyhow::Result<()> {
     let good = w.token("amina", "worker", &["clinic"]);
     let parts: Vec<&str> = good.split('.').collect();
     let forged_claims = w.token("amina", "admin", &["clinic", "everything"]);
-    let tampered = format!(
-        "{}.{}.{}",
-        parts[0],
-        forged_claims.split('.').nth(1).unwrap_or_default(),
-        parts[2]
-    );
+    let tampered = format!("{}.{}.{}", parts[0], forged_claims.split('.').nth(1).unwrap_or_default(), parts[2]);
     let mut d = Device::connect(&w.relay.ws_url()).await?;
     assert!(d.hello(&tampered, "d4", None, None).await.is_err());
     assert_eq!(d.expect_close().await?, Some(4001));
@@ -103,8 +91,7 @@ async fn an_expired_token_gets_token_expired() -> anyhow::Result<()> {
     // Expiry is about time passing; nothing else to wait on.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let mut d = Device::connect(&w.relay.ws_url()).await?;
-    d.send_json(&json!({"v":1,"type":"hello","token":tok,"device":"d","cursor":null,"epoch":null}))
-        .await?;
+    d.send_json(&json!({"v":1,"type":"hello","token":tok,"device":"d","cursor":null,"epoch":null})).await?;
     let (code, _) = d.expect_error().await?;
     assert_eq!(code, "token_expired");
     assert_eq!(d.expect_close().await?, Some(4001));
@@ -162,11 +149,7 @@ async fn oversized_frames_and_bodies_get_too_large() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_device_over_its_rate_gets_rate_limited() -> anyhow::Result<()> {
-    let w = World::start_with(&[
-        ("OUTPOST_LIMITS__RATE_PER_SEC", "5"),
-        ("OUTPOST_LIMITS__RATE_BURST", "10"),
-    ])
-    .await?;
+    let w = World::start_with(&[("OUTPOST_LIMITS__RATE_PER_SEC", "5"), ("OUTPOST_LIMITS__RATE_BURST", "10")]).await?;
     let mut a = w.device("amina", "a", &["clinic"]).await;
     let mut ids = Vec::new();
     for i in 0..40 {
@@ -182,17 +165,9 @@ async fn a_device_over_its_rate_gets_rate_limited() -> anyhow::Result<()> {
             limited.push(f);
         }
     }
-    assert!(
-        stored.len() >= 10 && stored.len() < 40,
-        "burst allowed, excess refused: {} stored",
-        stored.len()
-    );
+    assert!(stored.len() >= 10 && stored.len() < 40, "burst allowed, excess refused: {} stored", stored.len());
     assert_eq!(stored.len() + limited.len(), 40, "every send is answered");
-    assert!(
-        limited
-            .iter()
-            .all(|f| ids.iter().any(|id| f["id"] == id.as_str()))
-    );
+    assert!(limited.iter().all(|f| ids.iter().any(|id| f["id"] == id.as_str())));
     still_serving(&w).await
 }
 
@@ -234,10 +209,7 @@ async fn a_full_store_refuses_bulk_but_keeps_room_for_emergencies() -> anyhow::R
     // Everything acknowledged before is still there for B, then the emergency.
     let got = b.settle("message").await?;
     assert_eq!(got.len(), stored_ids.len() + 1);
-    assert_eq!(
-        got.last().map(|f| f["cursor"].clone()),
-        Some(s["cursor"].clone())
-    );
+    assert_eq!(got.last().map(|f| f["cursor"].clone()), Some(s["cursor"].clone()));
     Ok(())
 }
 

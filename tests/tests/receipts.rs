@@ -16,8 +16,7 @@ async fn ack_and_read_turn_into_delivered_and_read_receipts_for_the_sender() -> 
     let id = m["id"].as_str().unwrap_or_default().to_owned();
 
     let got = b.expect("message").await?;
-    b.send_json(&json!({"v":1,"type":"ack","cursor":got["cursor"]}))
-        .await?;
+    b.send_json(&json!({"v":1,"type":"ack","cursor":got["cursor"]})).await?;
     let r = a.expect("receipt").await?;
     assert_eq!(
         (r["id"].as_str(), r["state"].as_str(), r["by"].as_str()),
@@ -25,25 +24,16 @@ async fn ack_and_read_turn_into_delivered_and_read_receipts_for_the_sender() -> 
     );
     assert!(r["at"].as_u64().is_some());
 
-    b.send_json(&json!({"v":1,"type":"read","room":"clinic","id":id}))
-        .await?;
+    b.send_json(&json!({"v":1,"type":"read","room":"clinic","id":id})).await?;
     let r = a.expect("receipt").await?;
-    assert_eq!(
-        (r["state"].as_str(), r["by"].as_str()),
-        (Some("read"), Some("baraka"))
-    );
+    assert_eq!((r["state"].as_str(), r["by"].as_str()), (Some("read"), Some("baraka")));
 
     // Acking again (or a second device of B) makes no second receipt; C's is its own.
-    b.send_json(&json!({"v":1,"type":"ack","cursor":got["cursor"]}))
-        .await?;
+    b.send_json(&json!({"v":1,"type":"ack","cursor":got["cursor"]})).await?;
     let got_c = c.expect("message").await?;
-    c.send_json(&json!({"v":1,"type":"ack","cursor":got_c["cursor"]}))
-        .await?;
+    c.send_json(&json!({"v":1,"type":"ack","cursor":got_c["cursor"]})).await?;
     let r = a.expect("receipt").await?;
-    assert_eq!(
-        (r["state"].as_str(), r["by"].as_str()),
-        (Some("delivered"), Some("chausiku"))
-    );
+    assert_eq!((r["state"].as_str(), r["by"].as_str()), (Some("delivered"), Some("chausiku")));
     a.no_frame_of("receipt", Duration::from_millis(300)).await?;
     // Receipts go to the sender only.
     b.no_frame_of("receipt", Duration::from_millis(50)).await?;
@@ -60,10 +50,8 @@ async fn receipts_wait_for_an_offline_sender() -> anyhow::Result<()> {
     let epoch = a.welcome["epoch"].as_str().unwrap_or_default().to_owned();
     a.close().await;
     let got = b.expect("message").await?;
-    b.send_json(&json!({"v":1,"type":"ack","cursor":got["cursor"]}))
-        .await?;
-    b.send_json(&json!({"v":1,"type":"read","room":"clinic","id":m["id"]}))
-        .await?;
+    b.send_json(&json!({"v":1,"type":"ack","cursor":got["cursor"]})).await?;
+    b.send_json(&json!({"v":1,"type":"read","room":"clinic","id":m["id"]})).await?;
     b.sync().await?;
 
     let tok = w.token("amina", "worker", &["clinic"]);
@@ -71,14 +59,8 @@ async fn receipts_wait_for_an_offline_sender() -> anyhow::Result<()> {
     a.hello(&tok, "a", cursor, Some(&epoch)).await?;
     let first = a.expect("receipt").await?;
     let second = a.expect("receipt").await?;
-    assert_eq!(
-        (first["state"].as_str(), second["state"].as_str()),
-        (Some("delivered"), Some("read"))
-    );
-    assert!(
-        first["cursor"].as_u64() < second["cursor"].as_u64(),
-        "receipts replay in log order"
-    );
+    assert_eq!((first["state"].as_str(), second["state"].as_str()), (Some("delivered"), Some("read")));
+    assert!(first["cursor"].as_u64() < second["cursor"].as_u64(), "receipts replay in log order");
     Ok(())
 }
 
@@ -88,20 +70,13 @@ async fn typing_reaches_the_room_only_and_is_never_stored() -> anyhow::Result<()
     let mut a = w.device("amina", "a", &["clinic"]).await;
     let mut b = w.device("baraka", "b", &["clinic"]).await;
     let mut other = w.device("daudi", "d", &["maternity"]).await;
-    a.send_json(&json!({"v":1,"type":"typing","room":"clinic","active":true}))
-        .await?;
+    a.send_json(&json!({"v":1,"type":"typing","room":"clinic","active":true})).await?;
     let t = b.expect("typing").await?;
     assert_eq!(
-        (
-            t["room"].as_str(),
-            t["user"].as_str(),
-            t["active"].as_bool()
-        ),
+        (t["room"].as_str(), t["user"].as_str(), t["active"].as_bool()),
         (Some("clinic"), Some("amina"), Some(true))
     );
-    other
-        .no_frame_of("typing", Duration::from_millis(200))
-        .await?;
+    other.no_frame_of("typing", Duration::from_millis(200)).await?;
     a.no_frame_of("typing", Duration::from_millis(50)).await?;
     // A newcomer's replay holds no typing event.
     let mut late = w.device("chausiku", "c", &["clinic"]).await;
@@ -116,46 +91,28 @@ async fn presence_online_offline_and_throttling() -> anyhow::Result<()> {
     let mut a = w.device("amina", "a", &["clinic"]).await;
     let b = w.device("baraka", "b", &["clinic"]).await;
     let p = a.expect("presence").await?;
-    assert_eq!(
-        (p["user"].as_str(), p["status"].as_str()),
-        (Some("baraka"), Some("online"))
-    );
+    assert_eq!((p["user"].as_str(), p["status"].as_str()), (Some("baraka"), Some("online")));
     // A newcomer learns who is already online.
     let mut c = w.device("chausiku", "c", &["clinic"]).await;
-    let mut online: Vec<String> = c
-        .settle("presence")
-        .await?
-        .iter()
-        .map(|f| f["user"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let mut online: Vec<String> =
+        c.settle("presence").await?.iter().map(|f| f["user"].as_str().unwrap_or_default().to_owned()).collect();
     online.sort();
     assert_eq!(online, ["amina", "baraka"]);
     a.settle("presence").await?; // chausiku came online
     b.close().await;
     let p = a.expect("presence").await?;
-    assert_eq!(
-        (p["user"].as_str(), p["status"].as_str()),
-        (Some("baraka"), Some("offline"))
-    );
+    assert_eq!((p["user"].as_str(), p["status"].as_str()), (Some("baraka"), Some("offline")));
     assert!(p["last_seen"].as_u64().is_some());
 
     // Ten updates at once: at most the per-user allowance (2/s, burst 2) is passed on.
     for i in 0..10 {
         let status = if i % 2 == 0 { "away" } else { "online" };
-        c.send_json(&json!({"v":1,"type":"presence","status":status}))
-            .await?;
+        c.send_json(&json!({"v":1,"type":"presence","status":status})).await?;
     }
     c.sync().await?;
     a.sync().await?;
-    let passed = a
-        .take("presence")
-        .into_iter()
-        .filter(|f| f["user"] == "chausiku")
-        .count();
-    assert!(
-        (1..=3).contains(&passed),
-        "throttled to about 2 per second, got {passed}"
-    );
+    let passed = a.take("presence").into_iter().filter(|f| f["user"] == "chausiku").count();
+    assert!((1..=3).contains(&passed), "throttled to about 2 per second, got {passed}");
     Ok(())
 }
 
@@ -165,34 +122,20 @@ async fn history_pages_back_through_a_room() -> anyhow::Result<()> {
     let mut a = w.device("amina", "a", &["clinic", "maternity"]).await;
     let mut cursors = Vec::new();
     for i in 0..25 {
-        cursors.push(
-            a.send_stored(chat("clinic", &format!("m{i}"))).await?["cursor"]
-                .as_u64()
-                .unwrap_or(0),
-        );
+        cursors.push(a.send_stored(chat("clinic", &format!("m{i}"))).await?["cursor"].as_u64().unwrap_or(0));
         a.send_stored(chat("maternity", "elsewhere")).await?;
     }
     let mut b = w.device("baraka", "b", &["clinic"]).await;
-    b.send_json(&json!({"v":1,"type":"history","room":"clinic","before":null,"limit":10}))
-        .await?;
+    b.send_json(&json!({"v":1,"type":"history","room":"clinic","before":null,"limit":10})).await?;
     let page = b.expect("history").await?;
-    let got: Vec<u64> = page["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| m["cursor"].as_u64().unwrap_or(0))
-        .collect();
+    let got: Vec<u64> =
+        page["messages"].as_array().into_iter().flatten().map(|m| m["cursor"].as_u64().unwrap_or(0)).collect();
     assert_eq!(got, cursors[15..].to_vec(), "the newest ten, oldest first");
     assert_eq!(page["more"], true);
-    b.send_json(&json!({"v":1,"type":"history","room":"clinic","before":got[0],"limit":500}))
-        .await?;
+    b.send_json(&json!({"v":1,"type":"history","room":"clinic","before":got[0],"limit":500})).await?;
     let page = b.expect("history").await?;
-    let older: Vec<u64> = page["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| m["cursor"].as_u64().unwrap_or(0))
-        .collect();
+    let older: Vec<u64> =
+        page["messages"].as_array().into_iter().flatten().map(|m| m["cursor"].as_u64().unwrap_or(0)).collect();
     assert_eq!(older, cursors[..15].to_vec());
     assert_eq!(page["more"], false);
     assert_eq!(page["messages"][0]["msg"]["body"]["text"], "m0");
@@ -213,15 +156,13 @@ async fn a_large_ack_is_worked_off_oldest_first_within_the_cap() -> anyhow::Resu
     let mut receipts = Vec::new();
     // Each ack of the same cursor yields at most two more receipts, oldest first.
     for expected in [2usize, 2, 1] {
-        b.send_json(&json!({"v":1,"type":"ack","cursor":last}))
-            .await?;
+        b.send_json(&json!({"v":1,"type":"ack","cursor":last})).await?;
         for _ in 0..expected {
             receipts.push(a.expect("receipt").await?["id"].clone());
         }
     }
     assert_eq!(receipts, ids);
-    b.send_json(&json!({"v":1,"type":"ack","cursor":last}))
-        .await?;
+    b.send_json(&json!({"v":1,"type":"ack","cursor":last})).await?;
     a.no_frame_of("receipt", Duration::from_millis(300)).await?;
     Ok(())
 }
@@ -248,24 +189,11 @@ async fn an_emergency_overtakes_a_slow_readers_backlog_marked_ahead() -> anyhow:
     let stored = a.send_stored(alert).await?;
     // Now B reads everything.
     let got = b.messages(N + 1).await?;
-    let pos = got
-        .iter()
-        .position(|f| f["cursor"] == stored["cursor"])
-        .unwrap_or(usize::MAX);
-    assert!(
-        pos < N,
-        "the emergency arrived before the end of the backlog (at {pos})"
-    );
+    let pos = got.iter().position(|f| f["cursor"] == stored["cursor"]).unwrap_or(usize::MAX);
+    assert!(pos < N, "the emergency arrived before the end of the backlog (at {pos})");
     assert_eq!(got[pos]["ahead"], true, "an overtaking frame is marked");
-    assert!(
-        got.iter()
-            .enumerate()
-            .all(|(i, f)| i == pos || f["ahead"].is_null())
-    );
-    let mut cursors: Vec<u64> = got
-        .iter()
-        .map(|f| f["cursor"].as_u64().unwrap_or(0))
-        .collect();
+    assert!(got.iter().enumerate().all(|(i, f)| i == pos || f["ahead"].is_null()));
+    let mut cursors: Vec<u64> = got.iter().map(|f| f["cursor"].as_u64().unwrap_or(0)).collect();
     cursors.sort_unstable();
     cursors.dedup();
     assert_eq!(cursors.len(), N + 1, "every message exactly once");

@@ -13,8 +13,7 @@ async fn reconnecting_with_a_cursor_replays_exactly_what_was_missed() -> anyhow:
     let mut a = w.device("amina", "a-phone", &["clinic"]).await;
     let mut b = w.device("baraka", "b-phone", &["clinic"]).await;
     for i in 0..3 {
-        a.send_stored(chat("clinic", &format!("before {i}")))
-            .await?;
+        a.send_stored(chat("clinic", &format!("before {i}"))).await?;
     }
     let seen = b.messages(3).await?;
     let last = cursor(&seen[2]);
@@ -25,11 +24,7 @@ async fn reconnecting_with_a_cursor_replays_exactly_what_was_missed() -> anyhow:
 
     let mut missed = Vec::new();
     for i in 0..5 {
-        missed.push(
-            a.send_stored(chat("clinic", &format!("while away {i}")))
-                .await?["id"]
-                .clone(),
-        );
+        missed.push(a.send_stored(chat("clinic", &format!("while away {i}"))).await?["id"].clone());
     }
     let tok = w.token("baraka", "worker", &["clinic"]);
     let mut b = Device::connect(&w.relay.ws_url()).await?;
@@ -37,10 +32,7 @@ async fn reconnecting_with_a_cursor_replays_exactly_what_was_missed() -> anyhow:
     assert_eq!(welcome["epoch"], epoch.as_str());
     let replay = b.settle("message").await?;
     let ids: Vec<_> = replay.iter().map(|f| f["msg"]["id"].clone()).collect();
-    assert_eq!(
-        ids, missed,
-        "exactly the five missed messages, in order, not its own"
-    );
+    assert_eq!(ids, missed, "exactly the five missed messages, in order, not its own");
     assert!(b.take("resync").is_empty());
 
     // Live traffic continues after the replay.
@@ -60,19 +52,14 @@ async fn a_foreign_epoch_gets_resync_and_the_full_replay() -> anyhow::Result<()>
     let tok = w.token("amina", "worker", &["clinic"]);
     // Same device, a cursor from an SD card that was replaced.
     let mut again = Device::connect(&w.relay.ws_url()).await?;
-    let welcome = again
-        .hello(&tok, "a-phone", Some(2), Some("old-card-epoch"))
-        .await?;
+    let welcome = again.hello(&tok, "a-phone", Some(2), Some("old-card-epoch")).await?;
     let resync = again.expect("resync").await?;
     assert_eq!(resync["epoch"], welcome["epoch"]);
     assert_eq!(resync["cursor"], welcome["cursor"]);
     let replay = again.settle("message").await?;
     let cursors: Vec<u64> = replay.iter().map(cursor).collect();
     let expected: Vec<u64> = all.iter().map(cursor).collect();
-    assert_eq!(
-        cursors, expected,
-        "full replay, including the device's own messages"
-    );
+    assert_eq!(cursors, expected, "full replay, including the device's own messages");
     Ok(())
 }
 
@@ -84,8 +71,7 @@ async fn a_cursor_beyond_the_head_is_treated_as_foreign() -> anyhow::Result<()> 
     let epoch = a.welcome["epoch"].as_str().unwrap_or_default().to_owned();
     let tok = w.token("baraka", "worker", &["clinic"]);
     let mut b = Device::connect(&w.relay.ws_url()).await?;
-    b.hello(&tok, "b-phone", Some(1_000_000), Some(&epoch))
-        .await?;
+    b.hello(&tok, "b-phone", Some(1_000_000), Some(&epoch)).await?;
     b.expect("resync").await?;
     assert_eq!(b.settle("message").await?.len(), 1);
     Ok(())
@@ -102,11 +88,7 @@ async fn the_epoch_survives_restarts_and_a_new_database_gets_a_new_one() -> anyh
     let a = w.device("amina", "a-phone", &["clinic"]).await;
     assert_eq!(a.welcome["epoch"], epoch);
     // A second relay (a replaced SD card) has its own epoch.
-    let other = w
-        .cloud
-        .provision_relay("r2", &w.tmp.path().join("relay2"))?
-        .start(&[])
-        .await?;
+    let other = w.cloud.provision_relay("r2", &w.tmp.path().join("relay2"))?.start(&[]).await?;
     let tok = w.token("amina", "worker", &["clinic"]);
     let mut d = Device::connect(&other.ws_url()).await?;
     let welcome = d.hello(&tok, "a-phone", Some(1), epoch.as_str()).await?;
@@ -128,11 +110,7 @@ async fn a_device_id_is_only_unique_per_user() -> anyhow::Result<()> {
     let mut b = Device::connect(&w.relay.ws_url()).await?;
     b.hello(&tok, "phone", Some(0), Some(&epoch)).await?;
     let got = b.settle("message").await?;
-    assert_eq!(
-        got.len(),
-        1,
-        "amina's message is not mistaken for baraka's own"
-    );
+    assert_eq!(got.len(), 1, "amina's message is not mistaken for baraka's own");
     assert_eq!(got[0]["cursor"], m["cursor"]);
     Ok(())
 }

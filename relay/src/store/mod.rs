@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use outpost_shared::frames::{HistoryPage, OutgoingMsg};
+use outpost_shared::uplink::batch::Entry;
 use outpost_shared::{Cursor, DeviceId, Epoch, ErrorCode, MessageId, Priority, RoomId, UserId};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
@@ -36,10 +37,7 @@ pub struct SessionId(pub u64);
 #[derive(Debug, Clone)]
 pub enum Audience {
     /// Every session in the room except the one that sent it.
-    Room {
-        room: RoomId,
-        except: Option<SessionId>,
-    },
+    Room { room: RoomId, except: Option<SessionId> },
     /// Every session of one user (custody receipts go to the sender).
     User(UserId),
 }
@@ -91,15 +89,9 @@ impl From<rusqlite::Error> for StoreError {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot create {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Dir { path: PathBuf, source: std::io::Error },
     #[error("cannot open the database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Open { path: PathBuf, source: rusqlite::Error },
     #[error(transparent)]
     Migrate(#[from] MigrateError),
     #[error("cannot start the writer thread: {0}")]
@@ -128,23 +120,56 @@ pub struct AppendRequest {
     pub origin: Option<SessionId>,
 }
 
+/// A peer's handshake state (see the link module).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerState {
+    /// Our log up to here the peer holds durably.
+    pub sent_hwm: Cursor,
+    /// The peer's own record of what we hold of its log.
+    pub recv_hwm: Cursor,
+    /// Rooms the peer serves.
+    pub rooms: Vec<RoomId>,
+}
+
+/// A message of ours that a peer acknowledged: its sender gets `forwarded`.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub id: MessageId,
+    pub sender: UserId,
+    pub room: RoomId,
+}
+
 pub(crate) enum Command {
     Append(AppendRequest, Reply),
-    Ack {
-        device: DeviceId,
-        user: UserId,
-        rooms: Arc<[RoomId]>,
-        cursor: Cursor,
-        at: u64,
-    },
-    Read {
-        user: UserId,
-        room: RoomId,
-        id: MessageId,
-        at: u64,
-    },
+    Import { peer: String, entries: Vec<Entry>, peer_hwm: Cursor, reply: oneshot::Sender<Result<usize, StoreError>> },
+    PeerAcked { peer: String, sent_hwm: Cursor, forwarded: Vec<Forwarded>, at: u64 },
+    PeerHello { peer: String, epoch: String, rooms: Vec<RoomId>, reply: oneshot::Sender<Result<PeerState, StoreError>> },
+    PeerRooms { peer: String, rooms: Vec<RoomId> },
+    Ack { device: DeviceId, user: UserId, rooms: Arc<[RoomId]>, cursor: Cursor, at: u64 },
+    Read { user: UserId, room: RoomId, id: MessageId, at: u64 },
     Rooms(Vec<RoomId>),
     Stop(oneshot::Sender<()>),
+}
+
+/// An answer owed once the transaction's fate is known.
+pub(crate) enum Pending {
+    Append(Reply, Result<Appended, StoreError>),
+    Import(oneshot::Sender<Result<usize, StoreError>>, usize),
+    Hello(oneshot::Sender<Result<PeerState, StoreError>>, PeerState),
+}
+
+impl Pending {
+    /// Answers; `failed` is the transaction's error if it was rolled back.
+    pub(crate) fn finish(self, failed: Option<&StoreError>) {
+        match (self, failed) {
+            (Pending::Append(reply, answer), None) => reply(answer),
+            (Pending::Append(reply, _), Some(e)) => reply(Err(e.clone())),
+            (Pending::Import(tx, n), None) => drop(tx.send(Ok(n))),
+            (Pending::Import(tx, _), Some(e)) => drop(tx.send(Err(e.clone()))),
+            (Pending::Hello(tx, s), None) => drop(tx.send(Ok(s))),
+            (Pending::Hello(tx, _), Some(e)) => drop(tx.send(Err(e.clone()))),
+        }
+    }
 }
 
 impl Command {
@@ -169,15 +194,14 @@ pub struct Store {
     readers: Arc<reader::Readers>,
     epoch: Epoch,
     head: Arc<AtomicU64>,
+    head_rx: tokio::sync::watch::Receiver<u64>,
     known_rooms: Arc<RwLock<HashSet<RoomId>>>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("epoch", &self.epoch)
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("epoch", &self.epoch).finish_non_exhaustive()
     }
 }
 
@@ -200,21 +224,11 @@ fn new_epoch() -> String {
 impl Store {
     /// Opens (creating and migrating as needed) the database at `path` and starts the
     /// writer thread.
-    pub fn open(
-        path: &Path,
-        opts: StoreOptions,
-        publisher: Arc<dyn Publisher>,
-    ) -> Result<Self, OpenError> {
+    pub fn open(path: &Path, opts: StoreOptions, publisher: Arc<dyn Publisher>) -> Result<Self, OpenError> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| OpenError::Dir {
-                path: parent.to_path_buf(),
-                source,
-            })?;
+            std::fs::create_dir_all(parent).map_err(|source| OpenError::Dir { path: parent.to_path_buf(), source })?;
         }
-        let open_err = |source| OpenError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
+        let open_err = |source| OpenError::Open { path: path.to_path_buf(), source };
         let mut conn = connect(path, OpenFlags::default()).map_err(open_err)?;
         schema::migrate(&mut conn, &new_epoch())?;
         let state = writer::State::load(&conn).map_err(open_err)?;
@@ -222,15 +236,8 @@ impl Store {
         let head = Arc::new(AtomicU64::new(state.next_cursor.saturating_sub(1)));
         let known_rooms = Arc::new(RwLock::new(state.rooms.clone()));
         let (tx, rx) = mpsc::channel(opts.max_batch);
-        let w = writer::Writer::new(
-            conn,
-            rx,
-            publisher,
-            state,
-            opts,
-            head.clone(),
-            known_rooms.clone(),
-        );
+        let (head_tx, head_rx) = tokio::sync::watch::channel(head.load(Ordering::Acquire));
+        let w = writer::Writer::new(conn, rx, publisher, state, opts, head.clone(), head_tx, known_rooms.clone());
         let handle = std::thread::Builder::new()
             .name("outpost-store".into())
             .spawn(move || w.run())
@@ -240,6 +247,7 @@ impl Store {
             readers: Arc::new(reader::Readers::new(path.to_path_buf())),
             epoch,
             head,
+            head_rx,
             known_rooms,
             writer: Arc::new(Mutex::new(Some(handle))),
         })
@@ -256,16 +264,12 @@ impl Store {
 
     /// Whether any token or message has named this room on this hub.
     pub fn room_known(&self, room: &RoomId) -> bool {
-        self.known_rooms
-            .read()
-            .map(|r| r.contains(room))
-            .unwrap_or(false)
+        self.known_rooms.read().map(|r| r.contains(room)).unwrap_or(false)
     }
 
     /// Queues a message for the next group commit; `reply` runs after it committed.
     pub async fn append(&self, req: AppendRequest, reply: Reply) {
-        if let Err(mpsc::error::SendError(Command::Append(_, reply))) =
-            self.tx.send(Command::Append(req, reply)).await
+        if let Err(mpsc::error::SendError(Command::Append(_, reply))) = self.tx.send(Command::Append(req, reply)).await
         {
             reply(Err(StoreError::Closed));
         }
@@ -279,24 +283,8 @@ impl Store {
     }
 
     /// Records that `device` holds everything up to `cursor` and emits `delivered` receipts.
-    pub async fn ack(
-        &self,
-        device: DeviceId,
-        user: UserId,
-        rooms: Arc<[RoomId]>,
-        cursor: Cursor,
-        at: u64,
-    ) {
-        let _ = self
-            .tx
-            .send(Command::Ack {
-                device,
-                user,
-                rooms,
-                cursor,
-                at,
-            })
-            .await;
+    pub async fn ack(&self, device: DeviceId, user: UserId, rooms: Arc<[RoomId]>, cursor: Cursor, at: u64) {
+        let _ = self.tx.send(Command::Ack { device, user, rooms, cursor, at }).await;
     }
 
     /// Records that `user` read `room` up to message `id` and emits `read` receipts.
@@ -307,11 +295,7 @@ impl Store {
     /// Remembers rooms named by a token, so they count as known.
     pub async fn note_rooms(&self, rooms: &[RoomId]) {
         let fresh: Vec<RoomId> = match self.known_rooms.read() {
-            Ok(known) => rooms
-                .iter()
-                .filter(|r| !known.contains(*r))
-                .cloned()
-                .collect(),
+            Ok(known) => rooms.iter().filter(|r| !known.contains(*r)).cloned().collect(),
             Err(_) => return,
         };
         if !fresh.is_empty() {
@@ -328,14 +312,55 @@ impl Store {
     }
 
     /// One page of a room's history, newest last.
-    pub async fn history(
-        &self,
-        room: RoomId,
-        before: Option<Cursor>,
-        limit: u32,
-    ) -> Result<HistoryPage, StoreError> {
+    pub async fn history(&self, room: RoomId, before: Option<Cursor>, limit: u32) -> Result<HistoryPage, StoreError> {
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || readers.history(room, before, limit))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+    }
+
+    /// A receiver that changes after every commit (link senders wait on it).
+    pub fn subscribe_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.head_rx.clone()
+    }
+
+    /// Applies a batch from `peer` idempotently; answers after the commit with the number
+    /// of entries that were new.
+    pub async fn import(&self, peer: &str, entries: Vec<Entry>, peer_hwm: Cursor) -> Result<usize, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Import { peer: peer.to_owned(), entries, peer_hwm, reply };
+        self.tx.send(cmd).await.map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Records that `peer` holds our log up to `sent_hwm` and tells the senders of
+    /// `forwarded` that their messages reached it.
+    pub async fn peer_acked(&self, peer: &str, sent_hwm: Cursor, forwarded: Vec<Forwarded>, at: u64) {
+        let _ = self.tx.send(Command::PeerAcked { peer: peer.to_owned(), sent_hwm, forwarded, at }).await;
+    }
+
+    /// Records a peer's handshake (epoch, rooms) and returns where the link resumes.
+    pub async fn peer_hello(&self, peer: &str, epoch: &str, rooms: Vec<RoomId>) -> Result<PeerState, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::PeerHello { peer: peer.to_owned(), epoch: epoch.to_owned(), rooms, reply };
+        self.tx.send(cmd).await.map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Adds rooms a peer serves.
+    pub async fn peer_rooms(&self, peer: &str, rooms: Vec<RoomId>) {
+        let _ = self.tx.send(Command::PeerRooms { peer: peer.to_owned(), rooms }).await;
+    }
+
+    /// Known rooms of this server (from tokens and messages).
+    pub fn rooms(&self) -> Vec<RoomId> {
+        self.known_rooms.read().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The next page of entries to send to a peer (see [`OutboundQuery`]).
+    pub async fn outbound(&self, q: reader::OutboundQuery) -> Result<reader::Outbound, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.outbound(&q))
             .await
             .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
     }
@@ -353,7 +378,7 @@ impl Store {
     }
 }
 
-pub use reader::ReplayQuery;
+pub use reader::{Outbound, OutboundQuery, ReplayQuery};
 
 #[cfg(test)]
 mod tests;
@@ -361,23 +386,13 @@ mod tests;
 /// Creates and migrates the database at `path` without starting a writer (provisioning).
 pub fn create(path: &Path) -> Result<Epoch, OpenError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| OpenError::Dir {
-            path: parent.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(parent).map_err(|source| OpenError::Dir { path: parent.to_path_buf(), source })?;
     }
-    let mut conn = connect(path, OpenFlags::default()).map_err(|source| OpenError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut conn =
+        connect(path, OpenFlags::default()).map_err(|source| OpenError::Open { path: path.to_path_buf(), source })?;
     schema::migrate(&mut conn, &new_epoch())?;
     let epoch: String = conn
-        .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
-            r.get(0)
-        })
-        .map_err(|source| OpenError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))
+        .map_err(|source| OpenError::Open { path: path.to_path_buf(), source })?;
     Ok(Epoch(epoch))
 }

@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use outpost_shared::frames::{HistoryPage, MessageBody, Positioned, Receipt, ReceiptState};
-use outpost_shared::{
-    Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, ServerFrame, UserId,
-};
+use outpost_shared::uplink::batch::{Entry, Lane, WireMessage, WireReceipt};
+use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, ServerFrame, UserId};
 use rusqlite::{Connection, OpenFlags, Row};
 
 use super::{StoreError, connect};
@@ -63,11 +62,7 @@ fn bad(what: &str) -> rusqlite::Error {
 fn message_from_row(r: &Row<'_>, base: usize) -> Result<Positioned, rusqlite::Error> {
     let id: Vec<u8> = r.get(base + 1)?;
     let reply_to: Option<Vec<u8>> = r.get(base + 7)?;
-    let mid = |b: &[u8]| {
-        <[u8; 16]>::try_from(b)
-            .map(MessageId::from_bytes)
-            .map_err(|_| bad("message id"))
-    };
+    let mid = |b: &[u8]| <[u8; 16]>::try_from(b).map(MessageId::from_bytes).map_err(|_| bad("message id"));
     Ok(Positioned {
         cursor: Cursor(u(r.get(base)?)),
         msg: MessageBody {
@@ -86,28 +81,18 @@ fn message_from_row(r: &Row<'_>, base: usize) -> Result<Positioned, rusqlite::Er
     })
 }
 
-const MESSAGE_COLUMNS: &str =
-    "cursor, id, room, kind, priority, body, seq, reply_to, sender, device, hlc, at";
+const MESSAGE_COLUMNS: &str = "cursor, id, room, kind, priority, body, seq, reply_to, sender, device, hlc, at";
 
 impl Readers {
     pub fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            pool: Mutex::new(Vec::new()),
-        }
+        Self { path, pool: Mutex::new(Vec::new()) }
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
-    ) -> Result<T, StoreError> {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>) -> Result<T, StoreError> {
         let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
         let conn = match pooled {
             Some(c) => c,
-            None => connect(
-                &self.path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?,
+            None => connect(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?,
         };
         let out = f(&conn);
         if let Ok(mut p) = self.pool.lock()
@@ -159,7 +144,9 @@ impl Readers {
                     let id: Vec<u8> = r.get(2)?;
                     let state: String = r.get(13)?;
                     let receipt = Receipt {
-                        id: <[u8; 16]>::try_from(id.as_slice()).map(MessageId::from_bytes).map_err(|_| bad("msg_id"))?,
+                        id: <[u8; 16]>::try_from(id.as_slice())
+                            .map(MessageId::from_bytes)
+                            .map_err(|_| bad("msg_id"))?,
                         state: ReceiptState::parse(&state).ok_or_else(|| bad("state"))?,
                         by: UserId::new(r.get::<_, String>(9)?).ok(),
                         at: u(r.get(12)?),
@@ -173,12 +160,7 @@ impl Readers {
         })
     }
 
-    pub fn history(
-        &self,
-        room: RoomId,
-        before: Option<Cursor>,
-        limit: u32,
-    ) -> Result<HistoryPage, StoreError> {
+    pub fn history(&self, room: RoomId, before: Option<Cursor>, limit: u32) -> Result<HistoryPage, StoreError> {
         self.with(|conn| {
             let before = before.map_or(i64::MAX, |c| i64::try_from(c.0).unwrap_or(i64::MAX));
             let mut stmt = conn.prepare_cached(&format!(
@@ -193,6 +175,135 @@ impl Readers {
             messages.truncate(limit as usize);
             messages.reverse();
             Ok(HistoryPage { room, messages, more })
+        })
+    }
+}
+
+/// What a link sender asks for: entries of our log that `peer` should get.
+///
+/// Messages not from `peer` (in `rooms`, when given: the cloud sends a hub only its
+/// rooms) and receipts about messages that came from `peer` (not made by it). The
+/// emergency lane holds emergency messages only; the normal lane everything else.
+#[derive(Debug, Clone)]
+pub struct OutboundQuery {
+    pub peer: String,
+    pub rooms: Option<Arc<[RoomId]>>,
+    pub after: Cursor,
+    pub lane: Lane,
+    /// Most entries returned.
+    pub limit: usize,
+    /// Stop adding entries past this many bytes of bodies (a batch-size target).
+    pub max_bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct Outbound {
+    pub entries: Vec<Entry>,
+    /// The log was examined up to here (inclusive) for this lane.
+    pub scanned_to: Cursor,
+}
+
+impl Readers {
+    pub fn outbound(&self, q: &OutboundQuery) -> Result<Outbound, StoreError> {
+        self.with(|conn| {
+            // One snapshot for the page and the head, so "nothing more up to the head"
+            // is true of the same state.
+            let tx = conn.unchecked_transaction()?;
+            let head: i64 = tx.query_row(
+                "SELECT max(coalesce((SELECT max(cursor) FROM messages), 0), coalesce((SELECT max(cursor) FROM receipts), 0))",
+                [],
+                |r| r.get(0),
+            )?;
+            let lane_cond = match q.lane {
+                Lane::Emergency => "priority = 3",
+                Lane::Normal => "priority < 3",
+            };
+            let room_cond = match &q.rooms {
+                None => String::new(),
+                Some(rooms) => {
+                    let list: Vec<String> = (0..rooms.len().max(1)).map(|i| format!("?{}", i + 4)).collect();
+                    format!("AND room IN ({})", list.join(","))
+                }
+            };
+            let receipts = match q.lane {
+                Lane::Emergency => String::new(),
+                Lane::Normal => "UNION ALL
+                 SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state, target
+                   FROM receipts WHERE cursor > ?1 AND msg_peer = ?2 AND coalesce(origin_peer, '') <> ?2"
+                    .to_owned(),
+            };
+            let sql = format!(
+                "SELECT 0, {MESSAGE_COLUMNS}, NULL, NULL FROM messages
+                   WHERE cursor > ?1 AND coalesce(origin_peer, '') <> ?2 AND {lane_cond} {room_cond}
+                 {receipts}
+                 ORDER BY 2 LIMIT ?3"
+            );
+            let mut args: Vec<rusqlite::types::Value> = vec![
+                i64::try_from(q.after.0).unwrap_or(i64::MAX).into(),
+                q.peer.clone().into(),
+                i64::try_from(q.limit).unwrap_or(i64::MAX).into(),
+            ];
+            if let Some(rooms) = &q.rooms {
+                if rooms.is_empty() {
+                    args.push(rusqlite::types::Value::Null);
+                }
+                args.extend(rooms.iter().map(|r| rusqlite::types::Value::from(r.as_str().to_owned())));
+            }
+            let mut entries = Vec::new();
+            let mut bytes = 0usize;
+            let mut full = false;
+            {
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+                while let Some(r) = rows.next()? {
+                    let kind: i64 = r.get(0)?;
+                    let e = if kind == 0 {
+                        let p = message_from_row(r, 1)?;
+                        let m = p.msg;
+                        Entry::Message(WireMessage {
+                            cursor: p.cursor,
+                            id: m.id,
+                            room: m.room,
+                            kind: m.kind,
+                            priority: m.priority,
+                            body: m.body.as_str().to_owned(),
+                            seq: m.seq,
+                            reply_to: m.reply_to,
+                            from: m.from,
+                            device: m.device,
+                            hlc: m.hlc,
+                            at: m.at,
+                        })
+                    } else {
+                        let id: Vec<u8> = r.get(2)?;
+                        Entry::Receipt(WireReceipt {
+                            cursor: Cursor(u(r.get(1)?)),
+                            id: <[u8; 16]>::try_from(id.as_slice()).map(MessageId::from_bytes).map_err(|_| bad("msg_id"))?,
+                            state: ReceiptState::parse(&r.get::<_, String>(13)?).ok_or_else(|| bad("state"))?,
+                            by: UserId::new(r.get::<_, String>(9)?).ok(),
+                            target: UserId::new(r.get::<_, String>(14)?).map_err(|_| bad("target"))?,
+                            room: RoomId::new(r.get::<_, String>(3)?).map_err(|_| bad("room"))?,
+                            at: u(r.get(12)?),
+                        })
+                    };
+                    bytes += match &e {
+                        Entry::Message(m) => m.body.len() + 96,
+                        Entry::Receipt(_) => 64,
+                    };
+                    entries.push(e);
+                    if bytes >= q.max_bytes {
+                        full = true;
+                        break;
+                    }
+                }
+            }
+            tx.commit()?;
+            let scanned_to = if full || entries.len() >= q.limit {
+                entries.last().map_or(q.after, Entry::cursor)
+            } else {
+                Cursor(u(head)).max(q.after)
+            };
+            Ok(Outbound { entries, scanned_to })
         })
     }
 }

@@ -34,9 +34,7 @@ pub const MIGRATIONS: &[&str] = &[
         sender    TEXT NOT NULL,
         device    TEXT NOT NULL,
         hlc       INTEGER NOT NULL,
-        at        INTEGER NOT NULL,
-        -- 0: written on this hub (goes upstream); 1: came from the cloud.
-        origin    INTEGER NOT NULL DEFAULT 0
+        at        INTEGER NOT NULL
     );
     CREATE INDEX messages_room ON messages (room, cursor);
 
@@ -77,6 +75,35 @@ pub const MIGRATIONS: &[&str] = &[
         room     TEXT PRIMARY KEY
     ) WITHOUT ROWID;
     ",
+    // 2: the link between hub and cloud. The same tables serve both ends: a hub has one
+    // peer (its cloud), the cloud one per hub.
+    "
+    -- NULL: written on this server; otherwise the peer it came from.
+    ALTER TABLE messages ADD COLUMN origin_peer TEXT;
+    -- NULL: made on this server; otherwise the peer it came from.
+    ALTER TABLE receipts ADD COLUMN origin_peer TEXT;
+    -- The peer the message it is about came from (where the receipt must go), if any.
+    ALTER TABLE receipts ADD COLUMN msg_peer TEXT;
+    CREATE INDEX receipts_msg_peer ON receipts (msg_peer, cursor) WHERE msg_peer IS NOT NULL;
+
+    CREATE TABLE peers (
+        peer          TEXT PRIMARY KEY,
+        -- The peer's database epoch: a new one means it lost what we sent.
+        epoch         TEXT NOT NULL DEFAULT '',
+        -- Our log: everything up to here the peer has durably (resume after it).
+        sent_hwm      INTEGER NOT NULL DEFAULT 0,
+        -- The peer's log: its own mark of what we hold of it (as it last reported).
+        recv_hwm      INTEGER NOT NULL DEFAULT 0,
+        last_contact  INTEGER
+    ) WITHOUT ROWID;
+
+    -- Rooms a peer serves: what the cloud sends down to each hub.
+    CREATE TABLE peer_rooms (
+        peer   TEXT NOT NULL,
+        room   TEXT NOT NULL,
+        PRIMARY KEY (peer, room)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.
@@ -86,15 +113,10 @@ pub fn current_version() -> u32 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error(
-        "the database is at schema version {found}, newer than this build's {supported}; upgrade outpost-relay"
-    )]
+    #[error("the database is at schema version {found}, newer than this build's {supported}; upgrade outpost-relay")]
     TooNew { found: u32, supported: u32 },
     #[error("migration to schema version {version} failed: {source}")]
-    Failed {
-        version: u32,
-        source: rusqlite::Error,
-    },
+    Failed { version: u32, source: rusqlite::Error },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -108,22 +130,14 @@ pub fn migrate(conn: &mut Connection, new_epoch: &str) -> Result<u32, MigrateErr
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let tx = conn
-            .transaction()
-            .map_err(|source| MigrateError::Failed { version, source })?;
-        tx.execute_batch(sql)
-            .map_err(|source| MigrateError::Failed { version, source })?;
+        let tx = conn.transaction().map_err(|source| MigrateError::Failed { version, source })?;
+        tx.execute_batch(sql).map_err(|source| MigrateError::Failed { version, source })?;
         if version == 1 {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('epoch', ?1)",
-                [new_epoch],
-            )
-            .map_err(|source| MigrateError::Failed { version, source })?;
+            tx.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", [new_epoch])
+                .map_err(|source| MigrateError::Failed { version, source })?;
         }
-        tx.pragma_update(None, "user_version", version)
-            .map_err(|source| MigrateError::Failed { version, source })?;
-        tx.commit()
-            .map_err(|source| MigrateError::Failed { version, source })?;
+        tx.pragma_update(None, "user_version", version).map_err(|source| MigrateError::Failed { version, source })?;
+        tx.commit().map_err(|source| MigrateError::Failed { version, source })?;
     }
     Ok(found)
 }

@@ -1,9 +1,7 @@
 use std::sync::{Arc, Mutex};
 
 use outpost_shared::frames::OutgoingMsg;
-use outpost_shared::{
-    Body, Cursor, DeviceId, MessageId, MessageKind, Priority, RoomId, Seq, UserId,
-};
+use outpost_shared::{Body, Cursor, DeviceId, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
 
 use super::*;
 
@@ -20,20 +18,12 @@ impl Publisher for Collect {
 
 impl Collect {
     fn cursors(&self) -> Vec<u64> {
-        self.0
-            .lock()
-            .map(|v| v.iter().map(|e| e.cursor.0).collect())
-            .unwrap_or_default()
+        self.0.lock().map(|v| v.iter().map(|e| e.cursor.0).collect()).unwrap_or_default()
     }
 }
 
 fn opts() -> StoreOptions {
-    StoreOptions {
-        quota_bytes: 1 << 30,
-        emergency_reserve_bytes: 1 << 20,
-        max_batch: 4096,
-        max_receipts_per_ack: 100,
-    }
+    StoreOptions { quota_bytes: 1 << 30, emergency_reserve_bytes: 1 << 20, max_batch: 4096, max_receipts_per_ack: 100 }
 }
 
 fn id(s: &str) -> RoomId {
@@ -69,19 +59,12 @@ async fn append_dedupes_forever_and_survives_reopen() {
     let publ = Arc::new(Collect::default());
     let store = ok(Store::open(&path, opts(), publ.clone()));
     let first = req("clinic", Priority::Normal, 1);
-    let again = AppendRequest {
-        msg: first.msg.clone(),
-        ..req("clinic", Priority::Normal, 1)
-    };
+    let again = AppendRequest { msg: first.msg.clone(), ..req("clinic", Priority::Normal, 1) };
     let a = ok(store.append_wait(first).await);
     assert!(!a.duplicate);
     let b = ok(store.append_wait(again).await);
     assert_eq!((b.cursor, b.duplicate), (a.cursor, true));
-    assert_eq!(
-        publ.cursors(),
-        vec![a.cursor.0],
-        "a duplicate is not published again"
-    );
+    assert_eq!(publ.cursors(), vec![a.cursor.0], "a duplicate is not published again");
     let epoch = store.epoch().clone();
     store.shutdown().await;
 
@@ -91,11 +74,7 @@ async fn append_dedupes_forever_and_survives_reopen() {
     let mut resent = req("elsewhere", Priority::Normal, 9);
     resent.msg.id = a.id;
     let c = ok(store.append_wait(resent).await);
-    assert_eq!(
-        (c.cursor, c.duplicate),
-        (a.cursor, true),
-        "dedupe is not a time window: it survives restarts"
-    );
+    assert_eq!((c.cursor, c.duplicate), (a.cursor, true), "dedupe is not a time window: it survives restarts");
     let d = ok(store.append_wait(req("clinic", Priority::Normal, 2)).await);
     assert!(d.cursor > a.cursor, "cursors continue after a restart");
     store.shutdown().await;
@@ -115,11 +94,7 @@ fn emergencies_in_a_group_commit_and_publish_first() {
     let publ = Arc::new(Collect::default());
     let answers = Arc::new(Mutex::new(Vec::new()));
     for seq in 1..=10 {
-        let p = if seq == 8 {
-            Priority::Emergency
-        } else {
-            Priority::Normal
-        };
+        let p = if seq == 8 { Priority::Emergency } else { Priority::Normal };
         let answers = answers.clone();
         let cmd = Command::Append(
             req("ward", p, seq),
@@ -139,40 +114,22 @@ fn emergencies_in_a_group_commit_and_publish_first() {
         state,
         opts(),
         Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        tokio::sync::watch::channel(0).0,
         Arc::new(std::sync::RwLock::new(Default::default())),
     );
     w.run();
     let answers = answers.lock().map(|v| v.clone()).unwrap_or_default();
-    assert_eq!(
-        answers.first(),
-        Some(&(8, 1)),
-        "the emergency got the first cursor: {answers:?}"
-    );
-    assert_eq!(
-        publ.0.lock().map(|v| v[0].priority).ok(),
-        Some(Priority::Emergency)
-    );
+    assert_eq!(answers.first(), Some(&(8, 1)), "the emergency got the first cursor: {answers:?}");
+    assert_eq!(publ.0.lock().map(|v| v[0].priority).ok(), Some(Priority::Emergency));
     let normal: Vec<u64> = answers.iter().skip(1).map(|(_, c)| *c).collect();
-    assert_eq!(
-        normal,
-        (2..=10).collect::<Vec<_>>(),
-        "the rest keep their order"
-    );
+    assert_eq!(normal, (2..=10).collect::<Vec<_>>(), "the rest keep their order");
 }
 
 #[tokio::test]
 async fn quota_keeps_a_reserve_for_emergencies() {
     let dir = ok(tempfile::tempdir());
-    let o = StoreOptions {
-        quota_bytes: 300_000,
-        emergency_reserve_bytes: 150_000,
-        ..opts()
-    };
-    let store = ok(Store::open(
-        &dir.path().join("r.db"),
-        o,
-        Arc::new(Collect::default()),
-    ));
+    let o = StoreOptions { quota_bytes: 300_000, emergency_reserve_bytes: 150_000, ..opts() };
+    let store = ok(Store::open(&dir.path().join("r.db"), o, Arc::new(Collect::default())));
     let mut refused = false;
     for seq in 0..1000 {
         let mut r = req("ward", Priority::Bulk, seq);
@@ -187,20 +144,9 @@ async fn quota_keeps_a_reserve_for_emergencies() {
         }
     }
     assert!(refused, "bulk traffic is refused before the quota");
-    assert!(
-        store
-            .append_wait(req("ward", Priority::Emergency, 5000))
-            .await
-            .is_ok(),
-        "the reserve takes emergencies"
-    );
+    assert!(store.append_wait(req("ward", Priority::Emergency, 5000)).await.is_ok(), "the reserve takes emergencies");
     assert_eq!(
-        store
-            .append_wait(req("ward", Priority::Normal, 5001))
-            .await
-            .map(|_| ())
-            .err()
-            .map(|e| e.code()),
+        store.append_wait(req("ward", Priority::Normal, 5001)).await.map(|_| ()).err().map(|e| e.code()),
         Some(outpost_shared::ErrorCode::StorageFull)
     );
     store.shutdown().await;
@@ -209,11 +155,7 @@ async fn quota_keeps_a_reserve_for_emergencies() {
 #[tokio::test]
 async fn replay_filters_rooms_and_the_devices_own_messages() {
     let dir = ok(tempfile::tempdir());
-    let store = ok(Store::open(
-        &dir.path().join("r.db"),
-        opts(),
-        Arc::new(Collect::default()),
-    ));
+    let store = ok(Store::open(&dir.path().join("r.db"), opts(), Arc::new(Collect::default())));
     let mine = ok(store.append_wait(req("clinic", Priority::Normal, 1)).await);
     let mut other = req("clinic", Priority::Normal, 2);
     other.device = ok(DeviceId::new("other"));
@@ -230,16 +172,10 @@ async fn replay_filters_rooms_and_the_devices_own_messages() {
         limit: 10,
     };
     let resume = ok(store.replay(q(Cursor(0))).await);
-    assert_eq!(
-        resume.frames.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
-        vec![theirs.cursor]
-    );
+    assert_eq!(resume.frames.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![theirs.cursor]);
     assert!(resume.done);
     let full = ok(store.replay(q(store.head())).await);
-    assert_eq!(
-        full.frames.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
-        vec![mine.cursor, theirs.cursor]
-    );
+    assert_eq!(full.frames.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![mine.cursor, theirs.cursor]);
     store.shutdown().await;
 }
 

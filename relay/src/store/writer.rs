@@ -12,16 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use outpost_shared::frames::{MessageBody, Positioned, Receipt, ReceiptState};
-use outpost_shared::{
-    Cursor, DeviceId, Hlc, HlcClock, MessageId, Priority, RoomId, ServerFrame, UserId,
-};
+use outpost_shared::{Cursor, DeviceId, Hlc, HlcClock, MessageId, Priority, RoomId, ServerFrame, UserId};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 
-use super::{
-    AppendRequest, Appended, Audience, Command, LogEntry, Publisher, Reply, StoreError,
-    StoreOptions,
-};
+use super::{AppendRequest, Appended, Audience, Command, LogEntry, Pending, Publisher, StoreError, StoreOptions};
+
+mod link;
 
 /// What the writer restores from the database at start-up.
 pub(crate) struct State {
@@ -33,19 +30,13 @@ pub(crate) struct State {
 
 impl State {
     pub fn load(conn: &Connection) -> Result<Self, rusqlite::Error> {
-        let epoch: String =
-            conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
-                r.get(0)
-            })?;
+        let epoch: String = conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))?;
         let max_cursor: i64 = conn.query_row(
             "SELECT max(coalesce((SELECT max(cursor) FROM messages), 0), coalesce((SELECT max(cursor) FROM receipts), 0))",
             [],
             |r| r.get(0),
         )?;
-        let last_hlc: i64 =
-            conn.query_row("SELECT coalesce(max(hlc), 0) FROM messages", [], |r| {
-                r.get(0)
-            })?;
+        let last_hlc: i64 = conn.query_row("SELECT coalesce(max(hlc), 0) FROM messages", [], |r| r.get(0))?;
         let mut rooms = HashSet::new();
         let mut stmt = conn.prepare("SELECT room FROM rooms")?;
         for r in stmt.query_map([], |r| r.get::<_, String>(0))? {
@@ -70,6 +61,8 @@ pub(crate) struct Writer {
     next_cursor: u64,
     clock: HlcClock,
     head: Arc<AtomicU64>,
+    /// Wakes link senders after each commit.
+    head_tx: tokio::sync::watch::Sender<u64>,
     known_rooms: Arc<RwLock<HashSet<RoomId>>>,
     used_bytes: u64,
     /// Last acked cursor per (user, device), loaded lazily.
@@ -78,16 +71,23 @@ pub(crate) struct Writer {
     last_seq: HashMap<(UserId, DeviceId), u64>,
 }
 
-/// A reply waiting for its transaction's fate.
-type Pending = (Reply, Result<Appended, StoreError>);
+/// A message that a receipt is about.
+struct Target {
+    id: MessageId,
+    sender: UserId,
+    room: RoomId,
+    cursor: u64,
+    /// Where the message came from (the receipt goes back there).
+    peer: Option<String>,
+}
 
 /// Converts between SQLite's signed integers and our unsigned ones. Values above
 /// `i64::MAX` cannot be produced by the hub; they saturate rather than wrap.
-fn to_sql(v: u64) -> i64 {
+pub(super) fn to_sql(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -102,6 +102,7 @@ impl Writer {
         state: State,
         opts: StoreOptions,
         head: Arc<AtomicU64>,
+        head_tx: tokio::sync::watch::Sender<u64>,
         known_rooms: Arc<RwLock<HashSet<RoomId>>>,
     ) -> Self {
         let mut w = Self {
@@ -112,6 +113,7 @@ impl Writer {
             next_cursor: state.next_cursor,
             clock: HlcClock::starting_after(state.last_hlc),
             head,
+            head_tx,
             known_rooms,
             used_bytes: 0,
             acks: HashMap::new(),
@@ -123,19 +125,10 @@ impl Writer {
 
     fn refresh_used_bytes(&mut self) {
         // Free pages are reused before the file grows, so they do not count as used.
-        let total: i64 = self
-            .conn
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
-            .unwrap_or(0);
-        let free: i64 = self
-            .conn
-            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
-            .unwrap_or(0);
+        let total: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap_or(0);
+        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)).unwrap_or(0);
         let pages = total.saturating_sub(free);
-        let size: i64 = self
-            .conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap_or(4096);
+        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap_or(4096);
         self.used_bytes = u64::try_from(pages.saturating_mul(size)).unwrap_or(0);
     }
 
@@ -164,8 +157,7 @@ impl Writer {
                     }
                 }
             }
-            let (urgent, rest): (Vec<_>, Vec<_>) =
-                batch.into_iter().partition(Command::is_emergency);
+            let (urgent, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(Command::is_emergency);
             if !urgent.is_empty() {
                 self.commit_group(urgent);
             }
@@ -200,30 +192,42 @@ impl Writer {
                     Command::Append(req, reply) => {
                         // Outer error: the transaction is lost; inner: this message's answer.
                         match self.append(req, &mut entries, &mut new_rooms) {
-                            Ok(answer) => pending.push((reply, answer)),
+                            Ok(answer) => pending.push(Pending::Append(reply, answer)),
                             Err(e) => {
-                                pending.push((reply, Err(e.clone())));
+                                pending.push(Pending::Append(reply, Err(e.clone())));
                                 return Err(e);
                             }
                         }
                     }
-                    Command::Ack {
-                        device,
-                        user,
-                        rooms,
-                        cursor,
-                        at,
-                    } => {
+                    Command::Ack { device, user, rooms, cursor, at } => {
                         self.ack(&device, &user, &rooms, cursor, at, &mut entries)?;
                     }
-                    Command::Read { user, room, id, at } => {
-                        self.read(&user, &room, id, at, &mut entries)?
-                    }
+                    Command::Read { user, room, id, at } => self.read(&user, &room, id, at, &mut entries)?,
                     Command::Rooms(rooms) => {
                         for r in rooms {
                             self.note_room(&r, &mut new_rooms)?;
                         }
                     }
+                    Command::Import { peer, entries: batch, peer_hwm, reply } => {
+                        match self.import(&peer, batch, peer_hwm, &mut entries, &mut new_rooms) {
+                            Ok(n) => pending.push(Pending::Import(reply, n)),
+                            Err(e) => {
+                                pending.push(Pending::Import(reply, 0));
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Command::PeerAcked { peer, sent_hwm, forwarded, at } => {
+                        self.peer_acked(&peer, sent_hwm, forwarded, at, &mut entries)?;
+                    }
+                    Command::PeerHello { peer, epoch, rooms, reply } => match self.peer_hello(&peer, &epoch, &rooms) {
+                        Ok(state) => pending.push(Pending::Hello(reply, state)),
+                        Err(e) => {
+                            pending.push(Pending::Hello(reply, Default::default()));
+                            return Err(e);
+                        }
+                    },
+                    Command::PeerRooms { peer, rooms } => self.note_peer_rooms(&peer, &rooms)?,
                     Command::Stop(_) => {}
                 }
             }
@@ -244,9 +248,10 @@ impl Writer {
                 for e in entries {
                     self.publisher.publish(e);
                 }
-                for (reply, result) in pending {
-                    reply(result);
+                for p in pending {
+                    p.finish(None);
                 }
+                let _ = self.head_tx.send(self.next_cursor - 1);
                 self.refresh_used_bytes();
             }
             Err(err) => {
@@ -256,14 +261,13 @@ impl Writer {
                 // Acks reloaded lazily: the in-memory view may be ahead of the rolled-back rows.
                 self.acks.clear();
                 let err = match err {
-                    StoreError::StorageFull { .. } => StoreError::StorageFull {
-                        used: self.used_bytes,
-                        quota: self.opts.quota_bytes,
-                    },
+                    StoreError::StorageFull { .. } => {
+                        StoreError::StorageFull { used: self.used_bytes, quota: self.opts.quota_bytes }
+                    }
                     other => other,
                 };
-                for (reply, _) in pending {
-                    reply(Err(err.clone()));
+                for p in pending {
+                    p.finish(Some(&err));
                 }
             }
         }
@@ -276,15 +280,9 @@ impl Writer {
     }
 
     fn note_room(&mut self, room: &RoomId, new_rooms: &mut Vec<RoomId>) -> Result<(), StoreError> {
-        let known = self
-            .known_rooms
-            .read()
-            .map(|k| k.contains(room))
-            .unwrap_or(false);
+        let known = self.known_rooms.read().map(|k| k.contains(room)).unwrap_or(false);
         if !known && !new_rooms.contains(room) {
-            self.conn
-                .prepare_cached("INSERT OR IGNORE INTO rooms (room) VALUES (?1)")?
-                .execute([room.as_str()])?;
+            self.conn.prepare_cached("INSERT OR IGNORE INTO rooms (room) VALUES (?1)")?.execute([room.as_str()])?;
             new_rooms.push(room.clone());
         }
         Ok(())
@@ -297,32 +295,17 @@ impl Writer {
         new_rooms: &mut Vec<RoomId>,
     ) -> Result<Result<Appended, StoreError>, StoreError> {
         let m = &req.msg;
-        let id_bytes = m.id.as_bytes().as_slice();
         // Dedupe first: a re-send is answered even when storage is full.
-        let existing: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT cursor FROM messages WHERE id = ?1")?
-            .query_row([id_bytes], |r| r.get(0))
-            .optional()?;
-        if let Some(c) = existing {
-            return Ok(Ok(Appended {
-                id: m.id,
-                cursor: Cursor(u64::try_from(c).unwrap_or(0)),
-                duplicate: true,
-            }));
+        if let Some(cursor) = self.message_cursor(m.id)? {
+            return Ok(Ok(Appended { id: m.id, cursor, duplicate: true }));
         }
         let limit = if m.priority == Priority::Emergency {
             self.opts.quota_bytes
         } else {
-            self.opts
-                .quota_bytes
-                .saturating_sub(self.opts.emergency_reserve_bytes)
+            self.opts.quota_bytes.saturating_sub(self.opts.emergency_reserve_bytes)
         };
         if self.used_bytes >= limit {
-            return Ok(Err(StoreError::StorageFull {
-                used: self.used_bytes,
-                quota: self.opts.quota_bytes,
-            }));
+            return Ok(Err(StoreError::StorageFull { used: self.used_bytes, quota: self.opts.quota_bytes }));
         }
         let hlc = match m.reply_to {
             Some(parent) => {
@@ -332,77 +315,79 @@ impl Writer {
                     .query_row([parent.as_bytes().as_slice()], |r| r.get(0))
                     .optional()?;
                 match parent_hlc {
-                    Some(h) => self
-                        .clock
-                        .observe(Hlc(u64::try_from(h).unwrap_or(0)), req.at),
+                    Some(h) => self.clock.observe(Hlc(u64::try_from(h).unwrap_or(0)), req.at),
                     None => self.clock.tick(req.at),
                 }
             }
             None => self.clock.tick(req.at),
         };
+        self.check_seq(&req.from, &req.device, m.seq.0);
+        let AppendRequest { msg, from, device, at, origin } = req;
+        let id = msg.id;
+        let body = MessageBody {
+            id: msg.id,
+            room: msg.room,
+            kind: msg.kind,
+            priority: msg.priority,
+            body: msg.body,
+            seq: msg.seq,
+            reply_to: msg.reply_to,
+            from,
+            device,
+            hlc,
+            at,
+        };
+        let cursor = self.insert_message(body, None, origin, entries, new_rooms)?;
+        Ok(Ok(Appended { id, cursor, duplicate: false }))
+    }
+
+    /// Inserts a message that is known not to exist yet, queues it for fan-out and
+    /// returns its cursor. `origin_peer` is None for messages written on this server.
+    pub(super) fn insert_message(
+        &mut self,
+        m: MessageBody,
+        origin_peer: Option<&str>,
+        except: Option<super::SessionId>,
+        entries: &mut Vec<LogEntry>,
+        new_rooms: &mut Vec<RoomId>,
+    ) -> Result<Cursor, StoreError> {
         let cursor = self.take_cursor();
         self.conn
             .prepare_cached(
-                "INSERT INTO messages (cursor, id, room, kind, priority, body, seq, reply_to, sender, device, hlc, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT INTO messages (cursor, id, room, kind, priority, body, seq, reply_to, sender, device, hlc, at, origin_peer)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?
             .execute(params![
                 to_sql(cursor),
-                id_bytes,
+                m.id.as_bytes().as_slice(),
                 m.room.as_str(),
                 m.kind.as_str(),
                 m.priority.as_u8(),
                 m.body.as_str(),
                 to_sql(m.seq.0),
                 m.reply_to.map(|r| r.as_bytes().to_vec()),
-                req.from.as_str(),
-                req.device.as_str(),
-                to_sql(hlc.0),
-                to_sql(req.at),
+                m.from.as_str(),
+                m.device.as_str(),
+                to_sql(m.hlc.0),
+                to_sql(m.at),
+                origin_peer,
             ])?;
         self.note_room(&m.room, new_rooms)?;
-        self.check_seq(&req.from, &req.device, m.seq.0);
+        let priority = m.priority;
+        let room = m.room.clone();
+        let frame = ServerFrame::Message(Positioned { cursor: Cursor(cursor), msg: m }).encode();
+        entries.push(LogEntry { cursor: Cursor(cursor), priority, audience: Audience::Room { room, except }, frame });
+        Ok(Cursor(cursor))
+    }
 
-        let AppendRequest {
-            msg,
-            from,
-            device,
-            at,
-            origin,
-        } = req;
-        let priority = msg.priority;
-        let room = msg.room.clone();
-        let frame = ServerFrame::Message(Positioned {
-            cursor: Cursor(cursor),
-            msg: MessageBody {
-                id: msg.id,
-                room: msg.room,
-                kind: msg.kind,
-                priority: msg.priority,
-                body: msg.body,
-                seq: msg.seq,
-                reply_to: msg.reply_to,
-                from,
-                device,
-                hlc,
-                at,
-            },
-        })
-        .encode();
-        entries.push(LogEntry {
-            cursor: Cursor(cursor),
-            priority,
-            audience: Audience::Room {
-                room,
-                except: origin,
-            },
-            frame,
-        });
-        Ok(Ok(Appended {
-            id: msg.id,
-            cursor: Cursor(cursor),
-            duplicate: false,
-        }))
+    /// The cursor of message `id`, if this server has it.
+    pub(super) fn message_cursor(&self, id: MessageId) -> Result<Option<Cursor>, StoreError> {
+        let c: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT cursor FROM messages WHERE id = ?1")?
+            .query_row([id.as_bytes().as_slice()], |r| r.get(0))
+            .optional()?;
+        Ok(c.map(|c| Cursor(u64::try_from(c).unwrap_or(0))))
     }
 
     /// Gaps are reported, never filled in: the missing messages may still arrive from the
@@ -449,26 +434,29 @@ impl Writer {
         // Oldest first, at most `max_receipts_per_ack`; the mark only moves as far as was
         // processed, so a huge ack is worked off over the device's next acks.
         let sql = format!(
-            "SELECT id, sender, room, cursor FROM messages
+            "SELECT id, sender, room, cursor, origin_peer FROM messages
              WHERE cursor > ? AND cursor <= ? AND sender <> ? AND room IN ({placeholders})
              ORDER BY cursor LIMIT ?"
         );
         let cap = self.opts.max_receipts_per_ack;
-        let mut args: Vec<rusqlite::types::Value> = vec![
-            to_sql(prev).into(),
-            to_sql(upto).into(),
-            user.as_str().to_owned().into(),
-        ];
+        let mut args: Vec<rusqlite::types::Value> =
+            vec![to_sql(prev).into(), to_sql(upto).into(), user.as_str().to_owned().into()];
         args.extend(rooms.iter().map(|r| r.as_str().to_owned().into()));
         args.push(to_sql(cap as u64).into());
         let targets = self.select_targets(&sql, args)?;
-        let mark = if targets.len() >= cap {
-            targets.last().map_or(upto, |t| t.3)
-        } else {
-            upto
-        };
-        for (id, sender, room, _) in targets {
-            self.receipt(id, ReceiptState::Delivered, user, sender, room, at, entries)?;
+        let mark = if targets.len() >= cap { targets.last().map_or(upto, |t| t.cursor) } else { upto };
+        for t in targets {
+            self.receipt(
+                t.id,
+                ReceiptState::Delivered,
+                Some(user),
+                t.sender,
+                t.room,
+                at,
+                None,
+                t.peer.as_deref(),
+                entries,
+            )?;
         }
         self.conn
             .prepare_cached(
@@ -480,12 +468,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Runs a `SELECT id, sender, room, cursor ...` and decodes the rows.
-    fn select_targets(
-        &self,
-        sql: &str,
-        args: Vec<rusqlite::types::Value>,
-    ) -> Result<Vec<(MessageId, UserId, RoomId, u64)>, StoreError> {
+    /// Runs a `SELECT id, sender, room, cursor, origin_peer ...` and decodes the rows.
+    fn select_targets(&self, sql: &str, args: Vec<rusqlite::types::Value>) -> Result<Vec<Target>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
             Ok((
@@ -493,24 +477,24 @@ impl Writer {
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, i64>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, sender, room, cursor) = row?;
-            let (Ok(id), Ok(sender), Ok(room)) = (
-                <[u8; 16]>::try_from(id.as_slice()),
-                UserId::new(sender),
-                RoomId::new(room),
-            ) else {
+            let (id, sender, room, cursor, peer) = row?;
+            let (Ok(id), Ok(sender), Ok(room)) =
+                (<[u8; 16]>::try_from(id.as_slice()), UserId::new(sender), RoomId::new(room))
+            else {
                 continue;
             };
-            out.push((
-                MessageId::from_bytes(id),
+            out.push(Target {
+                id: MessageId::from_bytes(id),
                 sender,
                 room,
-                u64::try_from(cursor).unwrap_or(0),
-            ));
+                cursor: u64::try_from(cursor).unwrap_or(0),
+                peer,
+            });
         }
         Ok(out)
     }
@@ -526,9 +510,7 @@ impl Writer {
         let target: Option<i64> = self
             .conn
             .prepare_cached("SELECT cursor FROM messages WHERE id = ?1 AND room = ?2")?
-            .query_row(params![id.as_bytes().as_slice(), room.as_str()], |r| {
-                r.get(0)
-            })
+            .query_row(params![id.as_bytes().as_slice(), room.as_str()], |r| r.get(0))
             .optional()?;
         let Some(target) = target else { return Ok(()) };
         let prev: i64 = self
@@ -542,7 +524,7 @@ impl Writer {
         }
         let cap = self.opts.max_receipts_per_ack;
         let targets = self.select_targets(
-            "SELECT id, sender, room, cursor FROM messages
+            "SELECT id, sender, room, cursor, origin_peer FROM messages
              WHERE room = ? AND cursor > ? AND cursor <= ? AND sender <> ?
              ORDER BY cursor LIMIT ?",
             vec![
@@ -554,13 +536,9 @@ impl Writer {
             ],
         )?;
         // As for acks: oldest first, and the mark moves only as far as was processed.
-        let mark = if targets.len() >= cap {
-            targets.last().map_or(target, |t| to_sql(t.3))
-        } else {
-            target
-        };
-        for (mid, sender, room, _) in targets {
-            self.receipt(mid, ReceiptState::Read, user, sender, room, at, entries)?;
+        let mark = if targets.len() >= cap { targets.last().map_or(target, |t| to_sql(t.cursor)) } else { target };
+        for t in targets {
+            self.receipt(t.id, ReceiptState::Read, Some(user), t.sender, t.room, at, None, t.peer.as_deref(), entries)?;
         }
         self.conn
             .prepare_cached(
@@ -571,42 +549,48 @@ impl Writer {
         Ok(())
     }
 
-    /// Stores one receipt (once per message, state and reader) and queues it for the sender.
+    /// Stores one receipt (once per message, state and reader) and queues it for the
+    /// target. `origin_peer`: where it was made (None: here); `msg_peer`: where the message
+    /// it is about came from (the link sends it there).
     #[allow(clippy::too_many_arguments)]
-    fn receipt(
+    pub(super) fn receipt(
         &mut self,
         id: MessageId,
         state: ReceiptState,
-        by: &UserId,
+        by: Option<&UserId>,
         target: UserId,
         room: RoomId,
         at: u64,
+        origin_peer: Option<&str>,
+        msg_peer: Option<&str>,
         entries: &mut Vec<LogEntry>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let cursor = self.next_cursor;
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO receipts (cursor, msg_id, state, by_user, target, room, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (msg_id, state, by_user) DO NOTHING",
+                "INSERT INTO receipts (cursor, msg_id, state, by_user, target, room, at, origin_peer, msg_peer)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (msg_id, state, by_user) DO NOTHING",
             )?
             .execute(params![
                 to_sql(cursor),
                 id.as_bytes().as_slice(),
                 state.as_str(),
-                by.as_str(),
+                by.map_or("", UserId::as_str),
                 target.as_str(),
                 room.as_str(),
-                to_sql(at)
+                to_sql(at),
+                origin_peer,
+                msg_peer,
             ])?;
         if inserted == 0 {
-            return Ok(());
+            return Ok(false);
         }
         self.take_cursor();
         let frame = ServerFrame::Receipt(Receipt {
             id,
             state,
-            by: Some(by.clone()),
+            by: by.cloned(),
             at,
             room: Some(room),
             cursor: Some(Cursor(cursor)),
@@ -618,6 +602,6 @@ impl Writer {
             audience: Audience::User(target),
             frame,
         });
-        Ok(())
+        Ok(true)
     }
 }

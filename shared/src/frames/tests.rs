@@ -22,12 +22,7 @@ fn mid() -> impl Strategy<Value = MessageId> {
     any::<[u8; 16]>().prop_map(MessageId::from_bytes)
 }
 fn priority() -> impl Strategy<Value = Priority> {
-    prop_oneof![
-        Just(Priority::Bulk),
-        Just(Priority::Normal),
-        Just(Priority::Urgent),
-        Just(Priority::Emergency)
-    ]
+    prop_oneof![Just(Priority::Bulk), Just(Priority::Normal), Just(Priority::Urgent), Just(Priority::Emergency)]
 }
 fn json_body() -> impl Strategy<Value = Body> {
     let leaf = prop_oneof![
@@ -46,37 +41,21 @@ fn json_body() -> impl Strategy<Value = Body> {
     .prop_map(|v| Body::from_value(&v).unwrap_or_else(|e| panic!("{e}")))
 }
 fn outgoing() -> impl Strategy<Value = OutgoingMsg> {
-    (
-        mid(),
-        room(),
-        kind(),
-        priority(),
-        json_body(),
-        any::<u64>(),
-        proptest::option::of(mid()),
+    (mid(), room(), kind(), priority(), json_body(), any::<u64>(), proptest::option::of(mid())).prop_map(
+        |(id, room, kind, priority, body, seq, reply_to)| OutgoingMsg {
+            id,
+            room,
+            kind,
+            priority,
+            body,
+            seq: Seq(seq),
+            reply_to,
+        },
     )
-        .prop_map(
-            |(id, room, kind, priority, body, seq, reply_to)| OutgoingMsg {
-                id,
-                room,
-                kind,
-                priority,
-                body,
-                seq: Seq(seq),
-                reply_to,
-            },
-        )
 }
 fn positioned() -> impl Strategy<Value = Positioned> {
-    (
-        outgoing(),
-        user(),
-        device(),
-        any::<u64>(),
-        any::<u64>(),
-        any::<u64>(),
-    )
-        .prop_map(|(m, from, device, hlc, at, cursor)| Positioned {
+    (outgoing(), user(), device(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(m, from, device, hlc, at, cursor)| Positioned {
             cursor: Cursor(cursor),
             msg: MessageBody {
                 id: m.id,
@@ -91,40 +70,29 @@ fn positioned() -> impl Strategy<Value = Positioned> {
                 hlc: Hlc(hlc),
                 at,
             },
-        })
+        },
+    )
 }
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (
-            "\\PC{0,40}",
-            device(),
-            proptest::option::of(any::<u64>()),
-            proptest::option::of("[a-f0-9-]{1,36}")
-        )
-            .prop_map(|(token, device, cursor, epoch)| ClientFrame::Hello(Hello {
+        ("\\PC{0,40}", device(), proptest::option::of(any::<u64>()), proptest::option::of("[a-f0-9-]{1,36}")).prop_map(
+            |(token, device, cursor, epoch)| ClientFrame::Hello(Hello {
                 token,
                 device,
                 cursor: cursor.map(Cursor),
                 epoch: epoch.map(Epoch),
-            })),
+            })
+        ),
         outgoing().prop_map(|msg| ClientFrame::Send(Send { msg })),
         any::<u64>().prop_map(|c| ClientFrame::Ack(Ack { cursor: Cursor(c) })),
         (room(), mid()).prop_map(|(room, id)| ClientFrame::Read(Read { room, id })),
-        (room(), any::<bool>())
-            .prop_map(|(room, active)| ClientFrame::Typing(Typing { room, active })),
+        (room(), any::<bool>()).prop_map(|(room, active)| ClientFrame::Typing(Typing { room, active })),
         prop_oneof![Just(PresenceStatus::Online), Just(PresenceStatus::Away)]
             .prop_map(|status| ClientFrame::Presence(Presence { status })),
-        (
-            room(),
-            proptest::option::of(any::<u64>()),
-            proptest::option::of(0u32..500)
-        )
-            .prop_map(|(room, before, limit)| ClientFrame::History(History {
-                room,
-                before: before.map(Cursor),
-                limit
-            })),
+        (room(), proptest::option::of(any::<u64>()), proptest::option::of(0u32..500)).prop_map(
+            |(room, before, limit)| ClientFrame::History(History { room, before: before.map(Cursor), limit })
+        ),
         Just(ClientFrame::Ping),
     ]
 }
@@ -141,70 +109,45 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         Just(ReceiptState::Read)
     ];
     prop_oneof![
-        (
-            "[a-f0-9]{8}",
-            any::<u64>(),
-            user(),
-            prop::collection::vec(room(), 0..4)
-        )
-            .prop_map(
-                |(epoch, cursor, user, rooms)| ServerFrame::Welcome(Welcome {
-                    epoch: Epoch(epoch),
-                    cursor: Cursor(cursor),
-                    user,
-                    rooms,
-                    role: Some(Role::Worker),
-                })
-            ),
-        (mid(), any::<u64>(), any::<bool>()).prop_map(|(id, c, duplicate)| ServerFrame::Stored(
-            Stored {
-                id,
-                cursor: Cursor(c),
-                duplicate
-            }
-        )),
+        ("[a-f0-9]{8}", any::<u64>(), user(), prop::collection::vec(room(), 0..4)).prop_map(
+            |(epoch, cursor, user, rooms)| ServerFrame::Welcome(Welcome {
+                epoch: Epoch(epoch),
+                cursor: Cursor(cursor),
+                user,
+                rooms,
+                role: Some(Role::Worker),
+            })
+        ),
+        (mid(), any::<u64>(), any::<bool>()).prop_map(|(id, c, duplicate)| ServerFrame::Stored(Stored {
+            id,
+            cursor: Cursor(c),
+            duplicate
+        })),
         positioned().prop_map(ServerFrame::Message),
-        (
-            mid(),
-            state,
-            proptest::option::of(user()),
-            any::<u64>(),
-            proptest::option::of(any::<u64>())
-        )
-            .prop_map(|(id, state, by, at, cursor)| ServerFrame::Receipt(Receipt {
+        (mid(), state, proptest::option::of(user()), any::<u64>(), proptest::option::of(any::<u64>())).prop_map(
+            |(id, state, by, at, cursor)| ServerFrame::Receipt(Receipt {
                 id,
                 state,
                 by,
                 at,
                 room: None,
                 cursor: cursor.map(Cursor)
-            })),
-        ("[a-f0-9]{8}", any::<u64>()).prop_map(|(e, c)| ServerFrame::Resync(Resync {
-            epoch: Epoch(e),
-            cursor: Cursor(c)
-        })),
+            })
+        ),
+        ("[a-f0-9]{8}", any::<u64>())
+            .prop_map(|(e, c)| ServerFrame::Resync(Resync { epoch: Epoch(e), cursor: Cursor(c) })),
         (error_code(), "\\PC{0,40}", proptest::option::of(mid()))
             .prop_map(|(code, message, id)| ServerFrame::Error(ErrorFrame { code, message, id })),
-        (room(), user(), any::<bool>()).prop_map(|(room, user, active)| ServerFrame::Typing(
-            TypingEvent { room, user, active }
-        )),
+        (room(), user(), any::<bool>()).prop_map(|(room, user, active)| ServerFrame::Typing(TypingEvent {
+            room,
+            user,
+            active
+        })),
         (user(), proptest::option::of(any::<u64>())).prop_map(|(user, last_seen)| {
-            ServerFrame::Presence(PresenceEvent {
-                user,
-                status: PresenceStatus::Offline,
-                last_seen,
-            })
+            ServerFrame::Presence(PresenceEvent { user, status: PresenceStatus::Offline, last_seen })
         }),
-        (
-            room(),
-            prop::collection::vec(positioned(), 0..3),
-            any::<bool>()
-        )
-            .prop_map(|(room, messages, more)| ServerFrame::History(HistoryPage {
-                room,
-                messages,
-                more
-            })),
+        (room(), prop::collection::vec(positioned(), 0..3), any::<bool>())
+            .prop_map(|(room, messages, more)| ServerFrame::History(HistoryPage { room, messages, more })),
         Just(ServerFrame::Pong),
     ]
 }
@@ -243,26 +186,13 @@ fn code_of(text: &str) -> Option<ErrorCode> {
 
 #[test]
 fn version_and_type_errors_have_their_own_codes() {
-    assert_eq!(
-        code_of(r#"{"v":2,"type":"ping"}"#),
-        Some(ErrorCode::UnsupportedVersion)
-    );
-    assert_eq!(
-        code_of(r#"{"v":"1","type":"ping"}"#),
-        Some(ErrorCode::UnsupportedVersion)
-    );
-    assert_eq!(
-        code_of(r#"{"v":1,"type":"dance"}"#),
-        Some(ErrorCode::BadFrame)
-    );
+    assert_eq!(code_of(r#"{"v":2,"type":"ping"}"#), Some(ErrorCode::UnsupportedVersion));
+    assert_eq!(code_of(r#"{"v":"1","type":"ping"}"#), Some(ErrorCode::UnsupportedVersion));
+    assert_eq!(code_of(r#"{"v":1,"type":"dance"}"#), Some(ErrorCode::BadFrame));
     assert_eq!(code_of(r#"{"v":1}"#), Some(ErrorCode::BadFrame));
     assert_eq!(code_of("not json"), Some(ErrorCode::BadFrame));
     assert_eq!(code_of("[1,2]"), Some(ErrorCode::BadFrame));
-    assert_eq!(
-        code_of(r#"{"type":"ping"}"#),
-        None,
-        "browsers' ping has no v"
-    );
+    assert_eq!(code_of(r#"{"type":"ping"}"#), None, "browsers' ping has no v");
 }
 
 #[test]
@@ -276,10 +206,7 @@ fn refused_send_still_names_its_id() {
     let text = r#"{"v":1,"type":"send","msg":{"id":"0190b6d2-7f3a-7000-8000-000000000001","room":"bad room","kind":"chat","body":1,"seq":1}}"#;
     let e = ClientFrame::decode(text).err();
     assert_eq!(e.as_ref().map(|e| e.code), Some(ErrorCode::BadFrame));
-    assert_eq!(
-        e.and_then(|e| e.id).map(|i| i.to_string()),
-        Some("0190b6d2-7f3a-7000-8000-000000000001".to_owned())
-    );
+    assert_eq!(e.and_then(|e| e.id).map(|i| i.to_string()), Some("0190b6d2-7f3a-7000-8000-000000000001".to_owned()));
 }
 
 #[test]

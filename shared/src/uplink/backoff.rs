@@ -24,9 +24,7 @@ impl Backoff {
 
     /// The delay before the next attempt; `random` is any uniformly random number.
     pub fn next_delay(&mut self, random: u64) -> Duration {
-        let ceiling = INITIAL
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(CAP);
+        let ceiling = INITIAL.saturating_mul(1u32 << self.attempt.min(16)).min(CAP);
         self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
         let span = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -49,9 +47,7 @@ mod tests {
     #[test]
     fn doubles_to_the_cap() {
         let mut b = Backoff::new();
-        let maxes: Vec<u64> = (0..8)
-            .map(|_| b.next_delay(u64::MAX).as_millis() as u64)
-            .collect();
+        let maxes: Vec<u64> = (0..8).map(|_| b.next_delay(u64::MAX).as_millis() as u64).collect();
         // With the largest random draw each delay is at most the ceiling.
         assert!(maxes[0] <= 1000 && maxes[1] <= 2000 && maxes[2] <= 4000);
         assert!(maxes.iter().all(|m| *m <= 30_000));

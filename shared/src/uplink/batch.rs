@@ -143,17 +143,9 @@ pub fn encode(
         Some((id, d)) => {
             let mut c = zstd::bulk::Compressor::with_dictionary(ZSTD_LEVEL, d)
                 .map_err(|e| BatchError::Compress(e.to_string()))?;
-            (
-                Codec::ZstdDict(id),
-                c.compress(&raw)
-                    .map_err(|e| BatchError::Compress(e.to_string()))?,
-            )
+            (Codec::ZstdDict(id), c.compress(&raw).map_err(|e| BatchError::Compress(e.to_string()))?)
         }
-        None => (
-            Codec::Zstd,
-            zstd::bulk::compress(&raw, ZSTD_LEVEL)
-                .map_err(|e| BatchError::Compress(e.to_string()))?,
-        ),
+        None => (Codec::Zstd, zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(|e| BatchError::Compress(e.to_string()))?),
     };
     let header = BatchHeader {
         v: BATCH_VERSION,
@@ -176,17 +168,13 @@ pub fn encode(
 
 /// Reads only the header (to route or refuse a batch before inflating it).
 pub fn decode_header(bytes: &[u8]) -> Result<(BatchHeader, &[u8]), BatchError> {
-    let prefix: [u8; 4] = bytes
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(BatchError::Truncated)?;
+    let prefix: [u8; 4] = bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or(BatchError::Truncated)?;
     let len = u32::from_be_bytes(prefix) as usize;
     if len > MAX_HEADER {
         return Err(BatchError::HeaderTooLarge { len });
     }
     let h = bytes.get(4..4 + len).ok_or(BatchError::Truncated)?;
-    let header: BatchHeader =
-        postcard::from_bytes(h).map_err(|e| BatchError::Header(e.to_string()))?;
+    let header: BatchHeader = postcard::from_bytes(h).map_err(|e| BatchError::Header(e.to_string()))?;
     if header.v != BATCH_VERSION {
         return Err(BatchError::Version(header.v));
     }
@@ -198,45 +186,30 @@ pub fn decode(bytes: &[u8], max_raw: usize) -> Result<(BatchHeader, Vec<Entry>),
     let (header, payload) = decode_header(bytes)?;
     let raw_len = header.raw_len as usize;
     if raw_len > max_raw {
-        return Err(BatchError::TooLarge {
-            len: raw_len,
-            max: max_raw,
-        });
+        return Err(BatchError::TooLarge { len: raw_len, max: max_raw });
     }
     let raw = match header.codec {
         Codec::Plain => payload.to_vec(),
-        Codec::Zstd => zstd::bulk::decompress(payload, raw_len)
-            .map_err(|e| BatchError::Decompress(e.to_string()))?,
+        Codec::Zstd => zstd::bulk::decompress(payload, raw_len).map_err(|e| BatchError::Decompress(e.to_string()))?,
         Codec::ZstdDict(id) => {
             let d = super::dict::get(id).ok_or(BatchError::UnknownDictionary(id))?;
-            let mut dec = zstd::bulk::Decompressor::with_dictionary(d)
-                .map_err(|e| BatchError::Decompress(e.to_string()))?;
-            dec.decompress(payload, raw_len)
-                .map_err(|e| BatchError::Decompress(e.to_string()))?
+            let mut dec =
+                zstd::bulk::Decompressor::with_dictionary(d).map_err(|e| BatchError::Decompress(e.to_string()))?;
+            dec.decompress(payload, raw_len).map_err(|e| BatchError::Decompress(e.to_string()))?
         }
     };
     if raw.len() != raw_len {
-        return Err(BatchError::Decompress(format!(
-            "inflated to {} bytes, header says {raw_len}",
-            raw.len()
-        )));
+        return Err(BatchError::Decompress(format!("inflated to {} bytes, header says {raw_len}", raw.len())));
     }
-    let entries: Vec<Entry> =
-        postcard::from_bytes(&raw).map_err(|e| BatchError::Entries(e.to_string()))?;
+    let entries: Vec<Entry> = postcard::from_bytes(&raw).map_err(|e| BatchError::Entries(e.to_string()))?;
     if entries.len() != header.count as usize {
-        return Err(BatchError::Count {
-            claimed: header.count,
-            found: entries.len(),
-        });
+        return Err(BatchError::Count { claimed: header.count, found: entries.len() });
     }
     let in_order = entries.windows(2).all(|w| w[0].cursor() < w[1].cursor());
     let in_range = entries.first().is_none_or(|e| e.cursor() == header.first)
         && entries.last().is_none_or(|e| e.cursor() == header.last);
     if !in_order || !in_range {
-        return Err(BatchError::Order {
-            first: header.first.0,
-            last: header.last.0,
-        });
+        return Err(BatchError::Order { first: header.first.0, last: header.last.0 });
     }
     Ok((header, entries))
 }
@@ -264,48 +237,36 @@ mod tests {
             any::<u64>(),
             any::<u64>(),
         )
-            .prop_map(
-                |(id, room, kind, p, text, seq, reply, from, device, hlc, at)| {
-                    Entry::Message(WireMessage {
-                        cursor: Cursor(0),
-                        id: MessageId::from_bytes(id),
-                        room: RoomId::new(room).unwrap_or_else(|e| panic!("{e}")),
-                        kind: MessageKind::new(kind).unwrap_or_else(|e| panic!("{e}")),
-                        priority: Priority::from_u8(p).unwrap_or(Priority::Normal),
-                        body: serde_json::json!({ "text": text }).to_string(),
-                        seq: Seq(seq),
-                        reply_to: reply.map(MessageId::from_bytes),
-                        from: UserId::new(from).unwrap_or_else(|e| panic!("{e}")),
-                        device: DeviceId::new(device).unwrap_or_else(|e| panic!("{e}")),
-                        hlc: Hlc(hlc),
-                        at,
-                    })
-                },
-            );
-        let receipt = (
-            any::<[u8; 16]>(),
-            0u8..4,
-            proptest::option::of(id_s()),
-            id_s(),
-            id_s(),
-            any::<u64>(),
-        )
-            .prop_map(|(id, s, by, target, room, at)| {
+            .prop_map(|(id, room, kind, p, text, seq, reply, from, device, hlc, at)| {
+                Entry::Message(WireMessage {
+                    cursor: Cursor(0),
+                    id: MessageId::from_bytes(id),
+                    room: RoomId::new(room).unwrap_or_else(|e| panic!("{e}")),
+                    kind: MessageKind::new(kind).unwrap_or_else(|e| panic!("{e}")),
+                    priority: Priority::from_u8(p).unwrap_or(Priority::Normal),
+                    body: serde_json::json!({ "text": text }).to_string(),
+                    seq: Seq(seq),
+                    reply_to: reply.map(MessageId::from_bytes),
+                    from: UserId::new(from).unwrap_or_else(|e| panic!("{e}")),
+                    device: DeviceId::new(device).unwrap_or_else(|e| panic!("{e}")),
+                    hlc: Hlc(hlc),
+                    at,
+                })
+            });
+        let receipt = (any::<[u8; 16]>(), 0u8..4, proptest::option::of(id_s()), id_s(), id_s(), any::<u64>()).prop_map(
+            |(id, s, by, target, room, at)| {
                 Entry::Receipt(WireReceipt {
                     cursor: Cursor(0),
                     id: MessageId::from_bytes(id),
-                    state: [
-                        ReceiptState::Stored,
-                        ReceiptState::Forwarded,
-                        ReceiptState::Delivered,
-                        ReceiptState::Read,
-                    ][s as usize],
+                    state: [ReceiptState::Stored, ReceiptState::Forwarded, ReceiptState::Delivered, ReceiptState::Read]
+                        [s as usize],
                     by: by.map(|b| UserId::new(b).unwrap_or_else(|e| panic!("{e}"))),
                     target: UserId::new(target).unwrap_or_else(|e| panic!("{e}")),
                     room: RoomId::new(room).unwrap_or_else(|e| panic!("{e}")),
                     at,
                 })
-            });
+            },
+        );
         prop_oneof![3 => msg, 1 => receipt]
     }
 
@@ -355,10 +316,7 @@ mod tests {
             at: 0,
         });
         let bytes = encode(1, Lane::Normal, Cursor(0), &[big], None).unwrap_or_default();
-        assert!(matches!(
-            decode(&bytes, 4),
-            Err(BatchError::TooLarge { .. })
-        ));
+        assert!(matches!(decode(&bytes, 4), Err(BatchError::TooLarge { .. })));
     }
 
     #[test]
@@ -373,15 +331,10 @@ mod tests {
             at: 0,
         });
         let mut bytes = encode(1, Lane::Normal, Cursor(0), &[e], None).unwrap_or_default();
-        let (mut h, payload) = decode_header(&bytes)
-            .map(|(h, p)| (h, p.to_vec()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (mut h, payload) = decode_header(&bytes).map(|(h, p)| (h, p.to_vec())).unwrap_or_else(|e| panic!("{e}"));
         h.count = 5;
         let hb = postcard::to_stdvec(&h).unwrap_or_default();
         bytes = [(hb.len() as u32).to_be_bytes().to_vec(), hb, payload].concat();
-        assert!(matches!(
-            decode(&bytes, 1 << 20),
-            Err(BatchError::Count { .. })
-        ));
+        assert!(matches!(decode(&bytes, 1 << 20), Err(BatchError::Count { .. })));
     }
 }

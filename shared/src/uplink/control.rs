@@ -15,13 +15,7 @@ pub enum Control {
     /// First frame from the hub. `relay` must match its certificate; `epoch` names its
     /// database (a new one resets what the cloud sends down); `rooms` are the rooms the
     /// hub serves (replies in them are sent down).
-    Hello {
-        v: u16,
-        relay: String,
-        epoch: String,
-        rooms: Vec<RoomId>,
-        dicts: Vec<u32>,
-    },
+    Hello { v: u16, relay: String, epoch: String, rooms: Vec<RoomId>, dicts: Vec<u32> },
     /// The cloud's answer. `hwm`: everything the hub sent up to this cursor is durable in
     /// the cloud (the hub may resume after it).
     Welcome { cloud: String, hwm: Cursor },
@@ -54,11 +48,7 @@ impl Control {
     /// Checks a length prefix before reading the body.
     pub fn check_len(prefix: [u8; 4]) -> Result<usize, ControlError> {
         let len = u32::from_be_bytes(prefix) as usize;
-        if len > MAX_CONTROL_LEN {
-            Err(ControlError::TooLarge { len })
-        } else {
-            Ok(len)
-        }
+        if len > MAX_CONTROL_LEN { Err(ControlError::TooLarge { len }) } else { Ok(len) }
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, ControlError> {
@@ -72,8 +62,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn control() -> impl Strategy<Value = Control> {
-        let room =
-            "[a-z][a-z0-9-]{0,12}".prop_map(|s| RoomId::new(s).unwrap_or_else(|e| panic!("{e}")));
+        let room = "[a-z][a-z0-9-]{0,12}".prop_map(|s| RoomId::new(s).unwrap_or_else(|e| panic!("{e}")));
         prop_oneof![
             (
                 any::<u16>(),
@@ -89,14 +78,10 @@ mod tests {
                     rooms,
                     dicts
                 }),
-            ("\\PC{0,20}", any::<u64>()).prop_map(|(cloud, h)| Control::Welcome {
-                cloud,
-                hwm: Cursor(h)
-            }),
+            ("\\PC{0,20}", any::<u64>()).prop_map(|(cloud, h)| Control::Welcome { cloud, hwm: Cursor(h) }),
             any::<u64>().prop_map(|batch| Control::Ack { batch }),
             prop::collection::vec(room, 0..5).prop_map(|rooms| Control::Rooms { rooms }),
-            ("[a-z_]{1,10}", "\\PC{0,40}")
-                .prop_map(|(code, message)| Control::Refused { code, message }),
+            ("[a-z_]{1,10}", "\\PC{0,40}").prop_map(|(code, message)| Control::Refused { code, message }),
         ]
     }
 

@@ -110,11 +110,7 @@ impl SendState {
     }
 
     pub fn inflight_bytes(&self, lane: Lane) -> u64 {
-        self.inflight
-            .values()
-            .filter(|b| b.lane == lane)
-            .map(|b| b.bytes)
-            .sum()
+        self.inflight.values().filter(|b| b.lane == lane).map(|b| b.bytes).sum()
     }
 
     pub fn inflight_count(&self, lane: Lane) -> usize {
@@ -123,11 +119,7 @@ impl SendState {
 
     /// Measured bandwidth-delay product in bytes, if there are samples.
     pub fn bdp(&self) -> Option<u64> {
-        let rate = self
-            .rates
-            .iter()
-            .copied()
-            .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))))?;
+        let rate = self.rates.iter().copied().fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))))?;
         let rtt = self.min_rtt?;
         Some((rate * rtt.as_secs_f64()) as u64)
     }
@@ -141,9 +133,7 @@ impl SendState {
     /// Whether another batch may be sent in `lane` now.
     pub fn can_send(&self, lane: Lane) -> bool {
         match lane {
-            Lane::Emergency => {
-                self.inflight_count(Lane::Emergency) < self.cfg.max_inflight_emergency
-            }
+            Lane::Emergency => self.inflight_count(Lane::Emergency) < self.cfg.max_inflight_emergency,
             Lane::Normal => {
                 self.inflight_count(Lane::Normal) < self.cfg.max_inflight_batches
                     && self.inflight_bytes(Lane::Normal) < self.window()
@@ -164,17 +154,8 @@ impl SendState {
     ) -> u64 {
         let id = self.next_batch;
         self.next_batch += 1;
-        self.inflight.insert(
-            id,
-            InFlight {
-                lane,
-                first,
-                last,
-                bytes,
-                sent_at: now,
-                delivered_at_send: self.delivered,
-            },
-        );
+        self.inflight
+            .insert(id, InFlight { lane, first, last, bytes, sent_at: now, delivered_at_send: self.delivered });
         self.set_pos(lane, scanned_to.max(last));
         id
     }
@@ -203,11 +184,7 @@ impl SendState {
     }
 
     fn recompute_hwm(&mut self) {
-        let unacked = self
-            .inflight
-            .values()
-            .map(|b| Cursor(b.first.0.saturating_sub(1)))
-            .min();
+        let unacked = self.inflight.values().map(|b| Cursor(b.first.0.saturating_sub(1))).min();
         let mut h = self.pos_emergency.min(self.pos_normal);
         if let Some(u) = unacked {
             h = h.min(u);
@@ -233,14 +210,7 @@ mod tests {
     fn out_of_order_acks_hold_the_mark_at_the_oldest_gap() {
         let mut s = SendState::new(Cursor(10), FlowConfig::default());
         let a = s.on_sent(Lane::Normal, Cursor(11), Cursor(20), Cursor(20), 100, ms(0));
-        let e = s.on_sent(
-            Lane::Emergency,
-            Cursor(25),
-            Cursor(25),
-            Cursor(30),
-            10,
-            ms(1),
-        );
+        let e = s.on_sent(Lane::Emergency, Cursor(25), Cursor(25), Cursor(30), 10, ms(1));
         let b = s.on_sent(Lane::Normal, Cursor(21), Cursor(30), Cursor(30), 100, ms(2));
         assert_eq!(s.hwm(), Cursor(10));
         s.on_ack(e, ms(5));
@@ -248,10 +218,7 @@ mod tests {
         assert_eq!(s.hwm(), Cursor(10), "batch 11..20 is still unacked");
         s.on_ack(a, ms(7));
         assert_eq!(s.hwm(), Cursor(30));
-        assert!(
-            s.on_ack(a, ms(8)).is_none(),
-            "a repeated ack changes nothing"
-        );
+        assert!(s.on_ack(a, ms(8)).is_none(), "a repeated ack changes nothing");
     }
 
     #[test]
@@ -259,21 +226,14 @@ mod tests {
         let mut s = SendState::new(Cursor(0), FlowConfig::default());
         let a = s.on_sent(Lane::Normal, Cursor(1), Cursor(50), Cursor(50), 100, ms(0));
         s.on_ack(a, ms(10));
-        assert_eq!(
-            s.hwm(),
-            Cursor(0),
-            "the emergency lane has not been read past 0"
-        );
+        assert_eq!(s.hwm(), Cursor(0), "the emergency lane has not been read past 0");
         s.on_scanned(Lane::Emergency, Cursor(60));
         assert_eq!(s.hwm(), Cursor(50));
     }
 
     #[test]
     fn the_window_follows_the_bandwidth_delay_product() {
-        let cfg = FlowConfig {
-            max_batch_bytes: 1000,
-            ..FlowConfig::default()
-        };
+        let cfg = FlowConfig { max_batch_bytes: 1000, ..FlowConfig::default() };
         let mut s = SendState::new(Cursor(0), cfg);
         assert_eq!(s.window(), 2000, "two batches before any measurement");
         // A 100 kB/s pipe with 400 ms from send to ack: one 10 kB batch sent every 100 ms,
@@ -286,14 +246,8 @@ mod tests {
                     s.on_ack(id, ms(at));
                 }
             }
-            let id = s.on_sent(
-                Lane::Normal,
-                Cursor(i * 10 + 1),
-                Cursor(i * 10 + 10),
-                Cursor(i * 10 + 10),
-                10_000,
-                ms(t),
-            );
+            let id =
+                s.on_sent(Lane::Normal, Cursor(i * 10 + 1), Cursor(i * 10 + 10), Cursor(i * 10 + 10), 10_000, ms(t));
             pending.push_back((t + 400, id));
             t += 100;
         }
@@ -305,21 +259,10 @@ mod tests {
         assert!(s.can_send(Lane::Normal));
         let mut n = 0;
         while s.can_send(Lane::Normal) {
-            s.on_sent(
-                Lane::Normal,
-                Cursor(1000 + n),
-                Cursor(1000 + n),
-                Cursor(1000 + n),
-                10_000,
-                ms(t),
-            );
+            s.on_sent(Lane::Normal, Cursor(1000 + n), Cursor(1000 + n), Cursor(1000 + n), 10_000, ms(t));
             n += 1;
         }
-        assert_eq!(
-            n,
-            w.div_ceil(10_000),
-            "sending stops once the window is full"
-        );
+        assert_eq!(n, w.div_ceil(10_000), "sending stops once the window is full");
         assert!(s.can_send(Lane::Emergency), "emergencies are not windowed");
     }
 }

@@ -14,9 +14,7 @@ const DICT_BYTES: usize = 32 * 1024;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let out = args
-        .next()
-        .context("usage: outpost-train-dict OUT [SAMPLES]")?;
+    let out = args.next().context("usage: outpost-train-dict OUT [SAMPLES]")?;
     let samples: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(4000);
     let mut corpus = Corpus::new(0x0007_9057);
     let mut sizes = Rng::new(7);
@@ -27,9 +25,6 @@ fn main() -> anyhow::Result<()> {
     }
     let dict = zstd::dict::from_samples(&data, DICT_BYTES)?;
     std::fs::write(&out, &dict)?;
-    println!(
-        "wrote {} bytes of dictionary to {out} from {samples} samples",
-        dict.len()
-    );
+    println!("wrote {} bytes of dictionary to {out} from {samples} samples", dict.len());
     Ok(())
 }
