@@ -9,17 +9,12 @@ use crate::identity::{CloudIdentity, IdentityError};
 use crate::layout::SERVER_NAME;
 
 /// Makes the bundle for `relay`, reachable at `cloud_addr`.
-pub fn enroll_relay(
-    id: &CloudIdentity,
-    relay: &RelayId,
-    cloud_addr: &str,
-) -> Result<Bundle, IdentityError> {
+pub fn enroll_relay(id: &CloudIdentity, relay: &RelayId, cloud_addr: &str) -> Result<Bundle, IdentityError> {
     let key = KeyPair::generate()?;
     // The relay id is the certificate's only name: the cloud reads it from the
     // verified chain to know which relay is speaking.
     let mut p = CertificateParams::new(vec![relay.as_str().to_owned()])?;
-    p.distinguished_name
-        .push(DnType::CommonName, relay.as_str());
+    p.distinguished_name.push(DnType::CommonName, relay.as_str());
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let cert = p.signed_by(&key, &id.ca_issuer()?)?;
     Ok(Bundle {

@@ -24,10 +24,7 @@ pub enum IdentityError {
     #[error("{path} is missing: run `outpost-cloud init --dir DIR` first")]
     NotInitialised { path: PathBuf },
     #[error("cannot read or write {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not valid: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("certificate generation failed: {0}")]
@@ -54,17 +51,12 @@ pub struct CloudIdentity {
 
 impl std::fmt::Debug for CloudIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CloudIdentity")
-            .field("cloud_id", &self.cloud_id)
-            .finish_non_exhaustive()
+        f.debug_struct("CloudIdentity").field("cloud_id", &self.cloud_id).finish_non_exhaustive()
     }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
-    move |source| IdentityError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| IdentityError::Io { path: path.to_path_buf(), source }
 }
 
 /// Writes a file readable only by its owner (keys).
@@ -87,13 +79,8 @@ fn write_public(path: &Path, contents: &str) -> Result<(), IdentityError> {
 
 fn read(path: &Path) -> Result<String, IdentityError> {
     fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => IdentityError::NotInitialised {
-            path: path.to_path_buf(),
-        },
-        _ => IdentityError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        },
+        std::io::ErrorKind::NotFound => IdentityError::NotInitialised { path: path.to_path_buf() },
+        _ => IdentityError::Io { path: path.to_path_buf(), source: e },
     })
 }
 
@@ -106,15 +93,9 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], IdentityError> {
 fn ca_params(cloud_id: &str) -> Result<CertificateParams, IdentityError> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(DnType::CommonName, format!("Outpost relay CA {cloud_id}"));
-    p.distinguished_name
-        .push(DnType::OrganizationName, "Outpost");
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    p.distinguished_name.push(DnType::CommonName, format!("Outpost relay CA {cloud_id}"));
+    p.distinguished_name.push(DnType::OrganizationName, "Outpost");
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     Ok(p)
 }
 
@@ -124,28 +105,17 @@ impl CloudIdentity {
     pub fn init(dir: &Path) -> Result<Self, IdentityError> {
         let layout = Layout::new(dir);
         if layout.config().exists() {
-            return Err(IdentityError::AlreadyInitialised {
-                path: layout.config(),
-            });
+            return Err(IdentityError::AlreadyInitialised { path: layout.config() });
         }
         for d in [layout.dir.clone(), layout.keys(), layout.data()] {
             fs::create_dir_all(&d).map_err(io(&d))?;
         }
         let suffix: [u8; 4] = random_bytes()?;
-        let cloud_id = format!(
-            "cloud-{}",
-            suffix
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        let cloud_id = format!("cloud-{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>());
 
         let seed: [u8; 32] = random_bytes()?;
         let signer = TokenSigner::from_seed(&seed, cloud_id.clone());
-        write_secret(
-            &layout.token_key(),
-            &base64::engine::general_purpose::STANDARD.encode(seed),
-        )?;
+        write_secret(&layout.token_key(), &base64::engine::general_purpose::STANDARD.encode(seed))?;
         write_public(&layout.token_pub(), &encode_key(&signer.public_key()))?;
 
         let ca_key = KeyPair::generate()?;
@@ -161,36 +131,20 @@ impl CloudIdentity {
         write_secret(&layout.server_key(), &server_key.serialize_pem())?;
         write_public(&layout.server_cert(), &server_cert.pem())?;
 
-        let file = CloudFile {
-            cloud_id: cloud_id.clone(),
-        };
-        let text = toml::to_string(&file).map_err(|e| IdentityError::Invalid {
-            path: layout.config(),
-            reason: e.to_string(),
-        })?;
-        write_public(
-            &layout.config(),
-            &format!("# Outpost cloud, created by `outpost-cloud init`.\n{text}"),
-        )?;
+        let file = CloudFile { cloud_id: cloud_id.clone() };
+        let text = toml::to_string(&file)
+            .map_err(|e| IdentityError::Invalid { path: layout.config(), reason: e.to_string() })?;
+        write_public(&layout.config(), &format!("# Outpost cloud, created by `outpost-cloud init`.\n{text}"))?;
 
-        Ok(Self {
-            layout,
-            cloud_id,
-            signer,
-            ca_key,
-            ca_cert_pem: ca_cert.pem(),
-        })
+        Ok(Self { layout, cloud_id, signer, ca_key, ca_cert_pem: ca_cert.pem() })
     }
 
     /// Loads the identity `init` created.
     pub fn load(dir: &Path) -> Result<Self, IdentityError> {
         let layout = Layout::new(dir);
         let cfg_path = layout.config();
-        let file: CloudFile =
-            toml::from_str(&read(&cfg_path)?).map_err(|e| IdentityError::Invalid {
-                path: cfg_path.clone(),
-                reason: e.to_string(),
-            })?;
+        let file: CloudFile = toml::from_str(&read(&cfg_path)?)
+            .map_err(|e| IdentityError::Invalid { path: cfg_path.clone(), reason: e.to_string() })?;
         let key_path = layout.token_key();
         let seed = base64::engine::general_purpose::STANDARD
             .decode(read(&key_path)?.trim())
@@ -201,11 +155,8 @@ impl CloudIdentity {
                 reason: "expected base64 of 32 bytes".into(),
             })?;
         let ca_key_path = layout.ca_key();
-        let ca_key =
-            KeyPair::from_pem(&read(&ca_key_path)?).map_err(|e| IdentityError::Invalid {
-                path: ca_key_path,
-                reason: e.to_string(),
-            })?;
+        let ca_key = KeyPair::from_pem(&read(&ca_key_path)?)
+            .map_err(|e| IdentityError::Invalid { path: ca_key_path, reason: e.to_string() })?;
         let ca_cert_pem = read(&layout.ca_cert())?;
         Ok(Self {
             signer: TokenSigner::from_seed(&seed, file.cloud_id.clone()),
@@ -242,10 +193,7 @@ impl CloudIdentity {
         };
         self.signer
             .sign(&claims)
-            .map_err(|e| IdentityError::Invalid {
-                path: self.layout.token_key(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| IdentityError::Invalid { path: self.layout.token_key(), reason: e.to_string() })
     }
 }
 
@@ -259,12 +207,8 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
         Some((i, 's')) => (&s[..i], 1),
         _ => (s, 1),
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; use e.g. 30d, 12h, 15m or 90s"))?;
-    n.checked_mul(mult)
-        .filter(|v| *v > 0)
-        .ok_or_else(|| format!("{s:?} must be a positive duration"))
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration; use e.g. 30d, 12h, 15m or 90s"))?;
+    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("{s:?} must be a positive duration"))
 }
 
 #[cfg(test)]
@@ -284,22 +228,13 @@ mod tests {
     fn init_then_load_signs_verifiable_tokens() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let made = CloudIdentity::init(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(
-            CloudIdentity::init(dir.path()),
-            Err(IdentityError::AlreadyInitialised { .. })
-        ));
+        assert!(matches!(CloudIdentity::init(dir.path()), Err(IdentityError::AlreadyInitialised { .. })));
         let loaded = CloudIdentity::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(made.signer.public_key(), loaded.signer.public_key());
         let user = outpost_shared::UserId::new("u").unwrap_or_else(|e| panic!("{e}"));
-        let tok = loaded
-            .issue_token(user, outpost_shared::Role::Doctor, vec![], 1_000, 60)
-            .unwrap_or_default();
-        let v =
-            outpost_shared::TokenVerifier::new(&made.signer.public_key(), made.cloud_id.clone());
-        assert_eq!(
-            v.verify(&tok, 1_010).map(|c| c.role),
-            Ok(outpost_shared::Role::Doctor)
-        );
+        let tok = loaded.issue_token(user, outpost_shared::Role::Doctor, vec![], 1_000, 60).unwrap_or_default();
+        let v = outpost_shared::TokenVerifier::new(&made.signer.public_key(), made.cloud_id.clone());
+        assert_eq!(v.verify(&tok, 1_010).map(|c| c.role), Ok(outpost_shared::Role::Doctor));
         assert!(v.verify(&tok, 1_060).is_err());
     }
 }

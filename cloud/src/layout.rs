@@ -23,9 +23,7 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(dir: impl AsRef<Path>) -> Self {
-        Self {
-            dir: dir.as_ref().to_path_buf(),
-        }
+        Self { dir: dir.as_ref().to_path_buf() }
     }
     pub fn config(&self) -> PathBuf {
         self.dir.join("cloud.toml")

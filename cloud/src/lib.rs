@@ -4,8 +4,11 @@
 //! relays), token issue and relay enrollment. The QUIC ingest and the doctors' WebSocket
 //! endpoint build on the same directory layout (see [`layout`]).
 
+pub mod api;
 pub mod enroll;
 pub mod identity;
 pub mod layout;
+pub mod relays;
+pub mod server;
 
 pub use identity::{CloudIdentity, IdentityError};

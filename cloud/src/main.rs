@@ -11,11 +11,7 @@ use outpost_cloud::identity::parse_ttl;
 use outpost_shared::{RelayId, Role, RoomId, UserId};
 
 #[derive(Parser)]
-#[command(
-    name = "outpost-cloud",
-    version,
-    about = "Outpost cloud: keys, device tokens and relay enrollment"
-)]
+#[command(name = "outpost-cloud", version, about = "Outpost cloud: keys, device tokens and relay enrollment")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -27,6 +23,17 @@ enum Cmd {
     Init {
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Run the cloud: relays' QUIC endpoint, doctors' WebSocket endpoint, HTTP API.
+    Run {
+        #[arg(long)]
+        dir: PathBuf,
+        /// WebSocket and HTTP listener, e.g. 0.0.0.0:8443.
+        #[arg(long)]
+        ws: String,
+        /// QUIC listener for relays, e.g. 0.0.0.0:4433.
+        #[arg(long)]
+        quic: String,
     },
     /// Print a signed device token on stdout.
     Token {
@@ -59,15 +66,16 @@ enum Cmd {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let cmd = match cli.cmd {
+        Cmd::Run { dir, ws, quic } => return serve(dir, ws, quic),
+        other => other,
+    };
+    match run(cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("outpost-cloud: {e:#}");
@@ -76,43 +84,96 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.cmd {
+/// Exit code for bad configuration or usage of `run` (as the relay's).
+const EXIT_CONFIG: u8 = 64;
+
+fn serve(dir: PathBuf, ws: String, quic: String) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let quic_addr: std::net::SocketAddr = match quic.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            eprintln!("outpost-cloud: --quic {quic:?} is not an address like 0.0.0.0:4433");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outpost-cloud: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let endpoint = match outpost_cloud::server::bind_quic(&dir, quic_addr) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("outpost-cloud: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(&ws).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("outpost-cloud: cannot listen on {ws}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // Tests and scripts read this line to learn the bound ports.
+        match (listener.local_addr(), endpoint.local_addr()) {
+            (Ok(w), Ok(q)) => println!("outpost-cloud listening on ws://{w}/ws quic={q}"),
+            (Err(e), _) | (_, Err(e)) => eprintln!("outpost-cloud: {e}"),
+        }
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        match outpost_cloud::server::run(&dir, listener, endpoint, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("outpost-cloud: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// SIGTERM and SIGINT both start a graceful shutdown.
+async fn wait_for_signal(shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the cloud with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// The one-shot commands (everything but `run`).
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Run { .. } => anyhow::bail!("`run` is a server, not a one-shot command"),
         Cmd::Init { dir } => {
             let id = CloudIdentity::init(&dir)?;
             println!("created cloud {} in {}", id.cloud_id, dir.display());
         }
-        Cmd::Token {
-            dir,
-            user,
-            role,
-            rooms,
-            ttl,
-        } => {
+        Cmd::Token { dir, user, role, rooms, ttl } => {
             let id = CloudIdentity::load(&dir)?;
             println!("{}", id.issue_token(user, role, rooms, now_secs(), ttl)?);
         }
-        Cmd::EnrollRelay {
-            dir,
-            relay,
-            out,
-            cloud_addr,
-        } => {
+        Cmd::EnrollRelay { dir, relay, out, cloud_addr } => {
             let id = CloudIdentity::load(&dir)?;
-            if cloud_addr
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
+            if cloud_addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
                 anyhow::bail!("--cloud-addr {cloud_addr:?} must be HOST:PORT");
             }
             let bundle = enroll_relay(&id, &relay, &cloud_addr)?;
             let json = serde_json::to_string_pretty(&bundle)?;
             write_private(&out, &json)?;
-            println!(
-                "wrote enrollment bundle for relay {relay} to {}",
-                out.display()
-            );
+            println!("wrote enrollment bundle for relay {relay} to {}", out.display());
         }
     }
     Ok(())
@@ -128,9 +189,7 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt as _;
         opts.mode(0o600);
     }
-    let mut f = opts
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    let mut f = opts.open(path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok(())

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod hub;
 pub mod init;
+pub mod link;
 pub mod ratelimit;
 pub mod router;
 pub mod server;

@@ -5,8 +5,8 @@
 //! what is queued and stop the store's writer.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::RelayConfig;
 use crate::hub::{ConnTracker, Hub, Refusal};
+use crate::link::uplink::{UplinkSettings, UplinkStatus};
 use crate::router::Router;
 use crate::store::{OpenError, Store, StoreOptions};
 
@@ -41,6 +42,72 @@ pub enum RunError {
     Serve(std::io::Error),
 }
 
+/// The device-serving core shared by the hub and the cloud: store, router, sessions.
+pub struct Core {
+    pub hub: Arc<Hub>,
+    pub store: Store,
+    tracker: TaskTracker,
+    sessions_stop: CancellationToken,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// Opens the database at `db` and builds the hub state. Tokens are verified with
+    /// `config.identity` (the cloud's key and id).
+    pub fn open(config: RelayConfig, db: &Path) -> Result<Self, RunError> {
+        let key = decode_public_key(&config.identity.token_public_key).map_err(RunError::Config)?;
+        let verifier = TokenVerifier::new(&key, config.identity.cloud_id.clone());
+        let router = Arc::new(Router::new());
+        let opts = StoreOptions {
+            quota_bytes: config.storage.quota_bytes,
+            emergency_reserve_bytes: config.storage.emergency_reserve_bytes,
+            max_batch: config.storage.max_batch,
+            max_receipts_per_ack: config.limits.max_receipts_per_ack,
+        };
+        let store = Store::open(db, opts, router.clone())?;
+        tracing::info!(db = %db.display(), epoch = %store.epoch(), head = store.head().0, "store open");
+        let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+        let sessions_stop = CancellationToken::new();
+        let hub = Arc::new(Hub::new(config, store.clone(), router, verifier, sessions_stop.clone()));
+        Ok(Self { hub, store, tracker: TaskTracker::new(), sessions_stop, grace })
+    }
+
+    /// `/ws` (protocol v1) and `/healthz`; merge further routes into it.
+    pub fn routes(&self) -> axum::Router {
+        axum::Router::new()
+            .route("/ws", get(ws_upgrade))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .with_state((self.hub.clone(), self.tracker.clone()))
+    }
+
+    /// Serves `app` on `listener` until `shutdown`; then closes sessions (bounded by the
+    /// grace period) and flushes the store.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        app: axum::Router,
+        shutdown: CancellationToken,
+    ) -> Result<(), RunError> {
+        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown.cancelled_owned());
+        let result = serve.await;
+        tracing::info!("stopped accepting; closing sessions");
+        self.sessions_stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!("sessions did not close within the grace period");
+        }
+        self.store.shutdown().await;
+        result.map_err(RunError::Serve)
+    }
+}
+
 /// Runs the hub until `shutdown` is cancelled. `dir` is the relay directory.
 pub async fn run(
     config: RelayConfig,
@@ -48,40 +115,29 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let key = decode_public_key(&config.identity.token_public_key).map_err(RunError::Config)?;
-    let verifier = TokenVerifier::new(&key, config.identity.cloud_id.clone());
-    let router = Arc::new(Router::new());
-    let opts = StoreOptions {
-        quota_bytes: config.storage.quota_bytes,
-        emergency_reserve_bytes: config.storage.emergency_reserve_bytes,
-        max_batch: config.storage.max_batch,
-        max_receipts_per_ack: config.limits.max_receipts_per_ack,
+    let uplink = if config.uplink.cloud.is_empty() {
+        tracing::info!("no cloud configured; serving the village only");
+        None
+    } else {
+        Some(
+            UplinkSettings::from_dir(&dir, &config.uplink.cloud, &config.identity.relay_id)
+                .map_err(RunError::Config)?,
+        )
     };
-    let db = config.db_path(&dir);
-    let store = Store::open(&db, opts, router.clone())?;
-    tracing::info!(db = %db.display(), epoch = %store.epoch(), head = store.head().0, "store open");
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let sessions_stop = CancellationToken::new();
-    let hub = Arc::new(Hub::new(config, store.clone(), router, verifier, sessions_stop.clone()));
-    let tracker = TaskTracker::new();
-
-    let app = axum::Router::new()
-        .route("/ws", get(ws_upgrade))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state((hub.clone(), tracker.clone()));
-
-    let serve = axum::serve(listeners.ws, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let result = serve.await;
-    tracing::info!("stopped accepting; closing sessions");
-    sessions_stop.cancel();
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!("sessions did not close within the grace period");
+    let core = Core::open(config.clone(), &config.db_path(&dir))?;
+    let status = Arc::new(Mutex::new(UplinkStatus::default()));
+    let uplink_stop = CancellationToken::new();
+    let uplink_task = uplink.map(|settings| {
+        tokio::spawn(crate::link::uplink::run(core.store.clone(), settings, status.clone(), uplink_stop.clone()))
+    });
+    let app = core.routes();
+    let result = core.serve(listeners.ws, app, shutdown).await;
+    uplink_stop.cancel();
+    if let Some(t) = uplink_task {
+        let _ = t.await;
     }
-    store.shutdown().await;
     tracing::info!("hub stopped");
-    result.map_err(RunError::Serve)
+    result
 }
 
 type AppState = (Arc<Hub>, TaskTracker);

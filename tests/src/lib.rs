@@ -11,7 +11,7 @@ pub mod corpus;
 pub mod proc;
 
 pub use client::{Device, Frame};
-pub use proc::{Cloud, Relay, RelayDir, bin};
+pub use proc::{Cloud, CloudProc, Relay, RelayDir, bin, free_udp_addr};
 
 use std::time::Duration;
 

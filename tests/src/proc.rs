@@ -55,19 +55,9 @@ impl Cloud {
         Ok(run_ok(&mut cmd)?.trim().to_owned())
     }
 
-    /// Enrolls relay `id` and provisions `dir` from the bundle.
+    /// Enrolls relay `id` (for a cloud at 127.0.0.1:4433) and provisions `dir`.
     pub fn provision_relay(&self, id: &str, dir: &Path) -> anyhow::Result<RelayDir> {
-        let bundle = self.dir.join(format!("{id}.bundle.json"));
-        run_ok(
-            Command::new(bin("outpost-cloud"))
-                .arg("enroll-relay")
-                .arg("--dir")
-                .arg(&self.dir)
-                .args(["--relay", id, "--cloud-addr", "127.0.0.1:4433", "--out"])
-                .arg(&bundle),
-        )?;
-        run_ok(Command::new(bin("outpost-relay")).arg("init").arg("--dir").arg(dir).arg("--bundle").arg(&bundle))?;
-        Ok(RelayDir { dir: dir.to_path_buf() })
+        self.provision_relay_at(id, dir, "127.0.0.1:4433")
     }
 }
 
@@ -84,31 +74,30 @@ impl RelayDir {
     }
 
     pub async fn start_on(&self, addr: &str, env: &[(&str, &str)]) -> anyhow::Result<Relay> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("relay.log"))?;
-        let mut cmd = TokioCommand::new(bin("outpost-relay"));
-        cmd.arg("run").arg("--dir").arg(&self.dir).args(["--ws", addr]);
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
-        for (k, v) in env {
-            cmd.env(k, v);
+        self.start_full(addr, None, env).await
+    }
+
+    /// Starts the relay with its uplink pointed at `cloud` (e.g. a link emulator).
+    pub async fn start_via(&self, cloud: &str, env: &[(&str, &str)]) -> anyhow::Result<Relay> {
+        self.start_full("127.0.0.1:0", Some(cloud), env).await
+    }
+
+    async fn start_full(&self, addr: &str, cloud: Option<&str>, env: &[(&str, &str)]) -> anyhow::Result<Relay> {
+        let mut args = vec![
+            "run".to_owned(),
+            "--dir".to_owned(),
+            self.dir.display().to_string(),
+            "--ws".to_owned(),
+            addr.to_owned(),
+        ];
+        if let Some(c) = cloud {
+            args.extend(["--cloud".to_owned(), c.to_owned()]);
         }
-        cmd.stdout(Stdio::piped()).stderr(Stdio::from(log)).kill_on_drop(true);
-        let mut child = cmd.spawn().context("spawning outpost-relay")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(crate::EVENT_TIMEOUT, lines.next_line())
-            .await
-            .context("relay did not report its address in time")??;
-        let Some(line) = line else {
-            let status = child.wait().await?;
-            let log = std::fs::read_to_string(self.dir.join("relay.log")).unwrap_or_default();
-            bail!("relay exited ({status}) before listening; log:\n{log}");
-        };
+        let (child, line) = spawn_server("outpost-relay", &args, &self.dir.join("relay.log"), env).await?;
         let url = line.rsplit(' ').next().unwrap_or_default().to_owned();
         if !url.starts_with("ws://") {
             bail!("unexpected first line from relay: {line:?}");
         }
-        // Keep draining stdout so the relay never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Relay { child, url })
     }
 
@@ -119,6 +108,112 @@ impl RelayDir {
     pub fn db(&self) -> PathBuf {
         self.dir.join("data/relay.db")
     }
+}
+
+/// Starts a server binary, waits for its first stdout line (where it says what it
+/// listens on) and keeps draining stdout. Logs go to `log`.
+async fn spawn_server(
+    name: &str,
+    args: &[String],
+    log: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Child, String)> {
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut cmd = TokioCommand::new(bin(name));
+    cmd.args(args);
+    cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::from(log_file)).kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("spawning {name}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(crate::EVENT_TIMEOUT, lines.next_line())
+        .await
+        .with_context(|| format!("{name} did not report its address in time"))??;
+    let Some(line) = line else {
+        let status = child.wait().await?;
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        bail!("{name} exited ({status}) before listening; log:\n{text}");
+    };
+    // Keep draining stdout so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, line))
+}
+
+/// A running cloud process.
+pub struct CloudProc {
+    pub child: Child,
+    ws: String,
+    quic: String,
+}
+
+impl CloudProc {
+    pub fn ws_url(&self) -> String {
+        self.ws.clone()
+    }
+    /// `host:port` of the relays' QUIC endpoint.
+    pub fn quic_addr(&self) -> String {
+        self.quic.clone()
+    }
+    /// `http://host:port` of the HTTP API.
+    pub fn http_base(&self) -> String {
+        self.ws.replace("ws://", "http://").trim_end_matches("/ws").to_owned()
+    }
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+}
+
+impl Cloud {
+    /// Starts `outpost-cloud run` with its QUIC endpoint on `quic` (`127.0.0.1:0` for any).
+    pub async fn start(&self, quic: &str) -> anyhow::Result<CloudProc> {
+        let args =
+            ["run", "--dir", &self.dir.display().to_string(), "--ws", "127.0.0.1:0", "--quic", quic].map(str::to_owned);
+        let (child, line) = spawn_server("outpost-cloud", &args, &self.dir.join("cloud.log"), &[]).await?;
+        // "outpost-cloud listening on ws://A/ws quic=B"
+        let mut ws = String::new();
+        let mut q = String::new();
+        for word in line.split(' ') {
+            if word.starts_with("ws://") {
+                ws = word.to_owned();
+            } else if let Some(a) = word.strip_prefix("quic=") {
+                q = a.to_owned();
+            }
+        }
+        if ws.is_empty() || q.is_empty() {
+            bail!("unexpected first line from cloud: {line:?}");
+        }
+        Ok(CloudProc { child, ws, quic: q })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("cloud.log")).unwrap_or_default()
+    }
+
+    /// Enrolls relay `id` for a cloud reachable at `cloud_addr` and provisions `dir`.
+    pub fn provision_relay_at(&self, id: &str, dir: &Path, cloud_addr: &str) -> anyhow::Result<RelayDir> {
+        let bundle = self.dir.join(format!("{id}.bundle.json"));
+        run_ok(
+            Command::new(bin("outpost-cloud"))
+                .arg("enroll-relay")
+                .arg("--dir")
+                .arg(&self.dir)
+                .args(["--relay", id, "--cloud-addr", cloud_addr, "--out"])
+                .arg(&bundle),
+        )?;
+        run_ok(Command::new(bin("outpost-relay")).arg("init").arg("--dir").arg(dir).arg("--bundle").arg(&bundle))?;
+        Ok(RelayDir { dir: dir.to_path_buf() })
+    }
+}
+
+/// A free UDP port on loopback (for a cloud that starts later than its relays).
+pub fn free_udp_addr() -> anyhow::Result<String> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?.to_string())
 }
 
 /// A running relay process.

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use outpost_shared::frames::{HistoryPage, OutgoingMsg};
+use outpost_shared::frames::{HistoryPage, OutgoingMsg, Positioned};
 use outpost_shared::uplink::batch::Entry;
 use outpost_shared::{Cursor, DeviceId, Epoch, ErrorCode, MessageId, Priority, RoomId, UserId};
 use rusqlite::{Connection, OpenFlags};
@@ -144,7 +144,7 @@ pub(crate) enum Command {
     Import { peer: String, entries: Vec<Entry>, peer_hwm: Cursor, reply: oneshot::Sender<Result<usize, StoreError>> },
     PeerAcked { peer: String, sent_hwm: Cursor, forwarded: Vec<Forwarded>, at: u64 },
     PeerHello { peer: String, epoch: String, rooms: Vec<RoomId>, reply: oneshot::Sender<Result<PeerState, StoreError>> },
-    PeerRooms { peer: String, rooms: Vec<RoomId> },
+    PeerRooms { peer: String, rooms: Vec<RoomId>, reply: oneshot::Sender<Result<usize, StoreError>> },
     Ack { device: DeviceId, user: UserId, rooms: Arc<[RoomId]>, cursor: Cursor, at: u64 },
     Read { user: UserId, room: RoomId, id: MessageId, at: u64 },
     Rooms(Vec<RoomId>),
@@ -319,6 +319,19 @@ impl Store {
             .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
     }
 
+    /// Messages of `room` after `after`, oldest first, and whether there are more.
+    pub async fn room_since(
+        &self,
+        room: RoomId,
+        after: Cursor,
+        limit: u32,
+    ) -> Result<(Vec<Positioned>, bool), StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.room_since(&room, after, limit))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+    }
+
     /// A receiver that changes after every commit (link senders wait on it).
     pub fn subscribe_head(&self) -> tokio::sync::watch::Receiver<u64> {
         self.head_rx.clone()
@@ -347,9 +360,15 @@ impl Store {
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Adds rooms a peer serves.
-    pub async fn peer_rooms(&self, peer: &str, rooms: Vec<RoomId>) {
-        let _ = self.tx.send(Command::PeerRooms { peer: peer.to_owned(), rooms }).await;
+    /// Adds rooms a peer serves; returns how many were new (then what the peer holds of
+    /// our log is reset to the start, see the writer).
+    pub async fn peer_rooms(&self, peer: &str, rooms: Vec<RoomId>) -> Result<usize, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::PeerRooms { peer: peer.to_owned(), rooms, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// Known rooms of this server (from tokens and messages).

@@ -12,7 +12,7 @@ use outpost_shared::uplink::batch::{Entry, Lane, WireMessage, WireReceipt};
 use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, ServerFrame, UserId};
 use rusqlite::{Connection, OpenFlags, Row};
 
-use super::{StoreError, connect};
+use super::{Forwarded, StoreError, connect};
 
 /// Connections kept open for reuse; more are opened under load and closed after.
 const POOL_KEEP: usize = 4;
@@ -201,6 +201,9 @@ pub struct Outbound {
     pub entries: Vec<Entry>,
     /// The log was examined up to here (inclusive) for this lane.
     pub scanned_to: Cursor,
+    /// Messages among `entries` written on this server: their senders get `forwarded`
+    /// once the peer acknowledged them.
+    pub forwardable: Vec<Forwarded>,
 }
 
 impl Readers {
@@ -228,12 +231,12 @@ impl Readers {
             let receipts = match q.lane {
                 Lane::Emergency => String::new(),
                 Lane::Normal => "UNION ALL
-                 SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state, target
+                 SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state, target, 0
                    FROM receipts WHERE cursor > ?1 AND msg_peer = ?2 AND coalesce(origin_peer, '') <> ?2"
                     .to_owned(),
             };
             let sql = format!(
-                "SELECT 0, {MESSAGE_COLUMNS}, NULL, NULL FROM messages
+                "SELECT 0, {MESSAGE_COLUMNS}, NULL, NULL, origin_peer IS NULL FROM messages
                    WHERE cursor > ?1 AND coalesce(origin_peer, '') <> ?2 AND {lane_cond} {room_cond}
                  {receipts}
                  ORDER BY 2 LIMIT ?3"
@@ -250,6 +253,7 @@ impl Readers {
                 args.extend(rooms.iter().map(|r| rusqlite::types::Value::from(r.as_str().to_owned())));
             }
             let mut entries = Vec::new();
+            let mut forwardable = Vec::new();
             let mut bytes = 0usize;
             let mut full = false;
             {
@@ -260,6 +264,9 @@ impl Readers {
                     let e = if kind == 0 {
                         let p = message_from_row(r, 1)?;
                         let m = p.msg;
+                        if r.get::<_, bool>(15)? {
+                            forwardable.push(Forwarded { id: m.id, sender: m.from.clone(), room: m.room.clone() });
+                        }
                         Entry::Message(WireMessage {
                             cursor: p.cursor,
                             id: m.id,
@@ -303,7 +310,27 @@ impl Readers {
             } else {
                 Cursor(u(head)).max(q.after)
             };
-            Ok(Outbound { entries, scanned_to })
+            Ok(Outbound { entries, scanned_to, forwardable })
+        })
+    }
+}
+
+impl Readers {
+    /// Up to `limit` messages of `room` after `after`, oldest first (the HTTP API's feed).
+    pub fn room_since(&self, room: &RoomId, after: Cursor, limit: u32) -> Result<(Vec<Positioned>, bool), StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
+            ))?;
+            let after = i64::try_from(after.0).unwrap_or(i64::MAX);
+            let mut rows = stmt.query(rusqlite::params![room.as_str(), after, i64::from(limit) + 1])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(message_from_row(r, 0)?);
+            }
+            let more = out.len() > limit as usize;
+            out.truncate(limit as usize);
+            Ok((out, more))
         })
     }
 }

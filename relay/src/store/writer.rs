@@ -227,7 +227,13 @@ impl Writer {
                             return Err(e);
                         }
                     },
-                    Command::PeerRooms { peer, rooms } => self.note_peer_rooms(&peer, &rooms)?,
+                    Command::PeerRooms { peer, rooms, reply } => match self.note_peer_rooms(&peer, &rooms) {
+                        Ok(n) => pending.push(Pending::Import(reply, n)),
+                        Err(e) => {
+                            pending.push(Pending::Import(reply, 0));
+                            return Err(e);
+                        }
+                    },
                     Command::Stop(_) => {}
                 }
             }

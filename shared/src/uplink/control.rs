@@ -16,9 +16,10 @@ pub enum Control {
     /// database (a new one resets what the cloud sends down); `rooms` are the rooms the
     /// hub serves (replies in them are sent down).
     Hello { v: u16, relay: String, epoch: String, rooms: Vec<RoomId>, dicts: Vec<u32> },
-    /// The cloud's answer. `hwm`: everything the hub sent up to this cursor is durable in
+    /// The cloud's answer. `epoch` names the cloud's database (a new one means it lost
+    /// what the hub sent); `hwm`: everything the hub sent up to this cursor is durable in
     /// the cloud (the hub may resume after it).
-    Welcome { cloud: String, hwm: Cursor },
+    Welcome { cloud: String, epoch: String, hwm: Cursor },
     /// The batch was committed by the receiver.
     Ack { batch: u64 },
     /// The hub serves more rooms now.
@@ -78,7 +79,11 @@ mod tests {
                     rooms,
                     dicts
                 }),
-            ("\\PC{0,20}", any::<u64>()).prop_map(|(cloud, h)| Control::Welcome { cloud, hwm: Cursor(h) }),
+            ("\\PC{0,20}", "[a-f0-9-]{0,36}", any::<u64>()).prop_map(|(cloud, epoch, h)| Control::Welcome {
+                cloud,
+                epoch,
+                hwm: Cursor(h)
+            }),
             any::<u64>().prop_map(|batch| Control::Ack { batch }),
             prop::collection::vec(room, 0..5).prop_map(|rooms| Control::Rooms { rooms }),
             ("[a-z_]{1,10}", "\\PC{0,40}").prop_map(|(code, message)| Control::Refused { code, message }),

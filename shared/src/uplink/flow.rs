@@ -192,6 +192,16 @@ impl SendState {
         self.hwm = self.hwm.max(h);
     }
 
+    /// Starts over from `hwm` (which may be lower than before: the peer needs entries
+    /// again). Batches in flight are forgotten; batch ids keep counting up so a late ack
+    /// of an old batch is recognised as unknown.
+    pub fn reset(&mut self, hwm: Cursor) {
+        self.inflight.clear();
+        self.pos_emergency = hwm;
+        self.pos_normal = hwm;
+        self.hwm = hwm;
+    }
+
     /// Everything up to here was acknowledged by the peer.
     pub fn hwm(&self) -> Cursor {
         self.hwm

@@ -57,7 +57,6 @@ impl Writer {
         };
         // Keep the sender's stamp and move our clock past it: replies made here sort after.
         self.clock.observe(m.hlc, super::now_ms());
-        let room = m.room.clone();
         let msg = MessageBody {
             id: m.id,
             room: m.room,
@@ -72,10 +71,6 @@ impl Writer {
             at: m.at,
         };
         self.insert_message(msg, Some(peer), None, log, new_rooms)?;
-        // A hub's messages tell the cloud which rooms that hub serves.
-        self.conn
-            .prepare_cached("INSERT OR IGNORE INTO peer_rooms (peer, room) VALUES (?1, ?2)")?
-            .execute(params![peer, room.as_str()])?;
         Ok(true)
     }
 
@@ -135,7 +130,7 @@ impl Writer {
                    recv_hwm = excluded.recv_hwm, last_contact = excluded.last_contact",
             )?
             .execute(params![peer, epoch, sent, recv, to_sql(super::now_ms())])?;
-        self.note_peer_rooms(peer, rooms)?;
+        let sent = if self.note_peer_rooms(peer, rooms)? > 0 { 0 } else { sent };
         let mut stmt = self.conn.prepare_cached("SELECT room FROM peer_rooms WHERE peer = ?1")?;
         let all = stmt
             .query_map([peer], |r| r.get::<_, String>(0))?
@@ -148,12 +143,20 @@ impl Writer {
         })
     }
 
-    pub(super) fn note_peer_rooms(&mut self, peer: &str, rooms: &[RoomId]) -> Result<(), StoreError> {
+    /// Adds rooms `peer` serves; returns how many are new. New rooms reset what we
+    /// believe the peer holds to the start of our log: older entries in those rooms were
+    /// skipped while the room was unknown, and the peer deduplicates the rest.
+    pub(super) fn note_peer_rooms(&mut self, peer: &str, rooms: &[RoomId]) -> Result<usize, StoreError> {
+        let mut added = 0;
         for r in rooms {
-            self.conn
+            added += self
+                .conn
                 .prepare_cached("INSERT OR IGNORE INTO peer_rooms (peer, room) VALUES (?1, ?2)")?
                 .execute(params![peer, r.as_str()])?;
         }
-        Ok(())
+        if added > 0 {
+            self.conn.prepare_cached("UPDATE peers SET sent_hwm = 0 WHERE peer = ?1")?.execute([peer])?;
+        }
+        Ok(added)
     }
 }

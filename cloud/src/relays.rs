@@ -1,0 +1,120 @@
+//! The cloud's QUIC endpoint: relays connect here.
+//!
+//! Only relays presenting a certificate issued by this cloud's `enroll-relay` get past
+//! the TLS handshake (mutual TLS under the relay CA). The relay id claimed in `Hello`
+//! must be the name in that certificate. A relay that reconnects replaces its previous
+//! connection. After the handshake the link is symmetric (`outpost_relay::link::run`):
+//! the relay's batches are applied and acknowledged after commit; replies and receipts
+//! for the relay's rooms are sent down.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_relay::link::{self, LinkError, Peer, read_control, tls, write_control};
+use outpost_relay::store::Store;
+use outpost_shared::RelayId;
+use outpost_shared::uplink::control::{Control, LINK_VERSION};
+use outpost_shared::uplink::flow::FlowConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The current connection of each relay: a generation number and its stop token.
+type Live = Arc<Mutex<HashMap<String, (u64, CancellationToken)>>>;
+
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How long a relay has to open its control stream and say `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Accepts relay connections until `shutdown`.
+pub async fn accept(endpoint: quinn::Endpoint, store: Store, cloud_id: String, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let live: Live = Arc::default();
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+        };
+        let (store, cloud_id, live, stop) = (store.clone(), cloud_id.clone(), live.clone(), shutdown.child_token());
+        tracker.spawn(async move {
+            let remote = incoming.remote_address();
+            match serve(incoming, store, cloud_id, live, stop).await {
+                Ok(end) => tracing::info!(%remote, reason = %end, "relay link ended"),
+                Err(e) => tracing::info!(%remote, error = %e, "relay refused"),
+            }
+        });
+    }
+    tracker.close();
+    endpoint.close(0u32.into(), b"cloud stopping");
+    tracker.wait().await;
+    endpoint.wait_idle().await;
+}
+
+async fn serve(
+    incoming: quinn::Incoming,
+    store: Store,
+    cloud_id: String,
+    live: Live,
+    stop: CancellationToken,
+) -> Result<LinkError, LinkError> {
+    let conn = incoming.await?;
+    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| LinkError::Protocol("no control stream".into()))??;
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_control(&mut recv))
+        .await
+        .map_err(|_| LinkError::Protocol("no hello".into()))??;
+    let Some(Control::Hello { v, relay, epoch, rooms, dicts: _ }) = hello else {
+        return Err(LinkError::Protocol("the first frame must be Hello".into()));
+    };
+    let refuse = |code: &str, message: String| Control::Refused { code: code.into(), message };
+    let problem = if v != LINK_VERSION {
+        Some(refuse(
+            "unsupported_version",
+            format!("link version {v} is not supported; this cloud speaks {LINK_VERSION}"),
+        ))
+    } else if RelayId::new(relay.clone()).is_err() || !tls::peer_is(&conn, &relay) {
+        Some(refuse("identity_mismatch", format!("the certificate was not issued to relay {relay:?}")))
+    } else {
+        None
+    };
+    if let Some(p) = problem {
+        let _ = write_control(&mut send, &p).await;
+        let _ = send.finish();
+        let err = match p {
+            Control::Refused { code, message } => LinkError::Refused { code, message },
+            _ => LinkError::Shutdown,
+        };
+        // Give the refusal a moment to reach the relay before the connection closes.
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+        return Err(err);
+    }
+    // A reconnecting relay replaces its old connection.
+    let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Ok(mut l) = live.lock()
+        && let Some((_, old)) = l.insert(relay.clone(), (generation, stop.clone()))
+    {
+        old.cancel();
+    }
+    let state = store.peer_hello(&relay, &epoch, rooms).await?;
+    write_control(
+        &mut send,
+        &Control::Welcome { cloud: cloud_id, epoch: store.epoch().0.clone(), hwm: state.recv_hwm },
+    )
+    .await?;
+    tracing::info!(%relay, resume_after = state.sent_hwm.0, rooms = state.rooms.len(), "relay connected");
+    let peer = Peer {
+        name: relay.clone(),
+        rooms: Some(Arc::new(Mutex::new(state.rooms.into_iter().collect::<HashSet<_>>()))),
+        start: state.sent_hwm,
+    };
+    let end = link::run(conn, send, recv, store, peer, FlowConfig::default(), stop.clone()).await;
+    if let Ok(mut l) = live.lock()
+        && l.get(&relay).is_some_and(|(g, _)| *g == generation)
+    {
+        l.remove(&relay);
+    }
+    Ok(end)
+}

@@ -1,0 +1,74 @@
+//! `outpost-cloud run`: the hospital server.
+//!
+//! It embeds the same device-serving core as a hub (protocol v1 on `/ws` for doctors'
+//! browsers, SQLite store, live router), adds the QUIC endpoint relays connect to and
+//! the HTTP API for hospital systems. Storage is the relay crate's SQLite store; the
+//! cloud reaches it only through `Store`'s methods, the seam where a PostgreSQL backend
+//! will go when one machine is not enough.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use outpost_relay::RelayConfig;
+use outpost_relay::link::tls;
+use outpost_relay::server::{Core, RunError};
+use outpost_shared::bundle::encode_key;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::{CloudIdentity, IdentityError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudRunError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("cannot set up TLS for the relay endpoint: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot open the QUIC endpoint on {addr}: {source}")]
+    Quic { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// The cloud's device-serving settings: the hub defaults, verifying its own tokens, its
+/// database in `DIR/data/cloud.db`.
+pub fn hub_config(id: &CloudIdentity) -> RelayConfig {
+    let mut c = RelayConfig::default();
+    c.identity.cloud_id = id.cloud_id.clone();
+    c.identity.relay_id = id.cloud_id.clone();
+    c.identity.token_public_key = encode_key(&id.signer.public_key());
+    c.storage.path = id.layout.data().join("cloud.db");
+    c
+}
+
+/// Binds the QUIC endpoint (so the caller can print its address before serving).
+pub fn bind_quic(dir: &Path, addr: SocketAddr) -> Result<quinn::Endpoint, CloudRunError> {
+    let id = CloudIdentity::load(dir)?;
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(&p).map_err(|source| IdentityError::Io { path: p.clone(), source })
+    };
+    let cfg = tls::server_config(&id.ca_cert_pem, &read(id.layout.server_cert())?, &read(id.layout.server_key())?)?;
+    quinn::Endpoint::server(cfg, addr).map_err(|source| CloudRunError::Quic { addr, source })
+}
+
+/// Runs the cloud until `shutdown`.
+pub async fn run(
+    dir: &Path,
+    ws: TcpListener,
+    quic: quinn::Endpoint,
+    shutdown: CancellationToken,
+) -> Result<(), CloudRunError> {
+    let id = CloudIdentity::load(dir)?;
+    let config = hub_config(&id);
+    let db = config.storage.path.clone();
+    let core = Core::open(config, &db)?;
+    let relays_stop = CancellationToken::new();
+    let relays =
+        tokio::spawn(crate::relays::accept(quic, core.store.clone(), id.cloud_id.clone(), relays_stop.clone()));
+    let app = core.routes().merge(crate::api::routes(core.hub.clone()));
+    let result = core.serve(ws, app, shutdown).await;
+    relays_stop.cancel();
+    let _ = relays.await;
+    tracing::info!("cloud stopped");
+    Ok(result?)
+}

@@ -1,0 +1,109 @@
+//! TLS for the link: mutual authentication under the cloud's relay CA.
+//!
+//! Both ends trust only that CA (the hub pins it from its enrollment bundle; the cloud
+//! issued it). The cloud's certificate names [`SERVER_NAME`]; a hub's certificate names
+//! its relay id, which the cloud checks against the id the hub claims in its `Hello`.
+//! rustls with the `ring` provider: it cross-compiles for the Pi with plain gcc. TLS 1.3
+//! only, as QUIC requires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_shared::uplink::ALPN;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// The name in the cloud's server certificate.
+pub const SERVER_NAME: &str = "outpost-cloud";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what} is not valid PEM: {reason}")]
+    Pem { what: &'static str, reason: String },
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(String),
+    #[error("QUIC crypto setup failed: {0}")]
+    Quic(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem { what, reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem { what, reason: "no certificate found".into() });
+    }
+    Ok(certs)
+}
+
+fn key(pem: &str, what: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem { what, reason: e.to_string() })
+}
+
+fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca_pem, "the CA certificate")? {
+        roots.add(c)?;
+    }
+    Ok(roots)
+}
+
+/// Transport settings for slow, lossy, intermittent uplinks: keep-alives well inside
+/// NAT timeouts of mobile networks, and a generous idle timeout so a 2G stall of a few
+/// seconds does not drop the connection.
+pub fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(10)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(60)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    // One stream per batch: allow enough concurrent ones for a full window.
+    t.max_concurrent_uni_streams(256u32.into());
+    Arc::new(t)
+}
+
+/// The hub's side: its client certificate, and trust in the cloud's CA only.
+pub fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(certs(cert_pem, "the relay certificate")?, key(key_pem, "the relay key")?)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// The cloud's side: its server certificate, and client certificates required under the
+/// relay CA.
+pub fn server_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<quinn::ServerConfig, TlsError> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(cert_pem, "the server certificate")?, key(key_pem, "the server key")?)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// Whether the peer's (already verified) certificate was issued for `name`.
+pub fn peer_is(conn: &quinn::Connection, name: &str) -> bool {
+    let Some(identity) = conn.peer_identity() else { return false };
+    let Ok(chain) = identity.downcast::<Vec<CertificateDer<'static>>>() else { return false };
+    let Some(leaf) = chain.first() else { return false };
+    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else { return false };
+    let Ok(server_name) = ServerName::try_from(name) else { return false };
+    cert.verify_is_valid_for_subject_name(&server_name).is_ok()
+}
