@@ -167,6 +167,17 @@ impl CloudIdentity {
         })
     }
 
+    /// A secret for QUIC stateless resets that survives restarts: a restarted cloud can
+    /// then tell relays at once that their old connection is gone, instead of leaving them
+    /// to wait for the idle timeout. Derived from the CA key, so nothing new to keep.
+    pub fn stateless_reset_secret(&self) -> [u8; 32] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.ca_key.serialize_der());
+        let tag = ring::hmac::sign(&key, b"outpost quic stateless reset v1");
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&tag.as_ref()[..32]);
+        out
+    }
+
     /// An issuer for certificates under the relay CA.
     pub(crate) fn ca_issuer(&self) -> Result<Issuer<'_, &KeyPair>, IdentityError> {
         Ok(Issuer::new(ca_params(&self.cloud_id)?, &self.ca_key))

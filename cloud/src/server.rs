@@ -48,7 +48,19 @@ pub fn bind_quic(dir: &Path, addr: SocketAddr) -> Result<quinn::Endpoint, CloudR
         std::fs::read_to_string(&p).map_err(|source| IdentityError::Io { path: p.clone(), source })
     };
     let cfg = tls::server_config(&id.ca_cert_pem, &read(id.layout.server_cert())?, &read(id.layout.server_key())?)?;
-    quinn::Endpoint::server(cfg, addr).map_err(|source| CloudRunError::Quic { addr, source })
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &id.stateless_reset_secret());
+    let mut endpoint_cfg = quinn::EndpointConfig::new(std::sync::Arc::new(reset_key));
+    // Connection ids must also validate after a restart, or the new process drops the
+    // relays' packets silently instead of answering with the reset.
+    let secret = id.stateless_reset_secret();
+    let cid_key =
+        u64::from_le_bytes([secret[0], secret[1], secret[2], secret[3], secret[4], secret[5], secret[6], secret[7]]);
+    endpoint_cfg.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    let quic_err = |source| CloudRunError::Quic { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(quic_err)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| quic_err(std::io::Error::other("no async runtime for the QUIC endpoint")))?;
+    quinn::Endpoint::new(endpoint_cfg, Some(cfg), socket, runtime).map_err(quic_err)
 }
 
 /// Runs the cloud until `shutdown`.

@@ -137,11 +137,22 @@ pub struct IdentityConfig {
     pub token_public_key: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UplinkConfig {
     /// The cloud's QUIC address (`HOST:PORT`); empty means no uplink. `--cloud` overrides.
     pub cloud: String,
+    /// First delay before reconnecting, milliseconds; it doubles per failed attempt.
+    pub retry_initial_ms: u64,
+    /// Longest delay between attempts, seconds. Short enough that a satellite window or
+    /// a shared connection of a few minutes is not missed.
+    pub retry_max_secs: u64,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        Self { cloud: String::new(), retry_initial_ms: 1000, retry_max_secs: 30 }
+    }
 }
 
 /// Everything wrong with a configuration, reported together.
@@ -226,6 +237,8 @@ impl RelayConfig {
             ("limits.max_receipts_per_ack", l.max_receipts_per_ack as u64),
             ("storage.max_batch", self.storage.max_batch as u64),
             ("storage.quota_bytes", self.storage.quota_bytes),
+            ("uplink.retry_initial_ms", self.uplink.retry_initial_ms),
+            ("uplink.retry_max_secs", self.uplink.retry_max_secs),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use outpost_shared::TokenVerifier;
 use outpost_shared::bundle::decode_public_key;
+use outpost_shared::uplink::backoff::Backoff;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -119,10 +120,9 @@ pub async fn run(
         tracing::info!("no cloud configured; serving the village only");
         None
     } else {
-        Some(
-            UplinkSettings::from_dir(&dir, &config.uplink.cloud, &config.identity.relay_id)
-                .map_err(RunError::Config)?,
-        )
+        let u = &config.uplink;
+        let backoff = Backoff::with(Duration::from_millis(u.retry_initial_ms), Duration::from_secs(u.retry_max_secs));
+        Some(UplinkSettings::from_dir(&dir, &u.cloud, &config.identity.relay_id, backoff).map_err(RunError::Config)?)
     };
     let core = Core::open(config.clone(), &config.db_path(&dir))?;
     let status = Arc::new(Mutex::new(UplinkStatus::default()));

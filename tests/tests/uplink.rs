@@ -5,6 +5,10 @@ use std::collections::{HashMap, HashSet};
 
 use outpost_tests::client::chat;
 use outpost_tests::{Cloud, Device, free_udp_addr};
+/// Test hubs retry the cloud within 2 s (the default cap of 30 s would only slow the
+/// tests down; the backoff policy itself is tested in the protocol crate).
+const FAST_RETRY: &[(&str, &str)] = &[("OUTPOST_UPLINK__RETRY_MAX_SECS", "2")];
+
 use serde_json::{Value, json};
 
 async fn doctor(cloud: &Cloud, url: &str, rooms: &[&str]) -> anyhow::Result<Device> {
@@ -27,7 +31,7 @@ async fn a_backlog_stored_while_the_cloud_is_down_arrives_exactly_once_in_order(
     let cloud = Cloud::init(&tmp.path().join("cloud"))?;
     let quic = free_udp_addr()?;
     let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &quic)?;
-    let relay = relay_dir.start(&[]).await?;
+    let relay = relay_dir.start(FAST_RETRY).await?;
 
     const PER_SENDER: usize = 1000;
     let mut senders = Vec::new();

@@ -340,6 +340,7 @@ async fn send(
                 Err(e) => return LinkError::Protocol(e.to_string()),
             };
             let sent = state.on_sent(lane, first, last, out.scanned_to, bytes.len() as u64, origin.elapsed());
+            tracing::debug!(peer = %peer.name, batch = id, ?lane, first = first.0, last = last.0, bytes = bytes.len(), window = state.window(), "batch sent");
             debug_assert_eq!(sent, id);
             forwarded.insert(id, out.forwardable);
             let conn = conn.clone();

@@ -60,7 +60,7 @@ fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
 pub fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(10)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(60)) {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
         t.max_idle_timeout(Some(idle));
     }
     // One stream per batch: allow enough concurrent ones for a full window.

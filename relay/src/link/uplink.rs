@@ -25,7 +25,9 @@ use crate::store::Store;
 /// The store's name for a hub's cloud.
 pub const CLOUD_PEER: &str = "cloud";
 /// How long connecting and the handshake may take before the attempt counts as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A QUIC handshake plus our Hello/Welcome is about four round trips: ~5 s on 2G with
+/// some loss; a peer that vanished mid-handshake should not hold the hub much longer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the status page and metrics show about the uplink.
 #[derive(Debug, Clone, Default)]
@@ -42,11 +44,12 @@ pub struct UplinkSettings {
     pub relay_id: String,
     pub client: quinn::ClientConfig,
     pub flow: FlowConfig,
+    pub backoff: Backoff,
 }
 
 impl UplinkSettings {
     /// Reads the identity written by `outpost-relay init` from `dir/identity`.
-    pub fn from_dir(dir: &Path, cloud_addr: &str, relay_id: &str) -> Result<Self, String> {
+    pub fn from_dir(dir: &Path, cloud_addr: &str, relay_id: &str, backoff: Backoff) -> Result<Self, String> {
         let read =
             |f: &str| std::fs::read_to_string(dir.join("identity").join(f)).map_err(|e| format!("identity/{f}: {e}"));
         let client = tls::client_config(&read("ca.crt")?, &read("relay.crt")?, &read("relay.key")?)
@@ -56,6 +59,7 @@ impl UplinkSettings {
             relay_id: relay_id.to_owned(),
             client,
             flow: FlowConfig::default(),
+            backoff,
         })
     }
 }
@@ -73,7 +77,7 @@ pub async fn run(
     status: Arc<Mutex<UplinkStatus>>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new();
+    let mut backoff = settings.backoff.clone();
     let mut endpoint: Option<(bool, quinn::Endpoint)> = None;
     loop {
         let started = tokio::time::Instant::now();

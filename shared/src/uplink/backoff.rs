@@ -12,19 +12,33 @@ pub const CAP: Duration = Duration::from_secs(30);
 /// A connection that lasted this long counts as stable.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Backoff {
     attempt: u32,
+    initial: Duration,
+    cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::with(INITIAL, CAP)
+    }
 }
 
 impl Backoff {
+    /// The standard policy: 1 s doubling to 30 s.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Another first delay and cap (configurable per hub).
+    pub fn with(initial: Duration, cap: Duration) -> Self {
+        Self { attempt: 0, initial, cap: cap.max(initial) }
+    }
+
     /// The delay before the next attempt; `random` is any uniformly random number.
     pub fn next_delay(&mut self, random: u64) -> Duration {
-        let ceiling = INITIAL.saturating_mul(1u32 << self.attempt.min(16)).min(CAP);
+        let ceiling = self.initial.saturating_mul(1u32 << self.attempt.min(16)).min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
         let span = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);

@@ -1,0 +1,178 @@
+//! The uplink under faults: kill -9 of either end during a drain, a cut link, an
+//! emergency during a big drain on a slow link, and a relay enrolled elsewhere.
+//! Links are emulated in userspace (`outpost_tests::linkemu`).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use outpost_tests::client::chat;
+use outpost_tests::corpus::Rng;
+use outpost_tests::linkemu::{LinkEmu, Preset};
+use outpost_tests::{Cloud, Device, free_udp_addr};
+/// Test hubs retry the cloud within 2 s (the default cap of 30 s would only slow the
+/// tests down; the backoff policy itself is tested in the protocol crate).
+const FAST_RETRY: &[(&str, &str)] = &[("OUTPOST_UPLINK__RETRY_MAX_SECS", "2")];
+
+use serde_json::json;
+
+async fn connect(cloud: &Cloud, url: &str, user: &str, role: &str, device: &str) -> anyhow::Result<Device> {
+    let tok = cloud.token(user, role, &["clinic"], "1h")?;
+    let mut d = Device::connect(url).await?;
+    d.hello(&tok, device, None, None).await?;
+    Ok(d)
+}
+
+/// Fills the hub with `senders × per_sender` messages; returns their ids.
+async fn fill(
+    cloud: &Cloud,
+    relay_url: &str,
+    senders: usize,
+    per_sender: usize,
+    body_bytes: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut rng = Rng::new(42);
+    let mut all = Vec::new();
+    for s in 0..senders {
+        let user = format!("worker{s}");
+        let mut d = connect(cloud, relay_url, &user, "worker", &format!("{user}-phone")).await?;
+        let mut ids = Vec::new();
+        for n in 0..per_sender {
+            // Random text: the compressor cannot make the backlog small.
+            let text: String = (0..body_bytes).map(|_| char::from(b'a' + rng.below(26) as u8)).collect();
+            ids.push(d.send_msg(chat("clinic", &format!("{n} {text}"))).await?);
+        }
+        for id in &ids {
+            d.expect_stored(id).await?;
+        }
+        all.extend(ids);
+    }
+    Ok(all)
+}
+
+/// Reads `message` frames until every id in `want` was seen; fails on a duplicate.
+async fn collect_all(d: &mut Device, want: &HashSet<String>) -> anyhow::Result<()> {
+    let mut seen = HashSet::new();
+    while !want.is_subset(&seen) {
+        let f = d.expect("message").await?;
+        let id = f["msg"]["id"].as_str().unwrap_or_default().to_owned();
+        anyhow::ensure!(seen.insert(id.clone()), "message {id} delivered twice");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_relay_and_cloud_during_a_drain_over_edge_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let quic = free_udp_addr()?;
+    let emu = LinkEmu::start(quic.parse()?, Preset::EDGE).await?;
+    let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &quic)?;
+    let via = emu.addr().to_string();
+    let mut relay = relay_dir.start_via(&via, FAST_RETRY).await?;
+    let ids: HashSet<String> = fill(&cloud, &relay.ws_url(), 5, 1000, 16).await?.into_iter().collect();
+
+    let mut cloud_proc = cloud.start(&quic).await?;
+    // Faults at fixed points in time while the ~5,000-message drain is under way (EDGE:
+    // a reconnect takes some 3 s, so faults come every 3 s).
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        relay.kill9().await?;
+        relay = relay_dir.start_via(&via, FAST_RETRY).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cloud_proc.kill9().await?;
+        cloud_proc = cloud.start(&quic).await?;
+        eprintln!("fault round {round} done; cloud log lines: {}", cloud.log().lines().count());
+    }
+    let mut dr = connect(&cloud, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    if let Err(e) = collect_all(&mut dr, &ids).await {
+        eprintln!("--- cloud log\n{}\n--- relay log\n{}", cloud.log(), relay_dir.log());
+        return Err(e);
+    }
+    dr.no_frame_of("message", Duration::from_millis(500)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_edge_link_resumes_and_delivers_everything_once() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let cloud_proc = cloud.start("127.0.0.1:0").await?;
+    let emu = LinkEmu::start(cloud_proc.quic_addr().parse()?, Preset::EDGE).await?;
+    let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &cloud_proc.quic_addr())?;
+    let relay = relay_dir.start_via(&emu.addr().to_string(), FAST_RETRY).await?;
+    let mut dr = connect(&cloud, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    let ids: HashSet<String> = fill(&cloud, &relay.ws_url(), 3, 1000, 16).await?.into_iter().collect();
+    // Let the drain start, then cut the link for a few seconds mid-way.
+    dr.expect("message").await?;
+    emu.cut();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    emu.restore();
+    let mut again = connect(&cloud, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop-2").await?;
+    collect_all(&mut again, &ids).await?;
+    again.no_frame_of("message", Duration::from_millis(500)).await?;
+    assert!(emu.up.dropped.load(std::sync::atomic::Ordering::Relaxed) > 0, "the cut dropped traffic");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emergency_overtakes_a_large_drain_over_3g() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let quic = free_udp_addr()?;
+    let emu = LinkEmu::start(quic.parse()?, Preset::THREE_G).await?;
+    let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &quic)?;
+    let relay = relay_dir.start_via(&emu.addr().to_string(), FAST_RETRY).await?;
+    // About 1.2 MB of incompressible backlog: some 12 s of 3G uplink.
+    let backlog: HashSet<String> = fill(&cloud, &relay.ws_url(), 2, 1000, 600).await?.into_iter().collect();
+    let mut sender = connect(&cloud, &relay.ws_url(), "amina", "worker", "amina-phone").await?;
+
+    let cloud_proc = cloud.start(&quic).await?;
+    let mut dr = connect(&cloud, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    // The drain is under way once the first backlog message arrives.
+    dr.expect("message").await?;
+    let mut alert = chat("clinic", "postpartum haemorrhage, house 12");
+    alert["priority"] = json!("emergency");
+    alert["kind"] = json!("alert");
+    let sent_at = tokio::time::Instant::now();
+    let id = sender.send_msg(alert).await?;
+    let mut before = 1usize;
+    loop {
+        let f = dr.expect("message").await?;
+        if f["msg"]["id"] == id.as_str() {
+            break;
+        }
+        before += 1;
+    }
+    let latency = sent_at.elapsed();
+    eprintln!("emergency reached the cloud in {latency:?}, after {before} of {} backlog messages", backlog.len());
+    assert!(
+        before < backlog.len(),
+        "the emergency arrived before the backlog finished ({before} of {})",
+        backlog.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_enrolled_by_another_cloud_is_refused() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let ours = Cloud::init(&tmp.path().join("ours"))?;
+    let theirs = Cloud::init(&tmp.path().join("theirs"))?;
+    let cloud_proc = ours.start("127.0.0.1:0").await?;
+    let intruder = theirs.provision_relay_at("village-7", &tmp.path().join("relay"), &cloud_proc.quic_addr())?;
+    // Even trusting our CA (so only our check can stop it), its certificate is foreign.
+    std::fs::copy(ours.dir.join("keys/relay-ca.crt"), intruder.dir.join("identity/ca.crt"))?;
+    let relay = intruder.start(FAST_RETRY).await?;
+    let mut w = connect(&theirs, &relay.ws_url(), "mallory", "worker", "m-phone").await?;
+    w.send_stored(chat("clinic", "let me in")).await?;
+    let mut dr = connect(&ours, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    // Wait for the relay to have tried (and failed) at least twice.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while intruder.log().matches("uplink down").count() < 2 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the relay never tried: {}", intruder.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    dr.no_frame_of("message", Duration::from_millis(300)).await?;
+    assert!(!ours.log().contains("relay connected"), "{}", ours.log());
+    Ok(())
+}
