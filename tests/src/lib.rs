@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod corpus;
+pub mod http;
 pub mod linkemu;
 pub mod proc;
 

@@ -133,3 +133,55 @@ async fn a_doctors_reply_reaches_the_worker_live_and_after_reconnecting() -> any
     assert_eq!(back["msg"]["id"], r2["id"]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hospital_systems_post_and_read_through_the_http_api() -> anyhow::Result<()> {
+    use outpost_tests::http::request;
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let cloud_proc = cloud.start("127.0.0.1:0").await?;
+    let relay = cloud
+        .provision_relay_at("village-7", &tmp.path().join("relay"), &cloud_proc.quic_addr())?
+        .start(FAST_RETRY)
+        .await?;
+    let mut amina = worker(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
+    let base = cloud_proc.http_base();
+    let his = cloud.token("his", "doctor", &["clinic"], "1h")?;
+
+    // A village message is readable over HTTP once it reached the cloud (a doctor's
+    // device on the cloud tells us when).
+    let mut dr = doctor(&cloud, &cloud_proc.ws_url(), &["clinic"]).await?;
+    let m = amina.send_stored(chat("clinic", "lab results please")).await?;
+    dr.expect("message").await?;
+    let path = "/api/rooms/clinic/messages?after=0";
+    let (status, page) = request(&base, "GET", path, Some(&his), None).await?;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page["messages"][0]["msg"]["id"], m["id"]);
+    let next = page["next"].clone();
+
+    // A posted message reaches the worker on the hub; a re-post is deduplicated.
+    let id = outpost_tests::new_id();
+    let post = json!({"id": id, "kind": "report", "body": {"hb": 11.2}, "reply_to": m["id"]});
+    let (status, created) = request(&base, "POST", "/api/rooms/clinic/messages", Some(&his), Some(&post)).await?;
+    assert_eq!(status, 201, "{created}");
+    let (status, again) = request(&base, "POST", "/api/rooms/clinic/messages", Some(&his), Some(&post)).await?;
+    assert_eq!((status, &again["duplicate"], &again["cursor"]), (200, &json!(true), &created["cursor"]));
+    let got = amina.expect("message").await?;
+    assert_eq!(got["msg"]["id"], id.as_str());
+    assert_eq!(got["msg"]["body"]["hb"], 11.2);
+    let (_, after) =
+        request(&base, "GET", &format!("/api/rooms/clinic/messages?after={next}"), Some(&his), None).await?;
+    assert_eq!(after["messages"].as_array().map(Vec::len), Some(1));
+
+    // Refusals carry the protocol's codes.
+    let (status, e) = request(&base, "GET", path, None, None).await?;
+    assert_eq!((status, e["code"].as_str()), (401, Some("unauthenticated")));
+    let other = cloud.token("his", "doctor", &["maternity"], "1h")?;
+    let (status, e) = request(&base, "GET", path, Some(&other), None).await?;
+    assert_eq!((status, e["code"].as_str()), (403, Some("forbidden")));
+    let (status, e) =
+        request(&base, "POST", "/api/rooms/clinic/messages", Some(&his), Some(&json!({"nobody": 1}))).await?;
+    assert_eq!((status, e["code"].as_str()), (400, Some("bad_frame")));
+    Ok(())
+}
