@@ -38,6 +38,8 @@ const EMERGENCY_PAGE: usize = 64;
 const NORMAL_PAGE: usize = 1024;
 /// Batches read from the peer but not yet imported, before the receiver stops reading.
 const RECEIVE_AHEAD: usize = 32;
+/// Normal batches smaller than this wait up to `FlowConfig::linger` for more entries.
+const LINGER_BELOW: usize = 64;
 /// Stream priorities (quinn sends higher first).
 const PRIORITY_EMERGENCY: i32 = 100;
 const PRIORITY_NORMAL: i32 = 0;
@@ -286,6 +288,7 @@ async fn send(
     let mut writers: JoinSet<Result<(), LinkError>> = JoinSet::new();
     let mut announced: HashSet<RoomId> = HashSet::new();
     let dictionary = dict::get(dict::CURRENT).map(|d| (dict::CURRENT, d));
+    let mut linger_until: Option<tokio::time::Instant> = None;
     loop {
         // Acks first: they open the window and move the high-water mark.
         while let Ok(id) = acks.try_recv() {
@@ -328,6 +331,18 @@ async fn send(
                 state.on_scanned(lane, out.scanned_to);
                 continue;
             }
+            // Linger: a small normal batch of fresh entries waits briefly for company,
+            // so a trickle of messages does not cost a stream, a header and an ack each.
+            if lane == Lane::Normal && out.entries.len() < LINGER_BELOW {
+                let age = Duration::from_millis(now_ms().saturating_sub(out.entries[0].at()));
+                let linger = state.config().linger;
+                if age < linger {
+                    let until = tokio::time::Instant::now() + (linger - age);
+                    linger_until = Some(linger_until.map_or(until, |u| u.min(until)));
+                    continue;
+                }
+            }
+            linger_until = None;
             let id = state.peek_batch_id();
             let hwm = state.hwm();
             let entries = out.entries;
@@ -368,7 +383,9 @@ async fn send(
                     return e;
                 }
             }
+            // New entries may fill a lingering batch or be an emergency: look again.
             changed = head.changed() => if changed.is_err() { return LinkError::Shutdown },
+            () = sleep_until_opt(linger_until) => {}
             // A peer that never acks still lets rooms and lanes be re-examined now and then.
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
@@ -387,5 +404,13 @@ async fn on_ack(
     let fwd = forwarded.remove(&id).unwrap_or_default();
     if known || !fwd.is_empty() {
         store.peer_acked(&peer.name, state.hwm(), fwd, now_ms()).await;
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }

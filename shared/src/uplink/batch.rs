@@ -102,6 +102,14 @@ impl Entry {
             Entry::Receipt(r) => r.cursor,
         }
     }
+
+    /// When the entry was made (server time, ms since the Unix epoch).
+    pub fn at(&self) -> u64 {
+        match self {
+            Entry::Message(m) => m.at,
+            Entry::Receipt(r) => r.at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
