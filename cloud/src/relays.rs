@@ -11,8 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_relay::link::{self, LinkError, Peer, read_control, tls, write_control};
-use outpost_relay::store::Store;
+use outpost_relay::link::{self, LinkError, LinkStore, Peer, read_control, tls, write_control};
 use outpost_shared::RelayId;
 use outpost_shared::uplink::control::{Control, LINK_VERSION};
 use outpost_shared::uplink::flow::FlowConfig;
@@ -28,7 +27,7 @@ static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Accepts relay connections until `shutdown`.
-pub async fn accept(endpoint: quinn::Endpoint, store: Store, cloud_id: String, shutdown: CancellationToken) {
+pub async fn accept<S: LinkStore>(endpoint: quinn::Endpoint, store: S, cloud_id: String, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let live: Live = Arc::default();
     loop {
@@ -52,9 +51,9 @@ pub async fn accept(endpoint: quinn::Endpoint, store: Store, cloud_id: String, s
     endpoint.wait_idle().await;
 }
 
-async fn serve(
+async fn serve<S: LinkStore>(
     incoming: quinn::Incoming,
-    store: Store,
+    store: S,
     cloud_id: String,
     live: Live,
     stop: CancellationToken,
@@ -99,11 +98,8 @@ async fn serve(
         old.cancel();
     }
     let state = store.peer_hello(&relay, &epoch, rooms).await?;
-    write_control(
-        &mut send,
-        &Control::Welcome { cloud: cloud_id, epoch: store.epoch().0.clone(), hwm: state.recv_hwm },
-    )
-    .await?;
+    write_control(&mut send, &Control::Welcome { cloud: cloud_id, epoch: store.epoch().0, hwm: state.recv_hwm })
+        .await?;
     tracing::info!(%relay, resume_after = state.sent_hwm.0, rooms = state.rooms.len(), "relay connected");
     let peer = Peer {
         name: relay.clone(),

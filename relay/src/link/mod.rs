@@ -9,8 +9,11 @@
 //! ends the whole link; the hub's dialer reconnects with backoff and both sides resume
 //! from their durable high-water marks.
 
+pub mod seam;
 pub mod tls;
 pub mod uplink;
+
+pub use seam::LinkStore;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -26,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::now_ms;
-use crate::store::{Forwarded, OutboundQuery, Store, StoreError};
+use crate::store::{Forwarded, OutboundQuery, StoreError};
 
 /// Largest batch accepted from a peer, compressed (bounded read of a stream).
 pub const MAX_BATCH_WIRE: usize = 4 << 20;
@@ -90,11 +93,11 @@ pub async fn write_control(send: &mut quinn::SendStream, c: &Control) -> Result<
 }
 
 /// Runs an established link until it fails or `shutdown` fires.
-pub async fn run(
+pub async fn run<S: LinkStore>(
     conn: quinn::Connection,
     mut ctrl_send: quinn::SendStream,
     mut ctrl_recv: quinn::RecvStream,
-    store: Store,
+    store: S,
     peer: Peer,
     flow: FlowConfig,
     shutdown: CancellationToken,
@@ -158,7 +161,12 @@ pub async fn run(
 
 /// The cloud learns rooms a hub serves (from its announcements and its messages); new
 /// ones restart our sender from the beginning so older entries in them go down too.
-async fn add_rooms(store: &Store, peer: &Peer, rooms: Vec<RoomId>, reset: &mpsc::Sender<()>) -> Result<(), LinkError> {
+async fn add_rooms<S: LinkStore>(
+    store: &S,
+    peer: &Peer,
+    rooms: Vec<RoomId>,
+    reset: &mpsc::Sender<()>,
+) -> Result<(), LinkError> {
     let Some(filter) = &peer.rooms else { return Ok(()) };
     let fresh: Vec<RoomId> = match filter.lock() {
         Ok(f) => rooms.into_iter().filter(|r| !f.contains(r)).collect(),
@@ -178,9 +186,9 @@ async fn add_rooms(store: &Store, peer: &Peer, rooms: Vec<RoomId>, reset: &mpsc:
 
 /// Accepts the peer's batch streams; imports emergencies at once and the rest in the
 /// order the peer opened them (so each sender's messages keep their order here).
-async fn receive(
+async fn receive<S: LinkStore>(
     conn: quinn::Connection,
-    store: Store,
+    store: S,
     peer: Peer,
     ctl: mpsc::Sender<Control>,
     reset: mpsc::Sender<()>,
@@ -247,8 +255,8 @@ async fn receive(
     }
 }
 
-async fn apply(
-    store: &Store,
+async fn apply<S: LinkStore>(
+    store: &S,
     peer: &Peer,
     ctl: &mpsc::Sender<Control>,
     reset: &mpsc::Sender<()>,
@@ -272,9 +280,9 @@ async fn apply(
 }
 
 /// Pages our log out to the peer within the flow window; records acks.
-async fn send(
+async fn send<S: LinkStore>(
     conn: quinn::Connection,
-    store: Store,
+    store: S,
     peer: Peer,
     flow: FlowConfig,
     ctl: mpsc::Sender<Control>,
@@ -392,8 +400,8 @@ async fn send(
     }
 }
 
-async fn on_ack(
-    store: &Store,
+async fn on_ack<S: LinkStore>(
+    store: &S,
     peer: &Peer,
     state: &mut SendState,
     forwarded: &mut HashMap<u64, Vec<Forwarded>>,
