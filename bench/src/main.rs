@@ -1,1 +1,226 @@
-fn main() {}
+//! `outpost-bench`: the hub's benchmark harness.
+//!
+//! It starts real `outpost-relay` processes through the end-to-end harness, drives them
+//! with many WebSocket devices from this process, measures durable ingest, ack and
+//! delivery latency at a steady rate, and memory per idle socket, and measures in the same
+//! run what the disk underneath can do (raw SQLite group commit, fsync latency), so every
+//! result comes with the baseline it should be read against. The report is Markdown on
+//! stdout (and in `--write FILE`); progress goes to stderr.
+//!
+//! Build and run (the harness finds `outpost-relay` and `outpost-cloud` next to this
+//! binary):
+//!
+//! ```text
+//! cargo build --profile bench-fast --bins -p outpost-relay -p outpost-cloud -p outpost-bench
+//! target/bench-fast/outpost-bench --quick
+//! ```
+//!
+//! This is a measuring tool, not a test: nothing here asserts on timings.
+
+mod baseline;
+mod hub;
+mod load;
+mod phases;
+mod procfs;
+mod report;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+
+use crate::hub::{Topology, World};
+use crate::load::Drive;
+use crate::phases::Timing;
+
+/// Benchmarks an Outpost hub: durable ingest, latency at a steady rate, memory per idle
+/// socket, against same-run raw SQLite and fsync baselines.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "outpost-bench", version)]
+pub struct Args {
+    /// A smoke run: one repetition of a few seconds per metric.
+    #[arg(long)]
+    pub quick: bool,
+    /// Repetitions of every measurement (default 5, or 1 with --quick).
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// WebSocket devices driving the load.
+    #[arg(long, default_value_t = 500)]
+    pub clients: usize,
+    /// Devices per room. Every device sends into its own room, so each message is
+    /// delivered live to the room's other members: room size − 1 deliveries per message.
+    #[arg(long, default_value_t = 2)]
+    pub room_size: usize,
+    /// Every device alone in its room: no live fan-out at all (same as --room-size 1).
+    #[arg(long)]
+    pub no_fanout: bool,
+    /// Also run the ingest and steady phases with this room size, for comparison.
+    #[arg(long)]
+    pub compare_room_size: Option<usize>,
+    /// Sends awaiting `stored` per device in the ingest phase.
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+    /// Total messages/s of the steady (open-loop) phase.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub rate: f64,
+    /// Of those, emergencies per second (their latency is reported separately).
+    #[arg(long, default_value_t = 20.0)]
+    pub emergency_rate: f64,
+    /// Idle sockets for the memory measurement (default: --clients).
+    #[arg(long)]
+    pub idle_sockets: Option<usize>,
+    /// Seconds measured per load phase (default 10, or 3 with --quick).
+    #[arg(long)]
+    pub measure_secs: Option<f64>,
+    /// Seconds of load before measuring starts (default 3, or 1 with --quick).
+    #[arg(long)]
+    pub warmup_secs: Option<f64>,
+    /// Rows per commit for the raw SQLite baseline.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,512,4096")]
+    pub groups: Vec<usize>,
+    /// Which measurements to run.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "baseline,ingest,steady,memory")]
+    pub phases: Vec<Phase>,
+    /// Where relays and baseline databases live (default: a new temp dir). Put it on the
+    /// disk you want measured.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Also write the report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
+}
+
+/// The measurements, each selectable on its own (handy while investigating one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Raw SQLite group commit and fsync latency.
+    Baseline,
+    /// Closed-loop durable ingest.
+    Ingest,
+    /// Open-loop steady rate: ack, delivery and emergency latency.
+    Steady,
+    /// Relay RSS with idle sockets.
+    Memory,
+}
+
+impl Args {
+    fn runs(&self, p: Phase) -> bool {
+        self.phases.contains(&p)
+    }
+
+    fn timing(&self) -> Timing {
+        let secs = |v: Option<f64>, full: f64, quick: f64| {
+            Duration::from_secs_f64(v.unwrap_or(if self.quick { quick } else { full }))
+        };
+        Timing {
+            warmup: secs(self.warmup_secs, 3.0, 1.0),
+            measure: secs(self.measure_secs, 10.0, 3.0),
+            drain: secs(None, 2.0, 1.0),
+            baseline_per_group: secs(None, 3.0, 1.0),
+            fsync_count: if self.quick { 200 } else { 1000 },
+            idle_settle: secs(None, 3.0, 1.0),
+        }
+    }
+
+    pub fn reps(&self) -> usize {
+        self.reps.unwrap_or(if self.quick { 1 } else { 5 }).max(1)
+    }
+
+    pub fn room_size(&self) -> usize {
+        if self.no_fanout { 1 } else { self.room_size.max(1) }
+    }
+
+    pub fn idle_sockets(&self) -> usize {
+        self.idle_sockets.unwrap_or(self.clients)
+    }
+}
+
+/// Milliseconds since the Unix epoch (wall clock, as stored in the hub's rows).
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.clients == 0 || args.rate <= 0.0 || args.window == 0 || args.groups.is_empty() {
+        bail!("--clients, --rate, --window and --groups must be positive");
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let timing = args.timing();
+    let root = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            tempfile::tempdir_in(d)?
+        }
+        None => tempfile::tempdir()?,
+    };
+    let tmp = root.path().to_path_buf();
+    let machine = procfs::MachineInfo::collect(&tmp);
+    load::base();
+
+    let topology = Topology { clients: args.clients, room_size: args.room_size() };
+    let tokens_needed = args.clients.max(args.idle_sockets());
+    eprintln!("issuing {tokens_needed} device tokens…");
+    let mut world = World::create(&tmp.join("main"), topology, tokens_needed)
+        .context("setting up the cloud identity and tokens")?;
+    let mut compare = match args.compare_room_size {
+        Some(k) => {
+            let topo = Topology { clients: args.clients, room_size: k.max(1) };
+            eprintln!("issuing {} tokens for the room-size-{k} comparison…", args.clients);
+            Some(World::create(&tmp.join("compare"), topo, args.clients)?)
+        }
+        None => None,
+    };
+
+    let ingest = Drive::Closed { window: args.window };
+    let steady = Drive::Open { rate: args.rate, emergency_rate: args.emergency_rate };
+    let started = tokio::time::Instant::now();
+    let mut reps = Vec::new();
+    for r in 0..args.reps() {
+        eprintln!("repetition {} of {}", r + 1, args.reps());
+        let (fsync, groups) = if args.runs(Phase::Baseline) {
+            let (f, g) = phases::baselines(&tmp, &args.groups, &timing).await?;
+            (Some(f), g)
+        } else {
+            (None, Vec::new())
+        };
+        let ingest_r = if args.runs(Phase::Ingest) {
+            Some(phases::load_phase(&mut world, ingest, &timing, "ingest").await?)
+        } else {
+            None
+        };
+        let steady_r = if args.runs(Phase::Steady) {
+            Some(phases::load_phase(&mut world, steady, &timing, "steady").await?)
+        } else {
+            None
+        };
+        let memory = if args.runs(Phase::Memory) {
+            Some(phases::memory_phase(&mut world, args.idle_sockets(), &timing).await?)
+        } else {
+            None
+        };
+        let compare_r = match compare.as_mut() {
+            Some(w) => Some((
+                phases::load_phase(w, ingest, &timing, "ingest (comparison rooms)").await?,
+                phases::load_phase(w, steady, &timing, "steady (comparison rooms)").await?,
+            )),
+            None => None,
+        };
+        reps.push(phases::Rep { fsync, groups, ingest: ingest_r, steady: steady_r, memory, compare: compare_r });
+    }
+    let report = report::Report { args: &args, command, machine, timing, topology, reps, elapsed: started.elapsed() };
+    let text = report.markdown();
+    print!("{text}");
+    if let Some(path) = &args.write {
+        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    drop(root);
+    Ok(())
+}
