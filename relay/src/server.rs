@@ -14,6 +14,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use outpost_shared::TokenVerifier;
 use outpost_shared::bundle::decode_public_key;
 use outpost_shared::uplink::backoff::Backoff;
@@ -95,6 +96,13 @@ impl Core {
         app: axum::Router,
         shutdown: CancellationToken,
     ) -> Result<(), RunError> {
+        // Frames are small and latency matters (an ack is one short frame): without
+        // TCP_NODELAY a `stored` waits for the phone's delayed ACK (Nagle), tens of ms.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown.cancelled_owned());
         let result = serve.await;

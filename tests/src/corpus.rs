@@ -20,7 +20,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed.max(1))
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -29,7 +29,7 @@ impl Rng {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
@@ -81,8 +81,8 @@ impl Corpus {
     fn uuid7(&mut self) -> MessageId {
         let mut b = [0u8; 16];
         b[..6].copy_from_slice(&self.now_ms.to_be_bytes()[2..]);
-        let r1 = self.rng.next().to_be_bytes();
-        let r2 = self.rng.next().to_be_bytes();
+        let r1 = self.rng.next_u64().to_be_bytes();
+        let r2 = self.rng.next_u64().to_be_bytes();
         b[6..12].copy_from_slice(&r1[..6]);
         b[12..].copy_from_slice(&r2[..4]);
         b[6] = (b[6] & 0x0f) | 0x70;

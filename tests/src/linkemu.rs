@@ -222,11 +222,10 @@ impl Shaper {
         if start.duration_since(now) > self.p.queue {
             return None;
         }
-        let tx = if self.p.rate_bps == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos((n as u64 * 8).saturating_mul(1_000_000_000) / self.p.rate_bps)
-        };
+        let tx = (n as u64 * 8)
+            .saturating_mul(1_000_000_000)
+            .checked_div(self.p.rate_bps)
+            .map_or(Duration::ZERO, Duration::from_nanos);
         self.link_free_at = start + tx;
         // A lost packet still used the link.
         if self.p.loss > 0.0 && (self.rng.below(1_000_000) as f64) < self.p.loss * 1_000_000.0 {

@@ -95,6 +95,9 @@ pub(super) fn now_ms() -> u64 {
 }
 
 impl Writer {
+    // Everything the writer owns is handed over once at start-up; a struct for these
+    // arguments would only repeat the field list.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         conn: Connection,
         rx: mpsc::Receiver<Command>,
