@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Starts a working Outpost hub on this machine with embedded defaults: a local cloud
-# identity (keys, relay CA), an enrolled and provisioned relay, and demo tokens printed
-# for three users. State lives in ./demo-data (delete it to start over).
-#   PORT=8080 DEMO_DIR=./demo-data scripts/demo.sh
+# Starts a working Outpost on this machine with embedded defaults: a local cloud (keys,
+# relay CA, its QUIC endpoint for relays and WebSocket endpoint for doctors), an enrolled
+# and provisioned hub connected to it, and demo tokens printed for three users. State
+# lives in ./demo-data (delete it to start over).
+#   PORT=8080 CLOUD_PORT=8443 QUIC_PORT=4433 DEMO_DIR=./demo-data scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT="${PORT:-8080}"
+CLOUD_PORT="${CLOUD_PORT:-8443}"
+QUIC_PORT="${QUIC_PORT:-4433}"
 DEMO_DIR="${DEMO_DIR:-$PWD/demo-data}"
 
 cargo build --bins -q
@@ -16,7 +19,7 @@ if [ ! -f "$DEMO_DIR/cloud/cloud.toml" ]; then
 fi
 if [ ! -f "$DEMO_DIR/relay/relay.toml" ]; then
   "$BIN/outpost-cloud" enroll-relay --dir "$DEMO_DIR/cloud" --relay demo-hub \
-    --cloud-addr 127.0.0.1:4433 --out "$DEMO_DIR/demo-hub.bundle.json"
+    --cloud-addr "127.0.0.1:$QUIC_PORT" --out "$DEMO_DIR/demo-hub.bundle.json"
   "$BIN/outpost-relay" init --dir "$DEMO_DIR/relay" --bundle "$DEMO_DIR/demo-hub.bundle.json"
   rm -f "$DEMO_DIR/demo-hub.bundle.json"  # it holds the relay's private key
 fi
@@ -28,20 +31,26 @@ NEEMA=$(token --user dr-neema --role doctor --room clinic)
 
 cat <<MSG
 
-Outpost demo hub
-  WebSocket endpoint: ws://127.0.0.1:$PORT/ws   (protocol: docs/protocol.md)
-  State directory:    $DEMO_DIR
+Outpost demo
+  Hub (health workers):  ws://127.0.0.1:$PORT/ws   (protocol: docs/protocol.md)
+  Cloud (doctors):       ws://127.0.0.1:$CLOUD_PORT/ws, HTTP API http://127.0.0.1:$CLOUD_PORT/api/
+  Hub -> cloud uplink:   QUIC 127.0.0.1:$QUIC_PORT   (docs/uplink.md)
+  State directory:       $DEMO_DIR
 
 Demo tokens (valid 7 days):
   amina    (worker, rooms clinic+village): $AMINA
   baraka   (worker, rooms clinic+village): $BARAKA
-  dr-neema (doctor, room clinic):          $NEEMA
+  dr-neema (doctor, room clinic; connect to the cloud): $NEEMA
 
 Try it with any WebSocket client, e.g. websocat:
   websocat ws://127.0.0.1:$PORT/ws
   {"v":1,"type":"hello","token":"<amina's token>","device":"amina-phone","cursor":null,"epoch":null}
   {"v":1,"type":"send","msg":{"id":"$(cat /proc/sys/kernel/random/uuid)","room":"clinic","kind":"chat","priority":"normal","body":{"text":"hello"},"seq":1}}
 
-Stop with Ctrl-C (graceful: sessions closed, store flushed).
+Stop with Ctrl-C (graceful: sessions closed, stores flushed).
 MSG
-exec "$BIN/outpost-relay" run --dir "$DEMO_DIR/relay" --ws "127.0.0.1:$PORT"
+"$BIN/outpost-cloud" run --dir "$DEMO_DIR/cloud" --ws "127.0.0.1:$CLOUD_PORT" --quic "127.0.0.1:$QUIC_PORT" \
+  2> "$DEMO_DIR/cloud.log" &
+CLOUD_PID=$!
+trap 'kill -TERM $CLOUD_PID 2>/dev/null; wait $CLOUD_PID 2>/dev/null' EXIT
+"$BIN/outpost-relay" run --dir "$DEMO_DIR/relay" --ws "127.0.0.1:$PORT" --cloud "127.0.0.1:$QUIC_PORT"
