@@ -88,11 +88,7 @@ fn main() -> ExitCode {
 const EXIT_CONFIG: u8 = 64;
 
 fn serve(dir: PathBuf, ws: String, quic: String) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    outpost_relay::cli::init_tracing();
     let quic_addr: std::net::SocketAddr = match quic.parse() {
         Ok(a) => a,
         Err(_) => {
@@ -128,7 +124,7 @@ fn serve(dir: PathBuf, ws: String, quic: String) -> ExitCode {
             (Err(e), _) | (_, Err(e)) => eprintln!("outpost-cloud: {e}"),
         }
         let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(outpost_relay::cli::wait_for_signal(shutdown.clone()));
         match outpost_cloud::server::run(&dir, listener, endpoint, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -137,20 +133,6 @@ fn serve(dir: PathBuf, ws: String, quic: String) -> ExitCode {
             }
         }
     })
-}
-
-/// SIGTERM and SIGINT both start a graceful shutdown.
-async fn wait_for_signal(shutdown: tokio_util::sync::CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the cloud with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
 }
 
 /// The one-shot commands (everything but `run`).

@@ -45,11 +45,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    outpost_relay::cli::init_tracing();
     match cli.cmd {
         Cmd::Init { dir, bundle } => match outpost_relay::init::init(&dir, &bundle) {
             Ok(relay) => {
@@ -101,7 +97,7 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode 
             Err(e) => eprintln!("outpost-relay: {e}"),
         }
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(outpost_relay::cli::wait_for_signal(shutdown.clone()));
         match run(config, dir, Listeners { ws: listener }, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -110,18 +106,4 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode 
             }
         }
     })
-}
-
-/// SIGTERM (systemd) and SIGINT (Ctrl-C) both start a graceful shutdown.
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the hub with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
 }

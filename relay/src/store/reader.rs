@@ -267,20 +267,7 @@ impl Readers {
                         if r.get::<_, bool>(15)? {
                             forwardable.push(Forwarded { id: m.id, sender: m.from.clone(), room: m.room.clone() });
                         }
-                        Entry::Message(WireMessage {
-                            cursor: p.cursor,
-                            id: m.id,
-                            room: m.room,
-                            kind: m.kind,
-                            priority: m.priority,
-                            body: m.body.as_str().to_owned(),
-                            seq: m.seq,
-                            reply_to: m.reply_to,
-                            from: m.from,
-                            device: m.device,
-                            hlc: m.hlc,
-                            at: m.at,
-                        })
+                        Entry::Message(WireMessage::from_stored(p.cursor, m))
                     } else {
                         let id: Vec<u8> = r.get(2)?;
                         Entry::Receipt(WireReceipt {

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frames::ReceiptState;
+use crate::frames::{Body, MessageBody, ReceiptState};
 use crate::hlc::Hlc;
 use crate::ids::{Cursor, DeviceId, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
 
@@ -73,6 +73,43 @@ pub struct WireMessage {
     pub device: DeviceId,
     pub hlc: Hlc,
     pub at: u64,
+}
+
+impl WireMessage {
+    /// A stored message at `cursor`, for sending.
+    pub fn from_stored(cursor: Cursor, m: MessageBody) -> Self {
+        Self {
+            cursor,
+            id: m.id,
+            room: m.room,
+            kind: m.kind,
+            priority: m.priority,
+            body: m.body.as_str().to_owned(),
+            seq: m.seq,
+            reply_to: m.reply_to,
+            from: m.from,
+            device: m.device,
+            hlc: m.hlc,
+            at: m.at,
+        }
+    }
+
+    /// The message as a receiver stores it; fails if the body is not JSON.
+    pub fn into_stored(self) -> Result<MessageBody, serde_json::Error> {
+        Ok(MessageBody {
+            id: self.id,
+            room: self.room,
+            kind: self.kind,
+            priority: self.priority,
+            body: Body::from_json(&self.body)?,
+            seq: self.seq,
+            reply_to: self.reply_to,
+            from: self.from,
+            device: self.device,
+            hlc: self.hlc,
+            at: self.at,
+        })
+    }
 }
 
 /// A custody receipt as it travels between hub and cloud.
@@ -312,9 +349,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn inflation_past_the_limit_is_refused() {
-        let big = Entry::Receipt(WireReceipt {
+    fn read_receipt() -> Entry {
+        Entry::Receipt(WireReceipt {
             cursor: Cursor(1),
             id: MessageId::from_bytes([0; 16]),
             state: ReceiptState::Read,
@@ -322,23 +358,18 @@ mod tests {
             target: UserId::new("a").unwrap_or_else(|e| panic!("{e}")),
             room: RoomId::new("r").unwrap_or_else(|e| panic!("{e}")),
             at: 0,
-        });
-        let bytes = encode(1, Lane::Normal, Cursor(0), &[big], None).unwrap_or_default();
+        })
+    }
+
+    #[test]
+    fn inflation_past_the_limit_is_refused() {
+        let bytes = encode(1, Lane::Normal, Cursor(0), &[read_receipt()], None).unwrap_or_default();
         assert!(matches!(decode(&bytes, 4), Err(BatchError::TooLarge { .. })));
     }
 
     #[test]
     fn a_lying_count_is_refused() {
-        let e = Entry::Receipt(WireReceipt {
-            cursor: Cursor(1),
-            id: MessageId::from_bytes([0; 16]),
-            state: ReceiptState::Read,
-            by: None,
-            target: UserId::new("a").unwrap_or_else(|e| panic!("{e}")),
-            room: RoomId::new("r").unwrap_or_else(|e| panic!("{e}")),
-            at: 0,
-        });
-        let mut bytes = encode(1, Lane::Normal, Cursor(0), &[e], None).unwrap_or_default();
+        let mut bytes = encode(1, Lane::Normal, Cursor(0), &[read_receipt()], None).unwrap_or_default();
         let (mut h, payload) = decode_header(&bytes).map(|(h, p)| (h, p.to_vec())).unwrap_or_else(|e| panic!("{e}"));
         h.count = 5;
         let hb = postcard::to_stdvec(&h).unwrap_or_default();

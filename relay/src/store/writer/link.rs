@@ -2,9 +2,9 @@
 //! recording what a peer acknowledged (and telling senders `forwarded`), and the
 //! handshake bookkeeping (epochs, rooms).
 
-use outpost_shared::frames::{MessageBody, ReceiptState};
+use outpost_shared::frames::ReceiptState;
 use outpost_shared::uplink::batch::{Entry, WireMessage, WireReceipt};
-use outpost_shared::{Body, Cursor, RoomId};
+use outpost_shared::{Cursor, RoomId};
 use rusqlite::{OptionalExtension, params};
 
 use super::{Writer, to_sql};
@@ -49,27 +49,15 @@ impl Writer {
         if self.message_cursor(m.id)?.is_some() {
             return Ok(false);
         }
-        let Ok(body) = Body::from_json(&m.body) else {
+        let (id, hlc) = (m.id, m.hlc);
+        let Ok(msg) = m.into_stored() else {
             // Peers are authenticated, so this is a bug on the other side; refusing the
             // batch would retry it forever, so the entry is skipped and reported.
-            tracing::error!(peer, id = %m.id, "a peer sent a message whose body is not JSON; skipped");
+            tracing::error!(peer, %id, "a peer sent a message whose body is not JSON; skipped");
             return Ok(false);
         };
         // Keep the sender's stamp and move our clock past it: replies made here sort after.
-        self.clock.observe(m.hlc, super::now_ms());
-        let msg = MessageBody {
-            id: m.id,
-            room: m.room,
-            kind: m.kind,
-            priority: m.priority,
-            body,
-            seq: m.seq,
-            reply_to: m.reply_to,
-            from: m.from,
-            device: m.device,
-            hlc: m.hlc,
-            at: m.at,
-        };
+        self.clock.observe(hlc, super::now_ms());
         self.insert_message(msg, Some(peer), None, log, new_rooms)?;
         Ok(true)
     }
