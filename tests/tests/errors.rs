@@ -235,3 +235,21 @@ async fn a_token_that_expires_mid_session_ends_it() -> anyhow::Result<()> {
     assert_eq!(d.expect_close().await?, Some(4001));
     still_serving(&w).await
 }
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_after_the_idle_timeout() -> anyhow::Result<()> {
+    let w =
+        World::start_with(&[("OUTPOST_LIMITS__PING_INTERVAL_SECS", "1"), ("OUTPOST_LIMITS__IDLE_TIMEOUT_SECS", "2")])
+            .await?;
+    let mut quiet = w.device("amina", "a", &["clinic"]).await;
+    let mut chatty = w.device("baraka", "b", &["clinic"]).await;
+    // The quiet device neither sends nor reads (so it never answers the hub's pings);
+    // the chatty one keeps pinging. Silence is the event here, so time has to pass.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        chatty.sync().await?;
+    }
+    assert_eq!(quiet.expect_close().await?, Some(4009));
+    chatty.send_stored(chat("clinic", "still here")).await?;
+    Ok(())
+}
