@@ -16,6 +16,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod systemd;
 
 pub use config::RelayConfig;
 pub use server::{Listeners, RunError, run};

@@ -105,7 +105,10 @@ impl Core {
         });
         let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown.cancelled_owned());
+        crate::systemd::spawn_watchdog(self.store.clone(), self.sessions_stop.clone());
+        crate::systemd::ready();
         let result = serve.await;
+        crate::systemd::stopping();
         tracing::info!("stopped accepting; closing sessions");
         self.sessions_stop.cancel();
         self.tracker.close();

@@ -141,13 +141,45 @@ pub struct Forwarded {
 
 pub(crate) enum Command {
     Append(AppendRequest, Reply),
-    Import { peer: String, entries: Vec<Entry>, peer_hwm: Cursor, reply: oneshot::Sender<Result<usize, StoreError>> },
-    PeerAcked { peer: String, sent_hwm: Cursor, forwarded: Vec<Forwarded>, at: u64 },
-    PeerHello { peer: String, epoch: String, rooms: Vec<RoomId>, reply: oneshot::Sender<Result<PeerState, StoreError>> },
-    PeerRooms { peer: String, rooms: Vec<RoomId>, reply: oneshot::Sender<Result<usize, StoreError>> },
-    Ack { device: DeviceId, user: UserId, rooms: Arc<[RoomId]>, cursor: Cursor, at: u64 },
-    Read { user: UserId, room: RoomId, id: MessageId, at: u64 },
+    Import {
+        peer: String,
+        entries: Vec<Entry>,
+        peer_hwm: Cursor,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    PeerAcked {
+        peer: String,
+        sent_hwm: Cursor,
+        forwarded: Vec<Forwarded>,
+        at: u64,
+    },
+    PeerHello {
+        peer: String,
+        epoch: String,
+        rooms: Vec<RoomId>,
+        reply: oneshot::Sender<Result<PeerState, StoreError>>,
+    },
+    PeerRooms {
+        peer: String,
+        rooms: Vec<RoomId>,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    Ack {
+        device: DeviceId,
+        user: UserId,
+        rooms: Arc<[RoomId]>,
+        cursor: Cursor,
+        at: u64,
+    },
+    Read {
+        user: UserId,
+        room: RoomId,
+        id: MessageId,
+        at: u64,
+    },
     Rooms(Vec<RoomId>),
+    /// Answered after the next commit: proves the writer is alive (watchdog).
+    Ping(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -156,6 +188,7 @@ pub(crate) enum Pending {
     Append(Reply, Result<Appended, StoreError>),
     Import(oneshot::Sender<Result<usize, StoreError>>, usize),
     Hello(oneshot::Sender<Result<PeerState, StoreError>>, PeerState),
+    Ping(oneshot::Sender<()>),
 }
 
 impl Pending {
@@ -168,6 +201,8 @@ impl Pending {
             (Pending::Import(tx, _), Some(e)) => drop(tx.send(Err(e.clone()))),
             (Pending::Hello(tx, s), None) => drop(tx.send(Ok(s))),
             (Pending::Hello(tx, _), Some(e)) => drop(tx.send(Err(e.clone()))),
+            // A failed transaction still shows the writer is alive.
+            (Pending::Ping(tx), _) => drop(tx.send(())),
         }
     }
 }
@@ -330,6 +365,13 @@ impl Store {
         tokio::task::spawn_blocking(move || readers.room_since(&room, after, limit))
             .await
             .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+    }
+
+    /// Resolves once the writer thread has completed a transaction (watchdog).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Ping(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
     }
 
     /// A receiver that changes after every commit (link senders wait on it).

@@ -237,6 +237,7 @@ impl Writer {
                             return Err(e);
                         }
                     },
+                    Command::Ping(tx) => pending.push(Pending::Ping(tx)),
                     Command::Stop(_) => {}
                 }
             }
