@@ -192,3 +192,65 @@ fn a_database_from_a_newer_build_is_refused() {
         other => panic!("expected TooNew, got {:?}", other.map(|_| ())),
     }
 }
+
+/// The fixture for schema version 1: a database as the first schema wrote it, with a
+/// message, a receipt, a device cursor and a read mark. Regenerate only when adding the
+/// fixture of a new released version (`cargo test -p outpost-relay -- --ignored fixture`).
+fn v1_fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema-v1.db")
+}
+
+#[test]
+#[ignore = "writes the committed fixture; run by hand for a new schema version"]
+fn write_schema_v1_fixture() {
+    let path = v1_fixture();
+    let _ = std::fs::remove_file(&path);
+    let conn = ok(Connection::open(&path));
+    ok(conn.execute_batch("BEGIN"));
+    ok(conn.execute_batch(schema::MIGRATIONS[0]));
+    ok(conn.execute_batch(
+        "INSERT INTO meta (key, value) VALUES ('epoch', 'fixture-epoch-v1');
+         INSERT INTO messages (cursor, id, room, kind, priority, body, seq, reply_to, sender, device, hlc, at)
+           VALUES (1, X'0190b6d27f3a70008000000000000001', 'clinic', 'chat', 1, '{\"text\":\"from v1\"}', 1, NULL,
+                   'amina', 'amina-phone', 117309906370969600, 1790000000000);
+         INSERT INTO receipts (cursor, msg_id, state, by_user, target, room, at)
+           VALUES (2, X'0190b6d27f3a70008000000000000001', 'delivered', 'baraka', 'amina', 'clinic', 1790000001000);
+         INSERT INTO device_cursors (user, device, acked, updated) VALUES ('baraka', 'baraka-phone', 1, 1790000001000);
+         INSERT INTO read_marks (user, room, cursor) VALUES ('baraka', 'clinic', 1);
+         INSERT INTO rooms (room) VALUES ('clinic');
+         PRAGMA user_version = 1;",
+    ));
+    ok(conn.execute_batch("COMMIT"));
+    ok(conn.execute_batch("VACUUM"));
+}
+
+/// Every released schema version upgrades in place, keeping what it held.
+#[tokio::test]
+async fn a_version_1_database_upgrades_and_keeps_its_data() {
+    let dir = ok(tempfile::tempdir());
+    let path = dir.path().join("relay.db");
+    ok(std::fs::copy(v1_fixture(), &path));
+    let store = ok(Store::open(&path, opts(), Arc::new(Collect::default())));
+    assert_eq!(store.epoch().0, "fixture-epoch-v1", "the epoch survives: phones do not resync");
+    assert_eq!(store.head(), Cursor(2));
+    let q = ReplayQuery {
+        after: Cursor(0),
+        rooms: Arc::from(vec![id("clinic")]),
+        user: ok(UserId::new("amina")),
+        own_device: ok(DeviceId::new("other")),
+        own_visible_until: Cursor(0),
+        limit: 10,
+    };
+    let replay = ok(store.replay(q).await);
+    assert_eq!(replay.frames.len(), 2, "the old message and its receipt replay");
+    assert!(replay.frames[0].1.contains("from v1"));
+    // New writes continue after the old cursors, and the link tables exist.
+    let a = ok(store.append_wait(req("clinic", Priority::Normal, 2)).await);
+    assert_eq!(a.cursor, Cursor(3));
+    let peer = ok(store.peer_hello("cloud", "e", Vec::new()).await);
+    assert_eq!(peer.sent_hwm, Cursor(0));
+    store.shutdown().await;
+    let conn = ok(Connection::open(&path));
+    let version: u32 = ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0)));
+    assert_eq!(version, schema::current_version());
+}
