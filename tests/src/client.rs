@@ -37,6 +37,19 @@ impl Device {
         Ok(Self { ws, welcome: Value::Null, backlog: Default::default(), closed: None, seq: 0 })
     }
 
+    /// Connects from a given local address (e.g. 127.0.0.2), as a second phone would.
+    pub async fn connect_from(url: &str, source: std::net::IpAddr) -> anyhow::Result<Self> {
+        let host = url.trim_start_matches("ws://").split('/').next().unwrap_or_default();
+        let addr: std::net::SocketAddr = host.parse()?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        let stream = socket.connect(addr).await?;
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .with_context(|| format!("connecting {url} from {source}"))?;
+        Ok(Self { ws, welcome: Value::Null, backlog: Default::default(), closed: None, seq: 0 })
+    }
+
     pub async fn send_text(&mut self, text: impl Into<String>) -> anyhow::Result<()> {
         self.ws.send(Message::Text(text.into().into())).await?;
         Ok(())
@@ -219,5 +232,16 @@ impl Device {
 
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+
+    /// Closes and waits until the server has answered the close (its session is over).
+    pub async fn close_and_wait(mut self) -> anyhow::Result<()> {
+        self.ws.close(None).await?;
+        while let Ok(Some(m)) = tokio::time::timeout(EVENT_TIMEOUT, self.ws.next()).await {
+            if m.is_err() {
+                break;
+            }
+        }
+        Ok(())
     }
 }

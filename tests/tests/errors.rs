@@ -253,3 +253,31 @@ async fn a_silent_peer_is_dropped_after_the_idle_timeout() -> anyhow::Result<()>
     chatty.send_stored(chat("clinic", "still here")).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn connection_limits_refuse_at_the_handshake_with_a_reason() -> anyhow::Result<()> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let status_of = |r: anyhow::Result<Device>| match r {
+        Ok(_) => None,
+        Err(e) => e.chain().find_map(|c| match c.downcast_ref::<WsError>() {
+            Some(WsError::Http(resp)) => Some(resp.status().as_u16()),
+            _ => None,
+        }),
+    };
+    let w = World::start_with(&[("OUTPOST_LIMITS__MAX_DEVICES", "3"), ("OUTPOST_LIMITS__MAX_CONNECTIONS_PER_IP", "2")])
+        .await?;
+    let a = Device::connect(&w.relay.ws_url()).await?;
+    let b = Device::connect(&w.relay.ws_url()).await?;
+    // A third connection from the same address is over the per-address limit.
+    assert_eq!(status_of(Device::connect(&w.relay.ws_url()).await), Some(429));
+    // From another loopback address the per-address limit is fresh, the hub-wide one is not.
+    let other: std::net::IpAddr = "127.0.0.2".parse()?;
+    let c = Device::connect_from(&w.relay.ws_url(), other).await?;
+    assert_eq!(status_of(Device::connect_from(&w.relay.ws_url(), other).await), Some(503));
+    // Closing a connection frees its slot.
+    a.close_and_wait().await?;
+    drop((b, c));
+    let mut d = w.device("amina", "a", &["clinic"]).await;
+    d.sync().await?;
+    Ok(())
+}
