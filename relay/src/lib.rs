@@ -17,6 +17,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod systemd;
+pub mod web;
 
 pub use config::RelayConfig;
 pub use server::{Listeners, RunError, run};

@@ -85,6 +85,7 @@ impl Core {
         axum::Router::new()
             .route("/ws", get(ws_upgrade))
             .route("/healthz", get(|| async { "ok\n" }))
+            .fallback(get(crate::web::asset))
             .with_state((self.hub.clone(), self.tracker.clone()))
     }
 
