@@ -9,6 +9,7 @@ use outpost_shared::{TokenVerifier, UserId};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
+use crate::link::uplink::UplinkStatus;
 use crate::ratelimit::TokenBucket;
 use crate::router::Router;
 use crate::store::Store;
@@ -28,6 +29,8 @@ pub struct Hub {
     pub verifier: TokenVerifier,
     pub shutdown: CancellationToken,
     pub conns: ConnTracker,
+    /// The uplink's state (stays default on the cloud and on a hub with no cloud).
+    pub uplink: Arc<Mutex<UplinkStatus>>,
     presence: Mutex<HashMap<UserId, TokenBucket>>,
     started: tokio::time::Instant,
 }
@@ -54,9 +57,15 @@ impl Hub {
             verifier,
             shutdown,
             conns,
+            uplink: Arc::default(),
             presence: Mutex::new(HashMap::new()),
             started: tokio::time::Instant::now(),
         }
+    }
+
+    /// How long this process has been serving.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// Presence updates are throttled per user (all their devices together).

@@ -15,6 +15,7 @@ pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod status;
 pub mod store;
 pub mod systemd;
 pub mod web;

@@ -206,6 +206,7 @@ impl Router {
 
 impl Publisher for Router {
     fn publish(&self, entry: LogEntry) {
+        metrics::counter!("outpost_log_entries_published_total").increment(1);
         let Ok(inner) = self.inner.read() else { return };
         let text = Utf8Bytes::from(entry.frame);
         let live = Live::Log { cursor: entry.cursor, text };

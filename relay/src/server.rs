@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::RelayConfig;
 use crate::hub::{ConnTracker, Hub, Refusal};
-use crate::link::uplink::{UplinkSettings, UplinkStatus};
+use crate::link::uplink::UplinkSettings;
 use crate::router::Router;
 use crate::store::{OpenError, Store, StoreOptions};
 
@@ -72,6 +72,7 @@ impl Core {
             max_batch: config.storage.max_batch,
             max_receipts_per_ack: config.limits.max_receipts_per_ack,
         };
+        crate::status::install_metrics();
         let store = Store::open(db, opts, router.clone())?;
         tracing::info!(db = %db.display(), epoch = %store.epoch(), head = store.head().0, "store open");
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
@@ -85,6 +86,9 @@ impl Core {
         axum::Router::new()
             .route("/ws", get(ws_upgrade))
             .route("/healthz", get(|| async { "ok\n" }))
+            .route("/status", get(crate::status::page))
+            .route("/status.json", get(crate::status::json))
+            .route("/metrics", get(crate::status::metrics))
             .fallback(get(crate::web::asset))
             .with_state((self.hub.clone(), self.tracker.clone()))
     }
@@ -137,7 +141,7 @@ pub async fn run(
         Some(UplinkSettings::from_dir(&dir, &u.cloud, &config.identity.relay_id, backoff).map_err(RunError::Config)?)
     };
     let core = Core::open(config.clone(), &config.db_path(&dir))?;
-    let status = Arc::new(Mutex::new(UplinkStatus::default()));
+    let status = core.hub.uplink.clone();
     let uplink_stop = CancellationToken::new();
     let uplink_task = uplink.map(|settings| {
         tokio::spawn(crate::link::uplink::run(core.store.clone(), settings, status.clone(), uplink_stop.clone()))
@@ -152,7 +156,7 @@ pub async fn run(
     result
 }
 
-type AppState = (Arc<Hub>, TaskTracker);
+pub(crate) type AppState = (Arc<Hub>, TaskTracker);
 
 async fn ws_upgrade(
     State((hub, tracker)): State<AppState>,

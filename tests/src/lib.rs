@@ -13,7 +13,7 @@ pub mod linkemu;
 pub mod proc;
 
 pub use client::{Device, Frame};
-pub use proc::{Cloud, CloudProc, Relay, RelayDir, bin, free_udp_addr};
+pub use proc::{Cloud, CloudProc, Relay, RelayCmd, RelayDir, bin, free_udp_addr};
 
 use std::time::Duration;
 

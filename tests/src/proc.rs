@@ -1,5 +1,6 @@
 //! Starting and stopping the real binaries.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -23,6 +24,39 @@ pub fn bin(name: &str) -> PathBuf {
         panic!("{} not found: run `cargo build --bins` first (or set HARNESS_BIN_DIR)", p.display());
     }
     p
+}
+
+/// How to launch `outpost-relay`: the workspace's own build, or another build (such as the
+/// aarch64 one) behind a wrapper command (such as `qemu-aarch64 -L ...`).
+#[derive(Debug, Clone)]
+pub struct RelayCmd {
+    /// The wrapper and its arguments, then the binary: `argv[0..]` before the relay's own.
+    argv: Vec<OsString>,
+}
+
+impl RelayCmd {
+    /// The workspace binary, as every scenario runs it.
+    pub fn native() -> Self {
+        Self { argv: vec![bin("outpost-relay").into()] }
+    }
+
+    /// `wrapper... binary ARGS`; an empty `wrapper` runs `binary` directly.
+    pub fn wrapped(wrapper: &[String], binary: &Path) -> Self {
+        let mut argv: Vec<OsString> = wrapper.iter().map(OsString::from).collect();
+        argv.push(binary.into());
+        Self { argv }
+    }
+
+    /// A command ready for the relay's arguments.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..]);
+        cmd
+    }
+
+    fn tokio_command(&self) -> TokioCommand {
+        TokioCommand::from(self.command())
+    }
 }
 
 /// A cloud directory made by `outpost-cloud init`.
@@ -82,7 +116,22 @@ impl RelayDir {
         self.start_full("127.0.0.1:0", Some(cloud), env).await
     }
 
+    /// Starts the relay with `cmd` (e.g. an ARM build under qemu) on `addr`.
+    pub async fn start_cmd(&self, cmd: &RelayCmd, addr: &str, env: &[(&str, &str)]) -> anyhow::Result<Relay> {
+        self.start_full_cmd(cmd, addr, None, env).await
+    }
+
     async fn start_full(&self, addr: &str, cloud: Option<&str>, env: &[(&str, &str)]) -> anyhow::Result<Relay> {
+        self.start_full_cmd(&RelayCmd::native(), addr, cloud, env).await
+    }
+
+    async fn start_full_cmd(
+        &self,
+        cmd: &RelayCmd,
+        addr: &str,
+        cloud: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Relay> {
         let mut args = vec![
             "run".to_owned(),
             "--dir".to_owned(),
@@ -93,7 +142,8 @@ impl RelayDir {
         if let Some(c) = cloud {
             args.extend(["--cloud".to_owned(), c.to_owned()]);
         }
-        let (child, line) = spawn_server("outpost-relay", &args, &self.dir.join("relay.log"), env).await?;
+        let (child, line) =
+            spawn_server("outpost-relay", cmd.tokio_command(), &args, &self.dir.join("relay.log"), env).await?;
         let url = line.rsplit(' ').next().unwrap_or_default().to_owned();
         if !url.starts_with("ws://") {
             bail!("unexpected first line from relay: {line:?}");
@@ -114,12 +164,12 @@ impl RelayDir {
 /// listens on) and keeps draining stdout. Logs go to `log`.
 async fn spawn_server(
     name: &str,
+    mut cmd: TokioCommand,
     args: &[String],
     log: &Path,
     env: &[(&str, &str)],
 ) -> anyhow::Result<(Child, String)> {
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    let mut cmd = TokioCommand::new(bin(name));
     cmd.args(args);
     cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
     for (k, v) in env {
@@ -173,7 +223,14 @@ impl Cloud {
     pub async fn start(&self, quic: &str) -> anyhow::Result<CloudProc> {
         let args =
             ["run", "--dir", &self.dir.display().to_string(), "--ws", "127.0.0.1:0", "--quic", quic].map(str::to_owned);
-        let (child, line) = spawn_server("outpost-cloud", &args, &self.dir.join("cloud.log"), &[]).await?;
+        let (child, line) = spawn_server(
+            "outpost-cloud",
+            TokioCommand::new(bin("outpost-cloud")),
+            &args,
+            &self.dir.join("cloud.log"),
+            &[],
+        )
+        .await?;
         // "outpost-cloud listening on ws://A/ws quic=B"
         let mut ws = String::new();
         let mut q = String::new();
@@ -196,6 +253,11 @@ impl Cloud {
 
     /// Enrolls relay `id` for a cloud reachable at `cloud_addr` and provisions `dir`.
     pub fn provision_relay_at(&self, id: &str, dir: &Path, cloud_addr: &str) -> anyhow::Result<RelayDir> {
+        self.provision_relay_cmd(&RelayCmd::native(), id, dir, cloud_addr)
+    }
+
+    /// `outpost-cloud enroll-relay` for relay `id`; returns the bundle's path.
+    pub fn enroll_relay(&self, id: &str, cloud_addr: &str) -> anyhow::Result<PathBuf> {
         let bundle = self.dir.join(format!("{id}.bundle.json"));
         run_ok(
             Command::new(bin("outpost-cloud"))
@@ -205,7 +267,19 @@ impl Cloud {
                 .args(["--relay", id, "--cloud-addr", cloud_addr, "--out"])
                 .arg(&bundle),
         )?;
-        run_ok(Command::new(bin("outpost-relay")).arg("init").arg("--dir").arg(dir).arg("--bundle").arg(&bundle))?;
+        Ok(bundle)
+    }
+
+    /// Enrolls relay `id` and provisions `dir` with `relay`'s `init` (e.g. an ARM build).
+    pub fn provision_relay_cmd(
+        &self,
+        relay: &RelayCmd,
+        id: &str,
+        dir: &Path,
+        cloud_addr: &str,
+    ) -> anyhow::Result<RelayDir> {
+        let bundle = self.enroll_relay(id, cloud_addr)?;
+        run_ok(relay.command().arg("init").arg("--dir").arg(dir).arg("--bundle").arg(&bundle))?;
         Ok(RelayDir { dir: dir.to_path_buf() })
     }
 }

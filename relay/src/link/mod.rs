@@ -274,6 +274,7 @@ async fn apply<S: LinkStore>(
         .collect();
     let n = entries.len();
     let fresh = store.import(&peer.name, entries, h.hwm).await?;
+    metrics::counter!("outpost_link_entries_received_total", "peer" => peer.name.clone()).increment(n as u64);
     tracing::debug!(peer = %peer.name, batch = h.batch, entries = n, fresh, lane = ?h.lane, "batch imported");
     ctl.send(Control::Ack { batch: h.batch }).await.map_err(|_| LinkError::Shutdown)?;
     add_rooms(store, peer, rooms, reset).await
@@ -365,6 +366,10 @@ async fn send<S: LinkStore>(
             let sent = state.on_sent(lane, first, last, out.scanned_to, bytes.len() as u64, origin.elapsed());
             tracing::debug!(peer = %peer.name, batch = id, ?lane, first = first.0, last = last.0, bytes = bytes.len(), window = state.window(), "batch sent");
             debug_assert_eq!(sent, id);
+            let lane_name = if lane == Lane::Emergency { "emergency" } else { "normal" };
+            metrics::counter!("outpost_link_batches_sent_total", "peer" => peer.name.clone(), "lane" => lane_name)
+                .increment(1);
+            metrics::histogram!("outpost_link_batch_bytes", "lane" => lane_name).record(bytes.len() as f64);
             forwarded.insert(id, out.forwardable);
             let conn = conn.clone();
             writers.spawn(async move {

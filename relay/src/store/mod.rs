@@ -213,6 +213,15 @@ impl Command {
     }
 }
 
+/// Figures the writer publishes for everyone to read without asking it.
+#[derive(Debug, Default)]
+pub(crate) struct Gauges {
+    /// Newest committed cursor.
+    pub head: AtomicU64,
+    /// Bytes of database pages in use (what the quota counts).
+    pub used_bytes: AtomicU64,
+}
+
 /// Storage tuning taken from the relay configuration.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -228,7 +237,7 @@ pub struct Store {
     tx: mpsc::Sender<Command>,
     readers: Arc<reader::Readers>,
     epoch: Epoch,
-    head: Arc<AtomicU64>,
+    gauges: Arc<Gauges>,
     head_rx: tokio::sync::watch::Receiver<u64>,
     known_rooms: Arc<RwLock<HashSet<RoomId>>>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -268,11 +277,14 @@ impl Store {
         schema::migrate(&mut conn, &new_epoch())?;
         let state = writer::State::load(&conn).map_err(open_err)?;
         let epoch = Epoch(state.epoch.clone());
-        let head = Arc::new(AtomicU64::new(state.next_cursor.saturating_sub(1)));
+        let gauges = Arc::new(Gauges {
+            head: AtomicU64::new(state.next_cursor.saturating_sub(1)),
+            used_bytes: AtomicU64::new(0),
+        });
         let known_rooms = Arc::new(RwLock::new(state.rooms.clone()));
         let (tx, rx) = mpsc::channel(opts.max_batch);
-        let (head_tx, head_rx) = tokio::sync::watch::channel(head.load(Ordering::Acquire));
-        let w = writer::Writer::new(conn, rx, publisher, state, opts, head.clone(), head_tx, known_rooms.clone());
+        let (head_tx, head_rx) = tokio::sync::watch::channel(gauges.head.load(Ordering::Acquire));
+        let w = writer::Writer::new(conn, rx, publisher, state, opts, gauges.clone(), head_tx, known_rooms.clone());
         let handle = std::thread::Builder::new()
             .name("outpost-store".into())
             .spawn(move || w.run())
@@ -281,7 +293,7 @@ impl Store {
             tx,
             readers: Arc::new(reader::Readers::new(path.to_path_buf())),
             epoch,
-            head,
+            gauges,
             head_rx,
             known_rooms,
             writer: Arc::new(Mutex::new(Some(handle))),
@@ -294,7 +306,7 @@ impl Store {
 
     /// The newest committed cursor.
     pub fn head(&self) -> Cursor {
-        Cursor(self.head.load(Ordering::Acquire))
+        Cursor(self.gauges.head.load(Ordering::Acquire))
     }
 
     /// Whether any token or message has named this room on this hub.
@@ -374,6 +386,21 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)
     }
 
+    /// Bytes of database pages in use, as counted against the quota.
+    pub fn used_bytes(&self) -> u64 {
+        self.gauges.used_bytes.load(Ordering::Relaxed)
+    }
+
+    /// What waits to go to `peer` (messages and receipts our log holds beyond the peer's
+    /// acknowledged mark).
+    pub async fn backlog(&self, peer: &str) -> Result<reader::Backlog, StoreError> {
+        let readers = self.readers.clone();
+        let peer = peer.to_owned();
+        tokio::task::spawn_blocking(move || readers.backlog(&peer))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+    }
+
     /// A receiver that changes after every commit (link senders wait on it).
     pub fn subscribe_head(&self) -> tokio::sync::watch::Receiver<u64> {
         self.head_rx.clone()
@@ -439,7 +466,7 @@ impl Store {
     }
 }
 
-pub use reader::{Outbound, OutboundQuery, ReplayQuery};
+pub use reader::{Backlog, Outbound, OutboundQuery, ReplayQuery};
 
 #[cfg(test)]
 mod tests;

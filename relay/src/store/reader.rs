@@ -321,3 +321,50 @@ impl Readers {
         })
     }
 }
+
+/// What waits to go to a peer (for the status page and metrics).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Backlog {
+    /// Messages written here that the peer does not hold yet.
+    pub messages: u64,
+    /// Their bodies' bytes.
+    pub bytes: u64,
+    /// Receipts waiting for the peer.
+    pub receipts: u64,
+    /// Receive time of the oldest waiting message (ms since the Unix epoch).
+    pub oldest_at: Option<u64>,
+    /// Receive time of the oldest waiting emergency.
+    pub oldest_emergency_at: Option<u64>,
+    /// The peer's acknowledged mark.
+    pub acked_through: u64,
+}
+
+impl Readers {
+    pub fn backlog(&self, peer: &str) -> Result<Backlog, StoreError> {
+        self.with(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let hwm: i64 =
+                tx.query_row("SELECT coalesce((SELECT sent_hwm FROM peers WHERE peer = ?1), 0)", [peer], |r| r.get(0))?;
+            let (messages, bytes, oldest, emergency): (i64, i64, Option<i64>, Option<i64>) = tx.query_row(
+                "SELECT count(*), coalesce(sum(length(body)), 0), min(at), min(CASE WHEN priority = 3 THEN at END)
+                   FROM messages WHERE cursor > ?1 AND origin_peer IS NULL",
+                [hwm],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
+            let receipts: i64 = tx.query_row(
+                "SELECT count(*) FROM receipts WHERE cursor > ?1 AND msg_peer = ?2 AND origin_peer IS NULL",
+                rusqlite::params![hwm, peer],
+                |r| r.get(0),
+            )?;
+            tx.commit()?;
+            Ok(Backlog {
+                messages: u(messages),
+                bytes: u(bytes),
+                receipts: u(receipts),
+                oldest_at: oldest.map(u),
+                oldest_emergency_at: emergency.map(u),
+                acked_through: u(hwm),
+            })
+        })
+    }
+}

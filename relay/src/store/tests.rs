@@ -113,7 +113,7 @@ fn emergencies_in_a_group_commit_and_publish_first() {
         publ.clone(),
         state,
         opts(),
-        Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        Arc::new(Gauges::default()),
         tokio::sync::watch::channel(0).0,
         Arc::new(std::sync::RwLock::new(Default::default())),
     );

@@ -8,7 +8,7 @@
 //! sender in it is told so: nothing is acknowledged that is not on disk.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use outpost_shared::frames::{MessageBody, Positioned, Receipt, ReceiptState};
@@ -60,7 +60,7 @@ pub(crate) struct Writer {
     opts: StoreOptions,
     next_cursor: u64,
     clock: HlcClock,
-    head: Arc<AtomicU64>,
+    gauges: Arc<super::Gauges>,
     /// Wakes link senders after each commit.
     head_tx: tokio::sync::watch::Sender<u64>,
     known_rooms: Arc<RwLock<HashSet<RoomId>>>,
@@ -104,7 +104,7 @@ impl Writer {
         publisher: Arc<dyn Publisher>,
         state: State,
         opts: StoreOptions,
-        head: Arc<AtomicU64>,
+        gauges: Arc<super::Gauges>,
         head_tx: tokio::sync::watch::Sender<u64>,
         known_rooms: Arc<RwLock<HashSet<RoomId>>>,
     ) -> Self {
@@ -115,7 +115,7 @@ impl Writer {
             opts,
             next_cursor: state.next_cursor,
             clock: HlcClock::starting_after(state.last_hlc),
-            head,
+            gauges,
             head_tx,
             known_rooms,
             used_bytes: 0,
@@ -133,6 +133,7 @@ impl Writer {
         let pages = total.saturating_sub(free);
         let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap_or(4096);
         self.used_bytes = u64::try_from(pages.saturating_mul(size)).unwrap_or(0);
+        self.gauges.used_bytes.store(self.used_bytes, Ordering::Relaxed);
     }
 
     pub fn run(mut self) {
@@ -184,6 +185,8 @@ impl Writer {
     }
 
     fn commit_group(&mut self, cmds: Vec<Command>) {
+        let started = tokio::time::Instant::now();
+        let n = cmds.len();
         let start_cursor = self.next_cursor;
         let mut pending: Vec<Pending> = Vec::new();
         let mut entries: Vec<LogEntry> = Vec::new();
@@ -247,7 +250,7 @@ impl Writer {
 
         match outcome {
             Ok(()) => {
-                self.head.store(self.next_cursor - 1, Ordering::Release);
+                self.gauges.head.store(self.next_cursor - 1, Ordering::Release);
                 if !new_rooms.is_empty()
                     && let Ok(mut known) = self.known_rooms.write()
                 {
@@ -258,14 +261,19 @@ impl Writer {
                 for e in entries {
                     self.publisher.publish(e);
                 }
+                let stored = pending.iter().filter(|p| matches!(p, Pending::Append(_, Ok(a)) if !a.duplicate)).count();
                 for p in pending {
                     p.finish(None);
                 }
+                metrics::counter!("outpost_messages_stored_total").increment(stored as u64);
+                metrics::histogram!("outpost_commit_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("outpost_commit_commands").record(n as f64);
                 let _ = self.head_tx.send(self.next_cursor - 1);
                 self.refresh_used_bytes();
             }
             Err(err) => {
                 tracing::error!(error = %err, "transaction failed and was rolled back; senders are told to retry");
+                metrics::counter!("outpost_commits_failed_total").increment(1);
                 let _ = self.conn.execute_batch("ROLLBACK");
                 self.next_cursor = start_cursor;
                 // Acks reloaded lazily: the in-memory view may be ahead of the rolled-back rows.

@@ -1,0 +1,84 @@
+//! The status page and metrics an NGO engineer looks at: a backlog while the cloud is
+//! down that clears once it is back.
+
+use outpost_tests::client::chat;
+use outpost_tests::http::request;
+use outpost_tests::{Cloud, Device, free_udp_addr};
+use serde_json::Value;
+
+const FAST_RETRY: &[(&str, &str)] = &[("OUTPOST_UPLINK__RETRY_MAX_SECS", "1")];
+
+async fn status(base: &str) -> anyhow::Result<Value> {
+    let (code, s) = request(base, "GET", "/status.json", None, None).await?;
+    anyhow::ensure!(code == 200, "status.json answered {code}");
+    Ok(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_shows_a_backlog_while_the_cloud_is_down_and_clears_after() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let quic = free_udp_addr()?;
+    let relay = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &quic)?.start(FAST_RETRY).await?;
+    let base = relay.ws_url().replace("ws://", "http://").trim_end_matches("/ws").to_owned();
+
+    let tok = cloud.token("amina", "worker", &["clinic"], "1h")?;
+    let mut amina = Device::connect(&relay.ws_url()).await?;
+    amina.hello(&tok, "amina-phone", None, None).await?;
+    for i in 0..20 {
+        amina.send_stored(chat("clinic", &format!("report {i}"))).await?;
+    }
+    let mut alert = chat("clinic", "help");
+    alert["priority"] = serde_json::json!("emergency");
+    amina.send_stored(alert).await?;
+
+    let s = status(&base).await?;
+    assert_eq!(s["uplink"]["configured"], true);
+    assert_eq!(s["uplink"]["connected"], false);
+    assert_eq!(s["backlog"]["messages"], 21);
+    assert!(s["backlog"]["oldest_emergency_at"].is_u64());
+    assert!(s["storage"]["used_bytes"].as_u64() > Some(0));
+    assert_eq!(s["devices"]["connected"], 1);
+    let (code, html) = request(&base, "GET", "/status", None, None).await.map(|(c, _)| (c, ()))?;
+    assert_eq!((code, html), (200, ()));
+
+    // The cloud comes up; every message gets `forwarded` once it is acknowledged, and
+    // then the backlog is empty.
+    let _cloud = cloud.start(&quic).await?;
+    let mut forwarded = 0;
+    while forwarded < 21 {
+        if amina.expect("receipt").await?["state"] == "forwarded" {
+            forwarded += 1;
+        }
+    }
+    let s = status(&base).await?;
+    assert_eq!(s["uplink"]["connected"], true);
+    assert_eq!(s["backlog"]["messages"], 0, "{s}");
+    assert!(s["backlog"]["oldest_emergency_at"].is_null());
+    assert!(s["uplink"]["last_contact"].is_u64());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_exposed_in_prometheus_format() -> anyhow::Result<()> {
+    let w = outpost_tests::World::start().await?;
+    let mut a = w.device("amina", "a", &["clinic"]).await;
+    a.send_stored(chat("clinic", "counted")).await?;
+    let base = w.relay.ws_url().replace("ws://", "http://").trim_end_matches("/ws").to_owned();
+    let host = base.trim_start_matches("http://");
+    // /metrics is plain text: read it raw.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await?;
+    for name in [
+        "outpost_messages_stored_total 1",
+        "outpost_connections 1",
+        "outpost_commit_seconds_bucket",
+        "outpost_backlog_messages",
+    ] {
+        assert!(raw.contains(name), "{name} missing from:\n{raw}");
+    }
+    Ok(())
+}
