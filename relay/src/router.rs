@@ -158,6 +158,19 @@ impl Router {
         went_offline
     }
 
+    /// Starts (`true`) or stops live delivery of `room` to one session.
+    pub fn set_room(&self, link: &SessionLink, room: &RoomId, live: bool) {
+        let Ok(mut inner) = self.inner.write() else { return };
+        if live {
+            inner.rooms.entry(room.clone()).or_default().insert(link.id);
+        } else if let Some(set) = inner.rooms.get_mut(room) {
+            set.remove(&link.id);
+            if set.is_empty() {
+                inner.rooms.remove(room);
+            }
+        }
+    }
+
     /// Sends an ephemeral frame to every session in `room` except `except`.
     pub fn to_room(&self, room: &RoomId, except: SessionId, text: Utf8Bytes) {
         let Ok(inner) = self.inner.read() else { return };

@@ -480,9 +480,22 @@ impl Session {
                     }
                 }
             },
+            ClientFrame::Join(r) => self.live_room(&r.room, true).await,
+            ClientFrame::Leave(r) => self.live_room(&r.room, false).await,
             ClientFrame::Ping => self.feed(Utf8Bytes::from(ServerFrame::Pong.encode())).await,
             ClientFrame::Hello(_) => {
                 self.feed(error_frame(ErrorCode::BadFrame, "already signed in on this connection", None)).await
+            }
+        }
+    }
+
+    /// `join`/`leave`: live delivery of one of the token's rooms on this connection.
+    async fn live_room(&mut self, room: &RoomId, live: bool) -> Step {
+        match self.check_room(room) {
+            Err((code, m)) => self.feed(error_frame(code, m, None)).await,
+            Ok(()) => {
+                self.hub.router.set_room(&self.link, room, live);
+                Ok(())
             }
         }
     }

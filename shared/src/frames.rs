@@ -7,6 +7,9 @@
 //! (`Body`) so the hub stores and forwards exactly the bytes the sender wrote without
 //! re-serialising them.
 //!
+//! `join`/`leave` (named in the architecture, not in the v1 table) start and stop live
+//! messages of one of the token's rooms on a connection.
+//!
 //! Extensions to the written contract (ignored by clients that do not know them):
 //! `welcome.role`, `receipt.room` and `receipt.cursor`, and a missing `v` being read as 1
 //! (the contract's own browser ping, `{"type":"ping"}`, has none).
@@ -192,6 +195,13 @@ pub const HISTORY_MAX_LIMIT: u32 = 200;
 /// The page size when `history.limit` is absent.
 pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
 
+/// `join` / `leave`: start or stop live messages of one of the token's rooms on this
+/// connection (membership itself comes from the token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomRef {
+    pub room: RoomId,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientFrame {
     Hello(Hello),
@@ -201,6 +211,8 @@ pub enum ClientFrame {
     Typing(Typing),
     Presence(Presence),
     History(History),
+    Join(RoomRef),
+    Leave(RoomRef),
     Ping,
 }
 
@@ -397,6 +409,8 @@ impl ClientFrame {
                 Self::Presence(p)
             }
             "history" => Self::History(body("history", text)?),
+            "join" => Self::Join(body("join", text)?),
+            "leave" => Self::Leave(body("leave", text)?),
             "ping" => Self::Ping,
             other => {
                 return Err(DecodeError::bad(format!(
@@ -416,6 +430,8 @@ impl ClientFrame {
             Self::Typing(_) => "typing",
             Self::Presence(_) => "presence",
             Self::History(_) => "history",
+            Self::Join(_) => "join",
+            Self::Leave(_) => "leave",
             Self::Ping => "ping",
         }
     }
@@ -431,6 +447,7 @@ impl ClientFrame {
             Self::Typing(f) => encode_with(ty, f),
             Self::Presence(f) => encode_with(ty, f),
             Self::History(f) => encode_with(ty, f),
+            Self::Join(f) | Self::Leave(f) => encode_with(ty, f),
             Self::Ping => encode_with(ty, &Empty {}),
         }
     }

@@ -200,3 +200,23 @@ async fn an_emergency_overtakes_a_slow_readers_backlog_marked_ahead() -> anyhow:
     b.no_frame_of("message", Duration::from_millis(300)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn leave_stops_live_messages_of_a_room_and_join_resumes_them() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let mut a = w.device("amina", "a", &["clinic", "maternity"]).await;
+    let mut b = w.device("baraka", "b", &["clinic", "maternity"]).await;
+    b.send_json(&json!({"v":1,"type":"leave","room":"maternity"})).await?;
+    b.sync().await?;
+    a.send_stored(chat("maternity", "not for b now")).await?;
+    let c = a.send_stored(chat("clinic", "for b")).await?;
+    assert_eq!(b.expect("message").await?["cursor"], c["cursor"], "only the clinic message arrives live");
+    b.send_json(&json!({"v":1,"type":"join","room":"maternity"})).await?;
+    b.sync().await?;
+    let m = a.send_stored(chat("maternity", "for b again")).await?;
+    assert_eq!(b.expect("message").await?["cursor"], m["cursor"]);
+    // Rooms outside the token cannot be joined.
+    b.send_json(&json!({"v":1,"type":"join","room":"no-such-room"})).await?;
+    assert_eq!(b.expect_error().await?.0, "unknown_room");
+    Ok(())
+}

@@ -93,6 +93,8 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (room(), proptest::option::of(any::<u64>()), proptest::option::of(0u32..500)).prop_map(
             |(room, before, limit)| ClientFrame::History(History { room, before: before.map(Cursor), limit })
         ),
+        room().prop_map(|room| ClientFrame::Join(RoomRef { room })),
+        room().prop_map(|room| ClientFrame::Leave(RoomRef { room })),
         Just(ClientFrame::Ping),
     ]
 }

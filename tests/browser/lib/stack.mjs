@@ -1,0 +1,143 @@
+// Starts a real Outpost for a test: a cloud (`outpost-cloud init` + `run`), one hub
+// enrolled and provisioned through the CLIs (`enroll-relay`, `outpost-relay init`) and
+// running with its uplink to the cloud, exactly as scripts/demo.sh does. Tokens come from
+// `outpost-cloud token`.
+
+import { spawn, execFileSync } from 'node:child_process';
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+
+export const ROOT = path.resolve(import.meta.dirname, '../../..');
+export const BIN = process.env.OUTPOST_BIN_DIR ?? path.join(ROOT, 'target/debug');
+export const ARTIFACTS = path.resolve(import.meta.dirname, '../artifacts');
+
+const EVENT_TIMEOUT_MS = 30_000;
+const live = new Set();
+process.on('exit', () => {
+  for (const child of live) child.kill('SIGKILL');
+});
+
+function bin(name) {
+  const p = path.join(BIN, name);
+  if (!fs.existsSync(p)) throw new Error(`${p} not found: run \`cargo build --bins\` first (or set OUTPOST_BIN_DIR)`);
+  return p;
+}
+
+function run(name, args) {
+  return execFileSync(bin(name), args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+}
+
+function freeUdpPort() {
+  return new Promise((resolve, reject) => {
+    const s = dgram.createSocket('udp4');
+    s.on('error', reject);
+    s.bind(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Spawns a server and resolves with its first stdout line (where it says what it listens on). */
+function server(name, args, logPath) {
+  return new Promise((resolve, reject) => {
+    const log = fs.openSync(logPath, 'a');
+    const child = spawn(bin(name), args, {
+      stdio: ['ignore', 'pipe', log],
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' },
+    });
+    fs.closeSync(log);
+    live.add(child);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${name} did not say where it listens within ${EVENT_TIMEOUT_MS} ms; log: ${logPath}`));
+    }, EVENT_TIMEOUT_MS);
+    const lines = readline.createInterface({ input: child.stdout });
+    let first = true;
+    lines.on('line', (line) => {
+      if (!first) return; // keep draining
+      first = false;
+      clearTimeout(timer);
+      resolve({ child, line });
+    });
+    child.on('exit', (code, signal) => {
+      live.delete(child);
+      if (first) {
+        clearTimeout(timer);
+        reject(new Error(`${name} exited (${code ?? signal}) before listening:\n${fs.readFileSync(logPath, 'utf8')}`));
+      }
+    });
+  });
+}
+
+function exited(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.exitCode);
+  return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+}
+
+export class Stack {
+  static async start(name) {
+    const s = new Stack();
+    s.name = name;
+    s.dir = fs.mkdtempSync(path.join(os.tmpdir(), `outpost-browser-${name}-`));
+    s.cloudDir = path.join(s.dir, 'cloud');
+    s.relayDir = path.join(s.dir, 'relay');
+    run('outpost-cloud', ['init', '--dir', s.cloudDir]);
+    s.quic = `127.0.0.1:${await freeUdpPort()}`;
+    const bundle = path.join(s.dir, 'hub.bundle.json');
+    run('outpost-cloud', ['enroll-relay', '--dir', s.cloudDir, '--relay', `hub-${name}`, '--cloud-addr', s.quic, '--out', bundle]);
+    run('outpost-relay', ['init', '--dir', s.relayDir, '--bundle', bundle]);
+    fs.rmSync(bundle); // it holds the hub's private key
+    // "outpost-cloud listening on ws://A/ws quic=B"
+    const cloud = await server('outpost-cloud', ['run', '--dir', s.cloudDir, '--ws', '127.0.0.1:0', '--quic', s.quic], path.join(s.dir, 'cloud.log'));
+    s.cloud = cloud.child;
+    const ws = cloud.line.split(' ').find((w) => w.startsWith('ws://'));
+    if (!ws) throw new Error(`unexpected first line from the cloud: ${cloud.line}`);
+    s.cloudUrl = ws.replace('ws://', 'http://').replace(/\/ws$/, '');
+    await s.startHub('127.0.0.1:0');
+    return s;
+  }
+
+  /** Starts the hub; `addr` defaults to the address it had before (so open pages find it again). */
+  async startHub(addr = this.hubAddr) {
+    const hub = await server('outpost-relay', ['run', '--dir', this.relayDir, '--ws', addr, '--cloud', this.quic], path.join(this.dir, 'hub.log'));
+    const url = hub.line.split(' ').pop();
+    if (!url.startsWith('ws://')) throw new Error(`unexpected first line from the hub: ${hub.line}`);
+    this.hub = hub.child;
+    this.hubAddr = url.replace('ws://', '').replace(/\/ws$/, '');
+    this.hubUrl = `http://${this.hubAddr}`;
+  }
+
+  /** SIGTERM to the hub, as systemd stops it; resolves with its exit code. */
+  async stopHub() {
+    const child = this.hub;
+    this.hub = null;
+    child.kill('SIGTERM');
+    return exited(child);
+  }
+
+  token(user, role, rooms, ttl = '1d') {
+    return run('outpost-cloud', ['token', '--dir', this.cloudDir, '--user', user, '--role', role, ...rooms.flatMap((r) => ['--room', r]), '--ttl', ttl]);
+  }
+
+  /** Stops everything and keeps the logs in artifacts/<name>/. */
+  async close() {
+    for (const child of [this.hub, this.cloud]) {
+      if (!child) continue;
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited(child);
+      clearTimeout(t);
+    }
+    const out = path.join(ARTIFACTS, this.name);
+    fs.mkdirSync(out, { recursive: true });
+    for (const f of ['hub.log', 'cloud.log']) {
+      const p = path.join(this.dir, f);
+      if (fs.existsSync(p)) fs.copyFileSync(p, path.join(out, f));
+    }
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
