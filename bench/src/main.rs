@@ -15,6 +15,9 @@
 //! target/bench-fast/outpost-bench --quick
 //! ```
 //!
+//! `--phases uplink` runs the hub → cloud link benchmarks instead (module `uplink`): real
+//! relay and cloud processes through the userspace link emulator.
+//!
 //! This is a measuring tool, not a test: nothing here asserts on timings.
 
 mod baseline;
@@ -24,6 +27,7 @@ mod phases;
 mod procfs;
 mod report;
 mod stats;
+mod uplink;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -87,6 +91,38 @@ pub struct Args {
     /// disk you want measured.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Uplink: backlog size of each drain (default 100,000, or 5,000 with --quick).
+    #[arg(long)]
+    pub drain_messages: Option<usize>,
+    /// Uplink: link presets to drain over (3g, edge, 2g, clear).
+    #[arg(long, value_delimiter = ',', default_value = "3g,edge")]
+    pub presets: Vec<String>,
+    /// Uplink: emergencies sent during each drain (default 30, or 5 with --quick).
+    #[arg(long)]
+    pub emergencies: Option<usize>,
+    /// Uplink: milliseconds between those emergencies.
+    #[arg(long, default_value_t = 1000)]
+    pub emergency_interval_ms: u64,
+    /// Uplink: village messages per bytes-per-message run (default 1,000, or 200 with --quick).
+    #[arg(long)]
+    pub mix_messages: Option<usize>,
+    /// Uplink: repetitions of the bytes-per-message runs (default 3, or 1 with --quick; 0 skips them).
+    #[arg(long)]
+    pub mix_reps: Option<usize>,
+    /// Uplink: messages per second of the live bytes-per-message run, in total.
+    #[arg(long, default_value_t = 40.0)]
+    pub trickle_rate: f64,
+    /// Uplink: one doctor's post (acked and read by every phone) per this many messages.
+    #[arg(long, default_value_t = 100)]
+    pub posts_every: usize,
+    /// Uplink: after each drain, replay its batch sizes and window on bare QUIC with and
+    /// without quinn's fair stream scheduling (a diagnosis of where drain time goes).
+    #[arg(long)]
+    pub link_model: bool,
+    /// Uplink: keep each scenario's cloud and relay directories (logs, databases) for
+    /// inspection instead of deleting them.
+    #[arg(long)]
+    pub keep: bool,
     /// Also write the report to FILE.
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
@@ -103,11 +139,19 @@ pub enum Phase {
     Steady,
     /// Relay RSS with idle sockets.
     Memory,
+    /// Hub → cloud over an emulated link: bytes per message, drain time, emergencies.
+    /// Only with `--phases uplink` (not in the default set: it takes ~15 minutes).
+    Uplink,
 }
 
 impl Args {
     fn runs(&self, p: Phase) -> bool {
         self.phases.contains(&p)
+    }
+
+    /// Whether any of the hub's own measurements (everything but the uplink) was asked for.
+    fn runs_hub(&self) -> bool {
+        self.phases.iter().any(|p| *p != Phase::Uplink)
     }
 
     fn timing(&self) -> Timing {
@@ -152,7 +196,6 @@ async fn main() -> anyhow::Result<()> {
         bail!("--clients, --rate, --window and --groups must be positive");
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let timing = args.timing();
     let root = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
@@ -162,6 +205,35 @@ async fn main() -> anyhow::Result<()> {
     };
     let tmp = root.path().to_path_buf();
     let machine = procfs::MachineInfo::collect(&tmp);
+    let mut text = String::new();
+    if args.runs_hub() {
+        text.push_str(&hub_phases(&args, &command, &tmp, machine.clone()).await?);
+    }
+    if args.runs(Phase::Uplink) {
+        let run = uplink::run(&args, &tmp).await?;
+        text.push_str(&uplink::report::markdown(&args, &command, &machine, &run));
+    }
+    print!("{text}");
+    if let Some(path) = &args.write {
+        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    if args.keep {
+        eprintln!("kept {}", root.keep().display());
+    }
+    Ok(())
+}
+
+/// The hub's own measurements: baselines, ingest, steady rate, memory.
+async fn hub_phases(
+    args: &Args,
+    command: &str,
+    tmp: &std::path::Path,
+    machine: procfs::MachineInfo,
+) -> anyhow::Result<String> {
+    let args = args.clone();
+    let command = command.to_owned();
+    let timing = args.timing();
     load::base();
 
     let topology = Topology { clients: args.clients, room_size: args.room_size() };
@@ -185,7 +257,7 @@ async fn main() -> anyhow::Result<()> {
     for r in 0..args.reps() {
         eprintln!("repetition {} of {}", r + 1, args.reps());
         let (fsync, groups) = if args.runs(Phase::Baseline) {
-            let (f, g) = phases::baselines(&tmp, &args.groups, &timing).await?;
+            let (f, g) = phases::baselines(tmp, &args.groups, &timing).await?;
             (Some(f), g)
         } else {
             (None, Vec::new())
@@ -215,12 +287,5 @@ async fn main() -> anyhow::Result<()> {
         reps.push(phases::Rep { fsync, groups, ingest: ingest_r, steady: steady_r, memory, compare: compare_r });
     }
     let report = report::Report { args: &args, command, machine, timing, topology, reps, elapsed: started.elapsed() };
-    let text = report.markdown();
-    print!("{text}");
-    if let Some(path) = &args.write {
-        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("report written to {}", path.display());
-    }
-    drop(root);
-    Ok(())
+    Ok(report.markdown())
 }

@@ -1,0 +1,277 @@
+//! A backlog drained over an emulated link, with emergencies sent while it drains.
+//!
+//! The hub stores `n` corpus messages from the village's phones while its cloud is down
+//! (pipelined sends; the cloud's QUIC port has no listener). Then the cloud starts and a
+//! doctor's device connects to it; the clock runs until the doctor has every backlog
+//! message. Meanwhile a phone sends an emergency every `interval` (from the moment the
+//! first backlog message reaches the doctor, so the drain is under way) and the doctor
+//! notes when each arrives. Afterwards the same number of bytes the relay put into its
+//! batches goes through a fresh emulator with the same preset as one bare QUIC stream:
+//! the baseline.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use outpost_tests::linkemu::Preset;
+use serde_json::json;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use super::model::{self, ModelRun};
+use super::quic_base::{self, Transfer};
+use super::village::{self, Doctor, DoctorSeen, FillPlan, Phone};
+use super::world::{Batches, Bytes, CpuMark, CpuShare, LogTail, Site, Village, watch_connect};
+use crate::stats::{self, Latency};
+
+/// What to run.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainSpec {
+    pub preset: Preset,
+    pub messages: usize,
+    pub emergencies: usize,
+    pub interval: Duration,
+    pub seed: u64,
+    /// Keep the directories (logs, databases) afterwards.
+    pub keep: bool,
+    /// Also run the windowing model (`super::model`) after the baseline.
+    pub model: bool,
+}
+
+/// What one drain measured.
+#[derive(Debug, Clone)]
+pub struct DrainResult {
+    pub messages: usize,
+    pub backlog_emergencies: usize,
+    pub fill_secs: f64,
+    /// Sum of the backlog's `send` frames (what the phones typed, as JSON).
+    pub send_json_bytes: u64,
+    /// Cloud listening → relay log says `uplink connected`.
+    pub connect_wait: Duration,
+    /// Cloud listening → first backlog message at the doctor.
+    pub first_arrival: Duration,
+    /// Cloud listening → every backlog message at the doctor.
+    pub total: Duration,
+    /// `uplink connected` → every backlog message at the doctor (what the baseline is
+    /// compared with).
+    pub drain: Duration,
+    pub arrived: usize,
+    pub duplicates: u64,
+    /// UDP payload from cloud start to the last arrival.
+    pub bytes: Bytes,
+    /// Of it, from cloud start to `uplink connected` (handshake and hello).
+    pub connect_bytes: Bytes,
+    pub batches: Batches,
+    pub baseline: Transfer,
+    pub emergency: Latency,
+    pub emergency_sent: usize,
+    pub emergency_arrived: usize,
+    pub emergency_latencies_ms: Vec<f64>,
+    pub cpu: CpuShare,
+    /// The windowing model's runs, if asked for: (fair scheduling, without).
+    pub model: Option<(ModelRun, ModelRun)>,
+}
+
+/// The relay's smallest window (`FlowConfig::default`: two batches of 32 KiB), which the
+/// drains showed it stays at on these links.
+const MODEL_WINDOW: u64 = 64 * 1024;
+/// Batches the model sends: enough for many window turns, few enough to stay short.
+const MODEL_BATCHES: usize = 40;
+
+impl DrainResult {
+    /// Uplink drain time over baseline time: ≥ 0.9 is the goal.
+    pub fn ratio(&self) -> f64 {
+        self.baseline.transfer.as_secs_f64() / self.drain.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Longest a drain may take before the run gives up on it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(20 * 60);
+/// How long after the last backlog message late emergencies are still waited for.
+const EMERGENCY_GRACE: Duration = Duration::from_secs(15);
+
+pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
+    let mut site = Site::create(root, spec.preset).await?;
+    let village = Village::generate(spec.seed, spec.messages);
+    let (tokens, doctor_token) = village.tokens(&site.cloud)?;
+
+    // The backlog: each person's messages from their own phone, in corpus order.
+    let mut plans: Vec<FillPlan> = village
+        .people
+        .iter()
+        .zip(&tokens)
+        .map(|((_, device), token)| FillPlan { token: token.clone(), device: device.clone(), frames: Vec::new() })
+        .collect();
+    let index: HashMap<&str, usize> = village.people.iter().enumerate().map(|(i, (u, _))| (u.as_str(), i)).collect();
+    let mut ids = HashSet::with_capacity(spec.messages);
+    let mut send_json_bytes = 0u64;
+    for m in &village.messages {
+        let p = &mut plans[index[m.from.as_str()]];
+        let (id, frame) = village::send_frame(m, p.frames.len() as u64 + 1)?;
+        send_json_bytes += frame.len() as u64;
+        ids.insert(id);
+        p.frames.push(frame);
+    }
+    let started = Instant::now();
+    let stored = village::fill(&site.relay.ws_url(), plans).await.context("building the backlog")?;
+    let fill_secs = started.elapsed().as_secs_f64();
+    eprintln!("    backlog of {stored} messages stored in {fill_secs:.1} s; starting the cloud");
+
+    // The emergency sender: a phone of a person not in the corpus, in one room.
+    let room = village.rooms.first().cloned().unwrap_or_else(|| "clinic".into());
+    let nurse_token = site.cloud.token("nurse-on-call", "worker", &[&room], "3h")?;
+    let nurse = Phone::start(&site.relay.ws_url(), &nurse_token, "nurse-on-call-phone").await?;
+
+    let mut seen = DoctorSeen::default();
+    seen.set_watch(ids);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(seen));
+    let connected = watch_connect(LogTail::from_end(&site.relay_log()), site.emu.up.clone(), site.emu.down.clone());
+    let relay_pid = site.relay.child.id();
+    let cpu0 = CpuMark::take(relay_pid, None);
+    let b0 = Bytes::read(&site.emu);
+    let mut cloud = site.cloud.start(&site.quic).await.context("starting outpost-cloud")?;
+    let listening = Instant::now();
+    let cloud_pid = cloud.child.id();
+    let doctor = Doctor::start(&cloud.ws_url(), &doctor_token, "neema-laptop", Some(seen.clone())).await?;
+
+    // Emergencies, one per interval, from the first backlog arrival until the backlog is
+    // in (or `emergencies` were sent).
+    let started_draining = doctor.wait_until(listening + DRAIN_LIMIT, |s| s.first_watched_at.is_some()).await;
+    let mut sent_at: Vec<(u128, Instant)> = Vec::new();
+    if started_draining {
+        let mut next = Instant::now();
+        for k in 0..spec.emergencies {
+            let backlog_in = doctor.wait_until(next, |s| s.watched_done_at.is_some()).await;
+            if backlog_in {
+                break;
+            }
+            sleep_until(next).await;
+            let id = uuid::Uuid::now_v7();
+            let frame = json!({"v": 1, "type": "send", "msg": {
+                "id": id.to_string(), "room": room, "kind": "alert", "priority": "emergency",
+                "body": {"text": format!("postpartum haemorrhage, house {}", 10 + k), "location": "house 12"},
+                "seq": k + 1,
+            }});
+            let at = Instant::now();
+            nurse.send(frame.to_string()).await?;
+            sent_at.push((id.as_u128(), at));
+            next += spec.interval;
+        }
+    }
+    let all_in = doctor.wait_until(listening + DRAIN_LIMIT, |s| s.watched_done_at.is_some()).await;
+    let b1 = Bytes::read(&site.emu);
+    let cpu = CpuMark::since(&cpu0, relay_pid, cloud_pid);
+    let emergency_ids: HashSet<u128> = sent_at.iter().map(|(id, _)| *id).collect();
+    doctor
+        .wait_until(Instant::now() + EMERGENCY_GRACE, |s| emergency_ids.iter().all(|i| s.messages.contains_key(i)))
+        .await;
+
+    let (done_at, first_at, arrived, duplicates, latencies) = {
+        let s = seen.lock().map_err(|_| anyhow::anyhow!("doctor state poisoned"))?;
+        let arrived = s.watch.len() - s.watched_left;
+        let lat: Vec<f64> = sent_at
+            .iter()
+            .filter_map(|(id, at)| s.messages.get(id).map(|a| (a.at - *at).as_secs_f64() * 1000.0))
+            .collect();
+        (s.watched_done_at, s.first_watched_at, arrived, s.duplicates, lat)
+    };
+    let connected = if connected.is_finished() {
+        connected.await.ok()
+    } else {
+        connected.abort();
+        None
+    };
+    let (conn_at, conn_bytes) = connected.unwrap_or((listening, b0));
+    if !all_in {
+        eprintln!("warning: only {arrived} of {} backlog messages reached the cloud in time", spec.messages);
+    }
+    let done_at = done_at.unwrap_or_else(Instant::now);
+    let log = std::fs::read_to_string(site.relay_log()).unwrap_or_default();
+    let lines: Vec<String> = log.lines().map(str::to_owned).collect();
+    let batches = Batches::parse(&lines);
+
+    drop(doctor);
+    drop(nurse);
+    site.stop_relay().await;
+    let _ = cloud.kill9().await;
+
+    let mut h = stats::new_hist();
+    for ms in &latencies {
+        stats::record(&mut h, (*ms * 1000.0) as u64);
+    }
+    let r = DrainResult {
+        messages: spec.messages,
+        backlog_emergencies: village.emergencies(),
+        fill_secs,
+        send_json_bytes,
+        connect_wait: conn_at.saturating_duration_since(listening),
+        first_arrival: first_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(listening)),
+        total: done_at.saturating_duration_since(listening),
+        drain: done_at.saturating_duration_since(conn_at),
+        arrived,
+        duplicates,
+        bytes: b1.since(&b0),
+        connect_bytes: conn_bytes.since(&b0),
+        batches,
+        baseline: Transfer {
+            bytes: 0,
+            handshake: Duration::ZERO,
+            transfer: Duration::ZERO,
+            up_udp_bytes: 0,
+            down_udp_bytes: 0,
+            up_dropped_packets: 0,
+        },
+        emergency: Latency::of(&h),
+        emergency_sent: sent_at.len(),
+        emergency_arrived: latencies.len(),
+        emergency_latencies_ms: latencies,
+        cpu,
+        model: None,
+    };
+    eprintln!(
+        "    drained in {:.1} s after connecting ({:.1} s from cloud start; connect {:.1} s); {} batches, {} B in batches, {} B UDP up; emergencies p50 {:.0} ms p99 {:.0} ms max {:.0} ms ({} of {}); relay CPU {:.0} %, cloud {:.0} %",
+        r.drain.as_secs_f64(),
+        r.total.as_secs_f64(),
+        r.connect_wait.as_secs_f64(),
+        r.batches.normal + r.batches.emergency,
+        r.batches.bytes(),
+        r.bytes.up,
+        r.emergency.p50_ms,
+        r.emergency.p99_ms,
+        r.emergency.max_ms,
+        r.emergency_arrived,
+        r.emergency_sent,
+        r.cpu.relay,
+        r.cpu.cloud,
+    );
+    // Give the machine a moment between the drain and its baseline.
+    sleep(Duration::from_millis(500)).await;
+    let bytes = r.batches.bytes().max(1);
+    eprintln!("    baseline: {bytes} B on one QUIC stream through the same preset…");
+    let baseline = quic_base::transfer(spec.preset, bytes).await.context("the QUIC baseline")?;
+    eprintln!(
+        "    baseline took {:.1} s ({:.0} kbit/s); ratio baseline/uplink {:.2}",
+        baseline.transfer.as_secs_f64(),
+        baseline.goodput_kbit(),
+        baseline.transfer.as_secs_f64() / r.drain.as_secs_f64().max(1e-9)
+    );
+    let model = if spec.model && r.batches.normal > 0 {
+        let size = r.batches.normal_bytes / r.batches.normal;
+        let n = MODEL_BATCHES.min(r.batches.normal as usize).max(2);
+        let fair = model::run(spec.preset, n, size, MODEL_WINDOW, true).await?;
+        let fifo = model::run(spec.preset, n, size, MODEL_WINDOW, false).await?;
+        eprintln!(
+            "    model: {n} batches of {size} B, window {MODEL_WINDOW} B: fair scheduling {:.1} s, in order {:.1} s",
+            fair.secs, fifo.secs
+        );
+        Some((fair, fifo))
+    } else {
+        None
+    };
+    if spec.keep {
+        eprintln!("    kept {}", site.root.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&site.root);
+    }
+    Ok(DrainResult { baseline, model, ..r })
+}

@@ -1,0 +1,291 @@
+//! The uplink section of the report: how it was run, results against the goals with their
+//! same-run baselines, and every repetition's raw numbers.
+
+use std::fmt::Write as _;
+
+use super::UplinkRun;
+use super::drain::{DrainResult, DrainSpec};
+use super::mix::{MixResult, Mode};
+use super::world::RELAY_ENV;
+use crate::Args;
+use crate::procfs::MachineInfo;
+use crate::stats::{Summary, group};
+
+const GOAL_BYTES_PER_MSG: f64 = 45.0;
+const GOAL_JSON_RATIO: f64 = 4.5;
+const GOAL_BASELINE_RATIO: f64 = 0.9;
+
+/// Drain time and emergency p99 goals per preset name.
+fn goals(preset: &str) -> Option<(f64, f64)> {
+    match preset {
+        "3g" => Some((60.0, 1000.0)),
+        "edge" => Some((240.0, 2500.0)),
+        _ => None,
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "**not met**" }
+}
+
+fn sum(v: impl Iterator<Item = f64>) -> Summary {
+    Summary::of(&v.collect::<Vec<_>>())
+}
+
+pub fn markdown(args: &Args, command: &str, machine: &MachineInfo, run: &UplinkRun) -> String {
+    let mut o = String::new();
+    header(&mut o, args, command, machine, run);
+    headline(&mut o, run);
+    mix_table(&mut o, run);
+    drain_table(&mut o, run);
+    o
+}
+
+fn header(o: &mut String, args: &Args, command: &str, m: &MachineInfo, run: &UplinkRun) {
+    let s = &run.mix_spec;
+    let _ = writeln!(o, "## Uplink run\n");
+    let _ = writeln!(o, "- Command: `{command}`");
+    let _ = writeln!(o, "- Commit: `{}`", m.commit);
+    let _ = writeln!(o, "- Relay binary: {}", m.relay_built);
+    let _ = writeln!(o, "- Machine: {} CPUs ({}), {} RAM, {}", m.cpus, m.cpu_model, m.memory, m.kernel);
+    let _ = writeln!(
+        o,
+        "- Mode: {}; whole uplink phase {:.0} s",
+        if args.quick { "quick (smoke run)" } else { "full" },
+        run.elapsed.as_secs_f64()
+    );
+    let _ = writeln!(
+        o,
+        "- Link emulator (`tests/src/linkemu.rs`, userspace UDP proxy): 3G = 768 kbit/s up, 1.5 Mbit/s down, 300 ms RTT, 0.5 % loss; EDGE = 200 kbit/s each way, 840 ms RTT, 1 % loss; tail-drop queue of 2 s of sending time"
+    );
+    let _ = writeln!(
+        o,
+        "- Bytes per message (3G, {} repetition(s), corpus seeds {}…): {} corpus messages from {} phones (every phone in every room), the doctor's {} posts acked and read by every phone (one `delivered` and one `read` receipt each, going up); live at {} msg/s with the cloud up, and as a backlog sent while the cloud was down (kill -9) then drained at once",
+        run.mix.len(),
+        s.seed,
+        s.messages,
+        run.mix.first().map_or(0, |m| m.0.phones),
+        run.mix.first().map_or(0, |m| m.0.posts),
+        s.rate,
+    );
+    let _ = writeln!(
+        o,
+        "- Bytes are UDP payload through the emulator (QUIC headers, TLS tags, acknowledgements, retransmissions, keep-alives and our control frames all included), from just before the village traffic until 1 s after the doctor's device had every message and receipt"
+    );
+    if let Some((_, d, _)) = run.drains.first() {
+        let _ = writeln!(
+            o,
+            "- Drain: {} corpus messages (no receipts) stored from the phones while the cloud was down, then the cloud starts; times from the cloud listening, and from the relay's `uplink connected` log line, to the doctor's device on the cloud having every one; {} emergencies, one every {} ms, from a phone on the hub to the doctor while it drains",
+            group(d.messages as f64),
+            d.emergencies,
+            d.interval.as_millis()
+        );
+    }
+    let _ = writeln!(
+        o,
+        "- Baseline: a bare quinn transfer of the bytes the relay put into batches (sum of its `batch sent` sizes) on one unidirectional stream through a fresh emulator with the same preset, the link's own transport settings, self-signed certificate; timed from the end of the handshake to the receiver reading the end of the stream. Ratio = baseline time ÷ uplink drain time (connected → all arrived)"
+    );
+    let env: Vec<String> = RELAY_ENV.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
+    let _ = writeln!(o, "- Relay environment: {}\n", env.join(", "));
+}
+
+fn headline(o: &mut String, run: &UplinkRun) {
+    let _ = writeln!(o, "## Uplink results\n");
+    let _ = writeln!(o, "| metric | result: median (min–max) | same-run baseline | ratio | goal | |");
+    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- |");
+    for mode in [Mode::Live, Mode::Backlog] {
+        let pick = |m: &(MixResult, MixResult)| if mode == Mode::Live { m.0.clone() } else { m.1.clone() };
+        let rs: Vec<MixResult> = run.mix.iter().map(pick).collect();
+        if rs.is_empty() {
+            continue;
+        }
+        let per_msg = sum(rs.iter().map(MixResult::per_message));
+        let per_entry = sum(rs.iter().map(MixResult::per_entry));
+        let ratio = sum(rs.iter().map(MixResult::json_ratio));
+        let json_per_msg =
+            sum(rs.iter().map(|r| (r.send_json + r.receipt_json) as f64 / r.messages_arrived.max(1) as f64));
+        let _ = writeln!(
+            o,
+            "| uplink bytes per message, 3G, {} (B/msg; per entry incl. receipts) | {}; {} | raw JSON (send + receipt frames): {} B/msg | {}× | ≤ {GOAL_BYTES_PER_MSG} B/msg and ≥ {GOAL_JSON_RATIO}× | {} |",
+            mode.label(),
+            per_msg.show(1),
+            per_entry.show(1),
+            json_per_msg.show(0),
+            ratio.show(2),
+            met(per_msg.median <= GOAL_BYTES_PER_MSG && ratio.median >= GOAL_JSON_RATIO)
+        );
+    }
+    for (name, _, d) in &run.drains {
+        let label = name.to_uppercase();
+        let (goal_secs, goal_p99) = goals(name).unwrap_or((f64::NAN, f64::NAN));
+        let per_msg = d.bytes.up as f64 / d.arrived.max(1) as f64;
+        let _ = writeln!(
+            o,
+            "| drain of {} messages, {label}: cloud listening → all at the cloud (s) | {:.1} (link up after {:.1}) | | | ≤ {goal_secs:.0} s | {} |",
+            group(d.messages as f64),
+            d.total.as_secs_f64(),
+            d.connect_wait.as_secs_f64(),
+            met(d.total.as_secs_f64() <= goal_secs && d.arrived == d.messages)
+        );
+        let _ = writeln!(
+            o,
+            "| drain, {label}: uplink connected → all at the cloud (s) | {:.1} | bare QUIC, {} B on one stream: {:.1} s | {:.2} | ≥ {GOAL_BASELINE_RATIO}× baseline | {} |",
+            d.drain.as_secs_f64(),
+            group(d.baseline.bytes as f64),
+            d.baseline.transfer.as_secs_f64(),
+            d.ratio(),
+            met(d.ratio() >= GOAL_BASELINE_RATIO)
+        );
+        let _ = writeln!(
+            o,
+            "| emergency to the cloud during the {label} drain, p50 / p99 / max (ms; {} of {} arrived) | {:.0} / {:.0} / {:.0} | | | p99 ≤ {goal_p99:.0} ms | {} |",
+            d.emergency_arrived,
+            d.emergency_sent,
+            d.emergency.p50_ms,
+            d.emergency.p99_ms,
+            d.emergency.max_ms,
+            met(d.emergency_sent > 0 && d.emergency_arrived == d.emergency_sent && d.emergency.p99_ms <= goal_p99)
+        );
+        let _ = writeln!(
+            o,
+            "| uplink bytes per message in the {label} drain (messages only, big batches) | {per_msg:.1} | raw JSON (send frames): {:.0} B/msg | {:.2}× | (information) | |",
+            d.send_json_bytes as f64 / d.messages.max(1) as f64,
+            d.send_json_bytes as f64 / d.bytes.up.max(1) as f64,
+        );
+    }
+    let _ = writeln!(o);
+}
+
+fn mix_table(o: &mut String, run: &UplinkRun) {
+    let _ = writeln!(o, "### Bytes per message, every run (3G)\n");
+    let _ = writeln!(
+        o,
+        "| rep | mode | messages arrived / sent (emergencies among them) | receipts arrived / expected | UDP up B | of it reconnect B | UDP down B | B/msg up | B/entry up | send-frame JSON B/msg | as-delivered JSON B/msg | JSON ÷ UDP up (send frames; as delivered) | batches normal / emergency, B in batches | seconds |"
+    );
+    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (i, (live, backlog)) in run.mix.iter().enumerate() {
+        for r in [live, backlog] {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} / {} ({}) | {} / {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2}; {:.2} | {} / {}, {} | {:.1} |",
+                i + 1,
+                r.mode.label(),
+                r.messages_arrived,
+                r.messages,
+                r.emergencies,
+                r.receipts_arrived,
+                r.receipts_expected,
+                group(r.bytes.up as f64),
+                r.connect_bytes.map_or("–".to_owned(), |b| group(b.up as f64)),
+                group(r.bytes.down as f64),
+                r.per_message(),
+                r.per_entry(),
+                r.send_json as f64 / r.messages_arrived.max(1) as f64,
+                r.delivered_json as f64 / r.messages_arrived.max(1) as f64,
+                r.json_ratio(),
+                r.delivered_ratio(),
+                r.batches.normal,
+                r.batches.emergency,
+                group(r.batches.bytes() as f64),
+                r.secs,
+            );
+        }
+    }
+    let _ = writeln!(o);
+}
+
+fn drain_table(o: &mut String, run: &UplinkRun) {
+    if run.drains.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "### Drains\n");
+    let _ =
+        writeln!(o, "| | {} |", run.drains.iter().map(|(n, _, _)| n.to_uppercase()).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(o, "| --- |{}", " --- |".repeat(run.drains.len()));
+    let row = |o: &mut String, name: &str, f: &dyn Fn(&DrainSpec, &DrainResult) -> String| {
+        let cells: Vec<String> = run.drains.iter().map(|(_, s, d)| f(s, d)).collect();
+        let _ = writeln!(o, "| {name} | {} |", cells.join(" | "));
+    };
+    row(o, "messages (of them emergencies in the backlog)", &|_, d| {
+        format!("{} ({})", group(d.messages as f64), d.backlog_emergencies)
+    });
+    row(o, "backlog built in (s)", &|_, d| format!("{:.1}", d.fill_secs));
+    row(o, "cloud listening → link up / first arrival / all (s)", &|_, d| {
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            d.connect_wait.as_secs_f64(),
+            d.first_arrival.as_secs_f64(),
+            d.total.as_secs_f64()
+        )
+    });
+    row(o, "link up → all (s)", &|_, d| format!("{:.1}", d.drain.as_secs_f64()));
+    row(o, "arrived / duplicates at the doctor", &|_, d| format!("{} / {}", d.arrived, d.duplicates));
+    row(o, "batches normal / emergency", &|_, d| format!("{} / {}", d.batches.normal, d.batches.emergency));
+    row(o, "bytes in batches (normal + emergency)", &|_, d| group(d.batches.bytes() as f64));
+    row(o, "UDP up / down (B), up packets dropped by the emulator", &|_, d| {
+        format!("{} / {}, {}", group(d.bytes.up as f64), group(d.bytes.down as f64), d.bytes.up_dropped)
+    });
+    row(o, "of it before the link was up (handshake, Hello)", &|_, d| {
+        format!("{} / {}", group(d.connect_bytes.up as f64), group(d.connect_bytes.down as f64))
+    });
+    row(o, "uplink goodput, batch bytes ÷ (link up → all) (kbit/s)", &|_, d| {
+        format!("{:.0}", d.batches.bytes() as f64 * 8.0 / d.drain.as_secs_f64().max(1e-9) / 1000.0)
+    });
+    row(o, "normal window when batches left: min / median / max (B)", &|_, d| {
+        let (a, m, z) = d.batches.window_range();
+        format!("{} / {} / {}", group(a as f64), group(m as f64), group(z as f64))
+    });
+    row(o, "baseline: bytes, handshake, transfer (s), goodput (kbit/s)", &|_, d| {
+        format!(
+            "{}, {:.2} s, {:.1} s, {:.0}",
+            group(d.baseline.bytes as f64),
+            d.baseline.handshake.as_secs_f64(),
+            d.baseline.transfer.as_secs_f64(),
+            d.baseline.goodput_kbit()
+        )
+    });
+    row(o, "baseline UDP up / down (B), up packets dropped", &|_, d| {
+        format!(
+            "{} / {}, {}",
+            group(d.baseline.up_udp_bytes as f64),
+            group(d.baseline.down_udp_bytes as f64),
+            d.baseline.up_dropped_packets
+        )
+    });
+    row(o, "ratio baseline ÷ uplink", &|_, d| format!("{:.2}", d.ratio()));
+    if run.drains.iter().any(|(_, _, d)| d.model.is_some()) {
+        row(o, "model (bare QUIC, the link's windowing): batches × size, window", &|_, d| match &d.model {
+            Some((f, _)) => format!("{} × {} B, {} B", f.batches, group(f.batch_bytes as f64), group(f.window as f64)),
+            None => "–".into(),
+        });
+        row(
+            o,
+            "model: fair (round-robin) stream scheduling / streams in order (s); goodput (kbit/s)",
+            &|_, d| match &d.model {
+                Some((f, q)) => {
+                    let kbit = |m: &super::model::ModelRun| {
+                        m.batches as f64 * m.batch_bytes as f64 * 8.0 / m.secs.max(1e-9) / 1000.0
+                    };
+                    format!("{:.1} / {:.1}; {:.0} / {:.0}", f.secs, q.secs, kbit(f), kbit(q))
+                }
+                None => "–".into(),
+            },
+        );
+    }
+    row(o, "emergencies sent / arrived; p50 / p99 / max (ms)", &|_, d| {
+        format!(
+            "{} / {}; {:.0} / {:.0} / {:.0}",
+            d.emergency_sent, d.emergency_arrived, d.emergency.p50_ms, d.emergency.p99_ms, d.emergency.max_ms
+        )
+    });
+    row(o, "every emergency (ms, in send order)", &|_, d| {
+        d.emergency_latencies_ms.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" ")
+    });
+    row(o, "CPU while draining (% of a core): relay / cloud / bench / others; machine busy", &|_, d| {
+        format!(
+            "{:.0} / {:.0} / {:.0} / {:.0}; {:.0} %",
+            d.cpu.relay, d.cpu.cloud, d.cpu.bench, d.cpu.others, d.cpu.machine_busy
+        )
+    });
+    let _ = writeln!(o);
+}
