@@ -147,11 +147,15 @@ pub struct UplinkConfig {
     /// Longest delay between attempts, seconds. Short enough that a satellite window or
     /// a shared connection of a few minutes is not missed.
     pub retry_max_secs: u64,
+    /// How long a small batch of normal traffic waits for more before it goes up,
+    /// milliseconds. Longer saves uplink bytes (fewer, fuller batches); emergencies never
+    /// wait.
+    pub linger_ms: u64,
 }
 
 impl Default for UplinkConfig {
     fn default() -> Self {
-        Self { cloud: String::new(), retry_initial_ms: 1000, retry_max_secs: 30 }
+        Self { cloud: String::new(), retry_initial_ms: 1000, retry_max_secs: 30, linger_ms: 500 }
     }
 }
 

@@ -138,7 +138,10 @@ pub async fn run(
     } else {
         let u = &config.uplink;
         let backoff = Backoff::with(Duration::from_millis(u.retry_initial_ms), Duration::from_secs(u.retry_max_secs));
-        Some(UplinkSettings::from_dir(&dir, &u.cloud, &config.identity.relay_id, backoff).map_err(RunError::Config)?)
+        let mut settings =
+            UplinkSettings::from_dir(&dir, &u.cloud, &config.identity.relay_id, backoff).map_err(RunError::Config)?;
+        settings.flow.linger = Duration::from_millis(u.linger_ms);
+        Some(settings)
     };
     let core = Core::open(config.clone(), &config.db_path(&dir))?;
     let status = core.hub.uplink.clone();

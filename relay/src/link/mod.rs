@@ -39,8 +39,6 @@ pub const MAX_BATCH_RAW: usize = 16 << 20;
 const EMERGENCY_PAGE: usize = 64;
 /// Entries per normal batch at most.
 const NORMAL_PAGE: usize = 1024;
-/// Batches read from the peer but not yet imported, before the receiver stops reading.
-const RECEIVE_AHEAD: usize = 32;
 /// Normal batches smaller than this wait up to `FlowConfig::linger` for more entries.
 const LINGER_BELOW: usize = 64;
 /// Stream priorities (quinn sends higher first).
@@ -194,7 +192,10 @@ async fn receive<S: LinkStore>(
     reset: mpsc::Sender<()>,
 ) -> LinkError {
     type Decoded = Option<(BatchHeader, Vec<Entry>)>;
-    let (order_tx, mut order_rx) = mpsc::channel::<oneshot::Receiver<Result<Decoded, LinkError>>>(RECEIVE_AHEAD);
+    // Unbounded on purpose: accepting must never wait for imports, or an emergency stream
+    // would wait behind normal batches still arriving. QUIC's stream limit (256
+    // concurrent) bounds how many can be pending.
+    let (order_tx, mut order_rx) = mpsc::unbounded_channel::<oneshot::Receiver<Result<Decoded, LinkError>>>();
     let mut tasks: JoinSet<LinkError> = JoinSet::new();
 
     let imp_store = store.clone();
@@ -225,7 +226,7 @@ async fn receive<S: LinkStore>(
                 Err(e) => return LinkError::Connection(e),
             };
             let (tx, rx) = oneshot::channel();
-            if order_tx.send(rx).await.is_err() {
+            if order_tx.send(rx).is_err() {
                 return LinkError::Shutdown;
             }
             let (store, peer, ctl, reset) = (store.clone(), peer.clone(), ctl.clone(), reset.clone());
@@ -328,7 +329,7 @@ async fn send<S: LinkStore>(
                 .and_then(|r| r.lock().ok().map(|r| Arc::from(r.iter().cloned().collect::<Vec<_>>())));
             let (limit, max_bytes) = match lane {
                 Lane::Emergency => (EMERGENCY_PAGE, usize::MAX),
-                Lane::Normal => (NORMAL_PAGE, state.config().max_batch_bytes as usize * 4),
+                Lane::Normal => (NORMAL_PAGE, state.batch_budget() as usize),
             };
             let q =
                 OutboundQuery { peer: peer.name.clone(), rooms, after: state.lane_pos(lane), lane, limit, max_bytes };
@@ -413,7 +414,11 @@ async fn on_ack<S: LinkStore>(
     id: u64,
     now: Duration,
 ) {
-    let known = state.on_ack(id, now).is_some();
+    let acked = state.on_ack(id, now);
+    if let Some(b) = &acked {
+        tracing::debug!(peer = %peer.name, batch = id, lane = ?b.lane, bytes = b.bytes, window = state.window(), "batch acked");
+    }
+    let known = acked.is_some();
     let fwd = forwarded.remove(&id).unwrap_or_default();
     if known || !fwd.is_empty() {
         store.peer_acked(&peer.name, state.hwm(), fwd, now_ms()).await;

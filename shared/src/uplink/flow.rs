@@ -8,9 +8,10 @@
 //! it; anything above that the peer already had is deduplicated there by message id.
 //!
 //! Normal batches are limited to a window of about 1.25 × the measured bandwidth-delay
-//! product (delivery rate from acks, max-filtered; RTT min-filtered), with a floor of two
-//! batches, so the link never holds a standing queue of our own making that a new
-//! emergency would have to wait behind. Emergency batches are not windowed.
+//! product (delivery rate from acks, max-filtered; RTT min-filtered), with a small floor,
+//! so the link never holds a standing queue of our own making that a new emergency would
+//! have to wait behind; batches are sized from the window so several are in flight.
+//! Emergency batches are not windowed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -28,6 +29,9 @@ pub struct FlowConfig {
     pub max_inflight_emergency: usize,
     /// How long a partial normal batch may wait for more entries.
     pub linger: Duration,
+    /// The window before any measurement, and its floor: small enough not to build a
+    /// standing queue on a 2G/EDGE link (EDGE's BDP is about 21 KB).
+    pub min_window_bytes: u64,
 }
 
 impl Default for FlowConfig {
@@ -36,7 +40,8 @@ impl Default for FlowConfig {
             max_batch_bytes: 32 * 1024,
             max_inflight_batches: 32,
             max_inflight_emergency: 64,
-            linger: Duration::from_millis(50),
+            linger: Duration::from_millis(500),
+            min_window_bytes: 16 * 1024,
         }
     }
 }
@@ -126,8 +131,15 @@ impl SendState {
 
     /// Bytes of normal batches allowed in flight.
     pub fn window(&self) -> u64 {
-        let floor = 2 * self.cfg.max_batch_bytes;
+        let floor = self.cfg.min_window_bytes;
         self.bdp().map_or(floor, |bdp| (bdp + bdp / 4).max(floor))
+    }
+
+    /// Uncompressed bytes to put in the next normal batch: about one window, so that with
+    /// typical 4–7× compression several batches fit in flight (acks keep flowing and the
+    /// pipe stays full) yet no batch is larger than `max_batch_bytes` compressed-ish.
+    pub fn batch_budget(&self) -> u64 {
+        self.window().clamp(self.cfg.min_window_bytes, 4 * self.cfg.max_batch_bytes)
     }
 
     /// Whether another batch may be sent in `lane` now.
@@ -243,9 +255,9 @@ mod tests {
 
     #[test]
     fn the_window_follows_the_bandwidth_delay_product() {
-        let cfg = FlowConfig { max_batch_bytes: 1000, ..FlowConfig::default() };
+        let cfg = FlowConfig { max_batch_bytes: 1000, min_window_bytes: 2000, ..FlowConfig::default() };
         let mut s = SendState::new(Cursor(0), cfg);
-        assert_eq!(s.window(), 2000, "two batches before any measurement");
+        assert_eq!(s.window(), 2000, "the floor before any measurement");
         // A 100 kB/s pipe with 400 ms from send to ack: one 10 kB batch sent every 100 ms,
         // each acked 400 ms later. BDP 40 kB.
         let mut pending = std::collections::VecDeque::new();
