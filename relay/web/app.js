@@ -668,7 +668,8 @@ function renderRooms() {
   people.replaceChildren(
     ...entries.map(([u, p]) => el('li', { class: p.status === 'offline' ? 'off' : p.status }, el('span', { class: 'dot', 'aria-hidden': 'true' }), `${u} `, el('span', { class: 'small muted' }, presenceText(p)))),
   );
-  if (!entries.length) people.replaceChildren(el('li', { class: 'muted small' }, 'Nobody else online right now.'));
+  if (!S.session?.welcomed) people.replaceChildren(el('li', { class: 'muted small' }, `Not known while the ${serverName()} is not connected.`));
+  else if (!entries.length) people.replaceChildren(el('li', { class: 'muted small' }, 'Nobody else online right now.'));
 }
 
 function presenceText(p) {
@@ -699,7 +700,9 @@ function renderRoom() {
   for (const m of S.msgs.values()) if (m.room === room && m.from && m.from !== me()) users.add(m.from);
   const typers = [...(S.typing.get(room) ?? new Map()).entries()].filter(([, exp]) => exp > Date.now()).map(([u]) => u);
   for (const u of typers) users.add(u);
-  $('room-people').textContent = [...users].sort().map((u) => `${u} ${presenceText(S.presence.get(u))}`).join(' \u00B7 ');
+  // Presence is only known while connected; otherwise show names alone.
+  const live = !!S.session?.welcomed;
+  $('room-people').textContent = [...users].sort().map((u) => (live ? `${u} ${presenceText(S.presence.get(u))}` : u)).join(' \u00B7 ');
   $('typing').textContent = typers.length ? `${typers.join(' and ')} ${typers.length > 1 ? 'are' : 'is'} typing\u2026` : '';
 
   const older = $('older');
@@ -836,8 +839,7 @@ function startConnection() {
         return true;
       },
       onStatus() {
-        renderConn();
-        if (conn.state === 'open' && !S.session?.welcomed) renderRoom();
+        render();
       },
     });
   }

@@ -11,7 +11,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 
 export const ROOT = path.resolve(import.meta.dirname, '../../..');
-export const BIN = process.env.OUTPOST_BIN_DIR ?? path.join(ROOT, 'target/debug');
+export const BIN = process.env.HARNESS_BIN_DIR ?? path.join(ROOT, 'target/debug');
 export const ARTIFACTS = path.resolve(import.meta.dirname, '../artifacts');
 
 const EVENT_TIMEOUT_MS = 30_000;
@@ -22,7 +22,7 @@ process.on('exit', () => {
 
 function bin(name) {
   const p = path.join(BIN, name);
-  if (!fs.existsSync(p)) throw new Error(`${p} not found: run \`cargo build --bins\` first (or set OUTPOST_BIN_DIR)`);
+  if (!fs.existsSync(p)) throw new Error(`${p} not found: run \`cargo build --bins\` first (or set HARNESS_BIN_DIR)`);
   return p;
 }
 
@@ -47,8 +47,13 @@ function server(name, args, logPath) {
     const log = fs.openSync(logPath, 'a');
     const child = spawn(bin(name), args, {
       stdio: ['ignore', 'pipe', log],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' },
+      // Hermetic: no OUTPOST_SECTION__KEY settings leak in from the caller's environment.
+      env: { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('OUTPOST_'))), RUST_LOG: process.env.RUST_LOG ?? 'info' },
     });
+    // A server left running by a failed test must not keep this process alive (the
+    // exit handler above kills it).
+    child.unref();
+    child.stdout.unref?.();
     fs.closeSync(log);
     live.add(child);
     const timer = setTimeout(() => {
@@ -81,6 +86,16 @@ function exited(child) {
 export class Stack {
   static async start(name) {
     const s = new Stack();
+    try {
+      return await s.#start(name);
+    } catch (e) {
+      await s.close().catch(() => {});
+      throw e;
+    }
+  }
+
+  async #start(name) {
+    const s = this;
     s.name = name;
     s.dir = fs.mkdtempSync(path.join(os.tmpdir(), `outpost-browser-${name}-`));
     s.cloudDir = path.join(s.dir, 'cloud');
@@ -126,12 +141,13 @@ export class Stack {
   /** Stops everything and keeps the logs in artifacts/<name>/. */
   async close() {
     for (const child of [this.hub, this.cloud]) {
-      if (!child) continue;
+      if (!child || child.exitCode !== null || child.signalCode !== null) continue;
       child.kill('SIGTERM');
       const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
       await exited(child);
       clearTimeout(t);
     }
+    if (!this.dir) return;
     const out = path.join(ARTIFACTS, this.name);
     fs.mkdirSync(out, { recursive: true });
     for (const f of ['hub.log', 'cloud.log']) {

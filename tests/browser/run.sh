@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Browser tests of the web client (relay/web) in Chromium, against real processes: each
+# test makes its own cloud (`outpost-cloud init`), enrolls and provisions a hub
+# (`enroll-relay`, `outpost-relay init`), runs both, and signs in with tokens from
+# `outpost-cloud token`. Uses the debug binaries: run `cargo build --bins` first.
+#   tests/browser/run.sh                         # every scenario
+#   tests/browser/run.sh tests/chat.test.mjs     # one (paths relative to tests/browser)
+# Screenshots and server logs go to tests/browser/artifacts/.
+set -euo pipefail
+cd "$(dirname "$0")"
+root="$(cd ../.. && pwd)"
+bin="${HARNESS_BIN_DIR:-$root/target/debug}"
+
+for b in outpost-relay outpost-cloud; do
+  if [[ ! -x "$bin/$b" ]]; then
+    echo "run.sh: $bin/$b is missing: run \`cargo build --bins\` first" >&2
+    exit 2
+  fi
+done
+
+# Debian's Chromium (playwright's own browser downloads are not used).
+if [[ ! -x /usr/bin/chromium ]]; then
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update
+  $sudo apt-get -o DPkg::Lock::Timeout=600 install -y chromium
+fi
+command -v node >/dev/null || { echo "run.sh: node (20 or later) is needed" >&2; exit 2; }
+
+# playwright-core only, at the version in package-lock.json; it downloads no browser.
+PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+
+rm -rf artifacts
+mkdir -p artifacts
+if [[ $# -eq 0 ]]; then
+  set -- tests/*.test.mjs
+fi
+export HARNESS_BIN_DIR="$bin"
+exec node --test --test-concurrency=1 --test-reporter=spec "$@"
