@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: unit and property tests beside the code, and the
-# end-to-end scenarios in tests/ that start real outpost-relay and outpost-cloud processes.
+# Runs every test: unit and property tests beside the code, the end-to-end scenarios in
+# tests/ that start real outpost-relay and outpost-cloud processes (the hub also as built
+# for a Pi, under qemu), and the web client's browser tests in Chromium.
 # Installs what the tests need on its own; assumes only a Rust toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,8 +10,46 @@ cd "$(dirname "$0")/.."
 # tests/src/proc.rs for how they are found).
 cargo build --workspace --bins --locked
 
+# The emulated smoke test (tests/tests/qemu_smoke.rs) runs the hub as built for a Pi
+# (aarch64) under qemu-user. cross-build.sh installs the rustup target, Debian's cross gcc
+# and qemu-user when missing. The dev profile is the quickest to build from nothing (no
+# LTO; dependencies at opt-level 2 as in host builds); the release profile's fat LTO would
+# add several minutes for no gain in what the test proves. Only a failed installation
+# (exit 3) skips the test, and says so; a failed build fails the run.
+cross_dir="${CARGO_TARGET_DIR:-target/cross}"
+[[ $cross_dir = /* ]] || cross_dir="$PWD/$cross_dir"
+qemu_status=0
+CARGO_TARGET_DIR="$cross_dir" scripts/cross-build.sh --profile dev --target aarch64 --relay-only || qemu_status=$?
+case $qemu_status in
+  0)
+    export QEMU_RELAY_BIN="$cross_dir/aarch64-unknown-linux-gnu/debug/outpost-relay"
+    export QEMU_RELAY_WRAPPER="qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib"
+    unset QEMU_SMOKE_SKIP
+    ;;
+  3)
+    export QEMU_SMOKE_SKIP="the aarch64 cross toolchain or qemu-user could not be installed (see scripts/cross-build.sh output above)"
+    unset QEMU_RELAY_BIN
+    echo "WARNING: the qemu smoke test will be SKIPPED: $QEMU_SMOKE_SKIP" >&2
+    ;;
+  *)
+    echo "test.sh: the aarch64 cross build failed (exit $qemu_status)" >&2
+    exit "$qemu_status"
+    ;;
+esac
+
+status=0
+
+# The web client in a real Chromium against real hub and cloud processes
+# (tests/browser/run.sh installs Debian's chromium and playwright-core when missing).
+# It runs before the Rust suite so that the suite's summary closes the output.
+tests/browser/run.sh || status=$?
+
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  cargo nextest run --workspace --locked --no-fail-fast || status=$?
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace --locked --no-fail-fast || status=$?
 fi
+if [[ -n ${QEMU_SMOKE_SKIP:-} ]]; then
+  echo "WARNING: the qemu smoke test was SKIPPED: $QEMU_SMOKE_SKIP" >&2
+fi
+exit "$status"
