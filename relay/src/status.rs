@@ -153,7 +153,7 @@ fn ago(ms: Option<u64>) -> String {
 }
 
 fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / 1_048_576.0)
+    if b < 1_048_576 { format!("{:.1} KiB", b as f64 / 1024.0) } else { format!("{:.1} MiB", b as f64 / 1_048_576.0) }
 }
 
 pub async fn page(State((hub, _)): State<AppState>) -> Html<String> {

@@ -134,6 +134,20 @@ export class Stack {
     return exited(child);
   }
 
+  /** SIGTERM to the cloud; resolves with its exit code. */
+  async stopCloud() {
+    const child = this.cloud;
+    this.cloud = null;
+    child.kill('SIGTERM');
+    return exited(child);
+  }
+
+  /** Starts the cloud again on its QUIC address (the hub reconnects by itself). */
+  async startCloud() {
+    const cloud = await server('outpost-cloud', ['run', '--dir', this.cloudDir, '--ws', '127.0.0.1:0', '--quic', this.quic], path.join(this.dir, 'cloud.log'));
+    this.cloud = cloud.child;
+  }
+
   token(user, role, rooms, ttl = '1d') {
     return run('outpost-cloud', ['token', '--dir', this.cloudDir, '--user', user, '--role', role, ...rooms.flatMap((r) => ['--room', r]), '--ttl', ttl]);
   }
