@@ -21,28 +21,6 @@ use tokio::time::Instant;
 
 use crate::stats::{self, Latency};
 
-/// The hub's `messages` table and its indexes as migrations 1 and 2 in
-/// relay/src/store/schema.rs leave them, so every insert maintains the same three b-trees
-/// the hub's does. Keep it in step when the hub's schema changes.
-const SCHEMA: &str = "
-    CREATE TABLE messages (
-        cursor    INTEGER PRIMARY KEY,
-        id        BLOB NOT NULL UNIQUE,
-        room      TEXT NOT NULL,
-        kind      TEXT NOT NULL,
-        priority  INTEGER NOT NULL,
-        body      TEXT NOT NULL,
-        seq       INTEGER NOT NULL,
-        reply_to  BLOB,
-        sender    TEXT NOT NULL,
-        device    TEXT NOT NULL,
-        hlc       INTEGER NOT NULL,
-        at        INTEGER NOT NULL,
-        origin_peer TEXT
-    );
-    CREATE INDEX messages_room ON messages (room, cursor);
-";
-
 /// Rows per second at one group size.
 #[derive(Debug, Clone, Copy)]
 pub struct GroupResult {
@@ -63,7 +41,11 @@ pub fn sqlite_group_commit(dir: &Path, group: usize, duration: Duration) -> anyh
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.execute_batch(SCHEMA)?;
+    // The hub's own schema (every migration), so each insert maintains exactly the
+    // b-trees the hub's `messages` table has, and the baseline follows schema changes.
+    for migration in outpost_relay::store::MIGRATIONS {
+        conn.execute_batch(migration)?;
+    }
 
     let body_pad = "x".repeat(60);
     let mut cursor: i64 = 0;
