@@ -42,7 +42,14 @@ Demo tokens (valid 7 days):
   baraka   (worker, rooms clinic+village): $BARAKA
   dr-neema (doctor, room clinic; connect to the cloud): $NEEMA
 
-Try it with any WebSocket client, e.g. websocat:
+Open the web client in a browser (each link signs that person in; use separate
+browser profiles or private windows for separate people):
+  amina:    http://127.0.0.1:$PORT/#token=$AMINA
+  baraka:   http://127.0.0.1:$PORT/#token=$BARAKA
+  dr-neema: http://127.0.0.1:$CLOUD_PORT/#token=$NEEMA
+Hub status page: http://127.0.0.1:$PORT/status
+
+Or speak the protocol with any WebSocket client, e.g. websocat:
   websocat ws://127.0.0.1:$PORT/ws
   {"v":1,"type":"hello","token":"<amina's token>","device":"amina-phone","cursor":null,"epoch":null}
   {"v":1,"type":"send","msg":{"id":"$(cat /proc/sys/kernel/random/uuid)","room":"clinic","kind":"chat","priority":"normal","body":{"text":"hello"},"seq":1}}
