@@ -11,6 +11,8 @@ pub mod error_code;
 pub mod frames;
 pub mod hlc;
 pub mod ids;
+pub mod policy;
+pub mod revocation;
 pub mod token;
 pub mod uplink;
 
@@ -18,6 +20,8 @@ pub use error_code::ErrorCode;
 pub use frames::{Body, ClientFrame, DecodeError, MessageBody, OutgoingMsg, ServerFrame};
 pub use hlc::{Hlc, HlcClock};
 pub use ids::{Cursor, DeviceId, Epoch, IdError, MessageId, MessageKind, Priority, RelayId, RoomId, Seq, UserId};
+pub use policy::{Action, Denied, Policy};
+pub use revocation::{Revocation, RevocationList, Revoked};
 pub use token::{Claims, Role, TokenError, TokenSigner, TokenVerifier};
 
 /// The device protocol version this crate speaks (`"v": 1` in every frame).

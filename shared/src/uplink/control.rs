@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Cursor, RoomId};
+use crate::revocation::Revocation;
 
 /// Largest control frame either side accepts (a `Hello` listing many rooms fits easily).
 pub const MAX_CONTROL_LEN: usize = 256 * 1024;
@@ -26,7 +27,15 @@ pub enum Control {
     Rooms { rooms: Vec<RoomId> },
     /// The receiver refuses the link (and closes it).
     Refused { code: String, message: String },
+    /// Cloud → hub: entries of the cloud's token revocation list. The whole list is sent
+    /// after every handshake (in frames of at most [`REVOCATIONS_PER_FRAME`] entries) and
+    /// again when it changes; the hub merges idempotently. A hub never sends this.
+    Revocations { entries: Vec<Revocation> },
 }
+
+/// Entries per `Revocations` frame (each well under 200 bytes, so a frame stays far below
+/// [`MAX_CONTROL_LEN`]).
+pub const REVOCATIONS_PER_FRAME: usize = 500;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -87,6 +96,21 @@ mod tests {
             any::<u64>().prop_map(|batch| Control::Ack { batch }),
             prop::collection::vec(room, 0..5).prop_map(|rooms| Control::Rooms { rooms }),
             ("[a-z_]{1,10}", "\\PC{0,40}").prop_map(|(code, message)| Control::Refused { code, message }),
+            prop::collection::vec(("\\PC{0,36}", any::<u64>(), any::<bool>()), 0..4).prop_map(|v| {
+                let entries = v
+                    .into_iter()
+                    .map(|(s, t, user)| Revocation {
+                        what: if user {
+                            crate::revocation::Revoked::User { user: s.clone(), issued_before: t }
+                        } else {
+                            crate::revocation::Revoked::Token(s.clone())
+                        },
+                        reason: s,
+                        at: t,
+                    })
+                    .collect();
+                Control::Revocations { entries }
+            }),
         ]
     }
 

@@ -1,0 +1,188 @@
+//! Token revocation: the cloud's list of tokens that must no longer be accepted.
+//!
+//! Tokens are verified offline, so a stolen phone's token would stay valid until it
+//! expires. The cloud keeps a revocation list; it travels to every hub over the uplink
+//! (and can be entered on a hub by hand when the uplink is down) and each server checks it
+//! at `hello` and closes live sessions whose token it names. Two kinds of entry:
+//!
+//! - a single token, by its `jti` (a lost phone);
+//! - a user, for every token issued up to a moment (`issued_before`, seconds): someone who
+//!   left the programme; tokens issued to them later are valid again.
+//!
+//! Entries are idempotent facts; applying the same list twice changes nothing, and
+//! receiving them in any order gives the same result (a user entry keeps the latest
+//! `issued_before`).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::token::Claims;
+
+/// What an entry revokes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Revoked {
+    /// One token, by its `jti`.
+    Token(String),
+    /// Every token of this user issued at or before `issued_before` (seconds).
+    User { user: String, issued_before: u64 },
+}
+
+/// One entry of the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub what: Revoked,
+    /// Why (shown in the audit log, never to the device).
+    pub reason: String,
+    /// When it was decided, milliseconds since the Unix epoch.
+    pub at: u64,
+}
+
+impl Revocation {
+    /// The key an entry is stored and merged under: `("token", jti)` or `("user", id)`.
+    pub fn key(&self) -> (&'static str, &str) {
+        match &self.what {
+            Revoked::Token(jti) => ("token", jti),
+            Revoked::User { user, .. } => ("user", user),
+        }
+    }
+
+    /// `issued_before` of a user entry, 0 for a token entry.
+    pub fn issued_before(&self) -> u64 {
+        match self.what {
+            Revoked::Token(_) => 0,
+            Revoked::User { issued_before, .. } => issued_before,
+        }
+    }
+
+    /// Rebuilds an entry from its stored key and `issued_before`.
+    pub fn from_key(kind: &str, value: String, issued_before: u64, reason: String, at: u64) -> Option<Self> {
+        let what = match kind {
+            "token" => Revoked::Token(value),
+            "user" => Revoked::User { user: value, issued_before },
+            _ => return None,
+        };
+        Some(Self { what, reason, at })
+    }
+}
+
+/// The list as a server checks it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevocationList {
+    tokens: HashMap<String, Revocation>,
+    users: HashMap<String, Revocation>,
+}
+
+impl RevocationList {
+    pub fn new(entries: impl IntoIterator<Item = Revocation>) -> Self {
+        let mut list = Self::default();
+        for e in entries {
+            list.insert(e);
+        }
+        list
+    }
+
+    /// Adds an entry; a user entry keeps the later `issued_before`. Returns whether the
+    /// list changed.
+    pub fn insert(&mut self, e: Revocation) -> bool {
+        match &e.what {
+            Revoked::Token(jti) => {
+                if self.tokens.contains_key(jti) {
+                    return false;
+                }
+                self.tokens.insert(jti.clone(), e);
+                true
+            }
+            Revoked::User { user, issued_before } => match self.users.get(user) {
+                Some(old) if old.issued_before() >= *issued_before => false,
+                _ => {
+                    self.users.insert(user.clone(), e);
+                    true
+                }
+            },
+        }
+    }
+
+    /// The entry that revokes these claims, if any.
+    pub fn revokes(&self, claims: &Claims) -> Option<&Revocation> {
+        self.tokens
+            .get(&claims.jti)
+            .or_else(|| self.users.get(claims.sub.as_str()).filter(|e| claims.iat <= e.issued_before()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len() + self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every entry, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = &Revocation> {
+        self.tokens.values().chain(self.users.values())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::ids::UserId;
+    use crate::token::Role;
+
+    fn claims(user: &str, jti: &str, iat: u64) -> Claims {
+        Claims {
+            sub: UserId::new(user).unwrap_or_else(|e| panic!("{e}")),
+            role: Role::Worker,
+            rooms: vec![],
+            exp: iat + 100,
+            iat,
+            iss: "c".into(),
+            jti: jti.into(),
+        }
+    }
+
+    fn token(jti: &str) -> Revocation {
+        Revocation { what: Revoked::Token(jti.into()), reason: "lost phone".into(), at: 1 }
+    }
+
+    fn user(u: &str, issued_before: u64) -> Revocation {
+        Revocation { what: Revoked::User { user: u.into(), issued_before }, reason: "left".into(), at: 1 }
+    }
+
+    #[test]
+    fn a_revoked_token_is_named_and_others_are_not() {
+        let list = RevocationList::new([token("t1")]);
+        assert_eq!(list.revokes(&claims("amina", "t1", 5)), Some(&token("t1")));
+        assert_eq!(list.revokes(&claims("amina", "t2", 5)), None);
+    }
+
+    #[test]
+    fn a_user_entry_revokes_tokens_issued_up_to_its_moment() {
+        let list = RevocationList::new([user("amina", 100)]);
+        assert!(list.revokes(&claims("amina", "old", 100)).is_some());
+        assert!(list.revokes(&claims("amina", "new", 101)).is_none());
+        assert!(list.revokes(&claims("baraka", "old", 50)).is_none());
+    }
+
+    proptest! {
+        /// Entries are facts: any order, any repetition, the same list.
+        #[test]
+        fn merging_is_order_independent(ops in prop::collection::vec((0u8..4, 0u64..5), 0..20)) {
+            let entries: Vec<Revocation> = ops
+                .iter()
+                .map(|(k, t)| if *k < 2 { token(&format!("t{k}")) } else { user(&format!("u{k}"), *t) })
+                .collect();
+            let forward = RevocationList::new(entries.clone());
+            let backward = RevocationList::new(entries.iter().rev().cloned().chain(entries.clone()));
+            let keys = |l: &RevocationList| {
+                let mut v: Vec<_> = l.entries().map(|e| (e.key().0, e.key().1.to_owned(), e.issued_before())).collect();
+                v.sort();
+                v
+            };
+            prop_assert_eq!(keys(&forward), keys(&backward));
+        }
+    }
+}
