@@ -1,0 +1,5 @@
+//! libFuzzer entry point; the decoding and the invariants live in
+//! `outpost_fuzz::token::check` so the corpus replay test runs them without libFuzzer.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| outpost_fuzz::token::check(data));
