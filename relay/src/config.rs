@@ -33,11 +33,21 @@ pub struct ServerConfig {
     /// How long a graceful shutdown waits for sessions to close, seconds. Kept well under
     /// systemd's `TimeoutStopSec` so the store is always flushed before a hard kill.
     pub shutdown_grace_secs: u64,
+    /// Test only: serve `/echo`, a WebSocket echo behind the same upgrade settings and
+    /// connection limits as `/ws`, for the WebSocket conformance suite
+    /// (`tests/conformance/run.sh`). It needs no token, so never turn it on in the field.
+    /// Left out of the `relay.toml` that `init` writes so operators are not invited to.
+    #[serde(skip_serializing_if = "is_false")]
+    pub conformance_echo: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:8080".into(), shutdown_grace_secs: 10 }
+        Self { listen: "0.0.0.0:8080".into(), shutdown_grace_secs: 10, conformance_echo: false }
     }
 }
 
@@ -302,6 +312,7 @@ mod tests {
         let cfg = RelayConfig::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.limits.max_body_bytes, 1000);
         assert_eq!(cfg.limits.max_frame_bytes, 256 << 10);
+        assert!(!cfg.server.conformance_echo, "the test-only echo route is off by default");
     }
 
     #[test]

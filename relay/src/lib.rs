@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod echo;
 pub mod hub;
 pub mod init;
 pub mod link;

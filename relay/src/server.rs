@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::RelayConfig;
+use crate::config::{LimitsConfig, RelayConfig};
 use crate::hub::{ConnTracker, Hub, Refusal};
 use crate::link::uplink::UplinkSettings;
 use crate::router::Router;
@@ -81,9 +81,17 @@ impl Core {
         Ok(Self { hub, store, tracker: TaskTracker::new(), sessions_stop, grace })
     }
 
-    /// `/ws` (protocol v1) and `/healthz`; merge further routes into it.
+    /// `/ws` (protocol v1) and `/healthz`; merge further routes into it. With the
+    /// test-only `server.conformance_echo` switch, also `/echo` (see [`crate::echo`]).
     pub fn routes(&self) -> axum::Router {
-        axum::Router::new()
+        let mut router = axum::Router::new();
+        if self.hub.config.server.conformance_echo {
+            tracing::warn!(
+                "server.conformance_echo is on: /echo echoes WebSocket messages without a token; for tests only"
+            );
+            router = router.route("/echo", get(crate::echo::upgrade));
+        }
+        router
             .route("/ws", get(ws_upgrade))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/status", get(crate::status::page))
@@ -168,19 +176,35 @@ async fn ws_upgrade(
 ) -> Response {
     let slot = match ConnTracker::acquire(&hub, peer.ip()) {
         Ok(s) => s,
-        Err(Refusal::HubFull) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "hub_full: this hub serves its maximum number of devices; try again later\n",
-            )
-                .into_response();
-        }
-        Err(Refusal::TooManyFromAddress) => {
-            return (StatusCode::TOO_MANY_REQUESTS, "rate_limited: too many connections from this address\n")
-                .into_response();
-        }
+        Err(r) => return refused(r),
     };
-    let limits = &hub.config.limits;
+    configure(upgrade, &hub.config.limits).on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            crate::session::serve(hub, socket, peer).await;
+            drop(slot);
+        })
+    })
+}
+
+/// The HTTP answer to a connection [`ConnTracker::acquire`] refused (`limits.max_devices`,
+/// `limits.max_connections_per_ip`). Every WebSocket route takes its slot from the same
+/// tracker and refuses with this, so they share one count and one answer.
+pub(crate) fn refused(refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::HubFull => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "hub_full: this hub serves its maximum number of devices; try again later\n",
+        )
+            .into_response(),
+        Refusal::TooManyFromAddress => {
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited: too many connections from this address\n").into_response()
+        }
+    }
+}
+
+/// The WebSocket settings of every route (`/ws`, and `/echo` in tests): one place, so the
+/// conformance suite tests exactly what devices get.
+pub(crate) fn configure(upgrade: WebSocketUpgrade, limits: &LimitsConfig) -> WebSocketUpgrade {
     // Frames a little over the limit are read and refused with `too_large` while the
     // connection stays open; tungstenite's hard cap sits at twice the limit.
     let hard_cap = limits.max_frame_bytes.saturating_mul(2);
@@ -189,10 +213,12 @@ async fn ws_upgrade(
         .write_buffer_size(limits.read_buffer_bytes)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                crate::session::serve(hub, socket, peer).await;
-                drop(slot);
-            })
-        })
+}
+
+/// Whether a read failed because a message or frame was over the cap [`configure`] sets:
+/// tungstenite's `CapacityError::MessageTooLong`, which axum passes on only as text. Only
+/// that: a control frame over 125 bytes ("Control frame too big") is a protocol error,
+/// not a size refusal, and must not be answered with 1009 (Autobahn 2.5, 7.3.6).
+pub(crate) fn over_hard_cap(e: &axum::Error) -> bool {
+    e.to_string().contains("Message too long")
 }

@@ -375,7 +375,7 @@ impl Session {
             Some(Err(e)) => {
                 // tungstenite refuses a message past its hard cap; the stream cannot continue.
                 let text = e.to_string();
-                if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+                if crate::server::over_hard_cap(&e) {
                     self.feed(error_frame(ErrorCode::TooLarge, "the frame is far over the size limit", None)).await?;
                     self.flush().await?;
                     close_with(&mut self.ws, close::TOO_BIG, "frame too large").await;
