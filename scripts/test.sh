@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit and property tests beside the code, the end-to-end scenarios in
 # tests/ that start real outpost-relay and outpost-cloud processes (the hub also as built
-# for a Pi, under qemu), and the web client's browser tests in Chromium.
+# for a Pi, under qemu), the web client's browser tests in Chromium and the WebSocket
+# conformance suite (Autobahn cases 1-10, tests/conformance/).
 # Installs what the tests need on its own; assumes only a Rust toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,12 @@ status=0
 # (tests/browser/run.sh installs Debian's chromium and playwright-core when missing).
 # It runs before the Rust suite so that the suite's summary closes the output.
 tests/browser/run.sh || status=$?
+
+# WebSocket conformance: the Autobahn cases 1-10 (kosoku, from PyPI, in a venv under
+# target/) against the hub's test-only /echo route, which has /ws's settings and limits.
+# Every case must be OK or accepted with a reason in tests/conformance/expected.toml
+# (docs/conformance.md).
+tests/conformance/run.sh || status=$?
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast || status=$?
