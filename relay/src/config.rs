@@ -86,6 +86,11 @@ pub struct LimitsConfig {
     pub max_frame_bytes: usize,
     /// Largest message body, in bytes of JSON.
     pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects in a message body. Real bodies nest a few
+    /// levels; clients parse frames with limits of their own (serde_json: 128 levels for a
+    /// whole frame, and a `history` frame wraps a body four levels deep), so a deeper body
+    /// would be stored once and then break every client that receives it.
+    pub max_body_depth: usize,
     /// Most concurrent device connections on this hub (HTTP 503 beyond it).
     pub max_devices: usize,
     /// Most concurrent connections from one source address (HTTP 429 beyond it).
@@ -120,6 +125,7 @@ impl Default for LimitsConfig {
         Self {
             max_frame_bytes: 256 << 10,
             max_body_bytes: 64 << 10,
+            max_body_depth: 64,
             max_devices: 1000,
             max_connections_per_ip: 1000,
             outbound_queue: 1024,
@@ -239,6 +245,7 @@ impl RelayConfig {
         let positive = [
             ("limits.max_frame_bytes", l.max_frame_bytes as u64),
             ("limits.max_body_bytes", l.max_body_bytes as u64),
+            ("limits.max_body_depth", l.max_body_depth as u64),
             ("limits.max_devices", l.max_devices as u64),
             ("limits.max_connections_per_ip", l.max_connections_per_ip as u64),
             ("limits.outbound_queue", l.outbound_queue as u64),

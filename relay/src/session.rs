@@ -515,6 +515,11 @@ impl Session {
                 format!("the body is {} bytes; the limit is {max_body}; send media as an attachment", msg.body.len());
             return self.feed(error_frame(ErrorCode::TooLarge, m, id)).await;
         }
+        let max_depth = self.hub.config.limits.max_body_depth;
+        if msg.body.depth() > max_depth {
+            let m = format!("the body nests more than {max_depth} levels deep; flatten it");
+            return self.feed(error_frame(ErrorCode::TooLarge, m, id)).await;
+        }
         if let Err((code, m)) = self.check_room(&msg.room) {
             return self.feed(error_frame(code, m, id)).await;
         }

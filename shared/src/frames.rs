@@ -50,6 +50,35 @@ impl Body {
     pub fn is_empty(&self) -> bool {
         self.0.get().is_empty()
     }
+    /// How deeply arrays and objects nest in the body: `0` for a scalar, `1` for `[1]`,
+    /// `2` for `{"a":[1]}`. serde_json's recursion limit does not apply to a raw value, so
+    /// a body thousands of levels deep decodes; the hub checks this against its limit so it
+    /// never stores and fans out JSON that its clients' parsers refuse or overflow on.
+    pub fn depth(&self) -> usize {
+        let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+        // The text is valid JSON, so brackets outside strings are structure.
+        for &b in self.0.get().as_bytes() {
+            if in_string {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        max
+    }
 }
 
 impl PartialEq for Body {

@@ -212,6 +212,17 @@ fn refused_send_still_names_its_id() {
 }
 
 #[test]
+fn body_depth_counts_nesting_outside_strings() {
+    let depth = |json: &str| Body::from_json(json).map(|b| b.depth()).unwrap_or_else(|e| panic!("{json}: {e}"));
+    assert_eq!(depth("1"), 0);
+    assert_eq!(depth(r#""[[[{{""#), 0);
+    assert_eq!(depth("[]"), 1);
+    assert_eq!(depth(r#"{"a":[1,{"b":"]]]\"[["}],"c":{}}"#), 3);
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    assert_eq!(depth(&deep), 10_000, "serde_json's recursion limit does not stop a raw body");
+}
+
+#[test]
 fn body_is_kept_verbatim() {
     let text = r#"{"v":1,"type":"send","msg":{"id":"0190b6d2-7f3a-7000-8000-000000000001","room":"r","kind":"chat","priority":"emergency","body":{"b":[1, 2 ,3]},"seq":9}}"#;
     match ClientFrame::decode(text) {
