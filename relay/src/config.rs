@@ -39,6 +39,15 @@ pub struct ServerConfig {
     /// Left out of the `relay.toml` that `init` writes so operators are not invited to.
     #[serde(skip_serializing_if = "is_false")]
     pub conformance_echo: bool,
+    /// The hub's TLS certificate (PEM: the hub's certificate, then any intermediates) for
+    /// serving phones over HTTPS/`wss://`; relative paths are inside the relay directory.
+    /// Set both `tls_cert` and `tls_key`, or neither (plain HTTP). See docs/operations.md,
+    /// "HTTPS on the village network".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM). Readable by the hub's user only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -47,7 +56,13 @@ fn is_false(b: &bool) -> bool {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:8080".into(), shutdown_grace_secs: 10, conformance_echo: false }
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            shutdown_grace_secs: 10,
+            conformance_echo: false,
+            tls_cert: None,
+            tls_key: None,
+        }
     }
 }
 
@@ -109,6 +124,10 @@ pub struct LimitsConfig {
     pub rate_burst: u32,
     /// Seconds a new connection has to send `hello` (close 4008 after).
     pub hello_timeout_secs: u64,
+    /// Seconds a new connection has to complete the TLS handshake when `server.tls_cert`
+    /// is set (dropped after). Generous for a 2G-grade Wi-Fi corner, short enough that
+    /// idle sockets cannot pile up.
+    pub tls_handshake_timeout_secs: u64,
     /// Seconds between server pings.
     pub ping_interval_secs: u64,
     /// Seconds of silence after which a peer is considered dead and dropped.
@@ -134,6 +153,7 @@ impl Default for LimitsConfig {
             rate_per_sec: 1000,
             rate_burst: 2000,
             hello_timeout_secs: 10,
+            tls_handshake_timeout_secs: 10,
             ping_interval_secs: 30,
             idle_timeout_secs: 90,
             presence_per_sec: 2,
@@ -232,6 +252,10 @@ impl RelayConfig {
         };
         overrides(&mut cfg);
         problems.extend(cfg.problems());
+        // The files are read now too, so a bad certificate stops the hub before it binds.
+        if let Err(e) = crate::lan_tls::LanTls::from_config(&cfg, dir) {
+            problems.push(e.to_string());
+        }
         if problems.is_empty() { Ok(cfg) } else { Err(ConfigError { problems }) }
     }
 
@@ -240,6 +264,17 @@ impl RelayConfig {
         let mut p = Vec::new();
         if self.server.listen.parse::<SocketAddr>().is_err() {
             p.push(format!("server.listen = {:?} is not an address like 0.0.0.0:8080", self.server.listen));
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => p.push(
+                "server.tls_cert is set but server.tls_key is not: set both (the certificate and its key) or neither"
+                    .into(),
+            ),
+            (None, Some(_)) => p.push(
+                "server.tls_key is set but server.tls_cert is not: set both (the certificate and its key) or neither"
+                    .into(),
+            ),
+            _ => {}
         }
         let l = &self.limits;
         let positive = [
@@ -252,6 +287,7 @@ impl RelayConfig {
             ("limits.max_inflight_per_device", l.max_inflight_per_device as u64),
             ("limits.rate_per_sec", u64::from(l.rate_per_sec)),
             ("limits.hello_timeout_secs", l.hello_timeout_secs),
+            ("limits.tls_handshake_timeout_secs", l.tls_handshake_timeout_secs),
             ("limits.ping_interval_secs", l.ping_interval_secs),
             ("limits.idle_timeout_secs", l.idle_timeout_secs),
             ("limits.presence_per_sec", u64::from(l.presence_per_sec)),
@@ -292,6 +328,13 @@ impl RelayConfig {
             p.push(format!("uplink.cloud = {:?} must be HOST:PORT", self.uplink.cloud));
         }
         p
+    }
+
+    /// The TLS certificate and key paths, resolved against the relay directory, when both
+    /// are set.
+    pub fn tls_files(&self, dir: &Path) -> Option<(PathBuf, PathBuf)> {
+        let (cert, key) = (self.server.tls_cert.as_ref()?, self.server.tls_key.as_ref()?);
+        Some((dir.join(cert), dir.join(key)))
     }
 
     /// The database path, resolved against the relay directory.
@@ -335,6 +378,22 @@ mod tests {
         for needle in ["server.listen", "max_devices", "rate_per_sec", "bogus", "identity is not set"] {
             assert!(all.contains(needle), "{needle} missing from:\n{all}");
         }
+    }
+
+    #[test]
+    fn a_tls_certificate_needs_its_key_and_readable_files() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join(CONFIG_FILE);
+        std::fs::write(&file, with_identity("[server]\ntls_cert = \"tls/hub.crt\"\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let all = RelayConfig::load(dir.path()).err().map(|e| e.problems.join("\n")).unwrap_or_default();
+        assert!(all.contains("but server.tls_key is not"), "{all}");
+
+        std::fs::write(&file, with_identity("[server]\ntls_cert = \"tls/hub.crt\"\ntls_key = \"tls/hub.key\"\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let all = RelayConfig::load(dir.path()).err().map(|e| e.problems.join("\n")).unwrap_or_default();
+        let cert = dir.path().join("tls/hub.crt");
+        assert!(all.contains(&format!("server.tls_cert = {}: cannot read it", cert.display())), "{all}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod echo;
 pub mod hub;
 pub mod init;
+pub mod lan_tls;
 pub mod link;
 pub mod ratelimit;
 pub mod router;

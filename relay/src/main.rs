@@ -91,9 +91,10 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode 
                 return ExitCode::FAILURE;
             }
         };
+        let scheme = if config.server.tls_cert.is_some() { "wss" } else { "ws" };
         match listener.local_addr() {
             // Tests and scripts read this line to learn the bound port.
-            Ok(addr) => println!("outpost-relay listening on ws://{addr}/ws"),
+            Ok(addr) => println!("outpost-relay listening on {scheme}://{addr}/ws"),
             Err(e) => eprintln!("outpost-relay: {e}"),
         }
         let shutdown = CancellationToken::new();

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{LimitsConfig, RelayConfig};
 use crate::hub::{ConnTracker, Hub, Refusal};
+use crate::lan_tls::{LanListener, LanTls};
 use crate::link::uplink::UplinkSettings;
 use crate::router::Router;
 use crate::store::{OpenError, Store, StoreOptions};
@@ -51,6 +52,7 @@ pub struct Core {
     tracker: TaskTracker,
     sessions_stop: CancellationToken,
     grace: Duration,
+    tls: Option<LanTls>,
 }
 
 impl std::fmt::Debug for Core {
@@ -78,7 +80,7 @@ impl Core {
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let sessions_stop = CancellationToken::new();
         let hub = Arc::new(Hub::new(config, store.clone(), router, verifier, sessions_stop.clone()));
-        Ok(Self { hub, store, tracker: TaskTracker::new(), sessions_stop, grace })
+        Ok(Self { hub, store, tracker: TaskTracker::new(), sessions_stop, grace, tls: None })
     }
 
     /// `/ws` (protocol v1) and `/healthz`; merge further routes into it. With the
@@ -101,8 +103,14 @@ impl Core {
             .with_state((self.hub.clone(), self.tracker.clone()))
     }
 
-    /// Serves `app` on `listener` until `shutdown`; then closes sessions (bounded by the
-    /// grace period) and flushes the store.
+    /// Serves devices over TLS (HTTPS and `wss://`) instead of plain TCP.
+    pub fn with_tls(mut self, tls: LanTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Serves `app` on `listener` (over TLS after [`Core::with_tls`]) until `shutdown`;
+    /// then closes sessions (bounded by the grace period) and flushes the store.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -111,8 +119,10 @@ impl Core {
     ) -> Result<(), RunError> {
         // Frames are small and latency matters (an ack is one short frame): without
         // TCP_NODELAY a `stored` waits for the phone's delayed ACK (Nagle), tens of ms.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
+        // `tap_io` also gives handlers `ConnectInfo<SocketAddr>` (axum implements it for
+        // any tapped listener whose address is a `SocketAddr`).
+        let listener = LanListener::new(listener, self.tls.clone()).tap_io(|stream| {
+            if let Err(e) = stream.tcp().set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
@@ -151,7 +161,12 @@ pub async fn run(
         settings.flow.linger = Duration::from_millis(u.linger_ms);
         Some(settings)
     };
-    let core = Core::open(config.clone(), &config.db_path(&dir))?;
+    let tls = LanTls::from_config(&config, &dir).map_err(|e| RunError::Config(e.to_string()))?;
+    let mut core = Core::open(config.clone(), &config.db_path(&dir))?;
+    if let Some(tls) = tls {
+        tracing::info!("serving devices over TLS");
+        core = core.with_tls(tls);
+    }
     let status = core.hub.uplink.clone();
     let uplink_stop = CancellationToken::new();
     let uplink_task = uplink.map(|settings| {
