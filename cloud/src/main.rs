@@ -34,6 +34,13 @@ enum Cmd {
         /// QUIC listener for relays, e.g. 0.0.0.0:4433.
         #[arg(long)]
         quic: String,
+        /// Serve the WebSocket/HTTP listener over TLS with this certificate (PEM chain,
+        /// the server's certificate first); needs --tls-key.
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
     },
     /// Print a signed device token on stdout.
     Token {
@@ -72,7 +79,7 @@ fn now_secs() -> u64 {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cmd = match cli.cmd {
-        Cmd::Run { dir, ws, quic } => return serve(dir, ws, quic),
+        Cmd::Run { dir, ws, quic, tls_cert, tls_key } => return serve(dir, ws, quic, tls_cert, tls_key),
         other => other,
     };
     match run(cmd) {
@@ -87,8 +94,23 @@ fn main() -> ExitCode {
 /// Exit code for bad configuration or usage of `run` (as the relay's).
 const EXIT_CONFIG: u8 = 64;
 
-fn serve(dir: PathBuf, ws: String, quic: String) -> ExitCode {
+fn serve(dir: PathBuf, ws: String, quic: String, tls_cert: Option<PathBuf>, tls_key: Option<PathBuf>) -> ExitCode {
     outpost_relay::cli::init_tracing();
+    let tls = match (tls_cert, tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => match outpost_cloud::server::load_tls(&cert, &key) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("outpost-cloud: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        (Some(_), None) | (None, Some(_)) => {
+            eprintln!("outpost-cloud: --tls-cert and --tls-key go together: give both or neither");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let quic_addr: std::net::SocketAddr = match quic.parse() {
         Ok(a) => a,
         Err(_) => {
@@ -120,12 +142,12 @@ fn serve(dir: PathBuf, ws: String, quic: String) -> ExitCode {
         };
         // Tests and scripts read this line to learn the bound ports.
         match (listener.local_addr(), endpoint.local_addr()) {
-            (Ok(w), Ok(q)) => println!("outpost-cloud listening on ws://{w}/ws quic={q}"),
+            (Ok(w), Ok(q)) => println!("outpost-cloud listening on {scheme}://{w}/ws quic={q}"),
             (Err(e), _) | (_, Err(e)) => eprintln!("outpost-cloud: {e}"),
         }
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(outpost_relay::cli::wait_for_signal(shutdown.clone()));
-        match outpost_cloud::server::run(&dir, listener, endpoint, shutdown).await {
+        match outpost_cloud::server::run(&dir, listener, tls, endpoint, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outpost-cloud: {e}");

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use outpost_relay::RelayConfig;
+use outpost_relay::lan_tls::LanTls;
 use outpost_relay::link::tls;
 use outpost_relay::server::{Core, RunError};
 use outpost_shared::bundle::encode_key;
@@ -28,6 +29,13 @@ pub enum CloudRunError {
     Quic { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Run(#[from] RunError),
+}
+
+/// The TLS of the WebSocket/HTTP listener from `--tls-cert`/`--tls-key`, with the hub's
+/// handshake timeout.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<LanTls, outpost_relay::lan_tls::LanTlsError> {
+    let timeout = std::time::Duration::from_secs(RelayConfig::default().limits.tls_handshake_timeout_secs);
+    LanTls::load(cert, key, timeout)
 }
 
 /// The cloud's device-serving settings: the hub defaults, verifying its own tokens, its
@@ -63,17 +71,22 @@ pub fn bind_quic(dir: &Path, addr: SocketAddr) -> Result<quinn::Endpoint, CloudR
     quinn::Endpoint::new(endpoint_cfg, Some(cfg), socket, runtime).map_err(quic_err)
 }
 
-/// Runs the cloud until `shutdown`.
+/// Runs the cloud until `shutdown`; with `tls`, doctors' browsers and hospital systems
+/// connect over HTTPS and `wss://`.
 pub async fn run(
     dir: &Path,
     ws: TcpListener,
+    tls: Option<LanTls>,
     quic: quinn::Endpoint,
     shutdown: CancellationToken,
 ) -> Result<(), CloudRunError> {
     let id = CloudIdentity::load(dir)?;
     let config = hub_config(&id);
     let db = config.storage.path.clone();
-    let core = Core::open(config, &db)?;
+    let mut core = Core::open(config, &db)?;
+    if let Some(tls) = tls {
+        core = core.with_tls(tls);
+    }
     let relays_stop = CancellationToken::new();
     let relays =
         tokio::spawn(crate::relays::accept(quic, core.store.clone(), id.cloud_id.clone(), relays_stop.clone()));
