@@ -6,17 +6,22 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::EVENT_TIMEOUT;
 
 /// A received server frame, as JSON.
 pub type Frame = Value;
 
+/// What a device's WebSocket runs over: plain TCP, or TLS (`wss://`).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
 pub struct Device {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<Box<dyn Transport>>,
     /// The welcome frame of the last handshake.
     pub welcome: Value,
     /// Frames received while waiting for something else, in arrival order.
@@ -33,7 +38,20 @@ pub fn chat(room: &str, text: &str) -> Value {
 
 impl Device {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting {url}"))?;
+        let tcp = TcpStream::connect(host_port(url)).await.with_context(|| format!("connecting {url}"))?;
+        Self::handshake(url, Box::new(tcp)).await
+    }
+
+    /// Connects to a `wss://` URL, verifying the server with `tls` (which names the CAs
+    /// it trusts).
+    pub async fn connect_with(url: &str, tls: tokio_rustls::TlsConnector) -> anyhow::Result<Self> {
+        let stream = tls_connect(url, tls).await?;
+        Self::handshake(url, Box::new(stream)).await
+    }
+
+    async fn handshake(url: &str, stream: Box<dyn Transport>) -> anyhow::Result<Self> {
+        let (ws, _) =
+            tokio_tungstenite::client_async(url, stream).await.with_context(|| format!("connecting {url}"))?;
         Ok(Self { ws, welcome: Value::Null, backlog: Default::default(), closed: None, seq: 0 })
     }
 
@@ -44,7 +62,8 @@ impl Device {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(std::net::SocketAddr::new(source, 0))?;
         let stream = socket.connect(addr).await?;
-        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        let stream: Box<dyn Transport> = Box::new(stream);
+        let (ws, _) = tokio_tungstenite::client_async(url, stream)
             .await
             .with_context(|| format!("connecting {url} from {source}"))?;
         Ok(Self { ws, welcome: Value::Null, backlog: Default::default(), closed: None, seq: 0 })
@@ -244,4 +263,23 @@ impl Device {
         }
         Ok(())
     }
+}
+
+/// `host:port` of a `ws://`, `wss://`, `http://` or `https://` URL.
+pub fn host_port(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or_default()
+}
+
+/// TCP to `url`'s host, then a TLS handshake that checks the server's certificate for
+/// that host (an IP address or a DNS name).
+pub async fn tls_connect(
+    url: &str,
+    tls: tokio_rustls::TlsConnector,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let addr = host_port(url);
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())?;
+    let tcp = TcpStream::connect(addr).await.with_context(|| format!("connecting {addr}"))?;
+    Ok(tls.connect(name, tcp).await?)
 }

@@ -11,6 +11,7 @@ pub mod corpus;
 pub mod http;
 pub mod linkemu;
 pub mod proc;
+pub mod tls;
 
 pub use client::{Device, Frame};
 pub use proc::{Cloud, CloudProc, Relay, RelayCmd, RelayDir, bin, free_udp_addr};

@@ -145,7 +145,8 @@ impl RelayDir {
         let (child, line) =
             spawn_server("outpost-relay", cmd.tokio_command(), &args, &self.dir.join("relay.log"), env).await?;
         let url = line.rsplit(' ').next().unwrap_or_default().to_owned();
-        if !url.starts_with("ws://") {
+        // `wss://` when the relay serves TLS (`server.tls_cert`).
+        if !url.starts_with("ws://") && !url.starts_with("wss://") {
             bail!("unexpected first line from relay: {line:?}");
         }
         Ok(Relay { child, url })
@@ -221,8 +222,15 @@ impl CloudProc {
 impl Cloud {
     /// Starts `outpost-cloud run` with its QUIC endpoint on `quic` (`127.0.0.1:0` for any).
     pub async fn start(&self, quic: &str) -> anyhow::Result<CloudProc> {
-        let args =
-            ["run", "--dir", &self.dir.display().to_string(), "--ws", "127.0.0.1:0", "--quic", quic].map(str::to_owned);
+        self.start_with_args(quic, &[]).await
+    }
+
+    /// Like [`Cloud::start`], with more `run` arguments (e.g. `--tls-cert FILE`).
+    pub async fn start_with_args(&self, quic: &str, extra: &[&str]) -> anyhow::Result<CloudProc> {
+        let mut args = ["run", "--dir", &self.dir.display().to_string(), "--ws", "127.0.0.1:0", "--quic", quic]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let (child, line) = spawn_server(
             "outpost-cloud",
             TokioCommand::new(bin("outpost-cloud")),
@@ -231,11 +239,11 @@ impl Cloud {
             &[],
         )
         .await?;
-        // "outpost-cloud listening on ws://A/ws quic=B"
+        // "outpost-cloud listening on ws://A/ws quic=B" (wss:// with TLS)
         let mut ws = String::new();
         let mut q = String::new();
         for word in line.split(' ') {
-            if word.starts_with("ws://") {
+            if word.starts_with("ws://") || word.starts_with("wss://") {
                 ws = word.to_owned();
             } else if let Some(a) = word.strip_prefix("quic=") {
                 q = a.to_owned();
@@ -303,7 +311,7 @@ impl Relay {
 
     /// `host:port` of the device listener.
     pub fn addr(&self) -> String {
-        self.url.trim_start_matches("ws://").trim_end_matches("/ws").to_owned()
+        crate::client::host_port(&self.url).to_owned()
     }
 
     /// SIGKILL: no chance to flush anything.
