@@ -4,14 +4,11 @@
 import { openDb, write, loadAll } from './db.js';
 import { uuid4, uuid7 } from './uuid.js';
 import { Connection, serverUrl } from './conn.js';
+import * as E2E from './e2e.js';
+import { $, RANK, bindView, followLog, renderAlerts, renderRoom, renderRooms, showShared, stickToEnd } from './view.js';
 
-const RANK = { failed: -1, queued: 0, stored: 1, forwarded: 2, delivered: 3, read: 4 };
-const STATES = ['queued', 'stored', 'forwarded', 'delivered', 'read'];
-const ICON = { queued: '\u25F7', stored: '\u2713', forwarded: '\u2713\u2713', delivered: '\u2713\u2713', read: '\u2713\u2713', failed: '!' };
 const ALERT_MAX_AGE_MS = 24 * 3600 * 1000; // older emergencies (a fresh device's replay) do not ring
 const RETRY_MS = { rate_limited: 2000, internal: 3000, storage_full: 30000 };
-
-const $ = (id) => document.getElementById(id);
 
 const S = {
   db: null,
@@ -39,6 +36,12 @@ const S = {
 };
 
 let conn = null;
+const keys = new E2E.KeyRing(); // room keys on this device (e2e.js)
+// Encrypted bodies, opened in the background; the screen (and `read`) follow when they are.
+const opener = new E2E.Opener(keys, () => {
+  render();
+  maybeRead();
+});
 
 // ---------- helpers ----------
 
@@ -47,12 +50,8 @@ const role = () => S.welcome?.role ?? S.claims?.role ?? 'worker';
 const rooms = () => S.welcome?.rooms ?? S.claims?.rooms ?? [];
 const isWorker = () => role() === 'worker';
 const serverName = () => (isWorker() ? 'hub' : 'server');
+const isEncrypted = (room) => (S.welcome?.encrypted ?? []).includes(room);
 
-function labels() {
-  return isWorker()
-    ? { queued: 'Queued on this phone', stored: 'On the hub', forwarded: 'At the hospital', delivered: 'Delivered', read: 'Read', failed: 'Not sent' }
-    : { queued: 'Queued on this device', stored: 'On the hospital server', forwarded: 'At the village hub', delivered: 'Delivered', read: 'Read', failed: 'Not sent' };
-}
 
 export function decodeClaims(token) {
   try {
@@ -67,48 +66,7 @@ export function decodeClaims(token) {
   }
 }
 
-const pad = (n) => String(n).padStart(2, '0');
-function clock(ms) {
-  const d = new Date(ms);
-  const now = new Date();
-  const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
-  if (d.toDateString() === now.toDateString()) return hm;
-  return `${d.getDate()} ${d.toLocaleString('en', { month: 'short' })} ${hm}`;
-}
-function ago(ms) {
-  const s = (Date.now() - ms) / 1000;
-  if (s < 60) return 'just now';
-  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-  return `at ${clock(ms)}`;
-}
-
-function bodyText(body) {
-  if (typeof body === 'string') return body;
-  if (body && typeof body === 'object' && typeof body.text === 'string') return body.text;
-  if (body && typeof body === 'object') {
-    return Object.entries(body)
-      .map(([k, v]) => `${k}: ${typeof v === 'object' ? JSON.stringify(v) : v}`)
-      .join(', ');
-  }
-  return JSON.stringify(body);
-}
-
 const isEmergency = (m) => m.priority === 'emergency';
-
-function stateOf(rec) {
-  if (!rec.mine) return null;
-  if (rec.local === 'failed') return 'failed';
-  const r = S.receipts.get(rec.id);
-  const local = rec.local ?? 'stored';
-  return r && RANK[r.best] > RANK[local] ? r.best : local;
-}
-
-function trailOf(rec) {
-  const r = S.receipts.get(rec.id);
-  const t = { ...(rec.trail || {}) };
-  if (r) for (const [k, v] of Object.entries(r.at)) t[k] ??= v;
-  return STATES.filter((s) => t[s] !== undefined).map((s) => [s, t[s]]);
-}
 
 // Error codes in plain words (docs/protocol.md, Errors).
 function plainError(code, message) {
@@ -132,6 +90,7 @@ function plainError(code, message) {
       return `The ${where} had a problem. The app will send it again.`;
     case 'unsupported_version':
     case 'bad_frame':
+      if (/end-to-end encrypted/.test(message ?? '')) return 'This room is end-to-end encrypted, and the message was not encrypted as it must be.';
       return `The ${where} did not understand this app (${message || code}). Please update the app.`;
     default:
       return message || `Error: ${code}`;
@@ -153,6 +112,7 @@ async function load() {
   S.msgs = new Map(messages.map((m) => [m.id, m]));
   S.receipts = new Map(receipts.map((r) => [r.id, r]));
   S.outbox = new Map(outbox.map((o) => [o.id, o]));
+  keys.load(kv.get(E2E.KV_KEY));
 }
 
 /** Drops what is held for the server; the outbox and its messages stay unless `all`. */
@@ -172,6 +132,10 @@ function resetLocal(ops, all) {
     S.outbox = new Map();
     S.inflight.clear();
     ops.push(['outbox', 'clear'], ['kv', 'delete', 'welcome']);
+    // Room keys belong to the person: another one signing in here must not read with them.
+    keys.clear();
+    opener.clear();
+    ops.push(['kv', 'delete', E2E.KV_KEY]);
   }
 }
 
@@ -225,7 +189,7 @@ function handle(f, gen, ops, after) {
   switch (f.type) {
     case 'welcome': {
       if (S.welcome && S.welcome.user !== f.user) resetLocal(ops, true);
-      S.welcome = { user: f.user, role: f.role ?? S.claims?.role ?? 'worker', rooms: f.rooms ?? [] };
+      S.welcome = { user: f.user, role: f.role ?? S.claims?.role ?? 'worker', rooms: f.rooms ?? [], encrypted: f.encrypted ?? [] };
       ops.push(['kv', 'put', S.welcome, 'welcome']);
       if (!S.epoch) {
         S.epoch = f.epoch;
@@ -313,7 +277,9 @@ function addMessage(msg, cursor, { history }, ops, after) {
     rec = { ...msg, cursor, mine, local: mine ? 'stored' : null, trail: mine ? { stored: msg.at } : {} };
   } else {
     const { local, trail, created } = rec;
-    Object.assign(rec, msg, { cursor, mine, local, trail, created });
+    // This device wrote it: keep the words it sealed rather than the envelope coming back.
+    const body = E2E.isSealed(msg.body) && !E2E.isSealed(rec.body) ? rec.body : msg.body;
+    Object.assign(rec, msg, { cursor, mine, local, trail, created, body });
     if (mine && RANK[rec.local ?? 'stored'] < RANK.stored) {
       rec.local = 'stored';
       rec.trail = { ...rec.trail, stored: rec.trail?.stored ?? msg.at };
@@ -372,24 +338,55 @@ function flushOutbox() {
   );
   for (const e of pending) {
     if (S.inflight.has(e.id)) continue;
+    if (isEncrypted(e.msg.room) && !E2E.isSealed(e.msg.body)) {
+      sealQueued(e); // written before this device knew the room is encrypted
+      continue;
+    }
     if (!conn.send({ v: 1, type: 'send', msg: e.msg })) break;
     S.inflight.add(e.id);
   }
+}
+
+/** The body as it leaves this device: sealed with the room's newest key in an encrypted room. */
+async function outgoing(room, id, body) {
+  if (!isEncrypted(room)) return body;
+  if (!E2E.available()) throw new Error(`this page cannot encrypt: open the ${serverName()}'s https:// address`);
+  const k = keys.newest(room);
+  if (!k) throw new Error(`there is no key for # ${room} on this device`);
+  return E2E.seal(await keys.cryptoKey(k), k.kid, room, id, body);
+}
+
+const sealing = new Set();
+async function sealQueued(e) {
+  if (sealing.has(e.id) || !keys.newest(e.msg.room) || !E2E.available()) return; // waits for the key
+  sealing.add(e.id);
+  try {
+    e.msg = { ...e.msg, body: await outgoing(e.msg.room, e.id, e.msg.body) };
+    await write(S.db, [['outbox', 'put', e]]);
+  } catch (err) {
+    notice(`A waiting message could not be encrypted (${err.message}).`);
+    return;
+  } finally {
+    sealing.delete(e.id);
+  }
+  flushOutbox();
 }
 
 async function compose(room, text, emergency) {
   const id = uuid7();
   const seq = ++S.seq;
   const now = Date.now();
-  const msg = {
-    id,
-    room,
-    kind: emergency ? 'alert' : 'chat',
-    priority: emergency ? 'emergency' : 'normal',
-    body: { text },
-    seq,
-  };
-  const rec = { ...msg, from: me(), device: S.device, mine: true, local: 'queued', cursor: null, created: now, at: now, trail: { queued: now } };
+  const body = { text };
+  let sealed;
+  try {
+    sealed = await outgoing(room, id, body);
+  } catch (e) {
+    notice(`Not sent: ${e.message}.`); // (a gap in seq is harmless)
+    return false;
+  }
+  // The outbox (and the wire) get the sealed body; the record keeps the words for this screen.
+  const msg = { id, room, kind: emergency ? 'alert' : 'chat', priority: emergency ? 'emergency' : 'normal', body: sealed, seq };
+  const rec = { ...msg, body, from: me(), device: S.device, mine: true, local: 'queued', cursor: null, created: now, at: now, trail: { queued: now } };
   S.msgs.set(id, rec);
   S.outbox.set(id, { id, msg, created: now });
   render();
@@ -405,6 +402,7 @@ async function compose(room, text, emergency) {
   }
   flushOutbox();
   render();
+  return true;
 }
 
 function roomMessages(room) {
@@ -431,12 +429,13 @@ function maybeRead() {
   const room = S.room;
   if (!room || document.visibilityState !== 'visible') return;
   let newest = null;
-  let newestOther = 0;
+  let other = null;
   for (const m of S.msgs.values()) {
     if (m.room !== room || m.cursor == null) continue;
     if (!newest || m.cursor > newest.cursor) newest = m;
-    if (!m.mine && m.cursor > newestOther) newestOther = m.cursor;
+    if (!m.mine && (!other || m.cursor > other.cursor)) other = m;
   }
+  const newestOther = other?.cursor ?? 0;
   if (!newest) return;
   if (newestOther > (S.seen[room] ?? 0)) {
     S.seen[room] = newestOther;
@@ -445,7 +444,9 @@ function maybeRead() {
     renderRooms();
   }
   const s = S.session;
-  if (s?.welcomed && conn.isOpen && newestOther > (s.readSent[room] ?? 0)) {
+  // An encrypted message this device cannot open (yet) is not "read": no receipt until it opens.
+  const opened = !other || ['plain', 'open'].includes(opener.view(other).state);
+  if (opened && s?.welcomed && conn.isOpen && newestOther > (s.readSent[room] ?? 0)) {
     if (conn.send({ v: 1, type: 'read', room, id: newest.id })) s.readSent[room] = newest.cursor;
   }
 }
@@ -537,18 +538,6 @@ function notice(text) {
 
 // ---------- rendering ----------
 
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === 'class') e.className = v;
-    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v === true ? '' : v);
-  }
-  for (const c of children) if (c !== null && c !== undefined) e.append(c);
-  return e;
-}
-
 function render() {
   const signedIn = !!S.token && !S.authError;
   $('signin').hidden = signedIn;
@@ -606,178 +595,6 @@ function renderConn() {
   $('retry').hidden = !retry;
 }
 
-function renderAlerts() {
-  const box = $('alerts');
-  const items = S.alerts.map((id) => S.msgs.get(id)).filter(Boolean);
-  box.hidden = items.length === 0;
-  document.title = items.length ? '(!) EMERGENCY \u2014 Outpost' : 'Outpost';
-  document.body.classList.toggle('alarm', items.length > 0);
-  if (!items.length) {
-    box.replaceChildren();
-    return;
-  }
-  const last = items[items.length - 1];
-  box.replaceChildren(
-    el('strong', { class: 'alert-title' }, items.length > 1 ? `EMERGENCY (${items.length})` : 'EMERGENCY'),
-    el(
-      'p',
-      { class: 'alert-text' },
-      `${last.from} in ${last.room}: ${bodyText(last.body)}`,
-      el('span', { class: 'alert-time' }, ` \u00B7 ${clock(last.at ?? Date.now())}`),
-    ),
-    el(
-      'div',
-      { class: 'row' },
-      el('button', { type: 'button', class: 'alert-open', onclick: () => openRoom(last.room) }, 'Open room'),
-      el('button', { type: 'button', class: 'alert-seen', onclick: dismissAlerts }, 'Seen'),
-    ),
-  );
-}
-
-function renderRooms() {
-  const ul = $('rooms');
-  const list = rooms();
-  ul.replaceChildren(
-    ...list.map((room) => {
-      const n = unread(room);
-      const msgs = roomMessages(room);
-      const last = msgs[msgs.length - 1];
-      const preview = last ? `${last.mine ? 'You' : last.from}: ${bodyText(last.body)}` : 'No messages yet';
-      return el(
-        'li',
-        {},
-        el(
-          'button',
-          {
-            type: 'button',
-            class: 'room-btn',
-            'data-room': room,
-            'aria-current': S.room === room ? 'page' : null,
-            onclick: () => openRoom(room),
-          },
-          el('span', { class: 'room-name' }, `# ${room}`),
-          el('span', { class: 'room-preview small muted' }, preview),
-          n ? el('span', { class: 'badge', 'aria-label': `${n} unread` }, n > 99 ? '99+' : String(n)) : null,
-        ),
-      );
-    }),
-  );
-  if (!list.length) ul.replaceChildren(el('li', { class: 'muted small' }, 'This sign-in has no rooms.'));
-  const people = $('people');
-  const entries = [...S.presence.entries()].filter(([u]) => u !== me()).sort(([a], [b]) => a.localeCompare(b));
-  people.replaceChildren(
-    ...entries.map(([u, p]) => el('li', { class: p.status === 'offline' ? 'off' : p.status }, el('span', { class: 'dot', 'aria-hidden': 'true' }), `${u} `, el('span', { class: 'small muted' }, presenceText(p)))),
-  );
-  if (!S.session?.welcomed) people.replaceChildren(el('li', { class: 'muted small' }, `Not known while the ${serverName()} is not connected.`));
-  else if (!entries.length) people.replaceChildren(el('li', { class: 'muted small' }, 'Nobody else online right now.'));
-}
-
-function presenceText(p) {
-  if (!p) return 'offline';
-  if (p.status === 'online') return 'online';
-  if (p.status === 'away') return 'away';
-  return p.last_seen ? `last seen ${ago(p.last_seen)}` : 'offline';
-}
-
-const items = new Map(); // message id -> <li>
-
-function renderRoom() {
-  const room = S.room;
-  $('composer').hidden = !room;
-  $('room-title').textContent = room ? `# ${room}` : 'Choose a room';
-  $('room-pane').classList.toggle('none', !room);
-  const log = $('log');
-  if (!room) {
-    log.replaceChildren();
-    items.clear();
-    $('older').hidden = true;
-    $('room-people').textContent = '';
-    $('typing').textContent = '';
-    return;
-  }
-  // Who is here: everyone who wrote in the room, and anyone typing.
-  const users = new Set();
-  for (const m of S.msgs.values()) if (m.room === room && m.from && m.from !== me()) users.add(m.from);
-  const typers = [...(S.typing.get(room) ?? new Map()).entries()].filter(([, exp]) => exp > Date.now()).map(([u]) => u);
-  for (const u of typers) users.add(u);
-  // Presence is only known while connected; otherwise show names alone.
-  const live = !!S.session?.welcomed;
-  $('room-people').textContent = [...users].sort().map((u) => (live ? `${u} ${presenceText(S.presence.get(u))}` : u)).join(' \u00B7 ');
-  $('typing').textContent = typers.length ? `${typers.join(' and ')} ${typers.length > 1 ? 'are' : 'is'} typing\u2026` : '';
-
-  const older = $('older');
-  older.hidden = S.more[room] === false;
-  older.disabled = loadingOlder.has(room) || !S.session?.welcomed;
-  older.textContent = loadingOlder.has(room) ? 'Loading\u2026' : 'Load older messages';
-
-  const wrap = $('log-wrap');
-  const list = roomMessages(room);
-  const keep = new Set(list.map((m) => m.id));
-  for (const [id, li] of items) {
-    if (!keep.has(id) || li.dataset.room !== room) {
-      li.remove();
-      items.delete(id);
-    }
-  }
-  let prev = null;
-  for (const m of list) {
-    let li = items.get(m.id);
-    if (!li) {
-      li = el('li', { 'data-id': m.id, 'data-room': room });
-      items.set(m.id, li);
-    }
-    updateItem(li, m);
-    const want = prev ? prev.nextSibling : log.firstChild;
-    if (want !== li) log.insertBefore(li, want);
-    prev = li;
-  }
-  if (stick) wrap.scrollTop = wrap.scrollHeight;
-}
-
-// The log follows new messages while the user is at its end (also when the screen
-// changes size: the keyboard opens, a banner appears), and stays put while they read back.
-let stick = true;
-function followLog() {
-  const wrap = $('log-wrap');
-  wrap.addEventListener('scroll', () => {
-    stick = wrap.scrollHeight - wrap.scrollTop - wrap.clientHeight < 40;
-  });
-  new ResizeObserver(() => {
-    if (stick) wrap.scrollTop = wrap.scrollHeight;
-  }).observe(wrap);
-}
-
-function updateItem(li, m) {
-  const state = stateOf(m);
-  const L = labels();
-  const trail = m.mine ? trailOf(m) : [];
-  const key = JSON.stringify([state, trail, m.cursor, m.error, bodyText(m.body), m.at]);
-  if (li.dataset.key === key) return;
-  li.dataset.key = key;
-  li.className = `msg ${m.mine ? 'mine' : 'theirs'}${isEmergency(m) ? ' emergency' : ''}${state ? ` s-${state}` : ''}`;
-  if (state) li.dataset.state = state;
-  li.dataset.trail = trail.map(([s]) => s).join(' ');
-  const head = el('div', { class: 'meta small' });
-  if (!m.mine) head.append(el('span', { class: 'from' }, m.from ?? '?'), ' ');
-  if (isEmergency(m)) head.append(el('span', { class: 'tag' }, 'EMERGENCY'), ' ');
-  head.append(el('time', { datetime: new Date(m.at ?? m.created ?? Date.now()).toISOString() }, clock(m.at ?? m.created ?? Date.now())));
-  const parts = [head, el('div', { class: 'text' }, bodyText(m.body))];
-  if (state) {
-    const r = S.receipts.get(m.id);
-    let label = L[state];
-    if ((state === 'read' || state === 'delivered') && r) {
-      const who = Object.entries(r.by)
-        .filter(([, s]) => s === state)
-        .map(([u]) => u);
-      if (who.length) label += ` by ${who.join(', ')}`;
-    }
-    if (state === 'failed' && m.error) label += `: ${m.error}`;
-    const title = trail.map(([s, t]) => `${L[s]} ${new Date(t).toLocaleTimeString()}`).join('\n');
-    parts.push(el('div', { class: 'state small', title: title || null }, el('span', { 'aria-hidden': 'true' }, `${ICON[state]} `), label));
-  }
-  li.replaceChildren(...parts);
-}
-
 // ---------- navigation ----------
 
 function openRoom(room) {
@@ -795,8 +612,75 @@ function tokenFromLink() {
   return true;
 }
 
+/** A room key link (/#roomkey=ROOM/KID/KEY): saved on this device, then taken out of the address bar. */
+function keyFromLink() {
+  const m = /^#roomkey=(.+)$/.exec(location.hash);
+  if (!m || !S.db) return false;
+  let k = null;
+  try {
+    k = E2E.parseKey(m[1]);
+  } catch (e) {
+    notice(`This room key link is not whole: ${e.message}`);
+  }
+  history.replaceState(null, '', k ? `${location.pathname}#room/${encodeURIComponent(k.room)}` : location.pathname);
+  const where = E2E.available() ? '' : ` This page cannot use it, though: open the ${serverName()}'s https:// address and open the link there.`;
+  if (k) addKey(k).then(() => notice(`Key ${k.kid} for # ${k.room} is saved on this device.${where}`));
+  return false; // go on to the room it names
+}
+
+/** Keeps a room key on this device (IndexedDB) and opens what it can open now. */
+async function addKey(k) {
+  if (!keys.add(k)) return;
+  await write(S.db, [['kv', 'put', keys.list, E2E.KV_KEY]]);
+  opener.retry();
+  flushOutbox(); // messages that waited for the key
+  render();
+}
+
+async function newRoomKey() {
+  const room = S.room;
+  if (!room || !E2E.available()) return;
+  const had = keys.newest(room);
+  if (had && !confirm(`Make a new key for # ${room}? New messages will use it, so everyone in the room needs the new key to read them. Old messages still open with key ${had.kid}.`)) return;
+  const k = E2E.newKey(room);
+  await addKey(k);
+  const link = `${location.origin}/#${E2E.keyFragment(k)}`;
+  const text = `Room key for # ${room} (key ${k.kid}). Open this link on your phone, where you use Outpost:\n${link}\nor paste this under "Room key" in the room:\n${k.kid}/${k.key}\nKeep it private: anyone who has it can read # ${room}.`;
+  showShared({ room, kid: k.kid, link, text });
+}
+
+function bindKeys() {
+  $('key-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const err = $('key-error');
+    try {
+      const k = E2E.parseKey($('key-input').value, S.room);
+      err.hidden = true;
+      $('key-input').value = '';
+      addKey(k).then(() => {
+        // In this room the line above the form now names the key; another room's, say so.
+        if (k.room !== S.room) notice(`Key ${k.kid} for # ${k.room} is saved on this device.`);
+      });
+    } catch (x) {
+      err.textContent = x.message;
+      err.hidden = false;
+    }
+  });
+  $('key-new').addEventListener('click', newRoomKey);
+  $('key-copy').addEventListener('click', async () => {
+    const t = $('key-text');
+    try {
+      await navigator.clipboard.writeText(t.value);
+      $('key-copy').textContent = 'Copied';
+    } catch {
+      t.select(); // the person copies it by hand
+    }
+  });
+}
+
 function routeChanged() {
   if (tokenFromLink()) return;
+  keyFromLink();
   const m = /^#room\/(.+)$/.exec(location.hash);
   const room = m ? decodeURIComponent(m[1]) : null;
   const next = room && (rooms().length === 0 || rooms().includes(room)) ? room : null;
@@ -806,8 +690,7 @@ function routeChanged() {
     $('message').value = '';
     render();
     if (next) {
-      stick = true;
-      $('log-wrap').scrollTop = $('log-wrap').scrollHeight;
+      stickToEnd();
       requestFirstHistory();
       maybeRead();
     }
@@ -914,7 +797,9 @@ function bindUi() {
     if (!text || !S.room) return;
     input.value = '';
     stopTyping(S.room);
-    compose(S.room, text, false);
+    compose(S.room, text, false).then((ok) => {
+      if (!ok && !input.value) input.value = text;
+    });
     input.focus();
   });
   input.addEventListener('keydown', (e) => {
@@ -938,6 +823,7 @@ function bindUi() {
     compose(S.room, details || 'Emergency: help needed now', true);
   });
   followLog();
+  bindKeys();
   window.addEventListener('hashchange', routeChanged);
   document.addEventListener('visibilitychange', () => {
     if (S.session?.welcomed) conn.send({ v: 1, type: 'presence', status: document.visibilityState === 'visible' ? 'online' : 'away' });
@@ -962,6 +848,7 @@ async function main() {
     S.device = uuid4();
     localStorage.setItem('outpost.device', S.device);
   }
+  bindView({ S, me, rooms, isWorker, serverName, isEncrypted, isEmergency, roomMessages, unread, loadingOlder, openRoom, dismissAlerts, keys, opener });
   bindUi();
   try {
     await load();

@@ -1,5 +1,6 @@
 // The device's durable state in IndexedDB:
-//   kv        cursor, epoch, seq, welcome (user, role, rooms), read marks, ...
+//   kv        cursor, epoch, seq, welcome (user, role, rooms, encrypted), read marks,
+//             roomkeys (the end-to-end room keys held here, e2e.js), ...
 //   messages  every message held for this server (own ones included), by id
 //   receipts  custody receipts for own messages, by message id
 //   outbox    messages written here and not yet `stored` by the server, by id

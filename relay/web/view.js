@@ -1,0 +1,331 @@
+// Rendering of the rooms, a room and the emergency banner. The state and the protocol are in
+// app.js, which hands its state and helpers over once with bindView().
+
+import { available } from './e2e.js';
+
+export const $ = (id) => document.getElementById(id);
+
+let A = null; // what app.js shares: S, me(), rooms(), ...
+let S = null;
+
+export function bindView(app) {
+  A = app;
+  S = app.S;
+}
+
+export const RANK = { failed: -1, queued: 0, stored: 1, forwarded: 2, delivered: 3, read: 4 };
+const STATES = ['queued', 'stored', 'forwarded', 'delivered', 'read'];
+const ICON = { queued: '\u25F7', stored: '\u2713', forwarded: '\u2713\u2713', delivered: '\u2713\u2713', read: '\u2713\u2713', failed: '!' };
+
+function labels() {
+  return A.isWorker()
+    ? { queued: 'Queued on this phone', stored: 'On the hub', forwarded: 'At the hospital', delivered: 'Delivered', read: 'Read', failed: 'Not sent' }
+    : { queued: 'Queued on this device', stored: 'On the hospital server', forwarded: 'At the village hub', delivered: 'Delivered', read: 'Read', failed: 'Not sent' };
+}
+
+const pad = (n) => String(n).padStart(2, '0');
+export function clock(ms) {
+  const d = new Date(ms);
+  const now = new Date();
+  const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  if (d.toDateString() === now.toDateString()) return hm;
+  return `${d.getDate()} ${d.toLocaleString('en', { month: 'short' })} ${hm}`;
+}
+function ago(ms) {
+  const s = (Date.now() - ms) / 1000;
+  if (s < 60) return 'just now';
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  return `at ${clock(ms)}`;
+}
+
+/** What a message shows: its text, or why an encrypted one cannot be shown (yet). */
+export function shown(m) {
+  const v = A.opener.view(m);
+  switch (v.state) {
+    case 'plain':
+    case 'open':
+      return { text: bodyText(v.body), locked: false };
+    case 'pending':
+      return { text: '\u{1F512} Opening\u2026', locked: true };
+    case 'nokey':
+      return { text: `\u{1F512} Encrypted message (key ${v.kid} not on this device)`, locked: true };
+    case 'insecure':
+      return { text: `\u{1F512} Encrypted message (this page cannot decrypt: open the ${A.serverName()}'s https:// address)`, locked: true };
+    default:
+      return { text: '\u{1F512} Cannot be opened with the key on this device', locked: true };
+  }
+}
+
+const lock = () => el('span', { class: 'lock', role: 'img', 'aria-label': 'end-to-end encrypted', title: 'End-to-end encrypted' }, '\u{1F512}');
+
+export function bodyText(body) {
+  if (typeof body === 'string') return body;
+  if (body && typeof body === 'object' && typeof body.text === 'string') return body.text;
+  if (body && typeof body === 'object') {
+    return Object.entries(body)
+      .map(([k, v]) => `${k}: ${typeof v === 'object' ? JSON.stringify(v) : v}`)
+      .join(', ');
+  }
+  return JSON.stringify(body);
+}
+
+
+function stateOf(rec) {
+  if (!rec.mine) return null;
+  if (rec.local === 'failed') return 'failed';
+  const r = S.receipts.get(rec.id);
+  const local = rec.local ?? 'stored';
+  return r && RANK[r.best] > RANK[local] ? r.best : local;
+}
+
+function trailOf(rec) {
+  const r = S.receipts.get(rec.id);
+  const t = { ...(rec.trail || {}) };
+  if (r) for (const [k, v] of Object.entries(r.at)) t[k] ??= v;
+  return STATES.filter((s) => t[s] !== undefined).map((s) => [s, t[s]]);
+}
+
+
+export function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') e.className = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) e.append(c);
+  return e;
+}
+
+
+export function renderAlerts() {
+  const box = $('alerts');
+  const items = S.alerts.map((id) => S.msgs.get(id)).filter(Boolean);
+  box.hidden = items.length === 0;
+  document.title = items.length ? '(!) EMERGENCY \u2014 Outpost' : 'Outpost';
+  document.body.classList.toggle('alarm', items.length > 0);
+  if (!items.length) {
+    box.replaceChildren();
+    return;
+  }
+  const last = items[items.length - 1];
+  box.replaceChildren(
+    el('strong', { class: 'alert-title' }, items.length > 1 ? `EMERGENCY (${items.length})` : 'EMERGENCY'),
+    el(
+      'p',
+      { class: 'alert-text' },
+      // Priority is not encrypted, so a locked emergency still rings; its words wait for the key.
+      `${last.from} in ${last.room}: ${shown(last).locked ? '\u{1F512} Emergency' : shown(last).text}`,
+      el('span', { class: 'alert-time' }, ` \u00B7 ${clock(last.at ?? Date.now())}`),
+    ),
+    el(
+      'div',
+      { class: 'row' },
+      el('button', { type: 'button', class: 'alert-open', onclick: () => A.openRoom(last.room) }, 'Open room'),
+      el('button', { type: 'button', class: 'alert-seen', onclick: () => A.dismissAlerts() }, 'Seen'),
+    ),
+  );
+}
+
+export function renderRooms() {
+  const ul = $('rooms');
+  const list = A.rooms();
+  ul.replaceChildren(
+    ...list.map((room) => {
+      const n = A.unread(room);
+      const msgs = A.roomMessages(room);
+      const last = msgs[msgs.length - 1];
+      const preview = last ? `${last.mine ? 'You' : last.from}: ${shown(last).text}` : 'No messages yet';
+      return el(
+        'li',
+        {},
+        el(
+          'button',
+          {
+            type: 'button',
+            class: 'room-btn',
+            'data-room': room,
+            'aria-current': S.room === room ? 'page' : null,
+            onclick: () => A.openRoom(room),
+          },
+          el('span', { class: 'room-name' }, `# ${room}`, A.isEncrypted(room) ? ' ' : null, A.isEncrypted(room) ? lock() : null),
+          el('span', { class: 'room-preview small muted' }, preview),
+          n ? el('span', { class: 'badge', 'aria-label': `${n} unread` }, n > 99 ? '99+' : String(n)) : null,
+        ),
+      );
+    }),
+  );
+  if (!list.length) ul.replaceChildren(el('li', { class: 'muted small' }, 'This sign-in has no rooms.'));
+  const people = $('people');
+  const entries = [...S.presence.entries()].filter(([u]) => u !== A.me()).sort(([a], [b]) => a.localeCompare(b));
+  people.replaceChildren(
+    ...entries.map(([u, p]) => el('li', { class: p.status === 'offline' ? 'off' : p.status }, el('span', { class: 'dot', 'aria-hidden': 'true' }), `${u} `, el('span', { class: 'small muted' }, presenceText(p)))),
+  );
+  if (!S.session?.welcomed) people.replaceChildren(el('li', { class: 'muted small' }, `Not known while the ${A.serverName()} is not connected.`));
+  else if (!entries.length) people.replaceChildren(el('li', { class: 'muted small' }, 'Nobody else online right now.'));
+}
+
+export function presenceText(p) {
+  if (!p) return 'offline';
+  if (p.status === 'online') return 'online';
+  if (p.status === 'away') return 'away';
+  return p.last_seen ? `last seen ${ago(p.last_seen)}` : 'offline';
+}
+
+const items = new Map(); // message id -> <li>
+
+export function renderRoom() {
+  const room = S.room;
+  $('composer').hidden = !room;
+  $('room-title').replaceChildren(room ? `# ${room}` : 'Choose a room', ...(room && A.isEncrypted(room) ? [' ', lock()] : []));
+  renderKeys(room);
+  $('room-pane').classList.toggle('none', !room);
+  const log = $('log');
+  if (!room) {
+    log.replaceChildren();
+    items.clear();
+    $('older').hidden = true;
+    $('room-people').textContent = '';
+    $('typing').textContent = '';
+    return;
+  }
+  // Who is here: everyone who wrote in the room, and anyone typing.
+  const users = new Set();
+  for (const m of S.msgs.values()) if (m.room === room && m.from && m.from !== A.me()) users.add(m.from);
+  const typers = [...(S.typing.get(room) ?? new Map()).entries()].filter(([, exp]) => exp > Date.now()).map(([u]) => u);
+  for (const u of typers) users.add(u);
+  // Presence is only known while connected; otherwise show names alone.
+  const live = !!S.session?.welcomed;
+  $('room-people').textContent = [...users].sort().map((u) => (live ? `${u} ${presenceText(S.presence.get(u))}` : u)).join(' \u00B7 ');
+  $('typing').textContent = typers.length ? `${typers.join(' and ')} ${typers.length > 1 ? 'are' : 'is'} typing\u2026` : '';
+
+  const older = $('older');
+  older.hidden = S.more[room] === false;
+  older.disabled = A.loadingOlder.has(room) || !S.session?.welcomed;
+  older.textContent = A.loadingOlder.has(room) ? 'Loading\u2026' : 'Load older messages';
+
+  const wrap = $('log-wrap');
+  const list = A.roomMessages(room);
+  const keep = new Set(list.map((m) => m.id));
+  for (const [id, li] of items) {
+    if (!keep.has(id) || li.dataset.room !== room) {
+      li.remove();
+      items.delete(id);
+    }
+  }
+  let prev = null;
+  for (const m of list) {
+    let li = items.get(m.id);
+    if (!li) {
+      li = el('li', { 'data-id': m.id, 'data-room': room });
+      items.set(m.id, li);
+    }
+    updateItem(li, m);
+    const want = prev ? prev.nextSibling : log.firstChild;
+    if (want !== li) log.insertBefore(li, want);
+    prev = li;
+  }
+  if (stick) wrap.scrollTop = wrap.scrollHeight;
+}
+
+// The log follows new messages while the user is at its end (also when the screen
+// changes size: the keyboard opens, a banner appears), and stays put while they read back.
+let stick = true;
+export function stickToEnd() {
+  stick = true;
+  $('log-wrap').scrollTop = $('log-wrap').scrollHeight;
+}
+export function followLog() {
+  const wrap = $('log-wrap');
+  wrap.addEventListener('scroll', () => {
+    stick = wrap.scrollHeight - wrap.scrollTop - wrap.clientHeight < 40;
+  });
+  new ResizeObserver(() => {
+    if (stick) wrap.scrollTop = wrap.scrollHeight;
+  }).observe(wrap);
+}
+
+function updateItem(li, m) {
+  const state = stateOf(m);
+  const L = labels();
+  const trail = m.mine ? trailOf(m) : [];
+  const { text, locked } = shown(m);
+  const key = JSON.stringify([state, trail, m.cursor, m.error, text, m.at]);
+  if (li.dataset.key === key) return;
+  li.dataset.key = key;
+  li.className = `msg ${m.mine ? 'mine' : 'theirs'}${A.isEmergency(m) ? ' emergency' : ''}${locked ? ' locked' : ''}${state ? ` s-${state}` : ''}`;
+  if (state) li.dataset.state = state;
+  li.dataset.trail = trail.map(([s]) => s).join(' ');
+  const head = el('div', { class: 'meta small' });
+  if (!m.mine) head.append(el('span', { class: 'from' }, m.from ?? '?'), ' ');
+  if (A.isEmergency(m)) head.append(el('span', { class: 'tag' }, 'EMERGENCY'), ' ');
+  head.append(el('time', { datetime: new Date(m.at ?? m.created ?? Date.now()).toISOString() }, clock(m.at ?? m.created ?? Date.now())));
+  const parts = [head, el('div', { class: 'text' }, text)];
+  if (state) {
+    const r = S.receipts.get(m.id);
+    let label = L[state];
+    if ((state === 'read' || state === 'delivered') && r) {
+      const who = Object.entries(r.by)
+        .filter(([, s]) => s === state)
+        .map(([u]) => u);
+      if (who.length) label += ` by ${who.join(', ')}`;
+    }
+    if (state === 'failed' && m.error) label += `: ${m.error}`;
+    const title = trail.map(([s, t]) => `${L[s]} ${new Date(t).toLocaleTimeString()}`).join('\n');
+    parts.push(el('div', { class: 'state small', title: title || null }, el('span', { 'aria-hidden': 'true' }, `${ICON[state]} `), label));
+  }
+  li.replaceChildren(...parts);
+}
+
+
+// ---------- the room key panel of an encrypted room ----------
+
+let keyPanel = null; // `room state` last rendered, to open the form once when a key is missing
+let shared = null; // { room, kid, link, text } just made with "New room key"
+
+export function showShared(s) {
+  shared = s;
+  renderKeys(S.room);
+  $('e2e-keys').open = true;
+  $('key-copy').textContent = 'Copy text';
+  $('key-share').scrollIntoView({ block: 'nearest' });
+}
+
+function renderKeys(room) {
+  const box = $('e2e');
+  const enc = !!room && A.isEncrypted(room);
+  const ok = available();
+  const newest = enc && ok ? A.keys.newest(room) : null;
+  const usable = !enc || !!newest;
+  for (const c of [$('message'), $('send'), $('emergency')]) c.disabled = !usable;
+  $('message').placeholder = usable ? 'Write a message' : 'Add the room key to write';
+  box.hidden = !enc;
+  if (!enc) {
+    keyPanel = null;
+    return;
+  }
+  const state = !ok ? 'insecure' : newest ? 'key' : 'nokey';
+  box.dataset.state = state;
+  const older = newest ? A.keys.kids(room).length - 1 : 0;
+  $('e2e-text').textContent =
+    state === 'insecure'
+      ? `This room is end-to-end encrypted, and this page cannot encrypt: browsers allow it only on a secure address. Open the ${A.serverName()}'s HTTPS address (https://\u2026) to read and write here.`
+      : state === 'nokey'
+        ? 'This room is end-to-end encrypted. Add its key to read and write.'
+        : `End-to-end encrypted \u00B7 new messages use key ${newest.kid}${older ? ` (and ${older} older key${older > 1 ? 's' : ''} for old messages)` : ''}`;
+  const details = $('e2e-keys');
+  details.hidden = state === 'insecure';
+  if (keyPanel !== `${room} ${state}`) {
+    details.open = state === 'nokey';
+    if (shared && shared.room !== room) shared = null;
+  }
+  keyPanel = `${room} ${state}`;
+  const share = $('key-share');
+  share.hidden = !shared || shared.room !== room;
+  if (!share.hidden) {
+    if ($('key-link').value !== shared.link) $('key-link').value = shared.link;
+    if ($('key-text').value !== shared.text) $('key-text').value = shared.text;
+    $('key-share-kid').textContent = shared.kid;
+  }
+}
