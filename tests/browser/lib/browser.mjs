@@ -23,12 +23,13 @@ const ARGS = [
   '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
 ];
 
-export async function openBrowser(name, viewport = MOBILE) {
+/** `opts.hosts`: extra names resolved to 127.0.0.1 (such a name is not a secure context). */
+export async function openBrowser(name, viewport = MOBILE, { hosts = [] } = {}) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), `outpost-chromium-${name}-`));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
-    args: ARGS,
+    args: hosts.length ? ARGS.map((x) => (x.startsWith('--host-resolver-rules=') ? x.replace('=', `=${hosts.map((h) => `MAP ${h} 127.0.0.1, `).join('')}`) : x)) : ARGS,
     viewport,
     timeout: WAIT_MS,
   });

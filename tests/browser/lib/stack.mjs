@@ -42,13 +42,13 @@ function freeUdpPort() {
 }
 
 /** Spawns a server and resolves with its first stdout line (where it says what it listens on). */
-function server(name, args, logPath) {
+function server(name, args, logPath, env = {}) {
   return new Promise((resolve, reject) => {
     const log = fs.openSync(logPath, 'a');
     const child = spawn(bin(name), args, {
       stdio: ['ignore', 'pipe', log],
       // Hermetic: no OUTPOST_SECTION__KEY settings leak in from the caller's environment.
-      env: { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('OUTPOST_'))), RUST_LOG: process.env.RUST_LOG ?? 'info' },
+      env: { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('OUTPOST_'))), RUST_LOG: process.env.RUST_LOG ?? 'info', ...env },
     });
     // A server left running by a failed test must not keep this process alive (the
     // exit handler above kills it).
@@ -84,23 +84,35 @@ function exited(child) {
 }
 
 export class Stack {
-  static async start(name) {
+  /**
+   * `opts.encryptedRooms`: rooms whose bodies must be end-to-end encrypted, on the hub
+   * (OUTPOST_POLICY__ENCRYPTED_ROOMS) and on the cloud (`[policy]` in cloud.toml).
+   */
+  static async start(name, opts = {}) {
     const s = new Stack();
     try {
-      return await s.#start(name);
+      return await s.#start(name, opts);
     } catch (e) {
       await s.close().catch(() => {});
       throw e;
     }
   }
 
-  async #start(name) {
+  async #start(name, { encryptedRooms = [] } = {}) {
     const s = this;
     s.name = name;
+    s.hubEnv = encryptedRooms.length ? { OUTPOST_POLICY__ENCRYPTED_ROOMS: encryptedRooms.join(',') } : {};
     s.dir = fs.mkdtempSync(path.join(os.tmpdir(), `outpost-browser-${name}-`));
     s.cloudDir = path.join(s.dir, 'cloud');
     s.relayDir = path.join(s.dir, 'relay');
     run('outpost-cloud', ['init', '--dir', s.cloudDir]);
+    if (encryptedRooms.length) {
+      const file = path.join(s.cloudDir, 'cloud.toml');
+      const toml = fs.readFileSync(file, 'utf8');
+      const line = /^encrypted_rooms = \[\]$/m;
+      if (!line.test(toml)) throw new Error(`${file} has no line \`encrypted_rooms = []\` to replace:\n${toml}`);
+      fs.writeFileSync(file, toml.replace(line, `encrypted_rooms = ${JSON.stringify(encryptedRooms)}`));
+    }
     s.quic = `127.0.0.1:${await freeUdpPort()}`;
     const bundle = path.join(s.dir, 'hub.bundle.json');
     run('outpost-cloud', ['enroll-relay', '--dir', s.cloudDir, '--relay', `hub-${name}`, '--cloud-addr', s.quic, '--out', bundle]);
@@ -118,7 +130,7 @@ export class Stack {
 
   /** Starts the hub; `addr` defaults to the address it had before (so open pages find it again). */
   async startHub(addr = this.hubAddr) {
-    const hub = await server('outpost-relay', ['run', '--dir', this.relayDir, '--ws', addr, '--cloud', this.quic], path.join(this.dir, 'hub.log'));
+    const hub = await server('outpost-relay', ['run', '--dir', this.relayDir, '--ws', addr, '--cloud', this.quic], path.join(this.dir, 'hub.log'), this.hubEnv);
     const url = hub.line.split(' ').pop();
     if (!url.startsWith('ws://')) throw new Error(`unexpected first line from the hub: ${hub.line}`);
     this.hub = hub.child;
