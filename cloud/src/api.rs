@@ -14,15 +14,18 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use outpost_relay::api::{ApiError, bearer, err};
 use outpost_relay::hub::{Hub, now_ms};
 use outpost_relay::store::AppendRequest;
 use outpost_shared::frames::OutgoingMsg;
 use outpost_shared::{
-    Body, Claims, Cursor, DeviceId, ErrorCode, MessageId, MessageKind, Priority, RoomId, Seq, TokenError,
+    Action, Body, Claims, Cursor, DeviceId, ErrorCode, MessageId, MessageKind, Priority, RoomId, Seq,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -34,47 +37,18 @@ pub fn routes(hub: Arc<Hub>) -> axum::Router {
     axum::Router::new().route("/api/rooms/{room}/messages", get(read).post(post)).with_state(hub)
 }
 
-struct ApiError(StatusCode, ErrorCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({"code": self.1, "message": self.2}))).into_response()
-    }
-}
-
-fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
-    let status = match code {
-        ErrorCode::BadFrame | ErrorCode::UnsupportedVersion => StatusCode::BAD_REQUEST,
-        ErrorCode::Unauthenticated | ErrorCode::TokenExpired => StatusCode::UNAUTHORIZED,
-        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::UnknownRoom => StatusCode::NOT_FOUND,
-        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
-        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    ApiError(status, code, message.into())
-}
-
-/// Verifies the bearer token and the caller's membership of `room`.
-fn authorize(hub: &Hub, headers: &HeaderMap, room: &str) -> Result<(Claims, RoomId), ApiError> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| err(ErrorCode::Unauthenticated, "send Authorization: Bearer <token>"))?;
-    let claims = hub.verifier.verify(token.trim(), now_ms() / 1000).map_err(|e| match e {
-        TokenError::Expired { .. } => err(ErrorCode::TokenExpired, e.to_string()),
-        _ => err(ErrorCode::Unauthenticated, e.to_string()),
-    })?;
+/// Verifies the bearer token (as devices' tokens are verified) and the caller's right to
+/// `action` in `room`.
+async fn authorize(
+    hub: &Hub,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    room: &str,
+    action: impl for<'r> FnOnce(&'r RoomId) -> Action<'r>,
+) -> Result<(Claims, RoomId), ApiError> {
+    let claims = bearer(hub, headers, peer).await?;
     let room = RoomId::new(room).map_err(|e| err(ErrorCode::BadFrame, e.to_string()))?;
-    if !claims.may_use_room(&room) {
-        return Err(if hub.store.room_known(&room) {
-            err(ErrorCode::Forbidden, format!("the token does not give access to room {room}"))
-        } else {
-            err(ErrorCode::UnknownRoom, format!("no room named {room}"))
-        });
-    }
+    outpost_relay::api::authorize(hub, &claims, action(&room), peer).await?;
     Ok((claims, room))
 }
 
@@ -86,11 +60,12 @@ struct Since {
 
 async fn read(
     State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(room): Path<String>,
     Query(q): Query<Since>,
 ) -> Response {
-    let (_, room) = match authorize(&hub, &headers, &room) {
+    let (_, room) = match authorize(&hub, &headers, peer, &room, |room| Action::History { room }).await {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
@@ -117,14 +92,11 @@ struct PostBody {
 
 async fn post(
     State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(room): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let (claims, room) = match authorize(&hub, &headers, &room) {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
     let limits = &hub.config.limits;
     if body.len() > limits.max_frame_bytes {
         return err(ErrorCode::TooLarge, format!("the request is over {} bytes", limits.max_frame_bytes))
@@ -134,6 +106,12 @@ async fn post(
         Ok(p) => p,
         Err(e) => return err(ErrorCode::BadFrame, format!("bad message: {e}")).into_response(),
     };
+    // The priority decides which role rule applies (who may raise an emergency).
+    let priority = p.priority.unwrap_or(Priority::Normal);
+    let (claims, room) = match authorize(&hub, &headers, peer, &room, |room| Action::Send { room, priority }).await {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
     let body = match Body::from_json(p.body.get()) {
         Ok(b) if b.len() <= limits.max_body_bytes => b,
         Ok(_) => {
@@ -142,6 +120,9 @@ async fn post(
         }
         Err(e) => return err(ErrorCode::BadFrame, e.to_string()).into_response(),
     };
+    if let Err((code, m)) = hub.check_body(&room, &body) {
+        return err(code, m).into_response();
+    }
     let at = now_ms();
     let msg = OutgoingMsg {
         id: p.id.unwrap_or_else(|| MessageId(uuid::Uuid::now_v7())),
@@ -150,7 +131,7 @@ async fn post(
             Ok(k) => k,
             Err(e) => return err(ErrorCode::Internal, e.to_string()).into_response(),
         },
-        priority: p.priority.unwrap_or(Priority::Normal),
+        priority,
         body,
         // Systems posting over HTTP have no device counter; the time keeps their order.
         seq: Seq(p.seq.unwrap_or(at)),

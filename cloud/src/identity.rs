@@ -38,6 +38,10 @@ pub enum IdentityError {
 pub struct CloudFile {
     /// Names this cloud in tokens (`iss`) and certificates.
     pub cloud_id: String,
+    /// Role rules for the cloud's doctors' listener and HTTP API (`[policy]`, as on a
+    /// hub; see docs/security.md). Defaults when absent.
+    #[serde(default)]
+    pub policy: outpost_shared::Policy,
 }
 
 /// Everything `token` and `enroll-relay` need.
@@ -47,6 +51,7 @@ pub struct CloudIdentity {
     pub signer: TokenSigner,
     ca_key: KeyPair,
     pub ca_cert_pem: String,
+    pub policy: outpost_shared::Policy,
 }
 
 impl std::fmt::Debug for CloudIdentity {
@@ -131,12 +136,12 @@ impl CloudIdentity {
         write_secret(&layout.server_key(), &server_key.serialize_pem())?;
         write_public(&layout.server_cert(), &server_cert.pem())?;
 
-        let file = CloudFile { cloud_id: cloud_id.clone() };
+        let file = CloudFile { cloud_id: cloud_id.clone(), policy: Default::default() };
         let text = toml::to_string(&file)
             .map_err(|e| IdentityError::Invalid { path: layout.config(), reason: e.to_string() })?;
         write_public(&layout.config(), &format!("# Outpost cloud, created by `outpost-cloud init`.\n{text}"))?;
 
-        Ok(Self { layout, cloud_id, signer, ca_key, ca_cert_pem: ca_cert.pem() })
+        Ok(Self { layout, cloud_id, signer, ca_key, ca_cert_pem: ca_cert.pem(), policy: file.policy })
     }
 
     /// Loads the identity `init` created.
@@ -164,6 +169,7 @@ impl CloudIdentity {
             layout,
             ca_key,
             ca_cert_pem,
+            policy: file.policy,
         })
     }
 
@@ -184,6 +190,11 @@ impl CloudIdentity {
     }
 
     /// Issues a device token; `now` and `ttl` in seconds.
+    /// Verifies tokens as this cloud's hubs do.
+    pub fn verifier(&self) -> outpost_shared::TokenVerifier {
+        outpost_shared::TokenVerifier::new(&self.signer.public_key(), self.cloud_id.clone())
+    }
+
     pub fn issue_token(
         &self,
         user: outpost_shared::UserId,

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use outpost_cloud::CloudIdentity;
 use outpost_cloud::enroll::enroll_relay;
 use outpost_cloud::identity::parse_ttl;
+use outpost_cloud::server::hub_config;
+use outpost_relay::store::{AuditEvent, AuditKind};
 use outpost_shared::{RelayId, Role, RoomId, UserId};
 
 #[derive(Parser)]
@@ -69,6 +71,21 @@ enum Cmd {
         /// The cloud's QUIC address as the relay will reach it (HOST:PORT).
         #[arg(long)]
         cloud_addr: String,
+    },
+    /// Revoke device tokens everywhere: recorded in the cloud's database, applied by the
+    /// running cloud within seconds and sent to every relay over its uplink.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        what: outpost_relay::cli::RevokeArgs,
+    },
+    /// Print the cloud's audit log as JSON lines (security events; no message contents).
+    Audit {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        page: outpost_relay::cli::AuditArgs,
     },
 }
 
@@ -167,7 +184,21 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Token { dir, user, role, rooms, ttl } => {
             let id = CloudIdentity::load(&dir)?;
-            println!("{}", id.issue_token(user, role, rooms, now_secs(), ttl)?);
+            let token = id.issue_token(user.clone(), role, rooms.clone(), now_secs(), ttl)?;
+            let claims = id.verifier().verify(&token, 0)?;
+            let rooms: Vec<&str> = rooms.iter().map(RoomId::as_str).collect();
+            let detail = format!("token {} for rooms [{}], expires {}", claims.jti, rooms.join(", "), claims.exp);
+            let event = AuditEvent::new(AuditKind::TokenIssued, detail).actor(user.as_str()).role(role.as_str());
+            record(&id, &[event])?;
+            println!("{token}");
+        }
+        Cmd::Revoke { dir, what } => {
+            let id = CloudIdentity::load(&dir)?;
+            println!("{}", outpost_relay::cli::revoke(&hub_config(&id).storage.path, &id.verifier(), what)?);
+        }
+        Cmd::Audit { dir, page } => {
+            let id = CloudIdentity::load(&dir)?;
+            outpost_relay::cli::print_audit(&hub_config(&id).storage.path, &page)?;
         }
         Cmd::EnrollRelay { dir, relay, out, cloud_addr } => {
             let id = CloudIdentity::load(&dir)?;
@@ -177,9 +208,18 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             let bundle = enroll_relay(&id, &relay, &cloud_addr)?;
             let json = serde_json::to_string_pretty(&bundle)?;
             write_private(&out, &json)?;
+            let detail = format!("bundle for relay {relay} written to {} (cloud address {cloud_addr})", out.display());
+            record(&id, &[AuditEvent::new(AuditKind::Enrollment, detail).actor(relay.as_str())])?;
             println!("wrote enrollment bundle for relay {relay} to {}", out.display());
         }
     }
+    Ok(())
+}
+
+/// Appends audit events for a one-shot command to the cloud's database.
+fn record(id: &CloudIdentity, events: &[AuditEvent]) -> anyhow::Result<()> {
+    let db = hub_config(id).storage.path;
+    outpost_relay::store::security::record_offline(&db, &[], events, "cli", outpost_relay::hub::now_ms())?;
     Ok(())
 }
 

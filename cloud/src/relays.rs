@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_relay::link::{self, LinkError, LinkStore, Peer, read_control, tls, write_control};
+use outpost_relay::ratelimit::TokenBucket;
+use outpost_relay::store::{AuditEvent, AuditKind};
 use outpost_shared::RelayId;
 use outpost_shared::uplink::control::{Control, LINK_VERSION};
 use outpost_shared::uplink::flow::FlowConfig;
@@ -23,6 +25,9 @@ type Live = Arc<Mutex<HashMap<String, (u64, CancellationToken)>>>;
 
 static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Refused relay connections recorded in the audit log per second at most.
+const REFUSALS_AUDITED_PER_SEC: u32 = 5;
+
 /// How long a relay has to open its control stream and say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -30,6 +35,11 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 pub async fn accept<S: LinkStore>(endpoint: quinn::Endpoint, store: S, cloud_id: String, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let live: Live = Arc::default();
+    // Refusals are audited at most this often: an address scanning the QUIC port must not
+    // fill the disk with audit rows.
+    let refusals =
+        Arc::new(Mutex::new(TokenBucket::new(REFUSALS_AUDITED_PER_SEC, REFUSALS_AUDITED_PER_SEC, Duration::ZERO)));
+    let started = tokio::time::Instant::now();
     loop {
         let incoming = tokio::select! {
             biased;
@@ -37,11 +47,17 @@ pub async fn accept<S: LinkStore>(endpoint: quinn::Endpoint, store: S, cloud_id:
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
         let (store, cloud_id, live, stop) = (store.clone(), cloud_id.clone(), live.clone(), shutdown.child_token());
+        let refusals = refusals.clone();
         tracker.spawn(async move {
             let remote = incoming.remote_address();
-            match serve(incoming, store, cloud_id, live, stop).await {
+            match serve(incoming, store.clone(), cloud_id, live, stop).await {
                 Ok(end) => tracing::info!(%remote, reason = %end, "relay link ended"),
-                Err(e) => tracing::info!(%remote, error = %e, "relay refused"),
+                Err(e) => {
+                    tracing::info!(%remote, error = %e, "relay refused");
+                    if refusals.lock().is_ok_and(|mut b| b.try_take(started.elapsed())) {
+                        store.audit(AuditEvent::new(AuditKind::RelayRefused, e.to_string()).peer(remote)).await;
+                    }
+                }
             }
         });
     }
@@ -101,6 +117,10 @@ async fn serve<S: LinkStore>(
     write_control(&mut send, &Control::Welcome { cloud: cloud_id, epoch: store.epoch().0, hwm: state.recv_hwm })
         .await?;
     tracing::info!(%relay, resume_after = state.sent_hwm.0, rooms = state.rooms.len(), "relay connected");
+    let detail = format!("epoch {epoch}, resuming after {}", state.sent_hwm.0);
+    store
+        .audit(AuditEvent::new(AuditKind::RelayConnected, detail).actor(relay.as_str()).peer(conn.remote_address()))
+        .await;
     let peer = Peer {
         name: relay.clone(),
         rooms: Some(Arc::new(Mutex::new(state.rooms.into_iter().collect::<HashSet<_>>()))),

@@ -46,6 +46,7 @@ pub fn hub_config(id: &CloudIdentity) -> RelayConfig {
     c.identity.relay_id = id.cloud_id.clone();
     c.identity.token_public_key = encode_key(&id.signer.public_key());
     c.storage.path = id.layout.data().join("cloud.db");
+    c.policy = id.policy.clone();
     c
 }
 

@@ -26,3 +26,79 @@ pub async fn wait_for_signal(shutdown: CancellationToken) {
     }
     shutdown.cancel();
 }
+
+/// `revoke`: which tokens (exactly one of the three).
+#[derive(Debug, clap::Args)]
+pub struct RevokeArgs {
+    /// The token itself (its signature is checked; its id is revoked).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// A token id (`jti`), as shown in the audit log's `login` events.
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// A user: every token issued to them until now (tokens issued later are valid).
+    #[arg(long)]
+    pub user: Option<outpost_shared::UserId>,
+    /// Why (kept in the audit log).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+/// Records a revocation in the database at `db` (a running server applies it within
+/// `security.revocation_poll_ms`; a cloud also sends it to every relay). Returns a
+/// sentence for the operator.
+pub fn revoke(
+    db: &std::path::Path,
+    verifier: &outpost_shared::TokenVerifier,
+    args: RevokeArgs,
+) -> anyhow::Result<String> {
+    use outpost_shared::{Revocation, Revoked};
+    let now_ms = crate::hub::now_ms();
+    let named = [args.token.is_some(), args.jti.is_some(), args.user.is_some()].iter().filter(|b| **b).count();
+    if named != 1 {
+        anyhow::bail!("name exactly one thing to revoke: --token TOKEN, --jti ID or --user USER");
+    }
+    let what = match (args.token, args.jti, args.user) {
+        (Some(token), _, _) => {
+            // Expiry does not matter for revoking (0 = "any time"); the signature does:
+            // a forged token must not be able to revoke someone else's.
+            let claims = verifier.verify(token.trim(), 0).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+            Revoked::Token(claims.jti)
+        }
+        (None, Some(jti), _) => Revoked::Token(jti),
+        (None, None, Some(user)) => Revoked::User { user: user.as_str().to_owned(), issued_before: now_ms / 1000 },
+        (None, None, None) => anyhow::bail!("name what to revoke: --token, --jti or --user"),
+    };
+    let r = Revocation { what, reason: args.reason, at: now_ms };
+    let fresh = crate::store::security::record_offline(db, std::slice::from_ref(&r), &[], "cli", now_ms)?;
+    let what = match &r.what {
+        Revoked::Token(jti) => format!("token {jti}"),
+        Revoked::User { user, .. } => format!("every token issued to {user} until now"),
+    };
+    Ok(if fresh == 0 { format!("{what} was already revoked") } else { format!("revoked {what}") })
+}
+
+/// `audit`: which page of the log.
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Events after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    /// How many events at most.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+/// Prints audit events of the database at `db` as JSON lines, oldest first.
+pub fn print_audit(db: &std::path::Path, args: &AuditArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let (events, more) = crate::store::security::read_offline(db, args.after, args.limit)?;
+    let mut out = std::io::stdout().lock();
+    for e in &events {
+        writeln!(out, "{}", serde_json::to_string(e)?)?;
+    }
+    if more && let Some(last) = events.last() {
+        eprintln!("more events follow: --after {}", last.seq);
+    }
+    Ok(())
+}

@@ -15,6 +15,20 @@ use serde::{Deserialize, Serialize};
 /// The configuration file inside the relay's directory.
 pub const CONFIG_FILE: &str = "relay.toml";
 
+/// Configuration keys that hold lists (comma-separated when set in the environment).
+const POLICY_LISTS: [&str; 7] = [
+    "policy.encrypted_rooms",
+    "policy.send_roles",
+    "policy.emergency_roles",
+    "policy.emergency_rooms",
+    "policy.history_roles",
+    "policy.participate_roles",
+    "policy.audit_roles",
+];
+
+/// The sections of the configuration.
+const SECTIONS: [&str; 7] = ["server", "storage", "limits", "identity", "uplink", "policy", "security"];
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
@@ -23,6 +37,29 @@ pub struct RelayConfig {
     pub limits: LimitsConfig,
     pub identity: IdentityConfig,
     pub uplink: UplinkConfig,
+    /// Role rules (who may send, raise emergencies, read history, read the audit log);
+    /// see `outpost_shared::policy` and docs/security.md.
+    pub policy: outpost_shared::Policy,
+    pub security: SecurityConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// How often the revocation list is re-read from the database, milliseconds: a token
+    /// revoked by the cloud (or by `revoke` on this server) is refused, and its sessions
+    /// closed, within this time of the entry being committed.
+    pub revocation_poll_ms: u64,
+    /// Refused sign-ins recorded in the audit log per second at most; a flood of bad
+    /// tokens must not fill the disk. The rest are counted and the count recorded with the
+    /// next one that is.
+    pub audit_refusals_per_sec: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self { revocation_poll_ms: 1000, audit_refusals_per_sec: 10 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,18 +251,21 @@ impl RelayConfig {
         let file = dir.join(CONFIG_FILE);
         let built = config::Config::builder()
             .add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml).required(false))
-            .add_source(
-                config::Environment::with_prefix("OUTPOST").prefix_separator("_").separator("__").try_parsing(true),
-            )
+            .add_source({
+                // The policy's role and room lists are comma-separated in the environment
+                // (`OUTPOST_POLICY__EMERGENCY_ROLES=doctor,supervisor`).
+                let env =
+                    config::Environment::with_prefix("OUTPOST").prefix_separator("_").separator("__").try_parsing(true);
+                POLICY_LISTS.iter().fold(env.list_separator(","), |env, key| env.with_list_parse_key(key))
+            })
             .build()
             .map_err(|e| ConfigError { problems: vec![e.to_string()] })?;
 
         let mut problems = Vec::new();
         if let Ok(table) = built.clone().try_deserialize::<std::collections::HashMap<String, config::Value>>() {
             for key in table.keys() {
-                if !["server", "storage", "limits", "identity", "uplink"].contains(&key.as_str()) {
-                    problems
-                        .push(format!("unknown section `{key}` (known: server, storage, limits, identity, uplink)"));
+                if !SECTIONS.contains(&key.as_str()) {
+                    problems.push(format!("unknown section `{key}` (known: {})", SECTIONS.join(", ")));
                 }
             }
         }
@@ -249,6 +289,8 @@ impl RelayConfig {
             limits: section(&built, "limits", &mut problems),
             identity: section(&built, "identity", &mut problems),
             uplink: section(&built, "uplink", &mut problems),
+            policy: section(&built, "policy", &mut problems),
+            security: section(&built, "security", &mut problems),
         };
         overrides(&mut cfg);
         problems.extend(cfg.problems());
@@ -296,6 +338,7 @@ impl RelayConfig {
             ("storage.quota_bytes", self.storage.quota_bytes),
             ("uplink.retry_initial_ms", self.uplink.retry_initial_ms),
             ("uplink.retry_max_secs", self.uplink.retry_max_secs),
+            ("security.revocation_poll_ms", self.security.revocation_poll_ms),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use outpost_shared::{TokenVerifier, UserId};
+use outpost_shared::{Action, Body, Claims, Denied, ErrorCode, RoomId, TokenVerifier, UserId};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
 use crate::link::uplink::UplinkStatus;
 use crate::ratelimit::TokenBucket;
 use crate::router::Router;
-use crate::store::Store;
+use crate::store::{AuditEvent, Store};
 
 /// Wall-clock milliseconds since the Unix epoch (message `at`, token expiry).
 pub fn now_ms() -> u64 {
@@ -32,6 +32,8 @@ pub struct Hub {
     /// The uplink's state (stays default on the cloud and on a hub with no cloud).
     pub uplink: Arc<Mutex<UplinkStatus>>,
     presence: Mutex<HashMap<UserId, TokenBucket>>,
+    /// Throttles audit rows for refusals; counts the ones not recorded.
+    refusals: Mutex<(TokenBucket, u64)>,
     started: tokio::time::Instant,
 }
 
@@ -50,7 +52,10 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> Self {
         let conns = ConnTracker::new(config.limits.max_devices, config.limits.max_connections_per_ip);
+        let per_sec = config.security.audit_refusals_per_sec;
+        let refusals = Mutex::new((TokenBucket::new(per_sec, per_sec, std::time::Duration::ZERO), 0));
         Self {
+            refusals,
             config,
             store,
             router,
@@ -76,6 +81,52 @@ impl Hub {
             return false;
         };
         map.entry(user.clone()).or_insert_with(|| TokenBucket::new(rate, rate, now)).try_take(now)
+    }
+
+    /// Membership and role rules for a room action. A room nobody has named on this
+    /// server is `unknown_room` (so a typo is told apart from a refusal).
+    pub fn authorize(&self, claims: &Claims, action: Action<'_>) -> Result<(), (ErrorCode, String)> {
+        match self.config.policy.check(claims, action) {
+            Ok(()) => Ok(()),
+            Err(Denied::NotMember(room)) if !self.store.room_known(&room) => {
+                Err((ErrorCode::UnknownRoom, format!("no room named {room} on this server")))
+            }
+            Err(denied) => Err((ErrorCode::Forbidden, denied.to_string())),
+        }
+    }
+
+    /// What a body must be, whoever sends it (device or HTTP API): nested no deeper than
+    /// `limits.max_body_depth` (a body nested thousands deep is small but breaks the
+    /// parsers of every device it is fanned out to), and in an end-to-end encrypted room
+    /// an encrypted envelope (the server never sees the plaintext, so it accepts none).
+    pub fn check_body(&self, room: &RoomId, body: &Body) -> Result<(), (ErrorCode, String)> {
+        let max_depth = self.config.limits.max_body_depth;
+        if body.depth() > max_depth {
+            return Err((ErrorCode::TooLarge, format!("the body nests more than {max_depth} levels deep; flatten it")));
+        }
+        if !self.config.policy.is_encrypted(room) {
+            return Ok(());
+        }
+        outpost_shared::e2e::check_envelope(body)
+            .map(drop)
+            .map_err(|e| (ErrorCode::BadFrame, format!("room {room} is end-to-end encrypted; {e}")))
+    }
+
+    /// Records a refusal in the audit log, at most `security.audit_refusals_per_sec`; the
+    /// ones dropped meanwhile are counted in the next recorded one's detail.
+    pub async fn audit_refusal(&self, mut event: AuditEvent) {
+        let suppressed = {
+            let Ok(mut g) = self.refusals.lock() else { return };
+            if !g.0.try_take(self.started.elapsed()) {
+                g.1 += 1;
+                return;
+            }
+            std::mem::take(&mut g.1)
+        };
+        if suppressed > 0 {
+            event.detail.push_str(&format!(" ({suppressed} earlier refusals not recorded: over the audit rate)"));
+        }
+        self.store.audit(event).await;
     }
 
     /// Forgets throttling state of users with no session (keeps the map bounded).

@@ -99,6 +99,12 @@ pub fn init(dir: &Path, bundle_path: &Path) -> Result<String, InitError> {
     // so an interrupted `init` can simply be run again.
     let db = cfg.db_path(dir);
     crate::store::create(&db)?;
+    let event = crate::store::AuditEvent::new(
+        crate::store::AuditKind::Enrollment,
+        format!("provisioned from a bundle of cloud {} (uplink {})", bundle.cloud_id, bundle.cloud_addr),
+    )
+    .actor(bundle.relay_id.to_string());
+    crate::store::security::record_offline(&db, &[], &[event], "cli", crate::hub::now_ms())?;
     restrict(&db)?;
     if let Some(parent) = db.parent() {
         restrict(parent)?;

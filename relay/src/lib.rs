@@ -6,6 +6,7 @@
 //! (live fan-out), [`session`] (one device connection), [`server`] (HTTP and lifecycle),
 //! [`init`] (provisioning from an enrollment bundle).
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod echo;

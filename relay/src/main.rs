@@ -41,6 +41,21 @@ enum Cmd {
         #[arg(long)]
         cloud: Option<String>,
     },
+    /// Revoke device tokens on this hub alone (for when its uplink is down; the cloud's
+    /// `revoke` reaches every hub). A running hub applies it within seconds.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        what: outpost_relay::cli::RevokeArgs,
+    },
+    /// Print the hub's audit log as JSON lines (security events; no message contents).
+    Audit {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        page: outpost_relay::cli::AuditArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +73,32 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run { dir, ws, cloud } => run_hub(dir, ws, cloud),
+        Cmd::Revoke { dir, what } => one_shot(&dir, |config, db| {
+            let key = outpost_shared::bundle::decode_public_key(&config.identity.token_public_key)
+                .map_err(anyhow::Error::msg)?;
+            let verifier = outpost_shared::TokenVerifier::new(&key, config.identity.cloud_id.clone());
+            println!("{}", outpost_relay::cli::revoke(db, &verifier, what)?);
+            Ok(())
+        }),
+        Cmd::Audit { dir, page } => one_shot(&dir, |_, db| outpost_relay::cli::print_audit(db, &page)),
+    }
+}
+
+/// Runs a command on the hub's database (configuration loaded as `run` would).
+fn one_shot(dir: &std::path::Path, f: impl FnOnce(&RelayConfig, &std::path::Path) -> anyhow::Result<()>) -> ExitCode {
+    let config = match RelayConfig::load(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outpost-relay: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match f(&config, &config.db_path(dir)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost-relay: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

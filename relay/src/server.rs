@@ -79,6 +79,8 @@ impl Core {
         tracing::info!(db = %db.display(), epoch = %store.epoch(), head = store.head().0, "store open");
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let sessions_stop = CancellationToken::new();
+        let poll = Duration::from_millis(config.security.revocation_poll_ms);
+        tokio::spawn(store.clone().watch_revocations(poll, sessions_stop.clone()));
         let hub = Arc::new(Hub::new(config, store.clone(), router, verifier, sessions_stop.clone()));
         Ok(Self { hub, store, tracker: TaskTracker::new(), sessions_stop, grace, tls: None })
     }
@@ -101,6 +103,7 @@ impl Core {
             .route("/metrics", get(crate::status::metrics))
             .fallback(get(crate::web::asset))
             .with_state((self.hub.clone(), self.tracker.clone()))
+            .merge(axum::Router::new().route("/api/audit", get(crate::api::audit)).with_state(self.hub.clone()))
     }
 
     /// Serves devices over TLS (HTTPS and `wss://`) instead of plain TCP.

@@ -23,14 +23,14 @@ use outpost_shared::frames::{
     ErrorFrame, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, Hello, PresenceEvent, PresenceStatus, Resync, Stored,
     TypingEvent, Welcome,
 };
-use outpost_shared::{Claims, ClientFrame, Cursor, ErrorCode, RoomId, ServerFrame, TokenError};
+use outpost_shared::{Action, Claims, ClientFrame, Cursor, ErrorCode, RoomId, ServerFrame, TokenError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::hub::{Hub, now_ms};
 use crate::ratelimit::TokenBucket;
 use crate::router::{Lanes, Live, SessionLink};
-use crate::store::{AppendRequest, ReplayQuery};
+use crate::store::{AppendRequest, AuditEvent, AuditKind, ReplayQuery};
 
 /// WebSocket close codes used by the hub.
 pub mod close {
@@ -85,15 +85,10 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
             return;
         }
     };
-    let claims = match hub.verifier.verify(&hello.token, now_ms() / 1000) {
+    let claims = match admit(&hub, &hello, peer).await {
         Ok(c) => c,
-        Err(e) => {
-            let code = match e {
-                TokenError::Expired { .. } => ErrorCode::TokenExpired,
-                _ => ErrorCode::Unauthenticated,
-            };
-            tracing::info!(%peer, device = %hello.device, error = %e, "hello refused");
-            let _ = ws.send(Message::Text(error_frame(code, e.to_string(), None))).await;
+        Err((code, reason)) => {
+            let _ = ws.send(Message::Text(error_frame(code, reason, None))).await;
             close_with(&mut ws, close::UNAUTHENTICATED, code.as_str()).await;
             return;
         }
@@ -102,11 +97,40 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
     let _enter = span.enter();
     drop(_enter);
     let fut = async move {
-        let mut s = Session::open(hub, ws, claims, hello).await;
+        let mut s = Session::open(hub, ws, claims, hello, peer).await;
         let end = s.run().await;
         s.finish(end).await;
     };
     tracing::Instrument::instrument(fut, span).await;
+}
+
+/// Checks a `hello`'s token: signature, issuer, expiry, then the revocation list. Every
+/// sign-in is audited; refusals within `security.audit_refusals_per_sec`.
+async fn admit(hub: &Hub, hello: &Hello, peer: SocketAddr) -> Result<Claims, (ErrorCode, String)> {
+    let (code, reason, who) = match hub.verifier.verify(&hello.token, now_ms() / 1000) {
+        Ok(c) => {
+            let revoked = hub.store.revocations().borrow().revokes(&c).is_some();
+            if !revoked {
+                let event = AuditEvent::new(AuditKind::Login, format!("token {}", c.jti))
+                    .actor(c.sub.as_str())
+                    .role(c.role.as_str())
+                    .device(hello.device.as_str())
+                    .peer(peer);
+                hub.store.audit(event).await;
+                return Ok(c);
+            }
+            (ErrorCode::Unauthenticated, REVOKED.to_owned(), Some(c))
+        }
+        Err(e @ TokenError::Expired { .. }) => (ErrorCode::TokenExpired, e.to_string(), None),
+        Err(e) => (ErrorCode::Unauthenticated, e.to_string(), None),
+    };
+    tracing::info!(%peer, device = %hello.device, error = %reason, "hello refused");
+    let mut event = AuditEvent::new(AuditKind::LoginRefused, reason.clone()).device(hello.device.as_str()).peer(peer);
+    if let Some(c) = who {
+        event = event.actor(c.sub.as_str()).role(c.role.as_str());
+    }
+    hub.audit_refusal(event).await;
+    Err((code, reason))
 }
 
 /// Reads frames until a `hello`. Bad frames get an error and the wait goes on; any other
@@ -149,10 +173,15 @@ async fn wait_hello(hub: &Hub, ws: &mut WebSocket) -> Option<Hello> {
     }
 }
 
+/// What a device with a revoked token is told (the reason stays in the audit log).
+const REVOKED: &str = "this token was revoked; ask your supervisor for a new one";
+
 struct Session {
     hub: Arc<Hub>,
     ws: WebSocket,
     claims: Claims,
+    peer: SocketAddr,
+    revocations: tokio::sync::watch::Receiver<Arc<outpost_shared::RevocationList>>,
     rooms: Arc<[RoomId]>,
     link: Arc<SessionLink>,
     lanes: Lanes,
@@ -168,8 +197,11 @@ struct Session {
 }
 
 impl Session {
-    async fn open(hub: Arc<Hub>, ws: WebSocket, claims: Claims, hello: Hello) -> Self {
-        let rooms: Arc<[RoomId]> = Arc::from(claims.rooms.clone());
+    async fn open(hub: Arc<Hub>, ws: WebSocket, claims: Claims, hello: Hello, peer: SocketAddr) -> Self {
+        // A role that may neither take part in nor read rooms (admin, by default) is
+        // subscribed to none of them: it receives no health data, live or replayed.
+        let rooms: Arc<[RoomId]> =
+            if hub.config.policy.may_receive(&claims) { Arc::from(claims.rooms.clone()) } else { Arc::from([]) };
         hub.store.note_rooms(&rooms).await;
         let limits = &hub.config.limits;
         let (link, lanes, came_online) =
@@ -200,6 +232,8 @@ impl Session {
             started: now,
             last_heard: now,
             unflushed: 0,
+            revocations: hub.store.revocations(),
+            peer,
             ws,
             claims,
             hub,
@@ -210,6 +244,7 @@ impl Session {
             user: s.claims.sub.clone(),
             rooms: s.rooms.to_vec(),
             role: Some(s.claims.role),
+            encrypted: s.rooms.iter().filter(|r| s.hub.config.policy.is_encrypted(r)).cloned().collect(),
         });
         s.feed(Utf8Bytes::from(welcome.encode())).await.ok();
         if resync {
@@ -259,6 +294,7 @@ impl Session {
                     close_with(&mut self.ws, close::GOING_AWAY, "hub shutting down").await;
                     return End::Closed;
                 }
+                Ok(()) = self.revocations.changed() => self.recheck_token().await,
                 Some(live) = self.lanes.urgent.recv() => self.live(live, true).await,
                 Some(text) = self.direct_rx.recv() => self.feed(text).await,
                 Some(live) = self.lanes.normal.recv() => self.live(live, false).await,
@@ -417,15 +453,42 @@ impl Session {
         }
     }
 
-    /// Room access: members only; a room nobody has named is `unknown_room`.
-    fn check_room(&self, room: &RoomId) -> Result<(), (ErrorCode, String)> {
-        if self.claims.may_use_room(room) {
-            Ok(())
-        } else if self.hub.store.room_known(room) {
-            Err((ErrorCode::Forbidden, format!("you are not a member of room {room}")))
-        } else {
-            Err((ErrorCode::UnknownRoom, format!("no room named {room} on this hub")))
+    /// A new revocation list arrived: a session whose token it names ends now.
+    async fn recheck_token(&mut self) -> Step {
+        let revoked = self.revocations.borrow_and_update().revokes(&self.claims).map(|r| r.reason.clone());
+        let Some(reason) = revoked else { return Ok(()) };
+        tracing::info!("token revoked; closing the session");
+        self.hub
+            .store
+            .audit(
+                AuditEvent::new(AuditKind::SessionRevoked, format!("token {}: {reason}", self.claims.jti))
+                    .actor(self.claims.sub.as_str())
+                    .role(self.claims.role.as_str())
+                    .device(self.link.device.as_str())
+                    .peer(self.peer),
+            )
+            .await;
+        self.feed(error_frame(ErrorCode::Unauthenticated, REVOKED, None)).await?;
+        self.flush().await?;
+        close_with(&mut self.ws, close::UNAUTHENTICATED, "unauthenticated").await;
+        Err(End::Closed)
+    }
+
+    /// Membership and role rules (see `outpost_shared::policy`); refusals are audited.
+    async fn check_room(&mut self, action: Action<'_>) -> Result<(), (ErrorCode, String)> {
+        let result = self.hub.authorize(&self.claims, action);
+        if let Err((code, m)) = &result
+            && *code == ErrorCode::Forbidden
+        {
+            let event = AuditEvent::new(AuditKind::Forbidden, m.clone())
+                .actor(self.claims.sub.as_str())
+                .role(self.claims.role.as_str())
+                .device(self.link.device.as_str())
+                .peer(self.peer)
+                .room(action.room().as_str());
+            self.hub.audit_refusal(event).await;
         }
+        result
     }
 
     async fn handle(&mut self, frame: ClientFrame) -> Step {
@@ -441,14 +504,14 @@ impl Session {
                     .await;
                 Ok(())
             }
-            ClientFrame::Read(r) => match self.check_room(&r.room) {
+            ClientFrame::Read(r) => match self.check_room(Action::Participate { room: &r.room }).await {
                 Err((code, m)) => self.feed(error_frame(code, m, Some(r.id))).await,
                 Ok(()) => {
                     self.hub.store.read(self.claims.sub.clone(), r.room, r.id, now_ms()).await;
                     Ok(())
                 }
             },
-            ClientFrame::Typing(t) => match self.check_room(&t.room) {
+            ClientFrame::Typing(t) => match self.check_room(Action::Participate { room: &t.room }).await {
                 Err((code, m)) => self.feed(error_frame(code, m, None)).await,
                 // Typing shares the device's message allowance; excess is dropped quietly
                 // (it is ephemeral and the next keystroke repeats it).
@@ -470,7 +533,7 @@ impl Session {
                 }
                 Ok(())
             }
-            ClientFrame::History(h) => match self.check_room(&h.room) {
+            ClientFrame::History(h) => match self.check_room(Action::History { room: &h.room }).await {
                 Err((code, m)) => self.feed(error_frame(code, m, None)).await,
                 Ok(()) => {
                     let limit = h.limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
@@ -491,7 +554,7 @@ impl Session {
 
     /// `join`/`leave`: live delivery of one of the token's rooms on this connection.
     async fn live_room(&mut self, room: &RoomId, live: bool) -> Step {
-        match self.check_room(room) {
+        match self.check_room(Action::Participate { room }).await {
             Err((code, m)) => self.feed(error_frame(code, m, None)).await,
             Ok(()) => {
                 self.hub.router.set_room(&self.link, room, live);
@@ -515,12 +578,10 @@ impl Session {
                 format!("the body is {} bytes; the limit is {max_body}; send media as an attachment", msg.body.len());
             return self.feed(error_frame(ErrorCode::TooLarge, m, id)).await;
         }
-        let max_depth = self.hub.config.limits.max_body_depth;
-        if msg.body.depth() > max_depth {
-            let m = format!("the body nests more than {max_depth} levels deep; flatten it");
-            return self.feed(error_frame(ErrorCode::TooLarge, m, id)).await;
+        if let Err((code, m)) = self.check_room(Action::Send { room: &msg.room, priority: msg.priority }).await {
+            return self.feed(error_frame(code, m, id)).await;
         }
-        if let Err((code, m)) = self.check_room(&msg.room) {
+        if let Err((code, m)) = self.hub.check_body(&msg.room, &msg.body) {
             return self.feed(error_frame(code, m, id)).await;
         }
         // Capacity was checked before this frame was read and only this task reserves.

@@ -26,10 +26,17 @@ use crate::token::{Claims, Role};
 /// A room action a device asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action<'a> {
-    Send { room: &'a RoomId, priority: Priority },
-    History { room: &'a RoomId },
+    Send {
+        room: &'a RoomId,
+        priority: Priority,
+    },
+    History {
+        room: &'a RoomId,
+    },
     /// `read`, `typing`, `join`, `leave`: taking part in a room without writing to its log.
-    Participate { room: &'a RoomId },
+    Participate {
+        room: &'a RoomId,
+    },
 }
 
 impl Action<'_> {
@@ -67,6 +74,9 @@ pub struct Policy {
     pub participate_roles: Vec<Role>,
     /// Roles that may read the audit log.
     pub audit_roles: Vec<Role>,
+    /// Rooms whose message bodies must be end-to-end encrypted (see [`crate::e2e`]): the
+    /// server accepts only encrypted envelopes there and cannot read them.
+    pub encrypted_rooms: Vec<RoomId>,
 }
 
 const MEMBERS: [Role; 3] = [Role::Worker, Role::Doctor, Role::Supervisor];
@@ -80,6 +90,7 @@ impl Default for Policy {
             history_roles: MEMBERS.to_vec(),
             participate_roles: MEMBERS.to_vec(),
             audit_roles: vec![Role::Admin],
+            encrypted_rooms: Vec::new(),
         }
     }
 }
@@ -109,6 +120,11 @@ impl Policy {
             Action::Participate { .. } if !self.participate_roles.contains(&role) => deny("take part in rooms"),
             _ => Ok(()),
         }
+    }
+
+    /// Whether bodies in `room` must be end-to-end encrypted envelopes.
+    pub fn is_encrypted(&self, room: &RoomId) -> bool {
+        self.encrypted_rooms.contains(room)
     }
 
     /// Whether the token may read the audit log.
@@ -185,11 +201,8 @@ mod tests {
 
     #[test]
     fn emergency_rules_restrict_roles_and_rooms() {
-        let p = Policy {
-            emergency_roles: vec![Role::Doctor],
-            emergency_rooms: vec![room("alerts")],
-            ..Policy::default()
-        };
+        let p =
+            Policy { emergency_roles: vec![Role::Doctor], emergency_rooms: vec![room("alerts")], ..Policy::default() };
         let (alerts, ward) = (room("alerts"), room("ward"));
         let worker = claims(Role::Worker, &["alerts", "ward"]);
         let doctor = claims(Role::Doctor, &["alerts", "ward"]);
@@ -205,6 +218,9 @@ mod tests {
         let p = Policy::default();
         let a = room("a");
         let e = p.check(&claims(Role::Admin, &["a"]), Action::History { room: &a }).err().map(|e| e.to_string());
-        assert_eq!(e.as_deref(), Some("a token with role admin may not read a room's history; ask for a token with another role"));
+        assert_eq!(
+            e.as_deref(),
+            Some("a token with role admin may not read a room's history; ask for a token with another role")
+        );
     }
 }

@@ -225,6 +225,11 @@ impl Device {
         hit
     }
 
+    /// Takes every frame received so far, of any type (call after [`Device::sync`]).
+    pub fn take_all(&mut self) -> Vec<Value> {
+        self.backlog.drain(..).collect()
+    }
+
     /// Everything the server sends up to now: replay and live frames of `ty` that arrived
     /// before a ping round trip.
     pub async fn settle(&mut self, ty: &str) -> anyhow::Result<Vec<Value>> {

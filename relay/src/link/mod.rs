@@ -136,6 +136,18 @@ pub async fn run<S: LinkStore>(
                     }
                 }
                 Control::Refused { code, message } => return LinkError::Refused { code, message },
+                // Only a cloud revokes tokens: a hub's list would let one village lock out
+                // another's workers.
+                Control::Revocations { .. } if reader_peer.rooms.is_some() => {
+                    return LinkError::Protocol("a hub may not send revocations".into());
+                }
+                Control::Revocations { entries } => {
+                    let n = entries.len();
+                    match reader_store.apply_revocations(&reader_peer.name, entries).await {
+                        Ok(fresh) => tracing::info!(received = n, fresh, "revocation list received"),
+                        Err(e) => return LinkError::Store(e),
+                    }
+                }
                 Control::Hello { .. } | Control::Welcome { .. } => {
                     return LinkError::Protocol("handshake frame after the handshake".into());
                 }
@@ -143,6 +155,9 @@ pub async fn run<S: LinkStore>(
         }
     });
 
+    if peer.rooms.is_some() {
+        tasks.spawn(publish_revocations(store.revocations(), ctl_tx.clone()));
+    }
     tasks.spawn(receive(conn.clone(), store.clone(), peer.clone(), ctl_tx.clone(), reset_tx));
     tasks.spawn(send(conn.clone(), store, peer, flow, ctl_tx, ack_rx, reset_rx));
 
@@ -155,6 +170,27 @@ pub async fn run<S: LinkStore>(
     conn.close(0u32.into(), b"link ended");
     tasks.abort_all();
     end
+}
+
+/// Cloud side: sends the whole revocation list after the handshake and again whenever it
+/// changes (lists are small; the hub merges idempotently, so resending is harmless).
+async fn publish_revocations(
+    mut list: tokio::sync::watch::Receiver<Arc<outpost_shared::RevocationList>>,
+    ctl: mpsc::Sender<Control>,
+) -> LinkError {
+    use outpost_shared::uplink::control::REVOCATIONS_PER_FRAME;
+    loop {
+        let current = list.borrow_and_update().clone();
+        let entries: Vec<_> = current.entries().cloned().collect();
+        for chunk in entries.chunks(REVOCATIONS_PER_FRAME) {
+            if ctl.send(Control::Revocations { entries: chunk.to_vec() }).await.is_err() {
+                return LinkError::Shutdown;
+            }
+        }
+        if list.changed().await.is_err() {
+            return LinkError::Shutdown;
+        }
+    }
 }
 
 /// The cloud learns rooms a hub serves (from its announcements and its messages); new

@@ -9,9 +9,11 @@
 use std::future::Future;
 
 use outpost_shared::uplink::batch::Entry;
-use outpost_shared::{Cursor, Epoch, RoomId};
+use std::sync::Arc;
 
-use crate::store::{Forwarded, Outbound, OutboundQuery, PeerState, Store, StoreError};
+use outpost_shared::{Cursor, Epoch, Revocation, RevocationList, RoomId};
+
+use crate::store::{AuditEvent, Forwarded, Outbound, OutboundQuery, PeerState, Store, StoreError};
 
 pub trait LinkStore: Clone + Send + Sync + 'static {
     /// This database's epoch (sent in the handshake).
@@ -46,6 +48,16 @@ pub trait LinkStore: Clone + Send + Sync + 'static {
     fn peer_rooms(&self, peer: &str, rooms: Vec<RoomId>) -> impl Future<Output = Result<usize, StoreError>> + Send;
     /// The next page of our log for a peer.
     fn outbound(&self, q: OutboundQuery) -> impl Future<Output = Result<Outbound, StoreError>> + Send;
+    /// Records a security event (relay connected or refused) in the audit log.
+    fn audit(&self, event: AuditEvent) -> impl Future<Output = ()> + Send;
+    /// The token revocation list (the cloud sends it to every hub); changes when it does.
+    fn revocations(&self) -> tokio::sync::watch::Receiver<Arc<RevocationList>>;
+    /// Records revocation entries received from the cloud; resolves after the commit.
+    fn apply_revocations(
+        &self,
+        from: &str,
+        entries: Vec<Revocation>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
 }
 
 impl LinkStore for Store {
@@ -85,6 +97,19 @@ impl LinkStore for Store {
     }
     fn peer_rooms(&self, peer: &str, rooms: Vec<RoomId>) -> impl Future<Output = Result<usize, StoreError>> + Send {
         Store::peer_rooms(self, peer, rooms)
+    }
+    fn audit(&self, event: AuditEvent) -> impl Future<Output = ()> + Send {
+        Store::audit(self, event)
+    }
+    fn revocations(&self) -> tokio::sync::watch::Receiver<Arc<RevocationList>> {
+        Store::revocations(self)
+    }
+    fn apply_revocations(
+        &self,
+        from: &str,
+        entries: Vec<Revocation>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        Store::apply_revocations(self, from, entries)
     }
     fn outbound(&self, q: OutboundQuery) -> impl Future<Output = Result<Outbound, StoreError>> + Send {
         Store::outbound(self, q)

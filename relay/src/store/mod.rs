@@ -13,6 +13,7 @@
 
 mod reader;
 mod schema;
+pub mod security;
 mod writer;
 
 use std::collections::HashSet;
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use reader::Replay;
 pub use schema::{MIGRATIONS, MigrateError, current_version as schema_version};
+pub use security::{AuditEvent, AuditKind, AuditRecord};
 
 /// Identifies one live connection (opaque to the store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -178,6 +180,14 @@ pub(crate) enum Command {
         at: u64,
     },
     Rooms(Vec<RoomId>),
+    /// A security event for the audit log (committed with the next group).
+    Audit(AuditEvent, u64),
+    /// Revocation entries (from `from`: the cloud, or a command); answers how many were new.
+    Revoke {
+        from: String,
+        entries: Vec<outpost_shared::Revocation>,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
     /// Answered after the next commit: proves the writer is alive (watchdog).
     Ping(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
@@ -241,6 +251,9 @@ pub struct Store {
     head_rx: tokio::sync::watch::Receiver<u64>,
     known_rooms: Arc<RwLock<HashSet<RoomId>>>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The revocation list as last loaded, and the table mark it was loaded at.
+    revocations: Arc<tokio::sync::watch::Sender<Arc<outpost_shared::RevocationList>>>,
+    revocation_mark: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -252,6 +265,8 @@ impl std::fmt::Debug for Store {
 /// Opens a connection with the pragmas every connection needs.
 fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open_with_flags(path, flags)?;
+    // First, so that the pragmas below wait for another process's transaction too.
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // WAL: readers never block the writer and commits append sequentially, which suits
     // SD cards. FULL: the WAL is fsynced at every commit, so an ack survives power loss.
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -276,6 +291,7 @@ impl Store {
         let mut conn = connect(path, OpenFlags::default()).map_err(open_err)?;
         schema::migrate(&mut conn, &new_epoch())?;
         let state = writer::State::load(&conn).map_err(open_err)?;
+        let (mark, list) = security::load_revocations(&conn).map_err(open_err)?;
         let epoch = Epoch(state.epoch.clone());
         let gauges = Arc::new(Gauges {
             head: AtomicU64::new(state.next_cursor.saturating_sub(1)),
@@ -297,7 +313,84 @@ impl Store {
             head_rx,
             known_rooms,
             writer: Arc::new(Mutex::new(Some(handle))),
+            revocations: Arc::new(tokio::sync::watch::Sender::new(Arc::new(list))),
+            revocation_mark: Arc::new(AtomicU64::new(mark)),
         })
+    }
+
+    /// Records a security event (committed with the next group; never blocks a commit).
+    pub async fn audit(&self, event: AuditEvent) {
+        let _ = self.tx.send(Command::Audit(event, writer::now_ms())).await;
+    }
+
+    /// Records a security event and waits until it is committed (the writer answers a
+    /// ping only after the transaction holding everything queued before it).
+    pub async fn audit_committed(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.audit(event).await;
+        self.ping().await
+    }
+
+    /// Records revocation entries received from `from`; answers after the commit with how
+    /// many were new. Sessions see them at the next [`Self::watch_revocations`] poll.
+    pub async fn apply_revocations(
+        &self,
+        from: &str,
+        entries: Vec<outpost_shared::Revocation>,
+    ) -> Result<usize, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Revoke { from: from.to_owned(), entries, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// The current revocation list; `changed()` fires when a new one is loaded.
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<Arc<outpost_shared::RevocationList>> {
+        self.revocations.subscribe()
+    }
+
+    /// Reloads the revocation list whenever its table changed — written by this process's
+    /// writer or by a command such as `outpost-cloud revoke` — checking every `every`.
+    pub async fn watch_revocations(self, every: std::time::Duration, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let readers = self.readers.clone();
+            let known = self.revocation_mark.load(Ordering::Acquire);
+            let loaded = tokio::task::spawn_blocking(move || {
+                readers.with(|c| {
+                    if security::revocation_mark(c)? == known {
+                        Ok(None)
+                    } else {
+                        security::load_revocations(c).map(Some)
+                    }
+                })
+            })
+            .await;
+            match loaded {
+                Ok(Ok(Some((mark, list)))) => {
+                    tracing::info!(entries = list.len(), "revocation list changed");
+                    self.revocation_mark.store(mark, Ordering::Release);
+                    self.revocations.send_replace(Arc::new(list));
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the revocation list"),
+                Err(e) => tracing::warn!(error = %e, "revocation reader failed"),
+            }
+        }
+    }
+
+    /// A page of the audit log after `after`, oldest first, and whether more follow.
+    pub async fn audit_page(&self, after: u64, limit: u32) -> Result<(Vec<AuditRecord>, bool), StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(|c| security::audit_page(c, after, limit)))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
     }
 
     pub fn epoch(&self) -> &Epoch {

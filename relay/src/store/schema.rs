@@ -104,6 +104,40 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (peer, room)
     ) WITHOUT ROWID;
     ",
+    // 3: security — the audit log and the token revocation list.
+    "
+    -- Append-only record of security-relevant events (logins, refusals, enrollments,
+    -- revocations, emergency alerts). The triggers make the append-only rule hold for
+    -- every connection, not only for this program's code paths.
+    CREATE TABLE audit (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        at      INTEGER NOT NULL,
+        event   TEXT NOT NULL,
+        actor   TEXT,
+        role    TEXT,
+        device  TEXT,
+        peer    TEXT,
+        room    TEXT,
+        detail  TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+
+    -- Revoked tokens (kind 'token', value = jti) and users (kind 'user', value = user id,
+    -- every token issued at or before `issued_before` seconds). AUTOINCREMENT keeps `seq`
+    -- growing even when an entry is replaced, so max(seq) tells a reader the list changed.
+    CREATE TABLE revocations (
+        seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind           TEXT NOT NULL CHECK (kind IN ('token', 'user')),
+        value          TEXT NOT NULL,
+        issued_before  INTEGER NOT NULL DEFAULT 0,
+        reason         TEXT NOT NULL DEFAULT '',
+        at             INTEGER NOT NULL,
+        UNIQUE (kind, value)
+    );
+    ",
 ];
 
 /// The schema version this build writes.
@@ -130,7 +164,15 @@ pub fn migrate(conn: &mut Connection, new_epoch: &str) -> Result<u32, MigrateErr
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let tx = conn.transaction().map_err(|source| MigrateError::Failed { version, source })?;
+        // Another process (a one-shot command beside a starting server) may migrate at the
+        // same time: take the write lock first, then look again.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|source| MigrateError::Failed { version, source })?;
+        let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now >= version {
+            continue;
+        }
         tx.execute_batch(sql).map_err(|source| MigrateError::Failed { version, source })?;
         if version == 1 {
             tx.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", [new_epoch])

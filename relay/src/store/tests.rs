@@ -254,3 +254,43 @@ async fn a_version_1_database_upgrades_and_keeps_its_data() {
     let version: u32 = ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0)));
     assert_eq!(version, schema::current_version());
 }
+
+#[tokio::test]
+async fn the_audit_log_is_append_only_and_revocations_reach_the_list() {
+    use outpost_shared::{Revocation, Revoked};
+    let dir = ok(tempfile::tempdir());
+    let path = dir.path().join("r.db");
+    let store = ok(Store::open(&path, opts(), Arc::new(Collect::default())));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(store.clone().watch_revocations(std::time::Duration::from_millis(10), stop.clone()));
+    let mut list = store.revocations();
+
+    let user = |before| Revocation {
+        what: Revoked::User { user: "amina".into(), issued_before: before },
+        reason: "left".into(),
+        at: 1,
+    };
+    assert_eq!(ok(store.apply_revocations("cloud", vec![user(100), user(100)]).await), 1);
+    ok(list.changed().await);
+    assert_eq!(list.borrow_and_update().len(), 1);
+    // An older entry changes nothing; a later one replaces it.
+    assert_eq!(ok(store.apply_revocations("cloud", vec![user(50)]).await), 0);
+    assert_eq!(ok(store.apply_revocations("cloud", vec![user(200)]).await), 1);
+    ok(list.changed().await);
+    let later = list.borrow_and_update().entries().map(Revocation::issued_before).collect::<Vec<_>>();
+    assert_eq!(later, vec![200]);
+
+    ok(store.audit_committed(AuditEvent::new(AuditKind::Login, "token t").actor("amina")).await);
+    let (events, more) = ok(store.audit_page(0, 10).await);
+    assert!(!more);
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds, ["revocation", "revocation", "login"]);
+
+    // Not even a direct connection can rewrite or erase history.
+    let conn = ok(rusqlite::Connection::open(&path));
+    let upd = conn.execute("UPDATE audit SET detail = 'nothing happened'", []);
+    assert!(upd.is_err_and(|e| e.to_string().contains("append-only")));
+    assert!(conn.execute("DELETE FROM audit", []).is_err());
+    stop.cancel();
+    store.shutdown().await;
+}

@@ -240,6 +240,18 @@ impl Writer {
                             return Err(e);
                         }
                     },
+                    Command::Audit(event, at) => super::security::insert_audit(&self.conn, at, &event)?,
+                    Command::Revoke { from, entries, reply } => {
+                        let mut fresh = 0;
+                        for r in &entries {
+                            if super::security::upsert_revocation(&self.conn, r)? {
+                                fresh += 1;
+                                let e = super::security::revocation_event(r, &from);
+                                super::security::insert_audit(&self.conn, now_ms(), &e)?;
+                            }
+                        }
+                        pending.push(Pending::Import(reply, fresh));
+                    }
                     Command::Ping(tx) => pending.push(Pending::Ping(tx)),
                     Command::Stop(_) => {}
                 }
@@ -342,6 +354,14 @@ impl Writer {
         self.check_seq(&req.from, &req.device, m.seq.0);
         let AppendRequest { msg, from, device, at, origin } = req;
         let id = msg.id;
+        if msg.priority == Priority::Emergency {
+            // In the same transaction as the message: the audit row exists iff the alert does.
+            let event = super::AuditEvent::new(super::AuditKind::Emergency, format!("message {id} ({})", msg.kind))
+                .actor(from.as_str())
+                .device(device.as_str())
+                .room(msg.room.as_str());
+            super::security::insert_audit(&self.conn, at, &event)?;
+        }
         let body = MessageBody {
             id: msg.id,
             room: msg.room,
