@@ -256,6 +256,10 @@ pub struct Welcome {
     pub rooms: Vec<RoomId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// Extension: which of `rooms` are end-to-end encrypted (bodies must be sealed
+    /// envelopes, see `crate::e2e`). Omitted when none are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encrypted: Vec<RoomId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

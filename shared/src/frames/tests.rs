@@ -118,6 +118,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 user,
                 rooms,
                 role: Some(Role::Worker),
+                encrypted: vec![],
             })
         ),
         (mid(), any::<u64>(), any::<bool>()).prop_map(|(id, c, duplicate)| ServerFrame::Stored(Stored {
