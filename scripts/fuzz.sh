@@ -93,8 +93,11 @@ for t in "${targets[@]}"; do
   fi
   printf '%-15s %6s %12s %8s %10s %8s %s\n' "$t" "$secs" "${execs:-?}" "${rate:-?}" "$size" "${rss:-?}" "$result" | tee -a "$summary"
   if [[ $merge -eq 1 && $status -eq 0 ]]; then
-    # Keep only inputs that add coverage over what is committed.
-    nice -n 19 "$bindir/$t" -merge=1 -max_len="$(max_len "$t")" fuzz/corpus/"$t" "$corpus" >>"$log" 2>&1
+    # Keep only inputs that add edge coverage over what is committed (a set cover, and
+    # without hit counters: the committed corpus stays a few hundred small files; the
+    # full working corpus stays in target/fuzz for the next local run).
+    nice -n 19 "$bindir/$t" -set_cover_merge=1 -use_counters=0 -max_len="$(max_len "$t")" \
+      fuzz/corpus/"$t" "$corpus" >>"$log" 2>&1
     echo "merged: fuzz/corpus/$t now $(find fuzz/corpus/"$t" -type f | wc -l) files"
   fi
 done
