@@ -186,7 +186,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 1000,
             outbound_queue: 1024,
             max_inflight_per_device: 1024,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             rate_per_sec: 1000,
             rate_burst: 2000,
             hello_timeout_secs: 10,

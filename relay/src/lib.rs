@@ -14,6 +14,7 @@ pub mod hub;
 pub mod init;
 pub mod lan_tls;
 pub mod link;
+pub mod mailbox;
 pub mod ratelimit;
 pub mod router;
 pub mod server;

@@ -1,8 +1,8 @@
 //! Live fan-out: which connected sessions should see a new entry right now.
 //!
 //! The router never blocks and never buffers without bound. Each session has two bounded
-//! lanes, one for emergencies and one for everything else; the store's writer thread
-//! offers each committed entry with `try_send`. When a lane is full the entry is dropped
+//! lanes in its [`Mailbox`], one for emergencies and one for everything else; the store's
+//! writer thread offers each committed entry. When a lane is full the entry is dropped
 //! and the session is marked *lagged*: it then re-reads what it missed from the log (the
 //! log is the buffer), so a phone that stops reading costs the hub a disk read later,
 //! never memory now. Ephemeral events (typing, presence) are simply dropped when a lane is
@@ -12,11 +12,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::mailbox::{Lane, Mailbox};
+use crate::store::{Audience, LogEntry, Publisher, SessionId};
 use axum::extract::ws::Utf8Bytes;
 use outpost_shared::{Cursor, DeviceId, Priority, RoomId, UserId};
-use tokio::sync::mpsc;
-
-use crate::store::{Audience, LogEntry, Publisher, SessionId};
 
 /// An item on a session's lane.
 #[derive(Debug, Clone)]
@@ -34,25 +33,16 @@ pub struct SessionLink {
     pub user: UserId,
     pub device: DeviceId,
     pub rooms: Arc<[RoomId]>,
-    urgent: mpsc::Sender<Live>,
-    normal: mpsc::Sender<Live>,
+    /// Shared with the session, which takes from it.
+    pub mailbox: Arc<Mailbox>,
     lagged: AtomicBool,
-}
-
-/// The session's side: its two lanes.
-#[derive(Debug)]
-pub struct Lanes {
-    pub urgent: mpsc::Receiver<Live>,
-    pub normal: mpsc::Receiver<Live>,
 }
 
 impl SessionLink {
     fn offer(&self, priority: Priority, live: Live) {
-        let lane = if priority == Priority::Emergency { &self.urgent } else { &self.normal };
+        let lane = if priority == Priority::Emergency { Lane::Urgent } else { Lane::Normal };
         let is_log = matches!(live, Live::Log { .. });
-        if let Err(mpsc::error::TrySendError::Full(_)) = lane.try_send(live)
-            && is_log
-        {
+        if !self.mailbox.offer(lane, live) && is_log {
             self.lagged.store(true, Ordering::Release);
         }
     }
@@ -97,24 +87,22 @@ impl Router {
         self.inner.read().map(|i| i.sessions.len()).unwrap_or(0)
     }
 
-    /// Adds a session. Returns its link, its lanes and whether its user just came online.
+    /// Adds a session whose live entries go to `mailbox`. Returns its link and whether
+    /// its user just came online.
     pub fn register(
         &self,
         user: UserId,
         device: DeviceId,
         rooms: Arc<[RoomId]>,
-        lane_capacity: usize,
-    ) -> (Arc<SessionLink>, Lanes, bool) {
+        mailbox: Arc<Mailbox>,
+    ) -> (Arc<SessionLink>, bool) {
         let id = SessionId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let (urgent_tx, urgent) = mpsc::channel(lane_capacity);
-        let (normal_tx, normal) = mpsc::channel(lane_capacity);
         let link = Arc::new(SessionLink {
             id,
             user: user.clone(),
             device,
             rooms: rooms.clone(),
-            urgent: urgent_tx,
-            normal: normal_tx,
+            mailbox,
             lagged: AtomicBool::new(false),
         });
         let mut came_online = false;
@@ -127,7 +115,7 @@ impl Router {
             came_online = set.is_empty();
             set.insert(id);
         }
-        (link, Lanes { urgent, normal }, came_online)
+        (link, came_online)
     }
 
     /// Removes a session. Returns true when it was its user's last one (now offline).
@@ -248,6 +236,7 @@ impl Publisher for Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mailbox::Item;
 
     fn room(s: &str) -> RoomId {
         RoomId::new(s).unwrap_or_else(|e| panic!("{e}"))
@@ -268,39 +257,50 @@ mod tests {
         }
     }
 
+    fn join(router: &Router, u: &str, r: &str, cap: usize) -> Arc<SessionLink> {
+        router.register(user(u), dev(&format!("{u}1")), Arc::from(vec![room(r)]), Mailbox::new(cap, cap)).0
+    }
+
+    /// The cursor of the next live entry and the lane it was on.
+    fn next(link: &SessionLink) -> Option<(&'static str, u64)> {
+        match link.mailbox.try_next()? {
+            Item::Urgent(Live::Log { cursor, .. }) => Some(("urgent", cursor.0)),
+            Item::Normal(Live::Log { cursor, .. }) => Some(("normal", cursor.0)),
+            _ => None,
+        }
+    }
+
     #[test]
     fn room_fan_out_skips_sender_and_other_rooms() {
         let router = Router::new();
-        let (a, mut la, _) = router.register(user("a"), dev("a1"), Arc::from(vec![room("r")]), 4);
-        let (_b, mut lb, _) = router.register(user("b"), dev("b1"), Arc::from(vec![room("r")]), 4);
-        let (_c, mut lc, _) = router.register(user("c"), dev("c1"), Arc::from(vec![room("other")]), 4);
+        let (a, b, c) = (join(&router, "a", "r", 4), join(&router, "b", "r", 4), join(&router, "c", "other", 4));
         router.publish(entry(1, "r", Some(a.id), Priority::Normal));
-        assert!(la.normal.try_recv().is_err());
-        assert!(matches!(lb.normal.try_recv(), Ok(Live::Log { cursor: Cursor(1), .. })));
-        assert!(lc.normal.try_recv().is_err());
+        assert_eq!(next(&a), None);
+        assert_eq!(next(&b), Some(("normal", 1)));
+        assert_eq!(next(&c), None);
     }
 
     #[test]
     fn emergencies_take_their_own_lane() {
         let router = Router::new();
-        let (_b, mut lb, _) = router.register(user("b"), dev("b1"), Arc::from(vec![room("r")]), 4);
+        let b = join(&router, "b", "r", 4);
         router.publish(entry(1, "r", None, Priority::Normal));
         router.publish(entry(2, "r", None, Priority::Emergency));
-        assert!(matches!(lb.urgent.try_recv(), Ok(Live::Log { cursor: Cursor(2), .. })));
-        assert!(matches!(lb.normal.try_recv(), Ok(Live::Log { cursor: Cursor(1), .. })));
+        assert_eq!(next(&b), Some(("urgent", 2)));
+        assert_eq!(next(&b), Some(("normal", 1)));
     }
 
     #[test]
     fn a_full_lane_marks_the_session_lagged_instead_of_growing() {
         let router = Router::new();
-        let (b, mut lb, _) = router.register(user("b"), dev("b1"), Arc::from(vec![room("r")]), 2);
+        let b = join(&router, "b", "r", 2);
         for c in 1..=5 {
             router.publish(entry(c, "r", None, Priority::Normal));
         }
         assert!(b.take_lagged());
         assert!(!b.take_lagged(), "the flag is taken once");
         let mut got = 0;
-        while lb.normal.try_recv().is_ok() {
+        while next(&b).is_some() {
             got += 1;
         }
         assert_eq!(got, 2);
@@ -310,8 +310,8 @@ mod tests {
     fn presence_bookkeeping() {
         let router = Router::new();
         let rooms: Arc<[RoomId]> = Arc::from(vec![room("r")]);
-        let (s1, _l1, first) = router.register(user("a"), dev("a1"), rooms.clone(), 2);
-        let (s2, _l2, second) = router.register(user("a"), dev("a2"), rooms.clone(), 2);
+        let (s1, first) = router.register(user("a"), dev("a1"), rooms.clone(), Mailbox::new(2, 2));
+        let (s2, second) = router.register(user("a"), dev("a2"), rooms.clone(), Mailbox::new(2, 2));
         assert!(first && !second);
         assert_eq!(router.online_in(&user("z"), &rooms), vec![user("a")]);
         assert!(!router.unregister(&s1, 5));

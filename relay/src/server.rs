@@ -197,8 +197,11 @@ async fn ws_upgrade(
         Err(r) => return refused(r),
     };
     configure(upgrade, &hub.config.limits).on_upgrade(move |socket| {
+        let session = crate::session::serve(hub, socket, peer);
+        // What one connected phone costs in future state (BENCHMARKS.md, memory).
+        tracing::trace!(bytes = std::mem::size_of_val(&session), "session future");
         tracker.track_future(async move {
-            crate::session::serve(hub, socket, peer).await;
+            session.await;
             drop(slot);
         })
     })

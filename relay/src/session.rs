@@ -24,12 +24,12 @@ use outpost_shared::frames::{
     TypingEvent, Welcome,
 };
 use outpost_shared::{Action, Claims, ClientFrame, Cursor, ErrorCode, RoomId, ServerFrame, TokenError};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::hub::{Hub, now_ms};
+use crate::mailbox::{Item, Mailbox};
 use crate::ratelimit::TokenBucket;
-use crate::router::{Lanes, Live, SessionLink};
+use crate::router::{Live, SessionLink};
 use crate::store::{AppendRequest, AuditEvent, AuditKind, ReplayQuery};
 
 /// WebSocket close codes used by the hub.
@@ -73,7 +73,9 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
     let hello = tokio::select! {
         biased;
         () = hub.shutdown.cancelled() => { close_with(&mut ws, close::GOING_AWAY, "hub shutting down").await; return; }
-        r = tokio::time::timeout(hello_timeout, wait_hello(&hub, &mut ws)) => r,
+        // Each stage is boxed, so the connection's future holds only the stage it is in
+        // (an async fn is as large as its largest await point).
+        r = Box::pin(tokio::time::timeout(hello_timeout, wait_hello(&hub, &mut ws))) => r,
     };
     let hello = match hello {
         Ok(Some(h)) => h,
@@ -85,7 +87,7 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
             return;
         }
     };
-    let claims = match admit(&hub, &hello, peer).await {
+    let claims = match Box::pin(admit(&hub, &hello, peer)).await {
         Ok(c) => c,
         Err((code, reason)) => {
             let _ = ws.send(Message::Text(error_frame(code, reason, None))).await;
@@ -97,11 +99,13 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
     let _enter = span.enter();
     drop(_enter);
     let fut = async move {
-        let mut s = Session::open(hub, ws, claims, hello, peer).await;
-        let end = s.run().await;
-        s.finish(end).await;
+        let mut s = Box::pin(Session::open(hub, ws, claims, hello, peer)).await;
+        let run = s.run();
+        tracing::trace!(session = std::mem::size_of_val(&run), "session run future");
+        let end = run.await;
+        Box::pin(s.finish(end)).await;
     };
-    tracing::Instrument::instrument(fut, span).await;
+    Box::pin(tracing::Instrument::instrument(fut, span)).await;
 }
 
 /// Checks a `hello`'s token: signature, issuer, expiry, then the revocation list. Every
@@ -184,9 +188,8 @@ struct Session {
     revocations: tokio::sync::watch::Receiver<Arc<outpost_shared::RevocationList>>,
     rooms: Arc<[RoomId]>,
     link: Arc<SessionLink>,
-    lanes: Lanes,
-    direct_tx: mpsc::Sender<Utf8Bytes>,
-    direct_rx: mpsc::Receiver<Utf8Bytes>,
+    /// What waits to be written to this device (shared with the router via `link`).
+    mailbox: Arc<Mailbox>,
     watermark: Cursor,
     sent_above: BTreeSet<Cursor>,
     own_visible_until: Cursor,
@@ -204,9 +207,9 @@ impl Session {
             if hub.config.policy.may_receive(&claims) { Arc::from(claims.rooms.clone()) } else { Arc::from([]) };
         hub.store.note_rooms(&rooms).await;
         let limits = &hub.config.limits;
-        let (link, lanes, came_online) =
-            hub.router.register(claims.sub.clone(), hello.device.clone(), rooms.clone(), limits.outbound_queue);
-        let (direct_tx, direct_rx) = mpsc::channel(limits.max_inflight_per_device);
+        let mailbox = Mailbox::new(limits.outbound_queue, limits.max_inflight_per_device);
+        let (link, came_online) =
+            hub.router.register(claims.sub.clone(), hello.device.clone(), rooms.clone(), mailbox.clone());
         let head = hub.store.head();
         let epoch = hub.store.epoch().clone();
         // Decide where replay starts: a foreign epoch or a cursor from the future means the
@@ -222,9 +225,7 @@ impl Session {
         let mut s = Self {
             rooms,
             link,
-            lanes,
-            direct_tx,
-            direct_rx,
+            mailbox,
             watermark,
             sent_above: BTreeSet::new(),
             own_visible_until,
@@ -264,7 +265,10 @@ impl Session {
     }
 
     async fn run(&mut self) -> End {
-        if let Err(e) = self.catch_up().await {
+        // The rarely taken, deep paths (replay, handling a frame, a revocation) are boxed:
+        // an async fn is as large as its largest await point, and an idle phone's session
+        // should cost the select below, not the biggest handler (see BENCHMARKS.md, memory).
+        if let Err(e) = Box::pin(self.catch_up()).await {
             return e;
         }
         let limits = &self.hub.config.limits;
@@ -275,18 +279,17 @@ impl Session {
         let shutdown = self.hub.shutdown.clone();
         loop {
             if self.link.take_lagged()
-                && let Err(e) = self.catch_up().await
+                && let Err(e) = Box::pin(self.catch_up()).await
             {
                 return e;
             }
             if self.unflushed > 0
-                && (self.unflushed >= FLUSH_EVERY
-                    || (self.lanes.urgent.is_empty() && self.direct_rx.is_empty() && self.lanes.normal.is_empty()))
+                && (self.unflushed >= FLUSH_EVERY || self.mailbox.is_empty())
                 && let Err(e) = self.flush().await
             {
                 return e;
             }
-            let can_read = self.direct_tx.capacity() > 0;
+            let can_read = self.mailbox.has_direct_room();
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -294,11 +297,13 @@ impl Session {
                     close_with(&mut self.ws, close::GOING_AWAY, "hub shutting down").await;
                     return End::Closed;
                 }
-                Ok(()) = self.revocations.changed() => self.recheck_token().await,
-                Some(live) = self.lanes.urgent.recv() => self.live(live, true).await,
-                Some(text) = self.direct_rx.recv() => self.feed(text).await,
-                Some(live) = self.lanes.normal.recv() => self.live(live, false).await,
-                msg = self.ws.recv(), if can_read => self.incoming(msg).await,
+                Ok(()) = self.revocations.changed() => Box::pin(self.recheck_token()).await,
+                item = self.mailbox.next() => match item {
+                    Item::Urgent(live) => self.live(live, true).await,
+                    Item::Direct(text) => self.feed(text).await,
+                    Item::Normal(live) => self.live(live, false).await,
+                },
+                msg = self.ws.recv(), if can_read => Box::pin(self.incoming(msg)).await,
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > idle {
                         close_with(&mut self.ws, close::IDLE, "no traffic for too long").await;
@@ -389,7 +394,7 @@ impl Session {
                 // An emergency overtakes only when older entries are still queued for this
                 // device; then it is marked `"ahead": true` so the device does not resume
                 // from its cursor, and the ordered stream skips it later.
-                let ahead = urgent && (!self.lanes.normal.is_empty() || self.link.is_lagged());
+                let ahead = urgent && (self.mailbox.normal_waiting() || self.link.is_lagged());
                 if ahead {
                     self.sent_above.insert(cursor);
                     return self.feed(Utf8Bytes::from(mark_ahead(text.as_str()))).await;
@@ -585,7 +590,7 @@ impl Session {
             return self.feed(error_frame(code, m, id)).await;
         }
         // Capacity was checked before this frame was read and only this task reserves.
-        let Ok(permit) = self.direct_tx.clone().try_reserve_owned() else {
+        let Some(permit) = self.mailbox.try_reserve() else {
             return self
                 .feed(error_frame(ErrorCode::RateLimited, "too many messages awaiting storage; resend", id))
                 .await;
