@@ -219,6 +219,10 @@ pub fn record_offline(
     }
     let open_err = |source| OpenError::Open { path: path.to_path_buf(), source };
     let mut conn = connect(path, OpenFlags::default()).map_err(open_err)?;
+    // A command may wait: a script issuing hundreds of tokens at once queues them all on
+    // the database's write lock, and SQLite's busy handler is not fair, so the default
+    // 5 s is not enough for the last in line.
+    conn.busy_timeout(std::time::Duration::from_secs(120)).map_err(open_err)?;
     schema::migrate(&mut conn, &super::new_epoch())?;
     // IMMEDIATE: a running server's writer may hold the lock; waiting for it (busy
     // timeout) works only if we ask for the write lock up front, not upgrade a read.
