@@ -18,11 +18,15 @@
 //! `--phases uplink` runs the hub → cloud link benchmarks instead (module `uplink`): real
 //! relay and cloud processes through the userspace link emulator.
 //!
+//! `--phases peers` runs the hub's ingest phase next to Mosquitto and NATS JetStream on
+//! the same machine (module `peers`).
+//!
 //! This is a measuring tool, not a test: nothing here asserts on timings.
 
 mod baseline;
 mod hub;
 mod load;
+mod peers;
 mod phases;
 mod procfs;
 mod report;
@@ -142,6 +146,10 @@ pub enum Phase {
     /// Hub → cloud over an emulated link: bytes per message, drain time, emergencies.
     /// Only with `--phases uplink` (not in the default set: it takes ~15 minutes).
     Uplink,
+    /// Outpost's durable ingest next to Mosquitto (QoS 1, persistence) and nats-server
+    /// (JetStream, file storage) on this machine, same clients and window (module `peers`;
+    /// installs the two from Debian's packages if missing). Not in the default set.
+    Peers,
 }
 
 impl Args {
@@ -151,7 +159,7 @@ impl Args {
 
     /// Whether any of the hub's own measurements (everything but the uplink) was asked for.
     fn runs_hub(&self) -> bool {
-        self.phases.iter().any(|p| *p != Phase::Uplink)
+        self.phases.iter().any(|p| !matches!(p, Phase::Uplink | Phase::Peers))
     }
 
     fn timing(&self) -> Timing {
@@ -212,6 +220,10 @@ async fn main() -> anyhow::Result<()> {
     if args.runs(Phase::Uplink) {
         let run = uplink::run(&args, &tmp).await?;
         text.push_str(&uplink::report::markdown(&args, &command, &machine, &run));
+    }
+    if args.runs(Phase::Peers) {
+        let (reps, versions, elapsed) = peers::run(&args, &tmp).await?;
+        text.push_str(&peers::markdown(&args, &command, &machine, &versions, &reps, elapsed));
     }
     print!("{text}");
     if let Some(path) = &args.write {
