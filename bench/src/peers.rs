@@ -45,6 +45,16 @@ const CONNECT_PARALLEL: usize = 32;
 /// How long a freshly started broker may take to accept TCP connections.
 const BROKER_START: Duration = Duration::from_secs(15);
 
+/// How a client drives its connection: like the hub's ingest (closed loop) or steady
+/// (open loop) phase.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// `window` publishes awaiting acknowledgement, the next sent as one is acked.
+    Closed { window: usize },
+    /// One publish every `every`, on a schedule; latency counts from the scheduled time.
+    Open { every: Duration },
+}
+
 /// Which server a row of the comparison measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
@@ -74,6 +84,8 @@ pub struct PeersRep {
     pub outpost: PhaseResult,
     pub mosquitto: PeerResult,
     pub jetstream: PeerResult,
+    /// The same three at a fixed total rate (`--rate`), below saturation.
+    pub steady: (PhaseResult, PeerResult, PeerResult),
 }
 
 /// Per-client observations, merged at the end.
@@ -173,10 +185,22 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<(Vec<PeersRep>, Vers
         let outpost =
             phases::load_phase(&mut world, Drive::Closed { window: args.window }, &timing, "outpost ingest").await?;
         let dir = tmp.join(format!("peers-{r}"));
-        let mosquitto = run_peer(Peer::Mosquitto, &dir, args, &timing).await?;
-        let jetstream = run_peer(Peer::JetStream, &dir, args, &timing).await?;
+        let closed = Load::Closed { window: args.window };
+        let mosquitto = run_peer(Peer::Mosquitto, &dir.join("closed"), args, closed, &timing).await?;
+        let jetstream = run_peer(Peer::JetStream, &dir.join("closed"), args, closed, &timing).await?;
+        let steady_drive = Drive::Open { rate: args.rate, emergency_rate: 0.0 };
+        let outpost_steady = phases::load_phase(&mut world, steady_drive, &timing, "outpost steady").await?;
+        // Every client at rate ÷ clients, so the total is `--rate` as in the hub's phase.
+        let open = Load::Open { every: Duration::from_secs_f64(args.clients as f64 / args.rate) };
+        let mosquitto_steady = run_peer(Peer::Mosquitto, &dir.join("open"), args, open, &timing).await?;
+        let jetstream_steady = run_peer(Peer::JetStream, &dir.join("open"), args, open, &timing).await?;
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        reps.push(PeersRep { outpost, mosquitto, jetstream });
+        reps.push(PeersRep {
+            outpost,
+            mosquitto,
+            jetstream,
+            steady: (outpost_steady, mosquitto_steady, jetstream_steady),
+        });
     }
     Ok((reps, versions, started.elapsed()))
 }
@@ -353,19 +377,18 @@ async fn sample_cpu(pid: u32, w: Window) -> (f64, f64, f64) {
     )
 }
 
-/// Starts `peer` fresh in `dir`, connects every client, runs the closed loop, stops it.
-async fn run_peer(peer: Peer, dir: &Path, args: &Args, t: &Timing) -> anyhow::Result<PeerResult> {
+/// Starts `peer` fresh in `dir`, connects every client, runs `load`, stops it.
+async fn run_peer(peer: Peer, dir: &Path, args: &Args, load: Load, t: &Timing) -> anyhow::Result<PeerResult> {
     let dir = dir.join(format!("{peer:?}").to_lowercase());
     std::fs::create_dir_all(&dir)?;
     let broker = Broker::start(peer, &dir).await?;
     let clients = args.clients;
-    let window = args.window;
-    let result = measure(peer, &broker, clients, window, t).await;
+    let result = measure(peer, &broker, clients, load, t).await;
     let log_tail = std::fs::read_to_string(&broker.log).unwrap_or_default();
     broker.stop().await;
     let r = result.with_context(|| format!("{peer:?} run; broker log:\n{}", tail(&log_tail, 20)))?;
     eprintln!(
-        "  {peer:?}: acked {:.0}/s, ack p50 {:.2} ms p99 {:.2} ms, delivery p99 {:.2} ms ({} / {}); broker CPU {:.0} %, generator {:.0} %, machine busy {:.0} %",
+        "  {peer:?} ({load:?}): acked {:.0}/s, ack p50 {:.2} ms p99 {:.2} ms, delivery p99 {:.2} ms ({} / {}); broker CPU {:.0} %, generator {:.0} %, machine busy {:.0} %",
         r.acked_per_sec,
         r.ack.p50_ms,
         r.ack.p99_ms,
@@ -382,19 +405,31 @@ async fn run_peer(peer: Peer, dir: &Path, args: &Args, t: &Timing) -> anyhow::Re
     Ok(r)
 }
 
-/// Connects the clients to a running broker and runs one closed-loop measurement.
-async fn measure(peer: Peer, broker: &Broker, clients: usize, window: usize, t: &Timing) -> anyhow::Result<PeerResult> {
+/// Connects the clients to a running broker and runs one measurement.
+async fn measure(peer: Peer, broker: &Broker, clients: usize, load: Load, t: &Timing) -> anyhow::Result<PeerResult> {
     let tasks = match peer {
         Peer::Mosquitto => {
-            let conns = mqtt::connect_all(broker.port, clients, window).await?;
+            let conns = mqtt::connect_all(broker.port, clients).await?;
             let w = Window::new(t.warmup, t.measure, t.drain);
-            let tasks = conns.into_iter().map(|c| tokio::spawn(mqtt::drive(c, window, w))).collect();
+            let tasks = conns
+                .into_iter()
+                .map(|c| {
+                    let pacer = Pacer::new(load, &w, c.idx, clients);
+                    tokio::spawn(mqtt::drive(c, pacer, w))
+                })
+                .collect();
             (tasks, w)
         }
         Peer::JetStream => {
             let conns = nats::connect_all(broker.port, clients).await?;
             let w = Window::new(t.warmup, t.measure, t.drain);
-            let tasks = conns.into_iter().map(|c| tokio::spawn(nats::drive(c, window, w))).collect();
+            let tasks = conns
+                .into_iter()
+                .map(|c| {
+                    let pacer = Pacer::new(load, &w, c.idx, clients);
+                    tokio::spawn(nats::drive(c, pacer, w))
+                })
+                .collect();
             (tasks, w)
         }
     };
@@ -437,6 +472,48 @@ fn tail(s: &str, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+/// When a client sends: as soon as its window has room (closed loop) or on its schedule,
+/// phased evenly across clients (open loop).
+struct Pacer {
+    load: Load,
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(load: Load, w: &Window, idx: usize, clients: usize) -> Self {
+        let next = match load {
+            Load::Closed { .. } => w.start,
+            Load::Open { every } => w.start + every.mul_f64(idx as f64 / clients.max(1) as f64),
+        };
+        Self { load, next }
+    }
+
+    /// The send time of the next message due at `now`, if any.
+    fn due(&mut self, outstanding: usize, now: Instant, w: &Window) -> Option<Instant> {
+        if now >= w.to {
+            return None;
+        }
+        match self.load {
+            Load::Closed { window } => (outstanding < window).then(Instant::now),
+            Load::Open { every } => {
+                let at = self.next;
+                (at <= now && at < w.to).then(|| {
+                    self.next += every;
+                    at
+                })
+            }
+        }
+    }
+
+    /// When to stop waiting for an event to send again.
+    fn wake(&self, edge: Instant) -> Instant {
+        match self.load {
+            Load::Closed { .. } => edge,
+            Load::Open { .. } => edge.min(self.next),
+        }
+    }
+}
+
 /// The time after which a client stops waiting for an event: the window's next edge.
 fn next_edge(w: &Window, now: Instant) -> Instant {
     if now < w.to {
@@ -455,14 +532,14 @@ mod mqtt {
     use super::*;
 
     pub struct Conn {
-        idx: usize,
+        pub idx: usize,
         client: AsyncClient,
         events: EventLoop,
     }
 
-    pub async fn connect_all(port: u16, clients: usize, window: usize) -> anyhow::Result<Vec<Conn>> {
+    pub async fn connect_all(port: u16, clients: usize) -> anyhow::Result<Vec<Conn>> {
         futures_util::stream::iter(0..clients)
-            .map(|i| connect_one(port, i, clients, window))
+            .map(|i| connect_one(port, i, clients))
             .buffered(CONNECT_PARALLEL)
             .collect::<Vec<_>>()
             .await
@@ -470,13 +547,17 @@ mod mqtt {
             .collect()
     }
 
-    async fn connect_one(port: u16, idx: usize, clients: usize, window: usize) -> anyhow::Result<Conn> {
+    /// Publishes one client may have queued or awaiting PUBACK: far above the closed
+    /// loop's window, and enough for an open-loop client to ride out a stall of seconds.
+    const OUTSTANDING: usize = 1024;
+
+    async fn connect_one(port: u16, idx: usize, clients: usize) -> anyhow::Result<Conn> {
         let mut o = MqttOptions::new(format!("bench{idx}"), "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(60)).set_clean_session(true);
-        // Room for the window plus slack, so rumqttc's own inflight cap never binds.
-        o.set_inflight(u16::try_from(window * 2).unwrap_or(u16::MAX));
-        o.set_request_channel_capacity(window * 2);
-        let (client, mut events) = AsyncClient::new(o, window * 2);
+        // rumqttc's own inflight cap must never be what binds.
+        o.set_inflight(OUTSTANDING as u16);
+        o.set_request_channel_capacity(OUTSTANDING);
+        let (client, mut events) = AsyncClient::new(o, OUTSTANDING);
         let mut net = NetworkOptions::new();
         net.set_tcp_nodelay(true);
         events.set_network_options(net);
@@ -498,10 +579,10 @@ mod mqtt {
         Ok(Conn { idx, client, events })
     }
 
-    /// Keeps `window` QoS 1 publishes awaiting PUBACK until the window closes, then
-    /// drains; PUBACKs are matched to send times through the packet ids the event loop
-    /// assigns in request order.
-    pub async fn drive(mut c: Conn, window: usize, w: Window) -> Obs {
+    /// Publishes at QoS 1 as `pacer` says until the window closes, then drains; PUBACKs
+    /// are matched to send times through the packet ids the event loop assigns in request
+    /// order.
+    pub async fn drive(mut c: Conn, mut pacer: Pacer, w: Window) -> Obs {
         let mut obs = Obs::new();
         let topic = format!("d/{}", c.idx);
         let mut queued: VecDeque<Instant> = VecDeque::new();
@@ -510,8 +591,7 @@ mod mqtt {
         loop {
             let now = Instant::now();
             if now < w.to {
-                while queued.len() + by_pkid.len() < window {
-                    let at = Instant::now();
+                while let Some(at) = pacer.due(queued.len() + by_pkid.len(), now, &w) {
                     if let Err(e) = c.client.try_publish(&topic, QoS::AtLeastOnce, false, payload(c.idx, at)) {
                         obs.errors.push(e.to_string());
                         return obs;
@@ -524,7 +604,7 @@ mod mqtt {
             } else if (now >= w.linger && queued.is_empty() && by_pkid.is_empty()) || now >= w.hard_end {
                 break;
             }
-            match timeout_at(next_edge(&w, now), c.events.poll()).await {
+            match timeout_at(pacer.wake(next_edge(&w, now)), c.events.poll()).await {
                 Err(_) => {}
                 Ok(Err(e)) => {
                     obs.errors.push(e.to_string());
@@ -557,7 +637,7 @@ mod nats {
     use super::*;
 
     pub struct Conn {
-        idx: usize,
+        pub idx: usize,
         js: jetstream::Context,
         sub: Option<async_nats::Subscriber>,
         _client: async_nats::Client,
@@ -601,10 +681,10 @@ mod nats {
             .collect()
     }
 
-    /// Keeps `window` JetStream publishes awaiting their PubAck until the window closes,
+    /// JetStream publishes as `pacer` says, each PubAck awaited, until the window closes;
     /// then drains. Deliveries come through a plain subscription on the partner's subject
     /// (at most once, not a JetStream consumer).
-    pub async fn drive(mut c: Conn, window: usize, w: Window) -> Obs {
+    pub async fn drive(mut c: Conn, mut pacer: Pacer, w: Window) -> Obs {
         let mut obs = Obs::new();
         let subject = format!("d.{}", c.idx);
         let mut inflight = FuturesUnordered::new();
@@ -612,8 +692,7 @@ mod nats {
         loop {
             let now = Instant::now();
             if now < w.to {
-                while inflight.len() < window {
-                    let at = Instant::now();
+                while let Some(at) = pacer.due(inflight.len(), now, &w) {
                     match c.js.publish(subject.clone(), payload(c.idx, at).into()).await {
                         Ok(ack) => inflight.push(async move { (at, ack.await) }),
                         Err(e) => {
@@ -628,7 +707,7 @@ mod nats {
             } else if (now >= w.linger && inflight.is_empty()) || now >= w.hard_end {
                 break;
             }
-            let edge = next_edge(&w, now);
+            let edge = pacer.wake(next_edge(&w, now));
             tokio::select! {
                 biased;
                 Some((at, res)) = inflight.next(), if !inflight.is_empty() => match res {
@@ -734,6 +813,41 @@ pub fn markdown(
         o,
         "\nRatios are computed per repetition (same repetition's Outpost row) and then summarised. Latency at saturation is queueing (in flight ÷ rate), so p99 here compares how evenly each server serves a full queue, not an unloaded round trip.\n"
     );
+    let rate = group(args.rate);
+    let _ = writeln!(o, "## At a fixed {rate} msg/s (open loop, below saturation)\n");
+    let _ = writeln!(
+        o,
+        "Every client sends on a fixed schedule ({:.1} msg/s each, evenly phased), latency from the scheduled send time; Outpost's row is its steady phase without emergencies.\n",
+        args.rate / args.clients as f64
+    );
+    let _ = writeln!(
+        o,
+        "| server | acked msg/s | ack p50 (ms) | ack p99 (ms) | this ÷ Outpost (p99) | delivery p99 (ms) | server CPU (% of a core) |"
+    );
+    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        o,
+        "| Outpost relay | {} | {} | {} | 1 | {} | {} |",
+        s(&|r| r.steady.0.acked_per_sec).show_int(),
+        s(&|r| r.steady.0.ack.p50_ms).show(2),
+        s(&|r| r.steady.0.ack.p99_ms).show(2),
+        s(&|r| r.steady.0.delivery.p99_ms).show(2),
+        s(&|r| r.steady.0.cpu.relay_pct).show(0),
+    );
+    let steady_rows: [(&str, Pick); 2] = [("Mosquitto", |r| &r.steady.1), ("JetStream", |r| &r.steady.2)];
+    for (name, f) in steady_rows {
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            s(&|r| f(r).acked_per_sec).show_int(),
+            s(&|r| f(r).ack.p50_ms).show(2),
+            s(&|r| f(r).ack.p99_ms).show(2),
+            s(&|r| f(r).ack.p99_ms / r.steady.0.ack.p99_ms).show(2),
+            s(&|r| f(r).delivery.p99_ms).show(2),
+            s(&|r| f(r).broker_cpu_pct).show(0),
+        );
+    }
+    let _ = writeln!(o);
     let _ = writeln!(o, "## Every repetition\n");
     let _ = writeln!(
         o,
@@ -741,24 +855,30 @@ pub fn markdown(
     );
     let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (i, r) in reps.iter().enumerate() {
-        let p = &r.outpost;
-        let errs: u64 = p.errors.iter().map(|(_, n)| n).sum();
-        let _ = writeln!(
-            o,
-            "| {} | Outpost | {} | {:.1} / {:.1} / {:.1} | {} / {} | {:.0} | {:.0} | {:.0} | {} / {errs} |",
-            i + 1,
-            group(p.acked_per_sec),
-            p.ack.p50_ms,
-            p.ack.p99_ms,
-            p.ack.max_ms,
-            group(p.deliveries as f64),
-            group(p.deliveries_expected as f64),
-            p.cpu.relay_pct,
-            p.cpu.generator_pct,
-            p.cpu.machine_busy_pct,
-            p.unanswered,
-        );
-        for (name, x) in [("Mosquitto", &r.mosquitto), ("JetStream", &r.jetstream)] {
+        for (name, p) in [("Outpost", &r.outpost), ("Outpost, fixed rate", &r.steady.0)] {
+            let errs: u64 = p.errors.iter().map(|(_, n)| n).sum();
+            let _ = writeln!(
+                o,
+                "| {} | {name} | {} | {:.1} / {:.1} / {:.1} | {} / {} | {:.0} | {:.0} | {:.0} | {} / {errs} |",
+                i + 1,
+                group(p.acked_per_sec),
+                p.ack.p50_ms,
+                p.ack.p99_ms,
+                p.ack.max_ms,
+                group(p.deliveries as f64),
+                group(p.deliveries_expected as f64),
+                p.cpu.relay_pct,
+                p.cpu.generator_pct,
+                p.cpu.machine_busy_pct,
+                p.unanswered,
+            );
+        }
+        for (name, x) in [
+            ("Mosquitto", &r.mosquitto),
+            ("JetStream", &r.jetstream),
+            ("Mosquitto, fixed rate", &r.steady.1),
+            ("JetStream, fixed rate", &r.steady.2),
+        ] {
             let _ = writeln!(
                 o,
                 "| {} | {name} | {} | {:.1} / {:.1} / {:.1} | {} / {} | {:.0} | {:.0} | {:.0} | {} / {} |",
