@@ -17,7 +17,6 @@
 //! three (fsync or not) and the report says so next to each number.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -33,8 +32,11 @@ use crate::Args;
 use crate::hub::{Topology, World};
 use crate::load::{self, Drive, Window};
 use crate::phases::{self, PhaseResult, Timing};
-use crate::procfs::{MachineInfo, MachineTimes, ProcTimes};
-use crate::stats::{Latency, Summary, group, new_hist, record};
+use crate::procfs::{MachineTimes, ProcTimes};
+use crate::stats::{Latency, new_hist, record};
+
+mod report;
+pub use report::markdown;
 
 /// Filler that makes a payload about 100 bytes, like the hub's message bodies.
 const PAD: &str = "a short status line from the field, padded to a typical chat size.";
@@ -725,178 +727,4 @@ mod nats {
         obs.unanswered = inflight.len() as u64;
         obs
     }
-}
-
-/// Which peer's result a report row reads.
-type Pick = fn(&PeersRep) -> &PeerResult;
-
-/// The Markdown section: run facts, the comparison table, per-repetition numbers.
-pub fn markdown(
-    args: &Args,
-    command: &str,
-    machine: &MachineInfo,
-    v: &Versions,
-    reps: &[PeersRep],
-    elapsed: Duration,
-) -> String {
-    let t = args.timing();
-    let mut o = String::new();
-    let _ = writeln!(o, "## Run\n");
-    let _ = writeln!(o, "- Command: `{command}`");
-    let _ = writeln!(o, "- Commit: `{}`; relay binary: {}", machine.commit, machine.relay_built);
-    let _ = writeln!(
-        o,
-        "- Machine: {} CPUs ({}), {} RAM, {}",
-        machine.cpus, machine.cpu_model, machine.memory, machine.kernel
-    );
-    let _ = writeln!(o, "- Disk under the data directories (`df`): {}", machine.disk);
-    let _ = writeln!(o, "- Peers: {} (Debian package); {} (Debian package)", v.mosquitto, v.nats);
-    let _ = writeln!(
-        o,
-        "- Each row: fresh server and empty data directory, {} client connections, {} publishes awaiting acknowledgement per connection, ~100-byte payloads, {:.0} s warm-up, {:.0} s measured; every client also receives its partner's messages (1 delivery per message); {} repetition(s), whole run {:.0} s",
-        args.clients,
-        args.window,
-        t.warmup.as_secs_f64(),
-        t.measure.as_secs_f64(),
-        reps.len(),
-        elapsed.as_secs_f64()
-    );
-    let _ = writeln!(
-        o,
-        "- Generator: this process (Rust, Tokio, one task per connection); rumqttc for MQTT, async-nats for NATS\n"
-    );
-
-    let s = |f: &dyn Fn(&PeersRep) -> f64| Summary::of(&reps.iter().map(f).collect::<Vec<_>>());
-    let op_rate = s(&|r| r.outpost.acked_per_sec);
-    let op_p99 = s(&|r| r.outpost.ack.p99_ms);
-    let _ = writeln!(o, "## Results\n");
-    let _ = writeln!(
-        o,
-        "| server | what an acknowledgement means | acked msg/s: median (min–max) | Outpost ÷ this (msg/s) | ack p50 (ms) | ack p99 (ms) | this ÷ Outpost (p99) | delivery p99 (ms) | server CPU (% of a core) |"
-    );
-    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let _ = writeln!(
-        o,
-        "| Outpost relay (WebSocket, rooms of 2) | `stored`: in SQLite, committed with fsync (group commit) | {} | 1 | {} | {} | 1 | {} | {} |",
-        op_rate.show_int(),
-        s(&|r| r.outpost.ack.p50_ms).show(1),
-        op_p99.show(1),
-        s(&|r| r.outpost.delivery.p99_ms).show(1),
-        s(&|r| r.outpost.cpu.relay_pct).show(0),
-    );
-    let rows: [(&str, &str, Pick); 2] = [
-        (
-            "Mosquitto, MQTT QoS 1, persistence on",
-            "PUBACK: in broker memory; on disk only from the next whole-database snapshot (every 1 s here), nothing per message",
-            |r| &r.mosquitto,
-        ),
-        (
-            "nats-server, JetStream, file storage",
-            "PubAck: in the stream's block file (OS page cache); fsync by a background timer, not per message (`sync_interval` does not exist in 2.9)",
-            |r| &r.jetstream,
-        ),
-    ];
-    for (name, means, f) in rows {
-        let _ = writeln!(
-            o,
-            "| {name} | {means} | {} | {} | {} | {} | {} | {} | {} |",
-            s(&|r| f(r).acked_per_sec).show_int(),
-            s(&|r| r.outpost.acked_per_sec / f(r).acked_per_sec).show(2),
-            s(&|r| f(r).ack.p50_ms).show(1),
-            s(&|r| f(r).ack.p99_ms).show(1),
-            s(&|r| f(r).ack.p99_ms / r.outpost.ack.p99_ms).show(2),
-            s(&|r| f(r).delivery.p99_ms).show(1),
-            s(&|r| f(r).broker_cpu_pct).show(0),
-        );
-    }
-    let _ = writeln!(
-        o,
-        "\nRatios are computed per repetition (same repetition's Outpost row) and then summarised. Latency at saturation is queueing (in flight ÷ rate), so p99 here compares how evenly each server serves a full queue, not an unloaded round trip.\n"
-    );
-    let rate = group(args.rate);
-    let _ = writeln!(o, "## At a fixed {rate} msg/s (open loop, below saturation)\n");
-    let _ = writeln!(
-        o,
-        "Every client sends on a fixed schedule ({:.1} msg/s each, evenly phased), latency from the scheduled send time; Outpost's row is its steady phase without emergencies.\n",
-        args.rate / args.clients as f64
-    );
-    let _ = writeln!(
-        o,
-        "| server | acked msg/s | ack p50 (ms) | ack p99 (ms) | this ÷ Outpost (p99) | delivery p99 (ms) | server CPU (% of a core) |"
-    );
-    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- |");
-    let _ = writeln!(
-        o,
-        "| Outpost relay | {} | {} | {} | 1 | {} | {} |",
-        s(&|r| r.steady.0.acked_per_sec).show_int(),
-        s(&|r| r.steady.0.ack.p50_ms).show(2),
-        s(&|r| r.steady.0.ack.p99_ms).show(2),
-        s(&|r| r.steady.0.delivery.p99_ms).show(2),
-        s(&|r| r.steady.0.cpu.relay_pct).show(0),
-    );
-    let steady_rows: [(&str, Pick); 2] = [("Mosquitto", |r| &r.steady.1), ("JetStream", |r| &r.steady.2)];
-    for (name, f) in steady_rows {
-        let _ = writeln!(
-            o,
-            "| {name} | {} | {} | {} | {} | {} | {} |",
-            s(&|r| f(r).acked_per_sec).show_int(),
-            s(&|r| f(r).ack.p50_ms).show(2),
-            s(&|r| f(r).ack.p99_ms).show(2),
-            s(&|r| f(r).ack.p99_ms / r.steady.0.ack.p99_ms).show(2),
-            s(&|r| f(r).delivery.p99_ms).show(2),
-            s(&|r| f(r).broker_cpu_pct).show(0),
-        );
-    }
-    let _ = writeln!(o);
-    let _ = writeln!(o, "## Every repetition\n");
-    let _ = writeln!(
-        o,
-        "| rep | server | acked msg/s | ack p50 / p99 / max (ms) | deliveries seen / expected | server CPU % | generator CPU % | machine busy % | unanswered / errors |"
-    );
-    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (i, r) in reps.iter().enumerate() {
-        for (name, p) in [("Outpost", &r.outpost), ("Outpost, fixed rate", &r.steady.0)] {
-            let errs: u64 = p.errors.iter().map(|(_, n)| n).sum();
-            let _ = writeln!(
-                o,
-                "| {} | {name} | {} | {:.1} / {:.1} / {:.1} | {} / {} | {:.0} | {:.0} | {:.0} | {} / {errs} |",
-                i + 1,
-                group(p.acked_per_sec),
-                p.ack.p50_ms,
-                p.ack.p99_ms,
-                p.ack.max_ms,
-                group(p.deliveries as f64),
-                group(p.deliveries_expected as f64),
-                p.cpu.relay_pct,
-                p.cpu.generator_pct,
-                p.cpu.machine_busy_pct,
-                p.unanswered,
-            );
-        }
-        for (name, x) in [
-            ("Mosquitto", &r.mosquitto),
-            ("JetStream", &r.jetstream),
-            ("Mosquitto, fixed rate", &r.steady.1),
-            ("JetStream, fixed rate", &r.steady.2),
-        ] {
-            let _ = writeln!(
-                o,
-                "| {} | {name} | {} | {:.1} / {:.1} / {:.1} | {} / {} | {:.0} | {:.0} | {:.0} | {} / {} |",
-                i + 1,
-                group(x.acked_per_sec),
-                x.ack.p50_ms,
-                x.ack.p99_ms,
-                x.ack.max_ms,
-                group(x.deliveries as f64),
-                group(x.deliveries_expected as f64),
-                x.broker_cpu_pct,
-                x.generator_cpu_pct,
-                x.machine_busy_pct,
-                x.unanswered,
-                x.errors.len(),
-            );
-        }
-    }
-    let _ = writeln!(o);
-    o
 }
