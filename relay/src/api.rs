@@ -18,11 +18,11 @@ use axum::Json;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use outpost_shared::{Action, Claims, ErrorCode, TokenError};
+use outpost_shared::{Action, Claims, ErrorCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::hub::{Hub, now_ms};
+use crate::hub::Hub;
 use crate::store::{AuditEvent, AuditKind};
 
 /// Most audit events one GET returns.
@@ -60,25 +60,8 @@ pub async fn bearer(hub: &Hub, headers: &HeaderMap, peer: SocketAddr) -> Result<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| err(ErrorCode::Unauthenticated, "send Authorization: Bearer <token>"))?;
-    let result = match hub.verifier.verify(token.trim(), now_ms() / 1000) {
-        Err(e @ TokenError::Expired { .. }) => Err((err(ErrorCode::TokenExpired, e.to_string()), None)),
-        Err(e) => Err((err(ErrorCode::Unauthenticated, e.to_string()), None)),
-        Ok(c) if hub.store.revocations().borrow().revokes(&c).is_some() => {
-            Err((err(ErrorCode::Unauthenticated, "this token was revoked; ask for a new one"), Some(c)))
-        }
-        Ok(c) => Ok(c),
-    };
-    match result {
-        Ok(c) => Ok(c),
-        Err((e, claims)) => {
-            let mut event = AuditEvent::new(AuditKind::LoginRefused, format!("HTTP API: {}", e.1)).peer(peer);
-            if let Some(c) = claims {
-                event = event.actor(c.sub.as_str()).role(c.role.as_str());
-            }
-            hub.audit_refusal(event).await;
-            Err(e)
-        }
-    }
+    let refusal = AuditEvent::new(AuditKind::LoginRefused, "HTTP API: ").peer(peer);
+    hub.verify_token(token.trim(), refusal).await.map_err(|(code, m)| err(code, m))
 }
 
 /// Membership and role rules for an API call; a `forbidden` is audited (throttled).
@@ -86,8 +69,7 @@ pub async fn authorize(hub: &Hub, claims: &Claims, action: Action<'_>, peer: Soc
     let Err((code, m)) = hub.authorize(claims, action) else { return Ok(()) };
     if code == ErrorCode::Forbidden {
         let event = AuditEvent::new(AuditKind::Forbidden, format!("HTTP API: {m}"))
-            .actor(claims.sub.as_str())
-            .role(claims.role.as_str())
+            .by(claims)
             .peer(peer)
             .room(action.room().as_str());
         hub.audit_refusal(event).await;
@@ -114,10 +96,7 @@ pub async fn audit(
     };
     if !hub.config.policy.may_read_audit(&claims) {
         let m = format!("a token with role {} may not read the audit log; use an admin token", claims.role.as_str());
-        let event = AuditEvent::new(AuditKind::Forbidden, m.clone())
-            .actor(claims.sub.as_str())
-            .role(claims.role.as_str())
-            .peer(peer);
+        let event = AuditEvent::new(AuditKind::Forbidden, m.clone()).by(&claims).peer(peer);
         hub.audit_refusal(event).await;
         return err(ErrorCode::Forbidden, m).into_response();
     }
@@ -125,10 +104,7 @@ pub async fn audit(
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE);
     let page = hub.store.audit_page(after, limit).await;
     // Reading the log is itself an event, on disk before the page is handed out.
-    let event = AuditEvent::new(AuditKind::AuditRead, format!("after {after}, limit {limit}"))
-        .actor(claims.sub.as_str())
-        .role(claims.role.as_str())
-        .peer(peer);
+    let event = AuditEvent::new(AuditKind::AuditRead, format!("after {after}, limit {limit}")).by(&claims).peer(peer);
     if let Err(e) = hub.store.audit_committed(event).await {
         return err(e.code(), e.to_string()).into_response();
     }

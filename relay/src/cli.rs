@@ -54,20 +54,16 @@ pub fn revoke(
 ) -> anyhow::Result<String> {
     use outpost_shared::{Revocation, Revoked};
     let now_ms = crate::hub::now_ms();
-    let named = [args.token.is_some(), args.jti.is_some(), args.user.is_some()].iter().filter(|b| **b).count();
-    if named != 1 {
-        anyhow::bail!("name exactly one thing to revoke: --token TOKEN, --jti ID or --user USER");
-    }
     let what = match (args.token, args.jti, args.user) {
-        (Some(token), _, _) => {
+        (Some(token), None, None) => {
             // Expiry does not matter for revoking (0 = "any time"); the signature does:
             // a forged token must not be able to revoke someone else's.
             let claims = verifier.verify(token.trim(), 0).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
             Revoked::Token(claims.jti)
         }
-        (None, Some(jti), _) => Revoked::Token(jti),
+        (None, Some(jti), None) => Revoked::Token(jti),
         (None, None, Some(user)) => Revoked::User { user: user.as_str().to_owned(), issued_before: now_ms / 1000 },
-        (None, None, None) => anyhow::bail!("name what to revoke: --token, --jti or --user"),
+        _ => anyhow::bail!("name exactly one thing to revoke: --token TOKEN, --jti ID or --user USER"),
     };
     let r = Revocation { what, reason: args.reason, at: now_ms };
     let fresh = crate::store::security::record_offline(db, std::slice::from_ref(&r), &[], "cli", now_ms)?;

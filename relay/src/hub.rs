@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use outpost_shared::{Action, Body, Claims, Denied, ErrorCode, RoomId, TokenVerifier, UserId};
+use outpost_shared::{Action, Body, Claims, Denied, ErrorCode, RoomId, TokenError, TokenVerifier, UserId};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
@@ -21,6 +21,10 @@ pub fn now_ms() -> u64 {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// What a device or API caller with a revoked token is told (the reason stays in the
+/// audit log).
+pub const REVOKED: &str = "this token was revoked; ask your supervisor for a new one";
 
 pub struct Hub {
     pub config: RelayConfig,
@@ -110,6 +114,25 @@ impl Hub {
         outpost_shared::e2e::check_envelope(body)
             .map(drop)
             .map_err(|e| (ErrorCode::BadFrame, format!("room {room} is end-to-end encrypted; {e}")))
+    }
+
+    /// Checks a token as every entry point does: signature, issuer, expiry, then the
+    /// revocation list. A refusal is audited as `refusal` (a `login_refused` event naming
+    /// where the token came from) with the reason appended and, when the token was
+    /// genuine, its holder.
+    pub async fn verify_token(&self, token: &str, mut refusal: AuditEvent) -> Result<Claims, (ErrorCode, String)> {
+        let (code, reason) = match self.verifier.verify(token, now_ms() / 1000) {
+            Ok(c) if !self.store.is_revoked(&c) => return Ok(c),
+            Ok(c) => {
+                refusal = refusal.by(&c);
+                (ErrorCode::Unauthenticated, REVOKED.to_owned())
+            }
+            Err(e @ TokenError::Expired { .. }) => (ErrorCode::TokenExpired, e.to_string()),
+            Err(e) => (ErrorCode::Unauthenticated, e.to_string()),
+        };
+        refusal.detail.push_str(&reason);
+        self.audit_refusal(refusal).await;
+        Err((code, reason))
     }
 
     /// Records a refusal in the audit log, at most `security.audit_refusals_per_sec`; the

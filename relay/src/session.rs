@@ -23,10 +23,10 @@ use outpost_shared::frames::{
     ErrorFrame, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, Hello, PresenceEvent, PresenceStatus, Resync, Stored,
     TypingEvent, Welcome,
 };
-use outpost_shared::{Action, Claims, ClientFrame, Cursor, ErrorCode, RoomId, ServerFrame, TokenError};
+use outpost_shared::{Action, Claims, ClientFrame, Cursor, ErrorCode, RoomId, ServerFrame};
 use tokio::time::Instant;
 
-use crate::hub::{Hub, now_ms};
+use crate::hub::{Hub, REVOKED, now_ms};
 use crate::mailbox::{Item, Mailbox};
 use crate::ratelimit::TokenBucket;
 use crate::router::{Live, SessionLink};
@@ -108,33 +108,16 @@ pub async fn serve(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
     Box::pin(tracing::Instrument::instrument(fut, span)).await;
 }
 
-/// Checks a `hello`'s token: signature, issuer, expiry, then the revocation list. Every
-/// sign-in is audited; refusals within `security.audit_refusals_per_sec`.
+/// Checks a `hello`'s token (see [`Hub::verify_token`]); every sign-in is audited.
 async fn admit(hub: &Hub, hello: &Hello, peer: SocketAddr) -> Result<Claims, (ErrorCode, String)> {
-    let (code, reason, who) = match hub.verifier.verify(&hello.token, now_ms() / 1000) {
-        Ok(c) => {
-            let revoked = hub.store.revocations().borrow().revokes(&c).is_some();
-            if !revoked {
-                let event = AuditEvent::new(AuditKind::Login, format!("token {}", c.jti))
-                    .actor(c.sub.as_str())
-                    .role(c.role.as_str())
-                    .device(hello.device.as_str())
-                    .peer(peer);
-                hub.store.audit(event).await;
-                return Ok(c);
-            }
-            (ErrorCode::Unauthenticated, REVOKED.to_owned(), Some(c))
-        }
-        Err(e @ TokenError::Expired { .. }) => (ErrorCode::TokenExpired, e.to_string(), None),
-        Err(e) => (ErrorCode::Unauthenticated, e.to_string(), None),
-    };
-    tracing::info!(%peer, device = %hello.device, error = %reason, "hello refused");
-    let mut event = AuditEvent::new(AuditKind::LoginRefused, reason.clone()).device(hello.device.as_str()).peer(peer);
-    if let Some(c) = who {
-        event = event.actor(c.sub.as_str()).role(c.role.as_str());
-    }
-    hub.audit_refusal(event).await;
-    Err((code, reason))
+    let refusal = AuditEvent::new(AuditKind::LoginRefused, "").device(hello.device.as_str()).peer(peer);
+    let claims = hub.verify_token(&hello.token, refusal).await.inspect_err(|(_, reason)| {
+        tracing::info!(%peer, device = %hello.device, error = %reason, "hello refused");
+    })?;
+    let login =
+        AuditEvent::new(AuditKind::Login, format!("token {}", claims.jti)).by(&claims).device(hello.device.as_str());
+    hub.store.audit(login.peer(peer)).await;
+    Ok(claims)
 }
 
 /// Reads frames until a `hello`. Bad frames get an error and the wait goes on; any other
@@ -176,9 +159,6 @@ async fn wait_hello(hub: &Hub, ws: &mut WebSocket) -> Option<Hello> {
         }
     }
 }
-
-/// What a device with a revoked token is told (the reason stays in the audit log).
-const REVOKED: &str = "this token was revoked; ask your supervisor for a new one";
 
 struct Session {
     hub: Arc<Hub>,
@@ -467,8 +447,7 @@ impl Session {
             .store
             .audit(
                 AuditEvent::new(AuditKind::SessionRevoked, format!("token {}: {reason}", self.claims.jti))
-                    .actor(self.claims.sub.as_str())
-                    .role(self.claims.role.as_str())
+                    .by(&self.claims)
                     .device(self.link.device.as_str())
                     .peer(self.peer),
             )
@@ -486,8 +465,7 @@ impl Session {
             && *code == ErrorCode::Forbidden
         {
             let event = AuditEvent::new(AuditKind::Forbidden, m.clone())
-                .actor(self.claims.sub.as_str())
-                .role(self.claims.role.as_str())
+                .by(&self.claims)
                 .device(self.link.device.as_str())
                 .peer(self.peer)
                 .room(action.room().as_str());

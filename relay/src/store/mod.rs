@@ -345,6 +345,11 @@ impl Store {
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
+    /// Whether the current revocation list names these claims.
+    pub fn is_revoked(&self, claims: &outpost_shared::Claims) -> bool {
+        self.revocations.borrow().revokes(claims).is_some()
+    }
+
     /// The current revocation list; `changed()` fires when a new one is loaded.
     pub fn revocations(&self) -> tokio::sync::watch::Receiver<Arc<outpost_shared::RevocationList>> {
         self.revocations.subscribe()

@@ -76,6 +76,10 @@ impl AuditEvent {
     pub fn new(kind: AuditKind, detail: impl Into<String>) -> Self {
         Self { kind, actor: None, role: None, device: None, peer: None, room: None, detail: detail.into() }
     }
+    /// The token holder as actor, with their role.
+    pub fn by(self, claims: &outpost_shared::Claims) -> Self {
+        self.actor(claims.sub.as_str()).role(claims.role.as_str())
+    }
     pub fn actor(mut self, actor: impl Into<String>) -> Self {
         self.actor = Some(actor.into());
         self
