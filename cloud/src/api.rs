@@ -123,6 +123,10 @@ async fn post(
     if let Err((code, m)) = hub.check_body(&room, &body) {
         return err(code, m).into_response();
     }
+    let body = match hub.attach_media(&claims, body).await {
+        Ok(b) => b,
+        Err((code, m)) => return err(code, m).into_response(),
+    };
     let at = now_ms();
     let msg = OutgoingMsg {
         id: p.id.unwrap_or_else(|| MessageId(uuid::Uuid::now_v7())),

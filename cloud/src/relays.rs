@@ -11,7 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_relay::link::{self, LinkError, LinkStore, Peer, read_control, tls, write_control};
+use outpost_relay::link::{self, LinkError, LinkOptions, LinkStore, Peer, read_control, tls, write_control};
+use outpost_relay::media::Blobs;
 use outpost_relay::ratelimit::TokenBucket;
 use outpost_relay::store::{AuditEvent, AuditKind};
 use outpost_shared::RelayId;
@@ -32,7 +33,13 @@ const REFUSALS_AUDITED_PER_SEC: u32 = 5;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Accepts relay connections until `shutdown`.
-pub async fn accept<S: LinkStore>(endpoint: quinn::Endpoint, store: S, cloud_id: String, shutdown: CancellationToken) {
+pub async fn accept<S: LinkStore>(
+    endpoint: quinn::Endpoint,
+    store: S,
+    blobs: Option<Blobs>,
+    cloud_id: String,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     let live: Live = Arc::default();
     // Refusals are audited at most this often: an address scanning the QUIC port must not
@@ -46,11 +53,12 @@ pub async fn accept<S: LinkStore>(endpoint: quinn::Endpoint, store: S, cloud_id:
             () = shutdown.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
-        let (store, cloud_id, live, stop) = (store.clone(), cloud_id.clone(), live.clone(), shutdown.child_token());
+        let (store, blobs, cloud_id, live, stop) =
+            (store.clone(), blobs.clone(), cloud_id.clone(), live.clone(), shutdown.child_token());
         let refusals = refusals.clone();
         tracker.spawn(async move {
             let remote = incoming.remote_address();
-            match serve(incoming, store.clone(), cloud_id, live, stop).await {
+            match serve(incoming, store.clone(), blobs, cloud_id, live, stop).await {
                 Ok(end) => tracing::info!(%remote, reason = %end, "relay link ended"),
                 Err(e) => {
                     tracing::info!(%remote, error = %e, "relay refused");
@@ -70,6 +78,7 @@ pub async fn accept<S: LinkStore>(endpoint: quinn::Endpoint, store: S, cloud_id:
 async fn serve<S: LinkStore>(
     incoming: quinn::Incoming,
     store: S,
+    blobs: Option<Blobs>,
     cloud_id: String,
     live: Live,
     stop: CancellationToken,
@@ -126,7 +135,7 @@ async fn serve<S: LinkStore>(
         rooms: Some(Arc::new(Mutex::new(state.rooms.into_iter().collect::<HashSet<_>>()))),
         start: state.sent_hwm,
     };
-    let end = link::run(conn, send, recv, store, peer, FlowConfig::default(), stop.clone()).await;
+    let end = link::run(conn, send, recv, store, peer, LinkOptions { flow: FlowConfig::default(), blobs }, stop.clone()).await;
     if let Ok(mut l) = live.lock()
         && l.get(&relay).is_some_and(|(g, _)| *g == generation)
     {

@@ -47,6 +47,8 @@ pub fn hub_config(id: &CloudIdentity) -> RelayConfig {
     c.identity.token_public_key = encode_key(&id.signer.public_key());
     c.storage.path = id.layout.data().join("cloud.db");
     c.policy = id.policy.clone();
+    // The hospital keeps every blob: retention applies to hubs, which the cloud confirms.
+    c.media.retention_days = 0;
     c
 }
 
@@ -90,7 +92,13 @@ pub async fn run(
     }
     let relays_stop = CancellationToken::new();
     let relays =
-        tokio::spawn(crate::relays::accept(quic, core.store.clone(), id.cloud_id.clone(), relays_stop.clone()));
+        tokio::spawn(crate::relays::accept(
+        quic,
+        core.store.clone(),
+        core.hub.blobs.clone(),
+        id.cloud_id.clone(),
+        relays_stop.clone(),
+    ));
     let app = core.routes().merge(crate::api::routes(core.hub.clone()));
     let result = core.serve(ws, app, shutdown).await;
     relays_stop.cancel();

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_FILE: &str = "relay.toml";
 
 /// Configuration keys that hold lists (comma-separated when set in the environment).
-const POLICY_LISTS: [&str; 7] = [
+const POLICY_LISTS: [&str; 8] = [
+    "media.accepted_types",
     "policy.encrypted_rooms",
     "policy.send_roles",
     "policy.emergency_roles",
@@ -27,7 +28,7 @@ const POLICY_LISTS: [&str; 7] = [
 ];
 
 /// The sections of the configuration.
-const SECTIONS: [&str; 7] = ["server", "storage", "limits", "identity", "uplink", "policy", "security"];
+const SECTIONS: [&str; 8] = ["server", "storage", "limits", "identity", "uplink", "policy", "security", "media"];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +42,59 @@ pub struct RelayConfig {
     /// see `outpost_shared::policy` and docs/security.md.
     pub policy: outpost_shared::Policy,
     pub security: SecurityConfig,
+    /// Photos, voice notes and documents (docs/protocol.md, Media).
+    pub media: MediaConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Largest blob accepted, bytes (from a device or over the uplink).
+    pub max_blob_bytes: u64,
+    /// Largest upload chunk (one HTTP PATCH body), bytes.
+    pub max_chunk_bytes: u64,
+    /// Bytes one user's uploads may hold on this server (complete and unfinished).
+    pub quota_per_user_bytes: u64,
+    /// Unfinished uploads one user may have at once.
+    pub max_pending_uploads: u32,
+    /// Types accepted, recognised by content (a subset of the types docs/protocol.md lists).
+    pub accepted_types: Vec<String>,
+    /// Longer side of an image preview, pixels.
+    pub preview_max_side: u32,
+    /// JPEG quality of previews (1-100).
+    pub preview_quality: u8,
+    /// Images with more pixels than this get no preview (decoding them would take the
+    /// Pi's memory); they still travel.
+    pub max_preview_source_pixels: u64,
+    /// Size of one chunk on the uplink's bulk lane, bytes. Smaller chunks let an
+    /// emergency overtake sooner on a slow link; larger ones cost fewer round trips.
+    pub link_chunk_bytes: u32,
+    /// Chunks of one blob in flight on the uplink before the receiver confirms.
+    pub link_window: u32,
+    /// Days a blob stays on this server after the peer (the cloud) confirmed it; 0 keeps
+    /// blobs forever. Unconfirmed blobs are never removed.
+    pub retention_days: u32,
+    /// Hours an unfinished upload is kept without progress before it is removed.
+    pub partial_ttl_hours: u32,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_blob_bytes: 16 << 20,
+            max_chunk_bytes: 1 << 20,
+            quota_per_user_bytes: 256 << 20,
+            max_pending_uploads: 8,
+            accepted_types: outpost_shared::media::KNOWN_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+            preview_max_side: 256,
+            preview_quality: 60,
+            max_preview_source_pixels: 50_000_000,
+            link_chunk_bytes: 64 << 10,
+            link_window: 4,
+            retention_days: 30,
+            partial_ttl_hours: 72,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -291,6 +345,7 @@ impl RelayConfig {
             uplink: section(&built, "uplink", &mut problems),
             policy: section(&built, "policy", &mut problems),
             security: section(&built, "security", &mut problems),
+            media: section(&built, "media", &mut problems),
         };
         overrides(&mut cfg);
         problems.extend(cfg.problems());
@@ -339,6 +394,14 @@ impl RelayConfig {
             ("uplink.retry_initial_ms", self.uplink.retry_initial_ms),
             ("uplink.retry_max_secs", self.uplink.retry_max_secs),
             ("security.revocation_poll_ms", self.security.revocation_poll_ms),
+            ("media.max_blob_bytes", self.media.max_blob_bytes),
+            ("media.max_chunk_bytes", self.media.max_chunk_bytes),
+            ("media.quota_per_user_bytes", self.media.quota_per_user_bytes),
+            ("media.max_pending_uploads", u64::from(self.media.max_pending_uploads)),
+            ("media.preview_max_side", u64::from(self.media.preview_max_side)),
+            ("media.link_chunk_bytes", u64::from(self.media.link_chunk_bytes)),
+            ("media.link_window", u64::from(self.media.link_window)),
+            ("media.partial_ttl_hours", u64::from(self.media.partial_ttl_hours)),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -356,6 +419,21 @@ impl RelayConfig {
         }
         if l.idle_timeout_secs <= l.ping_interval_secs {
             p.push("limits.idle_timeout_secs must be longer than limits.ping_interval_secs".into());
+        }
+        let m = &self.media;
+        for t in &m.accepted_types {
+            if !outpost_shared::media::KNOWN_TYPES.contains(&t.as_str()) {
+                p.push(format!(
+                    "media.accepted_types: {t:?} is not a type this server recognises; choose from {}",
+                    outpost_shared::media::KNOWN_TYPES.join(", ")
+                ));
+            }
+        }
+        if !(1..=100).contains(&m.preview_quality) {
+            p.push("media.preview_quality must be between 1 and 100".into());
+        }
+        if m.link_chunk_bytes > 1 << 20 {
+            p.push("media.link_chunk_bytes must be at most 1048576 (1 MiB)".into());
         }
         if self.storage.emergency_reserve_bytes >= self.storage.quota_bytes {
             p.push("storage.emergency_reserve_bytes must be smaller than storage.quota_bytes".into());

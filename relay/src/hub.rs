@@ -35,6 +35,8 @@ pub struct Hub {
     pub conns: ConnTracker,
     /// The uplink's state (stays default on the cloud and on a hub with no cloud).
     pub uplink: Arc<Mutex<UplinkStatus>>,
+    /// Media blobs (None only where a caller builds a hub without a blob store).
+    pub blobs: Option<crate::media::Blobs>,
     presence: Mutex<HashMap<UserId, TokenBucket>>,
     /// Throttles audit rows for refusals; counts the ones not recorded.
     refusals: Mutex<(TokenBucket, u64)>,
@@ -67,6 +69,7 @@ impl Hub {
             shutdown,
             conns,
             uplink: Arc::default(),
+            blobs: None,
             presence: Mutex::new(HashMap::new()),
             started: tokio::time::Instant::now(),
         }
@@ -114,6 +117,52 @@ impl Hub {
         outpost_shared::e2e::check_envelope(body)
             .map(drop)
             .map_err(|e| (ErrorCode::BadFrame, format!("room {room} is end-to-end encrypted; {e}")))
+    }
+
+    /// A body that names a blob (`{"media": {"sha256": …}}`): the blob must be complete
+    /// on this server and the sender must have uploaded it or be able to read a room it
+    /// was sent in. The body gets the blob's true size and type and, for an image, its
+    /// preview. Other bodies are returned as they are.
+    pub async fn attach_media(&self, claims: &Claims, body: Body) -> Result<Body, (ErrorCode, String)> {
+        let blob = match outpost_shared::media::body_ref(&body) {
+            Ok(None) => return Ok(body),
+            Ok(Some(b)) => b,
+            Err(e) => return Err((ErrorCode::BadFrame, e.to_string())),
+        };
+        let internal = |e: crate::media::MediaError| (ErrorCode::Internal, e.to_string());
+        let Some(blobs) = &self.blobs else {
+            return Err((ErrorCode::BadFrame, "this server does not take media".into()));
+        };
+        let missing = || {
+            (
+                ErrorCode::BadFrame,
+                format!("blob {blob} is not on this server: upload the file first (POST /api/media), then send again"),
+            )
+        };
+        let info = blobs.info(blob).await.map_err(internal)?.filter(|i| !i.evicted).ok_or_else(missing)?;
+        let (policy, c) = (self.config.policy.clone(), claims.clone());
+        let may = blobs
+            .may_use(&claims.sub, blob, move |r| policy.check(&c, Action::History { room: r }).is_ok())
+            .await
+            .map_err(internal)?;
+        if !may {
+            // Same answer as a blob that is not here: a hash alone reveals nothing.
+            return Err(missing());
+        }
+        let preview = match info.preview {
+            Some((w, h)) => blobs.preview(blob).await.map_err(internal)?.map(|jpeg| (jpeg, w, h)),
+            None => None,
+        };
+        let facts = outpost_shared::media::MediaFacts { size: info.size, mime: info.mime, preview };
+        let out = outpost_shared::media::complete_body(&body, &facts).map_err(|e| (ErrorCode::BadFrame, e.to_string()))?;
+        let max = self.config.limits.max_body_bytes;
+        if out.len() > max {
+            return Err((
+                ErrorCode::TooLarge,
+                format!("with its preview the body is {} bytes; the limit is {max}; shorten the text", out.len()),
+            ));
+        }
+        Ok(out)
     }
 
     /// Checks a token as every entry point does: signature, issuer, expiry, then the

@@ -15,6 +15,7 @@ pub mod init;
 pub mod lan_tls;
 pub mod link;
 pub mod mailbox;
+pub mod media;
 pub mod ratelimit;
 pub mod router;
 pub mod server;

@@ -81,7 +81,12 @@ impl Core {
         let sessions_stop = CancellationToken::new();
         let poll = Duration::from_millis(config.security.revocation_poll_ms);
         tokio::spawn(store.clone().watch_revocations(poll, sessions_stop.clone()));
-        let hub = Arc::new(Hub::new(config, store.clone(), router, verifier, sessions_stop.clone()));
+        let blobs = crate::media::Blobs::open(store.clone(), db, config.media.clone(), &config.storage)
+            .map_err(|e| RunError::Config(format!("cannot open the media store beside {}: {e}", db.display())))?;
+        tokio::spawn(blobs.clone().sweep_every(Duration::from_secs(3600), sessions_stop.clone()));
+        let mut hub = Hub::new(config, store.clone(), router, verifier, sessions_stop.clone());
+        hub.blobs = Some(blobs);
+        let hub = Arc::new(hub);
         Ok(Self { hub, store, tracker: TaskTracker::new(), sessions_stop, grace, tls: None })
     }
 
@@ -104,6 +109,7 @@ impl Core {
             .fallback(get(crate::web::asset))
             .with_state((self.hub.clone(), self.tracker.clone()))
             .merge(axum::Router::new().route("/api/audit", get(crate::api::audit)).with_state(self.hub.clone()))
+            .merge(crate::media::http::routes(self.hub.clone()))
     }
 
     /// Serves devices over TLS (HTTPS and `wss://`) instead of plain TCP.
@@ -173,7 +179,13 @@ pub async fn run(
     let status = core.hub.uplink.clone();
     let uplink_stop = CancellationToken::new();
     let uplink_task = uplink.map(|settings| {
-        tokio::spawn(crate::link::uplink::run(core.store.clone(), settings, status.clone(), uplink_stop.clone()))
+        tokio::spawn(crate::link::uplink::run(
+            core.store.clone(),
+            core.hub.blobs.clone(),
+            settings,
+            status.clone(),
+            uplink_stop.clone(),
+        ))
     });
     let app = core.routes();
     let result = core.serve(listeners.ws, app, shutdown).await;

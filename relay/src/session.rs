@@ -567,6 +567,11 @@ impl Session {
         if let Err((code, m)) = self.hub.check_body(&msg.room, &msg.body) {
             return self.feed(error_frame(code, m, id)).await;
         }
+        let mut msg = msg;
+        msg.body = match self.hub.attach_media(&self.claims, msg.body.clone()).await {
+            Ok(b) => b,
+            Err((code, m)) => return self.feed(error_frame(code, m, id)).await,
+        };
         // Capacity was checked before this frame was read and only this task reserves.
         let Some(permit) = self.mailbox.try_reserve() else {
             return self

@@ -12,6 +12,7 @@ pub mod error_code;
 pub mod frames;
 pub mod hlc;
 pub mod ids;
+pub mod media;
 pub mod policy;
 pub mod revocation;
 pub mod token;

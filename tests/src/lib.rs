@@ -10,6 +10,7 @@ pub mod client;
 pub mod corpus;
 pub mod http;
 pub mod linkemu;
+pub mod media;
 pub mod proc;
 pub mod tls;
 

@@ -314,6 +314,11 @@ impl Relay {
         crate::client::host_port(&self.url).to_owned()
     }
 
+    /// `http://host:port` of the hub's HTTP API (media, audit, status).
+    pub fn http_base(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub async fn kill9(&mut self) -> anyhow::Result<()> {
         self.child.start_kill()?;

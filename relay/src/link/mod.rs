@@ -72,6 +72,14 @@ pub struct Peer {
     pub start: Cursor,
 }
 
+/// How a link runs: the batch lanes' flow control and, when this server keeps media,
+/// its blob store (the bulk lane).
+#[derive(Debug, Clone, Default)]
+pub struct LinkOptions {
+    pub flow: FlowConfig,
+    pub blobs: Option<crate::media::Blobs>,
+}
+
 /// Reads one length-prefixed control frame.
 pub async fn read_control(recv: &mut quinn::RecvStream) -> Result<Option<Control>, LinkError> {
     let mut prefix = [0u8; 4];
@@ -97,9 +105,10 @@ pub async fn run<S: LinkStore>(
     mut ctrl_recv: quinn::RecvStream,
     store: S,
     peer: Peer,
-    flow: FlowConfig,
+    opts: LinkOptions,
     shutdown: CancellationToken,
 ) -> LinkError {
+    let LinkOptions { flow, blobs } = opts;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(1024);
     let (ack_tx, ack_rx) = mpsc::channel::<u64>(4096);
     let (reset_tx, reset_rx) = mpsc::channel::<()>(4);
@@ -159,6 +168,11 @@ pub async fn run<S: LinkStore>(
         tasks.spawn(publish_revocations(store.revocations(), ctl_tx.clone()));
     }
     tasks.spawn(receive(conn.clone(), store.clone(), peer.clone(), ctl_tx.clone(), reset_tx));
+    // The bulk lane: blobs both ways (relay/src/media/link.rs).
+    if let Some(blobs) = blobs {
+        tasks.spawn(crate::media::link::sender(conn.clone(), blobs.clone(), peer.name.clone(), peer.rooms.clone()));
+        tasks.spawn(crate::media::link::serve(conn.clone(), blobs, peer.name.clone()));
+    }
     tasks.spawn(send(conn.clone(), store, peer, flow, ctl_tx, ack_rx, reset_rx));
 
     let end = tokio::select! {

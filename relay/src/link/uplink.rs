@@ -73,6 +73,7 @@ fn random() -> u64 {
 /// Dials the cloud until `shutdown`.
 pub async fn run(
     store: Store,
+    blobs: Option<crate::media::Blobs>,
     settings: UplinkSettings,
     status: Arc<Mutex<UplinkStatus>>,
     shutdown: CancellationToken,
@@ -81,7 +82,7 @@ pub async fn run(
     let mut endpoint: Option<(bool, quinn::Endpoint)> = None;
     loop {
         let started = tokio::time::Instant::now();
-        let attempt = connect(&store, &settings, &mut endpoint, &status, &shutdown);
+        let attempt = connect(&store, blobs.clone(), &settings, &mut endpoint, &status, &shutdown);
         let result = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -117,6 +118,7 @@ pub async fn run(
 /// updates `status` when the handshake completes.
 async fn connect(
     store: &Store,
+    blobs: Option<crate::media::Blobs>,
     settings: &UplinkSettings,
     endpoint: &mut Option<(bool, quinn::Endpoint)>,
     status: &Mutex<UplinkStatus>,
@@ -167,5 +169,6 @@ async fn connect(
     }
     store.peer_acked(CLOUD_PEER, start, Vec::new(), now_ms()).await;
     let peer = Peer { name: CLOUD_PEER.to_owned(), rooms: None, start };
-    Ok(super::run(conn, send, recv, store.clone(), peer, settings.flow.clone(), shutdown.child_token()).await)
+    let opts = super::LinkOptions { flow: settings.flow.clone(), blobs };
+    Ok(super::run(conn, send, recv, store.clone(), peer, opts, shutdown.child_token()).await)
 }

@@ -188,13 +188,21 @@ pub(crate) enum Command {
         entries: Vec<outpost_shared::Revocation>,
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
+    /// Work of another module (media metadata) run inside the writer's transaction;
+    /// answered after the commit.
+    Exec(ExecFn, oneshot::Sender<Result<ExecValue, StoreError>>),
     /// Answered after the next commit: proves the writer is alive (watchdog).
     Ping(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
 }
 
+/// What [`Command::Exec`] runs and returns.
+pub(crate) type ExecValue = Box<dyn std::any::Any + Send>;
+pub(crate) type ExecFn = Box<dyn FnOnce(&rusqlite::Connection) -> Result<ExecValue, StoreError> + Send>;
+
 /// An answer owed once the transaction's fate is known.
 pub(crate) enum Pending {
+    Exec(oneshot::Sender<Result<ExecValue, StoreError>>, ExecValue),
     Append(Reply, Result<Appended, StoreError>),
     Import(oneshot::Sender<Result<usize, StoreError>>, usize),
     Hello(oneshot::Sender<Result<PeerState, StoreError>>, PeerState),
@@ -211,6 +219,8 @@ impl Pending {
             (Pending::Import(tx, _), Some(e)) => drop(tx.send(Err(e.clone()))),
             (Pending::Hello(tx, s), None) => drop(tx.send(Ok(s))),
             (Pending::Hello(tx, _), Some(e)) => drop(tx.send(Err(e.clone()))),
+            (Pending::Exec(tx, v), None) => drop(tx.send(Ok(v))),
+            (Pending::Exec(tx, _), Some(e)) => drop(tx.send(Err(e.clone()))),
             // A failed transaction still shows the writer is alive.
             (Pending::Ping(tx), _) => drop(tx.send(())),
         }
@@ -228,8 +238,11 @@ impl Command {
 pub(crate) struct Gauges {
     /// Newest committed cursor.
     pub head: AtomicU64,
-    /// Bytes of database pages in use (what the quota counts).
+    /// Bytes of database pages in use (what the quota counts, with `blob_bytes`).
     pub used_bytes: AtomicU64,
+    /// Bytes of media files beside the database (complete and partial), kept by the
+    /// media module.
+    pub blob_bytes: AtomicU64,
 }
 
 /// Storage tuning taken from the relay configuration.
@@ -296,6 +309,7 @@ impl Store {
         let gauges = Arc::new(Gauges {
             head: AtomicU64::new(state.next_cursor.saturating_sub(1)),
             used_bytes: AtomicU64::new(0),
+            blob_bytes: AtomicU64::new(0),
         });
         let known_rooms = Arc::new(RwLock::new(state.rooms.clone()));
         let (tx, rx) = mpsc::channel(opts.max_batch);
@@ -484,9 +498,43 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)
     }
 
-    /// Bytes of database pages in use, as counted against the quota.
+    /// Bytes counted against the quota: database pages in use and media files.
     pub fn used_bytes(&self) -> u64 {
-        self.gauges.used_bytes.load(Ordering::Relaxed)
+        self.gauges.used_bytes.load(Ordering::Relaxed) + self.gauges.blob_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Adds (or with a negative `delta`, removes) media bytes from the quota count.
+    pub fn add_blob_bytes(&self, delta: i64) {
+        let g = &self.gauges.blob_bytes;
+        if delta >= 0 {
+            g.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+        } else {
+            let _ = g.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(delta.unsigned_abs())));
+        }
+    }
+
+    /// Runs `f` on the writer's connection inside its next transaction and answers after
+    /// the commit: other modules' writes keep the one-writer rule (and its group commit).
+    pub async fn exec<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let f: ExecFn = Box::new(move |c| f(c).map(|v| Box::new(v) as ExecValue));
+        self.tx.send(Command::Exec(f, tx)).await.map_err(|_| StoreError::Closed)?;
+        let v = rx.await.unwrap_or(Err(StoreError::Closed))?;
+        v.downcast::<T>().map(|b| *b).map_err(|_| StoreError::Database("exec returned another type".into()))
+    }
+
+    /// Runs a read-only query on a pooled reader connection (a blocking thread).
+    pub async fn read_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
     }
 
     /// What waits to go to `peer` (messages and receipts our log holds beyond the peer's

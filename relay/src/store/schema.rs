@@ -138,6 +138,61 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (kind, value)
     );
     ",
+    // 4: media — blob metadata (the bytes are content-addressed files beside the
+    // database, see relay/src/media), who uploaded what, the messages that name a blob,
+    // and which peers hold it.
+    "
+    CREATE TABLE blobs (
+        sha256   BLOB PRIMARY KEY,
+        size     INTEGER NOT NULL,
+        mime     TEXT NOT NULL,
+        -- JPEG preview of an image (a few KB), sent inside the message that names it.
+        preview  BLOB,
+        width    INTEGER,
+        height   INTEGER,
+        -- NULL: uploaded here; otherwise the peer it came from.
+        origin   TEXT,
+        created  INTEGER NOT NULL,
+        -- Set when retention removed the file (the cloud had confirmed it).
+        evicted  INTEGER
+    ) WITHOUT ROWID;
+
+    -- Users who uploaded a blob here: they may name it in messages (others may only once
+    -- it was sent in a room they can read). `bytes` counts against their quota.
+    CREATE TABLE blob_owners (
+        sha256  BLOB NOT NULL,
+        user    TEXT NOT NULL,
+        at      INTEGER NOT NULL,
+        PRIMARY KEY (sha256, user)
+    ) WITHOUT ROWID;
+    CREATE INDEX blob_owners_user ON blob_owners (user);
+
+    -- Unfinished uploads: `owner` is 'user:NAME' (HTTP) or 'peer:NAME' (the uplink). The
+    -- bytes received so far are the partial file's length.
+    CREATE TABLE uploads (
+        owner    TEXT NOT NULL,
+        sha256   BLOB NOT NULL,
+        size     INTEGER NOT NULL,
+        created  INTEGER NOT NULL,
+        PRIMARY KEY (owner, sha256)
+    ) WITHOUT ROWID;
+
+    -- Messages that name a blob, by log cursor (written with the message).
+    CREATE TABLE media_refs (
+        cursor   INTEGER PRIMARY KEY,
+        sha256   BLOB NOT NULL,
+        room     TEXT NOT NULL
+    );
+    CREATE INDEX media_refs_sha ON media_refs (sha256);
+
+    -- Peers known to hold a blob completely: they confirmed it, or sent it to us.
+    CREATE TABLE blob_peers (
+        sha256  BLOB NOT NULL,
+        peer    TEXT NOT NULL,
+        at      INTEGER NOT NULL,
+        PRIMARY KEY (sha256, peer)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

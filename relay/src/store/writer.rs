@@ -252,6 +252,13 @@ impl Writer {
                         }
                         pending.push(Pending::Import(reply, fresh));
                     }
+                    Command::Exec(f, tx) => match f(&self.conn) {
+                        Ok(v) => pending.push(Pending::Exec(tx, v)),
+                        Err(e) => {
+                            pending.push(Pending::Exec(tx, Box::new(())));
+                            return Err(e);
+                        }
+                    },
                     Command::Ping(tx) => pending.push(Pending::Ping(tx)),
                     Command::Stop(_) => {}
                 }
@@ -334,8 +341,9 @@ impl Writer {
         } else {
             self.opts.quota_bytes.saturating_sub(self.opts.emergency_reserve_bytes)
         };
-        if self.used_bytes >= limit {
-            return Ok(Err(StoreError::StorageFull { used: self.used_bytes, quota: self.opts.quota_bytes }));
+        let used = self.used_bytes + self.gauges.blob_bytes.load(Ordering::Relaxed);
+        if used >= limit {
+            return Ok(Err(StoreError::StorageFull { used, quota: self.opts.quota_bytes }));
         }
         let hlc = match m.reply_to {
             Some(parent) => {
@@ -411,6 +419,14 @@ impl Writer {
                 origin_peer,
             ])?;
         self.note_room(&m.room, new_rooms)?;
+        // The blob a message names: who may read it, and what follows the message to
+        // each peer (relay/src/media). A malformed reference was refused before; one in
+        // a peer's message is not this server's to refuse, so it is only not recorded.
+        if let Ok(Some(blob)) = outpost_shared::media::body_ref(&m.body) {
+            self.conn
+                .prepare_cached("INSERT OR IGNORE INTO media_refs (cursor, sha256, room) VALUES (?1, ?2, ?3)")?
+                .execute(params![to_sql(cursor), blob.0.as_slice(), m.room.as_str()])?;
+        }
         let priority = m.priority;
         let room = m.room.clone();
         let frame = ServerFrame::Message(Positioned { cursor: Cursor(cursor), msg: m }).encode();

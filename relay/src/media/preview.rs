@@ -1,0 +1,83 @@
+//! Image previews: a small JPEG made on the server as soon as a photo is complete, so the
+//! message naming the photo can carry it (a few KB in the normal lane, long before the
+//! full photo has crossed a slow uplink).
+
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder as _, ImageReader};
+
+use crate::config::MediaConfig;
+
+/// The preview of the image at `path`: JPEG bytes, width, height. None when the image
+/// cannot be decoded or is larger than `max_preview_source_pixels` (it still travels;
+/// it only has no preview).
+pub fn make(path: &Path, cfg: &MediaConfig) -> Option<(Vec<u8>, u32, u32)> {
+    match try_make(path, cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(path = %path.display(), error = %e, "no preview for this image");
+            None
+        }
+    }
+}
+
+fn try_make(path: &Path, cfg: &MediaConfig) -> Result<Option<(Vec<u8>, u32, u32)>, image::ImageError> {
+    let reader = ImageReader::open(path)?.with_guessed_format()?;
+    let mut decoder = reader.into_decoder()?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > cfg.max_preview_source_pixels {
+        tracing::info!(w, h, "image too large to preview (media.max_preview_source_pixels)");
+        return Ok(None);
+    }
+    // Phones store photos sideways and say so in EXIF; the preview must stand upright.
+    let orientation = decoder.orientation()?;
+    let mut img = DynamicImage::from_decoder(decoder)?;
+    img.apply_orientation(orientation);
+    let side = cfg.preview_max_side;
+    let small = img.thumbnail(side, side).to_rgb8();
+    let mut out = Vec::new();
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, cfg.preview_quality);
+    small.write_with_encoder(encoder)?;
+    Ok(Some((out, small.width(), small.height())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn photo(w: u32, h: u32) -> tempfile::NamedTempFile {
+        // Noise compresses badly, like a real photo.
+        let mut seed = 0x2545_f491_u32;
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, (seed & 0xff) as u8])
+        });
+        let f = tempfile::Builder::new().suffix(".jpg").tempfile().unwrap_or_else(|e| panic!("{e}"));
+        img.save_with_format(f.path(), image::ImageFormat::Jpeg).unwrap_or_else(|e| panic!("{e}"));
+        f
+    }
+
+    #[test]
+    fn previews_are_small_upright_jpegs_of_bounded_side() {
+        let f = photo(1600, 1200);
+        let cfg = MediaConfig::default();
+        let (jpeg, w, h) = make(f.path(), &cfg).unwrap_or_else(|| panic!("a preview"));
+        assert_eq!((w, h), (256, 192), "longer side scaled to preview_max_side, aspect kept");
+        assert_eq!(&jpeg[..3], &[0xFF, 0xD8, 0xFF]);
+        assert!(jpeg.len() < 40_000, "a few KB, not {}", jpeg.len());
+        let source = std::fs::metadata(f.path()).map(|m| m.len()).unwrap_or(0);
+        assert!((jpeg.len() as u64) * 20 < source, "preview {} vs photo {source}", jpeg.len());
+    }
+
+    #[test]
+    fn oversized_or_broken_images_get_no_preview() {
+        let f = photo(400, 300);
+        let cfg = MediaConfig { max_preview_source_pixels: 100_000, ..MediaConfig::default() };
+        assert!(make(f.path(), &cfg).is_none());
+        let broken = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(broken.path(), [0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(make(broken.path(), &MediaConfig::default()).is_none());
+    }
+}
