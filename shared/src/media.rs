@@ -162,8 +162,11 @@ pub fn sniff(head: &[u8]) -> Option<&'static str> {
     } else if at(0, b"OggS") {
         Some("audio/ogg")
     } else if at(4, b"ftyp") {
-        // ISO base media (Safari's MediaRecorder, .m4a).
-        Some("audio/mp4")
+        // ISO base media: Safari's MediaRecorder and .m4a files. HEIF/AVIF photos share
+        // the container and are not voice notes; they are refused rather than mislabelled.
+        const STILL_IMAGES: [&[u8; 4]; 8] = [b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif"];
+        let brand = head.get(8..12).unwrap_or_default();
+        if STILL_IMAGES.iter().any(|b| brand == b.as_slice()) { None } else { Some("audio/mp4") }
     } else if at(0, b"ID3") || (head.len() >= 2 && head[0] == 0xFF && head[1] & 0xE0 == 0xE0) {
         Some("audio/mpeg")
     } else if at(0, b"%PDF-") {
@@ -322,6 +325,8 @@ mod tests {
         assert_eq!(sniff(b"RIFF\0\0\0\0WAVEfmt "), Some("audio/wav"));
         assert_eq!(sniff(&[0x1A, 0x45, 0xDF, 0xA3, 1, 2]), Some("audio/webm"));
         assert_eq!(sniff(b"\0\0\0\x20ftypM4A "), Some("audio/mp4"));
+        assert_eq!(sniff(b"\0\0\0\x18ftypheic\0\0\0\0"), None, "an iPhone photo is not a voice note");
+        assert_eq!(sniff(b"\0\0\0\x1cftypavif\0\0\0\0"), None);
         assert_eq!(sniff(b"%PDF-1.7\n"), Some("application/pdf"));
         assert_eq!(sniff(b"<html><script>"), None);
         assert_eq!(sniff(b"MZ\x90\0"), None);

@@ -304,6 +304,15 @@ async fn limits_and_bad_uploads_get_clear_refusals_and_lose_nothing() -> anyhow:
     let second = photo(1_600_000, 5);
     let r = Upload::new(&base, &amina, &second).create().await?;
     assert_eq!((r.status, r.code()), (413, "quota_exceeded".into()));
+    // An unfinished upload counts too, until the device abandons it (DELETE).
+    let (third, fourth) = (photo(1_000_000, 6), photo(600_000, 8));
+    let started = Upload::new(&base, &amina, &third);
+    assert_eq!(started.create().await?.status, 201);
+    assert_eq!(Upload::new(&base, &amina, &fourth).create().await?.code(), "quota_exceeded");
+    let del = call(&base, "DELETE", &format!("/api/media/{}", started.sha), Some(&amina), &[], &[]).await?;
+    assert_eq!(del.status, 204);
+    assert!(started.offset().await.is_err(), "the abandoned upload is gone");
+    assert_eq!(Upload::new(&base, &amina, &fourth).create().await?.status, 201);
 
     // Type by content: a web page named like a photo is refused once complete, and gone.
     let page = b"<html><script>alert(1)</script></html>".repeat(100);

@@ -5,6 +5,7 @@
 //! POST  /api/media              Upload-Length, Upload-Sha256     → 201/200 Upload-Offset
 //! HEAD  /api/media/HEX                                           → 200 Upload-Offset / 404
 //! PATCH /api/media/HEX          Upload-Offset [Upload-Checksum]  → 204 Upload-Offset / 409
+//! DELETE /api/media/HEX                                          → 204 (abandons this user's unfinished upload)
 //! GET   /api/media/HEX          [Range: bytes=N-[M]]             → 200/206 the bytes
 //! GET   /api/media/HEX/preview                                   → image/jpeg
 //! GET   /api/media/HEX/info                                      → JSON
@@ -38,7 +39,7 @@ pub fn routes(hub: Arc<Hub>) -> axum::Router {
     let limit = usize::try_from(hub.config.media.max_chunk_bytes).unwrap_or(usize::MAX);
     axum::Router::new()
         .route("/api/media", post(create))
-        .route("/api/media/{sha}", get(download).head(head).patch(patch))
+        .route("/api/media/{sha}", get(download).head(head).patch(patch).delete(abandon))
         .route("/api/media/{sha}/info", get(info))
         .route("/api/media/{sha}/preview", get(preview))
         .layer(DefaultBodyLimit::max(limit))
@@ -189,6 +190,24 @@ async fn patch(
         let up =
             blobs.write(&Owner::User(claims.sub.clone()), blob, offset, body.to_vec()).await.map_err(media_error)?;
         Ok::<_, Fail>(upload_headers(StatusCode::NO_CONTENT, blob, up))
+    };
+    go.await.unwrap_or_else(|r| *r)
+}
+
+/// The device gave up an upload (tus termination): its partial file and row go, and it
+/// no longer counts against the user's limits. A complete blob is not touched.
+async fn abandon(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(sha): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let go = async {
+        let blobs = blobs(&hub)?;
+        let claims = caller(&hub, &headers, peer).await?;
+        let blob = blob_id(&sha)?;
+        blobs.abandon(&Owner::User(claims.sub.clone()), blob).await.map_err(media_error)?;
+        Ok::<_, Fail>(StatusCode::NO_CONTENT.into_response())
     };
     go.await.unwrap_or_else(|r| *r)
 }

@@ -18,6 +18,8 @@
 pub mod http;
 pub mod link;
 mod preview;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
@@ -592,6 +594,15 @@ impl Blobs {
         tracing::info!(%blob, size, mime, owner = %owner.key(), "blob stored");
         metrics::counter!("outpost_media_blobs_stored_total").increment(1);
         Ok(Upload::Complete { size })
+    }
+
+    /// Removes `owner`'s unfinished upload of `blob`, if there is one.
+    pub async fn abandon(&self, owner: &Owner, blob: BlobId) -> Result<(), MediaError> {
+        let _guard = self.lock(owner, blob).await;
+        match self.upload_size(owner, blob).await? {
+            Some(size) => self.discard(owner, blob, size).await,
+            None => Err(MediaError::NotFound(blob)),
+        }
     }
 
     /// Removes an unfinished upload (refused, or abandoned).
