@@ -5,6 +5,7 @@ import { openDb, write, loadAll } from './db.js';
 import { uuid4, uuid7 } from './uuid.js';
 import { Connection, serverUrl } from './conn.js';
 import * as E2E from './e2e.js';
+import * as Media from './media.js';
 import { $, RANK, bindView, followLog, renderAlerts, renderRoom, renderRooms, showShared, stickToEnd } from './view.js';
 
 const ALERT_MAX_AGE_MS = 24 * 3600 * 1000; // older emergencies (a fresh device's replay) do not ring
@@ -91,6 +92,7 @@ function plainError(code, message) {
     case 'unsupported_version':
     case 'bad_frame':
       if (/end-to-end encrypted/.test(message ?? '')) return 'This room is end-to-end encrypted, and the message was not encrypted as it must be.';
+      if (/upload the file first/.test(message ?? '')) return `The file is not on the ${where} (any more). Attach it again.`;
       return `The ${where} did not understand this app (${message || code}). Please update the app.`;
     default:
       return message || `Error: ${code}`;
@@ -100,8 +102,11 @@ function plainError(code, message) {
 // ---------- durable state ----------
 
 async function load() {
-  S.db = await openDb();
-  const { kv, messages, receipts, outbox } = await loadAll(S.db);
+  S.db = await openDb({
+    onBlocked: () => notice('Outpost is open in another tab with an older version. Close that tab to continue.'),
+    onReplaced: () => notice('Outpost was updated in another tab. Reload this page.'),
+  });
+  const { kv, messages, receipts, outbox, uploads } = await loadAll(S.db);
   S.welcome = kv.get('welcome') ?? null;
   S.epoch = kv.get('epoch') ?? null;
   S.cursor = S.cursorMem = kv.get('cursor') ?? 0;
@@ -113,12 +118,13 @@ async function load() {
   S.receipts = new Map(receipts.map((r) => [r.id, r]));
   S.outbox = new Map(outbox.map((o) => [o.id, o]));
   keys.load(kv.get(E2E.KV_KEY));
+  Media.loadUploads(uploads);
 }
 
 /** Drops what is held for the server; the outbox and its messages stay unless `all`. */
 function resetLocal(ops, all) {
   const keep = [];
-  for (const rec of S.msgs.values()) if (!all && (S.outbox.has(rec.id) || rec.local === 'failed')) keep.push(rec);
+  for (const rec of S.msgs.values()) if (!all && (S.outbox.has(rec.id) || rec.local === 'failed' || Media.pending(rec.id))) keep.push(rec);
   S.msgs = new Map(keep.map((r) => [r.id, r]));
   S.receipts = new Map();
   S.seen = {};
@@ -131,7 +137,8 @@ function resetLocal(ops, all) {
   if (all) {
     S.outbox = new Map();
     S.inflight.clear();
-    ops.push(['outbox', 'clear'], ['kv', 'delete', 'welcome']);
+    ops.push(['outbox', 'clear'], ['uploads', 'clear'], ['kv', 'delete', 'welcome']);
+    Media.reset();
     // Room keys belong to the person: another one signing in here must not read with them.
     keys.clear();
     opener.clear();
@@ -199,7 +206,7 @@ function handle(f, gen, ops, after) {
       S.typing.clear();
       if (S.session && S.session.gen === gen) S.session.welcomed = true;
       conn.resetBackoff();
-      after.push(flushOutbox, maybeRead, requestFirstHistory);
+      after.push(flushOutbox, maybeRead, requestFirstHistory, () => Media.kick({ signedIn: true }));
       break;
     }
     case 'resync': {
@@ -387,22 +394,28 @@ async function compose(room, text, emergency) {
   // The outbox (and the wire) get the sealed body; the record keeps the words for this screen.
   const msg = { id, room, kind: emergency ? 'alert' : 'chat', priority: emergency ? 'emergency' : 'normal', body: sealed, seq };
   const rec = { ...msg, body, from: me(), device: S.device, mine: true, local: 'queued', cursor: null, created: now, at: now, trail: { queued: now } };
-  S.msgs.set(id, rec);
-  S.outbox.set(id, { id, msg, created: now });
+  await queueMessage(msg, rec);
+  return true;
+}
+
+/**
+ * Puts `msg` (as it goes on the wire) in the outbox and `rec` (as this screen shows it)
+ * with the messages, durable on this device before it leaves it; `ops` join the same
+ * transaction. A message without a `seq` gets the next one.
+ */
+async function queueMessage(msg, rec, ops = []) {
+  if (msg.seq === undefined) msg.seq = ++S.seq;
+  const entry = { id: msg.id, msg, created: rec.created ?? Date.now() };
+  S.msgs.set(msg.id, rec);
+  S.outbox.set(msg.id, entry);
   render();
   try {
-    // Durable on this device before it leaves it.
-    await write(S.db, [
-      ['kv', 'put', S.seq, 'seq'],
-      ['messages', 'put', rec],
-      ['outbox', 'put', { id, msg, created: now }],
-    ]);
+    await write(S.db, [['kv', 'put', S.seq, 'seq'], ['messages', 'put', rec], ['outbox', 'put', entry], ...ops]);
   } catch (e) {
     notice(`This device could not save the message (${e.message}). It will still be sent if the ${serverName()} is reachable.`);
   }
   flushOutbox();
   render();
-  return true;
 }
 
 function roomMessages(room) {
@@ -565,7 +578,7 @@ function renderConn() {
     return;
   }
   box.hidden = false;
-  const n = S.outbox.size;
+  const n = S.outbox.size + Media.pendingCount();
   const pending = n ? ` \u00B7 ${n} pending` : '';
   let text;
   let cls;
@@ -687,6 +700,7 @@ function routeChanged() {
   if (next !== S.room) {
     if (S.room) stopTyping(S.room);
     S.room = next;
+    Media.roomChanged();
     $('message').value = '';
     render();
     if (next) {
@@ -760,7 +774,7 @@ async function signIn(raw) {
 }
 
 async function signOut() {
-  const n = S.outbox.size;
+  const n = S.outbox.size + Media.pendingCount();
   if (n && !confirm(`${n} message${n > 1 ? 's have' : ' has'} not been sent yet and will be lost. Sign out anyway?`)) return;
   conn?.stop();
   const ops = [];
@@ -848,8 +862,10 @@ async function main() {
     S.device = uuid4();
     localStorage.setItem('outpost.device', S.device);
   }
-  bindView({ S, me, rooms, isWorker, serverName, isEncrypted, isEmergency, roomMessages, unread, loadingOlder, openRoom, dismissAlerts, keys, opener });
+  bindView({ S, me, rooms, isWorker, serverName, isEncrypted, isEmergency, roomMessages, unread, loadingOlder, openRoom, dismissAlerts, keys, opener, media: Media });
+  Media.initMedia({ S, render, notice, queueMessage, me, serverName, isEncrypted, stopTyping });
   bindUi();
+  Media.bindComposer();
   try {
     await load();
   } catch (e) {

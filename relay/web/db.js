@@ -4,12 +4,23 @@
 //   messages  every message held for this server (own ones included), by id
 //   receipts  custody receipts for own messages, by message id
 //   outbox    messages written here and not yet `stored` by the server, by id
+//   uploads   photos and voice notes not yet uploaded whole (file Blob, room, caption), by
+//             message id; the message goes to the outbox once its file is on the server
+//
+// Versions: 1 kv, messages, receipts, outbox; 2 adds uploads. The upgrade only creates
+// what is missing, so any older database (or none) reaches the current layout and keeps
+// its data.
 
 const NAME = 'outpost';
-const VERSION = 1;
-export const STORES = ['kv', 'messages', 'receipts', 'outbox'];
+const VERSION = 2;
+export const STORES = ['kv', 'messages', 'receipts', 'outbox', 'uploads'];
 
-export function openDb() {
+/**
+ * `onBlocked`: called when another tab still has an older version open (the upgrade waits
+ * until it closes); `onReplaced`: called when a newer version of the app, in another tab,
+ * needs this connection closed.
+ */
+export function openDb({ onBlocked = () => {}, onReplaced = () => {} } = {}) {
   return new Promise((resolve, reject) => {
     const r = indexedDB.open(NAME, VERSION);
     r.onupgradeneeded = () => {
@@ -20,10 +31,18 @@ export function openDb() {
       }
       if (!db.objectStoreNames.contains('receipts')) db.createObjectStore('receipts', { keyPath: 'id' });
       if (!db.objectStoreNames.contains('outbox')) db.createObjectStore('outbox', { keyPath: 'id' });
+      if (!db.objectStoreNames.contains('uploads')) db.createObjectStore('uploads', { keyPath: 'id' });
     };
-    r.onsuccess = () => resolve(r.result);
+    r.onsuccess = () => {
+      const db = r.result;
+      db.onversionchange = () => {
+        db.close();
+        onReplaced();
+      };
+      resolve(db);
+    };
     r.onerror = () => reject(r.error);
-    r.onblocked = () => reject(new Error('the local database is blocked by another tab'));
+    r.onblocked = () => onBlocked();
   });
 }
 
@@ -54,17 +73,18 @@ export function write(db, ops) {
   });
 }
 
-/** Everything: { kv: Map, messages: [], receipts: [], outbox: [] }. */
+/** Everything: { kv: Map, messages: [], receipts: [], outbox: [], uploads: [] }. */
 export async function loadAll(db) {
   const t = db.transaction(STORES, 'readonly');
   const kvStore = t.objectStore('kv');
-  const [keys, values, messages, receipts, outbox] = await Promise.all([
+  const [keys, values, messages, receipts, outbox, uploads] = await Promise.all([
     req(kvStore.getAllKeys()),
     req(kvStore.getAll()),
     req(t.objectStore('messages').getAll()),
     req(t.objectStore('receipts').getAll()),
     req(t.objectStore('outbox').getAll()),
+    req(t.objectStore('uploads').getAll()),
   ]);
   const kv = new Map(keys.map((k, i) => [k, values[i]]));
-  return { kv, messages, receipts, outbox };
+  return { kv, messages, receipts, outbox, uploads };
 }

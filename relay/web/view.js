@@ -44,7 +44,7 @@ export function shown(m) {
   switch (v.state) {
     case 'plain':
     case 'open':
-      return { text: bodyText(v.body), locked: false };
+      return { text: bodyText(v.body), locked: false, body: v.body };
     case 'pending':
       return { text: '\u{1F512} Opening\u2026', locked: true };
     case 'nokey':
@@ -58,8 +58,19 @@ export function shown(m) {
 
 const lock = () => el('span', { class: 'lock', role: 'img', 'aria-label': 'end-to-end encrypted', title: 'End-to-end encrypted' }, '\u{1F512}');
 
+const MEDIA_LABEL = { image: '\u{1F4F7} Photo', audio: '\u{1F3A4} Voice note', pdf: '\u{1F4C4} Document', file: '\u{1F4CE} File' };
+
+/** What a file's message is called where only words fit (the room list, the banner). */
+function mediaLabel(media) {
+  const kind = A.media.kindOf(media.type);
+  return kind === 'pdf' || kind === 'file' ? `${MEDIA_LABEL[kind]}${media.name ? ` ${media.name}` : ''}` : MEDIA_LABEL[kind];
+}
+
 export function bodyText(body) {
   if (typeof body === 'string') return body;
+  if (body && typeof body === 'object' && body.media && typeof body.media === 'object') {
+    return typeof body.text === 'string' && body.text ? `${mediaLabel(body.media)}: ${body.text}` : mediaLabel(body.media);
+  }
   if (body && typeof body === 'object' && typeof body.text === 'string') return body.text;
   if (body && typeof body === 'object') {
     return Object.entries(body)
@@ -180,11 +191,13 @@ export function renderRoom() {
   $('composer').hidden = !room;
   $('room-title').replaceChildren(room ? `# ${room}` : 'Choose a room', ...(room && A.isEncrypted(room) ? [' ', lock()] : []));
   renderKeys(room);
+  renderMediaTools(room);
   $('room-pane').classList.toggle('none', !room);
   const log = $('log');
   if (!room) {
     log.replaceChildren();
     items.clear();
+    figs.clear();
     $('older').hidden = true;
     $('room-people').textContent = '';
     $('typing').textContent = '';
@@ -212,6 +225,7 @@ export function renderRoom() {
     if (!keep.has(id) || li.dataset.room !== room) {
       li.remove();
       items.delete(id);
+      figs.delete(id);
     }
   }
   let prev = null;
@@ -250,19 +264,28 @@ function updateItem(li, m) {
   const state = stateOf(m);
   const L = labels();
   const trail = m.mine ? trailOf(m) : [];
-  const { text, locked } = shown(m);
-  const key = JSON.stringify([state, trail, m.cursor, m.error, text, m.at]);
+  const { text, locked, body } = shown(m);
+  const media = locked ? null : mediaPart(m);
+  const up = media?.view.upload ?? null;
+  const key = JSON.stringify([state, trail, m.cursor, m.error, text, m.at, media?.key]);
   if (li.dataset.key === key) return;
   li.dataset.key = key;
-  li.className = `msg ${m.mine ? 'mine' : 'theirs'}${A.isEmergency(m) ? ' emergency' : ''}${locked ? ' locked' : ''}${state ? ` s-${state}` : ''}`;
+  li.className = `msg ${m.mine ? 'mine' : 'theirs'}${A.isEmergency(m) ? ' emergency' : ''}${locked ? ' locked' : ''}${state ? ` s-${state}` : ''}${media ? ' has-media' : ''}${up ? ` up-${up.state}` : ''}`;
   if (state) li.dataset.state = state;
+  if (up) li.dataset.upload = up.state;
+  else delete li.dataset.upload;
   li.dataset.trail = trail.map(([s]) => s).join(' ');
   const head = el('div', { class: 'meta small' });
   if (!m.mine) head.append(el('span', { class: 'from' }, m.from ?? '?'), ' ');
   if (A.isEmergency(m)) head.append(el('span', { class: 'tag' }, 'EMERGENCY'), ' ');
   head.append(el('time', { datetime: new Date(m.at ?? m.created ?? Date.now()).toISOString() }, clock(m.at ?? m.created ?? Date.now())));
-  const parts = [head, el('div', { class: 'text' }, text)];
-  if (state) {
+  const parts = [head];
+  if (media) {
+    parts.push(media.fig);
+    if (body.text) parts.push(el('div', { class: 'text' }, body.text));
+  } else parts.push(el('div', { class: 'text' }, text));
+  if (up) parts.push(uploadLine(m, up));
+  else if (state) {
     const r = S.receipts.get(m.id);
     let label = L[state];
     if ((state === 'read' || state === 'delivered') && r) {
@@ -275,9 +298,149 @@ function updateItem(li, m) {
     const title = trail.map(([s, t]) => `${L[s]} ${new Date(t).toLocaleTimeString()}`).join('\n');
     parts.push(el('div', { class: 'state small', title: title || null }, el('span', { 'aria-hidden': 'true' }, `${ICON[state]} `), label));
   }
+  // The full file's own custody, after the message's: it follows on the uplink's bulk lane.
+  if (media && m.mine && !up && media.view.custody === 'forwarded') {
+    parts.push(el('div', { class: 'state file-state small' }, el('span', { 'aria-hidden': 'true' }, '\u2713\u2713 '), A.isWorker() ? 'Full file at the hospital' : 'Full file at the village hub'));
+  }
   li.replaceChildren(...parts);
 }
 
+// ---------- files: photos, voice notes, documents ----------
+
+const figs = new Map(); // message id -> <figure>, kept across renders so a playing voice note goes on playing
+
+function mediaPart(m) {
+  const v = A.media.view(m);
+  if (!v) return null;
+  let fig = figs.get(m.id);
+  if (!fig) {
+    fig = el('figure', { class: 'media' });
+    figs.set(m.id, fig);
+  }
+  const key = JSON.stringify([v.kind, v.thumb?.slice(0, 200), v.thumb?.length, v.src, v.available, v.known, v.received, v.loading, v.size, v.error, v.upload, v.custody]);
+  if (fig.dataset.key !== key) {
+    fig.dataset.key = key;
+    fig.dataset.kind = v.kind;
+    fig.dataset.available = v.available ? 'yes' : 'no';
+    fig.replaceChildren(...mediaContent(m, v, fig));
+  }
+  return { fig, key, view: v };
+}
+
+function mediaContent(m, v, fig) {
+  const size = A.media.formatSize(v.size);
+  const out = [];
+  const note = (t) => el('figcaption', { class: 'small muted' }, t);
+  if (v.kind === 'image') {
+    const img = v.thumb
+      ? el('img', { class: 'thumb', src: v.thumb, alt: `Photo${v.name ? ` ${v.name}` : ''}`, width: v.width, height: v.height, onload: keepAtEnd, onerror: unreadable })
+      : el('span', { class: 'thumb none', 'aria-hidden': 'true' }, '\u{1F4F7}');
+    if (v.upload) {
+      // Still on this phone: the picture as taken, and what it weighs.
+      out.push(img);
+      if (size) out.push(note(size));
+    } else if (v.available) {
+      out.push(el('button', { type: 'button', class: 'thumb-btn', 'aria-label': v.loading ? 'Loading full image' : 'Open full image', disabled: v.loading, onclick: () => A.media.openFull(m) }, img));
+      out.push(note(v.loading ? 'Loading full image\u2026' : `Tap to open the full image${size ? ` \u00B7 ${size}` : ''}`));
+    } else {
+      out.push(img);
+      const got = v.received && v.size ? ` (${Math.floor((100 * v.received) / v.size)} %)` : '';
+      out.push(note(`${v.known ? `Preview \u2014 full image arriving${got}` : 'Preview'}${size ? ` \u00B7 ${size}` : ''}`));
+    }
+  } else if (v.kind === 'audio') {
+    if (v.src) {
+      // The same element while the source is the same, so re-rendering does not stop playback.
+      const old = fig.querySelector('audio');
+      out.push(old && old.getAttribute('src') === v.src ? old : el('audio', { controls: true, preload: 'metadata', src: v.src, 'aria-label': 'Voice note' }));
+      out.push(note(`Voice note${size ? ` \u00B7 ${size}` : ''}`));
+    } else if (v.error) {
+      out.push(el('button', { type: 'button', class: 'open', onclick: () => A.media.openFull(m) }, 'Load voice note'));
+      out.push(note(`Could not load (${v.error})`));
+    } else {
+      out.push(note(v.available ? 'Loading voice note\u2026' : `\u{1F3A4} Voice note arriving${size ? ` \u00B7 ${size}` : ''}`));
+    }
+  } else {
+    const label = `${v.kind === 'pdf' ? '\u{1F4C4}' : '\u{1F4CE}'} ${v.name || 'Document'}`;
+    out.push(el('button', { type: 'button', class: 'open doc', disabled: !v.available || v.loading, onclick: () => A.media.save(m) }, label));
+    out.push(note(v.loading ? 'Downloading\u2026' : `${v.available ? 'Download' : 'Arriving'}${size ? ` \u00B7 ${size}` : ''}`));
+  }
+  return out;
+}
+
+function uploadLine(m, up) {
+  const where = A.serverName();
+  const text = {
+    hashing: 'Preparing the file\u2026',
+    uploading: `Uploading ${up.pct} %`,
+    waiting: `Waiting for the ${where} \u00B7 ${up.pct} % sent, it goes on by itself`,
+    uploaded: `File on the ${where} \u00B7 sending the message`,
+    failed: `Not sent: ${up.error ?? 'refused'}`,
+  }[up.state];
+  const line = el('div', { class: 'state upload small', role: up.state === 'failed' ? 'alert' : null }, el('span', { 'aria-hidden': 'true' }, up.state === 'failed' ? '! ' : '\u25F7 '), text);
+  if (up.state === 'uploading' || up.state === 'waiting') {
+    line.append(el('progress', { max: 100, value: up.pct, 'aria-hidden': 'true' }));
+  }
+  if (up.state !== 'failed') return line;
+  return el(
+    'div',
+    { class: 'upload-failed' },
+    line,
+    el(
+      'div',
+      { class: 'row' },
+      up.retry ? el('button', { type: 'button', onclick: () => A.media.retry(m.id) }, 'Try again') : null,
+      el('button', { type: 'button', class: 'quiet discard', onclick: () => A.media.discard(m.id) }, 'Discard'),
+    ),
+  );
+}
+
+/** A file that is not a picture after all (the server will say so): no broken image. */
+function unreadable(e) {
+  e.target.replaceWith(el('span', { class: 'thumb broken', role: 'img', 'aria-label': 'Cannot be shown' }, '?'));
+}
+
+function keepAtEnd() {
+  if (stick) $('log-wrap').scrollTop = $('log-wrap').scrollHeight;
+}
+
+/** The full image over the room; closed with its button, Escape or a tap beside it. */
+export function showViewer(url, m) {
+  const d = $('viewer');
+  const media = m.body?.media ?? {};
+  const img = $('viewer-img');
+  img.src = url;
+  img.alt = `Photo${media.name ? ` ${media.name}` : ''}${m.from ? ` from ${m.from}` : ''}`;
+  $('viewer-caption').textContent = [typeof m.body?.text === 'string' ? m.body.text : '', A.media.formatSize(media.size)].filter(Boolean).join(' \u00B7 ');
+  if (!d.open) d.showModal();
+}
+
+export function bindViewer() {
+  const d = $('viewer');
+  d.addEventListener('click', (e) => {
+    if (e.target === d) d.close();
+  });
+  d.addEventListener('close', () => {
+    $('viewer-img').removeAttribute('src');
+  });
+}
+
+/** Photos and voice notes: off in encrypted rooms (the server could not see the file named). */
+function renderMediaTools(room) {
+  const enc = !!room && A.isEncrypted(room);
+  const why = 'Photos and voice notes cannot be sent in end-to-end encrypted rooms yet';
+  const attach = $('attach-btn');
+  attach.disabled = enc;
+  attach.title = enc ? why : 'Attach photo';
+  const rec = A.media.recording();
+  const btn = $('record');
+  btn.disabled = enc && !rec;
+  btn.title = enc ? why : rec ? 'Stop and send the voice note' : 'Record voice note';
+  btn.setAttribute('aria-label', rec ? `Stop recording (${rec.secs} s)` : 'Record voice note');
+  btn.setAttribute('aria-pressed', rec ? 'true' : 'false');
+  btn.classList.toggle('recording', !!rec);
+  $('record-time').textContent = rec ? `${Math.floor(rec.secs / 60)}:${pad(rec.secs % 60)}` : '';
+  $('record-cancel').hidden = !rec;
+}
 
 // ---------- the room key panel of an encrypted room ----------
 

@@ -20,17 +20,25 @@ const ARGS = [
   '--disable-background-networking',
   '--disable-component-update',
   '--disable-sync',
+  // A microphone that plays a tone, granted without asking (voice notes).
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
   '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
 ];
 
-/** `opts.hosts`: extra names resolved to 127.0.0.1 (such a name is not a secure context). */
-export async function openBrowser(name, viewport = MOBILE, { hosts = [] } = {}) {
+/**
+ * `opts.hosts`: extra names resolved to 127.0.0.1 (such a name is not a secure context).
+ * `opts.serviceWorkers`: 'block' keeps the service worker out, so that page.route sees
+ * every request the page makes.
+ */
+export async function openBrowser(name, viewport = MOBILE, { hosts = [], serviceWorkers = 'allow' } = {}) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), `outpost-chromium-${name}-`));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
     args: hosts.length ? ARGS.map((x) => (x.startsWith('--host-resolver-rules=') ? x.replace('=', `=${hosts.map((h) => `MAP ${h} 127.0.0.1, `).join('')}`) : x)) : ARGS,
     viewport,
+    serviceWorkers,
     timeout: WAIT_MS,
   });
   context.setDefaultTimeout(WAIT_MS);
