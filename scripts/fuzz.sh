@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [--merge] [SECONDS_PER_TARGET] [TARGET...]
 #
-# Defaults: 600 s each, all targets (device_frame uplink_batch uplink_control token).
+# Defaults: 600 s each, all targets (device_frame uplink_batch uplink_control token media_chunk).
 # Builds the `outpost-fuzz` binaries with sanitizer-coverage instrumentation into
 # target/fuzz (the normal build is untouched), runs each target for the fixed time on a
 # working copy of fuzz/corpus/<target>, and exits non-zero if any target crashed,
@@ -18,7 +18,7 @@ if [[ "${1:-}" == "--merge" ]]; then merge=1; shift; fi
 secs="${1:-600}"
 [[ "$secs" =~ ^[0-9]+$ ]] || { echo "usage: $0 [--merge] [SECONDS_PER_TARGET] [TARGET...]" >&2; exit 64; }
 shift || true
-all=(device_frame uplink_batch uplink_control token)
+all=(device_frame uplink_batch uplink_control token media_chunk)
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=("${all[@]}")
 for t in "${targets[@]}"; do

@@ -53,7 +53,37 @@ fn main() -> anyhow::Result<()> {
     write(&root.join("uplink_batch"), batches(&mut traffic)?)?;
     write(&root.join("uplink_control"), controls())?;
     write(&root.join("token"), tokens()?)?;
+    write(&root.join("media_chunk"), media_frames())?;
     Ok(())
+}
+
+/// Chunk frames and answers as the bulk lane writes them, media bodies, and file heads.
+fn media_frames() -> Vec<(String, Vec<u8>)> {
+    use outpost_shared::media::{BlobId, CHUNK_VERSION, ChunkHeader, Have};
+    let blob = BlobId([7; 32]);
+    let mut out = Vec::new();
+    for (i, (offset, len)) in [(0u64, 0u32), (0, 65_536), (4_980_736, 19_264)].into_iter().enumerate() {
+        let mut f = ChunkHeader { v: CHUNK_VERSION, blob, size: 5_000_000, offset, len }.encode();
+        f.extend(std::iter::repeat_n(0xAB, len.min(64) as usize));
+        out.push((format!("chunk-{i}"), f));
+    }
+    for (i, h) in [
+        Have { offset: 65_536, complete: false, refused: None },
+        Have { offset: 5_000_000, complete: true, refused: None },
+        Have { offset: 0, complete: false, refused: Some("storage is full".into()) },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out.push((format!("have-{i}"), h.encode()[2..].to_vec()));
+    }
+    let sha = blob.hex();
+    out.push(("body-0".into(), format!(r#"{{"text":"arm","media":{{"sha256":"{sha}","type":"image/jpeg","name":"a.jpg"}}}}"#).into_bytes()));
+    out.push(("body-1".into(), format!(r#"{{"media":{{"sha256":"{sha}","preview":{{"data":"x"}}}}}}"#).into_bytes()));
+    out.push(("head-jpeg".into(), vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J', b'F', b'I', b'F', 0, 1]));
+    out.push(("head-webm".into(), vec![0x1A, 0x45, 0xDF, 0xA3, 0x9F, 0x42, 0x86, 0x81, 1]));
+    out.push(("head-heic".into(), b"\0\0\0\x18ftypheic\0\0\0\0mif1".to_vec()));
+    out
 }
 
 fn write(dir: &Path, seeds: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {

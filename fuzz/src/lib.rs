@@ -9,12 +9,13 @@
 //! checks in the normal test run. What is fuzzed and how: `docs/fuzzing.md`.
 
 pub mod device_frame;
+pub mod media_chunk;
 pub mod token;
 pub mod uplink_batch;
 pub mod uplink_control;
 
 /// Every target, by the name of its binary and corpus directory.
-pub const TARGETS: &[&str] = &["device_frame", "uplink_batch", "uplink_control", "token"];
+pub const TARGETS: &[&str] = &["device_frame", "uplink_batch", "uplink_control", "token", "media_chunk"];
 
 /// Runs the check of `target` on `data`; `None` if there is no such target.
 pub fn check(target: &str, data: &[u8]) -> Option<()> {
@@ -23,6 +24,7 @@ pub fn check(target: &str, data: &[u8]) -> Option<()> {
         "uplink_batch" => uplink_batch::check(data),
         "uplink_control" => uplink_control::check(data),
         "token" => token::check(data),
+        "media_chunk" => media_chunk::check(data),
         _ => return None,
     }
     Some(())

@@ -54,5 +54,12 @@ fn seeds_reach_the_success_paths() -> anyhow::Result<()> {
     assert!(Control::decode(&read("uplink_control", "control-0")?).is_ok());
     let send = String::from_utf8(read("device_frame", "doc-01")?)?;
     assert!(outpost_shared::ClientFrame::decode(&send).is_ok());
+    use outpost_shared::media::{self, ChunkHeader};
+    let chunk = read("media_chunk", "chunk-1")?;
+    let n = ChunkHeader::prefix_len([chunk[0], chunk[1], chunk[2]])?;
+    assert_eq!(ChunkHeader::decode(&chunk[3..3 + n], 1 << 20, 16 << 20)?.len, 65_536);
+    let body = outpost_shared::Body::from_json(&String::from_utf8(read("media_chunk", "body-0")?)?)?;
+    assert!(media::body_ref(&body)?.is_some());
+    assert_eq!(media::sniff(&read("media_chunk", "head-jpeg")?), Some("image/jpeg"));
     Ok(())
 }

@@ -107,6 +107,26 @@ async fn caller(hub: &Hub, headers: &HeaderMap, peer: SocketAddr) -> Result<Clai
     crate::api::bearer(hub, headers, peer).await.map_err(|e| Box::new(e.into_response()))
 }
 
+/// A request about one blob: the store, who asks (token checked) and which blob.
+struct BlobCall<'a> {
+    blobs: &'a Blobs,
+    claims: Claims,
+    blob: BlobId,
+}
+
+impl BlobCall<'_> {
+    /// Uploads over HTTP belong to the token's user.
+    fn owner(&self) -> Owner {
+        Owner::User(self.claims.sub.clone())
+    }
+}
+
+async fn blob_call<'a>(hub: &'a Hub, headers: &HeaderMap, peer: SocketAddr, sha: &str) -> Result<BlobCall<'a>, Fail> {
+    let blobs = blobs(hub)?;
+    let claims = caller(hub, headers, peer).await?;
+    Ok(BlobCall { blobs, claims, blob: blob_id(sha)? })
+}
+
 async fn may_use(hub: &Hub, blobs: &Blobs, claims: &Claims, blob: BlobId) -> Result<bool, Fail> {
     let policy = hub.config.policy.clone();
     let c = claims.clone();
@@ -154,12 +174,10 @@ async fn head(
     headers: HeaderMap,
 ) -> Response {
     let go = async {
-        let blobs = blobs(&hub)?;
-        let claims = caller(&hub, &headers, peer).await?;
-        let blob = blob_id(&sha)?;
-        let may = may_use(&hub, blobs, &claims, blob).await?;
-        let up = blobs.state(&Owner::User(claims.sub.clone()), blob, may).await.map_err(media_error)?;
-        Ok::<_, Fail>(upload_headers(StatusCode::OK, blob, up))
+        let c = blob_call(&hub, &headers, peer, &sha).await?;
+        let may = may_use(&hub, c.blobs, &c.claims, c.blob).await?;
+        let up = c.blobs.state(&c.owner(), c.blob, may).await.map_err(media_error)?;
+        Ok::<_, Fail>(upload_headers(StatusCode::OK, c.blob, up))
     };
     go.await.unwrap_or_else(|r| *r)
 }
@@ -172,9 +190,7 @@ async fn patch(
     body: Bytes,
 ) -> Response {
     let go = async {
-        let blobs = blobs(&hub)?;
-        let claims = caller(&hub, &headers, peer).await?;
-        let blob = blob_id(&sha)?;
+        let c = blob_call(&hub, &headers, peer, &sha).await?;
         let offset = header_u64(&headers, &UPLOAD_OFFSET)?;
         let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         if !ct.eq_ignore_ascii_case("application/offset+octet-stream") {
@@ -187,9 +203,8 @@ async fn patch(
         if let Some(v) = headers.get(&UPLOAD_CHECKSUM) {
             check_checksum(v, &body)?;
         }
-        let up =
-            blobs.write(&Owner::User(claims.sub.clone()), blob, offset, body.to_vec()).await.map_err(media_error)?;
-        Ok::<_, Fail>(upload_headers(StatusCode::NO_CONTENT, blob, up))
+        let up = c.blobs.write(&c.owner(), c.blob, offset, body.to_vec()).await.map_err(media_error)?;
+        Ok::<_, Fail>(upload_headers(StatusCode::NO_CONTENT, c.blob, up))
     };
     go.await.unwrap_or_else(|r| *r)
 }
@@ -203,10 +218,8 @@ async fn abandon(
     headers: HeaderMap,
 ) -> Response {
     let go = async {
-        let blobs = blobs(&hub)?;
-        let claims = caller(&hub, &headers, peer).await?;
-        let blob = blob_id(&sha)?;
-        blobs.abandon(&Owner::User(claims.sub.clone()), blob).await.map_err(media_error)?;
+        let c = blob_call(&hub, &headers, peer, &sha).await?;
+        c.blobs.abandon(&c.owner(), c.blob).await.map_err(media_error)?;
         Ok::<_, Fail>(StatusCode::NO_CONTENT.into_response())
     };
     go.await.unwrap_or_else(|r| *r)
@@ -242,13 +255,11 @@ async fn visible(
     peer: SocketAddr,
     sha: &str,
 ) -> Result<(BlobId, Option<super::BlobInfo>), Fail> {
-    let blobs = blobs(hub)?;
-    let claims = caller(hub, headers, peer).await?;
-    let blob = blob_id(sha)?;
-    if !may_use(hub, blobs, &claims, blob).await? {
-        return Err(media_error(MediaError::NotFound(blob)));
+    let c = blob_call(hub, headers, peer, sha).await?;
+    if !may_use(hub, c.blobs, &c.claims, c.blob).await? {
+        return Err(media_error(MediaError::NotFound(c.blob)));
     }
-    Ok((blob, blobs.info(blob).await.map_err(media_error)?))
+    Ok((c.blob, c.blobs.info(c.blob).await.map_err(media_error)?))
 }
 
 async fn info(

@@ -113,20 +113,10 @@ async fn send_blob(conn: &quinn::Connection, blobs: &Blobs, blob: BlobId, size: 
         f
     };
     send.write_all(&frame(0, &[])).await.map_err(stream_err)?;
-    let answer = |r: Result<Result<Option<Have>, LinkError>, tokio::time::error::Elapsed>| match r {
-        Ok(Ok(Some(h))) => Ok(h),
-        Ok(Ok(None)) => Err(LinkError::Protocol("the peer closed a blob stream early".into())),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(LinkError::Protocol("the peer did not answer on a blob stream".into())),
+    let have = match next_have(&mut send, &mut recv).await? {
+        Ok(h) => h,
+        Err(done) => return Ok(done),
     };
-    let have = answer(tokio::time::timeout(ANSWER_TIMEOUT, read_have(&mut recv)).await)?;
-    if let Some(why) = have.refused {
-        return Ok(Sent::Refused(why));
-    }
-    if have.complete {
-        let _ = send.finish();
-        return Ok(Sent::Complete);
-    }
     tracing::info!(%blob, size, resume_at = have.offset, "sending a blob");
     let mut next = have.offset;
     // Chunk ends sent and not yet confirmed, oldest first.
@@ -148,14 +138,10 @@ async fn send_blob(conn: &quinn::Connection, blobs: &Blobs, blob: BlobId, size: 
             // it (hash mismatch); start over.
             return Ok(Sent::Restart);
         }
-        let have = answer(tokio::time::timeout(ANSWER_TIMEOUT, read_have(&mut recv)).await)?;
-        if let Some(why) = have.refused {
-            return Ok(Sent::Refused(why));
-        }
-        if have.complete {
-            let _ = send.finish();
-            return Ok(Sent::Complete);
-        }
+        let have = match next_have(&mut send, &mut recv).await? {
+            Ok(h) => h,
+            Err(done) => return Ok(done),
+        };
         if unconfirmed.front() == Some(&have.offset) {
             unconfirmed.pop_front();
         } else {
@@ -163,6 +149,28 @@ async fn send_blob(conn: &quinn::Connection, blobs: &Blobs, blob: BlobId, size: 
             return Ok(Sent::Restart);
         }
     }
+}
+
+/// The receiver's next answer: `Ok` to go on from its offset, `Err` when it ends the
+/// transfer (the blob is complete there, or refused).
+async fn next_have(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<Result<Have, Sent>, LinkError> {
+    let have = match tokio::time::timeout(ANSWER_TIMEOUT, read_have(recv)).await {
+        Ok(Ok(Some(h))) => h,
+        Ok(Ok(None)) => return Err(LinkError::Protocol("the peer closed a blob stream early".into())),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(LinkError::Protocol("the peer did not answer on a blob stream".into())),
+    };
+    if let Some(why) = have.refused {
+        return Ok(Err(Sent::Refused(why)));
+    }
+    if have.complete {
+        let _ = send.finish();
+        return Ok(Err(Sent::Complete));
+    }
+    Ok(Ok(have))
 }
 
 /// Accepts the peer's blob streams until the link ends.
