@@ -172,12 +172,14 @@ pub async fn page(State((hub, _)): State<AppState>) -> Html<String> {
     let backlog = match &s.backlog {
         None => "<tr><th>Waiting for the cloud</th><td>—</td></tr>".to_owned(),
         Some(b) => format!(
-            "<tr><th>Waiting for the cloud</th><td>{} messages ({}), {} receipts</td></tr>\
+            "<tr><th>Waiting for the cloud</th><td>{} messages ({}), {} receipts, {} photos/voice notes/documents ({})</td></tr>\
              <tr><th>Oldest waiting</th><td>{}</td></tr>\
              <tr><th>Oldest waiting emergency</th><td>{}</td></tr>",
             b.messages,
             mib(b.bytes),
             b.receipts,
+            b.files,
+            mib(b.file_bytes),
             ago(b.oldest_at),
             b.oldest_emergency_at.map_or_else(|| "none".to_owned(), |t| format!("<b class=bad>{}</b>", ago(Some(t))))
         ),
@@ -229,6 +231,8 @@ pub async fn metrics(State((hub, _)): State<AppState>) -> Response {
         metrics::gauge!("outpost_backlog_messages").set(b.messages as f64);
         metrics::gauge!("outpost_backlog_bytes").set(b.bytes as f64);
         metrics::gauge!("outpost_backlog_receipts").set(b.receipts as f64);
+        metrics::gauge!("outpost_backlog_files").set(b.files as f64);
+        metrics::gauge!("outpost_backlog_file_bytes").set(b.file_bytes as f64);
         let age = b.oldest_at.map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0);
         metrics::gauge!("outpost_backlog_oldest_age_seconds").set(age);
     }

@@ -99,6 +99,14 @@ async fn a_5_mb_photo_survives_a_dropped_chunk_and_a_hub_restart_and_reaches_the
     assert!(preview.len() < 32_000, "the preview is small: {} bytes", preview.len());
     assert!(media["preview"]["width"].as_u64().unwrap_or(0) <= 256);
 
+    // While the cloud is away, the hub's status page counts the photo as waiting.
+    let status = |base: String| async move {
+        let (_, s) = outpost_tests::http::request(&base, "GET", "/status.json", None, None).await?;
+        anyhow::Ok(s["backlog"].clone())
+    };
+    let waiting = status(relay.http_base()).await?;
+    assert_eq!((waiting["files"].as_u64(), waiting["file_bytes"].as_u64()), (Some(1), Some(size)), "{waiting}");
+
     // The doctor on the cloud gets the message with its preview, then the full photo.
     let cloud_proc = cloud.start(&quic).await?;
     let neema = cloud.token("dr-neema", "doctor", &["clinic"], "1h")?;
@@ -115,6 +123,7 @@ async fn a_5_mb_photo_survives_a_dropped_chunk_and_a_hub_restart_and_reaches_the
     // And the hub learns that the hospital has it.
     let hub = relay.http_base();
     info_until(&hub, &amina, &up.sha, POLL, Duration::from_secs(30), |v| v["custody"] == "forwarded").await?;
+    assert_eq!(status(hub).await?["files"], 0, "nothing waits once the cloud confirmed it");
     Ok(())
 }
 

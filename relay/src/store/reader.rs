@@ -337,6 +337,10 @@ pub struct Backlog {
     pub oldest_emergency_at: Option<u64>,
     /// The peer's acknowledged mark.
     pub acked_through: u64,
+    /// Media files named by messages here that the peer has not confirmed yet.
+    pub files: u64,
+    /// Their bytes.
+    pub file_bytes: u64,
 }
 
 impl Readers {
@@ -356,8 +360,18 @@ impl Readers {
                 rusqlite::params![hwm, peer],
                 |r| r.get(0),
             )?;
+            let (files, file_bytes): (i64, i64) = tx.query_row(
+                "SELECT count(*), coalesce(sum(size), 0) FROM blobs b
+                  WHERE b.evicted IS NULL
+                    AND EXISTS (SELECT 1 FROM media_refs r WHERE r.sha256 = b.sha256)
+                    AND NOT EXISTS (SELECT 1 FROM blob_peers p WHERE p.sha256 = b.sha256 AND p.peer = ?1)",
+                [peer],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             tx.commit()?;
             Ok(Backlog {
+                files: u(files),
+                file_bytes: u(file_bytes),
                 messages: u(messages),
                 bytes: u(bytes),
                 receipts: u(receipts),
