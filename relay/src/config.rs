@@ -51,7 +51,8 @@ pub struct RelayConfig {
 pub struct MediaConfig {
     /// Largest blob accepted, bytes (from a device or over the uplink).
     pub max_blob_bytes: u64,
-    /// Largest upload chunk (one HTTP PATCH body), bytes.
+    /// Largest upload chunk (one HTTP PATCH body), bytes. Bodies are streamed to disk,
+    /// so this bounds a request's length, not memory.
     pub max_chunk_bytes: u64,
     /// Bytes one user's uploads may hold on this server (complete and unfinished).
     pub quota_per_user_bytes: u64,
@@ -82,7 +83,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             max_blob_bytes: 16 << 20,
-            max_chunk_bytes: 1 << 20,
+            max_chunk_bytes: 16 << 20,
             quota_per_user_bytes: 256 << 20,
             max_pending_uploads: 8,
             accepted_types: outpost_shared::media::KNOWN_TYPES.iter().map(|t| (*t).to_owned()).collect(),

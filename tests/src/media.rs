@@ -147,6 +147,19 @@ impl<'a> Upload<'a> {
         call(&self.base, "POST", "/api/media", Some(&self.token), &h, &[]).await
     }
 
+    /// Asks `HEAD` until the offset differs from `from` (a cut request is finished by the
+    /// server after the client has gone); fails after [`crate::EVENT_TIMEOUT`].
+    pub async fn offset_after(&self, from: u64) -> anyhow::Result<u64> {
+        let deadline = tokio::time::Instant::now() + crate::EVENT_TIMEOUT;
+        loop {
+            let at = self.offset().await?;
+            if at != from || tokio::time::Instant::now() > deadline {
+                return Ok(at);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `HEAD`: the server's offset.
     pub async fn offset(&self) -> anyhow::Result<u64> {
         let r = call(&self.base, "HEAD", &format!("/api/media/{}", self.sha), Some(&self.token), &[], &[]).await?;
@@ -156,21 +169,22 @@ impl<'a> Upload<'a> {
         r.offset().context("no Upload-Offset")
     }
 
-    fn patch_headers(&self, offset: u64, chunk: &[u8]) -> Vec<(&'static str, String)> {
+    fn patch_headers(&self, offset: u64, chunk: &[u8], checksum: bool) -> Vec<(&'static str, String)> {
         use base64::Engine as _;
-        let digest = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(chunk));
-        vec![
-            ("Upload-Offset", offset.to_string()),
-            ("Content-Type", "application/offset+octet-stream".into()),
-            ("Upload-Checksum", format!("sha256 {digest}")),
-        ]
+        let mut h =
+            vec![("Upload-Offset", offset.to_string()), ("Content-Type", "application/offset+octet-stream".into())];
+        if checksum {
+            let digest = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(chunk));
+            h.push(("Upload-Checksum", format!("sha256 {digest}")));
+        }
+        h
     }
 
     /// One `PATCH` of `len` bytes from `offset`.
     pub async fn patch(&mut self, offset: u64, len: usize) -> anyhow::Result<Resp> {
         let start = usize::try_from(offset)?;
         let chunk = &self.data[start..(start + len).min(self.data.len())];
-        let h = self.patch_headers(offset, chunk);
+        let h = self.patch_headers(offset, chunk, true);
         self.sent_bytes += chunk.len() as u64;
         let r = call(&self.base, "PATCH", &format!("/api/media/{}", self.sha), Some(&self.token), &h, chunk).await?;
         if r.status == 204 {
@@ -179,11 +193,12 @@ impl<'a> Upload<'a> {
         Ok(r)
     }
 
-    /// A `PATCH` cut off after `send` of the chunk's bytes.
-    pub async fn patch_cut(&mut self, offset: u64, len: usize, send: usize) -> anyhow::Result<()> {
+    /// A `PATCH` cut off after `send` of the chunk's bytes (`checksum`: with
+    /// `Upload-Checksum`, so the server can only drop the cut chunk).
+    pub async fn patch_cut(&mut self, offset: u64, len: usize, send: usize, checksum: bool) -> anyhow::Result<()> {
         let start = usize::try_from(offset)?;
         let chunk = &self.data[start..(start + len).min(self.data.len())];
-        let h = self.patch_headers(offset, chunk);
+        let h = self.patch_headers(offset, chunk, checksum);
         self.sent_bytes += send.min(chunk.len()) as u64;
         call_cut(&self.base, &format!("/api/media/{}", self.sha), &self.token, &h, chunk, send).await
     }

@@ -15,8 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,15 +33,11 @@ const UPLOAD_CHECKSUM: HeaderName = HeaderName::from_static("upload-checksum");
 
 /// The media routes; `Hub::blobs` must be set.
 pub fn routes(hub: Arc<Hub>) -> axum::Router {
-    // A PATCH body is one chunk: allow exactly the configured chunk size (a larger body
-    // is refused with 413 before it is buffered).
-    let limit = usize::try_from(hub.config.media.max_chunk_bytes).unwrap_or(usize::MAX);
     axum::Router::new()
         .route("/api/media", post(create))
         .route("/api/media/{sha}", get(download).head(head).patch(patch).delete(abandon))
         .route("/api/media/{sha}/info", get(info))
         .route("/api/media/{sha}/preview", get(preview))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(hub)
 }
 
@@ -73,6 +68,9 @@ fn media_error(e: MediaError) -> Fail {
             r
         }
         MediaError::HashMismatch => refuse(StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch", msg),
+        MediaError::ChecksumMismatch => {
+            refuse(StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST), "checksum_mismatch", msg)
+        }
         MediaError::UnsupportedType(_) => refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_type", msg),
         MediaError::Io(_) | MediaError::Store(_) => {
             tracing::error!(error = %msg, "media request failed");
@@ -187,7 +185,7 @@ async fn patch(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(sha): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let go = async {
         let c = blob_call(&hub, &headers, peer, &sha).await?;
@@ -200,10 +198,12 @@ async fn patch(
                 "send the chunk with Content-Type: application/offset+octet-stream",
             ));
         }
-        if let Some(v) = headers.get(&UPLOAD_CHECKSUM) {
-            check_checksum(v, &body)?;
-        }
-        let up = c.blobs.write(&c.owner(), c.blob, offset, body.to_vec()).await.map_err(media_error)?;
+        let checksum = headers.get(&UPLOAD_CHECKSUM).map(parse_checksum).transpose()?;
+        // The body is written to disk as it arrives (never whole in memory).
+        let max = hub.config.media.max_chunk_bytes;
+        let stream = body.into_data_stream();
+        let up =
+            c.blobs.write_stream(&c.owner(), c.blob, offset, stream, max, checksum).await.map_err(media_error)?;
         Ok::<_, Fail>(upload_headers(StatusCode::NO_CONTENT, c.blob, up))
     };
     go.await.unwrap_or_else(|r| *r)
@@ -225,10 +225,9 @@ async fn abandon(
     go.await.unwrap_or_else(|r| *r)
 }
 
-/// `Upload-Checksum: sha256 BASE64` (the tus checksum extension) over this chunk.
-fn check_checksum(v: &HeaderValue, body: &[u8]) -> Result<(), Fail> {
+/// `Upload-Checksum: sha256 BASE64` (the tus checksum extension): the chunk's digest.
+fn parse_checksum(v: &HeaderValue) -> Result<[u8; 32], Fail> {
     use base64::Engine as _;
-    use sha2::Digest as _;
     let bad = || {
         refuse(StatusCode::BAD_REQUEST, "bad_request", "Upload-Checksum must be \"sha256 BASE64\" of the chunk")
     };
@@ -237,14 +236,7 @@ fn check_checksum(v: &HeaderValue, body: &[u8]) -> Result<(), Fail> {
         return Err(bad());
     }
     let want = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| bad())?;
-    if sha2::Sha256::digest(body)[..] != want[..] {
-        return Err(refuse(
-            StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
-            "checksum_mismatch",
-            "the chunk does not match its Upload-Checksum; send it again",
-        ));
-    }
-    Ok(())
+    <[u8; 32]>::try_from(want.as_slice()).map_err(|_| bad())
 }
 
 /// Checks token and access, then returns the blob's metadata (404 for both an unknown

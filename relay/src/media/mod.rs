@@ -22,7 +22,7 @@ mod preview;
 mod tests;
 
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -67,6 +67,8 @@ pub enum MediaError {
     OffsetMismatch(u64),
     #[error("the bytes received do not hash to the blob's name; the upload was discarded, start again")]
     HashMismatch,
+    #[error("the chunk does not match its Upload-Checksum; send it again")]
+    ChecksumMismatch,
     #[error("the content is not an accepted type ({0}); send a photo, a voice note or a PDF")]
     UnsupportedType(String),
     #[error("the file store failed: {0}")]
@@ -450,12 +452,36 @@ impl Blobs {
     /// Appends a chunk at `offset` (which must be where the upload stands), fsyncs it and,
     /// when it completes the blob, verifies and stores the blob.
     pub async fn write(&self, owner: &Owner, blob: BlobId, offset: u64, bytes: Vec<u8>) -> Result<Upload, MediaError> {
+        let once = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes.into())]);
+        self.write_stream(owner, blob, offset, once, u64::MAX, None).await
+    }
+
+    /// Appends a chunk that arrives as a stream (an HTTP body) at `offset`, writing it to
+    /// the partial file as it comes, so a large chunk never sits in memory. `max`: the
+    /// most bytes one chunk may carry. With `checksum` (the SHA-256 the device computed
+    /// over the chunk) a chunk that does not match is removed again, and so is one cut
+    /// off before its end (it cannot be checked). Without one, what arrived before a cut
+    /// is kept and the device resumes after it (as tus does). Everything kept is fsynced
+    /// before the answer.
+    pub async fn write_stream<S, E>(
+        &self,
+        owner: &Owner,
+        blob: BlobId,
+        offset: u64,
+        mut body: S,
+        max: u64,
+        checksum: Option<[u8; 32]>,
+    ) -> Result<Upload, MediaError>
+    where
+        S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt as _;
+        use tokio::io::AsyncWriteExt as _;
         let _guard = self.lock(owner, blob).await;
         let Some(size) = self.upload_size(owner, blob).await? else {
             // Completed meanwhile (another tab, or a resend of the last chunk)?
-            if let Some(size) = self.complete_here(blob).await?
-                && offset + bytes.len() as u64 == size
-            {
+            if let Some(size) = self.complete_here(blob).await? {
                 return Ok(Upload::Complete { size });
             }
             return Err(MediaError::NotFound(blob));
@@ -465,29 +491,64 @@ impl Blobs {
         if offset != have {
             return Err(MediaError::OffsetMismatch(have));
         }
-        let len = bytes.len() as u64;
-        if have + len > size {
-            return Err(MediaError::BadRequest(format!(
-                "the chunk ends at byte {}, past Upload-Length {size}",
-                have + len
-            )));
+        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.map_err(io)?;
+        let mut hasher = checksum.map(|_| sha2::Sha256::new());
+        let (mut got, mut refusal, mut cut) = (0u64, None, false);
+        while let Some(piece) = body.next().await {
+            let piece = match piece {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(%blob, error = %e, received = got, "upload chunk cut off");
+                    cut = true;
+                    break;
+                }
+            };
+            let n = piece.len() as u64;
+            if have + got + n > size {
+                refusal = Some(MediaError::BadRequest(format!(
+                    "the chunk runs past Upload-Length {size}; send at most {} more bytes",
+                    size - have
+                )));
+                break;
+            }
+            if got + n > max {
+                refusal = Some(MediaError::TooLarge(format!(
+                    "a chunk may carry at most {max} bytes (media.max_chunk_bytes); send smaller PATCHes"
+                )));
+                break;
+            }
+            if let Some(h) = hasher.as_mut() {
+                h.update(&piece);
+            }
+            file.write_all(&piece).await.map_err(io)?;
+            got += n;
         }
-        if len > 0 {
-            let p = path.clone();
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p)?;
-                f.write_all(&bytes)?;
-                // The answer promises these bytes survive a power cut.
-                f.sync_data()
-            })
-            .await
-            .map_err(|e| MediaError::Io(e.to_string()))?
-            .map_err(io)?;
-            self.inner.store.add_blob_bytes(i64::try_from(len).unwrap_or(0));
-            metrics::counter!("outpost_media_bytes_received_total").increment(len);
+        let mismatch = match (hasher, checksum) {
+            (Some(h), Some(want)) if !cut && refusal.is_none() => <[u8; 32]>::from(h.finalize()) != want,
+            _ => false,
+        };
+        // A refused chunk, a chunk that does not match its checksum, or a cut one that
+        // cannot be checked leaves the upload where it was.
+        let keep = if refusal.is_some() || mismatch || (cut && checksum.is_some()) { 0 } else { got };
+        file.flush().await.map_err(io)?;
+        if keep < got {
+            file.set_len(have).await.map_err(io)?;
         }
-        if have + len < size {
-            return Ok(Upload::Partial { offset: have + len, size });
+        // The answer promises these bytes survive a power cut.
+        file.sync_data().await.map_err(io)?;
+        drop(file);
+        if keep > 0 {
+            self.inner.store.add_blob_bytes(i64::try_from(keep).unwrap_or(0));
+            metrics::counter!("outpost_media_bytes_received_total").increment(keep);
+        }
+        if let Some(e) = refusal {
+            return Err(e);
+        }
+        if mismatch {
+            return Err(MediaError::ChecksumMismatch);
+        }
+        if have + keep < size {
+            return Ok(Upload::Partial { offset: have + keep, size });
         }
         self.finish(owner, blob, size, path).await
     }
