@@ -21,11 +21,15 @@
 //! `--phases peers` runs the hub's ingest phase next to Mosquitto and NATS JetStream on
 //! the same machine (module `peers`).
 //!
+//! `--phases media` sends a 5 MB photo from hub to cloud over the `--presets` links
+//! (module `media`).
+//!
 //! This is a measuring tool, not a test: nothing here asserts on timings.
 
 mod baseline;
 mod hub;
 mod load;
+mod media;
 mod peers;
 mod phases;
 mod procfs;
@@ -150,6 +154,9 @@ pub enum Phase {
     /// (JetStream, file storage) on this machine, same clients and window (module `peers`;
     /// installs the two from Debian's packages if missing). Not in the default set.
     Peers,
+    /// A 5 MB photo hub → cloud over the `--presets` links: time to preview and to the
+    /// full photo, bytes on the link (module `media`). Not in the default set.
+    Media,
 }
 
 impl Args {
@@ -159,7 +166,7 @@ impl Args {
 
     /// Whether any of the hub's own measurements (everything but the uplink) was asked for.
     fn runs_hub(&self) -> bool {
-        self.phases.iter().any(|p| !matches!(p, Phase::Uplink | Phase::Peers))
+        self.phases.iter().any(|p| !matches!(p, Phase::Uplink | Phase::Peers | Phase::Media))
     }
 
     fn timing(&self) -> Timing {
@@ -220,6 +227,10 @@ async fn main() -> anyhow::Result<()> {
     if args.runs(Phase::Uplink) {
         let run = uplink::run(&args, &tmp).await?;
         text.push_str(&uplink::report::markdown(&args, &command, &machine, &run));
+    }
+    if args.runs(Phase::Media) {
+        let runs = media::run(&args, &tmp).await?;
+        text.push_str(&media::markdown(&args, &command, &machine, &runs));
     }
     if args.runs(Phase::Peers) {
         let (reps, versions, elapsed) = peers::run(&args, &tmp).await?;
