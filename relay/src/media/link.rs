@@ -6,8 +6,10 @@
 //! sends higher-priority streams' data first, so an emergency batch raised mid-transfer
 //! overtakes every chunk still queued. The stream format is in
 //! `outpost_shared::media`: a query, then chunks; each answered with the receiver's
-//! durable offset. At most `media.link_window` chunks are unconfirmed, which bounds both
-//! memory and how much bulk data is queued ahead of anything else. A cut link loses at
+//! durable offset. Unconfirmed bytes are kept near the measured bandwidth-delay product
+//! (as for the normal lane, `uplink::flow::Pipe`), and to at most `media.link_window`
+//! chunks of at most `media.link_chunk_bytes`: that bounds memory and, above all, how
+//! much bulk data sits in the network's queue ahead of an emergency. A cut link loses at
 //! most that window; the next connection's query resumes at the receiver's offset.
 //!
 //! [`serve`] is the receiving side: one task per incoming blob stream.
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use outpost_shared::RoomId;
 use outpost_shared::media::{BlobId, CHUNK_VERSION, ChunkHeader, Have, MAX_CHUNK_HEADER, MAX_HAVE};
+use outpost_shared::uplink::flow::Pipe;
 use tokio::io::AsyncReadExt as _;
 
 use super::{Blobs, MediaError, Owner, Upload};
@@ -24,6 +27,23 @@ use crate::link::LinkError;
 
 /// Stream priority of blob transfers (below every batch lane).
 pub const PRIORITY_BULK: i32 = -100;
+
+/// The bulk window before any measurement, and its floor (EDGE's bandwidth-delay
+/// product is about 21 KB).
+const MIN_WINDOW: u64 = 16 << 10;
+/// Smallest chunk: below this the per-chunk answer and fsync cost more than they save.
+const MIN_CHUNK: u64 = 4 << 10;
+
+/// A frame sent and not yet confirmed.
+#[derive(Debug, Clone, Copy)]
+struct Unconfirmed {
+    /// Blob offset after this frame.
+    end: u64,
+    bytes: u64,
+    sent_at: Duration,
+    /// What the pipe had delivered when it was sent (for the rate sample).
+    delivered: u64,
+}
 
 /// How long a sender waits for the receiver's answer to one frame before it gives the
 /// blob up for this connection (the link's keep-alive notices a dead peer sooner).
@@ -102,8 +122,10 @@ enum Sent {
 
 async fn send_blob(conn: &quinn::Connection, blobs: &Blobs, blob: BlobId, size: u64) -> Result<Sent, LinkError> {
     let cfg = blobs.config();
-    let chunk = u64::from(cfg.link_chunk_bytes);
-    let window = usize::try_from(cfg.link_window).unwrap_or(1).max(1);
+    let max_chunk = u64::from(cfg.link_chunk_bytes);
+    let max_frames = usize::try_from(cfg.link_window).unwrap_or(1).max(1);
+    let origin = tokio::time::Instant::now();
+    let mut pipe = Pipe::default();
     let (mut send, mut recv) = conn.open_bi().await?;
     let _ = send.set_priority(PRIORITY_BULK);
     let frame = |offset: u64, bytes: &[u8]| {
@@ -119,10 +141,21 @@ async fn send_blob(conn: &quinn::Connection, blobs: &Blobs, blob: BlobId, size: 
     };
     tracing::info!(%blob, size, resume_at = have.offset, "sending a blob");
     let mut next = have.offset;
-    // Chunk ends sent and not yet confirmed, oldest first.
-    let mut unconfirmed: VecDeque<u64> = VecDeque::new();
+    // Frames sent and not yet confirmed, oldest first.
+    let mut unconfirmed: VecDeque<Unconfirmed> = VecDeque::new();
     loop {
-        while next < size && unconfirmed.len() < window {
+        // Bulk bytes in flight stay near the measured bandwidth-delay product: what
+        // QUIC's priorities cannot reorder is what already sits in the network's queue,
+        // so that is kept short for an emergency raised now. Chunks are cut to half the
+        // window, so two are in flight and the pipe stays full.
+        let window = pipe.window(MIN_WINDOW);
+        let chunk = (window / 2).clamp(MIN_CHUNK, max_chunk.max(MIN_CHUNK));
+        loop {
+            let inflight: u64 = unconfirmed.iter().map(|u| u.bytes).sum();
+            let room = unconfirmed.is_empty() || (inflight + chunk <= window && unconfirmed.len() < max_frames);
+            if next >= size || !room {
+                break;
+            }
             let len = usize::try_from(chunk.min(size - next)).unwrap_or(0);
             let bytes = blobs.read_at(blob, next, len).await.map_err(|e| LinkError::Stream(e.to_string()))?;
             if bytes.len() != len {
@@ -131,7 +164,8 @@ async fn send_blob(conn: &quinn::Connection, blobs: &Blobs, blob: BlobId, size: 
             send.write_all(&frame(next, &bytes)).await.map_err(stream_err)?;
             metrics::counter!("outpost_media_bytes_sent_total").increment(len as u64);
             next += len as u64;
-            unconfirmed.push_back(next);
+            let (sent_at, delivered) = (origin.elapsed(), pipe.delivered());
+            unconfirmed.push_back(Unconfirmed { end: next, bytes: len as u64, sent_at, delivered });
         }
         if unconfirmed.is_empty() {
             // Everything confirmed without `complete`: the receiver must have discarded
@@ -142,8 +176,9 @@ async fn send_blob(conn: &quinn::Connection, blobs: &Blobs, blob: BlobId, size: 
             Ok(h) => h,
             Err(done) => return Ok(done),
         };
-        if unconfirmed.front() == Some(&have.offset) {
+        if let Some(u) = unconfirmed.front().filter(|u| u.end == have.offset).copied() {
             unconfirmed.pop_front();
+            pipe.on_ack(u.bytes, u.sent_at, u.delivered, origin.elapsed());
         } else {
             let _ = send.reset(0u32.into());
             return Ok(Sent::Restart);

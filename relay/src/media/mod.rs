@@ -440,6 +440,9 @@ impl Blobs {
     /// Where an upload stands, for `owner` (HEAD). `may_use`: the caller may use the
     /// complete blob if it exists.
     pub async fn state(&self, owner: &Owner, blob: BlobId, may_use: bool) -> Result<Upload, MediaError> {
+        // After a chunk in progress: the partial file grows as a chunk streams in, and
+        // only what the chunk's answer covers (fsynced) may be reported.
+        let _guard = self.lock(owner, blob).await;
         if may_use && let Some(size) = self.complete_here(blob).await? {
             return Ok(Upload::Complete { size });
         }

@@ -59,6 +59,53 @@ pub struct InFlight {
 /// Rate samples kept for the max filter.
 const RATE_SAMPLES: usize = 16;
 
+/// What the link delivers: a delivery-rate estimate (BBR-style samples: bytes delivered
+/// between a send and its acknowledgement over the time between them, max-filtered) and
+/// the smallest round trip seen. Their product is the bandwidth-delay product, the most
+/// that can be in flight without a queue building in the network. The normal lane and
+/// the media bulk lane each keep one.
+#[derive(Debug, Clone, Default)]
+pub struct Pipe {
+    delivered: u64,
+    rates: VecDeque<f64>,
+    min_rtt: Option<Duration>,
+}
+
+impl Pipe {
+    /// Bytes acknowledged so far (record it with each send).
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// `bytes` sent at `sent_at` (when `delivered_at_send` had been delivered) are
+    /// acknowledged at `now`.
+    pub fn on_ack(&mut self, bytes: u64, sent_at: Duration, delivered_at_send: u64, now: Duration) {
+        self.delivered += bytes;
+        let elapsed = now.saturating_sub(sent_at);
+        if !elapsed.is_zero() {
+            let rate = (self.delivered - delivered_at_send) as f64 / elapsed.as_secs_f64();
+            if self.rates.len() == RATE_SAMPLES {
+                self.rates.pop_front();
+            }
+            self.rates.push_back(rate);
+            self.min_rtt = Some(self.min_rtt.map_or(elapsed, |m| m.min(elapsed)));
+        }
+    }
+
+    /// Measured bandwidth-delay product in bytes, if there are samples.
+    pub fn bdp(&self) -> Option<u64> {
+        let rate = self.rates.iter().copied().fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))))?;
+        let rtt = self.min_rtt?;
+        Some((rate * rtt.as_secs_f64()) as u64)
+    }
+
+    /// Bytes allowed in flight: 1.25 × the bandwidth-delay product (the headroom lets the
+    /// max-filtered rate grow until the link is full), never below `floor`.
+    pub fn window(&self, floor: u64) -> u64 {
+        self.bdp().map_or(floor, |bdp| (bdp + bdp / 4).max(floor))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SendState {
     cfg: FlowConfig,
@@ -67,9 +114,7 @@ pub struct SendState {
     pos_emergency: Cursor,
     pos_normal: Cursor,
     hwm: Cursor,
-    delivered: u64,
-    rates: VecDeque<f64>,
-    min_rtt: Option<Duration>,
+    pipe: Pipe,
 }
 
 impl SendState {
@@ -82,9 +127,7 @@ impl SendState {
             pos_emergency: hwm,
             pos_normal: hwm,
             hwm,
-            delivered: 0,
-            rates: VecDeque::new(),
-            min_rtt: None,
+            pipe: Pipe::default(),
         }
     }
 
@@ -124,15 +167,12 @@ impl SendState {
 
     /// Measured bandwidth-delay product in bytes, if there are samples.
     pub fn bdp(&self) -> Option<u64> {
-        let rate = self.rates.iter().copied().fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))))?;
-        let rtt = self.min_rtt?;
-        Some((rate * rtt.as_secs_f64()) as u64)
+        self.pipe.bdp()
     }
 
     /// Bytes of normal batches allowed in flight.
     pub fn window(&self) -> u64 {
-        let floor = self.cfg.min_window_bytes;
-        self.bdp().map_or(floor, |bdp| (bdp + bdp / 4).max(floor))
+        self.pipe.window(self.cfg.min_window_bytes)
     }
 
     /// Uncompressed bytes to put in the next normal batch: about one window, so that with
@@ -167,7 +207,7 @@ impl SendState {
         let id = self.next_batch;
         self.next_batch += 1;
         self.inflight
-            .insert(id, InFlight { lane, first, last, bytes, sent_at: now, delivered_at_send: self.delivered });
+            .insert(id, InFlight { lane, first, last, bytes, sent_at: now, delivered_at_send: self.pipe.delivered() });
         self.set_pos(lane, scanned_to.max(last));
         id
     }
@@ -181,16 +221,7 @@ impl SendState {
     /// repeated ack).
     pub fn on_ack(&mut self, id: u64, now: Duration) -> Option<InFlight> {
         let b = self.inflight.remove(&id)?;
-        self.delivered += b.bytes;
-        let elapsed = now.saturating_sub(b.sent_at);
-        if !elapsed.is_zero() {
-            let rate = (self.delivered - b.delivered_at_send) as f64 / elapsed.as_secs_f64();
-            if self.rates.len() == RATE_SAMPLES {
-                self.rates.pop_front();
-            }
-            self.rates.push_back(rate);
-            self.min_rtt = Some(self.min_rtt.map_or(elapsed, |m| m.min(elapsed)));
-        }
+        self.pipe.on_ack(b.bytes, b.sent_at, b.delivered_at_send, now);
         self.recompute_hwm();
         Some(b)
     }
