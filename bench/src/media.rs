@@ -160,8 +160,7 @@ pub fn markdown(args: &Args, command: &str, machine: &MachineInfo, runs: &[Media
     let _ = writeln!(o, "- Machine: {} CPUs ({}), {} RAM, {}", machine.cpus, machine.cpu_model, machine.memory, machine.kernel);
     let _ = writeln!(
         o,
-        "- Each repetition: fresh hub and cloud, the photo uploaded to the hub over the LAN first; timed from the worker's `send`. Link presets as in the uplink section (userspace emulator: rate, delay, jitter, loss). Chunks of {} KiB, {} in flight.",
-        64, 4
+        "- Each repetition: fresh hub and cloud, the photo uploaded to the hub over the LAN first; timed from the worker's `send`. Link presets as in the uplink section (userspace emulator: rate, delay, jitter, loss). Default `[media]` settings: chunks of at most 64 KiB, at most 4 in flight, bytes in flight near the measured bandwidth-delay product."
     );
     let _ = writeln!(o, "- Repetitions per preset: {}\n", args.reps.unwrap_or(if args.quick { 1 } else { 3 }));
     let _ = writeln!(

@@ -146,10 +146,14 @@ async fn send_blob(conn: &quinn::Connection, blobs: &Blobs, blob: BlobId, size: 
     loop {
         // Bulk bytes in flight stay near the measured bandwidth-delay product: what
         // QUIC's priorities cannot reorder is what already sits in the network's queue,
-        // so that is kept short for an emergency raised now. Chunks are cut to half the
-        // window, so two are in flight and the pipe stays full.
-        let window = pipe.window(MIN_WINDOW);
-        let chunk = (window / 2).clamp(MIN_CHUNK, max_chunk.max(MIN_CHUNK));
+        // so that is kept short for an emergency raised now. The receiver answers a chunk
+        // only once all of it has arrived and been written, so the pipe is full only with
+        // one more chunk in flight than the product measured with the first (small)
+        // chunks: without that allowance the window settles near half the link (the
+        // measured rate shrinks with the chunks' own transmission time and the window
+        // with it). A third of the product per chunk keeps four frames enough.
+        let chunk = pipe.bdp().map_or(MIN_WINDOW / 2, |b| b / 3).clamp(MIN_CHUNK, max_chunk.max(MIN_CHUNK));
+        let window = pipe.window(MIN_WINDOW) + chunk;
         loop {
             let inflight: u64 = unconfirmed.iter().map(|u| u.bytes).sum();
             let room = unconfirmed.is_empty() || (inflight + chunk <= window && unconfirmed.len() < max_frames);
