@@ -22,7 +22,7 @@ use std::time::Duration;
 use outpost_shared::uplink::batch::{self, BatchHeader, Entry, Lane};
 use outpost_shared::uplink::control::Control;
 use outpost_shared::uplink::dict;
-use outpost_shared::uplink::flow::{FlowConfig, SendState};
+use outpost_shared::uplink::flow::{FlowConfig, Queue, SendState};
 use outpost_shared::{Cursor, RoomId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -43,6 +43,8 @@ const NORMAL_PAGE: usize = 1024;
 const LINGER_BELOW: usize = 64;
 /// Stream priorities (quinn sends higher first).
 const PRIORITY_EMERGENCY: i32 = 100;
+/// Emergencies that were waiting when the link came up: after fresh ones, before the rest.
+const PRIORITY_BACKLOG_EMERGENCY: i32 = 50;
 const PRIORITY_NORMAL: i32 = 0;
 
 #[derive(Debug, thiserror::Error)]
@@ -342,9 +344,10 @@ async fn send<S: LinkStore>(
     mut reset: mpsc::Receiver<()>,
 ) -> LinkError {
     let origin = tokio::time::Instant::now();
-    let mut state = SendState::new(peer.start, flow);
-    let mut forwarded: HashMap<u64, Vec<Forwarded>> = HashMap::new();
     let mut head = store.subscribe_head();
+    let written = Cursor(*head.borrow_and_update());
+    let mut state = SendState::new(peer.start, written, flow);
+    let mut forwarded: HashMap<u64, Vec<Forwarded>> = HashMap::new();
     let mut writers: JoinSet<Result<(), LinkError>> = JoinSet::new();
     let mut announced: HashSet<RoomId> = HashSet::new();
     let dictionary = dict::get(dict::CURRENT).map(|d| (dict::CURRENT, d));
@@ -369,26 +372,28 @@ async fn send<S: LinkStore>(
             }
         }
         let mut progressed = false;
-        for lane in [Lane::Emergency, Lane::Normal] {
-            if !state.can_send(lane) {
+        for queue in Queue::ALL {
+            if !state.can_send(queue) {
                 continue;
             }
+            let lane = queue.lane();
             let rooms = peer
                 .rooms
                 .as_ref()
                 .and_then(|r| r.lock().ok().map(|r| Arc::from(r.iter().cloned().collect::<Vec<_>>())));
-            let (limit, max_bytes) = match lane {
-                Lane::Emergency => (EMERGENCY_PAGE, usize::MAX),
-                Lane::Normal => (NORMAL_PAGE, state.batch_budget() as usize),
+            let (limit, max_bytes) = match queue {
+                Queue::Emergency => (EMERGENCY_PAGE, usize::MAX),
+                Queue::BacklogEmergency => (EMERGENCY_PAGE, state.batch_budget() as usize),
+                Queue::Normal => (NORMAL_PAGE, state.batch_budget() as usize),
             };
-            let q =
-                OutboundQuery { peer: peer.name.clone(), rooms, after: state.lane_pos(lane), lane, limit, max_bytes };
+            let (after, until) = state.read_range(queue);
+            let q = OutboundQuery { peer: peer.name.clone(), rooms, after, until, lane, limit, max_bytes };
             let out = match store.outbound(q).await {
                 Ok(o) => o,
                 Err(e) => return e.into(),
             };
             if out.entries.is_empty() {
-                state.on_scanned(lane, out.scanned_to);
+                state.on_scanned(queue, out.scanned_to);
                 continue;
             }
             // Linger: a small normal batch of fresh entries waits briefly for company,
@@ -414,8 +419,8 @@ async fn send<S: LinkStore>(
                 Ok(Err(e)) => return LinkError::Protocol(e.to_string()),
                 Err(e) => return LinkError::Protocol(e.to_string()),
             };
-            let sent = state.on_sent(lane, first, last, out.scanned_to, bytes.len() as u64, origin.elapsed());
-            tracing::debug!(peer = %peer.name, batch = id, ?lane, first = first.0, last = last.0, bytes = bytes.len(), window = state.window(), "batch sent");
+            let sent = state.on_sent(queue, first, last, out.scanned_to, bytes.len() as u64, origin.elapsed());
+            tracing::debug!(peer = %peer.name, batch = id, ?queue, first = first.0, last = last.0, bytes = bytes.len(), window = state.window(), "batch sent");
             debug_assert_eq!(sent, id);
             let lane_name = if lane == Lane::Emergency { "emergency" } else { "normal" };
             metrics::counter!("outpost_link_batches_sent_total", "peer" => peer.name.clone(), "lane" => lane_name)
@@ -425,7 +430,11 @@ async fn send<S: LinkStore>(
             let conn = conn.clone();
             writers.spawn(async move {
                 let mut s = conn.open_uni().await?;
-                let _ = s.set_priority(if lane == Lane::Emergency { PRIORITY_EMERGENCY } else { PRIORITY_NORMAL });
+                let _ = s.set_priority(match queue {
+                    Queue::Emergency => PRIORITY_EMERGENCY,
+                    Queue::BacklogEmergency => PRIORITY_BACKLOG_EMERGENCY,
+                    Queue::Normal => PRIORITY_NORMAL,
+                });
                 s.write_all(&bytes).await.map_err(|e| LinkError::Stream(e.to_string()))?;
                 s.finish().map_err(|e| LinkError::Stream(e.to_string()))?;
                 Ok(())
@@ -466,7 +475,7 @@ async fn on_ack<S: LinkStore>(
 ) {
     let acked = state.on_ack(id, now);
     if let Some(b) = &acked {
-        tracing::debug!(peer = %peer.name, batch = id, lane = ?b.lane, bytes = b.bytes, window = state.window(), "batch acked");
+        tracing::debug!(peer = %peer.name, batch = id, queue = ?b.queue, bytes = b.bytes, window = state.window(), "batch acked");
     }
     let known = acked.is_some();
     let fwd = forwarded.remove(&id).unwrap_or_default();

@@ -189,6 +189,8 @@ pub struct OutboundQuery {
     pub peer: String,
     pub rooms: Option<Arc<[RoomId]>>,
     pub after: Cursor,
+    /// Nothing past this cursor (inclusive bound), if set.
+    pub until: Option<Cursor>,
     pub lane: Lane,
     /// Most entries returned.
     pub limit: usize,
@@ -224,7 +226,7 @@ impl Readers {
             let room_cond = match &q.rooms {
                 None => String::new(),
                 Some(rooms) => {
-                    let list: Vec<String> = (0..rooms.len().max(1)).map(|i| format!("?{}", i + 4)).collect();
+                    let list: Vec<String> = (0..rooms.len().max(1)).map(|i| format!("?{}", i + 5)).collect();
                     format!("AND room IN ({})", list.join(","))
                 }
             };
@@ -232,12 +234,12 @@ impl Readers {
                 Lane::Emergency => String::new(),
                 Lane::Normal => "UNION ALL
                  SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state, target, 0
-                   FROM receipts WHERE cursor > ?1 AND msg_peer = ?2 AND coalesce(origin_peer, '') <> ?2"
+                   FROM receipts WHERE cursor > ?1 AND cursor <= ?4 AND msg_peer = ?2 AND coalesce(origin_peer, '') <> ?2"
                     .to_owned(),
             };
             let sql = format!(
                 "SELECT 0, {MESSAGE_COLUMNS}, NULL, NULL, origin_peer IS NULL FROM messages
-                   WHERE cursor > ?1 AND coalesce(origin_peer, '') <> ?2 AND {lane_cond} {room_cond}
+                   WHERE cursor > ?1 AND cursor <= ?4 AND coalesce(origin_peer, '') <> ?2 AND {lane_cond} {room_cond}
                  {receipts}
                  ORDER BY 2 LIMIT ?3"
             );
@@ -245,6 +247,7 @@ impl Readers {
                 i64::try_from(q.after.0).unwrap_or(i64::MAX).into(),
                 q.peer.clone().into(),
                 i64::try_from(q.limit).unwrap_or(i64::MAX).into(),
+                q.until.map_or(i64::MAX, |c| i64::try_from(c.0).unwrap_or(i64::MAX)).into(),
             ];
             if let Some(rooms) = &q.rooms {
                 if rooms.is_empty() {
@@ -295,7 +298,8 @@ impl Readers {
             let scanned_to = if full || entries.len() >= q.limit {
                 entries.last().map_or(q.after, Entry::cursor)
             } else {
-                Cursor(u(head)).max(q.after)
+                let head = Cursor(u(head));
+                q.until.map_or(head, |until| until.min(head)).max(q.after)
             };
             Ok(Outbound { entries, scanned_to, forwardable })
         })
@@ -356,7 +360,7 @@ impl Readers {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )?;
             let receipts: i64 = tx.query_row(
-                "SELECT count(*) FROM receipts WHERE cursor > ?1 AND msg_peer = ?2 AND origin_peer IS NULL",
+                "SELECT count(*) FROM receipts WHERE cursor > ?1 AND cursor <= ?4 AND msg_peer = ?2 AND origin_peer IS NULL",
                 rusqlite::params![hwm, peer],
                 |r| r.get(0),
             )?;

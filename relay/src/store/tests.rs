@@ -4,6 +4,8 @@ use outpost_shared::frames::OutgoingMsg;
 use outpost_shared::{Body, Cursor, DeviceId, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
 
 use super::*;
+use outpost_shared::uplink::batch::Lane;
+use reader::OutboundQuery;
 
 #[derive(Default)]
 struct Collect(Mutex<Vec<LogEntry>>);
@@ -176,6 +178,42 @@ async fn replay_filters_rooms_and_the_devices_own_messages() {
     assert!(resume.done);
     let full = ok(store.replay(q(store.head())).await);
     assert_eq!(full.frames.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![mine.cursor, theirs.cursor]);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn outbound_reads_a_lane_between_two_cursors() {
+    let dir = ok(tempfile::tempdir());
+    let store = ok(Store::open(&dir.path().join("r.db"), opts(), Arc::new(Collect::default())));
+    let mut emergencies = Vec::new();
+    for seq in 1..=6 {
+        let priority = if seq % 2 == 0 { Priority::Emergency } else { Priority::Normal };
+        let c = ok(store.append_wait(req("clinic", priority, seq)).await).cursor;
+        if priority == Priority::Emergency {
+            emergencies.push(c);
+        }
+    }
+    let read = |after, until| {
+        let q = OutboundQuery {
+            peer: "cloud".into(),
+            rooms: None,
+            after,
+            until,
+            lane: Lane::Emergency,
+            limit: 100,
+            max_bytes: usize::MAX,
+        };
+        let store = store.clone();
+        async move { ok(store.outbound(q).await) }
+    };
+    // The backlog: emergencies up to the split (the fourth message's cursor).
+    let split = emergencies[1];
+    let old = read(Cursor(0), Some(split)).await;
+    assert_eq!(old.entries.iter().map(Entry::cursor).collect::<Vec<_>>(), emergencies[..2].to_vec());
+    assert_eq!(old.scanned_to, split, "examined up to the bound, not the head");
+    let fresh = read(split, None).await;
+    assert_eq!(fresh.entries.iter().map(Entry::cursor).collect::<Vec<_>>(), emergencies[2..].to_vec());
+    assert_eq!(fresh.scanned_to, store.head());
     store.shutdown().await;
 }
 

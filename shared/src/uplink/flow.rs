@@ -11,7 +11,8 @@
 //! product (delivery rate from acks, max-filtered; RTT min-filtered), with a small floor,
 //! so the link never holds a standing queue of our own making that a new emergency would
 //! have to wait behind; batches are sized from the window so several are in flight.
-//! Emergency batches are not windowed.
+//! Emergencies written since the link came up are not windowed; those that were already
+//! waiting share the normal lane's window (see [`Queue`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -49,6 +50,7 @@ impl Default for FlowConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
     pub lane: Lane,
+    pub queue: Queue,
     pub first: Cursor,
     pub last: Cursor,
     pub bytes: u64,
@@ -106,25 +108,68 @@ impl Pipe {
     }
 }
 
+/// Where the sender reads its next batch from, in order of preference.
+///
+/// Emergencies are split in two. Those written since the link came up (or since the last
+/// [`SendState::reset`]) are *fresh*: they are read first and never windowed, so an alert
+/// raised now crosses at once. Those that were already waiting when the link came up are
+/// the *backlog*: still read ahead of every normal entry, but within the window shared
+/// with the normal lane. Without the split a hub that had stored thousands of emergencies
+/// offline would put them all in the network's queue at once, and the alert raised a
+/// second later would wait behind them (the receiver imports emergency batches on arrival
+/// and orders by HLC, so the split changes no one's view of a room).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Queue {
+    Emergency,
+    BacklogEmergency,
+    Normal,
+}
+
+impl Queue {
+    /// Every queue, in the order the sender tries them.
+    pub const ALL: [Queue; 3] = [Queue::Emergency, Queue::BacklogEmergency, Queue::Normal];
+
+    /// The lane its batches travel in (the receiver treats both emergency queues alike).
+    pub fn lane(self) -> Lane {
+        match self {
+            Queue::Emergency | Queue::BacklogEmergency => Lane::Emergency,
+            Queue::Normal => Lane::Normal,
+        }
+    }
+
+    fn windowed(self) -> bool {
+        self != Queue::Emergency
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SendState {
     cfg: FlowConfig,
     next_batch: u64,
     inflight: BTreeMap<u64, InFlight>,
+    /// Fresh emergencies: read after here.
     pos_emergency: Cursor,
+    /// Backlog emergencies: read after here, up to `split`.
+    pos_backlog: Cursor,
+    /// Emergencies at or below this cursor are the backlog.
+    split: Cursor,
     pos_normal: Cursor,
     hwm: Cursor,
     pipe: Pipe,
 }
 
 impl SendState {
-    /// Starts after `hwm`: everything up to it the peer already has.
-    pub fn new(hwm: Cursor, cfg: FlowConfig) -> Self {
+    /// Starts after `hwm`: everything up to it the peer already has. `head` is the last
+    /// cursor written so far: emergencies up to it are the backlog.
+    pub fn new(hwm: Cursor, head: Cursor, cfg: FlowConfig) -> Self {
+        let split = head.max(hwm);
         Self {
             cfg,
             next_batch: 1,
             inflight: BTreeMap::new(),
-            pos_emergency: hwm,
+            pos_emergency: split,
+            pos_backlog: hwm,
+            split,
             pos_normal: hwm,
             hwm,
             pipe: Pipe::default(),
@@ -135,34 +180,39 @@ impl SendState {
         &self.cfg
     }
 
-    /// Where the next read of `lane` starts (exclusive).
-    pub fn lane_pos(&self, lane: Lane) -> Cursor {
-        match lane {
-            Lane::Emergency => self.pos_emergency,
-            Lane::Normal => self.pos_normal,
+    /// What the next read of `queue` covers: entries after the first cursor, and up to
+    /// the second if there is one.
+    pub fn read_range(&self, queue: Queue) -> (Cursor, Option<Cursor>) {
+        match queue {
+            Queue::Emergency => (self.pos_emergency, None),
+            Queue::BacklogEmergency => (self.pos_backlog, Some(self.split)),
+            Queue::Normal => (self.pos_normal, None),
         }
     }
 
-    fn set_pos(&mut self, lane: Lane, to: Cursor) {
-        let p = match lane {
-            Lane::Emergency => &mut self.pos_emergency,
-            Lane::Normal => &mut self.pos_normal,
+    fn set_pos(&mut self, queue: Queue, to: Cursor) {
+        let p = match queue {
+            Queue::Emergency => &mut self.pos_emergency,
+            Queue::BacklogEmergency => &mut self.pos_backlog,
+            Queue::Normal => &mut self.pos_normal,
         };
         *p = (*p).max(to);
+        self.pos_backlog = self.pos_backlog.min(self.split);
         self.recompute_hwm();
     }
 
-    /// Records that `lane` has nothing more up to `to`.
-    pub fn on_scanned(&mut self, lane: Lane, to: Cursor) {
-        self.set_pos(lane, to);
+    /// Records that `queue` has nothing more up to `to`.
+    pub fn on_scanned(&mut self, queue: Queue, to: Cursor) {
+        self.set_pos(queue, to);
     }
 
-    pub fn inflight_bytes(&self, lane: Lane) -> u64 {
-        self.inflight.values().filter(|b| b.lane == lane).map(|b| b.bytes).sum()
+    /// Bytes in flight in batches of `queue`.
+    pub fn inflight_bytes(&self, queue: Queue) -> u64 {
+        self.inflight.values().filter(|b| b.queue == queue).map(|b| b.bytes).sum()
     }
 
-    pub fn inflight_count(&self, lane: Lane) -> usize {
-        self.inflight.values().filter(|b| b.lane == lane).count()
+    pub fn inflight_count(&self, queue: Queue) -> usize {
+        self.inflight.values().filter(|b| b.queue == queue).count()
     }
 
     /// Measured bandwidth-delay product in bytes, if there are samples.
@@ -170,7 +220,7 @@ impl SendState {
         self.pipe.bdp()
     }
 
-    /// Bytes of normal batches allowed in flight.
+    /// Bytes of windowed batches (normal and backlog emergencies) allowed in flight.
     pub fn window(&self) -> u64 {
         self.pipe.window(self.cfg.min_window_bytes)
     }
@@ -182,22 +232,28 @@ impl SendState {
         self.window().clamp(self.cfg.min_window_bytes, 4 * self.cfg.max_batch_bytes)
     }
 
-    /// Whether another batch may be sent in `lane` now.
-    pub fn can_send(&self, lane: Lane) -> bool {
-        match lane {
-            Lane::Emergency => self.inflight_count(Lane::Emergency) < self.cfg.max_inflight_emergency,
-            Lane::Normal => {
-                self.inflight_count(Lane::Normal) < self.cfg.max_inflight_batches
-                    && self.inflight_bytes(Lane::Normal) < self.window()
+    /// Whether another batch may be read from `queue` and sent now.
+    pub fn can_send(&self, queue: Queue) -> bool {
+        match queue {
+            Queue::Emergency => self.inflight_count(Queue::Emergency) < self.cfg.max_inflight_emergency,
+            Queue::BacklogEmergency | Queue::Normal => {
+                let (count, bytes) = self
+                    .inflight
+                    .values()
+                    .filter(|b| b.queue.windowed())
+                    .fold((0usize, 0u64), |(n, sum), b| (n + 1, sum + b.bytes));
+                (queue != Queue::BacklogEmergency || self.pos_backlog < self.split)
+                    && count < self.cfg.max_inflight_batches
+                    && bytes < self.window()
             }
         }
     }
 
-    /// Registers a sent batch covering `first..=last` of `lane`, whose read examined the
+    /// Registers a sent batch of `queue` covering `first..=last`, whose read examined the
     /// log up to `scanned_to`. Returns its batch id.
     pub fn on_sent(
         &mut self,
-        lane: Lane,
+        queue: Queue,
         first: Cursor,
         last: Cursor,
         scanned_to: Cursor,
@@ -206,9 +262,12 @@ impl SendState {
     ) -> u64 {
         let id = self.next_batch;
         self.next_batch += 1;
-        self.inflight
-            .insert(id, InFlight { lane, first, last, bytes, sent_at: now, delivered_at_send: self.pipe.delivered() });
-        self.set_pos(lane, scanned_to.max(last));
+        let delivered_at_send = self.pipe.delivered();
+        self.inflight.insert(
+            id,
+            InFlight { lane: queue.lane(), queue, first, last, bytes, sent_at: now, delivered_at_send },
+        );
+        self.set_pos(queue, scanned_to.max(last));
         id
     }
 
@@ -221,14 +280,21 @@ impl SendState {
     /// repeated ack).
     pub fn on_ack(&mut self, id: u64, now: Duration) -> Option<InFlight> {
         let b = self.inflight.remove(&id)?;
-        self.pipe.on_ack(b.bytes, b.sent_at, b.delivered_at_send, now);
+        if b.queue.windowed() {
+            // Unwindowed emergencies would skew the pipe's samples: they can be sent in a
+            // burst far beyond the window.
+            self.pipe.on_ack(b.bytes, b.sent_at, b.delivered_at_send, now);
+        }
         self.recompute_hwm();
         Some(b)
     }
 
     fn recompute_hwm(&mut self) {
         let unacked = self.inflight.values().map(|b| Cursor(b.first.0.saturating_sub(1))).min();
-        let mut h = self.pos_emergency.min(self.pos_normal);
+        // An unfinished backlog (pos_backlog < split <= pos_emergency) bounds the mark
+        // below the fresh emergencies; a finished one says nothing.
+        let backlog = if self.pos_backlog < self.split { self.pos_backlog } else { self.pos_emergency };
+        let mut h = backlog.min(self.pos_emergency).min(self.pos_normal);
         if let Some(u) = unacked {
             h = h.min(u);
         }
@@ -237,10 +303,12 @@ impl SendState {
 
     /// Starts over from `hwm` (which may be lower than before: the peer needs entries
     /// again). Batches in flight are forgotten; batch ids keep counting up so a late ack
-    /// of an old batch is recognised as unknown.
+    /// of an old batch is recognised as unknown. Emergencies read so far become backlog.
     pub fn reset(&mut self, hwm: Cursor) {
         self.inflight.clear();
-        self.pos_emergency = hwm;
+        self.split = self.pos_emergency.max(hwm);
+        self.pos_emergency = self.split;
+        self.pos_backlog = hwm;
         self.pos_normal = hwm;
         self.hwm = hwm;
     }
@@ -261,10 +329,10 @@ mod tests {
 
     #[test]
     fn out_of_order_acks_hold_the_mark_at_the_oldest_gap() {
-        let mut s = SendState::new(Cursor(10), FlowConfig::default());
-        let a = s.on_sent(Lane::Normal, Cursor(11), Cursor(20), Cursor(20), 100, ms(0));
-        let e = s.on_sent(Lane::Emergency, Cursor(25), Cursor(25), Cursor(30), 10, ms(1));
-        let b = s.on_sent(Lane::Normal, Cursor(21), Cursor(30), Cursor(30), 100, ms(2));
+        let mut s = SendState::new(Cursor(10), Cursor(10), FlowConfig::default());
+        let a = s.on_sent(Queue::Normal, Cursor(11), Cursor(20), Cursor(20), 100, ms(0));
+        let e = s.on_sent(Queue::Emergency, Cursor(25), Cursor(25), Cursor(30), 10, ms(1));
+        let b = s.on_sent(Queue::Normal, Cursor(21), Cursor(30), Cursor(30), 100, ms(2));
         assert_eq!(s.hwm(), Cursor(10));
         s.on_ack(e, ms(5));
         s.on_ack(b, ms(6));
@@ -276,18 +344,18 @@ mod tests {
 
     #[test]
     fn the_emergency_lane_position_bounds_the_mark() {
-        let mut s = SendState::new(Cursor(0), FlowConfig::default());
-        let a = s.on_sent(Lane::Normal, Cursor(1), Cursor(50), Cursor(50), 100, ms(0));
+        let mut s = SendState::new(Cursor(0), Cursor(0), FlowConfig::default());
+        let a = s.on_sent(Queue::Normal, Cursor(1), Cursor(50), Cursor(50), 100, ms(0));
         s.on_ack(a, ms(10));
         assert_eq!(s.hwm(), Cursor(0), "the emergency lane has not been read past 0");
-        s.on_scanned(Lane::Emergency, Cursor(60));
+        s.on_scanned(Queue::Emergency, Cursor(60));
         assert_eq!(s.hwm(), Cursor(50));
     }
 
     #[test]
     fn the_window_follows_the_bandwidth_delay_product() {
         let cfg = FlowConfig { max_batch_bytes: 1000, min_window_bytes: 2000, ..FlowConfig::default() };
-        let mut s = SendState::new(Cursor(0), cfg);
+        let mut s = SendState::new(Cursor(0), Cursor(0), cfg);
         assert_eq!(s.window(), 2000, "the floor before any measurement");
         // A 100 kB/s pipe with 400 ms from send to ack: one 10 kB batch sent every 100 ms,
         // each acked 400 ms later. BDP 40 kB.
@@ -300,7 +368,7 @@ mod tests {
                 }
             }
             let id =
-                s.on_sent(Lane::Normal, Cursor(i * 10 + 1), Cursor(i * 10 + 10), Cursor(i * 10 + 10), 10_000, ms(t));
+                s.on_sent(Queue::Normal, Cursor(i * 10 + 1), Cursor(i * 10 + 10), Cursor(i * 10 + 10), 10_000, ms(t));
             pending.push_back((t + 400, id));
             t += 100;
         }
@@ -309,13 +377,51 @@ mod tests {
         }
         let w = s.window();
         assert!((40_000..=60_000).contains(&w), "window {w}");
-        assert!(s.can_send(Lane::Normal));
+        assert!(s.can_send(Queue::Normal));
         let mut n = 0;
-        while s.can_send(Lane::Normal) {
-            s.on_sent(Lane::Normal, Cursor(1000 + n), Cursor(1000 + n), Cursor(1000 + n), 10_000, ms(t));
+        while s.can_send(Queue::Normal) {
+            s.on_sent(Queue::Normal, Cursor(1000 + n), Cursor(1000 + n), Cursor(1000 + n), 10_000, ms(t));
             n += 1;
         }
         assert_eq!(n, w.div_ceil(10_000), "sending stops once the window is full");
-        assert!(s.can_send(Lane::Emergency), "emergencies are not windowed");
+        assert!(s.can_send(Queue::Emergency), "emergencies are not windowed");
+    }
+
+    #[test]
+    fn fresh_emergencies_skip_the_backlog_and_the_backlog_shares_the_window() {
+        let cfg = FlowConfig { min_window_bytes: 2000, ..FlowConfig::default() };
+        // The peer has everything up to 100; the hub had written up to 5,000 when the
+        // link came up.
+        let mut s = SendState::new(Cursor(100), Cursor(5000), cfg);
+        assert_eq!(s.read_range(Queue::Emergency), (Cursor(5000), None), "fresh ones start after the head");
+        assert_eq!(s.read_range(Queue::BacklogEmergency), (Cursor(100), Some(Cursor(5000))));
+        // Old emergencies fill the window; a normal batch cannot pass them, a fresh
+        // emergency can.
+        let old = s.on_sent(Queue::BacklogEmergency, Cursor(101), Cursor(900), Cursor(900), 2500, ms(0));
+        assert!(!s.can_send(Queue::BacklogEmergency) && !s.can_send(Queue::Normal));
+        assert!(s.can_send(Queue::Emergency));
+        let fresh = s.on_sent(Queue::Emergency, Cursor(5001), Cursor(5001), Cursor(5001), 100, ms(1));
+        s.on_ack(fresh, ms(300));
+        assert_eq!(s.hwm(), Cursor(100), "the backlog and the normal lane hold the mark");
+        s.on_ack(old, ms(400));
+        assert!(s.can_send(Queue::BacklogEmergency));
+        // The backlog reaches the split: it is done and no longer bounds the mark.
+        s.on_scanned(Queue::BacklogEmergency, Cursor(5000));
+        assert!(!s.can_send(Queue::BacklogEmergency), "nothing left below the split");
+        assert_eq!(s.read_range(Queue::BacklogEmergency).0, Cursor(5000));
+        s.on_scanned(Queue::Normal, Cursor(5001));
+        assert_eq!(s.hwm(), Cursor(5001));
+    }
+
+    #[test]
+    fn a_reset_turns_what_was_read_into_backlog() {
+        let mut s = SendState::new(Cursor(0), Cursor(0), FlowConfig::default());
+        s.on_sent(Queue::Emergency, Cursor(7), Cursor(7), Cursor(40), 100, ms(0));
+        s.on_scanned(Queue::Normal, Cursor(40));
+        s.reset(Cursor(0));
+        assert_eq!(s.hwm(), Cursor(0));
+        assert_eq!(s.read_range(Queue::BacklogEmergency), (Cursor(0), Some(Cursor(40))), "cursor 7 is sent again");
+        assert_eq!(s.read_range(Queue::Emergency), (Cursor(40), None));
+        assert!(s.can_send(Queue::BacklogEmergency));
     }
 }
