@@ -420,7 +420,7 @@ async fn send<S: LinkStore>(
                 Err(e) => return LinkError::Protocol(e.to_string()),
             };
             let sent = state.on_sent(queue, first, last, out.scanned_to, bytes.len() as u64, origin.elapsed());
-            tracing::debug!(peer = %peer.name, batch = id, ?queue, first = first.0, last = last.0, bytes = bytes.len(), window = state.window(), "batch sent");
+            tracing::debug!(peer = %peer.name, batch = id, ?lane, ?queue, first = first.0, last = last.0, bytes = bytes.len(), window = state.window(), "batch sent");
             debug_assert_eq!(sent, id);
             let lane_name = if lane == Lane::Emergency { "emergency" } else { "normal" };
             metrics::counter!("outpost_link_batches_sent_total", "peer" => peer.name.clone(), "lane" => lane_name)
