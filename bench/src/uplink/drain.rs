@@ -7,7 +7,8 @@
 //! first backlog message reaches the doctor, so the drain is under way) and the doctor
 //! notes when each arrives. Afterwards the same number of bytes the relay put into its
 //! batches goes through a fresh emulator with the same preset as one bare QUIC stream:
-//! the baseline.
+//! the baseline. From before the cloud starts to the end, 500 more phones are signed in
+//! and idle, so the hub's memory is read in the situation the memory goal names.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -70,6 +71,12 @@ pub struct DrainResult {
     pub cpu: CpuShare,
     /// The windowing model's runs, if asked for: (fair scheduling, without).
     pub model: Option<(ModelRun, ModelRun)>,
+    /// Signed-in idle phones on the hub from before the cloud starts to the end.
+    pub idle_phones: usize,
+    /// Hub `VmRSS` with the backlog waiting and the idle phones signed in.
+    pub rss_waiting_kib: u64,
+    /// Hub `VmRSS` when the backlog is all at the cloud (phones still signed in).
+    pub rss_drained_kib: u64,
 }
 
 /// The relay's smallest window (`FlowConfig::default`: two batches of 32 KiB), which the
@@ -84,6 +91,11 @@ impl DrainResult {
         self.baseline.transfer.as_secs_f64() / self.drain.as_secs_f64().max(1e-9)
     }
 }
+
+/// Idle phones signed in while the backlog waits and drains (the memory goal's 500).
+const IDLE_PHONES: usize = 500;
+/// Quiet time after they signed in before the hub's memory is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
 
 /// Longest a drain may take before the run gives up on it.
 const DRAIN_LIMIT: Duration = Duration::from_secs(20 * 60);
@@ -122,11 +134,23 @@ pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
     let nurse_token = site.cloud.token("nurse-on-call", "worker", &[&room], "3h")?;
     let nurse = Phone::start(&site.relay.ws_url(), &nurse_token, "nurse-on-call-phone").await?;
 
+    // The memory goal's situation: the backlog waiting for the cloud and a village's
+    // phones signed in and idle (one user's token, a device id each).
+    let relay_pid = site.relay.child.id();
+    let idle_token = site.cloud.token("idle-phones", "worker", &[&room], "3h")?;
+    let idle_tokens = vec![idle_token; IDLE_PHONES];
+    let idle = crate::load::connect_all(&site.relay.ws_url(), &idle_tokens, 0..IDLE_PHONES, |_| room.clone())
+        .await
+        .context("signing in the idle phones")?;
+    sleep(IDLE_SETTLE).await;
+    let rss_pid = relay_pid.context("the relay has no pid")?;
+    let rss_waiting_kib = crate::procfs::rss_kib(rss_pid)?;
+    eprintln!("    hub RSS with the backlog waiting and {IDLE_PHONES} idle phones: {} KiB", rss_waiting_kib);
+
     let mut seen = DoctorSeen::default();
     seen.set_watch(ids);
     let seen = std::sync::Arc::new(std::sync::Mutex::new(seen));
     let connected = watch_connect(LogTail::from_end(&site.relay_log()), site.emu.up.clone(), site.emu.down.clone());
-    let relay_pid = site.relay.child.id();
     let cpu0 = CpuMark::take(relay_pid, None);
     let b0 = Bytes::read(&site.emu);
     let mut cloud = site.cloud.start(&site.quic).await.context("starting outpost-cloud")?;
@@ -190,6 +214,8 @@ pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
     let lines: Vec<String> = log.lines().map(str::to_owned).collect();
     let batches = Batches::parse(&lines);
 
+    let rss_drained_kib = crate::procfs::rss_kib(rss_pid)?;
+    crate::load::close_all(idle).await;
     drop(doctor);
     drop(nurse);
     site.stop_relay().await;
@@ -227,6 +253,9 @@ pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
         emergency_latencies_ms: latencies,
         cpu,
         model: None,
+        idle_phones: IDLE_PHONES,
+        rss_waiting_kib,
+        rss_drained_kib,
     };
     eprintln!(
         "    drained in {:.1} s after connecting ({:.1} s from cloud start; connect {:.1} s); {} batches, {} B in batches, {} B UDP up; emergencies p50 {:.0} ms p99 {:.0} ms max {:.0} ms ({} of {}); relay CPU {:.0} %, cloud {:.0} %",
