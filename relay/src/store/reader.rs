@@ -360,7 +360,7 @@ impl Readers {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )?;
             let receipts: i64 = tx.query_row(
-                "SELECT count(*) FROM receipts WHERE cursor > ?1 AND cursor <= ?4 AND msg_peer = ?2 AND origin_peer IS NULL",
+                "SELECT count(*) FROM receipts WHERE cursor > ?1 AND msg_peer = ?2 AND origin_peer IS NULL",
                 rusqlite::params![hwm, peer],
                 |r| r.get(0),
             )?;

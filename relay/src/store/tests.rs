@@ -217,6 +217,24 @@ async fn outbound_reads_a_lane_between_two_cursors() {
     store.shutdown().await;
 }
 
+#[tokio::test]
+async fn the_backlog_counts_what_the_cloud_does_not_hold() {
+    let dir = ok(tempfile::tempdir());
+    let store = ok(Store::open(&dir.path().join("r.db"), opts(), Arc::new(Collect::default())));
+    let empty = ok(store.backlog("cloud").await);
+    assert_eq!((empty.messages, empty.receipts, empty.oldest_at), (0, 0, None));
+    for (seq, priority) in [(1, Priority::Normal), (2, Priority::Emergency), (3, Priority::Normal)] {
+        ok(store.append_wait(req("clinic", priority, seq)).await);
+    }
+    let b = ok(store.backlog("cloud").await);
+    assert_eq!(b.messages, 3);
+    assert_eq!(b.bytes, 3 * r#"{"text":"hi"}"#.len() as u64);
+    assert_eq!(b.oldest_at, Some(1_700_000_000_001));
+    assert_eq!(b.oldest_emergency_at, Some(1_700_000_000_002));
+    assert_eq!((b.acked_through, b.files), (0, 0));
+    store.shutdown().await;
+}
+
 #[test]
 fn a_database_from_a_newer_build_is_refused() {
     let dir = ok(tempfile::tempdir());
