@@ -135,7 +135,9 @@ async fn serve<S: LinkStore>(
         rooms: Some(Arc::new(Mutex::new(state.rooms.into_iter().collect::<HashSet<_>>()))),
         start: state.sent_hwm,
     };
-    let end = link::run(conn, send, recv, store, peer, LinkOptions { flow: FlowConfig::default(), blobs }, stop.clone()).await;
+    let end =
+        link::run(conn, send, recv, store, peer, LinkOptions { flow: FlowConfig::default(), blobs }, stop.clone())
+            .await;
     if let Ok(mut l) = live.lock()
         && l.get(&relay).is_some_and(|(g, _)| *g == generation)
     {

@@ -91,8 +91,7 @@ pub async fn run(
         core = core.with_tls(tls);
     }
     let relays_stop = CancellationToken::new();
-    let relays =
-        tokio::spawn(crate::relays::accept(
+    let relays = tokio::spawn(crate::relays::accept(
         quic,
         core.store.clone(),
         core.hub.blobs.clone(),

@@ -78,7 +78,10 @@ fn media_frames() -> Vec<(String, Vec<u8>)> {
         out.push((format!("have-{i}"), h.encode()[2..].to_vec()));
     }
     let sha = blob.hex();
-    out.push(("body-0".into(), format!(r#"{{"text":"arm","media":{{"sha256":"{sha}","type":"image/jpeg","name":"a.jpg"}}}}"#).into_bytes()));
+    out.push((
+        "body-0".into(),
+        format!(r#"{{"text":"arm","media":{{"sha256":"{sha}","type":"image/jpeg","name":"a.jpg"}}}}"#).into_bytes(),
+    ));
     out.push(("body-1".into(), format!(r#"{{"media":{{"sha256":"{sha}","preview":{{"data":"x"}}}}}}"#).into_bytes()));
     out.push(("head-jpeg".into(), vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J', b'F', b'I', b'F', 0, 1]));
     out.push(("head-webm".into(), vec![0x1A, 0x45, 0xDF, 0xA3, 0x9F, 0x42, 0x86, 0x81, 1]));

@@ -35,7 +35,8 @@ pub fn check(data: &[u8]) {
         && let Ok(Some(blob)) = media::body_ref(&body)
     {
         let facts = MediaFacts { size: 1, mime: "image/jpeg".into(), preview: Some((vec![0xFF, 0xD8], 2, 1)) };
-        let done = media::complete_body(&body, &facts).unwrap_or_else(|e| panic!("a referenced body must complete: {e}"));
+        let done =
+            media::complete_body(&body, &facts).unwrap_or_else(|e| panic!("a referenced body must complete: {e}"));
         assert_eq!(media::body_ref(&done), Ok(Some(blob)), "completing a body changed the blob it names");
     }
 }

@@ -154,7 +154,8 @@ impl Hub {
             None => None,
         };
         let facts = outpost_shared::media::MediaFacts { size: info.size, mime: info.mime, preview };
-        let out = outpost_shared::media::complete_body(&body, &facts).map_err(|e| (ErrorCode::BadFrame, e.to_string()))?;
+        let out =
+            outpost_shared::media::complete_body(&body, &facts).map_err(|e| (ErrorCode::BadFrame, e.to_string()))?;
         let max = self.config.limits.max_body_bytes;
         if out.len() > max {
             return Err((

@@ -304,7 +304,8 @@ mod tests {
 
     #[test]
     fn completing_a_body_overrides_what_the_client_claimed() {
-        let b = body(&format!(r#"{{"text":"arm","media":{{"sha256":"{H}","size":1,"type":"text/html","name":"a.jpg"}}}}"#));
+        let b =
+            body(&format!(r#"{{"text":"arm","media":{{"sha256":"{H}","size":1,"type":"text/html","name":"a.jpg"}}}}"#));
         let facts = MediaFacts { size: 5_000_000, mime: "image/jpeg".into(), preview: Some((vec![1, 2, 3], 256, 192)) };
         let out = complete_body(&b, &facts).unwrap_or_else(|e| panic!("{e}"));
         let v: Value = serde_json::from_str(out.as_str()).unwrap_or_default();

@@ -37,7 +37,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn head_of(base: &str, method: &str, path: &str, token: Option<&str>, headers: &[(&str, String)], len: usize) -> String {
+fn head_of(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, String)],
+    len: usize,
+) -> String {
     let host = base.trim_start_matches("http://");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {len}\r\n");
     if let Some(t) = token {
@@ -92,9 +99,8 @@ fn parse(raw: &[u8], head_only: bool) -> anyhow::Result<Resp> {
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head.split("\r\n");
     let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).context("no status")?.parse()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))).collect();
     let mut body = raw[end + 4..].to_vec();
     let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked && !head_only {

@@ -159,7 +159,8 @@ async fn over_edge_the_preview_comes_first_and_an_emergency_overtakes_the_remain
     assert_eq!(v["available"], false, "the preview arrived before the full photo: {v}");
 
     // Mid-transfer, an emergency.
-    info_until(&base, &neema, &up.sha, POLL, Duration::from_secs(60), |v| v["received"].as_u64() > Some(64 << 10)).await?;
+    info_until(&base, &neema, &up.sha, POLL, Duration::from_secs(60), |v| v["received"].as_u64() > Some(64 << 10))
+        .await?;
     let mut alert = chat("clinic", "postpartum haemorrhage, house 12");
     alert["priority"] = json!("emergency");
     alert["kind"] = json!("alert");
@@ -203,10 +204,9 @@ async fn a_cut_link_resumes_the_blob_at_the_clouds_offset() -> anyhow::Result<()
     a.send_stored(up.message("clinic", "x-ray", "xray.jpg")).await?;
 
     let base = cloud_proc.http_base();
-    let v = info_until(&base, &neema, &up.sha, POLL, Duration::from_secs(60), |v| {
-        v["received"].as_u64() > Some(size / 3)
-    })
-    .await?;
+    let v =
+        info_until(&base, &neema, &up.sha, POLL, Duration::from_secs(60), |v| v["received"].as_u64() > Some(size / 3))
+            .await?;
     let received_before_cut = v["received"].as_u64().unwrap_or(0);
     // The link goes away and the connection with it (the cloud restarts meanwhile, so
     // the hub's old connection cannot survive the cut).
@@ -358,8 +358,9 @@ async fn limits_and_bad_uploads_get_clear_refusals_and_lose_nothing() -> anyhow:
     a.send_stored(up.message("clinic", "wound", "w.jpg")).await?;
     let baraka = w.token("baraka", "worker", &["clinic"]);
     assert_eq!(sha256_hex(&download(&base, &baraka, &up.sha).await?.body), up.sha);
-    let r = call(&base, "GET", &format!("/api/media/{}", up.sha), Some(&baraka), &[("Range", "bytes=100-199".into())], &[])
-        .await?;
+    let r =
+        call(&base, "GET", &format!("/api/media/{}", up.sha), Some(&baraka), &[("Range", "bytes=100-199".into())], &[])
+            .await?;
     assert_eq!((r.status, r.body.as_slice()), (206, &img[100..200]));
     assert_eq!(download(&base, &juma, &up.sha).await?.status, 404);
 

@@ -80,9 +80,7 @@ fn media_error(e: MediaError) -> Fail {
 }
 
 fn blobs(hub: &Hub) -> Result<&Blobs, Fail> {
-    hub.blobs
-        .as_ref()
-        .ok_or_else(|| refuse(StatusCode::NOT_FOUND, "not_found", "media is not served here"))
+    hub.blobs.as_ref().ok_or_else(|| refuse(StatusCode::NOT_FOUND, "not_found", "media is not served here"))
 }
 
 fn blob_id(sha: &str) -> Result<BlobId, Fail> {
@@ -202,8 +200,7 @@ async fn patch(
         // The body is written to disk as it arrives (never whole in memory).
         let max = hub.config.media.max_chunk_bytes;
         let stream = body.into_data_stream();
-        let up =
-            c.blobs.write_stream(&c.owner(), c.blob, offset, stream, max, checksum).await.map_err(media_error)?;
+        let up = c.blobs.write_stream(&c.owner(), c.blob, offset, stream, max, checksum).await.map_err(media_error)?;
         Ok::<_, Fail>(upload_headers(StatusCode::NO_CONTENT, c.blob, up))
     };
     go.await.unwrap_or_else(|r| *r)
@@ -228,9 +225,8 @@ async fn abandon(
 /// `Upload-Checksum: sha256 BASE64` (the tus checksum extension): the chunk's digest.
 fn parse_checksum(v: &HeaderValue) -> Result<[u8; 32], Fail> {
     use base64::Engine as _;
-    let bad = || {
-        refuse(StatusCode::BAD_REQUEST, "bad_request", "Upload-Checksum must be \"sha256 BASE64\" of the chunk")
-    };
+    let bad =
+        || refuse(StatusCode::BAD_REQUEST, "bad_request", "Upload-Checksum must be \"sha256 BASE64\" of the chunk");
     let (algo, b64) = v.to_str().ok().and_then(|s| s.trim().split_once(' ')).ok_or_else(bad)?;
     if !algo.eq_ignore_ascii_case("sha256") {
         return Err(bad());

@@ -403,8 +403,10 @@ impl Blobs {
         self.inner
             .store
             .exec(move |c| {
-                c.prepare_cached("INSERT OR IGNORE INTO uploads (owner, sha256, size, created) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![key, blob.0.as_slice(), sql_i(size), sql_i(now_ms())])?;
+                c.prepare_cached(
+                    "INSERT OR IGNORE INTO uploads (owner, sha256, size, created) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![key, blob.0.as_slice(), sql_i(size), sql_i(now_ms())])?;
                 Ok(())
             })
             .await?;

@@ -17,8 +17,12 @@ impl Publisher for Nobody {
 }
 
 fn open(dir: &std::path::Path, cfg: MediaConfig) -> Blobs {
-    let opts =
-        StoreOptions { quota_bytes: 1 << 30, emergency_reserve_bytes: 1 << 20, max_batch: 64, max_receipts_per_ack: 10 };
+    let opts = StoreOptions {
+        quota_bytes: 1 << 30,
+        emergency_reserve_bytes: 1 << 20,
+        max_batch: 64,
+        max_receipts_per_ack: 10,
+    };
     let db = dir.join("data/relay.db");
     let store = Store::open(&db, opts, Arc::new(Nobody)).unwrap_or_else(|e| panic!("{e}"));
     Blobs::open(store, &db, cfg, &StorageConfig::default()).unwrap_or_else(|e| panic!("{e}"))
@@ -39,7 +43,10 @@ async fn upload(blobs: &Blobs, owner: &Owner, bytes: &[u8], blob: BlobId) {
     let size = bytes.len() as u64;
     assert_eq!(blobs.begin(owner, blob, size, false).await, Ok(Upload::Partial { offset: 0, size }));
     let half = bytes.len() / 2;
-    assert_eq!(blobs.write(owner, blob, 0, bytes[..half].to_vec()).await, Ok(Upload::Partial { offset: half as u64, size }));
+    assert_eq!(
+        blobs.write(owner, blob, 0, bytes[..half].to_vec()).await,
+        Ok(Upload::Partial { offset: half as u64, size })
+    );
     assert_eq!(blobs.write(owner, blob, half as u64, bytes[half..].to_vec()).await, Ok(Upload::Complete { size }));
 }
 

@@ -509,7 +509,8 @@ impl Store {
         if delta >= 0 {
             g.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
         } else {
-            let _ = g.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(delta.unsigned_abs())));
+            let _ =
+                g.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(delta.unsigned_abs())));
         }
     }
 

@@ -263,10 +263,8 @@ impl SendState {
         let id = self.next_batch;
         self.next_batch += 1;
         let delivered_at_send = self.pipe.delivered();
-        self.inflight.insert(
-            id,
-            InFlight { lane: queue.lane(), queue, first, last, bytes, sent_at: now, delivered_at_send },
-        );
+        self.inflight
+            .insert(id, InFlight { lane: queue.lane(), queue, first, last, bytes, sent_at: now, delivered_at_send });
         self.set_pos(queue, scanned_to.max(last));
         id
     }
