@@ -24,9 +24,13 @@
 //! `--phases media` sends a 5 MB photo from hub to cloud over the `--presets` links
 //! (module `media`).
 //!
+//! `--phases all` runs every one of them and opens the report with one table of every goal
+//! measured (module `goals`): the full run BENCHMARKS.md records.
+//!
 //! This is a measuring tool, not a test: nothing here asserts on timings.
 
 mod baseline;
+mod goals;
 mod hub;
 mod load;
 mod media;
@@ -105,6 +109,9 @@ pub struct Args {
     /// Uplink: link presets to drain over (3g, edge, 2g, clear).
     #[arg(long, value_delimiter = ',', default_value = "3g,edge")]
     pub presets: Vec<String>,
+    /// Uplink: drains per preset (default 3, or 1 with --quick).
+    #[arg(long)]
+    pub drain_reps: Option<usize>,
     /// Uplink: emergencies sent during each drain (default 30, or 5 with --quick).
     #[arg(long)]
     pub emergencies: Option<usize>,
@@ -157,16 +164,19 @@ pub enum Phase {
     /// A 5 MB photo hub → cloud over the `--presets` links: time to preview and to the
     /// full photo, bytes on the link (module `media`). Not in the default set.
     Media,
+    /// Every phase above, in the order hub, uplink, media, peers, and a first table with
+    /// every goal measured (about 50 minutes; `--quick` for a smoke run of all of them).
+    All,
 }
 
 impl Args {
     fn runs(&self, p: Phase) -> bool {
-        self.phases.contains(&p)
+        self.phases.contains(&p) || self.phases.contains(&Phase::All)
     }
 
     /// Whether any of the hub's own measurements (everything but the uplink) was asked for.
     fn runs_hub(&self) -> bool {
-        self.phases.iter().any(|p| !matches!(p, Phase::Uplink | Phase::Peers | Phase::Media))
+        [Phase::Baseline, Phase::Ingest, Phase::Steady, Phase::Memory].into_iter().any(|p| self.runs(p))
     }
 
     fn timing(&self) -> Timing {
@@ -220,21 +230,34 @@ async fn main() -> anyhow::Result<()> {
     };
     let tmp = root.path().to_path_buf();
     let machine = procfs::MachineInfo::collect(&tmp);
-    let mut text = String::new();
+    let started = tokio::time::Instant::now();
+    let mut sections = Vec::new();
     if args.runs_hub() {
-        text.push_str(&hub_phases(&args, &command, &tmp, machine.clone()).await?);
+        sections.push(hub_phases(&args, &command, &tmp, machine.clone()).await?);
     }
     if args.runs(Phase::Uplink) {
         let run = uplink::run(&args, &tmp).await?;
-        text.push_str(&uplink::report::markdown(&args, &command, &machine, &run));
+        sections.push(uplink::report::markdown(&args, &command, &machine, &run));
     }
     if args.runs(Phase::Media) {
         let runs = media::run(&args, &tmp).await?;
-        text.push_str(&media::markdown(&args, &command, &machine, &runs));
+        sections.push(goals::Section { text: media::markdown(&args, &command, &machine, &runs), rows: Vec::new() });
     }
     if args.runs(Phase::Peers) {
         let (reps, versions, elapsed) = peers::run(&args, &tmp).await?;
-        text.push_str(&peers::markdown(&args, &command, &machine, &versions, &reps, elapsed));
+        sections.push(peers::markdown(&args, &command, &machine, &versions, &reps, elapsed));
+    }
+    let mut text = String::new();
+    if sections.len() > 1 {
+        text.push_str(&goals::summary(&sections));
+        text.push_str(&format!(
+            "Command `{command}`, commit `{}`, whole run {:.0} min.\n\n",
+            machine.commit,
+            started.elapsed().as_secs_f64() / 60.0
+        ));
+    }
+    for s in &sections {
+        text.push_str(&s.text);
     }
     print!("{text}");
     if let Some(path) = &args.write {
@@ -253,7 +276,7 @@ async fn hub_phases(
     command: &str,
     tmp: &std::path::Path,
     machine: procfs::MachineInfo,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<goals::Section> {
     let args = args.clone();
     let command = command.to_owned();
     let timing = args.timing();

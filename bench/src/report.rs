@@ -7,11 +7,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::Args;
+use crate::goals::{Row, Section, table};
 use crate::hub::{RELAY_ENV, Topology};
 use crate::phases::{PhaseResult, Rep, Timing};
 use crate::procfs::MachineInfo;
 use crate::stats::{Summary, group};
+use crate::{Args, Phase};
 
 /// Durable ingest goal, messages/s with 500 WebSocket clients.
 const GOAL_INGEST: f64 = 50_000.0;
@@ -33,23 +34,21 @@ pub struct Report<'a> {
     pub elapsed: Duration,
 }
 
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "**not met**" }
-}
-
 fn sum(reps: &[Rep], f: impl Fn(&Rep) -> f64) -> Summary {
     Summary::of(&reps.iter().map(f).collect::<Vec<_>>())
 }
 
 impl Report<'_> {
-    pub fn markdown(&self) -> String {
+    pub fn markdown(&self) -> Section {
         let mut o = String::new();
         self.header(&mut o);
-        self.headline(&mut o);
+        let rows = self.rows();
+        let _ = writeln!(o, "## Results\n");
+        table(&mut o, &rows);
         self.baselines(&mut o);
         self.cpu(&mut o);
         self.per_rep(&mut o);
-        o
+        Section { text: o, rows }
     }
 
     fn header(&self, o: &mut String) {
@@ -112,7 +111,8 @@ impl Report<'_> {
         );
     }
 
-    fn headline(&self, o: &mut String) {
+    /// The results table's rows.
+    pub fn rows(&self) -> Vec<Row> {
         let reps = &self.reps;
         let nan = f64::NAN;
         let ingest = sum(reps, |r| r.ingest.as_ref().map_or(nan, |p| p.acked_per_sec));
@@ -141,83 +141,94 @@ impl Report<'_> {
         let mem_marginal = sum(reps, |r| r.memory.map_or(nan, |m| m.marginal_mib_per_1k()));
         let clients = self.topology.clients;
 
-        let _ = writeln!(o, "## Results\n");
-        let _ = writeln!(o, "| metric | result: median (min–max) | same-run baseline | ratio | goal | |");
-        let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- |");
-        let _ = writeln!(
-            o,
-            "| durable ingest, {clients} WebSocket devices (msg/s acked) | {} | raw SQLite, {best_g} rows/commit: {} rows/s; {fsync} | {} | ≥ {} msg/s and ≥ {GOAL_RATIO}× | {} |",
-            ingest.show_int(),
-            best.show_int(),
-            ratio.show(2),
-            group(GOAL_INGEST),
-            met(ingest.median >= GOAL_INGEST && ratio.median >= GOAL_RATIO)
-        );
-        let _ = writeln!(
-            o,
-            "| ack latency at saturation p50 / p99 / max (ms) | {} / {} / {} | {fsync} | | (queueing by design: in flight ÷ rate) | |",
-            ia50.show(1),
-            ia99.show(1),
-            iamax.show(1)
-        );
-        let _ = writeln!(
-            o,
-            "| ack latency at {} msg/s, p50 (ms) | {} | {fsync} | | ≤ {GOAL_ACK_P50_MS} | {} |",
-            group(self.args.rate),
-            a50.show(2),
-            met(a50.median <= GOAL_ACK_P50_MS)
-        );
-        let _ = writeln!(
-            o,
-            "| ack latency at {} msg/s, p99 (ms) | {} | | | ≤ {GOAL_ACK_P99_MS} | {} |",
-            group(self.args.rate),
-            a99.show(2),
-            met(a99.median <= GOAL_ACK_P99_MS)
-        );
-        let _ = writeln!(
-            o,
-            "| local delivery A→B at {} msg/s, p50 / p99 (ms) | {} / {} | | | p99 ≤ {GOAL_DELIVERY_P99_MS} | {} |",
-            group(self.args.rate),
-            d50.show(2),
-            d99.show(2),
-            met(d99.median <= GOAL_DELIVERY_P99_MS)
-        );
-        let _ = writeln!(
-            o,
-            "| emergency delivery, {}/s mixed in, p50 / p99 (ms) | {} / {} | | | p99 ≤ {GOAL_EMERGENCY_P99_MS} | {} |",
-            self.args.emergency_rate,
-            e50.show(2),
-            e99.show(2),
-            met(e99.median <= GOAL_EMERGENCY_P99_MS)
-        );
-        let _ = writeln!(o, "| emergency ack p99 (ms) | {} | | | | |", ea99.show(2));
+        let rate = group(self.args.rate);
         let sockets = self.reps.first().and_then(|r| r.memory).map_or(0, |m| m.sockets);
-        let _ = writeln!(
-            o,
-            "| relay memory per 1,000 idle sockets (MiB; {sockets} signed-in devices vs. none) | {} | | | ≤ {GOAL_MIB_PER_1K} | {} |",
-            mem.show(2),
-            met(mem.median <= GOAL_MIB_PER_1K)
-        );
-        let _ = writeln!(
-            o,
-            "| of which marginal: growth from {} to {sockets} sockets, per 1,000 (MiB) | {} | | | (information) | |",
-            sockets / 2,
-            mem_marginal.show(2)
-        );
+        let mut rows = Vec::new();
+        if self.args.runs(Phase::Ingest) {
+            rows.push(Row::goal(
+                format!("durable ingest, {clients} WebSocket devices (msg/s acked)"),
+                ingest.show_int(),
+                format!("raw SQLite, {best_g} rows/commit: {} rows/s; {fsync}", best.show_int()),
+                ratio.show(2),
+                format!("≥ {} msg/s and ≥ {GOAL_RATIO}×", group(GOAL_INGEST)),
+                ingest.median >= GOAL_INGEST && ratio.median >= GOAL_RATIO,
+            ));
+            rows.push(Row::info(
+                "ack latency at saturation p50 / p99 / max (ms)",
+                format!("{} / {} / {}", ia50.show(1), ia99.show(1), iamax.show(1)),
+                fsync.clone(),
+                "",
+                "(queueing by design: in flight ÷ rate)",
+            ));
+        }
+        if self.args.runs(Phase::Steady) {
+            rows.push(Row::goal(
+                format!("ack latency at {rate} msg/s, p50 (ms)"),
+                a50.show(2),
+                fsync,
+                "",
+                format!("≤ {GOAL_ACK_P50_MS}"),
+                a50.median <= GOAL_ACK_P50_MS,
+            ));
+            rows.push(Row::goal(
+                format!("ack latency at {rate} msg/s, p99 (ms)"),
+                a99.show(2),
+                "",
+                "",
+                format!("≤ {GOAL_ACK_P99_MS}"),
+                a99.median <= GOAL_ACK_P99_MS,
+            ));
+            rows.push(Row::goal(
+                format!("local delivery A→B at {rate} msg/s, p50 / p99 (ms)"),
+                format!("{} / {}", d50.show(2), d99.show(2)),
+                "",
+                "",
+                format!("p99 ≤ {GOAL_DELIVERY_P99_MS}"),
+                d99.median <= GOAL_DELIVERY_P99_MS,
+            ));
+            rows.push(Row::goal(
+                format!("emergency delivery, {}/s mixed in, p50 / p99 (ms)", self.args.emergency_rate),
+                format!("{} / {}", e50.show(2), e99.show(2)),
+                "",
+                "",
+                format!("p99 ≤ {GOAL_EMERGENCY_P99_MS}"),
+                e99.median <= GOAL_EMERGENCY_P99_MS,
+            ));
+            rows.push(Row::info("emergency ack p99 (ms)", ea99.show(2), "", "", ""));
+        }
+        if self.args.runs(Phase::Memory) {
+            rows.push(Row::goal(
+                format!("relay memory per 1,000 idle sockets (MiB; {sockets} signed-in devices vs. none)"),
+                mem.show(2),
+                "",
+                "",
+                format!("≤ {GOAL_MIB_PER_1K}"),
+                mem.median <= GOAL_MIB_PER_1K,
+            ));
+            rows.push(Row::info(
+                format!("of which marginal: growth from {} to {sockets} sockets, per 1,000 (MiB)", sockets / 2),
+                mem_marginal.show(2),
+                "",
+                "",
+                "(information)",
+            ));
+        }
         if let Some(k) = self.args.compare_room_size {
             let ci = sum(reps, |r| r.compare.as_ref().map_or(f64::NAN, |c| c.0.acked_per_sec));
             let cd = sum(reps, |r| r.compare.as_ref().map_or(f64::NAN, |c| c.1.delivery.p99_ms));
             let ca = sum(reps, |r| r.compare.as_ref().map_or(f64::NAN, |c| c.1.ack.p99_ms));
-            let _ = writeln!(
-                o,
-                "| comparison, rooms of {k} ({} deliveries per message): ingest msg/s; steady ack p99 / delivery p99 (ms) | {}; {} / {} | | | (information) | |",
-                k.saturating_sub(1),
-                ci.show_int(),
-                ca.show(2),
-                cd.show(2)
-            );
+            rows.push(Row::info(
+                format!(
+                    "comparison, rooms of {k} ({} deliveries per message): ingest msg/s; steady ack p99 / delivery p99 (ms)",
+                    k.saturating_sub(1)
+                ),
+                format!("{}; {} / {}", ci.show_int(), ca.show(2), cd.show(2)),
+                "",
+                "",
+                "(information)",
+            ));
         }
-        let _ = writeln!(o);
+        rows
     }
 
     fn baselines(&self, o: &mut String) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::{PeerResult, PeersRep, Versions};
 use crate::Args;
+use crate::goals::{Row, Section, table};
 use crate::procfs::MachineInfo;
 use crate::stats::{Summary, group};
 
@@ -20,10 +21,10 @@ pub fn markdown(
     v: &Versions,
     reps: &[PeersRep],
     elapsed: Duration,
-) -> String {
+) -> Section {
     let t = args.timing();
     let mut o = String::new();
-    let _ = writeln!(o, "## Run\n");
+    let _ = writeln!(o, "## Peers run\n");
     let _ = writeln!(o, "- Command: `{command}`");
     let _ = writeln!(o, "- Commit: `{}`; relay binary: {}", machine.commit, machine.relay_built);
     let _ = writeln!(
@@ -51,7 +52,7 @@ pub fn markdown(
     let s = |f: &dyn Fn(&PeersRep) -> f64| Summary::of(&reps.iter().map(f).collect::<Vec<_>>());
     let op_rate = s(&|r| r.outpost.acked_per_sec);
     let op_p99 = s(&|r| r.outpost.ack.p99_ms);
-    let _ = writeln!(o, "## Results\n");
+    let _ = writeln!(o, "## Peers results\n");
     let _ = writeln!(
         o,
         "| server | what an acknowledgement means | acked msg/s: median (min–max) | Outpost ÷ this (msg/s) | ack p50 (ms) | ack p99 (ms) | this ÷ Outpost (p99) | delivery p99 (ms) | server CPU (% of a core) |"
@@ -130,7 +131,10 @@ pub fn markdown(
         );
     }
     let _ = writeln!(o);
-    let _ = writeln!(o, "## Every repetition\n");
+    let rows = goal_rows(reps, args.clients, &rate);
+    let _ = writeln!(o, "## Against the goal (Outpost ahead on durable throughput and on p99)\n");
+    table(&mut o, &rows);
+    let _ = writeln!(o, "## Peers, every repetition\n");
     let _ = writeln!(
         o,
         "| rep | server | acked msg/s | ack p50 / p99 / max (ms) | deliveries seen / expected | server CPU % | generator CPU % | machine busy % | unanswered / errors |"
@@ -180,5 +184,37 @@ pub fn markdown(
         }
     }
     let _ = writeln!(o);
-    o
+    Section { text: o, rows }
+}
+
+/// The goal, per peer: Outpost acks more messages per second at saturation, and
+/// has the lower ack p99 at the fixed rate. Ratios are taken within each repetition.
+fn goal_rows(reps: &[PeersRep], clients: usize, rate: &str) -> Vec<Row> {
+    let s = |f: &dyn Fn(&PeersRep) -> f64| Summary::of(&reps.iter().map(f).collect::<Vec<_>>());
+    let peers: [(&str, Pick, Pick); 2] = [
+        ("Mosquitto (QoS 1, persistence)", |r| &r.mosquitto, |r| &r.steady.1),
+        ("JetStream (file storage)", |r| &r.jetstream, |r| &r.steady.2),
+    ];
+    let mut rows = Vec::new();
+    for (name, saturated, fixed) in peers {
+        let rate_ratio = s(&|r| r.outpost.acked_per_sec / saturated(r).acked_per_sec);
+        rows.push(Row::goal(
+            format!("durable throughput vs {name}, {clients} connections (Outpost msg/s; Outpost ÷ peer)"),
+            s(&|r| r.outpost.acked_per_sec).show_int(),
+            format!("{name}: {} msg/s", s(&|r| saturated(r).acked_per_sec).show_int()),
+            rate_ratio.show(2),
+            "Outpost ahead (> 1)",
+            rate_ratio.median > 1.0,
+        ));
+        let p99_ratio = s(&|r| fixed(r).ack.p99_ms / r.steady.0.ack.p99_ms);
+        rows.push(Row::goal(
+            format!("ack p99 at {rate} msg/s vs {name} (Outpost ms; peer ÷ Outpost)"),
+            s(&|r| r.steady.0.ack.p99_ms).show(2),
+            format!("{name}: {} ms", s(&|r| fixed(r).ack.p99_ms).show(2)),
+            p99_ratio.show(2),
+            "Outpost ahead (> 1)",
+            p99_ratio.median > 1.0,
+        ));
+    }
+    rows
 }

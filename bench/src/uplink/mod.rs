@@ -33,6 +33,7 @@ use crate::Args;
 pub struct UplinkRun {
     pub mix: Vec<(mix::MixResult, mix::MixResult)>,
     pub mix_spec: mix::MixSpec,
+    /// Every drain, repetitions of a preset next to each other.
     pub drains: Vec<(String, drain::DrainSpec, drain::DrainResult)>,
     pub elapsed: Duration,
 }
@@ -67,6 +68,7 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<UplinkRun> {
         mixes.push((live, backlog));
     }
     let mut drains = Vec::new();
+    let drain_reps = args.drain_reps.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     for (name, preset) in presets {
         let spec = drain::DrainSpec {
             preset,
@@ -77,9 +79,11 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<UplinkRun> {
             keep: args.keep,
             model: args.link_model,
         };
-        eprintln!("uplink drain of {} messages over {name}", spec.messages);
-        let r = drain::run(&tmp.join(format!("drain-{name}")), spec).await?;
-        drains.push((name, spec, r));
+        for r in 0..drain_reps {
+            eprintln!("uplink drain of {} messages over {name}, repetition {} of {drain_reps}", spec.messages, r + 1);
+            let result = drain::run(&tmp.join(format!("drain-{name}-{r}")), spec).await?;
+            drains.push((name.clone(), spec, result));
+        }
     }
     Ok(UplinkRun { mix: mixes, mix_spec, drains, elapsed: started.elapsed() })
 }

@@ -8,6 +8,7 @@ use super::drain::{DrainResult, DrainSpec};
 use super::mix::{MixResult, Mode};
 use super::world::RELAY_ENV;
 use crate::Args;
+use crate::goals::{Row, Section, table};
 use crate::procfs::MachineInfo;
 use crate::stats::{Summary, group};
 
@@ -26,21 +27,19 @@ fn goals(preset: &str) -> Option<(f64, f64)> {
     }
 }
 
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "**not met**" }
-}
-
 fn sum(v: impl Iterator<Item = f64>) -> Summary {
     Summary::of(&v.collect::<Vec<_>>())
 }
 
-pub fn markdown(args: &Args, command: &str, machine: &MachineInfo, run: &UplinkRun) -> String {
+pub fn markdown(args: &Args, command: &str, machine: &MachineInfo, run: &UplinkRun) -> Section {
     let mut o = String::new();
     header(&mut o, args, command, machine, run);
-    headline(&mut o, run);
+    let rows = rows(run);
+    let _ = writeln!(o, "## Uplink results\n");
+    table(&mut o, &rows);
     mix_table(&mut o, run);
     drain_table(&mut o, run);
-    o
+    Section { text: o, rows }
 }
 
 fn header(o: &mut String, args: &Args, command: &str, m: &MachineInfo, run: &UplinkRun) {
@@ -91,10 +90,11 @@ fn header(o: &mut String, args: &Args, command: &str, m: &MachineInfo, run: &Upl
     let _ = writeln!(o, "- Relay environment: {}\n", env.join(", "));
 }
 
-fn headline(o: &mut String, run: &UplinkRun) {
-    let _ = writeln!(o, "## Uplink results\n");
-    let _ = writeln!(o, "| metric | result: median (min–max) | same-run baseline | ratio | goal | |");
-    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- |");
+/// The results table's rows: bytes per message (live and backlog), then per preset the
+/// drain time, the ratio to bare QUIC, emergencies during the drain and the hub's memory,
+/// each summarised over that preset's drains.
+fn rows(run: &UplinkRun) -> Vec<Row> {
+    let mut rows = Vec::new();
     for mode in [Mode::Live, Mode::Backlog] {
         let pick = |m: &(MixResult, MixResult)| if mode == Mode::Live { m.0.clone() } else { m.1.clone() };
         let rs: Vec<MixResult> = run.mix.iter().map(pick).collect();
@@ -106,65 +106,101 @@ fn headline(o: &mut String, run: &UplinkRun) {
         let ratio = sum(rs.iter().map(MixResult::json_ratio));
         let json_per_msg =
             sum(rs.iter().map(|r| (r.send_json + r.receipt_json) as f64 / r.messages_arrived.max(1) as f64));
-        let _ = writeln!(
-            o,
-            "| uplink bytes per message, 3G, {} (B/msg; per entry incl. receipts) | {}; {} | raw JSON (send + receipt frames): {} B/msg | {}× | ≤ {GOAL_BYTES_PER_MSG} B/msg and ≥ {GOAL_JSON_RATIO}× | {} |",
-            mode.label(),
-            per_msg.show(1),
-            per_entry.show(1),
-            json_per_msg.show(0),
-            ratio.show(2),
-            met(per_msg.median <= GOAL_BYTES_PER_MSG && ratio.median >= GOAL_JSON_RATIO)
-        );
+        rows.push(Row::goal(
+            format!("uplink bytes per message, 3G, {} (B/msg; per entry incl. receipts)", mode.label()),
+            format!("{}; {}", per_msg.show(1), per_entry.show(1)),
+            format!("raw JSON (send + receipt frames): {} B/msg", json_per_msg.show(0)),
+            format!("{}×", ratio.show(2)),
+            format!("≤ {GOAL_BYTES_PER_MSG} B/msg and ≥ {GOAL_JSON_RATIO}×"),
+            per_msg.median <= GOAL_BYTES_PER_MSG && ratio.median >= GOAL_JSON_RATIO,
+        ));
     }
-    for (name, _, d) in &run.drains {
+    for name in preset_names(run) {
+        let ds: Vec<&DrainResult> = run.drains.iter().filter(|(n, _, _)| *n == name).map(|(_, _, d)| d).collect();
+        let Some(first) = ds.first() else { continue };
+        let s = |f: &dyn Fn(&DrainResult) -> f64| sum(ds.iter().map(|d| f(d)));
         let label = name.to_uppercase();
-        let (goal_secs, goal_p99) = goals(name).unwrap_or((f64::NAN, f64::NAN));
-        let per_msg = d.bytes.up as f64 / d.arrived.max(1) as f64;
-        let _ = writeln!(
-            o,
-            "| drain of {} messages, {label}: cloud listening → all at the cloud (s) | {:.1} (link up after {:.1}) | | | ≤ {goal_secs:.0} s | {} |",
-            group(d.messages as f64),
-            d.total.as_secs_f64(),
-            d.connect_wait.as_secs_f64(),
-            met(d.total.as_secs_f64() <= goal_secs && d.arrived == d.messages)
-        );
-        let _ = writeln!(
-            o,
-            "| drain, {label}: uplink connected → all at the cloud (s) | {:.1} | bare QUIC, {} B on one stream: {:.1} s | {:.2} | ≥ {GOAL_BASELINE_RATIO}× baseline | {} |",
-            d.drain.as_secs_f64(),
-            group(d.baseline.bytes as f64),
-            d.baseline.transfer.as_secs_f64(),
-            d.ratio(),
-            met(d.ratio() >= GOAL_BASELINE_RATIO)
-        );
-        let _ = writeln!(
-            o,
-            "| emergency to the cloud during the {label} drain, p50 / p99 / max (ms; {} of {} arrived) | {:.0} / {:.0} / {:.0} | | | p99 ≤ {goal_p99:.0} ms | {} |",
-            d.emergency_arrived,
-            d.emergency_sent,
-            d.emergency.p50_ms,
-            d.emergency.p99_ms,
-            d.emergency.max_ms,
-            met(d.emergency_sent > 0 && d.emergency_arrived == d.emergency_sent && d.emergency.p99_ms <= goal_p99)
-        );
-        let _ = writeln!(
-            o,
-            "| hub memory, {} idle phones + {} messages waiting for the cloud (MiB, VmRSS; after the drain) | {:.1}; {:.1} | | | ≤ {GOAL_HUB_MIB} MiB | {} |",
-            d.idle_phones,
-            group(d.messages as f64),
-            d.rss_waiting_kib as f64 / 1024.0,
-            d.rss_drained_kib as f64 / 1024.0,
-            met(d.rss_waiting_kib.max(d.rss_drained_kib) as f64 / 1024.0 <= GOAL_HUB_MIB)
-        );
-        let _ = writeln!(
-            o,
-            "| uplink bytes per message in the {label} drain (messages only, big batches) | {per_msg:.1} | raw JSON (send frames): {:.0} B/msg | {:.2}× | (information) | |",
-            d.send_json_bytes as f64 / d.messages.max(1) as f64,
-            d.send_json_bytes as f64 / d.bytes.up.max(1) as f64,
-        );
+        let (goal_secs, goal_p99) = goals(&name).unwrap_or((f64::NAN, f64::NAN));
+        let all_arrived = ds.iter().all(|d| d.arrived == d.messages);
+        let total = s(&|d| d.total.as_secs_f64());
+        rows.push(Row::goal(
+            format!(
+                "drain of {} messages, {label}: cloud listening → all at the cloud (s; {} drain(s))",
+                group(first.messages as f64),
+                ds.len()
+            ),
+            format!("{} (link up after {})", total.show(1), s(&|d| d.connect_wait.as_secs_f64()).show(1)),
+            "",
+            "",
+            format!("≤ {goal_secs:.0} s"),
+            total.median <= goal_secs && all_arrived,
+        ));
+        let ratio = s(&|d| d.ratio());
+        rows.push(Row::goal(
+            format!("drain, {label}: uplink connected → all at the cloud (s)"),
+            s(&|d| d.drain.as_secs_f64()).show(1),
+            format!(
+                "bare QUIC, the same bytes ({}) on one stream: {} s",
+                group(first.baseline.bytes as f64),
+                s(&|d| d.baseline.transfer.as_secs_f64()).show(1)
+            ),
+            ratio.show(2),
+            format!("≥ {GOAL_BASELINE_RATIO}× baseline"),
+            ratio.median >= GOAL_BASELINE_RATIO,
+        ));
+        let p99 = s(&|d| d.emergency.p99_ms);
+        let (sent, arrived): (usize, usize) =
+            ds.iter().fold((0, 0), |(s, a), d| (s + d.emergency_sent, a + d.emergency_arrived));
+        rows.push(Row::goal(
+            format!(
+                "emergency to the cloud during the {label} drain, p50 / p99 / max (ms; {arrived} of {sent} arrived)"
+            ),
+            format!(
+                "{} / {} / {}",
+                s(&|d| d.emergency.p50_ms).show(0),
+                p99.show(0),
+                s(&|d| d.emergency.max_ms).show(0)
+            ),
+            "",
+            "",
+            format!("p99 ≤ {goal_p99:.0} ms"),
+            sent > 0 && arrived == sent && p99.median <= goal_p99,
+        ));
+        let waiting = s(&|d| d.rss_waiting_kib as f64 / 1024.0);
+        let drained = s(&|d| d.rss_drained_kib as f64 / 1024.0);
+        rows.push(Row::goal(
+            format!(
+                "hub memory, {} idle phones + {} messages waiting for the cloud; after the drain (MiB, VmRSS)",
+                first.idle_phones,
+                group(first.messages as f64)
+            ),
+            format!("{}; {}", waiting.show(1), drained.show(1)),
+            "",
+            "",
+            format!("≤ {GOAL_HUB_MIB} MiB"),
+            waiting.median.max(drained.median) <= GOAL_HUB_MIB,
+        ));
+        let per_msg = s(&|d| d.bytes.up as f64 / d.arrived.max(1) as f64);
+        rows.push(Row::info(
+            format!("uplink bytes per message in the {label} drain (messages only, big batches)"),
+            per_msg.show(1),
+            format!("raw JSON (send frames): {:.0} B/msg", first.send_json_bytes as f64 / first.messages.max(1) as f64),
+            format!("{}×", s(&|d| d.send_json_bytes as f64 / d.bytes.up.max(1) as f64).show(2)),
+            "(information)",
+        ));
     }
-    let _ = writeln!(o);
+    rows
+}
+
+/// Preset names in the order they ran.
+fn preset_names(run: &UplinkRun) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (n, _, _) in &run.drains {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    names
 }
 
 fn mix_table(o: &mut String, run: &UplinkRun) {
@@ -205,13 +241,26 @@ fn mix_table(o: &mut String, run: &UplinkRun) {
     let _ = writeln!(o);
 }
 
+/// Column heads of the drain table: the preset, and the repetition where there are several.
+fn drain_labels(run: &UplinkRun) -> Vec<String> {
+    let mut seen: Vec<&str> = Vec::new();
+    run.drains
+        .iter()
+        .map(|(n, _, _)| {
+            seen.push(n);
+            let reps = run.drains.iter().filter(|(m, _, _)| m == n).count();
+            let k = seen.iter().filter(|m| **m == n).count();
+            if reps > 1 { format!("{} #{k}", n.to_uppercase()) } else { n.to_uppercase() }
+        })
+        .collect()
+}
+
 fn drain_table(o: &mut String, run: &UplinkRun) {
     if run.drains.is_empty() {
         return;
     }
     let _ = writeln!(o, "### Drains\n");
-    let _ =
-        writeln!(o, "| | {} |", run.drains.iter().map(|(n, _, _)| n.to_uppercase()).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(o, "| | {} |", drain_labels(run).join(" | "));
     let _ = writeln!(o, "| --- |{}", " --- |".repeat(run.drains.len()));
     let row = |o: &mut String, name: &str, f: &dyn Fn(&DrainSpec, &DrainResult) -> String| {
         let cells: Vec<String> = run.drains.iter().map(|(_, s, d)| f(s, d)).collect();
