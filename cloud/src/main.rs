@@ -157,14 +157,16 @@ fn serve(dir: PathBuf, ws: String, quic: String, tls_cert: Option<PathBuf>, tls_
                 return ExitCode::FAILURE;
             }
         };
-        // Tests and scripts read this line to learn the bound ports.
-        match (listener.local_addr(), endpoint.local_addr()) {
+        // Tests and scripts read this line to learn the bound ports; it comes once the
+        // store is open (see `outpost_relay::server::OnReady`).
+        let addrs = (listener.local_addr(), endpoint.local_addr());
+        let announce = Box::new(move || match addrs {
             (Ok(w), Ok(q)) => println!("outpost-cloud listening on {scheme}://{w}/ws quic={q}"),
             (Err(e), _) | (_, Err(e)) => eprintln!("outpost-cloud: {e}"),
-        }
+        });
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(outpost_relay::cli::wait_for_signal(shutdown.clone()));
-        match outpost_cloud::server::run(&dir, listener, tls, endpoint, shutdown).await {
+        match outpost_cloud::server::run(&dir, listener, tls, endpoint, shutdown, announce).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outpost-cloud: {e}");

@@ -82,6 +82,7 @@ pub async fn run(
     tls: Option<LanTls>,
     quic: quinn::Endpoint,
     shutdown: CancellationToken,
+    on_ready: outpost_relay::server::OnReady,
 ) -> Result<(), CloudRunError> {
     let id = CloudIdentity::load(dir)?;
     let config = hub_config(&id);
@@ -99,7 +100,7 @@ pub async fn run(
         relays_stop.clone(),
     ));
     let app = core.routes().merge(crate::api::routes(core.hub.clone()));
-    let result = core.serve(ws, app, shutdown).await;
+    let result = core.serve(ws, app, shutdown, on_ready).await;
     relays_stop.cancel();
     let _ = relays.await;
     tracing::info!("cloud stopped");

@@ -133,14 +133,16 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode 
             }
         };
         let scheme = if config.server.tls_cert.is_some() { "wss" } else { "ws" };
-        match listener.local_addr() {
-            // Tests and scripts read this line to learn the bound port.
+        let addr = listener.local_addr();
+        // Tests and scripts read this line to learn the bound port; it comes once the
+        // store is open, so a hub that cannot open its database never announces itself.
+        let announce = Box::new(move || match addr {
             Ok(addr) => println!("outpost-relay listening on {scheme}://{addr}/ws"),
             Err(e) => eprintln!("outpost-relay: {e}"),
-        }
+        });
         let shutdown = CancellationToken::new();
         tokio::spawn(outpost_relay::cli::wait_for_signal(shutdown.clone()));
-        match run(config, dir, Listeners { ws: listener }, shutdown).await {
+        match run(config, dir, Listeners { ws: listener }, shutdown, announce).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outpost-relay: {e}");

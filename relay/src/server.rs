@@ -35,6 +35,12 @@ pub struct Listeners {
     pub ws: TcpListener,
 }
 
+/// Called once the store is open and the listener is about to be served: what tells
+/// systemd (`READY=1`), scripts and tests that the server can take requests. A line
+/// printed before the store opened would let a caller connect to a process that then
+/// fails to open its database and exits.
+pub type OnReady = Box<dyn FnOnce() + Send>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("invalid configuration: {0}")]
@@ -125,6 +131,7 @@ impl Core {
         listener: TcpListener,
         app: axum::Router,
         shutdown: CancellationToken,
+        on_ready: OnReady,
     ) -> Result<(), RunError> {
         // Frames are small and latency matters (an ack is one short frame): without
         // TCP_NODELAY a `stored` waits for the phone's delayed ACK (Nagle), tens of ms.
@@ -139,6 +146,7 @@ impl Core {
             .with_graceful_shutdown(shutdown.cancelled_owned());
         crate::systemd::spawn_watchdog(self.store.clone(), self.sessions_stop.clone());
         crate::systemd::ready();
+        on_ready();
         let result = serve.await;
         crate::systemd::stopping();
         tracing::info!("stopped accepting; closing sessions");
@@ -158,6 +166,7 @@ pub async fn run(
     dir: PathBuf,
     listeners: Listeners,
     shutdown: CancellationToken,
+    on_ready: OnReady,
 ) -> Result<(), RunError> {
     let uplink = if config.uplink.cloud.is_empty() {
         tracing::info!("no cloud configured; serving the village only");
@@ -188,7 +197,7 @@ pub async fn run(
         ))
     });
     let app = core.routes();
-    let result = core.serve(listeners.ws, app, shutdown).await;
+    let result = core.serve(listeners.ws, app, shutdown, on_ready).await;
     uplink_stop.cancel();
     if let Some(t) = uplink_task {
         let _ = t.await;
