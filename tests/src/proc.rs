@@ -188,8 +188,17 @@ async fn spawn_server(
         let text = std::fs::read_to_string(log).unwrap_or_default();
         bail!("{name} exited ({status}) before listening; log:\n{text}");
     };
-    // Keep draining stdout so the process never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Keep draining stdout so the process never blocks on a full pipe. Its end means the
+    // process is gone: say so with the log's tail, so that a test that then cannot
+    // connect shows why (test runners print this only for failing tests).
+    let (name, log) = (name.to_owned(), log.to_path_buf());
+    tokio::spawn(async move {
+        while let Ok(Some(_)) = lines.next_line().await {}
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        eprintln!("{name} ({}) has exited; last lines of its log:\n{}", log.display(), tail.join("\n"));
+    });
     Ok((child, line))
 }
 
