@@ -134,6 +134,10 @@ pub struct Args {
     /// without quinn's fair stream scheduling (a diagnosis of where drain time goes).
     #[arg(long)]
     pub link_model: bool,
+    /// Uplink: the drain's 500 idle phones sign in to the backlog's room with no cursor
+    /// and never read: 500 stalled full replays instead of 500 idle phones.
+    #[arg(long)]
+    pub idle_replay: bool,
     /// Uplink: keep each scenario's cloud and relay directories (logs, databases) for
     /// inspection instead of deleting them.
     #[arg(long)]

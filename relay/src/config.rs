@@ -205,6 +205,9 @@ pub struct LimitsConfig {
     /// Live entries queued per session and lane before the session falls back to reading
     /// the log (so a slow phone costs the hub disk reads, never memory).
     pub outbound_queue: usize,
+    /// Bytes of frames one replay page holds (a page is read from the log, then written to
+    /// the device; a device that stops reading mid-replay keeps one page in memory).
+    pub replay_page_bytes: usize,
     /// Sends a device may have awaiting their commit at once; past it the hub stops reading
     /// that socket until commits catch up (back-pressure, not an error).
     pub max_inflight_per_device: usize,
@@ -240,6 +243,7 @@ impl Default for LimitsConfig {
             max_devices: 1000,
             max_connections_per_ip: 1000,
             outbound_queue: 1024,
+            replay_page_bytes: 64 << 10,
             max_inflight_per_device: 1024,
             read_buffer_bytes: 1024,
             rate_per_sec: 1000,
@@ -382,6 +386,7 @@ impl RelayConfig {
             ("limits.max_devices", l.max_devices as u64),
             ("limits.max_connections_per_ip", l.max_connections_per_ip as u64),
             ("limits.outbound_queue", l.outbound_queue as u64),
+            ("limits.replay_page_bytes", l.replay_page_bytes as u64),
             ("limits.max_inflight_per_device", l.max_inflight_per_device as u64),
             ("limits.rate_per_sec", u64::from(l.rate_per_sec)),
             ("limits.hello_timeout_secs", l.hello_timeout_secs),

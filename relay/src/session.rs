@@ -336,6 +336,7 @@ impl Session {
                 own_device: self.link.device.clone(),
                 own_visible_until: self.own_visible_until,
                 limit: REPLAY_PAGE,
+                max_bytes: self.hub.config.limits.replay_page_bytes,
             };
             let page = match self.hub.store.replay(q).await {
                 Ok(p) => p,

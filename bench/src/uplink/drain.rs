@@ -37,6 +37,10 @@ pub struct DrainSpec {
     pub keep: bool,
     /// Also run the windowing model (`super::model`) after the baseline.
     pub model: bool,
+    /// The idle phones sign in to the backlog's room with no cursor, so each is replaying
+    /// the whole backlog and, as it never reads, stalls mid-replay: the worst case of a
+    /// village reconnecting at once, not the idle hub the memory goal names.
+    pub idle_replay: bool,
 }
 
 /// What one drain measured.
@@ -135,11 +139,13 @@ pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
     let nurse = Phone::start(&site.relay.ws_url(), &nurse_token, "nurse-on-call-phone").await?;
 
     // The memory goal's situation: the backlog waiting for the cloud and a village's
-    // phones signed in and idle (one user's token, a device id each).
+    // phones signed in and idle (one user's token, a device id each). Idle means caught
+    // up: they are in a room of their own, with nothing to replay (unless `idle_replay`).
     let relay_pid = site.relay.child.id();
-    let idle_token = site.cloud.token("idle-phones", "worker", &[&room], "3h")?;
+    let idle_room = if spec.idle_replay { room.clone() } else { "waiting-room".to_owned() };
+    let idle_token = site.cloud.token("idle-phones", "worker", &[&idle_room], "3h")?;
     let idle_tokens = vec![idle_token; IDLE_PHONES];
-    let idle = crate::load::connect_all(&site.relay.ws_url(), &idle_tokens, 0..IDLE_PHONES, |_| room.clone())
+    let idle = crate::load::connect_all(&site.relay.ws_url(), &idle_tokens, 0..IDLE_PHONES, |_| idle_room.clone())
         .await
         .context("signing in the idle phones")?;
     sleep(IDLE_SETTLE).await;

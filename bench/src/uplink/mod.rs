@@ -78,6 +78,7 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<UplinkRun> {
             seed: SEED,
             keep: args.keep,
             model: args.link_model,
+            idle_replay: args.idle_replay,
         };
         for r in 0..drain_reps {
             eprintln!("uplink drain of {} messages over {name}, repetition {} of {drain_reps}", spec.messages, r + 1);

@@ -76,10 +76,15 @@ fn header(o: &mut String, args: &Args, command: &str, m: &MachineInfo, run: &Upl
     if let Some((_, d, _)) = run.drains.first() {
         let _ = writeln!(
             o,
-            "- Drain: {} corpus messages (no receipts) stored from the phones while the cloud was down, then the cloud starts; times from the cloud listening, and from the relay's `uplink connected` log line, to the doctor's device on the cloud having every one; {} emergencies, one every {} ms, from a phone on the hub to the doctor while it drains; 500 more phones signed in and idle on the hub from before the cloud starts (the hub's VmRSS read 3 s after they signed in, and again when the backlog is all at the cloud)",
+            "- Drain: {} corpus messages (no receipts) stored from the phones while the cloud was down, then the cloud starts; times from the cloud listening, and from the relay's `uplink connected` log line, to the doctor's device on the cloud having every one; {} emergencies, one every {} ms, from a phone on the hub to the doctor while it drains; 500 more phones signed in on the hub from before the cloud starts, {} (the hub's VmRSS read 3 s after they signed in, and again when the backlog is all at the cloud)",
             group(d.messages as f64),
             d.emergencies,
-            d.interval.as_millis()
+            d.interval.as_millis(),
+            if d.idle_replay {
+                "in the backlog's room with no cursor and never reading: each stalls in a full replay (`--idle-replay`)"
+            } else {
+                "idle: caught up, in a room of their own"
+            }
         );
     }
     let _ = writeln!(
@@ -168,18 +173,27 @@ fn rows(run: &UplinkRun) -> Vec<Row> {
         ));
         let waiting = s(&|d| d.rss_waiting_kib as f64 / 1024.0);
         let drained = s(&|d| d.rss_drained_kib as f64 / 1024.0);
-        rows.push(Row::goal(
-            format!(
-                "hub memory, {} idle phones + {} messages waiting for the cloud; after the drain (MiB, VmRSS)",
-                first.idle_phones,
-                group(first.messages as f64)
-            ),
-            format!("{}; {}", waiting.show(1), drained.show(1)),
-            "",
-            "",
-            format!("≤ {GOAL_HUB_MIB} MiB"),
-            waiting.median.max(drained.median) <= GOAL_HUB_MIB,
-        ));
+        let result = format!("{}; {}", waiting.show(1), drained.show(1));
+        let backlog = group(first.messages as f64);
+        let stalled = run.drains.iter().any(|(n, spec, _)| *n == name && spec.idle_replay);
+        rows.push(if stalled {
+            Row::info(
+                format!("hub memory, {} phones stalled in a full replay + {backlog} messages waiting; after the drain (MiB, VmRSS)", first.idle_phones),
+                result,
+                "",
+                "",
+                "(the worst case, `--idle-replay`; not the goal's idle phones)",
+            )
+        } else {
+            Row::goal(
+                format!("hub memory, {} idle phones + {backlog} messages waiting for the cloud; after the drain (MiB, VmRSS)", first.idle_phones),
+                result,
+                "",
+                "",
+                format!("≤ {GOAL_HUB_MIB} MiB"),
+                waiting.median.max(drained.median) <= GOAL_HUB_MIB,
+            )
+        });
         let per_msg = s(&|d| d.bytes.up as f64 / d.arrived.max(1) as f64);
         rows.push(Row::info(
             format!("uplink bytes per message in the {label} drain (messages only, big batches)"),

@@ -35,7 +35,12 @@ pub struct ReplayQuery {
     /// the device already has them (it got `stored`), unless it asked for a full replay.
     pub own_device: DeviceId,
     pub own_visible_until: Cursor,
+    /// Most entries in the page.
     pub limit: usize,
+    /// The page ends after the frame that reaches this many bytes (at least one frame is
+    /// always returned). A device that stops reading holds one page in the hub's memory,
+    /// so this, not `limit`, is what a few hundred stalled replays cost.
+    pub max_bytes: usize,
 }
 
 /// One page of replay.
@@ -126,10 +131,15 @@ impl Readers {
             args.extend(q.rooms.iter().map(|r| rusqlite::types::Value::from(r.as_str().to_owned())));
             let mut stmt = conn.prepare_cached(&sql)?;
             let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-            let mut frames = Vec::new();
+            let mut frames: Vec<(Cursor, String)> = Vec::new();
             let mut scanned_to = q.after;
             let mut count = 0usize;
+            let mut bytes = 0usize;
             while let Some(r) = rows.next()? {
+                if bytes >= q.max_bytes {
+                    // Full by size: the rest is the next page's.
+                    return Ok(Replay { frames, scanned_to, done: false });
+                }
                 count += 1;
                 let kind: i64 = r.get(0)?;
                 let cursor = Cursor(u(r.get(1)?));
@@ -139,7 +149,9 @@ impl Readers {
                     if m.msg.device == q.own_device && m.msg.from == q.user && cursor > q.own_visible_until {
                         continue;
                     }
-                    frames.push((cursor, ServerFrame::Message(m).encode()));
+                    let frame = ServerFrame::Message(m).encode();
+                    bytes += frame.len();
+                    frames.push((cursor, frame));
                 } else {
                     let id: Vec<u8> = r.get(2)?;
                     let state: String = r.get(13)?;
@@ -153,7 +165,9 @@ impl Readers {
                         room: RoomId::new(r.get::<_, String>(3)?).ok(),
                         cursor: Some(cursor),
                     };
-                    frames.push((cursor, ServerFrame::Receipt(receipt).encode()));
+                    let frame = ServerFrame::Receipt(receipt).encode();
+                    bytes += frame.len();
+                    frames.push((cursor, frame));
                 }
             }
             Ok(Replay { frames, scanned_to, done: count < q.limit })

@@ -172,12 +172,56 @@ async fn replay_filters_rooms_and_the_devices_own_messages() {
         own_device: ok(DeviceId::new("phone")),
         own_visible_until,
         limit: 10,
+        max_bytes: usize::MAX,
     };
     let resume = ok(store.replay(q(Cursor(0))).await);
     assert_eq!(resume.frames.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![theirs.cursor]);
     assert!(resume.done);
     let full = ok(store.replay(q(store.head())).await);
     assert_eq!(full.frames.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![mine.cursor, theirs.cursor]);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replay_page_ends_at_its_byte_bound_and_the_next_page_goes_on() {
+    let dir = ok(tempfile::tempdir());
+    let store = ok(Store::open(&dir.path().join("r.db"), opts(), Arc::new(Collect::default())));
+    let mut cursors = Vec::new();
+    for seq in 1..=5 {
+        let mut r = req("clinic", Priority::Normal, seq);
+        r.device = ok(DeviceId::new("other"));
+        cursors.push(ok(store.append_wait(r).await).cursor);
+    }
+    let page = |after, max_bytes| {
+        let q = ReplayQuery {
+            after,
+            rooms: Arc::from(vec![id("clinic")]),
+            user: ok(UserId::new("amina")),
+            own_device: ok(DeviceId::new("phone")),
+            own_visible_until: Cursor(0),
+            limit: 100,
+            max_bytes,
+        };
+        let store = store.clone();
+        async move { ok(store.replay(q).await) }
+    };
+    let one = page(Cursor(0), usize::MAX).await.frames[0].1.len();
+    // Room for two frames and a bit: the page ends after the frame that reaches the bound.
+    let bound = one * 2 + 1;
+    let mut seen = Vec::new();
+    let mut after = Cursor(0);
+    loop {
+        let p = page(after, bound).await;
+        assert!(p.frames.len() <= 3, "a page stops at its byte bound: {} frames", p.frames.len());
+        seen.extend(p.frames.iter().map(|(c, _)| *c));
+        after = p.scanned_to;
+        if p.done {
+            break;
+        }
+    }
+    assert_eq!(seen, cursors, "pages bounded by bytes lose and repeat nothing");
+    let tiny = page(Cursor(0), 1).await;
+    assert_eq!((tiny.frames.len(), tiny.done), (1, false), "a bound below one frame still makes progress");
     store.shutdown().await;
 }
 
@@ -296,6 +340,7 @@ async fn a_version_1_database_upgrades_and_keeps_its_data() {
         own_device: ok(DeviceId::new("other")),
         own_visible_until: Cursor(0),
         limit: 10,
+        max_bytes: usize::MAX,
     };
     let replay = ok(store.replay(q).await);
     assert_eq!(replay.frames.len(), 2, "the old message and its receipt replay");
