@@ -47,17 +47,10 @@ impl Row {
         goal: impl Into<String>,
         ok: bool,
     ) -> Self {
-        Self {
-            metric: metric.into(),
-            result: result.into(),
-            baseline: baseline.into(),
-            ratio: ratio.into(),
-            goal: goal.into(),
-            verdict: Verdict::of(ok),
-        }
+        Self::new([metric.into(), result.into(), baseline.into(), ratio.into(), goal.into()], Verdict::of(ok))
     }
 
-    /// A figure reported for context, without a goal.
+    /// A figure reported for context, without a goal; `note` stands in the goal column.
     pub fn info(
         metric: impl Into<String>,
         result: impl Into<String>,
@@ -65,14 +58,11 @@ impl Row {
         ratio: impl Into<String>,
         note: impl Into<String>,
     ) -> Self {
-        Self {
-            metric: metric.into(),
-            result: result.into(),
-            baseline: baseline.into(),
-            ratio: ratio.into(),
-            goal: note.into(),
-            verdict: Verdict::Info,
-        }
+        Self::new([metric.into(), result.into(), baseline.into(), ratio.into(), note.into()], Verdict::Info)
+    }
+
+    fn new([metric, result, baseline, ratio, goal]: [String; 5], verdict: Verdict) -> Self {
+        Self { metric, result, baseline, ratio, goal, verdict }
     }
 }
 
