@@ -144,14 +144,12 @@ impl Readers {
                 let kind: i64 = r.get(0)?;
                 let cursor = Cursor(u(r.get(1)?));
                 scanned_to = cursor;
-                if kind == 0 {
+                let frame = if kind == 0 {
                     let m = message_from_row(r, 1)?;
                     if m.msg.device == q.own_device && m.msg.from == q.user && cursor > q.own_visible_until {
                         continue;
                     }
-                    let frame = ServerFrame::Message(m).encode();
-                    bytes += frame.len();
-                    frames.push((cursor, frame));
+                    ServerFrame::Message(m).encode()
                 } else {
                     let id: Vec<u8> = r.get(2)?;
                     let state: String = r.get(13)?;
@@ -165,10 +163,10 @@ impl Readers {
                         room: RoomId::new(r.get::<_, String>(3)?).ok(),
                         cursor: Some(cursor),
                     };
-                    let frame = ServerFrame::Receipt(receipt).encode();
-                    bytes += frame.len();
-                    frames.push((cursor, frame));
-                }
+                    ServerFrame::Receipt(receipt).encode()
+                };
+                bytes += frame.len();
+                frames.push((cursor, frame));
             }
             Ok(Replay { frames, scanned_to, done: count < q.limit })
         })
