@@ -173,6 +173,11 @@ pub struct StorageConfig {
     /// fewer fsyncs under load; the queue in front of the writer holds as many, so an
     /// emergency never waits behind more than the transaction in progress.
     pub max_batch: usize,
+    /// Database reads that run at once for devices (replays, history), and as many again
+    /// for peer links. Each holds a reader connection with its page cache (up to 2 MiB);
+    /// more wait their turn in order. A village reconnecting at once costs this many
+    /// connections, not one per phone.
+    pub readers: usize,
 }
 
 impl Default for StorageConfig {
@@ -182,6 +187,7 @@ impl Default for StorageConfig {
             quota_bytes: 8 << 30,
             emergency_reserve_bytes: 64 << 20,
             max_batch: 4096,
+            readers: 4,
         }
     }
 }
@@ -396,6 +402,7 @@ impl RelayConfig {
             ("limits.presence_per_sec", u64::from(l.presence_per_sec)),
             ("limits.max_receipts_per_ack", l.max_receipts_per_ack as u64),
             ("storage.max_batch", self.storage.max_batch as u64),
+            ("storage.readers", self.storage.readers as u64),
             ("storage.quota_bytes", self.storage.quota_bytes),
             ("uplink.retry_initial_ms", self.uplink.retry_initial_ms),
             ("uplink.retry_max_secs", self.uplink.retry_max_secs),

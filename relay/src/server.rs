@@ -79,6 +79,7 @@ impl Core {
             emergency_reserve_bytes: config.storage.emergency_reserve_bytes,
             max_batch: config.storage.max_batch,
             max_receipts_per_ack: config.limits.max_receipts_per_ack,
+            readers: config.storage.readers,
         };
         crate::status::install_metrics();
         let store = Store::open(db, opts, router.clone())?;

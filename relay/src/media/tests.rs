@@ -22,6 +22,7 @@ fn open(dir: &std::path::Path, cfg: MediaConfig) -> Blobs {
         emergency_reserve_bytes: 1 << 20,
         max_batch: 64,
         max_receipts_per_ack: 10,
+        readers: 2,
     };
     let db = dir.join("data/relay.db");
     let store = Store::open(&db, opts, Arc::new(Nobody)).unwrap_or_else(|e| panic!("{e}"));

@@ -252,6 +252,19 @@ pub struct StoreOptions {
     pub emergency_reserve_bytes: u64,
     pub max_batch: usize,
     pub max_receipts_per_ack: usize,
+    /// Database reads run at once per lane (see [`ReadLane`]); each holds a reader
+    /// connection and its page cache while it runs.
+    pub readers: usize,
+}
+
+/// Who a read is for. Each lane has its own permits, so a village of phones replaying at
+/// once never queues the uplink's next batch (and the emergency in it) behind them.
+#[derive(Debug, Clone, Copy)]
+enum ReadLane {
+    /// Sessions: replay, history, room pages; tools and status.
+    Devices,
+    /// Peer links: what to send next and what is waiting.
+    Peers,
 }
 
 /// A cheap, cloneable handle on the store.
@@ -259,6 +272,11 @@ pub struct StoreOptions {
 pub struct Store {
     tx: mpsc::Sender<Command>,
     readers: Arc<reader::Readers>,
+    /// Permits for reads at once, per lane. Without them a storm of reconnecting phones
+    /// opened a connection per replay (hundreds, each with its own page cache: the hub
+    /// grew to 300+ MiB); with them the storm queues in order, at the disk's pace.
+    device_reads: Arc<tokio::sync::Semaphore>,
+    peer_reads: Arc<tokio::sync::Semaphore>,
     epoch: Epoch,
     gauges: Arc<Gauges>,
     head_rx: tokio::sync::watch::Receiver<u64>,
@@ -313,6 +331,7 @@ impl Store {
         });
         let known_rooms = Arc::new(RwLock::new(state.rooms.clone()));
         let (tx, rx) = mpsc::channel(opts.max_batch);
+        let readers = opts.readers.max(1);
         let (head_tx, head_rx) = tokio::sync::watch::channel(gauges.head.load(Ordering::Acquire));
         let w = writer::Writer::new(conn, rx, publisher, state, opts, gauges.clone(), head_tx, known_rooms.clone());
         let handle = std::thread::Builder::new()
@@ -321,7 +340,9 @@ impl Store {
             .map_err(OpenError::Thread)?;
         Ok(Self {
             tx,
-            readers: Arc::new(reader::Readers::new(path.to_path_buf())),
+            readers: Arc::new(reader::Readers::new(path.to_path_buf(), 2 * readers)),
+            device_reads: Arc::new(tokio::sync::Semaphore::new(readers)),
+            peer_reads: Arc::new(tokio::sync::Semaphore::new(readers)),
             epoch,
             gauges,
             head_rx,
@@ -379,37 +400,57 @@ impl Store {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let readers = self.readers.clone();
             let known = self.revocation_mark.load(Ordering::Acquire);
-            let loaded = tokio::task::spawn_blocking(move || {
-                readers.with(|c| {
-                    if security::revocation_mark(c)? == known {
-                        Ok(None)
-                    } else {
-                        security::load_revocations(c).map(Some)
-                    }
+            // The peers' lane: a replay storm must not delay a revocation taking effect.
+            let loaded = self
+                .on_reader(ReadLane::Peers, move |r| {
+                    r.with(|c| {
+                        if security::revocation_mark(c)? == known {
+                            Ok(None)
+                        } else {
+                            security::load_revocations(c).map(Some)
+                        }
+                    })
                 })
-            })
-            .await;
+                .await;
             match loaded {
-                Ok(Ok(Some((mark, list)))) => {
+                Ok(Some((mark, list))) => {
                     tracing::info!(entries = list.len(), "revocation list changed");
                     self.revocation_mark.store(mark, Ordering::Release);
                     self.revocations.send_replace(Arc::new(list));
                 }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the revocation list"),
-                Err(e) => tracing::warn!(error = %e, "revocation reader failed"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the revocation list"),
             }
         }
     }
 
     /// A page of the audit log after `after`, oldest first, and whether more follow.
     pub async fn audit_page(&self, after: u64, limit: u32) -> Result<(Vec<AuditRecord>, bool), StoreError> {
+        self.on_reader(ReadLane::Devices, move |r| r.with(|c| security::audit_page(c, after, limit))).await
+    }
+
+    /// Runs `f` on a blocking thread once `lane` has a permit; the permit goes with the
+    /// thread, so a caller that gives up (a phone that left) still frees it only when
+    /// the query is done and its connection is back in the pool.
+    async fn on_reader<T: Send + 'static>(
+        &self,
+        lane: ReadLane,
+        f: impl FnOnce(&reader::Readers) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let permits = match lane {
+            ReadLane::Devices => &self.device_reads,
+            ReadLane::Peers => &self.peer_reads,
+        };
+        let permit = permits.clone().acquire_owned().await.map_err(|_| StoreError::Closed)?;
         let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || readers.with(|c| security::audit_page(c, after, limit)))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+        tokio::task::spawn_blocking(move || {
+            let out = f(&readers);
+            drop(permit);
+            out
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
     }
 
     pub fn epoch(&self) -> &Epoch {
@@ -464,18 +505,12 @@ impl Store {
 
     /// Reads the next page of what a session should replay (see [`Replay`]).
     pub async fn replay(&self, q: reader::ReplayQuery) -> Result<Replay, StoreError> {
-        let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || readers.replay(&q))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+        self.on_reader(ReadLane::Devices, move |r| r.replay(&q)).await
     }
 
     /// One page of a room's history, newest last.
     pub async fn history(&self, room: RoomId, before: Option<Cursor>, limit: u32) -> Result<HistoryPage, StoreError> {
-        let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || readers.history(room, before, limit))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+        self.on_reader(ReadLane::Devices, move |r| r.history(room, before, limit)).await
     }
 
     /// Messages of `room` after `after`, oldest first, and whether there are more.
@@ -485,10 +520,7 @@ impl Store {
         after: Cursor,
         limit: u32,
     ) -> Result<(Vec<Positioned>, bool), StoreError> {
-        let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || readers.room_since(&room, after, limit))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+        self.on_reader(ReadLane::Devices, move |r| r.room_since(&room, after, limit)).await
     }
 
     /// Resolves once the writer thread has completed a transaction (watchdog).
@@ -532,20 +564,14 @@ impl Store {
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || readers.with(f))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+        self.on_reader(ReadLane::Devices, move |r| r.with(f)).await
     }
 
     /// What waits to go to `peer` (messages and receipts our log holds beyond the peer's
     /// acknowledged mark).
     pub async fn backlog(&self, peer: &str) -> Result<reader::Backlog, StoreError> {
-        let readers = self.readers.clone();
         let peer = peer.to_owned();
-        tokio::task::spawn_blocking(move || readers.backlog(&peer))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+        self.on_reader(ReadLane::Peers, move |r| r.backlog(&peer)).await
     }
 
     /// A receiver that changes after every commit (link senders wait on it).
@@ -594,10 +620,7 @@ impl Store {
 
     /// The next page of entries to send to a peer (see [`OutboundQuery`]).
     pub async fn outbound(&self, q: reader::OutboundQuery) -> Result<reader::Outbound, StoreError> {
-        let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || readers.outbound(&q))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Database(e.to_string())))
+        self.on_reader(ReadLane::Peers, move |r| r.outbound(&q)).await
     }
 
     /// Commits everything queued, checkpoints the WAL and stops the writer thread.

@@ -14,12 +14,14 @@ use rusqlite::{Connection, OpenFlags, Row};
 
 use super::{Forwarded, StoreError, connect};
 
-/// Connections kept open for reuse; more are opened under load and closed after.
-const POOL_KEEP: usize = 4;
-
 pub(crate) struct Readers {
     path: PathBuf,
+    /// Connections kept open for reuse: as many as reads may run at once (the store's
+    /// permits), so under steady load none is opened or closed.
+    keep: usize,
     pool: Mutex<Vec<Connection>>,
+    /// Connections opened so far (each costs a file handle and a page cache).
+    opened: std::sync::atomic::AtomicUsize,
 }
 
 /// What a session asks for when it (re)plays the log.
@@ -89,19 +91,26 @@ fn message_from_row(r: &Row<'_>, base: usize) -> Result<Positioned, rusqlite::Er
 const MESSAGE_COLUMNS: &str = "cursor, id, room, kind, priority, body, seq, reply_to, sender, device, hlc, at";
 
 impl Readers {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path, pool: Mutex::new(Vec::new()) }
+    pub fn new(path: PathBuf, keep: usize) -> Self {
+        Self { path, keep, pool: Mutex::new(Vec::new()), opened: 0.into() }
+    }
+
+    pub fn opened(&self) -> usize {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(super) fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>) -> Result<T, StoreError> {
         let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
         let conn = match pooled {
             Some(c) => c,
-            None => connect(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?,
+            None => {
+                self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                connect(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?
+            }
         };
         let out = f(&conn);
         if let Ok(mut p) = self.pool.lock()
-            && p.len() < POOL_KEEP
+            && p.len() < self.keep
         {
             p.push(conn);
         }

@@ -25,7 +25,13 @@ impl Collect {
 }
 
 fn opts() -> StoreOptions {
-    StoreOptions { quota_bytes: 1 << 30, emergency_reserve_bytes: 1 << 20, max_batch: 4096, max_receipts_per_ack: 100 }
+    StoreOptions {
+        quota_bytes: 1 << 30,
+        emergency_reserve_bytes: 1 << 20,
+        max_batch: 4096,
+        max_receipts_per_ack: 100,
+        readers: 2,
+    }
 }
 
 fn id(s: &str) -> RoomId {
@@ -276,6 +282,54 @@ async fn the_backlog_counts_what_the_cloud_does_not_hold() {
     assert_eq!(b.oldest_at, Some(1_700_000_000_001));
     assert_eq!(b.oldest_emergency_at, Some(1_700_000_000_002));
     assert_eq!((b.acked_through, b.files), (0, 0));
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_storm_of_reads_shares_a_few_connections_and_the_uplink_never_waits_behind_it() {
+    let dir = ok(tempfile::tempdir());
+    let store =
+        ok(Store::open(&dir.path().join("r.db"), StoreOptions { readers: 1, ..opts() }, Arc::new(Collect::default())));
+    ok(store.append_wait(req("clinic", Priority::Emergency, 1)).await);
+
+    // A phone's read holds the devices' only permit until we let it go.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (started, running) = tokio::sync::oneshot::channel();
+    let blocker = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .read_with(move |_| {
+                    let _ = started.send(());
+                    let _ = held.recv();
+                    Ok(())
+                })
+                .await
+        }
+    });
+    ok(running.await);
+    // Fifty more phones ask for history at once; they queue for the permit.
+    let storm: Vec<_> = (0..50)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.history(id("clinic"), None, 10).await })
+        })
+        .collect();
+    // The uplink's reads have permits of their own: they finish while every phone waits
+    // (if they shared the phones' permit this would wait for `release`, which is only
+    // sent below, and the timeout would fail the test).
+    let waiting = tokio::time::timeout(std::time::Duration::from_secs(60), store.backlog("cloud")).await;
+    let waiting = ok(waiting.map_err(|_| "the uplink's read waited behind the phones' reads"));
+    assert_eq!(ok(waiting).oldest_emergency_at, Some(1_700_000_000_001));
+    assert!(storm.iter().all(|t| !t.is_finished()), "a phone's read ran without a permit");
+
+    ok(release.send(()));
+    ok(ok(blocker.await));
+    for t in storm {
+        assert_eq!(ok(ok(t.await)).messages.len(), 1);
+    }
+    // One connection per lane served all 52 reads.
+    assert_eq!(store.readers.opened(), 2);
     store.shutdown().await;
 }
 
