@@ -99,11 +99,14 @@ impl Mailbox {
         q.reserved + q.direct.len() < self.direct_capacity
     }
 
-    /// Takes the most urgent waiting item, if any.
-    pub fn try_next(&self) -> Option<Item> {
+    /// Takes the most urgent waiting item, if any; with `urgent_only` the other queues are
+    /// left alone (a replaying session writes emergencies ahead of the log, nothing else).
+    pub fn try_next(&self, urgent_only: bool) -> Option<Item> {
         let mut q = self.lock();
         let item = if let Some(l) = q.urgent.pop_front() {
             Item::Urgent(l)
+        } else if urgent_only {
+            return None;
         } else if let Some(t) = q.direct.pop_front() {
             Item::Direct(t)
         } else {
@@ -118,10 +121,11 @@ impl Mailbox {
         Some(item)
     }
 
-    /// Waits for the most urgent item. Cancel-safe: an item is taken only when returned.
-    pub async fn next(&self) -> Item {
+    /// Waits for the most urgent item (see [`Mailbox::try_next`] for `urgent_only`).
+    /// Cancel-safe: an item is taken only when returned.
+    pub async fn next(&self, urgent_only: bool) -> Item {
         loop {
-            if let Some(item) = self.try_next() {
+            if let Some(item) = self.try_next(urgent_only) {
                 return item;
             }
             self.ready.notified().await;
@@ -192,8 +196,11 @@ mod tests {
         let p = m.try_reserve().unwrap_or_else(|| panic!("room"));
         p.send(Utf8Bytes::from("9"));
         assert!(m.offer(Lane::Urgent, log(3)));
-        let order: Vec<_> = std::iter::from_fn(|| cursor(m.try_next())).collect();
-        assert_eq!(order, [('u', 3), ('d', 9), ('n', 1), ('n', 2)]);
+        let held: Vec<_> = std::iter::from_fn(|| cursor(m.try_next(true))).collect();
+        assert_eq!(held, [('u', 3)], "urgent only: answers and the normal lane wait");
+        assert!(m.normal_waiting() && !m.is_empty());
+        let order: Vec<_> = std::iter::from_fn(|| cursor(m.try_next(false))).collect();
+        assert_eq!(order, [('d', 9), ('n', 1), ('n', 2)]);
         assert!(m.is_empty());
     }
 
@@ -218,7 +225,7 @@ mod tests {
     async fn next_wakes_on_an_offer_from_another_task() {
         let m = Mailbox::new(4, 4);
         let m2 = m.clone();
-        let waiter = tokio::spawn(async move { cursor(Some(m2.next().await)) });
+        let waiter = tokio::spawn(async move { cursor(Some(m2.next(false).await)) });
         tokio::task::yield_now().await;
         m.offer(Lane::Normal, log(5));
         assert_eq!(waiter.await.ok().flatten(), Some(('n', 5)));

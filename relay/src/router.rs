@@ -263,7 +263,7 @@ mod tests {
 
     /// The cursor of the next live entry and the lane it was on.
     fn next(link: &SessionLink) -> Option<(&'static str, u64)> {
-        match link.mailbox.try_next()? {
+        match link.mailbox.try_next(false)? {
             Item::Urgent(Live::Log { cursor, .. }) => Some(("urgent", cursor.0)),
             Item::Normal(Live::Log { cursor, .. }) => Some(("normal", cursor.0)),
             _ => None,

@@ -1,8 +1,9 @@
 //! One device connection: handshake, replay, live traffic, keep-alive.
 //!
 //! A session is one task that owns its socket. It answers `hello` (token checked offline),
-//! replays what the device missed straight from the log, then serves three sources in
-//! strict priority: emergency lane, `stored` answers, everything else — and reads the
+//! replays what the device missed straight from the log a chunk at a time, and serves in
+//! strict priority: emergency lane, `stored` answers, everything else — reading and acting
+//! on the device's frames between replay chunks too — and reads the
 //! socket only while it has room for another send in flight, which is how a fast sender
 //! feels back-pressure instead of growing the hub's memory.
 //!
@@ -177,6 +178,38 @@ struct Session {
     started: Instant,
     last_heard: Instant,
     unflushed: usize,
+    /// The log replay in progress, if any (boxed: a caught-up phone pays one pointer).
+    replay: Option<Box<Replaying>>,
+    /// Set while a device's frame is handled during a replay: what the session writes in
+    /// answer is held until the replay ends.
+    holding: bool,
+}
+
+/// A replay interleaved with the session's other work: between chunks of frames the
+/// session reads the device's frames (an emergency it sends reaches the room and the
+/// uplink at once) and writes emergencies for it ahead, instead of making both wait for a
+/// week of missed messages.
+#[derive(Default)]
+struct Replaying {
+    /// The page being read from the log.
+    page:
+        Option<std::pin::Pin<Box<dyn Future<Output = Result<crate::store::Replay, crate::store::StoreError>> + Send>>>,
+    /// Frames of the last page not yet written, in cursor order.
+    frames: std::collections::VecDeque<(Cursor, String)>,
+    /// Where the last page's scan ended: the watermark once its frames are all written.
+    scanned_to: Cursor,
+    /// The last page was short: once its frames are written the replay has caught up.
+    done: bool,
+    /// Answers to the device's frames (`pong`, errors, history) written after the replay.
+    held: std::collections::VecDeque<Message>,
+}
+
+/// Waits for the replay's page; never ready when none is being read.
+async fn next_page(replay: &mut Option<Box<Replaying>>) -> Result<crate::store::Replay, crate::store::StoreError> {
+    match replay.as_mut().and_then(|r| r.page.as_mut()) {
+        Some(page) => page.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Session {
@@ -213,6 +246,8 @@ impl Session {
             started: now,
             last_heard: now,
             unflushed: 0,
+            replay: Some(Box::default()),
+            holding: false,
             revocations: hub.store.revocations(),
             peer,
             ws,
@@ -245,12 +280,9 @@ impl Session {
     }
 
     async fn run(&mut self) -> End {
-        // The rarely taken, deep paths (replay, handling a frame, a revocation) are boxed:
-        // an async fn is as large as its largest await point, and an idle phone's session
-        // should cost the select below, not the biggest handler (see BENCHMARKS.md, memory).
-        if let Err(e) = Box::pin(self.catch_up()).await {
-            return e;
-        }
+        // The rarely taken, deep paths (a replay chunk, handling a frame, a revocation) are
+        // boxed: an async fn is as large as its largest await point, and an idle phone's
+        // session should cost the select below, not the biggest handler (BENCHMARKS.md).
         let limits = &self.hub.config.limits;
         let idle = Duration::from_secs(limits.idle_timeout_secs);
         let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_secs));
@@ -258,18 +290,33 @@ impl Session {
         ping.tick().await;
         let shutdown = self.hub.shutdown.clone();
         loop {
-            if self.link.take_lagged()
-                && let Err(e) = Box::pin(self.catch_up()).await
-            {
-                return e;
+            if self.link.take_lagged() && self.replay.is_none() {
+                self.replay = Some(Box::default());
+            }
+            if let Some(held) = self.next_replay_step() {
+                for m in held {
+                    if let Err(e) = self.feed_msg(m).await {
+                        return e;
+                    }
+                }
             }
             if self.unflushed > 0
-                && (self.unflushed >= FLUSH_EVERY || self.mailbox.is_empty())
+                && (self.unflushed >= FLUSH_EVERY || (self.mailbox.is_empty() && !self.has_replay_frames()))
                 && let Err(e) = self.flush().await
             {
                 return e;
             }
-            let can_read = self.mailbox.has_direct_room();
+            // Held answers count against the same bound as queued ones.
+            let held = self.replay.as_ref().map_or(0, |r| r.held.len());
+            let can_read = held < self.hub.config.limits.max_inflight_per_device && self.mailbox.has_direct_room();
+            let replaying = self.replay.is_some();
+            let frames_ready = self.has_replay_frames();
+            // Biased, in this order: shutdown, revocation, the mailbox, the device's frames,
+            // the replay's next chunk and page, keep-alive. While a replay runs the mailbox
+            // gives only emergencies (sent ahead); answers (`stored`, `pong`, errors) and live
+            // traffic wait for the replay to end, so the device still sees welcome, the
+            // replay, then the rest, as the protocol says. Its frames are read and acted on
+            // meanwhile: an emergency it sends is stored and fanned out at once.
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -278,12 +325,19 @@ impl Session {
                     return End::Closed;
                 }
                 Ok(()) = self.revocations.changed() => Box::pin(self.recheck_token()).await,
-                item = self.mailbox.next() => match item {
+                item = self.mailbox.next(replaying) => match item {
                     Item::Urgent(live) => self.live(live, true).await,
                     Item::Direct(text) => self.feed(text).await,
                     Item::Normal(live) => self.live(live, false).await,
                 },
-                msg = self.ws.recv(), if can_read => Box::pin(self.incoming(msg)).await,
+                msg = self.ws.recv(), if can_read => {
+                    self.holding = replaying;
+                    let step = Box::pin(self.incoming(msg)).await;
+                    self.holding = false;
+                    step
+                }
+                () = std::future::ready(()), if frames_ready => Box::pin(self.replay_chunk()).await,
+                page = next_page(&mut self.replay) => Box::pin(self.replay_page(page)).await,
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > idle {
                         close_with(&mut self.ws, close::IDLE, "no traffic for too long").await;
@@ -296,6 +350,74 @@ impl Session {
                 return e;
             }
         }
+    }
+
+    fn has_replay_frames(&self) -> bool {
+        self.replay.as_ref().is_some_and(|r| !r.frames.is_empty())
+    }
+
+    /// Between chunks: once a page's frames are written, the watermark moves to where its
+    /// scan ended, and either the next page is read or the replay is over (then the
+    /// answers it held are returned, to be written before anything else).
+    fn next_replay_step(&mut self) -> Option<std::collections::VecDeque<Message>> {
+        let r = self.replay.as_mut()?;
+        if !r.frames.is_empty() || r.page.is_some() {
+            return None;
+        }
+        self.watermark = self.watermark.max(r.scanned_to);
+        if r.done {
+            let held = std::mem::take(&mut r.held);
+            self.replay = None;
+            let wm = self.watermark;
+            self.sent_above.retain(|c| *c > wm);
+            return Some(held);
+        }
+        let q = ReplayQuery {
+            after: self.watermark,
+            rooms: self.rooms.clone(),
+            user: self.claims.sub.clone(),
+            own_device: self.link.device.clone(),
+            own_visible_until: self.own_visible_until,
+            limit: REPLAY_PAGE,
+            max_bytes: self.hub.config.limits.replay_page_bytes,
+        };
+        let store = self.hub.store.clone();
+        r.page = Some(Box::pin(async move { store.replay(q).await }));
+        None
+    }
+
+    /// A page arrived from the log: its frames wait to be written, a chunk at a time.
+    async fn replay_page(&mut self, page: Result<crate::store::Replay, crate::store::StoreError>) -> Step {
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "replay failed");
+                self.feed(error_frame(ErrorCode::Internal, "replay failed; reconnect to resume", None)).await?;
+                self.flush().await?;
+                return Err(End::Socket(e.to_string()));
+            }
+        };
+        if let Some(r) = self.replay.as_mut() {
+            r.page = None;
+            r.frames = page.frames.into();
+            r.scanned_to = page.scanned_to;
+            r.done = page.done;
+        }
+        Ok(())
+    }
+
+    /// Writes up to [`FLUSH_EVERY`] replayed frames, skipping those already sent ahead.
+    async fn replay_chunk(&mut self) -> Step {
+        for _ in 0..FLUSH_EVERY {
+            let Some((cursor, frame)) = self.replay.as_mut().and_then(|r| r.frames.pop_front()) else { break };
+            // Written in order: everything up to here that this device may see is on its
+            // way, so an `ack` may count up to it.
+            self.watermark = self.watermark.max(cursor);
+            if !self.sent_above.remove(&cursor) {
+                self.feed(Utf8Bytes::from(frame)).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn finish(&mut self, end: End) {
@@ -312,6 +434,12 @@ impl Session {
     }
 
     async fn feed_msg(&mut self, m: Message) -> Step {
+        if self.holding
+            && let Some(r) = self.replay.as_mut()
+        {
+            r.held.push_back(m);
+            return Ok(());
+        }
         self.ws.feed(m).await.map_err(socket_err)?;
         self.unflushed += 1;
         Ok(())
@@ -322,47 +450,17 @@ impl Session {
     }
 
     async fn flush(&mut self) -> Step {
-        self.unflushed = 0;
-        self.ws.flush().await.map_err(socket_err)
-    }
-
-    /// Replays the log from the watermark until caught up.
-    async fn catch_up(&mut self) -> Step {
-        loop {
-            let q = ReplayQuery {
-                after: self.watermark,
-                rooms: self.rooms.clone(),
-                user: self.claims.sub.clone(),
-                own_device: self.link.device.clone(),
-                own_visible_until: self.own_visible_until,
-                limit: REPLAY_PAGE,
-                max_bytes: self.hub.config.limits.replay_page_bytes,
-            };
-            let page = match self.hub.store.replay(q).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "replay failed");
-                    self.feed(error_frame(ErrorCode::Internal, "replay failed; reconnect to resume", None)).await?;
-                    self.flush().await?;
-                    return Err(End::Socket(e.to_string()));
-                }
-            };
-            for (cursor, frame) in page.frames {
-                if !self.sent_above.remove(&cursor) {
-                    self.feed(Utf8Bytes::from(frame)).await?;
-                    if self.unflushed >= FLUSH_EVERY {
-                        self.flush().await?;
-                    }
-                }
-            }
-            self.watermark = self.watermark.max(page.scanned_to);
-            if page.done {
-                break;
+        // Only a frame that ends the connection flushes while answers are held: the device
+        // should see why it is being closed, so what was held goes out first.
+        if std::mem::take(&mut self.holding)
+            && let Some(r) = self.replay.as_mut()
+        {
+            for m in std::mem::take(&mut r.held) {
+                self.ws.feed(m).await.map_err(socket_err)?;
             }
         }
-        let wm = self.watermark;
-        self.sent_above.retain(|c| *c > wm);
-        self.flush().await
+        self.unflushed = 0;
+        self.ws.flush().await.map_err(socket_err)
     }
 
     async fn live(&mut self, live: Live, urgent: bool) -> Step {
@@ -375,7 +473,7 @@ impl Session {
                 // An emergency overtakes only when older entries are still queued for this
                 // device; then it is marked `"ahead": true` so the device does not resume
                 // from its cursor, and the ordered stream skips it later.
-                let ahead = urgent && (self.mailbox.normal_waiting() || self.link.is_lagged());
+                let ahead = urgent && (self.replay.is_some() || self.mailbox.normal_waiting() || self.link.is_lagged());
                 if ahead {
                     self.sent_above.insert(cursor);
                     return self.feed(Utf8Bytes::from(mark_ahead(text.as_str()))).await;

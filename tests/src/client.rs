@@ -78,6 +78,16 @@ impl Device {
         self.send_text(v.to_string()).await
     }
 
+    /// Writes `frames` back to back and flushes once, so they reach the server together
+    /// (as a phone's queued frames do when it reconnects).
+    pub async fn send_together(&mut self, frames: &[Value]) -> anyhow::Result<()> {
+        for f in frames {
+            self.ws.feed(Message::Text(f.to_string().into())).await?;
+        }
+        self.ws.flush().await?;
+        Ok(())
+    }
+
     /// Sends `hello` and waits for `welcome` (returned). Errors if the server refuses.
     pub async fn hello(
         &mut self,

@@ -2,6 +2,7 @@
 
 use outpost_tests::client::chat;
 use outpost_tests::{Device, World};
+use serde_json::json;
 
 fn cursor(f: &serde_json::Value) -> u64 {
     f["cursor"].as_u64().unwrap_or(0)
@@ -112,5 +113,52 @@ async fn a_device_id_is_only_unique_per_user() -> anyhow::Result<()> {
     let got = b.settle("message").await?;
     assert_eq!(got.len(), 1, "amina's message is not mistaken for baraka's own");
     assert_eq!(got[0]["cursor"], m["cursor"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_phone_in_a_long_replay_still_gets_its_emergency_out_at_once() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let mut a = w.device("amina", "a-phone", &["clinic"]).await;
+    // About 12 MB of history: far more than the socket buffers between hub and phone hold
+    // (4 MiB of send buffer on loopback), so a phone that is not reading yet holds the
+    // hub's replay to it, as a phone on a weak Wi-Fi corner slows it.
+    let report = "x".repeat(60_000);
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        ids.push(
+            a.send_msg(json!({"id": outpost_tests::new_id(), "room": "clinic", "kind": "report",
+            "priority": "normal", "body": {"n": i, "text": report}}))
+                .await?,
+        );
+    }
+    for id in &ids {
+        a.expect_stored(id).await?;
+    }
+
+    // Baraka's phone comes back with nothing (a full replay) and an emergency queued: it
+    // sends both at once and reads nothing for now.
+    let tok = w.token("baraka", "worker", &["clinic"]);
+    let mut b = Device::connect(&w.relay.ws_url()).await?;
+    let alert = json!({"id": outpost_tests::new_id(), "room": "clinic", "kind": "alert", "priority": "emergency",
+        "body": {"text": "postpartum haemorrhage, house 12"}, "seq": 1});
+    b.send_together(&[
+        json!({"v": 1, "type": "hello", "token": tok, "device": "b-phone"}),
+        json!({"v": 1, "type": "send", "msg": alert}),
+    ])
+    .await?;
+    // The hub takes the emergency while the replay to Baraka is stuck: Amina has it live.
+    let live = a.expect("message").await?;
+    assert_eq!(live["msg"]["id"], alert["id"], "the emergency waited for the sender's replay");
+
+    // Baraka's phone then sees what the protocol promises, in order: welcome, the whole
+    // replay once, then the answer to its send.
+    let welcome = b.next().await?;
+    assert_eq!(welcome["type"], "welcome");
+    let replayed = b.messages(ids.len()).await?;
+    let replayed: Vec<_> = replayed.iter().map(|f| f["msg"]["id"].clone()).collect();
+    assert_eq!(replayed, ids.iter().map(|i| json!(i)).collect::<Vec<_>>());
+    let stored = b.answer(alert["id"].as_str().unwrap_or_default()).await?;
+    assert_eq!(stored["type"], "stored");
     Ok(())
 }

@@ -95,6 +95,7 @@ impl Readers {
         Self { path, keep, pool: Mutex::new(Vec::new()), opened: 0.into() }
     }
 
+    #[cfg(test)]
     pub fn opened(&self) -> usize {
         self.opened.load(std::sync::atomic::Ordering::Relaxed)
     }
