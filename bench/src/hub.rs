@@ -39,6 +39,9 @@ impl Topology {
 
 /// Environment given to every relay the benchmark starts, and why.
 pub const RELAY_ENV: &[(&str, &str)] = &[
+    // As systemd/outpost-relay.service runs the hub: two malloc arenas (docs/operations.md,
+    // "Memory"), so what is measured is the hub as deployed.
+    ("MALLOC_ARENA_MAX", "2"),
     // The per-device rate limit exists to stop a runaway phone, not to shape a benchmark;
     // it is raised so that it can never be what is measured. The check itself still runs
     // for every message, so its cost is included.
