@@ -37,11 +37,30 @@ impl Topology {
     }
 }
 
-/// Environment given to every relay the benchmark starts, and why.
+/// glibc's malloc arenas for every relay the benchmark starts (`--malloc-arena-max`), set
+/// once at start-up. Two by default, as systemd/outpost-relay.service runs the hub
+/// (docs/operations.md, "Memory"), so what is measured is the hub as deployed; `0` leaves
+/// glibc's own default, the same-run "before" of that setting.
+static MALLOC_ARENA_MAX: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Sets the arenas for every relay started from now on (the first call wins).
+pub fn set_malloc_arena_max(n: usize) {
+    let _ = MALLOC_ARENA_MAX.set(Box::leak(n.to_string().into_boxed_str()));
+}
+
+/// `base` plus the allocator setting: the environment a benchmark's relay gets. With `0`
+/// nothing is set, so glibc's default applies (unless the bench itself runs with one).
+pub fn relay_env(base: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut env = base.to_vec();
+    match MALLOC_ARENA_MAX.get().copied().unwrap_or("2") {
+        "0" => {}
+        n => env.push(("MALLOC_ARENA_MAX", n)),
+    }
+    env
+}
+
+/// Environment given to every relay the benchmark starts, and why (see also [`relay_env`]).
 pub const RELAY_ENV: &[(&str, &str)] = &[
-    // As systemd/outpost-relay.service runs the hub: two malloc arenas (docs/operations.md,
-    // "Memory"), so what is measured is the hub as deployed.
-    ("MALLOC_ARENA_MAX", "2"),
     // The per-device rate limit exists to stop a runaway phone, not to shape a benchmark;
     // it is raised so that it can never be what is measured. The check itself still runs
     // for every message, so its cost is included.
@@ -105,7 +124,7 @@ impl World {
             .cloud
             .provision_relay(&id, &self.root.join(&id))
             .with_context(|| format!("provisioning relay {id}"))?;
-        let relay = dir.start(RELAY_ENV).await.context("starting outpost-relay")?;
+        let relay = dir.start(&relay_env(RELAY_ENV)).await.context("starting outpost-relay")?;
         Ok(RunningRelay { relay, dir })
     }
 }

@@ -142,6 +142,11 @@ pub struct Args {
     /// inspection instead of deleting them.
     #[arg(long)]
     pub keep: bool,
+    /// glibc malloc arenas of every relay started (`MALLOC_ARENA_MAX`): 2 as the systemd
+    /// unit runs the hub; 0 leaves glibc's default (eight per core), to measure what the
+    /// setting changes.
+    #[arg(long, default_value_t = 2)]
+    pub malloc_arena_max: usize,
     /// Also write the report to FILE.
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
@@ -221,6 +226,7 @@ pub fn unix_ms() -> i64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    hub::set_malloc_arena_max(args.malloc_arena_max);
     if args.clients == 0 || args.rate <= 0.0 || args.window == 0 || args.groups.is_empty() {
         bail!("--clients, --rate, --window and --groups must be positive");
     }

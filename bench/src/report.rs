@@ -101,7 +101,7 @@ impl Report<'_> {
             a.rate / topo.clients as f64,
             a.emergency_rate
         );
-        let env: Vec<String> = RELAY_ENV.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
+        let env: Vec<String> = crate::hub::relay_env(RELAY_ENV).iter().map(|(k, v)| format!("`{k}={v}`")).collect();
         let _ = writeln!(o, "- Relay environment: {}", env.join(", "));
         let _ = writeln!(
             o,

@@ -91,7 +91,7 @@ fn header(o: &mut String, args: &Args, command: &str, m: &MachineInfo, run: &Upl
         o,
         "- Baseline: a bare quinn transfer of the bytes the relay put into batches (sum of its `batch sent` sizes) on one unidirectional stream through a fresh emulator with the same preset, the link's own transport settings, self-signed certificate; timed from the end of the handshake to the receiver reading the end of the stream. Ratio = baseline time ÷ uplink drain time (connected → all arrived)"
     );
-    let env: Vec<String> = RELAY_ENV.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
+    let env: Vec<String> = crate::hub::relay_env(RELAY_ENV).iter().map(|(k, v)| format!("`{k}={v}`")).collect();
     let _ = writeln!(o, "- Relay environment: {}\n", env.join(", "));
 }
 

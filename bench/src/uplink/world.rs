@@ -18,11 +18,9 @@ use tokio::time::Instant;
 
 use crate::procfs::{MachineTimes, ProcTimes};
 
-/// Environment of every relay in the uplink scenarios, and why.
+/// Environment of every relay in the uplink scenarios, and why (plus the allocator
+/// setting, [`crate::hub::relay_env`]).
 pub const RELAY_ENV: &[(&str, &str)] = &[
-    // As systemd/outpost-relay.service runs the hub: two malloc arenas (docs/operations.md,
-    // "Memory"), so what is measured is the hub as deployed.
-    ("MALLOC_ARENA_MAX", "2"),
     // Building a 100,000-message backlog from a few phones in seconds is far above a
     // phone's default rate limit, which exists for runaway phones, not benchmarks.
     ("OUTPOST_LIMITS__RATE_PER_SEC", "1000000"),
@@ -57,7 +55,10 @@ impl Site {
         let quic = outpost_tests::free_udp_addr()?;
         let emu = LinkEmu::start(quic.parse()?, preset).await?;
         let relay_dir = cloud.provision_relay_at("village-1", &root.join("relay"), &quic)?;
-        let relay = relay_dir.start_via(&emu.addr().to_string(), RELAY_ENV).await.context("starting outpost-relay")?;
+        let relay = relay_dir
+            .start_via(&emu.addr().to_string(), &crate::hub::relay_env(RELAY_ENV))
+            .await
+            .context("starting outpost-relay")?;
         Ok(Self { root: root.to_path_buf(), cloud, quic, emu, relay_dir, relay })
     }
 
