@@ -352,8 +352,13 @@ async fn send<S: LinkStore>(
     let mut announced: HashSet<RoomId> = HashSet::new();
     let dictionary = dict::get(dict::CURRENT).map(|d| (dict::CURRENT, d));
     let mut linger_until: Option<tokio::time::Instant> = None;
+    // Batches whose stream the peer's transport has acknowledged in full (see the writers).
+    let (received_tx, mut received) = mpsc::unbounded_channel::<u64>();
     loop {
         // Acks first: they open the window and move the high-water mark.
+        while let Ok(id) = received.try_recv() {
+            on_received(&peer, &mut state, id, origin.elapsed());
+        }
         while let Ok(id) = acks.try_recv() {
             on_ack(&store, &peer, &mut state, &mut forwarded, id, origin.elapsed()).await;
         }
@@ -428,6 +433,7 @@ async fn send<S: LinkStore>(
             metrics::histogram!("outpost_link_batch_bytes", "lane" => lane_name).record(bytes.len() as f64);
             forwarded.insert(id, out.forwardable);
             let conn = conn.clone();
+            let received_tx = received_tx.clone();
             writers.spawn(async move {
                 let mut s = conn.open_uni().await?;
                 let _ = s.set_priority(match queue {
@@ -437,7 +443,19 @@ async fn send<S: LinkStore>(
                 });
                 s.write_all(&bytes).await.map_err(|e| LinkError::Stream(e.to_string()))?;
                 s.finish().map_err(|e| LinkError::Stream(e.to_string()))?;
-                Ok(())
+                // `stopped` completes with `None` once the peer's QUIC stack has acknowledged
+                // every byte of the finished stream: the batch is out of the network and
+                // no longer counts against the window, though its durable `Ack` may still
+                // wait for an earlier batch's retransmission at the peer.
+                match s.stopped().await {
+                    Ok(None) => {
+                        let _ = received_tx.send(id);
+                        Ok(())
+                    }
+                    Ok(Some(code)) => Err(LinkError::Stream(format!("the peer stopped batch {id} ({code})"))),
+                    // The connection ended: its own error is what the link reports.
+                    Err(_) => Ok(()),
+                }
             });
             progressed = true;
         }
@@ -446,6 +464,7 @@ async fn send<S: LinkStore>(
         }
         tokio::select! {
             biased;
+            Some(id) = received.recv() => on_received(&peer, &mut state, id, origin.elapsed()),
             Some(id) = acks.recv() => on_ack(&store, &peer, &mut state, &mut forwarded, id, origin.elapsed()).await,
             Some(()) = reset.recv() => {
                 tracing::info!(peer = %peer.name, "peer serves new rooms; resending from the start");
@@ -463,6 +482,11 @@ async fn send<S: LinkStore>(
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
+}
+
+fn on_received(peer: &Peer, state: &mut SendState, id: u64, now: Duration) {
+    state.on_received(id, now);
+    tracing::debug!(peer = %peer.name, batch = id, window = state.window(), "batch received");
 }
 
 async fn on_ack<S: LinkStore>(

@@ -65,6 +65,11 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
     }
     // One stream per batch: allow enough concurrent ones for a full window.
     t.max_concurrent_uni_streams(256u32.into());
+    // Streams of one priority are sent in the order they were written, not round-robin:
+    // the receiver imports normal batches in order, so interleaving them only delays
+    // every batch to the end of the window (and with it every ack the window waits for).
+    // Priorities still put emergencies first.
+    t.send_fairness(false);
     Arc::new(t)
 }
 
