@@ -8,9 +8,10 @@
 //! it; anything above that the peer already had is deduplicated there by message id.
 //!
 //! Normal batches are limited to a window of about 1.25 × the measured bandwidth-delay
-//! product (delivery rate from acks, max-filtered; RTT min-filtered), with a small floor,
-//! so the link never holds a standing queue of our own making that a new emergency would
-//! have to wait behind; batches are sized from the window so several are in flight.
+//! product plus one batch (2 × while the link is being filled; delivery rate from
+//! receptions, max-filtered; RTT min-filtered), with a small floor, so the link never
+//! holds a standing queue of our own making that a new emergency would have to wait
+//! behind; batches are sized from the window so several are in flight.
 //!
 //! The window counts the bytes still *in the network*: a batch leaves it when the peer's
 //! QUIC stack has acknowledged all of its stream ([`SendState::on_received`]), which is
@@ -20,6 +21,7 @@
 //! the link idle for that time (a 3G drain reached 0.70–0.82 of a bare QUIC transfer so).
 //! Durability, the high-water mark and the cap on batches in flight still follow the
 //! durable acks only.
+//!
 //! Emergencies written since the link came up are not windowed; those that were already
 //! waiting share the normal lane's window (see [`Queue`]).
 
