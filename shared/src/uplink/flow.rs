@@ -214,9 +214,6 @@ pub struct SendState {
     pos_normal: Cursor,
     hwm: Cursor,
     pipe: Pipe,
-    /// Compressed size of the last windowed batch sent: the window's allowance for one
-    /// batch in transit (see [`SendState::window`]).
-    last_batch_bytes: u64,
 }
 
 impl SendState {
@@ -234,7 +231,6 @@ impl SendState {
             pos_normal: hwm,
             hwm,
             pipe: Pipe::default(),
-            last_batch_bytes: 0,
         }
     }
 
@@ -282,22 +278,16 @@ impl SendState {
         self.pipe.bdp()
     }
 
-    /// Bytes of windowed batches (normal and backlog emergencies) allowed in the network:
-    /// the pipe's window plus one batch. A batch counts as received only once all of it
-    /// has arrived, so a round trip measured with a batch includes its transmission time,
-    /// and the smallest one, which sizes the product, was taken with the smallest batch.
-    /// Once the rate settles at 1.25 × the product, that leaves the window about one
-    /// batch short of a full 3G link. The bulk lane keeps the same allowance for a chunk.
+    /// Bytes of windowed batches (normal and backlog emergencies) allowed in flight.
     pub fn window(&self) -> u64 {
-        self.pipe.window(self.cfg.min_window_bytes) + self.last_batch_bytes
+        self.pipe.window(self.cfg.min_window_bytes)
     }
 
-    /// Uncompressed bytes to put in the next normal batch: about one pipe window, so that
-    /// with typical 4–7× compression several batches fit in flight (acks keep flowing and
-    /// the pipe stays full) yet no batch is larger than `max_batch_bytes` compressed-ish.
-    /// The one-batch allowance is left out, or each batch would enlarge the next.
+    /// Uncompressed bytes to put in the next normal batch: about one window, so that with
+    /// typical 4–7× compression several batches fit in flight (acks keep flowing and the
+    /// pipe stays full) yet no batch is larger than `max_batch_bytes` compressed-ish.
     pub fn batch_budget(&self) -> u64 {
-        self.pipe.window(self.cfg.min_window_bytes).clamp(self.cfg.min_window_bytes, 4 * self.cfg.max_batch_bytes)
+        self.window().clamp(self.cfg.min_window_bytes, 4 * self.cfg.max_batch_bytes)
     }
 
     /// Whether another batch may be read from `queue` and sent now.
@@ -333,9 +323,6 @@ impl SendState {
         let id = self.next_batch;
         self.next_batch += 1;
         let delivered_at_send = self.pipe.delivered();
-        if queue.windowed() {
-            self.last_batch_bytes = bytes;
-        }
         self.inflight.insert(
             id,
             InFlight {
@@ -583,18 +570,16 @@ mod tests {
         let mut s = SendState::new(Cursor(0), Cursor(0), cfg);
         let a = s.on_sent(Queue::Normal, Cursor(1), Cursor(10), Cursor(10), 1500, ms(0));
         let b = s.on_sent(Queue::Normal, Cursor(11), Cursor(20), Cursor(20), 1500, ms(1));
-        let c = s.on_sent(Queue::Normal, Cursor(21), Cursor(30), Cursor(30), 1500, ms(2));
-        assert!(!s.can_send(Queue::Normal), "4,500 bytes in the network fill the floor (2,000) plus one batch");
-        // Batch b arrived whole; a is still missing a packet, so none is durable.
+        assert!(!s.can_send(Queue::Normal), "3,000 bytes in the network fill a 2,000-byte window");
+        // Batch b arrived whole; a is still missing a packet, so neither is durable.
         s.on_received(b, ms(300));
         assert!(s.can_send(Queue::Normal), "b's bytes left the network");
         assert_eq!(s.hwm(), Cursor(0), "nothing is durable yet");
         s.on_received(b, ms(310));
         s.on_ack(a, ms(700));
         s.on_ack(b, ms(710));
-        s.on_ack(c, ms(720));
-        s.on_scanned(Queue::Emergency, Cursor(30));
-        assert_eq!(s.hwm(), Cursor(30));
+        s.on_scanned(Queue::Emergency, Cursor(20));
+        assert_eq!(s.hwm(), Cursor(20));
         assert_eq!(s.inflight_count(Queue::Normal), 0);
     }
 
@@ -606,18 +591,15 @@ mod tests {
         let mut s = SendState::new(Cursor(100), Cursor(5000), cfg);
         assert_eq!(s.read_range(Queue::Emergency), (Cursor(5000), None), "fresh ones start after the head");
         assert_eq!(s.read_range(Queue::BacklogEmergency), (Cursor(100), Some(Cursor(5000))));
-        // Old emergencies fill the window (the floor plus one batch); a normal batch cannot
-        // pass them, a fresh emergency can.
+        // Old emergencies fill the window; a normal batch cannot pass them, a fresh
+        // emergency can.
         let old = s.on_sent(Queue::BacklogEmergency, Cursor(101), Cursor(900), Cursor(900), 2500, ms(0));
-        assert!(s.can_send(Queue::Normal), "one batch never fills the window alone");
-        let older = s.on_sent(Queue::BacklogEmergency, Cursor(901), Cursor(1800), Cursor(1800), 2500, ms(0));
         assert!(!s.can_send(Queue::BacklogEmergency) && !s.can_send(Queue::Normal));
         assert!(s.can_send(Queue::Emergency));
         let fresh = s.on_sent(Queue::Emergency, Cursor(5001), Cursor(5001), Cursor(5001), 100, ms(1));
         s.on_ack(fresh, ms(300));
         assert_eq!(s.hwm(), Cursor(100), "the backlog and the normal lane hold the mark");
         s.on_ack(old, ms(400));
-        s.on_ack(older, ms(410));
         assert!(s.can_send(Queue::BacklogEmergency));
         // The backlog reaches the split: it is done and no longer bounds the mark.
         s.on_scanned(Queue::BacklogEmergency, Cursor(5000));
