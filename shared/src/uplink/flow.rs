@@ -8,7 +8,7 @@
 //! it; anything above that the peer already had is deduplicated there by message id.
 //!
 //! Normal batches are limited to a window of about 1.25 × the measured bandwidth-delay
-//! product plus one batch (2 × while the link is being filled; delivery rate from
+//! product (2 × while the link is being filled; delivery rate from
 //! receptions, max-filtered; RTT min-filtered), with a small floor, so the link never
 //! holds a standing queue of our own making that a new emergency would have to wait
 //! behind; batches are sized from the window so several are in flight.
