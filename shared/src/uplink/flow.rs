@@ -8,10 +8,10 @@
 //! it; anything above that the peer already had is deduplicated there by message id.
 //!
 //! Normal batches are limited to a window of about 1.25 × the measured bandwidth-delay
-//! product (2 × while the link is being filled; delivery rate from
-//! receptions, max-filtered; RTT min-filtered), with a small floor, so the link never
-//! holds a standing queue of our own making that a new emergency would have to wait
-//! behind; batches are sized from the window so several are in flight.
+//! product (2 × while the link is being filled; delivery rate from receptions,
+//! max-filtered; RTT min-filtered), with a small floor, so the link never holds a standing
+//! queue of our own making that a new emergency would have to wait behind; batches are
+//! sized from the window so several are in flight.
 //!
 //! The window counts the bytes still *in the network*: a batch leaves it when the peer's
 //! QUIC stack has acknowledged all of its stream ([`SendState::on_received`]), which is
@@ -477,11 +477,10 @@ mod tests {
     /// imports batches in order, 20 ms each, and its durable acks travel in order on the
     /// control stream, where a lost packet holds every later ack for a loss-detection
     /// delay too. The sender fills its window with batches of a fifth of the budget (the
-    /// corpus' usual compression). `transport_acks` says whether the sender hears of
-    /// receptions. Returns the time the link alone would need ÷ the drain's time (the
-    /// last byte's arrival), and the longest a byte waited in front of the link: what a
-    /// fresh emergency waits behind.
-    fn drain_modelled_link(total: u64, rate: f64, rtt: Duration, loss: f64, transport_acks: bool) -> (f64, Duration) {
+    /// corpus' usual compression). Returns the time the link alone would need ÷ the
+    /// drain's time (the last byte's arrival), and the longest a byte waited in front of
+    /// the link: what a fresh emergency waits behind.
+    fn drain_modelled_link(total: u64, rate: f64, rtt: Duration, loss: f64) -> (f64, Duration) {
         let (half, commit) = (rtt / 2, ms(20));
         let mut s = SendState::new(Cursor(0), Cursor(0), FlowConfig::default());
         let mut now = Duration::ZERO;
@@ -510,9 +509,7 @@ mod tests {
                 done = done.max(arrived);
                 imported = imported.max(arrived) + commit;
                 acked = acked.max(imported + half + lose());
-                if transport_acks {
-                    events.insert((arrived + half, 2 * seq), (false, id));
-                }
+                events.insert((arrived + half, 2 * seq), (false, id));
                 events.insert((acked, 2 * seq + 1), (true, id));
             }
             let Some(((at, _), (durable, id))) = events.pop_first() else { break };
@@ -530,11 +527,7 @@ mod tests {
     fn a_drain_keeps_a_lossy_link_busy_without_a_standing_queue() {
         // 2.3 MB is what 100,000 messages cost in batches; the links are the emulator's.
         for (name, rate, rtt, loss) in [("3G", 96_000.0, ms(300), 0.005), ("EDGE", 25_000.0, ms(840), 0.01)] {
-            let (ratio, queue) = drain_modelled_link(2_300_000, rate, rtt, loss, true);
-            let (durable_only, _) = drain_modelled_link(2_300_000, rate, rtt, loss, false);
-            eprintln!(
-                "{name}: drain at {ratio:.3} of the link (durable acks only: {durable_only:.3}); longest queue {queue:?}"
-            );
+            let (ratio, queue) = drain_modelled_link(2_300_000, rate, rtt, loss);
             assert!(ratio >= 0.9, "{name}: the drain ran at {ratio:.2} of the link");
             assert!(queue <= rtt * 5 / 2, "{name}: bytes queued {queue:?} in front of the link");
         }
