@@ -84,9 +84,11 @@ pub struct Args {
     /// Of those, emergencies per second (their latency is reported separately).
     #[arg(long, default_value_t = 20.0)]
     pub emergency_rate: f64,
-    /// Idle sockets for the memory measurement (default: --clients).
-    #[arg(long)]
-    pub idle_sockets: Option<usize>,
+    /// Idle sockets for the memory measurement. The goal is RSS per 1,000 idle sockets,
+    /// so by default a thousand connect: the one-time costs the first ones trigger
+    /// (reader connections, thread pools) are then spread as the metric reads.
+    #[arg(long, default_value_t = 1000)]
+    pub idle_sockets: usize,
     /// Seconds measured per load phase (default 10, or 3 with --quick).
     #[arg(long)]
     pub measure_secs: Option<f64>,
@@ -211,7 +213,7 @@ impl Args {
     }
 
     pub fn idle_sockets(&self) -> usize {
-        self.idle_sockets.unwrap_or(self.clients)
+        self.idle_sockets
     }
 }
 

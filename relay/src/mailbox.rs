@@ -5,23 +5,32 @@
 //!   writer), bounded by reservations taken before a send is read;
 //! - `normal`: every other live entry and ephemeral event (from the router).
 //!
-//! One mutex, one wake-up, and no allocation until something is queued: an idle phone
-//! costs a couple of hundred bytes here, where three tokio channels cost about 3.6 KiB
-//! (each allocates its first 32-slot block up front). With a thousand idle phones on a
-//! Pi that difference is what BENCHMARKS.md's memory figure measures. A queue that grew
-//! during a burst gives its memory back once drained.
+//! Two hub-wide signals come through it too, ahead of everything else: *close* (the hub
+//! is shutting down) and *recheck* (a new revocation list was loaded). The router raises
+//! them on every session, so a session waits on one thing, its mailbox, instead of
+//! holding its own cancellation and watch futures.
+//!
+//! One mutex, one stored waker, and no allocation until something is queued: an idle
+//! phone costs a couple of hundred bytes here, where three tokio channels cost about
+//! 3.6 KiB (each allocates its first 32-slot block up front). With a thousand idle phones
+//! on a Pi that difference is what BENCHMARKS.md's memory figure measures. A queue that
+//! grew during a burst gives its memory back once drained.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::Notify;
 
 use crate::router::Live;
 
 /// What the session takes next, most urgent first.
 #[derive(Debug)]
 pub enum Item {
+    /// The hub is shutting down: close the connection (stays raised once raised).
+    Close,
+    /// The revocation list changed: check this session's token against it.
+    Recheck,
     Urgent(Live),
     Direct(Utf8Bytes),
     Normal(Live),
@@ -41,6 +50,10 @@ struct Queues {
     direct: VecDeque<Utf8Bytes>,
     /// Direct answers reserved and not yet delivered into `direct`.
     reserved: usize,
+    closing: bool,
+    recheck: bool,
+    /// The session's task, woken when something arrives (one waiter: the session).
+    waker: Option<Waker>,
 }
 
 /// Queues above this capacity are shrunk when they drain (bursts do not pin memory).
@@ -49,14 +62,13 @@ const KEEP_CAPACITY: usize = 16;
 #[derive(Debug)]
 pub struct Mailbox {
     queues: Mutex<Queues>,
-    ready: Notify,
     lane_capacity: usize,
     direct_capacity: usize,
 }
 
 impl Mailbox {
     pub fn new(lane_capacity: usize, direct_capacity: usize) -> Arc<Self> {
-        Arc::new(Self { queues: Mutex::default(), ready: Notify::new(), lane_capacity, direct_capacity })
+        Arc::new(Self { queues: Mutex::default(), lane_capacity, direct_capacity })
     }
 
     fn lock(&self) -> MutexGuard<'_, Queues> {
@@ -65,20 +77,41 @@ impl Mailbox {
         self.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Wakes the session after something was queued (outside the lock).
+    fn wake(mut q: MutexGuard<'_, Queues>) {
+        let waker = q.waker.take();
+        drop(q);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Raises *close*: the session ends its connection with 1001 (hub shutting down).
+    pub fn close(&self) {
+        let mut q = self.lock();
+        q.closing = true;
+        Self::wake(q);
+    }
+
+    /// Raises *recheck*: the session checks its token against the revocation list.
+    pub fn recheck(&self) {
+        let mut q = self.lock();
+        q.recheck = true;
+        Self::wake(q);
+    }
+
     /// Queues a live entry; false when that lane is full (the entry is not queued).
     pub fn offer(&self, lane: Lane, live: Live) -> bool {
-        {
-            let mut q = self.lock();
-            let queue = match lane {
-                Lane::Urgent => &mut q.urgent,
-                Lane::Normal => &mut q.normal,
-            };
-            if queue.len() >= self.lane_capacity {
-                return false;
-            }
-            queue.push_back(live);
+        let mut q = self.lock();
+        let queue = match lane {
+            Lane::Urgent => &mut q.urgent,
+            Lane::Normal => &mut q.normal,
+        };
+        if queue.len() >= self.lane_capacity {
+            return false;
         }
-        self.ready.notify_one();
+        queue.push_back(live);
+        Self::wake(q);
         true
     }
 
@@ -101,9 +134,17 @@ impl Mailbox {
 
     /// Takes the most urgent waiting item, if any; with `urgent_only` the other queues are
     /// left alone (a replaying session writes emergencies ahead of the log, nothing else).
+    /// Signals come first and are never held back.
     pub fn try_next(&self, urgent_only: bool) -> Option<Item> {
-        let mut q = self.lock();
-        let item = if let Some(l) = q.urgent.pop_front() {
+        Self::take(&mut self.lock(), urgent_only)
+    }
+
+    fn take(q: &mut Queues, urgent_only: bool) -> Option<Item> {
+        let item = if q.closing {
+            Item::Close
+        } else if std::mem::take(&mut q.recheck) {
+            Item::Recheck
+        } else if let Some(l) = q.urgent.pop_front() {
             Item::Urgent(l)
         } else if urgent_only {
             return None;
@@ -121,15 +162,23 @@ impl Mailbox {
         Some(item)
     }
 
-    /// Waits for the most urgent item (see [`Mailbox::try_next`] for `urgent_only`).
-    /// Cancel-safe: an item is taken only when returned.
-    pub async fn next(&self, urgent_only: bool) -> Item {
-        loop {
-            if let Some(item) = self.try_next(urgent_only) {
-                return item;
-            }
-            self.ready.notified().await;
+    /// The most urgent item (see [`Mailbox::try_next`] for `urgent_only`), or Pending
+    /// with the task's waker kept until something arrives. An item is taken only when
+    /// returned, so a session may poll this among its other sources and drop out freely.
+    pub fn poll_next(&self, cx: &mut Context<'_>, urgent_only: bool) -> Poll<Item> {
+        let mut q = self.lock();
+        if let Some(item) = Self::take(&mut q, urgent_only) {
+            return Poll::Ready(item);
         }
+        if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            q.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Waits for the most urgent item; see [`Mailbox::poll_next`].
+    pub async fn next(&self, urgent_only: bool) -> Item {
+        std::future::poll_fn(|cx| self.poll_next(cx, urgent_only)).await
     }
 
     /// Whether nothing is waiting in any queue.
@@ -153,12 +202,10 @@ pub struct Permit {
 impl Permit {
     pub fn send(mut self, text: Utf8Bytes) {
         if let Some(m) = self.mailbox.take() {
-            {
-                let mut q = m.lock();
-                q.reserved -= 1;
-                q.direct.push_back(text);
-            }
-            m.ready.notify_one();
+            let mut q = m.lock();
+            q.reserved -= 1;
+            q.direct.push_back(text);
+            Mailbox::wake(q);
         }
     }
 }
@@ -219,6 +266,29 @@ mod tests {
             b.send(Utf8Bytes::from("7"));
         }
         assert!(m.try_reserve().is_some(), "one waiting answer, one free slot");
+    }
+
+    #[test]
+    fn signals_go_ahead_of_everything_even_during_a_replay() {
+        let m = Mailbox::new(4, 4);
+        assert!(m.offer(Lane::Urgent, log(1)));
+        m.recheck();
+        m.recheck();
+        assert!(matches!(m.try_next(true), Some(Item::Recheck)), "a recheck goes before an emergency");
+        assert_eq!(cursor(m.try_next(true)), Some(('u', 1)), "raised twice, checked once");
+        m.close();
+        assert!(matches!(m.try_next(true), Some(Item::Close)));
+        assert!(matches!(m.try_next(false), Some(Item::Close)), "close stays raised");
+    }
+
+    #[tokio::test]
+    async fn a_signal_wakes_a_waiting_session() {
+        let m = Mailbox::new(4, 4);
+        let m2 = m.clone();
+        let waiter = tokio::spawn(async move { matches!(m2.next(true).await, Item::Close) });
+        tokio::task::yield_now().await;
+        m.close();
+        assert!(waiter.await.unwrap_or(false));
     }
 
     #[tokio::test]

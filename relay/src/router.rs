@@ -118,6 +118,25 @@ impl Router {
         (link, came_online)
     }
 
+    /// Tells every session the hub is shutting down (each closes with 1001). A session
+    /// that registers after this sees the hub's shutdown token already cancelled.
+    pub fn close_all(&self) {
+        self.each_mailbox(Mailbox::close);
+    }
+
+    /// Tells every session a new revocation list was loaded.
+    pub fn recheck_all(&self) {
+        self.each_mailbox(Mailbox::recheck);
+    }
+
+    fn each_mailbox(&self, f: impl Fn(&Mailbox)) {
+        if let Ok(inner) = self.inner.read() {
+            for s in inner.sessions.values() {
+                f(&s.mailbox);
+            }
+        }
+    }
+
     /// Removes a session. Returns true when it was its user's last one (now offline).
     pub fn unregister(&self, link: &SessionLink, now_ms: u64) -> bool {
         let Ok(mut inner) = self.inner.write() else {

@@ -88,6 +88,7 @@ impl Core {
         let sessions_stop = CancellationToken::new();
         let poll = Duration::from_millis(config.security.revocation_poll_ms);
         tokio::spawn(store.clone().watch_revocations(poll, sessions_stop.clone()));
+        tokio::spawn(forward_revocations(store.revocations(), router.clone(), sessions_stop.clone()));
         let blobs = crate::media::Blobs::open(store.clone(), db, config.media.clone(), &config.storage)
             .map_err(|e| RunError::Config(format!("cannot open the media store beside {}: {e}", db.display())))?;
         tokio::spawn(blobs.clone().sweep_every(Duration::from_secs(3600), sessions_stop.clone()));
@@ -152,12 +153,31 @@ impl Core {
         crate::systemd::stopping();
         tracing::info!("stopped accepting; closing sessions");
         self.sessions_stop.cancel();
+        self.hub.router.close_all();
         self.tracker.close();
         if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_err() {
             tracing::warn!("sessions did not close within the grace period");
         }
         self.store.shutdown().await;
         result.map_err(RunError::Serve)
+    }
+}
+
+/// Each new revocation list reaches every session through its mailbox: one task for the
+/// hub rather than a watch future held by every idle phone.
+async fn forward_revocations(
+    mut list: tokio::sync::watch::Receiver<Arc<outpost_shared::RevocationList>>,
+    router: Arc<Router>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = list.changed() => match changed {
+                Ok(()) => router.recheck_all(),
+                Err(_) => return,
+            },
+        }
     }
 }
 
@@ -222,10 +242,9 @@ async fn ws_upgrade(
         let session = crate::session::serve(hub, socket, peer);
         // What one connected phone costs in future state (BENCHMARKS.md, memory).
         tracing::trace!(bytes = std::mem::size_of_val(&session), "session future");
-        tracker.track_future(async move {
-            session.await;
-            drop(slot);
-        })
+        // A combinator, not `async move { session.await; .. }`: an async block would hold
+        // the captured future and the awaited one, each reserved in full.
+        tracker.track_future(futures_util::FutureExt::map(session, move |()| drop(slot)))
     })
 }
 

@@ -16,10 +16,11 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use outpost_shared::frames::{
     ErrorFrame, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, Hello, PresenceEvent, PresenceStatus, Resync, Stored,
     TypingEvent, Welcome,
@@ -69,44 +70,54 @@ async fn close_with(ws: &mut WebSocket, code: u16, reason: &str) {
 }
 
 /// Serves one upgraded connection until it ends or the hub shuts down.
-pub async fn serve(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) {
+///
+/// The returned future and the session it serves are what a connected phone costs while
+/// idle (BENCHMARKS.md, memory), so neither keeps room for anything else: the handshake
+/// (waiting for `hello`, checking the token, the welcome) runs in its own allocation,
+/// freed when it ends — inline, its largest state (the socket beside the hello timeout
+/// and the token check) would stay reserved for the life of the connection — and the
+/// session comes back boxed, since a session moved out of the handshake's result into
+/// the future serving it would be reserved in the future twice.
+pub fn serve(hub: Arc<Hub>, ws: WebSocket, peer: SocketAddr) -> impl Future<Output = ()> + Send + 'static {
+    let handshake = Box::pin(handshake(hub, ws, peer));
+    async move {
+        if let Some((session, span)) = handshake.await {
+            tracing::trace!(bytes = std::mem::size_of_val(&*session), "session");
+            tracing::Instrument::instrument(session.serve(), span).await;
+        }
+    }
+}
+
+/// `hello` (within `limits.hello_timeout_secs`), the token check, then the session opens
+/// (welcome, presence). None when the connection ended or was refused.
+async fn handshake(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Option<(Box<Session>, tracing::Span)> {
     let hello_timeout = Duration::from_secs(hub.config.limits.hello_timeout_secs);
     let hello = tokio::select! {
         biased;
-        () = hub.shutdown.cancelled() => { close_with(&mut ws, close::GOING_AWAY, "hub shutting down").await; return; }
-        // Each stage is boxed, so the connection's future holds only the stage it is in
-        // (an async fn is as large as its largest await point).
-        r = Box::pin(tokio::time::timeout(hello_timeout, wait_hello(&hub, &mut ws))) => r,
+        () = hub.shutdown.cancelled() => { close_with(&mut ws, close::GOING_AWAY, "hub shutting down").await; return None; }
+        r = tokio::time::timeout(hello_timeout, wait_hello(&hub, &mut ws)) => r,
     };
     let hello = match hello {
         Ok(Some(h)) => h,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(_) => {
             tracing::debug!(%peer, "no hello in time");
             let reason = format!("send hello within {} s of connecting", hello_timeout.as_secs());
             close_with(&mut ws, close::HELLO_TIMEOUT, &reason).await;
-            return;
+            return None;
         }
     };
-    let claims = match Box::pin(admit(&hub, &hello, peer)).await {
+    let claims = match admit(&hub, &hello, peer).await {
         Ok(c) => c,
         Err((code, reason)) => {
             let _ = ws.send(Message::Text(error_frame(code, reason, None))).await;
             close_with(&mut ws, close::UNAUTHENTICATED, code.as_str()).await;
-            return;
+            return None;
         }
     };
     let span = tracing::info_span!("session", user = %claims.sub, device = %hello.device, %peer);
-    let _enter = span.enter();
-    drop(_enter);
-    let fut = async move {
-        let mut s = Box::pin(Session::open(hub, ws, claims, hello, peer)).await;
-        let run = s.run();
-        tracing::trace!(session = std::mem::size_of_val(&run), "session run future");
-        let end = run.await;
-        Box::pin(s.finish(end)).await;
-    };
-    Box::pin(tracing::Instrument::instrument(fut, span)).await;
+    let session = tracing::Instrument::instrument(Session::open(hub, ws, claims, hello, peer), span.clone()).await;
+    Some((Box::new(session), span))
 }
 
 /// Checks a `hello`'s token (see [`Hub::verify_token`]); every sign-in is audited.
@@ -166,7 +177,6 @@ struct Session {
     ws: WebSocket,
     claims: Claims,
     peer: SocketAddr,
-    revocations: tokio::sync::watch::Receiver<Arc<outpost_shared::RevocationList>>,
     rooms: Arc<[RoomId]>,
     link: Arc<SessionLink>,
     /// What waits to be written to this device (shared with the router via `link`).
@@ -204,12 +214,24 @@ struct Replaying {
     held: std::collections::VecDeque<Message>,
 }
 
-/// Waits for the replay's page; never ready when none is being read.
-async fn next_page(replay: &mut Option<Box<Replaying>>) -> Result<crate::store::Replay, crate::store::StoreError> {
-    match replay.as_mut().and_then(|r| r.page.as_mut()) {
-        Some(page) => page.await,
-        None => std::future::pending().await,
-    }
+/// What the session's wait may take this time round.
+#[derive(Clone, Copy)]
+struct Wait {
+    /// Whether there is room to act on another of the device's frames.
+    can_read: bool,
+    /// A replay runs: only signals and emergencies come from the mailbox.
+    replaying: bool,
+    /// Replayed frames wait to be written.
+    frames_ready: bool,
+}
+
+/// What the session's wait ended with, most urgent first (see [`Session::poll_event`]).
+enum Event {
+    Mail(Item),
+    Frame(Option<Result<Message, axum::Error>>),
+    ReplayChunk,
+    Page(Result<crate::store::Replay, crate::store::StoreError>),
+    Tick,
 }
 
 impl Session {
@@ -223,6 +245,14 @@ impl Session {
         let mailbox = Mailbox::new(limits.outbound_queue, limits.max_inflight_per_device);
         let (link, came_online) =
             hub.router.register(claims.sub.clone(), hello.device.clone(), rooms.clone(), mailbox.clone());
+        // The hub-wide signals reach registered sessions only: one raised while this
+        // device was signing in would be missed, so look once now.
+        if hub.shutdown.is_cancelled() {
+            mailbox.close();
+        }
+        if hub.store.is_revoked(&claims) {
+            mailbox.recheck();
+        }
         let head = hub.store.head();
         let epoch = hub.store.epoch().clone();
         // Decide where replay starts: a foreign epoch or a cursor from the future means the
@@ -248,7 +278,6 @@ impl Session {
             unflushed: 0,
             replay: Some(Box::default()),
             holding: false,
-            revocations: hub.store.revocations(),
             peer,
             ws,
             claims,
@@ -279,16 +308,26 @@ impl Session {
         s
     }
 
+    /// Runs the session to its end, then leaves the router.
+    async fn serve(mut self: Box<Self>) {
+        // Measured on a future made only to be measured (an async fn does nothing until
+        // polled): binding the awaited future to a name would reserve it twice here.
+        tracing::trace!(bytes = std::mem::size_of_val(&self.run()), "session run future");
+        let end = self.run().await;
+        Box::pin(self.finish(end)).await;
+    }
+
     async fn run(&mut self) -> End {
-        // The rarely taken, deep paths (a replay chunk, handling a frame, a revocation) are
-        // boxed: an async fn is as large as its largest await point, and an idle phone's
-        // session should cost the select below, not the biggest handler (BENCHMARKS.md).
+        // An idle phone costs this future, so it holds no future per source: the wait is
+        // `poll_event` over the mailbox (which also carries the hub's close and recheck
+        // signals), the socket, the replay and the keep-alive timer. The rarely taken,
+        // deep paths (a replay chunk, handling a frame, a revocation) are boxed: an async
+        // fn is as large as its largest await point (BENCHMARKS.md, memory).
         let limits = &self.hub.config.limits;
         let idle = Duration::from_secs(limits.idle_timeout_secs);
         let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_secs));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
-        let shutdown = self.hub.shutdown.clone();
         loop {
             if self.link.take_lagged() && self.replay.is_none() {
                 self.replay = Some(Box::default());
@@ -310,35 +349,27 @@ impl Session {
             let held = self.replay.as_ref().map_or(0, |r| r.held.len());
             let can_read = held < self.hub.config.limits.max_inflight_per_device && self.mailbox.has_direct_room();
             let replaying = self.replay.is_some();
-            let frames_ready = self.has_replay_frames();
-            // Biased, in this order: shutdown, revocation, the mailbox, the device's frames,
-            // the replay's next chunk and page, keep-alive. While a replay runs the mailbox
-            // gives only emergencies (sent ahead); answers (`stored`, `pong`, errors) and live
-            // traffic wait for the replay to end, so the device still sees welcome, the
-            // replay, then the rest, as the protocol says. Its frames are read and acted on
-            // meanwhile: an emergency it sends is stored and fanned out at once.
-            let step = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => {
+            let wait = Wait { can_read, replaying, frames_ready: self.has_replay_frames() };
+            let event = std::future::poll_fn(|cx| self.poll_event(cx, &mut ping, wait)).await;
+            let step = match event {
+                Event::Mail(Item::Close) => {
                     let _ = self.flush().await;
                     close_with(&mut self.ws, close::GOING_AWAY, "hub shutting down").await;
                     return End::Closed;
                 }
-                Ok(()) = self.revocations.changed() => Box::pin(self.recheck_token()).await,
-                item = self.mailbox.next(replaying) => match item {
-                    Item::Urgent(live) => self.live(live, true).await,
-                    Item::Direct(text) => self.feed(text).await,
-                    Item::Normal(live) => self.live(live, false).await,
-                },
-                msg = self.ws.recv(), if can_read => {
+                Event::Mail(Item::Recheck) => Box::pin(self.recheck_token()).await,
+                Event::Mail(Item::Urgent(live)) => self.live(live, true).await,
+                Event::Mail(Item::Direct(text)) => self.feed(text).await,
+                Event::Mail(Item::Normal(live)) => self.live(live, false).await,
+                Event::Frame(msg) => {
                     self.holding = replaying;
                     let step = Box::pin(self.incoming(msg)).await;
                     self.holding = false;
                     step
                 }
-                () = std::future::ready(()), if frames_ready => Box::pin(self.replay_chunk()).await,
-                page = next_page(&mut self.replay) => Box::pin(self.replay_page(page)).await,
-                _ = ping.tick() => {
+                Event::ReplayChunk => Box::pin(self.replay_chunk()).await,
+                Event::Page(page) => Box::pin(self.replay_page(page)).await,
+                Event::Tick => {
                     if self.last_heard.elapsed() > idle {
                         close_with(&mut self.ws, close::IDLE, "no traffic for too long").await;
                         return End::Closed;
@@ -350,6 +381,36 @@ impl Session {
                 return e;
             }
         }
+    }
+
+    /// The session's wait, biased in this order: the mailbox (close, recheck, then
+    /// emergencies, answers, live traffic), the device's frames, the replay's next chunk
+    /// and page, keep-alive. While a replay runs the mailbox gives only signals and
+    /// emergencies (sent ahead); answers (`stored`, `pong`, errors) and live traffic wait
+    /// for the replay to end, so the device still sees welcome, the replay, then the
+    /// rest, as the protocol says. Its frames are read and acted on meanwhile: an
+    /// emergency it sends is stored and fanned out at once.
+    fn poll_event(&mut self, cx: &mut Context<'_>, ping: &mut tokio::time::Interval, wait: Wait) -> Poll<Event> {
+        if let Poll::Ready(item) = self.mailbox.poll_next(cx, wait.replaying) {
+            return Poll::Ready(Event::Mail(item));
+        }
+        if wait.can_read
+            && let Poll::Ready(msg) = self.ws.poll_next_unpin(cx)
+        {
+            return Poll::Ready(Event::Frame(msg));
+        }
+        if wait.frames_ready {
+            return Poll::Ready(Event::ReplayChunk);
+        }
+        if let Some(page) = self.replay.as_mut().and_then(|r| r.page.as_mut())
+            && let Poll::Ready(p) = page.as_mut().poll(cx)
+        {
+            return Poll::Ready(Event::Page(p));
+        }
+        if ping.poll_tick(cx).is_ready() {
+            return Poll::Ready(Event::Tick);
+        }
+        Poll::Pending
     }
 
     fn has_replay_frames(&self) -> bool {
@@ -539,7 +600,7 @@ impl Session {
 
     /// A new revocation list arrived: a session whose token it names ends now.
     async fn recheck_token(&mut self) -> Step {
-        let revoked = self.revocations.borrow_and_update().revokes(&self.claims).map(|r| r.reason.clone());
+        let revoked = self.hub.store.revocations().borrow().revokes(&self.claims).map(|r| r.reason.clone());
         let Some(reason) = revoked else { return Ok(()) };
         tracing::info!("token revoked; closing the session");
         self.hub
