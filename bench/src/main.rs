@@ -211,10 +211,6 @@ impl Args {
     pub fn room_size(&self) -> usize {
         if self.no_fanout { 1 } else { self.room_size.max(1) }
     }
-
-    pub fn idle_sockets(&self) -> usize {
-        self.idle_sockets
-    }
 }
 
 /// Milliseconds since the Unix epoch (wall clock, as stored in the hub's rows).
@@ -295,7 +291,7 @@ async fn hub_phases(
     load::base();
 
     let topology = Topology { clients: args.clients, room_size: args.room_size() };
-    let tokens_needed = args.clients.max(args.idle_sockets());
+    let tokens_needed = args.clients.max(args.idle_sockets);
     eprintln!("issuing {tokens_needed} device tokens…");
     let mut world = World::create(&tmp.join("main"), topology, tokens_needed)
         .context("setting up the cloud identity and tokens")?;
@@ -331,7 +327,7 @@ async fn hub_phases(
             None
         };
         let memory = if args.runs(Phase::Memory) {
-            Some(phases::memory_phase(&mut world, args.idle_sockets(), &timing).await?)
+            Some(phases::memory_phase(&mut world, args.idle_sockets, &timing).await?)
         } else {
             None
         };

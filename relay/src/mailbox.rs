@@ -176,7 +176,9 @@ impl Mailbox {
         Poll::Pending
     }
 
-    /// Waits for the most urgent item; see [`Mailbox::poll_next`].
+    /// Waits for the most urgent item; see [`Mailbox::poll_next`]. (Sessions poll
+    /// directly; the tests wait with this.)
+    #[cfg(test)]
     pub async fn next(&self, urgent_only: bool) -> Item {
         std::future::poll_fn(|cx| self.poll_next(cx, urgent_only)).await
     }

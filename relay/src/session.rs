@@ -195,6 +195,9 @@ struct Session {
     holding: bool,
 }
 
+/// A replay page being read from the log (boxed: the session holds it between polls).
+type PageRead = std::pin::Pin<Box<dyn Future<Output = Result<crate::store::Replay, crate::store::StoreError>> + Send>>;
+
 /// A replay interleaved with the session's other work: between chunks of frames the
 /// session reads the device's frames (an emergency it sends reaches the room and the
 /// uplink at once) and writes emergencies for it ahead, instead of making both wait for a
@@ -202,8 +205,7 @@ struct Session {
 #[derive(Default)]
 struct Replaying {
     /// The page being read from the log.
-    page:
-        Option<std::pin::Pin<Box<dyn Future<Output = Result<crate::store::Replay, crate::store::StoreError>> + Send>>>,
+    page: Option<PageRead>,
     /// Frames of the last page not yet written, in cursor order.
     frames: std::collections::VecDeque<(Cursor, String)>,
     /// Where the last page's scan ended: the watermark once its frames are all written.

@@ -350,14 +350,14 @@ impl SendState {
     /// the pipe's sample for it (a round trip without the receiver's import and commit).
     /// Unknown or repeated ids change nothing.
     pub fn on_received(&mut self, id: u64, now: Duration) {
-        if let Some(b) = self.inflight.get_mut(&id) {
-            if !b.received {
-                b.received = true;
-                if b.queue.windowed() {
-                    // Unwindowed emergencies would skew the pipe's samples: they can be
-                    // sent in a burst far beyond the window.
-                    self.pipe.on_ack(b.bytes, b.sent_at, b.delivered_at_send, now);
-                }
+        if let Some(b) = self.inflight.get_mut(&id)
+            && !b.received
+        {
+            b.received = true;
+            if b.queue.windowed() {
+                // Unwindowed emergencies would skew the pipe's samples: they can be
+                // sent in a burst far beyond the window.
+                self.pipe.on_ack(b.bytes, b.sent_at, b.delivered_at_send, now);
             }
         }
     }
