@@ -293,18 +293,39 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// How long a connection waits for another's lock before it reports "database is locked".
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens a connection with the pragmas every connection needs.
 fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open_with_flags(path, flags)?;
     // First, so that the pragmas below wait for another process's transaction too.
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // WAL: readers never block the writer and commits append sequentially, which suits
     // SD cards. FULL: the WAL is fsynced at every commit, so an ack survives power loss.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    use_wal(&conn)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
+}
+
+/// Switches the database to WAL (a no-op once it is). A new database starts in rollback
+/// mode, and SQLite fails the switch at once, without the busy handler, if another
+/// connection has the file open then: commands creating the database side by side (a
+/// script issuing tokens) saw "database is locked". Meanwhile the other connection
+/// finishes its own switch or lets go, so this retries for as long as the busy timeout.
+fn use_wal(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn new_epoch() -> String {

@@ -449,3 +449,34 @@ async fn the_audit_log_is_append_only_and_revocations_reach_the_list() {
     stop.cancel();
     store.shutdown().await;
 }
+
+/// Operators script one-shot commands (`outpost-cloud token` for a village's phones) and
+/// may run them side by side before the database exists. Every one of them must get
+/// through: the first creates the file in rollback mode and switches it to WAL, and the
+/// others meet that switch.
+#[test]
+fn one_shot_commands_creating_the_database_side_by_side_all_succeed() {
+    const ROUNDS: usize = 25;
+    const AT_ONCE: usize = 4;
+    for round in 0..ROUNDS {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("data").join("hub.db");
+        let start = Arc::new(std::sync::Barrier::new(AT_ONCE));
+        let handles: Vec<_> = (0..AT_ONCE)
+            .map(|k| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let event = AuditEvent::new(AuditKind::TokenIssued, format!("token {k}"));
+                    start.wait();
+                    security::record_offline(&path, &[], &[event], "cli", 1).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for h in handles {
+            let outcome = h.join().unwrap_or_else(|_| Err("the command thread panicked".into()));
+            assert_eq!(outcome, Ok(0), "round {round}: a command failed");
+        }
+        let (events, _) = ok(security::read_offline(&path, 0, 100));
+        assert_eq!(events.len(), AT_ONCE, "round {round}: every command's audit event is recorded");
+    }
+}
