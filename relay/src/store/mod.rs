@@ -314,12 +314,16 @@ fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, rusqlite::Error>
 /// connection has the file open then: commands creating the database side by side (a
 /// script issuing tokens) saw "database is locked". Meanwhile the other connection
 /// finishes its own switch or lets go, so this retries for as long as the busy timeout.
+// The other connection is in another process and signals nothing when it lets go: as
+// SQLite's own busy handler does, the only way to wait for a file lock is to try again
+// after a pause. Opening a database blocks anyway; the pause happens only in this race.
+#[allow(clippy::disallowed_methods)]
 fn use_wal(conn: &Connection) -> Result<(), rusqlite::Error> {
-    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
     loop {
         match conn.pragma_update(None, "journal_mode", "WAL") {
             Err(rusqlite::Error::SqliteFailure(f, _))
-                if f.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+                if f.code == rusqlite::ErrorCode::DatabaseBusy && tokio::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
