@@ -140,6 +140,26 @@ pub struct ServerConfig {
     /// The private key of `tls_cert` (PEM). Readable by the hub's user only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Threads that run the device sessions, the HTTP API and the uplink; `0` picks one
+    /// per CPU core less one, at least one. The store's writer is a thread of its own that
+    /// every ack waits for and that is busy for most of a core under load; leaving it a
+    /// core keeps the session threads from taking turns with it (see
+    /// [`ServerConfig::effective_worker_threads`]).
+    pub worker_threads: usize,
+}
+
+/// Beyond this many session threads, they only take turns on the cores.
+const MAX_WORKER_THREADS: usize = 256;
+
+impl ServerConfig {
+    /// The number of session threads `worker_threads` asks for on a machine with `cores`
+    /// CPU cores.
+    pub fn effective_worker_threads(&self, cores: usize) -> usize {
+        match self.worker_threads {
+            0 => cores.saturating_sub(1).max(1),
+            n => n,
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -154,6 +174,7 @@ impl Default for ServerConfig {
             conformance_echo: false,
             tls_cert: None,
             tls_key: None,
+            worker_threads: 0,
         }
     }
 }
@@ -427,6 +448,12 @@ impl RelayConfig {
                 l.max_body_bytes, l.max_frame_bytes
             ));
         }
+        if self.server.worker_threads > MAX_WORKER_THREADS {
+            p.push(format!(
+                "server.worker_threads = {} is more than {MAX_WORKER_THREADS}; use 0 (one per core, less one) or the number of cores",
+                self.server.worker_threads
+            ));
+        }
         if l.read_buffer_bytes < 256 {
             p.push("limits.read_buffer_bytes must be at least 256".into());
         }
@@ -528,6 +555,23 @@ mod tests {
         let all = RelayConfig::load(dir.path()).err().map(|e| e.problems.join("\n")).unwrap_or_default();
         let cert = dir.path().join("tls/hub.crt");
         assert!(all.contains(&format!("server.tls_cert = {}: cannot read it", cert.display())), "{all}");
+    }
+
+    #[test]
+    fn session_threads_leave_the_store_writer_a_core() {
+        let auto = ServerConfig::default();
+        let picked: Vec<usize> = [1, 2, 4, 8].iter().map(|&c| auto.effective_worker_threads(c)).collect();
+        assert_eq!(picked, [1, 1, 3, 7]);
+
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join(CONFIG_FILE);
+        std::fs::write(&file, with_identity("[server]\nworker_threads = 2\n")).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = RelayConfig::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.server.effective_worker_threads(1), 2, "a configured number is taken as given");
+
+        std::fs::write(&file, with_identity("[server]\nworker_threads = 100000\n")).unwrap_or_else(|e| panic!("{e}"));
+        let all = RelayConfig::load(dir.path()).err().map(|e| e.problems.join("\n")).unwrap_or_default();
+        assert!(all.contains("server.worker_threads = 100000 is more than 256"), "{all}");
     }
 
     #[test]

@@ -100,12 +100,19 @@ fn bad_configuration_exits_64_listing_every_problem() -> anyhow::Result<()> {
 async fn environment_overrides_the_file_and_flags_override_both() -> anyhow::Result<()> {
     // The listen address from the environment is nonsense, but --ws (set by the harness)
     // replaces it before values are checked.
-    let w =
-        World::start_with(&[("OUTPOST_LIMITS__MAX_BODY_BYTES", "100"), ("OUTPOST_SERVER__LISTEN", "nowhere")]).await?;
+    let w = World::start_with(&[
+        ("OUTPOST_LIMITS__MAX_BODY_BYTES", "100"),
+        ("OUTPOST_SERVER__LISTEN", "nowhere"),
+        ("OUTPOST_SERVER__WORKER_THREADS", "3"),
+    ])
+    .await?;
     let mut a = w.device("amina", "a", &["clinic"]).await;
     a.send_stored(chat("clinic", "short")).await?;
     a.send_msg(chat("clinic", &"long ".repeat(40))).await?;
     assert_eq!(a.expect_error().await?.0, "too_large");
+    // The session threads are taken as set, whatever the machine's core count.
+    let log = w.relay_dir.log();
+    assert!(log.contains("runtime started workers=3 cores="), "{log}");
     Ok(())
 }
 
