@@ -38,6 +38,7 @@ while read -r name small large what; do
   printf '| `%s` | %s | %s | %s, %s |\n' "$name" "${what//_/ }" "$(group "$per")" "$small" "$large"
 done <<'LIST'
 frame_decode 1000 11000 decode_a_device's_send_frame
+frame_decode_reordered 1000 11000 decode_it_with_its_keys_in_another_order
 message_encode 1000 11000 encode_a_message_frame_for_delivery
 body_ref 1000 11000 look_for_a_media_reference_in_a_body
 token_verify 20 220 verify_an_Ed25519_device_token

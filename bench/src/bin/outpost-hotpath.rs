@@ -5,6 +5,7 @@
 //!
 //! Workloads (inputs from the test crate's village traffic generator, seed 7):
 //! - `frame_decode`: `ClientFrame::decode` of a device's `send` frame (one per op)
+//! - `frame_decode_reordered`: the same with its keys in another order (the general path)
 //! - `message_encode`: `ServerFrame::Message` encoding for delivery (one per op)
 //! - `batch_encode`: one uplink batch of 1,000 entries, zstd with the dictionary (per op)
 //! - `batch_decode`: decoding that batch (per op)
@@ -13,7 +14,7 @@
 
 use std::hint::black_box;
 
-use outpost_shared::frames::{MessageBody, Positioned};
+use outpost_shared::frames::{MessageBody, OutgoingMsg, Positioned, Send as SendFrame};
 use outpost_shared::uplink::batch::{self, Entry, Lane};
 use outpost_shared::uplink::dict;
 use outpost_shared::{Body, Claims, ClientFrame, Cursor, Role, ServerFrame, TokenSigner, TokenVerifier};
@@ -33,16 +34,32 @@ fn messages(n: usize) -> Vec<MessageBody> {
         .collect()
 }
 
+/// `send` frames as this codec, the web client and the load generator write them:
+/// `"v"` and `"type"` first, so `ClientFrame::decode` reads the type from the prefix.
 fn send_frames(n: usize) -> Vec<String> {
     messages(n)
         .into_iter()
         .map(|m| {
-            serde_json::json!({"v": 1, "type": "send", "msg": {
-                "id": m.id, "room": m.room, "kind": m.kind, "priority": m.priority,
-                "body": serde_json::from_str::<serde_json::Value>(m.body.as_str()).unwrap_or_default(),
-                "seq": m.seq}})
-            .to_string()
+            let msg = OutgoingMsg {
+                id: m.id,
+                room: m.room,
+                kind: m.kind,
+                priority: m.priority,
+                body: m.body,
+                seq: m.seq,
+                reply_to: m.reply_to,
+            };
+            ClientFrame::Send(SendFrame { msg }).encode()
         })
+        .collect()
+}
+
+/// The same frames with their keys in another order (sorted: `"msg"` first), as other
+/// clients may write them: the type is found by the general path, a parse of its own.
+fn reordered_send_frames(n: usize) -> Vec<String> {
+    send_frames(n)
+        .iter()
+        .map(|f| serde_json::from_str::<serde_json::Value>(f).unwrap_or_default().to_string())
         .collect()
 }
 
@@ -52,8 +69,8 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: outpost-hotpath WORKLOAD N (see the module documentation)");
     };
     match what.as_str() {
-        "frame_decode" => {
-            let frames = send_frames(256);
+        "frame_decode" | "frame_decode_reordered" => {
+            let frames = if what == "frame_decode" { send_frames(256) } else { reordered_send_frames(256) };
             for i in 0..n {
                 black_box(ClientFrame::decode(black_box(&frames[i % frames.len()])).ok());
             }

@@ -174,6 +174,17 @@ proptest! {
         prop_assert_eq!(ServerFrame::decode(&text), Ok(f));
     }
 
+    /// The type is read from the prefix when the frame opens as `encode` writes it, and
+    /// by a parse of its own otherwise: both read the same frame the same way.
+    #[test]
+    fn key_order_does_not_change_a_frame(f in client_frame()) {
+        let text = f.encode();
+        let reordered = serde_json::from_str::<serde_json::Value>(&text)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        prop_assert_eq!(ClientFrame::decode(&reordered), ClientFrame::decode(&text));
+    }
+
     /// Arbitrary text never panics the decoder; it is either a frame or a coded error.
     #[test]
     fn garbage_is_refused_with_a_code(s in "\\PC{0,200}") {
@@ -196,6 +207,20 @@ fn version_and_type_errors_have_their_own_codes() {
     assert_eq!(code_of("not json"), Some(ErrorCode::BadFrame));
     assert_eq!(code_of("[1,2]"), Some(ErrorCode::BadFrame));
     assert_eq!(code_of(r#"{"type":"ping"}"#), None, "browsers' ping has no v");
+}
+
+#[test]
+fn a_frame_whose_type_reads_from_its_prefix_is_still_parsed_whole() {
+    let ok = r#"{"v":1,"type":"ack","cursor":5}"#;
+    assert_eq!(ClientFrame::decode(ok), Ok(ClientFrame::Ack(Ack { cursor: Cursor(5) })));
+    assert_eq!(code_of(r#"{"v":1,"type":"ack","cursor":5"#), Some(ErrorCode::BadFrame), "unterminated");
+    assert_eq!(code_of(r#"{"v":1,"type":"ack","cursor":5} trailing"#), Some(ErrorCode::BadFrame));
+    assert_eq!(code_of(r#"{"v":1,"type":"ack","cursor":"five"}"#), Some(ErrorCode::BadFrame));
+    assert_eq!(code_of(r#"{"v":1,"type":"ping"} trailing"#), Some(ErrorCode::BadFrame), "no body pass for ping");
+    assert_eq!(code_of(r#"{"v":1,"type":"dance","x":1}"#), Some(ErrorCode::BadFrame));
+    assert_eq!(code_of(r#"{"v":10,"type":"ack","cursor":5}"#), Some(ErrorCode::UnsupportedVersion));
+    // An escaped name is unescaped by the general path, as JSON says.
+    assert_eq!(ClientFrame::decode(r#"{"v":1,"type":"a\u0063k","cursor":5}"#), ClientFrame::decode(ok));
 }
 
 #[test]
