@@ -73,18 +73,20 @@ async fn append_dedupes_forever_and_survives_reopen() {
     let b = ok(store.append_wait(again).await);
     assert_eq!((b.cursor, b.duplicate), (a.cursor, true));
     assert_eq!(publ.cursors(), vec![a.cursor.0], "a duplicate is not published again");
+    let next = ok(store.append_wait(req("clinic", Priority::Normal, 2)).await);
+    assert_eq!(next.cursor.0, a.cursor.0 + 1, "a duplicate leaves no hole in the log");
     let epoch = store.epoch().clone();
     store.shutdown().await;
 
     let store = ok(Store::open(&path, opts(), Arc::new(Collect::default())));
     assert_eq!(store.epoch(), &epoch);
-    assert_eq!(store.head(), a.cursor);
+    assert_eq!(store.head(), next.cursor);
     let mut resent = req("elsewhere", Priority::Normal, 9);
     resent.msg.id = a.id;
     let c = ok(store.append_wait(resent).await);
     assert_eq!((c.cursor, c.duplicate), (a.cursor, true), "dedupe is not a time window: it survives restarts");
-    let d = ok(store.append_wait(req("clinic", Priority::Normal, 2)).await);
-    assert!(d.cursor > a.cursor, "cursors continue after a restart");
+    let d = ok(store.append_wait(req("clinic", Priority::Normal, 3)).await);
+    assert_eq!(d.cursor.0, next.cursor.0 + 1, "cursors continue after a restart");
     store.shutdown().await;
 }
 
@@ -139,11 +141,15 @@ async fn quota_keeps_a_reserve_for_emergencies() {
     let o = StoreOptions { quota_bytes: 300_000, emergency_reserve_bytes: 150_000, ..opts() };
     let store = ok(Store::open(&dir.path().join("r.db"), o, Arc::new(Collect::default())));
     let mut refused = false;
+    let mut first = None;
     for seq in 0..1000 {
         let mut r = req("ward", Priority::Bulk, seq);
         r.msg.body = ok(Body::from_value(&"x".repeat(4000)));
+        let msg = r.msg.clone();
         match store.append_wait(r).await {
-            Ok(_) => {}
+            Ok(a) => {
+                first.get_or_insert((msg, a.cursor));
+            }
             Err(StoreError::StorageFull { .. }) => {
                 refused = true;
                 break;
@@ -152,6 +158,10 @@ async fn quota_keeps_a_reserve_for_emergencies() {
         }
     }
     assert!(refused, "bulk traffic is refused before the quota");
+    // A phone that never saw its `stored` sends again: it is told the message is safe.
+    let (msg, cursor) = first.unwrap_or_else(|| panic!("nothing was stored"));
+    let again = ok(store.append_wait(AppendRequest { msg, ..req("ward", Priority::Bulk, 0) }).await);
+    assert_eq!((again.cursor, again.duplicate), (cursor, true), "a re-send is answered even when full");
     assert!(store.append_wait(req("ward", Priority::Emergency, 5000)).await.is_ok(), "the reserve takes emergencies");
     assert_eq!(
         store.append_wait(req("ward", Priority::Normal, 5001)).await.map(|_| ()).err().map(|e| e.code()),
@@ -436,10 +446,15 @@ async fn the_audit_log_is_append_only_and_revocations_reach_the_list() {
     assert_eq!(later, vec![200]);
 
     ok(store.audit_committed(AuditEvent::new(AuditKind::Login, "token t").actor("amina")).await);
+    // An alert is audited once, however often the phone sends it.
+    let alert = req("ward", Priority::Emergency, 1);
+    let resent = AppendRequest { msg: alert.msg.clone(), ..req("ward", Priority::Emergency, 1) };
+    assert!(!ok(store.append_wait(alert).await).duplicate);
+    assert!(ok(store.append_wait(resent).await).duplicate);
     let (events, more) = ok(store.audit_page(0, 10).await);
     assert!(!more);
     let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-    assert_eq!(kinds, ["revocation", "revocation", "login"]);
+    assert_eq!(kinds, ["revocation", "revocation", "login", "emergency"]);
 
     // Not even a direct connection can rewrite or erase history.
     let conn = ok(rusqlite::Connection::open(&path));

@@ -46,9 +46,6 @@ impl Writer {
         log: &mut Vec<LogEntry>,
         new_rooms: &mut Vec<RoomId>,
     ) -> Result<bool, StoreError> {
-        if self.message_cursor(m.id)?.is_some() {
-            return Ok(false);
-        }
         let (id, hlc) = (m.id, m.hlc);
         let Ok(msg) = m.into_stored() else {
             // Peers are authenticated, so this is a bug on the other side; refusing the
@@ -58,8 +55,8 @@ impl Writer {
         };
         // Keep the sender's stamp and move our clock past it: replies made here sort after.
         self.clock.observe(hlc, super::now_ms());
-        self.insert_message(msg, Some(peer), None, log, new_rooms)?;
-        Ok(true)
+        // A message the peer sent before (a batch resent after a lost ack) is not stored twice.
+        Ok(self.insert_message(msg, Some(peer), None, log, new_rooms)?.is_some())
     }
 
     fn import_receipt(&mut self, peer: &str, r: WireReceipt, log: &mut Vec<LogEntry>) -> Result<bool, StoreError> {
