@@ -14,7 +14,7 @@
 
 use std::hint::black_box;
 
-use outpost_shared::frames::{MessageBody, OutgoingMsg, Positioned, Send as SendFrame};
+use outpost_shared::frames::{MessageBody, Positioned};
 use outpost_shared::uplink::batch::{self, Entry, Lane};
 use outpost_shared::uplink::dict;
 use outpost_shared::{Body, Claims, ClientFrame, Cursor, Role, ServerFrame, TokenSigner, TokenVerifier};
@@ -34,33 +34,29 @@ fn messages(n: usize) -> Vec<MessageBody> {
         .collect()
 }
 
-/// `send` frames as this codec, the web client and the load generator write them:
-/// `"v"` and `"type"` first, so `ClientFrame::decode` reads the type from the prefix.
-fn send_frames(n: usize) -> Vec<String> {
+/// The `msg` objects of `send` frames.
+fn send_msgs(n: usize) -> Vec<serde_json::Value> {
     messages(n)
         .into_iter()
         .map(|m| {
-            let msg = OutgoingMsg {
-                id: m.id,
-                room: m.room,
-                kind: m.kind,
-                priority: m.priority,
-                body: m.body,
-                seq: m.seq,
-                reply_to: m.reply_to,
-            };
-            ClientFrame::Send(SendFrame { msg }).encode()
+            serde_json::json!({
+                "id": m.id, "room": m.room, "kind": m.kind, "priority": m.priority,
+                "body": serde_json::from_str::<serde_json::Value>(m.body.as_str()).unwrap_or_default(),
+                "seq": m.seq})
         })
         .collect()
 }
 
-/// The same frames with their keys in another order (sorted: `"msg"` first), as other
-/// clients may write them: the type is found by the general path, a parse of its own.
+/// `send` frames as this codec, the web client and the load generator write them:
+/// `"v"` and `"type"` first, so `ClientFrame::decode` reads the type from the prefix.
+fn send_frames(n: usize) -> Vec<String> {
+    send_msgs(n).iter().map(|m| format!(r#"{{"v":1,"type":"send","msg":{m}}}"#)).collect()
+}
+
+/// The same frames with their keys sorted (`"msg"` first), as other clients may write
+/// them: the type is found by the general path, a parse of its own.
 fn reordered_send_frames(n: usize) -> Vec<String> {
-    send_frames(n)
-        .iter()
-        .map(|f| serde_json::from_str::<serde_json::Value>(f).unwrap_or_default().to_string())
-        .collect()
+    send_msgs(n).into_iter().map(|m| serde_json::json!({"v": 1, "type": "send", "msg": m}).to_string()).collect()
 }
 
 fn main() -> anyhow::Result<()> {
