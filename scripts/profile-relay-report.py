@@ -70,6 +70,7 @@ def main():
     if writer is None:
         sys.exit("no thread ran Writer::commit_group")
     incl, calls, callees = profiles[writer]
+    group = find(incl, "Writer::commit_group")
     insert = find(calls, "Writer::insert_message")
     n = calls[insert] if insert else 0
     if not n:
@@ -82,7 +83,6 @@ def main():
         tag = " (store writer)" if f == writer else ""
         print(f"| {os.path.basename(f)}{tag} | {total(f):,} | {total(f) // n:,} |")
 
-    group = find(incl, "Writer::commit_group")
     print(f"\nstore writer: `Writer::commit_group` is {incl[group] // n:,} instructions per message stored, of which:\n")
     print("| callee (indented: its callees) | calls | instructions per message stored |")
     print("| --- | ---: | ---: |")
