@@ -37,13 +37,13 @@ pub fn sqlite_group_commit(dir: &Path, group: usize, duration: Duration) -> anyh
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    // The hub's pragmas (relay/src/store/mod.rs `connect`).
+    // The hub's pragmas (store-sqlite/src/lib.rs `connect`).
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // The hub's own schema (every migration), so each insert maintains exactly the
     // b-trees the hub's `messages` table has, and the baseline follows schema changes.
-    for migration in outpost_relay::store::MIGRATIONS {
+    for migration in outpost_store_sqlite::MIGRATIONS {
         conn.execute_batch(migration)?;
     }
 

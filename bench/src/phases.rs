@@ -68,7 +68,7 @@ impl CpuSample {
         CpuUse {
             others_pct: (busy * cores - relay_pct - generator_pct).max(0.0),
             relay_pct,
-            // The writer thread is named in relay/src/store/mod.rs.
+            // The writer thread is named in store-sqlite/src/lib.rs.
             store_thread_pct: pct(self.relay.cpu_since(&a.relay, Some("outpost-store"))),
             relay_runq_pct: pct(self.relay.runq_since(&a.relay)),
             generator_pct,

@@ -20,13 +20,13 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use outpost_relay::api::{ApiError, bearer, err};
-use outpost_relay::hub::{Hub, now_ms};
-use outpost_relay::store::AppendRequest;
+use outpost_engine::api::{ApiError, bearer, err};
+use outpost_engine::hub::{Hub, now_ms};
 use outpost_shared::frames::OutgoingMsg;
 use outpost_shared::{
     Action, Body, Claims, Cursor, DeviceId, ErrorCode, MessageId, MessageKind, Priority, RoomId, Seq,
 };
+use outpost_store_sqlite::AppendRequest;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -48,7 +48,7 @@ async fn authorize(
 ) -> Result<(Claims, RoomId), ApiError> {
     let claims = bearer(hub, headers, peer).await?;
     let room = RoomId::new(room).map_err(|e| err(ErrorCode::BadFrame, e.to_string()))?;
-    outpost_relay::api::authorize(hub, &claims, action(&room), peer).await?;
+    outpost_engine::api::authorize(hub, &claims, action(&room), peer).await?;
     Ok((claims, room))
 }
 

@@ -9,8 +9,8 @@ use outpost_cloud::CloudIdentity;
 use outpost_cloud::enroll::enroll_relay;
 use outpost_cloud::identity::parse_ttl;
 use outpost_cloud::server::hub_config;
-use outpost_relay::store::{AuditEvent, AuditKind};
 use outpost_shared::{RelayId, Role, RoomId, UserId};
+use outpost_store_sqlite::{AuditEvent, AuditKind};
 
 #[derive(Parser)]
 #[command(name = "outpost-cloud", version, about = "Outpost cloud: keys, device tokens and relay enrollment")]
@@ -78,14 +78,14 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
         #[command(flatten)]
-        what: outpost_relay::cli::RevokeArgs,
+        what: outpost_engine::cli::RevokeArgs,
     },
     /// Print the cloud's audit log as JSON lines (security events; no message contents).
     Audit {
         #[arg(long)]
         dir: PathBuf,
         #[command(flatten)]
-        page: outpost_relay::cli::AuditArgs,
+        page: outpost_engine::cli::AuditArgs,
     },
 }
 
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
 const EXIT_CONFIG: u8 = 64;
 
 fn serve(dir: PathBuf, ws: String, quic: String, tls_cert: Option<PathBuf>, tls_key: Option<PathBuf>) -> ExitCode {
-    outpost_relay::cli::init_tracing();
+    outpost_engine::cli::init_tracing();
     let tls = match (tls_cert, tls_key) {
         (None, None) => None,
         (Some(cert), Some(key)) => match outpost_cloud::server::load_tls(&cert, &key) {
@@ -158,14 +158,14 @@ fn serve(dir: PathBuf, ws: String, quic: String, tls_cert: Option<PathBuf>, tls_
             }
         };
         // Tests and scripts read this line to learn the bound ports; it comes once the
-        // store is open (see `outpost_relay::server::OnReady`).
+        // store is open (see `outpost_engine::server::OnReady`).
         let addrs = (listener.local_addr(), endpoint.local_addr());
         let announce = Box::new(move || match addrs {
             (Ok(w), Ok(q)) => println!("outpost-cloud listening on {scheme}://{w}/ws quic={q}"),
             (Err(e), _) | (_, Err(e)) => eprintln!("outpost-cloud: {e}"),
         });
         let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(outpost_relay::cli::wait_for_signal(shutdown.clone()));
+        tokio::spawn(outpost_engine::cli::wait_for_signal(shutdown.clone()));
         match outpost_cloud::server::run(&dir, listener, tls, endpoint, shutdown, announce).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -196,11 +196,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Revoke { dir, what } => {
             let id = CloudIdentity::load(&dir)?;
-            println!("{}", outpost_relay::cli::revoke(&hub_config(&id).storage.path, &id.verifier(), what)?);
+            println!("{}", outpost_engine::cli::revoke(&hub_config(&id).storage.path, &id.verifier(), what)?);
         }
         Cmd::Audit { dir, page } => {
             let id = CloudIdentity::load(&dir)?;
-            outpost_relay::cli::print_audit(&hub_config(&id).storage.path, &page)?;
+            outpost_engine::cli::print_audit(&hub_config(&id).storage.path, &page)?;
         }
         Cmd::EnrollRelay { dir, relay, out, cloud_addr } => {
             let id = CloudIdentity::load(&dir)?;
@@ -221,7 +221,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
 /// Appends audit events for a one-shot command to the cloud's database.
 fn record(id: &CloudIdentity, events: &[AuditEvent]) -> anyhow::Result<()> {
     let db = hub_config(id).storage.path;
-    outpost_relay::store::security::record_offline(&db, &[], events, "cli", outpost_relay::hub::now_ms())?;
+    outpost_store_sqlite::security::record_offline(&db, &[], events, "cli", outpost_engine::hub::now_ms())?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! Only relays presenting a certificate issued by this cloud's `enroll-relay` get past
 //! the TLS handshake (mutual TLS under the relay CA). The relay id claimed in `Hello`
 //! must be the name in that certificate. A relay that reconnects replaces its previous
-//! connection. After the handshake the link is symmetric (`outpost_relay::link::run`):
+//! connection. After the handshake the link is symmetric (`outpost_engine::link::run`):
 //! the relay's batches are applied and acknowledged after commit; replies and receipts
 //! for the relay's rooms are sent down.
 
@@ -11,13 +11,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_relay::link::{self, LinkError, LinkOptions, LinkStore, Peer, read_control, tls, write_control};
-use outpost_relay::media::Blobs;
-use outpost_relay::ratelimit::TokenBucket;
-use outpost_relay::store::{AuditEvent, AuditKind};
+use outpost_engine::link::{self, LinkError, LinkOptions, LinkStore, Peer, read_control, tls, write_control};
+use outpost_engine::media::Blobs;
+use outpost_engine::ratelimit::TokenBucket;
 use outpost_shared::RelayId;
 use outpost_shared::uplink::control::{Control, LINK_VERSION};
 use outpost_shared::uplink::flow::FlowConfig;
+use outpost_store_sqlite::{AuditEvent, AuditKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

@@ -9,10 +9,10 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use outpost_relay::RelayConfig;
-use outpost_relay::lan_tls::LanTls;
-use outpost_relay::link::tls;
-use outpost_relay::server::{Core, RunError};
+use outpost_engine::RelayConfig;
+use outpost_engine::lan_tls::LanTls;
+use outpost_engine::link::tls;
+use outpost_engine::server::{Core, RunError};
 use outpost_shared::bundle::encode_key;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ pub enum CloudRunError {
 
 /// The TLS of the WebSocket/HTTP listener from `--tls-cert`/`--tls-key`, with the hub's
 /// handshake timeout.
-pub fn load_tls(cert: &Path, key: &Path) -> Result<LanTls, outpost_relay::lan_tls::LanTlsError> {
+pub fn load_tls(cert: &Path, key: &Path) -> Result<LanTls, outpost_engine::lan_tls::LanTlsError> {
     let timeout = std::time::Duration::from_secs(RelayConfig::default().limits.tls_handshake_timeout_secs);
     LanTls::load(cert, key, timeout)
 }
@@ -82,7 +82,7 @@ pub async fn run(
     tls: Option<LanTls>,
     quic: quinn::Endpoint,
     shutdown: CancellationToken,
-    on_ready: outpost_relay::server::OnReady,
+    on_ready: outpost_engine::server::OnReady,
 ) -> Result<(), CloudRunError> {
     let id = CloudIdentity::load(dir)?;
     let config = hub_config(&id);

@@ -2,7 +2,7 @@
 //! browsers) and `ServerFrame::decode` (what the cloud's and the tests' clients read).
 //!
 //! The hub only decodes WebSocket text messages, which tungstenite has already checked
-//! to be UTF-8, and refuses binary messages before decoding (relay/src/session.rs). So an
+//! to be UTF-8, and refuses binary messages before decoding (engine/src/session.rs). So an
 //! input that is not UTF-8 is exactly what a hub never decodes; rather than waste it, it
 //! is decoded after lossy conversion, which is still a string a device could have sent.
 

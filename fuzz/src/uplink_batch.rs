@@ -1,5 +1,5 @@
 //! Uplink batches: `batch::decode_header` and `batch::decode`, which the hub and the
-//! cloud run on every stream the other side opens (relay/src/link: at most
+//! cloud run on every stream the other side opens (engine/src/link: at most
 //! `MAX_BATCH_WIRE` bytes read, decoded with `MAX_BATCH_RAW`).
 
 use outpost_shared::uplink::batch::{self, BATCH_VERSION, BatchHeader, Entry};

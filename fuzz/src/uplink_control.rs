@@ -1,5 +1,5 @@
 //! Uplink control frames: `Control::check_len` on the 4-byte prefix, then
-//! `Control::decode` on the body the link read (relay/src/link `read_control`). The input
+//! `Control::decode` on the body the link read (engine/src/link `read_control`). The input
 //! is the body, as `read_control` hands it over; its length is bounded by the fuzzer's
 //! `-max_len`, as `check_len` bounds it on the link.
 

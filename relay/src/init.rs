@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use outpost_shared::bundle::{BUNDLE_VERSION, Bundle, decode_public_key};
 
-use crate::config::{CONFIG_FILE, RelayConfig};
+use outpost_engine::config::{CONFIG_FILE, RelayConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -24,7 +24,7 @@ pub enum InitError {
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
-    Store(#[from] crate::store::OpenError),
+    Store(#[from] outpost_store_sqlite::OpenError),
 }
 
 /// Files the identity is written to, inside the relay directory.
@@ -98,13 +98,13 @@ pub fn init(dir: &Path, bundle_path: &Path) -> Result<String, InitError> {
     // The database first: `relay.toml` appears last and marks a finished provisioning,
     // so an interrupted `init` can simply be run again.
     let db = cfg.db_path(dir);
-    crate::store::create(&db)?;
-    let event = crate::store::AuditEvent::new(
-        crate::store::AuditKind::Enrollment,
+    outpost_store_sqlite::create(&db)?;
+    let event = outpost_store_sqlite::AuditEvent::new(
+        outpost_store_sqlite::AuditKind::Enrollment,
         format!("provisioned from a bundle of cloud {} (uplink {})", bundle.cloud_id, bundle.cloud_addr),
     )
     .actor(bundle.relay_id.to_string());
-    crate::store::security::record_offline(&db, &[], &[event], "cli", crate::hub::now_ms())?;
+    outpost_store_sqlite::security::record_offline(&db, &[], &[event], "cli", outpost_engine::hub::now_ms())?;
     restrict(&db)?;
     if let Some(parent) = db.parent() {
         restrict(parent)?;

@@ -8,8 +8,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod init;
+
 use clap::{Parser, Subcommand};
-use outpost_relay::{Listeners, RelayConfig, run};
+use outpost_engine::{Listeners, RelayConfig, run};
 use tokio_util::sync::CancellationToken;
 
 const EXIT_CONFIG: u8 = 64;
@@ -47,22 +49,22 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
         #[command(flatten)]
-        what: outpost_relay::cli::RevokeArgs,
+        what: outpost_engine::cli::RevokeArgs,
     },
     /// Print the hub's audit log as JSON lines (security events; no message contents).
     Audit {
         #[arg(long)]
         dir: PathBuf,
         #[command(flatten)]
-        page: outpost_relay::cli::AuditArgs,
+        page: outpost_engine::cli::AuditArgs,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    outpost_relay::cli::init_tracing();
+    outpost_engine::cli::init_tracing();
     match cli.cmd {
-        Cmd::Init { dir, bundle } => match outpost_relay::init::init(&dir, &bundle) {
+        Cmd::Init { dir, bundle } => match init::init(&dir, &bundle) {
             Ok(relay) => {
                 println!("relay {relay} provisioned in {}", dir.display());
                 ExitCode::SUCCESS
@@ -77,10 +79,10 @@ fn main() -> ExitCode {
             let key = outpost_shared::bundle::decode_public_key(&config.identity.token_public_key)
                 .map_err(anyhow::Error::msg)?;
             let verifier = outpost_shared::TokenVerifier::new(&key, config.identity.cloud_id.clone());
-            println!("{}", outpost_relay::cli::revoke(db, &verifier, what)?);
+            println!("{}", outpost_engine::cli::revoke(db, &verifier, what)?);
             Ok(())
         }),
-        Cmd::Audit { dir, page } => one_shot(&dir, |_, db| outpost_relay::cli::print_audit(db, &page)),
+        Cmd::Audit { dir, page } => one_shot(&dir, |_, db| outpost_engine::cli::print_audit(db, &page)),
     }
 }
 
@@ -144,7 +146,7 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode 
             Err(e) => eprintln!("outpost-relay: {e}"),
         });
         let shutdown = CancellationToken::new();
-        tokio::spawn(outpost_relay::cli::wait_for_signal(shutdown.clone()));
+        tokio::spawn(outpost_engine::cli::wait_for_signal(shutdown.clone()));
         match run(config, dir, Listeners { ws: listener }, shutdown, announce).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # WebSocket conformance: the Autobahn test cases 1-10 (run by kosoku, from PyPI) against the
 # hub's test-only /echo route, which is served by the same stack with the same WebSocket
-# settings and limits as /ws (relay/src/echo.rs). See docs/conformance.md.
+# settings and limits as /ws (engine/src/echo.rs). See docs/conformance.md.
 #
 #   tests/conformance/run.sh     # after `cargo build --workspace --bins`; builds nothing
 #

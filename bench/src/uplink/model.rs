@@ -1,13 +1,13 @@
 //! A model of the link's flow control on bare QUIC, to tell what the drain loses to the
 //! way batches are windowed from what it loses to everything else (database, encoding).
 //!
-//! Like the link (`relay/src/link/mod.rs`): every batch on its own unidirectional stream
+//! Like the link (`engine/src/link/mod.rs`): every batch on its own unidirectional stream
 //! of equal priority, at most `window` bytes of batches unacknowledged, the receiver acks
 //! each batch on a control stream once it has read all of it, in the order the streams
 //! were opened. Unlike it: no database, no compression, fixed-size batches, a fixed
 //! window. Run with quinn's fair (round-robin) scheduling of same-priority streams, which
 //! the link uses (quinn's default), and without it (streams sent in the order written).
-//! Transport settings otherwise as `relay/src/link/tls.rs` `transport()` (kept in step
+//! Transport settings otherwise as `engine/src/link/tls.rs` `transport()` (kept in step
 //! by hand: quinn's `TransportConfig` cannot be copied).
 
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //!
 //! Client and server live in this process with a throwaway self-signed certificate
 //! (rcgen), TLS 1.3 with rustls' `ring` provider as the link uses, and the link's own
-//! transport settings (`outpost_relay::link::tls::transport`: keep-alive, idle timeout,
+//! transport settings (`outpost_engine::link::tls::transport`: keep-alive, idle timeout,
 //! stream limits; quinn's default congestion controller). No batching, no compression,
 //! no acknowledgements of our own, no database: what is left is what the link emulator
 //! and QUIC's congestion control allow, which is the ceiling for the uplink.
@@ -59,7 +59,7 @@ fn configs() -> anyhow::Result<(quinn::ServerConfig, quinn::ClientConfig)> {
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).context("server QUIC crypto")?,
     ));
-    server.transport_config(outpost_relay::link::tls::transport());
+    server.transport_config(outpost_engine::link::tls::transport());
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert)?;
@@ -71,7 +71,7 @@ fn configs() -> anyhow::Result<(quinn::ServerConfig, quinn::ClientConfig)> {
     let mut client = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).context("client QUIC crypto")?,
     ));
-    client.transport_config(outpost_relay::link::tls::transport());
+    client.transport_config(outpost_engine::link::tls::transport());
     Ok((server, client))
 }
 

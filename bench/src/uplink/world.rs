@@ -31,7 +31,7 @@ pub const RELAY_ENV: &[(&str, &str)] = &[
     ("OUTPOST_UPLINK__RETRY_MAX_SECS", "2"),
     // `batch sent` lines (size, window) are what the report's batch statistics and the
     // same-run baseline's byte count come from.
-    ("RUST_LOG", "info,outpost_relay::link=debug"),
+    ("RUST_LOG", "info,outpost_engine::link=debug"),
 ];
 
 /// The user id of the doctor on the cloud (phones treat `dr-*` senders as the doctor).

@@ -1,0 +1,118 @@
+//! HTTP API pieces shared by the hub and the cloud: bearer-token checks with the same
+//! rules as the WebSocket (signature, expiry, revocation, role), JSON errors with the
+//! protocol's codes, and the audit log.
+//!
+//! ```text
+//! GET /api/audit?after=SEQ&limit=N      (admin tokens; limit ≤ 1000, default 100)
+//!     → 200 {"events": [{"seq", "at", "event", "actor", "role", "device", "peer", "room", "detail"}...],
+//!            "next": SEQ, "more": bool}
+//! ```
+//! Errors are `{"code", "message"}`: 401 `unauthenticated`/`token_expired`,
+//! 403 `forbidden`, 404 `unknown_room`, 400 `bad_frame`, 413 `too_large`,
+//! 429 `rate_limited`, 507 `storage_full`, 500 `internal`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use outpost_shared::{Action, Claims, ErrorCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::hub::Hub;
+use outpost_store_sqlite::{AuditEvent, AuditKind};
+
+/// Most audit events one GET returns.
+const MAX_AUDIT_PAGE: u32 = 1000;
+
+/// An error answer: HTTP status from the protocol code, `{"code", "message"}` body.
+#[derive(Debug)]
+pub struct ApiError(pub ErrorCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self.0 {
+            ErrorCode::BadFrame | ErrorCode::UnsupportedVersion => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthenticated | ErrorCode::TokenExpired => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::UnknownRoom => StatusCode::NOT_FOUND,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(json!({"code": self.0, "message": self.1}))).into_response()
+    }
+}
+
+pub fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError(code, message.into())
+}
+
+/// Verifies `Authorization: Bearer TOKEN` (signature, issuer, expiry, revocation).
+/// Refusals are audited (throttled).
+pub async fn bearer(hub: &Hub, headers: &HeaderMap, peer: SocketAddr) -> Result<Claims, ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| err(ErrorCode::Unauthenticated, "send Authorization: Bearer <token>"))?;
+    let refusal = AuditEvent::new(AuditKind::LoginRefused, "HTTP API: ").peer(peer);
+    hub.verify_token(token.trim(), refusal).await.map_err(|(code, m)| err(code, m))
+}
+
+/// Membership and role rules for an API call; a `forbidden` is audited (throttled).
+pub async fn authorize(hub: &Hub, claims: &Claims, action: Action<'_>, peer: SocketAddr) -> Result<(), ApiError> {
+    let Err((code, m)) = hub.authorize(claims, action) else { return Ok(()) };
+    if code == ErrorCode::Forbidden {
+        let event = AuditEvent::new(AuditKind::Forbidden, format!("HTTP API: {m}"))
+            .by(claims)
+            .peer(peer)
+            .room(action.room().as_str());
+        hub.audit_refusal(event).await;
+    }
+    Err(err(code, m))
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    pub after: Option<u64>,
+    pub limit: Option<u32>,
+}
+
+/// `GET /api/audit`: the audit log, for tokens whose role may read it (admin).
+pub async fn audit(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    let claims = match bearer(&hub, &headers, peer).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if !hub.config.policy.may_read_audit(&claims) {
+        let m = format!("a token with role {} may not read the audit log; use an admin token", claims.role.as_str());
+        let event = AuditEvent::new(AuditKind::Forbidden, m.clone()).by(&claims).peer(peer);
+        hub.audit_refusal(event).await;
+        return err(ErrorCode::Forbidden, m).into_response();
+    }
+    let after = q.after.unwrap_or(0);
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE);
+    let page = hub.store.audit_page(after, limit).await;
+    // Reading the log is itself an event, on disk before the page is handed out.
+    let event = AuditEvent::new(AuditKind::AuditRead, format!("after {after}, limit {limit}")).by(&claims).peer(peer);
+    if let Err(e) = hub.store.audit_committed(event).await {
+        return err(e.code(), e.to_string()).into_response();
+    }
+    match page {
+        Ok((events, more)) => {
+            let next = events.last().map_or(after, |e| e.seq);
+            Json(json!({"events": events, "next": next, "more": more})).into_response()
+        }
+        Err(e) => err(e.code(), e.to_string()).into_response(),
+    }
+}

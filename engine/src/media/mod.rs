@@ -1,0 +1,848 @@
+//! Media blobs (photos, voice notes, documents) on a hub or a cloud.
+//!
+//! The bytes are content-addressed files beside the database:
+//!
+//! ```text
+//! DIR/media/blobs/9f/9f86d0…   complete blobs, named by their SHA-256 (stored once)
+//! DIR/media/partial/OWNER-9f86d0…   unfinished uploads (a device's or a peer's)
+//! ```
+//! Their metadata (schema v4: `blobs`, `blob_owners`, `uploads`, `media_refs`,
+//! `blob_peers`) is written through the store's writer like everything else. The bytes an
+//! upload has received are its partial file's length, fsynced before each answer, so an
+//! upload resumes after a hub restart exactly where the last acknowledged chunk ended.
+//! Blob bytes count against `storage.quota_bytes` with the database; a blob is removed
+//! by retention only after a peer (the cloud) confirmed it holds the same bytes.
+//!
+//! [`http`] serves the device upload/download API; [`link`] carries blobs over the uplink.
+
+pub mod http;
+pub mod link;
+mod preview;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use outpost_shared::media::{BlobId, sniff};
+use outpost_shared::{RoomId, UserId};
+use rusqlite::{OptionalExtension, params};
+use sha2::Digest as _;
+
+use crate::config::{MediaConfig, StorageConfig};
+use crate::hub::now_ms;
+use outpost_store_sqlite::{Store, StoreError};
+
+/// Who an upload belongs to: a user (HTTP) or a peer (the uplink).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    User(UserId),
+    Peer(String),
+}
+
+impl Owner {
+    fn key(&self) -> String {
+        match self {
+            Owner::User(u) => format!("user:{u}"),
+            Owner::Peer(p) => format!("peer:{p}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
+    StorageFull(String),
+    #[error("no upload or blob {0} here for you; start the upload with POST /api/media")]
+    NotFound(BlobId),
+    #[error("this upload is at byte {0}; continue from there")]
+    OffsetMismatch(u64),
+    #[error("the bytes received do not hash to the blob's name; the upload was discarded, start again")]
+    HashMismatch,
+    #[error("the chunk does not match its Upload-Checksum; send it again")]
+    ChecksumMismatch,
+    #[error("the content is not an accepted type ({0}); send a photo, a voice note or a PDF")]
+    UnsupportedType(String),
+    #[error("the file store failed: {0}")]
+    Io(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io(e: std::io::Error) -> MediaError {
+    MediaError::Io(e.to_string())
+}
+
+/// Where an upload stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upload {
+    /// The blob is complete here.
+    Complete { size: u64 },
+    /// `offset` of `size` bytes are durable.
+    Partial { offset: u64, size: u64 },
+}
+
+impl Upload {
+    pub fn offset(&self) -> u64 {
+        match *self {
+            Upload::Complete { size } => size,
+            Upload::Partial { offset, .. } => offset,
+        }
+    }
+    pub fn size(&self) -> u64 {
+        match *self {
+            Upload::Complete { size } | Upload::Partial { size, .. } => size,
+        }
+    }
+}
+
+/// A blob's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub size: u64,
+    pub mime: String,
+    /// Preview dimensions when there is one.
+    pub preview: Option<(u32, u32)>,
+    /// The bytes were removed by retention (a peer holds them).
+    pub evicted: bool,
+    /// Peers known to hold the blob completely.
+    pub peers: Vec<String>,
+}
+
+/// Held while an upload's file and rows change; weak in the map so finished uploads
+/// leave nothing behind.
+type UploadLock = Weak<tokio::sync::Mutex<()>>;
+
+/// The blob store. Cheap to clone.
+#[derive(Clone)]
+pub struct Blobs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    cfg: MediaConfig,
+    /// Uploads are refused once the store would pass this many bytes (the quota less
+    /// the emergency reserve: media never takes the space kept for alerts).
+    bulk_limit: u64,
+    store: Store,
+    /// One writer per upload at a time (two tabs resuming the same upload).
+    locks: Mutex<HashMap<(String, BlobId), UploadLock>>,
+}
+
+impl std::fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blobs").field("root", &self.inner.root).finish_non_exhaustive()
+    }
+}
+
+fn sql_u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn sql_i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Bytes of the files under `dir` (recursively).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Makes a rename or a new file durable: fsync the directory holding it.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl Blobs {
+    /// Opens the blob store in `media/` beside the database at `db` and counts its bytes
+    /// into the store's quota.
+    pub fn open(store: Store, db: &Path, cfg: MediaConfig, storage: &StorageConfig) -> std::io::Result<Self> {
+        let root = db.parent().unwrap_or(Path::new(".")).join("media");
+        std::fs::create_dir_all(root.join("blobs"))?;
+        std::fs::create_dir_all(root.join("partial"))?;
+        let bytes = dir_bytes(&root);
+        store.add_blob_bytes(i64::try_from(bytes).unwrap_or(i64::MAX));
+        let bulk_limit = storage.quota_bytes.saturating_sub(storage.emergency_reserve_bytes);
+        Ok(Self { inner: Arc::new(Inner { root, cfg, bulk_limit, store, locks: Mutex::default() }) })
+    }
+
+    pub fn config(&self) -> &MediaConfig {
+        &self.inner.cfg
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Where a complete blob's bytes are.
+    pub fn blob_path(&self, blob: &BlobId) -> PathBuf {
+        let hex = blob.hex();
+        self.inner.root.join("blobs").join(&hex[..2]).join(hex)
+    }
+
+    fn partial_path(&self, owner: &Owner, blob: &BlobId) -> PathBuf {
+        self.inner.root.join("partial").join(format!("{}-{}", hex_of(&owner.key()), blob.hex()))
+    }
+
+    async fn lock(&self, owner: &Owner, blob: BlobId) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut locks = self.inner.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            locks.retain(|_, w| w.strong_count() > 0);
+            let key = (owner.key(), blob);
+            match locks.get(&key).and_then(Weak::upgrade) {
+                Some(m) => m,
+                None => {
+                    let m = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(key, Arc::downgrade(&m));
+                    m
+                }
+            }
+        };
+        m.lock_owned().await
+    }
+
+    /// The blob's metadata, if this server knows it.
+    pub async fn info(&self, blob: BlobId) -> Result<Option<BlobInfo>, MediaError> {
+        Ok(self
+            .inner
+            .store
+            .read_with(move |c| {
+                let row = c
+                    .prepare_cached("SELECT size, mime, width, height, evicted FROM blobs WHERE sha256 = ?1")?
+                    .query_row([blob.0.as_slice()], |r| {
+                        let (w, h): (Option<i64>, Option<i64>) = (r.get(2)?, r.get(3)?);
+                        Ok(BlobInfo {
+                            size: sql_u(r.get(0)?),
+                            mime: r.get(1)?,
+                            preview: w.zip(h).map(|(w, h)| {
+                                (u32::try_from(w).unwrap_or_default(), u32::try_from(h).unwrap_or_default())
+                            }),
+                            evicted: r.get::<_, Option<i64>>(4)?.is_some(),
+                            peers: Vec::new(),
+                        })
+                    })
+                    .optional()?;
+                let Some(mut info) = row else { return Ok(None) };
+                let mut stmt = c.prepare_cached("SELECT peer FROM blob_peers WHERE sha256 = ?1 ORDER BY peer")?;
+                info.peers = stmt.query_map([blob.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok(Some(info))
+            })
+            .await?)
+    }
+
+    /// The JPEG preview of an image blob.
+    pub async fn preview(&self, blob: BlobId) -> Result<Option<Vec<u8>>, MediaError> {
+        Ok(self
+            .inner
+            .store
+            .read_with(move |c| {
+                c.prepare_cached("SELECT preview FROM blobs WHERE sha256 = ?1")?
+                    .query_row([blob.0.as_slice()], |r| r.get::<_, Option<Vec<u8>>>(0))
+                    .optional()
+                    .map(Option::flatten)
+            })
+            .await?)
+    }
+
+    /// Whether `user` may name or download `blob`: they uploaded it here, or it was sent
+    /// in a room for which `may_read` holds.
+    pub async fn may_use(
+        &self,
+        user: &UserId,
+        blob: BlobId,
+        may_read: impl Fn(&RoomId) -> bool + Send + 'static,
+    ) -> Result<bool, MediaError> {
+        let user = user.as_str().to_owned();
+        Ok(self
+            .inner
+            .store
+            .read_with(move |c| {
+                let owner = c
+                    .prepare_cached("SELECT 1 FROM blob_owners WHERE sha256 = ?1 AND user = ?2")?
+                    .query_row(params![blob.0.as_slice(), user], |_| Ok(()))
+                    .optional()?;
+                if owner.is_some() {
+                    return Ok(true);
+                }
+                let mut stmt = c.prepare_cached("SELECT DISTINCT room FROM media_refs WHERE sha256 = ?1")?;
+                let rooms = stmt.query_map([blob.0.as_slice()], |r| r.get::<_, String>(0))?;
+                for room in rooms {
+                    if RoomId::new(room?).is_ok_and(|r| may_read(&r)) {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            })
+            .await?)
+    }
+
+    /// Bytes received of a blob this server knows only from a message (cloud side,
+    /// before the uplink delivered it): the largest partial upload from a peer.
+    pub async fn received(&self, blob: BlobId) -> Result<u64, MediaError> {
+        let owners: Vec<String> = self
+            .inner
+            .store
+            .read_with(move |c| {
+                let mut stmt = c.prepare_cached("SELECT owner FROM uploads WHERE sha256 = ?1")?;
+                stmt.query_map([blob.0.as_slice()], |r| r.get(0))?.collect()
+            })
+            .await?;
+        let root = self.inner.root.join("partial");
+        Ok(owners
+            .iter()
+            .filter_map(|o| std::fs::metadata(root.join(format!("{}-{}", hex_of(o), blob.hex()))).ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0))
+    }
+
+    /// Whether the blob's bytes are here (complete and not evicted).
+    async fn complete_here(&self, blob: BlobId) -> Result<Option<u64>, MediaError> {
+        Ok(self.info(blob).await?.filter(|i| !i.evicted).map(|i| i.size))
+    }
+
+    async fn upload_size(&self, owner: &Owner, blob: BlobId) -> Result<Option<u64>, MediaError> {
+        let key = owner.key();
+        Ok(self
+            .inner
+            .store
+            .read_with(move |c| {
+                c.prepare_cached("SELECT size FROM uploads WHERE owner = ?1 AND sha256 = ?2")?
+                    .query_row(params![key, blob.0.as_slice()], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .map(|v| v.map(sql_u))
+            })
+            .await?)
+    }
+
+    /// Starts (or finds) an upload of `size` bytes. A user who may already use the
+    /// complete blob gets `Complete` at once; anyone else sends the bytes (knowing a hash
+    /// is not holding the file), which are then stored once.
+    pub async fn begin(&self, owner: &Owner, blob: BlobId, size: u64, may_use: bool) -> Result<Upload, MediaError> {
+        let cfg = &self.inner.cfg;
+        if size > cfg.max_blob_bytes {
+            return Err(MediaError::TooLarge(format!(
+                "the file is {size} bytes; the limit is {} (media.max_blob_bytes)",
+                cfg.max_blob_bytes
+            )));
+        }
+        if size == 0 {
+            return Err(MediaError::BadRequest("Upload-Length must be greater than 0".into()));
+        }
+        let _guard = self.lock(owner, blob).await;
+        if let Some(have) = self.complete_here(blob).await? {
+            if have != size {
+                return Err(MediaError::BadRequest(format!("blob {blob} is {have} bytes, not {size}")));
+            }
+            if may_use || matches!(owner, Owner::Peer(_)) {
+                if let Owner::Peer(p) = owner {
+                    self.confirm(blob, p).await?;
+                }
+                return Ok(Upload::Complete { size });
+            }
+        }
+        if let Some(known) = self.upload_size(owner, blob).await? {
+            if known != size {
+                return Err(MediaError::BadRequest(format!(
+                    "this upload was started with Upload-Length {known}, not {size}"
+                )));
+            }
+            return self.partial_state(owner, blob, size).await;
+        }
+        if let Owner::User(user) = owner {
+            let (pending, bytes) = self.user_usage(user).await?;
+            if pending >= u64::from(cfg.max_pending_uploads) {
+                return Err(MediaError::QuotaExceeded(format!(
+                    "you have {pending} unfinished uploads (media.max_pending_uploads); finish or wait for them"
+                )));
+            }
+            if bytes + size > cfg.quota_per_user_bytes {
+                return Err(MediaError::QuotaExceeded(format!(
+                    "your files on this server would take {} bytes; the limit is {} (media.quota_per_user_bytes)",
+                    bytes + size,
+                    cfg.quota_per_user_bytes
+                )));
+            }
+        }
+        let used = self.inner.store.used_bytes();
+        if used + size > self.inner.bulk_limit {
+            return Err(MediaError::StorageFull(format!(
+                "this server keeps its remaining space for messages ({used} bytes used); try again after the uplink has drained"
+            )));
+        }
+        let path = self.partial_path(owner, &blob);
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::OpenOptions::new().create(true).append(true).open(&path)?.sync_all()?;
+            sync_dir(path.parent().unwrap_or(Path::new(".")))
+        })
+        .await
+        .map_err(|e| MediaError::Io(e.to_string()))?
+        .map_err(io)?;
+        let key = owner.key();
+        self.inner
+            .store
+            .exec(move |c| {
+                c.prepare_cached(
+                    "INSERT OR IGNORE INTO uploads (owner, sha256, size, created) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![key, blob.0.as_slice(), sql_i(size), sql_i(now_ms())])?;
+                Ok(())
+            })
+            .await?;
+        self.partial_state(owner, blob, size).await
+    }
+
+    /// Unfinished uploads of a user and the bytes their files take here.
+    async fn user_usage(&self, user: &UserId) -> Result<(u64, u64), MediaError> {
+        let (u, key) = (user.as_str().to_owned(), Owner::User(user.clone()).key());
+        Ok(self
+            .inner
+            .store
+            .read_with(move |c| {
+                let (n, pending): (i64, i64) = c
+                    .prepare_cached("SELECT count(*), coalesce(sum(size), 0) FROM uploads WHERE owner = ?1")?
+                    .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let owned: i64 = c
+                    .prepare_cached(
+                        "SELECT coalesce(sum(b.size), 0) FROM blob_owners o JOIN blobs b ON b.sha256 = o.sha256
+                         WHERE o.user = ?1 AND b.evicted IS NULL",
+                    )?
+                    .query_row([&u], |r| r.get(0))?;
+                Ok((sql_u(n), sql_u(pending) + sql_u(owned)))
+            })
+            .await?)
+    }
+
+    async fn partial_state(&self, owner: &Owner, blob: BlobId, size: u64) -> Result<Upload, MediaError> {
+        let offset = tokio::fs::metadata(self.partial_path(owner, &blob)).await.map(|m| m.len()).unwrap_or(0);
+        Ok(Upload::Partial { offset: offset.min(size), size })
+    }
+
+    /// Where an upload stands, for `owner` (HEAD). `may_use`: the caller may use the
+    /// complete blob if it exists.
+    pub async fn state(&self, owner: &Owner, blob: BlobId, may_use: bool) -> Result<Upload, MediaError> {
+        // After a chunk in progress: the partial file grows as a chunk streams in, and
+        // only what the chunk's answer covers (fsynced) may be reported.
+        let _guard = self.lock(owner, blob).await;
+        if may_use && let Some(size) = self.complete_here(blob).await? {
+            return Ok(Upload::Complete { size });
+        }
+        match self.upload_size(owner, blob).await? {
+            Some(size) => self.partial_state(owner, blob, size).await,
+            None => Err(MediaError::NotFound(blob)),
+        }
+    }
+
+    /// Appends a chunk at `offset` (which must be where the upload stands), fsyncs it and,
+    /// when it completes the blob, verifies and stores the blob.
+    pub async fn write(&self, owner: &Owner, blob: BlobId, offset: u64, bytes: Vec<u8>) -> Result<Upload, MediaError> {
+        let once = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes.into())]);
+        self.write_stream(owner, blob, offset, once, u64::MAX, None).await
+    }
+
+    /// Appends a chunk that arrives as a stream (an HTTP body) at `offset`, writing it to
+    /// the partial file as it comes, so a large chunk never sits in memory. `max`: the
+    /// most bytes one chunk may carry. With `checksum` (the SHA-256 the device computed
+    /// over the chunk) a chunk that does not match is removed again, and so is one cut
+    /// off before its end (it cannot be checked). Without one, what arrived before a cut
+    /// is kept and the device resumes after it (as tus does). Everything kept is fsynced
+    /// before the answer.
+    pub async fn write_stream<S, E>(
+        &self,
+        owner: &Owner,
+        blob: BlobId,
+        offset: u64,
+        mut body: S,
+        max: u64,
+        checksum: Option<[u8; 32]>,
+    ) -> Result<Upload, MediaError>
+    where
+        S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        let _guard = self.lock(owner, blob).await;
+        let Some(size) = self.upload_size(owner, blob).await? else {
+            // Completed meanwhile (another tab, or a resend of the last chunk)?
+            if let Some(size) = self.complete_here(blob).await? {
+                return Ok(Upload::Complete { size });
+            }
+            return Err(MediaError::NotFound(blob));
+        };
+        let path = self.partial_path(owner, &blob);
+        let have = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
+        if offset != have {
+            return Err(MediaError::OffsetMismatch(have));
+        }
+        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.map_err(io)?;
+        let mut hasher = checksum.map(|_| sha2::Sha256::new());
+        let (mut got, mut refusal, mut cut) = (0u64, None, false);
+        while let Some(piece) = body.next().await {
+            let piece = match piece {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(%blob, error = %e, received = got, "upload chunk cut off");
+                    cut = true;
+                    break;
+                }
+            };
+            let n = piece.len() as u64;
+            if have + got + n > size {
+                refusal = Some(MediaError::BadRequest(format!(
+                    "the chunk runs past Upload-Length {size}; send at most {} more bytes",
+                    size - have
+                )));
+                break;
+            }
+            if got + n > max {
+                refusal = Some(MediaError::TooLarge(format!(
+                    "a chunk may carry at most {max} bytes (media.max_chunk_bytes); send smaller PATCHes"
+                )));
+                break;
+            }
+            if let Some(h) = hasher.as_mut() {
+                h.update(&piece);
+            }
+            file.write_all(&piece).await.map_err(io)?;
+            got += n;
+        }
+        let mismatch = match (hasher, checksum) {
+            (Some(h), Some(want)) if !cut && refusal.is_none() => <[u8; 32]>::from(h.finalize()) != want,
+            _ => false,
+        };
+        // A refused chunk, a chunk that does not match its checksum, or a cut one that
+        // cannot be checked leaves the upload where it was.
+        let keep = if refusal.is_some() || mismatch || (cut && checksum.is_some()) { 0 } else { got };
+        file.flush().await.map_err(io)?;
+        if keep < got {
+            file.set_len(have).await.map_err(io)?;
+        }
+        // The answer promises these bytes survive a power cut.
+        file.sync_data().await.map_err(io)?;
+        drop(file);
+        if keep > 0 {
+            self.inner.store.add_blob_bytes(i64::try_from(keep).unwrap_or(0));
+            metrics::counter!("outpost_media_bytes_received_total").increment(keep);
+        }
+        if let Some(e) = refusal {
+            return Err(e);
+        }
+        if mismatch {
+            return Err(MediaError::ChecksumMismatch);
+        }
+        if have + keep < size {
+            return Ok(Upload::Partial { offset: have + keep, size });
+        }
+        self.finish(owner, blob, size, path).await
+    }
+
+    /// A complete upload: check the hash and the type, make the preview, move the file
+    /// into place and record it.
+    async fn finish(&self, owner: &Owner, blob: BlobId, size: u64, path: PathBuf) -> Result<Upload, MediaError> {
+        let p = path.clone();
+        let (digest, head) = tokio::task::spawn_blocking(move || -> std::io::Result<([u8; 32], Vec<u8>)> {
+            let mut f = std::fs::File::open(&p)?;
+            let mut hasher = sha2::Sha256::new();
+            let mut buf = vec![0u8; 64 << 10];
+            let mut head = Vec::new();
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                if head.len() < 64 {
+                    head.extend_from_slice(&buf[..n.min(64 - head.len())]);
+                }
+                hasher.update(&buf[..n]);
+            }
+            Ok((hasher.finalize().into(), head))
+        })
+        .await
+        .map_err(|e| MediaError::Io(e.to_string()))?
+        .map_err(io)?;
+        let mime = sniff(&head).filter(|m| self.inner.cfg.accepted_types.iter().any(|t| t == m));
+        let refusal = if digest != blob.0 {
+            Some(MediaError::HashMismatch)
+        } else if mime.is_none() {
+            Some(MediaError::UnsupportedType(match sniff(&head) {
+                Some(m) => format!("{m} is not accepted on this server"),
+                None => "unrecognised content".into(),
+            }))
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            tracing::info!(%blob, owner = %owner.key(), error = %e, "upload refused");
+            self.discard(owner, blob, size).await?;
+            return Err(e);
+        }
+        let mime = mime.unwrap_or("application/octet-stream");
+        let preview = if outpost_shared::media::is_image(mime) {
+            let (p, cfg) = (path.clone(), self.inner.cfg.clone());
+            tokio::task::spawn_blocking(move || preview::make(&p, &cfg)).await.ok().flatten()
+        } else {
+            None
+        };
+        let target = self.blob_path(&blob);
+        let t = target.clone();
+        let moved = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            let dir = t.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            if t.exists() {
+                // Deduplicated: the bytes are here already.
+                std::fs::remove_file(&path)?;
+                return Ok(false);
+            }
+            std::fs::rename(&path, &t)?;
+            sync_dir(dir)?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| MediaError::Io(e.to_string()))?
+        .map_err(io)?;
+        if !moved {
+            self.inner.store.add_blob_bytes(-i64::try_from(size).unwrap_or(0));
+        }
+        let (key, owner2) = (owner.key(), owner.clone());
+        let now = sql_i(now_ms());
+        self.inner
+            .store
+            .exec(move |c| {
+                let (data, w, h) = match preview {
+                    Some((d, w, h)) => (Some(d), Some(w), Some(h)),
+                    None => (None, None, None),
+                };
+                let origin = match &owner2 {
+                    Owner::Peer(p) => Some(p.clone()),
+                    Owner::User(_) => None,
+                };
+                c.prepare_cached(
+                    "INSERT INTO blobs (sha256, size, mime, preview, width, height, origin, created)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (sha256) DO UPDATE SET evicted = NULL",
+                )?
+                .execute(params![blob.0.as_slice(), sql_i(size), mime, data, w, h, origin, now])?;
+                c.prepare_cached("DELETE FROM uploads WHERE owner = ?1 AND sha256 = ?2")?
+                    .execute(params![key, blob.0.as_slice()])?;
+                match &owner2 {
+                    Owner::User(u) => c
+                        .prepare_cached("INSERT OR IGNORE INTO blob_owners (sha256, user, at) VALUES (?1, ?2, ?3)")?
+                        .execute(params![blob.0.as_slice(), u.as_str(), now])?,
+                    Owner::Peer(p) => c
+                        .prepare_cached("INSERT OR IGNORE INTO blob_peers (sha256, peer, at) VALUES (?1, ?2, ?3)")?
+                        .execute(params![blob.0.as_slice(), p, now])?,
+                };
+                Ok(())
+            })
+            .await?;
+        tracing::info!(%blob, size, mime, owner = %owner.key(), "blob stored");
+        metrics::counter!("outpost_media_blobs_stored_total").increment(1);
+        Ok(Upload::Complete { size })
+    }
+
+    /// Removes `owner`'s unfinished upload of `blob`, if there is one.
+    pub async fn abandon(&self, owner: &Owner, blob: BlobId) -> Result<(), MediaError> {
+        let _guard = self.lock(owner, blob).await;
+        match self.upload_size(owner, blob).await? {
+            Some(size) => self.discard(owner, blob, size).await,
+            None => Err(MediaError::NotFound(blob)),
+        }
+    }
+
+    /// Removes an unfinished upload (refused, or abandoned).
+    async fn discard(&self, owner: &Owner, blob: BlobId, _size: u64) -> Result<(), MediaError> {
+        let path = self.partial_path(owner, &blob);
+        let len = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
+        if tokio::fs::remove_file(&path).await.is_ok() {
+            self.inner.store.add_blob_bytes(-i64::try_from(len).unwrap_or(0));
+        }
+        let key = owner.key();
+        self.inner
+            .store
+            .exec(move |c| {
+                c.prepare_cached("DELETE FROM uploads WHERE owner = ?1 AND sha256 = ?2")?
+                    .execute(params![key, blob.0.as_slice()])?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Records that `peer` holds the blob completely.
+    pub async fn confirm(&self, blob: BlobId, peer: &str) -> Result<(), MediaError> {
+        let peer = peer.to_owned();
+        self.inner
+            .store
+            .exec(move |c| {
+                c.prepare_cached("INSERT OR IGNORE INTO blob_peers (sha256, peer, at) VALUES (?1, ?2, ?3)")?
+                    .execute(params![blob.0.as_slice(), peer, sql_i(now_ms())])?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The next blob `peer` should receive: complete here, named by a message the peer
+    /// already holds (so the preview always arrives first), in a room the peer serves
+    /// (`rooms` None: all), and not yet held by the peer. Oldest message first.
+    pub async fn next_for(&self, peer: &str, rooms: Option<Vec<RoomId>>) -> Result<Option<(BlobId, u64)>, MediaError> {
+        let peer = peer.to_owned();
+        Ok(self
+            .inner
+            .store
+            .read_with(move |c| {
+                let hwm: i64 = c
+                    .prepare_cached("SELECT sent_hwm FROM peers WHERE peer = ?1")?
+                    .query_row([&peer], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0);
+                let mut stmt = c.prepare_cached(
+                    "SELECT r.sha256, b.size, r.room FROM media_refs r JOIN blobs b ON b.sha256 = r.sha256
+                     WHERE r.cursor <= ?1 AND b.evicted IS NULL
+                       AND NOT EXISTS (SELECT 1 FROM blob_peers p WHERE p.sha256 = r.sha256 AND p.peer = ?2)
+                     ORDER BY r.cursor",
+                )?;
+                let mut rows = stmt.query(params![hwm, peer])?;
+                while let Some(r) = rows.next()? {
+                    let room: String = r.get(2)?;
+                    if let Some(rooms) = &rooms
+                        && !rooms.iter().any(|x| x.as_str() == room)
+                    {
+                        continue;
+                    }
+                    let sha: Vec<u8> = r.get(0)?;
+                    if let Ok(b) = <[u8; 32]>::try_from(sha.as_slice()) {
+                        return Ok(Some((BlobId(b), sql_u(r.get(1)?))));
+                    }
+                }
+                Ok(None)
+            })
+            .await?)
+    }
+
+    /// Reads `len` bytes of a complete blob at `offset`.
+    pub async fn read_at(&self, blob: BlobId, offset: u64, len: usize) -> Result<Vec<u8>, MediaError> {
+        let path = self.blob_path(&blob);
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            use std::io::Seek as _;
+            let mut f = std::fs::File::open(path)?;
+            f.seek(std::io::SeekFrom::Start(offset))?;
+            let mut buf = Vec::with_capacity(len);
+            f.take(len as u64).read_to_end(&mut buf)?;
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| MediaError::Io(e.to_string()))?
+        .map_err(io)
+    }
+
+    /// Removes what may go: unfinished uploads without progress for
+    /// `media.partial_ttl_hours`, and blobs a peer confirmed more than
+    /// `media.retention_days` ago (their metadata and preview stay). Returns the number
+    /// of files removed.
+    pub async fn sweep(&self) -> Result<usize, MediaError> {
+        let cfg = &self.inner.cfg;
+        let now = now_ms();
+        let mut removed = 0;
+        let stale_before = now.saturating_sub(u64::from(cfg.partial_ttl_hours) * 3_600_000);
+        let uploads: Vec<(String, Vec<u8>, i64)> = self
+            .inner
+            .store
+            .read_with(|c| {
+                let mut stmt = c.prepare_cached("SELECT owner, sha256, size FROM uploads")?;
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect()
+            })
+            .await?;
+        for (key, sha, size) in uploads {
+            let Ok(b) = <[u8; 32]>::try_from(sha.as_slice()) else { continue };
+            let blob = BlobId(b);
+            let path = self.inner.root.join("partial").join(format!("{}-{}", hex_of(&key), blob.hex()));
+            let touched = tokio::fs::metadata(&path)
+                .await
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+            if touched < stale_before {
+                let owner = match key.split_once(':') {
+                    Some(("peer", p)) => Owner::Peer(p.to_owned()),
+                    Some((_, u)) => match UserId::new(u) {
+                        Ok(u) => Owner::User(u),
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                };
+                self.discard(&owner, blob, sql_u(size)).await?;
+                removed += 1;
+            }
+        }
+        if cfg.retention_days == 0 {
+            return Ok(removed);
+        }
+        let confirmed_before = sql_i(now.saturating_sub(u64::from(cfg.retention_days) * 86_400_000));
+        let old: Vec<(Vec<u8>, i64)> = self
+            .inner
+            .store
+            .read_with(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT b.sha256, b.size FROM blobs b WHERE b.evicted IS NULL
+                       AND (SELECT min(p.at) FROM blob_peers p WHERE p.sha256 = b.sha256) < ?1",
+                )?;
+                stmt.query_map([confirmed_before], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+            })
+            .await?;
+        for (sha, size) in old {
+            let Ok(b) = <[u8; 32]>::try_from(sha.as_slice()) else { continue };
+            let blob = BlobId(b);
+            self.inner
+                .store
+                .exec(move |c| {
+                    c.prepare_cached("UPDATE blobs SET evicted = ?2 WHERE sha256 = ?1")?
+                        .execute(params![blob.0.as_slice(), sql_i(now_ms())])?;
+                    Ok(())
+                })
+                .await?;
+            if tokio::fs::remove_file(self.blob_path(&blob)).await.is_ok() {
+                self.inner.store.add_blob_bytes(-size);
+                removed += 1;
+                tracing::info!(%blob, "blob removed by retention (its peer confirmed it)");
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Runs [`Blobs::sweep`] every `every` until `stop`.
+    pub async fn sweep_every(self, every: std::time::Duration, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "media sweep failed; will retry");
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! The hub's HTTP server and its lifecycle: `run(config, listeners, shutdown)`.
+//!
+//! Shutdown order (SIGTERM/SIGINT cancel the token): stop accepting connections → close
+//! sessions with 1001 and wait for them (bounded by `server.shutdown_grace_secs`) → commit
+//! what is queued and stop the store's writer.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt as _;
+use outpost_shared::TokenVerifier;
+use outpost_shared::bundle::decode_public_key;
+use outpost_shared::uplink::backoff::Backoff;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{LimitsConfig, RelayConfig};
+use crate::hub::{ConnTracker, Hub, Refusal};
+use crate::lan_tls::{LanListener, LanTls};
+use crate::link::uplink::UplinkSettings;
+use crate::router::Router;
+use outpost_store_sqlite::{OpenError, Store, StoreOptions};
+
+/// Sockets the hub serves on, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub ws: TcpListener,
+}
+
+/// Called once the store is open and the listener is about to be served: what tells
+/// systemd (`READY=1`), scripts and tests that the server can take requests. A line
+/// printed before the store opened would let a caller connect to a process that then
+/// fails to open its database and exits.
+pub type OnReady = Box<dyn FnOnce() + Send>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The device-serving core shared by the hub and the cloud: store, router, sessions.
+pub struct Core {
+    pub hub: Arc<Hub>,
+    pub store: Store,
+    tracker: TaskTracker,
+    sessions_stop: CancellationToken,
+    grace: Duration,
+    tls: Option<LanTls>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// Opens the database at `db` and builds the hub state. Tokens are verified with
+    /// `config.identity` (the cloud's key and id).
+    pub fn open(config: RelayConfig, db: &Path) -> Result<Self, RunError> {
+        let key = decode_public_key(&config.identity.token_public_key).map_err(RunError::Config)?;
+        let verifier = TokenVerifier::new(&key, config.identity.cloud_id.clone());
+        let router = Arc::new(Router::new());
+        let opts = StoreOptions {
+            quota_bytes: config.storage.quota_bytes,
+            emergency_reserve_bytes: config.storage.emergency_reserve_bytes,
+            max_batch: config.storage.max_batch,
+            max_receipts_per_ack: config.limits.max_receipts_per_ack,
+            readers: config.storage.readers,
+        };
+        crate::status::install_metrics();
+        let store = Store::open(db, opts, router.clone())?;
+        tracing::info!(db = %db.display(), epoch = %store.epoch(), head = store.head().0, "store open");
+        let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+        let sessions_stop = CancellationToken::new();
+        let poll = Duration::from_millis(config.security.revocation_poll_ms);
+        tokio::spawn(store.clone().watch_revocations(poll, sessions_stop.clone()));
+        tokio::spawn(forward_revocations(store.revocations(), router.clone(), sessions_stop.clone()));
+        let blobs = crate::media::Blobs::open(store.clone(), db, config.media.clone(), &config.storage)
+            .map_err(|e| RunError::Config(format!("cannot open the media store beside {}: {e}", db.display())))?;
+        tokio::spawn(blobs.clone().sweep_every(Duration::from_secs(3600), sessions_stop.clone()));
+        let mut hub = Hub::new(config, store.clone(), router, verifier, sessions_stop.clone());
+        hub.blobs = Some(blobs);
+        let hub = Arc::new(hub);
+        Ok(Self { hub, store, tracker: TaskTracker::new(), sessions_stop, grace, tls: None })
+    }
+
+    /// `/ws` (protocol v1) and `/healthz`; merge further routes into it. With the
+    /// test-only `server.conformance_echo` switch, also `/echo` (see [`crate::echo`]).
+    pub fn routes(&self) -> axum::Router {
+        let mut router = axum::Router::new();
+        if self.hub.config.server.conformance_echo {
+            tracing::warn!(
+                "server.conformance_echo is on: /echo echoes WebSocket messages without a token; for tests only"
+            );
+            router = router.route("/echo", get(crate::echo::upgrade));
+        }
+        router
+            .route("/ws", get(ws_upgrade))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/status", get(crate::status::page))
+            .route("/status.json", get(crate::status::json))
+            .route("/metrics", get(crate::status::metrics))
+            .fallback(get(crate::web::asset))
+            .with_state((self.hub.clone(), self.tracker.clone()))
+            .merge(axum::Router::new().route("/api/audit", get(crate::api::audit)).with_state(self.hub.clone()))
+            .merge(crate::media::http::routes(self.hub.clone()))
+    }
+
+    /// Serves devices over TLS (HTTPS and `wss://`) instead of plain TCP.
+    pub fn with_tls(mut self, tls: LanTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Serves `app` on `listener` (over TLS after [`Core::with_tls`]) until `shutdown`;
+    /// then closes sessions (bounded by the grace period) and flushes the store.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        app: axum::Router,
+        shutdown: CancellationToken,
+        on_ready: OnReady,
+    ) -> Result<(), RunError> {
+        // Frames are small and latency matters (an ack is one short frame): without
+        // TCP_NODELAY a `stored` waits for the phone's delayed ACK (Nagle), tens of ms.
+        // `tap_io` also gives handlers `ConnectInfo<SocketAddr>` (axum implements it for
+        // any tapped listener whose address is a `SocketAddr`).
+        let listener = LanListener::new(listener, self.tls.clone()).tap_io(|stream| {
+            if let Err(e) = stream.tcp().set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown.cancelled_owned());
+        crate::systemd::spawn_watchdog(self.store.clone(), self.sessions_stop.clone());
+        crate::systemd::ready();
+        on_ready();
+        let result = serve.await;
+        crate::systemd::stopping();
+        tracing::info!("stopped accepting; closing sessions");
+        self.sessions_stop.cancel();
+        self.hub.router.close_all();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!("sessions did not close within the grace period");
+        }
+        self.store.shutdown().await;
+        result.map_err(RunError::Serve)
+    }
+}
+
+/// Each new revocation list reaches every session through its mailbox: one task for the
+/// hub rather than a watch future held by every idle phone.
+async fn forward_revocations(
+    mut list: tokio::sync::watch::Receiver<Arc<outpost_shared::RevocationList>>,
+    router: Arc<Router>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = list.changed() => match changed {
+                Ok(()) => router.recheck_all(),
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+/// Runs the hub until `shutdown` is cancelled. `dir` is the relay directory.
+pub async fn run(
+    config: RelayConfig,
+    dir: PathBuf,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    on_ready: OnReady,
+) -> Result<(), RunError> {
+    let uplink = if config.uplink.cloud.is_empty() {
+        tracing::info!("no cloud configured; serving the village only");
+        None
+    } else {
+        let u = &config.uplink;
+        let backoff = Backoff::with(Duration::from_millis(u.retry_initial_ms), Duration::from_secs(u.retry_max_secs));
+        let mut settings =
+            UplinkSettings::from_dir(&dir, &u.cloud, &config.identity.relay_id, backoff).map_err(RunError::Config)?;
+        settings.flow.linger = Duration::from_millis(u.linger_ms);
+        Some(settings)
+    };
+    let tls = LanTls::from_config(&config, &dir).map_err(|e| RunError::Config(e.to_string()))?;
+    let mut core = Core::open(config.clone(), &config.db_path(&dir))?;
+    if let Some(tls) = tls {
+        tracing::info!("serving devices over TLS");
+        core = core.with_tls(tls);
+    }
+    let status = core.hub.uplink.clone();
+    let uplink_stop = CancellationToken::new();
+    let uplink_task = uplink.map(|settings| {
+        tokio::spawn(crate::link::uplink::run(
+            core.store.clone(),
+            core.hub.blobs.clone(),
+            settings,
+            status.clone(),
+            uplink_stop.clone(),
+        ))
+    });
+    let app = core.routes();
+    let result = core.serve(listeners.ws, app, shutdown, on_ready).await;
+    uplink_stop.cancel();
+    if let Some(t) = uplink_task {
+        let _ = t.await;
+    }
+    tracing::info!("hub stopped");
+    result
+}
+
+pub(crate) type AppState = (Arc<Hub>, TaskTracker);
+
+async fn ws_upgrade(
+    State((hub, tracker)): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let slot = match ConnTracker::acquire(&hub, peer.ip()) {
+        Ok(s) => s,
+        Err(r) => return refused(r),
+    };
+    configure(upgrade, &hub.config.limits).on_upgrade(move |socket| {
+        let session = crate::session::serve(hub, socket, peer);
+        // What one connected phone costs in future state (BENCHMARKS.md, memory).
+        tracing::trace!(bytes = std::mem::size_of_val(&session), "session future");
+        // A combinator, not `async move { session.await; .. }`: an async block would hold
+        // the captured future and the awaited one, each reserved in full.
+        tracker.track_future(futures_util::FutureExt::map(session, move |()| drop(slot)))
+    })
+}
+
+/// The HTTP answer to a connection [`ConnTracker::acquire`] refused (`limits.max_devices`,
+/// `limits.max_connections_per_ip`). Every WebSocket route takes its slot from the same
+/// tracker and refuses with this, so they share one count and one answer.
+pub(crate) fn refused(refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::HubFull => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "hub_full: this hub serves its maximum number of devices; try again later\n",
+        )
+            .into_response(),
+        Refusal::TooManyFromAddress => {
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited: too many connections from this address\n").into_response()
+        }
+    }
+}
+
+/// The WebSocket settings of every route (`/ws`, and `/echo` in tests): one place, so the
+/// conformance suite tests exactly what devices get.
+pub(crate) fn configure(upgrade: WebSocketUpgrade, limits: &LimitsConfig) -> WebSocketUpgrade {
+    // Frames a little over the limit are read and refused with `too_large` while the
+    // connection stays open; tungstenite's hard cap sits at twice the limit.
+    let hard_cap = limits.max_frame_bytes.saturating_mul(2);
+    upgrade
+        .read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(limits.read_buffer_bytes)
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+}
+
+/// Whether a read failed because a message or frame was over the cap [`configure`] sets:
+/// tungstenite's `CapacityError::MessageTooLong`, which axum passes on only as text. Only
+/// that: a control frame over 125 bytes ("Control frame too big") is a protocol error,
+/// not a size refusal, and must not be answered with 1009 (Autobahn 2.5, 7.3.6).
+pub(crate) fn over_hard_cap(e: &axum::Error) -> bool {
+    e.to_string().contains("Message too long")
+}

@@ -1,0 +1,240 @@
+//! What an NGO engineer checks at a glance: `/status` (HTML), `/status.json`, and
+//! Prometheus metrics at `/metrics`.
+//!
+//! Gauges (connections, backlog, disk use, uplink state) are computed when asked for, from
+//! the router and the store, so nothing has to keep them in step; counters and histograms
+//! (messages stored, commit latency and size, link batches) are recorded where the work
+//! happens through the `metrics` facade.
+
+use std::sync::OnceLock;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+
+use crate::hub::{Hub, now_ms};
+use crate::link::uplink::CLOUD_PEER;
+use crate::server::AppState;
+use outpost_store_sqlite::Backlog;
+
+static METRICS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide metrics recorder (once; later calls do nothing).
+pub fn install_metrics() {
+    METRICS.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("outpost_commit_seconds".into()),
+                &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Suffix("_bytes".into()),
+                    &[256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 1_048_576.0],
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("outpost_commit_commands".into()),
+                    &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0],
+                )
+            });
+        match builder.and_then(PrometheusBuilder::install_recorder) {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics are not available");
+                None
+            }
+        }
+    });
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub relay_id: String,
+    pub uptime_secs: u64,
+    pub epoch: String,
+    pub head: u64,
+    pub uplink: UplinkView,
+    /// What waits for the cloud (hubs with an uplink only).
+    pub backlog: Option<Backlog>,
+    pub storage: StorageView,
+    pub devices: DevicesView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UplinkView {
+    pub configured: bool,
+    pub cloud: String,
+    pub connected: bool,
+    /// Last time a connection to the cloud was established (ms since the Unix epoch).
+    pub last_contact: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StorageView {
+    pub used_bytes: u64,
+    pub quota_bytes: u64,
+    pub emergency_reserve_bytes: u64,
+    /// Past this only emergencies are accepted.
+    pub bulk_limit_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DevicesView {
+    pub connected: usize,
+}
+
+async fn collect(hub: &Hub) -> Status {
+    let cfg = &hub.config;
+    let uplink = hub.uplink.lock().map(|u| u.clone()).unwrap_or_default();
+    let configured = !cfg.uplink.cloud.is_empty();
+    let backlog = if configured {
+        match hub.store.backlog(CLOUD_PEER).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the backlog");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Status {
+        version: env!("CARGO_PKG_VERSION"),
+        relay_id: cfg.identity.relay_id.clone(),
+        uptime_secs: hub.uptime().as_secs(),
+        epoch: hub.store.epoch().0.clone(),
+        head: hub.store.head().0,
+        uplink: UplinkView {
+            configured,
+            cloud: cfg.uplink.cloud.clone(),
+            connected: uplink.connected,
+            last_contact: uplink.last_contact,
+            last_error: uplink.last_error,
+        },
+        backlog,
+        storage: StorageView {
+            used_bytes: hub.store.used_bytes(),
+            quota_bytes: cfg.storage.quota_bytes,
+            emergency_reserve_bytes: cfg.storage.emergency_reserve_bytes,
+            bulk_limit_bytes: cfg.storage.quota_bytes.saturating_sub(cfg.storage.emergency_reserve_bytes),
+        },
+        devices: DevicesView { connected: hub.router.session_count() },
+    }
+}
+
+pub async fn json(State((hub, _)): State<AppState>) -> Json<Status> {
+    Json(collect(&hub).await)
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn ago(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(t) => {
+            let secs = now_ms().saturating_sub(t) / 1000;
+            match secs {
+                0..=59 => format!("{secs} s ago"),
+                60..=3599 => format!("{} min ago", secs / 60),
+                3600..=86_399 => format!("{} h {} min ago", secs / 3600, secs % 3600 / 60),
+                _ => format!("{} days ago", secs / 86_400),
+            }
+        }
+    }
+}
+
+fn mib(b: u64) -> String {
+    if b < 1_048_576 { format!("{:.1} KiB", b as f64 / 1024.0) } else { format!("{:.1} MiB", b as f64 / 1_048_576.0) }
+}
+
+pub async fn page(State((hub, _)): State<AppState>) -> Html<String> {
+    let s = collect(&hub).await;
+    let uplink = if !s.uplink.configured {
+        "no cloud configured".to_owned()
+    } else if s.uplink.connected {
+        format!("<b class=ok>connected</b> to {}", esc(&s.uplink.cloud))
+    } else {
+        format!(
+            "<b class=bad>not connected</b> to {}{}",
+            esc(&s.uplink.cloud),
+            s.uplink.last_error.as_deref().map(|e| format!(" — {}", esc(e))).unwrap_or_default()
+        )
+    };
+    let backlog = match &s.backlog {
+        None => "<tr><th>Waiting for the cloud</th><td>—</td></tr>".to_owned(),
+        Some(b) => format!(
+            "<tr><th>Waiting for the cloud</th><td>{} messages ({}), {} receipts, {} photos/voice notes/documents ({})</td></tr>\
+             <tr><th>Oldest waiting</th><td>{}</td></tr>\
+             <tr><th>Oldest waiting emergency</th><td>{}</td></tr>",
+            b.messages,
+            mib(b.bytes),
+            b.receipts,
+            b.files,
+            mib(b.file_bytes),
+            ago(b.oldest_at),
+            b.oldest_emergency_at.map_or_else(|| "none".to_owned(), |t| format!("<b class=bad>{}</b>", ago(Some(t))))
+        ),
+    };
+    let used_pct = s.storage.used_bytes as f64 * 100.0 / s.storage.quota_bytes.max(1) as f64;
+    let disk_class = if s.storage.used_bytes >= s.storage.bulk_limit_bytes { "bad" } else { "ok" };
+    Html(format!(
+        "<!doctype html><html lang=en><head><meta charset=utf-8>\
+         <meta name=viewport content='width=device-width,initial-scale=1'>\
+         <meta http-equiv=refresh content=10><title>Outpost hub status</title>\
+         <style>body{{font:16px system-ui,sans-serif;margin:1rem;max-width:40rem}}th{{text-align:left;padding-right:1rem}}\
+         td,th{{padding:.3rem 0;vertical-align:top}}.ok{{color:#17663a}}.bad{{color:#b00020}}</style></head><body>\
+         <h1>Outpost hub {relay}</h1><table>\
+         <tr><th>Uplink</th><td>{uplink}</td></tr>\
+         <tr><th>Last contact with the cloud</th><td>{contact}</td></tr>\
+         {backlog}\
+         <tr><th>Disk</th><td class={disk_class}>{used} of {quota} ({used_pct:.1} %); only emergencies past {limit}</td></tr>\
+         <tr><th>Connected devices</th><td>{devices}</td></tr>\
+         <tr><th>Version</th><td>{version}</td></tr>\
+         <tr><th>Up for</th><td>{uptime}</td></tr>\
+         <tr><th>Database</th><td>epoch {epoch}, head {head}</td></tr>\
+         </table><p><a href=/status.json>status.json</a> · <a href=/metrics>metrics</a></p></body></html>",
+        relay = esc(&s.relay_id),
+        contact = ago(s.uplink.last_contact),
+        used = mib(s.storage.used_bytes),
+        quota = mib(s.storage.quota_bytes),
+        limit = mib(s.storage.bulk_limit_bytes),
+        devices = s.devices.connected,
+        version = s.version,
+        uptime = ago(Some(now_ms().saturating_sub(s.uptime_secs * 1000))).trim_end_matches(" ago"),
+        epoch = esc(&s.epoch),
+        head = s.head,
+    ))
+}
+
+pub async fn metrics(State((hub, _)): State<AppState>) -> Response {
+    let Some(Some(handle)) = METRICS.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "metrics are not available\n").into_response();
+    };
+    let s = collect(&hub).await;
+    metrics::gauge!("outpost_connections").set(s.devices.connected as f64);
+    metrics::gauge!("outpost_storage_used_bytes").set(s.storage.used_bytes as f64);
+    metrics::gauge!("outpost_storage_quota_bytes").set(s.storage.quota_bytes as f64);
+    metrics::gauge!("outpost_log_head").set(s.head as f64);
+    if s.uplink.configured {
+        metrics::gauge!("outpost_uplink_connected").set(if s.uplink.connected { 1.0 } else { 0.0 });
+    }
+    if let Some(b) = &s.backlog {
+        metrics::gauge!("outpost_backlog_messages").set(b.messages as f64);
+        metrics::gauge!("outpost_backlog_bytes").set(b.bytes as f64);
+        metrics::gauge!("outpost_backlog_receipts").set(b.receipts as f64);
+        metrics::gauge!("outpost_backlog_files").set(b.files as f64);
+        metrics::gauge!("outpost_backlog_file_bytes").set(b.file_bytes as f64);
+        let age = b.oldest_at.map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0);
+        metrics::gauge!("outpost_backlog_oldest_age_seconds").set(age);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+}

@@ -1,0 +1,23 @@
+//! What Outpost needs from storage, independent of any database.
+//!
+//! The engine (sessions, the HTTP API, media, the link) is written against these types
+//! and traits; a backend implements them. SQLite (`outpost-store-sqlite`) is the embedded
+//! default of the hub and the cloud; a cloud that outgrows one machine adds another
+//! backend here without touching the engine. Every backend keeps the same contracts: an
+//! append or an import is answered only after its commit, imports are idempotent by
+//! message id, and errors carry a stable [`StoreError::code`].
+//!
+//! What this crate does not hold: SQL, connections, threads, or anything of the engine's
+//! (routing, sessions, HTTP).
+
+mod audit;
+mod link;
+mod query;
+mod types;
+
+pub use audit::{AuditEvent, AuditKind, AuditRecord};
+pub use link::LinkStore;
+pub use query::{Backlog, Outbound, OutboundQuery, Replay, ReplayQuery};
+pub use types::{
+    AppendRequest, Appended, Audience, Forwarded, LogEntry, PeerState, Publisher, Reply, SessionId, StoreError,
+};

@@ -1,0 +1,103 @@
+//! The log's request and answer types, and the error every storage call can return.
+
+use outpost_shared::frames::OutgoingMsg;
+use outpost_shared::{Cursor, DeviceId, ErrorCode, MessageId, Priority, RoomId, UserId};
+
+/// Identifies one live connection (opaque to the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+/// Who should see a new log entry.
+#[derive(Debug, Clone)]
+pub enum Audience {
+    /// Every session in the room except the one that sent it.
+    Room { room: RoomId, except: Option<SessionId> },
+    /// Every session of one user (custody receipts go to the sender).
+    User(UserId),
+}
+
+/// A committed log entry, already encoded as the frame devices receive.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub cursor: Cursor,
+    pub priority: Priority,
+    pub audience: Audience,
+    pub frame: String,
+}
+
+/// Receives entries after they committed (the router implements it).
+pub trait Publisher: Send + Sync + 'static {
+    fn publish(&self, entry: LogEntry);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage is full ({used} of {quota} bytes used); only emergency messages are accepted")]
+    StorageFull { used: u64, quota: u64 },
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl StoreError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::StorageFull { .. } => ErrorCode::StorageFull,
+            Self::Closed | Self::Database(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(f, _) = &e
+            && f.code == rusqlite::ErrorCode::DiskFull
+        {
+            return Self::StorageFull { used: 0, quota: 0 };
+        }
+        Self::Database(e.to_string())
+    }
+}
+
+/// What a committed `send` produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub id: MessageId,
+    pub cursor: Cursor,
+    pub duplicate: bool,
+}
+
+/// Called by the writer thread once the send's fate is known (after the commit).
+pub type Reply = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
+
+/// A message to append, with what the hub knows about its sender.
+#[derive(Debug)]
+pub struct AppendRequest {
+    pub msg: OutgoingMsg,
+    pub from: UserId,
+    pub device: DeviceId,
+    /// Server receive time, ms since the Unix epoch.
+    pub at: u64,
+    pub origin: Option<SessionId>,
+}
+
+/// A peer's handshake state (see the link module).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerState {
+    /// Our log up to here the peer holds durably.
+    pub sent_hwm: Cursor,
+    /// The peer's own record of what we hold of its log.
+    pub recv_hwm: Cursor,
+    /// Rooms the peer serves.
+    pub rooms: Vec<RoomId>,
+}
+
+/// A message of ours that a peer acknowledged: its sender gets `forwarded`.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub id: MessageId,
+    pub sender: UserId,
+    pub room: RoomId,
+}

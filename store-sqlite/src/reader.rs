@@ -1,0 +1,328 @@
+//! Read-only queries on their own connections: replay after a cursor and room history.
+//!
+//! Readers run on blocking threads so a phone replaying a month of messages never stalls
+//! the writer or the async sessions. Connections are pooled; WAL gives each query a
+//! consistent snapshot while commits continue.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use outpost_shared::frames::{HistoryPage, MessageBody, Positioned, Receipt, ReceiptState};
+use outpost_shared::uplink::batch::{Entry, Lane, WireMessage, WireReceipt};
+use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, ServerFrame, UserId};
+use rusqlite::{Connection, OpenFlags, Row};
+
+use super::{Backlog, Forwarded, Outbound, OutboundQuery, Replay, ReplayQuery, StoreError, connect};
+
+pub(crate) struct Readers {
+    path: PathBuf,
+    /// Connections kept open for reuse: as many as reads may run at once (the store's
+    /// permits), so under steady load none is opened or closed.
+    keep: usize,
+    pool: Mutex<Vec<Connection>>,
+    /// Connections opened so far (each costs a file handle and a page cache).
+    opened: std::sync::atomic::AtomicUsize,
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn bad(what: &str) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnType(0, what.to_owned(), rusqlite::types::Type::Null)
+}
+
+/// Rebuilds a stored message from columns cursor, id, room, kind, priority, body, seq,
+/// reply_to, sender, device, hlc, at starting at `base`.
+fn message_from_row(r: &Row<'_>, base: usize) -> Result<Positioned, rusqlite::Error> {
+    let id: Vec<u8> = r.get(base + 1)?;
+    let reply_to: Option<Vec<u8>> = r.get(base + 7)?;
+    let mid = |b: &[u8]| <[u8; 16]>::try_from(b).map(MessageId::from_bytes).map_err(|_| bad("message id"));
+    Ok(Positioned {
+        cursor: Cursor(u(r.get(base)?)),
+        msg: MessageBody {
+            id: mid(&id)?,
+            room: RoomId::new(r.get::<_, String>(base + 2)?).map_err(|_| bad("room"))?,
+            kind: MessageKind::new(r.get::<_, String>(base + 3)?).map_err(|_| bad("kind"))?,
+            priority: Priority::from_u8(r.get(base + 4)?).ok_or_else(|| bad("priority"))?,
+            body: Body::from_json(&r.get::<_, String>(base + 5)?).map_err(|_| bad("body"))?,
+            seq: Seq(u(r.get(base + 6)?)),
+            reply_to: reply_to.as_deref().map(mid).transpose()?,
+            from: UserId::new(r.get::<_, String>(base + 8)?).map_err(|_| bad("sender"))?,
+            device: DeviceId::new(r.get::<_, String>(base + 9)?).map_err(|_| bad("device"))?,
+            hlc: Hlc(u(r.get(base + 10)?)),
+            at: u(r.get(base + 11)?),
+        },
+    })
+}
+
+const MESSAGE_COLUMNS: &str = "cursor, id, room, kind, priority, body, seq, reply_to, sender, device, hlc, at";
+
+impl Readers {
+    pub fn new(path: PathBuf, keep: usize) -> Self {
+        Self { path, keep, pool: Mutex::new(Vec::new()), opened: 0.into() }
+    }
+
+    #[cfg(test)]
+    pub fn opened(&self) -> usize {
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(super) fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>) -> Result<T, StoreError> {
+        let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                connect(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?
+            }
+        };
+        let out = f(&conn);
+        if let Ok(mut p) = self.pool.lock()
+            && p.len() < self.keep
+        {
+            p.push(conn);
+        }
+        Ok(out?)
+    }
+
+    pub fn replay(&self, q: &ReplayQuery) -> Result<Replay, StoreError> {
+        self.with(|conn| {
+            // ?1 after, ?2 user, ?3 limit, then one parameter per room (?4, ?5, ...).
+            let rooms_list: Vec<String> = (0..q.rooms.len().max(1)).map(|i| format!("?{}", i + 4)).collect();
+            let rooms_list = rooms_list.join(",");
+            let sql = format!(
+                "SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages WHERE cursor > ?1 AND room IN ({rooms_list})
+                 UNION ALL
+                 SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state
+                   FROM receipts WHERE cursor > ?1 AND target = ?2
+                 ORDER BY 2 LIMIT ?3"
+            );
+            let mut args: Vec<rusqlite::types::Value> = vec![
+                i64::try_from(q.after.0).unwrap_or(i64::MAX).into(),
+                q.user.as_str().to_owned().into(),
+                i64::try_from(q.limit).unwrap_or(i64::MAX).into(),
+            ];
+            if q.rooms.is_empty() {
+                args.push(rusqlite::types::Value::Null);
+            }
+            args.extend(q.rooms.iter().map(|r| rusqlite::types::Value::from(r.as_str().to_owned())));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+            let mut frames: Vec<(Cursor, String)> = Vec::new();
+            let mut scanned_to = q.after;
+            let mut count = 0usize;
+            let mut bytes = 0usize;
+            while let Some(r) = rows.next()? {
+                if bytes >= q.max_bytes {
+                    // Full by size: the rest is the next page's.
+                    return Ok(Replay { frames, scanned_to, done: false });
+                }
+                count += 1;
+                let kind: i64 = r.get(0)?;
+                let cursor = Cursor(u(r.get(1)?));
+                scanned_to = cursor;
+                let frame = if kind == 0 {
+                    let m = message_from_row(r, 1)?;
+                    if m.msg.device == q.own_device && m.msg.from == q.user && cursor > q.own_visible_until {
+                        continue;
+                    }
+                    ServerFrame::Message(m).encode()
+                } else {
+                    let id: Vec<u8> = r.get(2)?;
+                    let state: String = r.get(13)?;
+                    let receipt = Receipt {
+                        id: <[u8; 16]>::try_from(id.as_slice())
+                            .map(MessageId::from_bytes)
+                            .map_err(|_| bad("msg_id"))?,
+                        state: ReceiptState::parse(&state).ok_or_else(|| bad("state"))?,
+                        by: UserId::new(r.get::<_, String>(9)?).ok(),
+                        at: u(r.get(12)?),
+                        room: RoomId::new(r.get::<_, String>(3)?).ok(),
+                        cursor: Some(cursor),
+                    };
+                    ServerFrame::Receipt(receipt).encode()
+                };
+                bytes += frame.len();
+                frames.push((cursor, frame));
+            }
+            Ok(Replay { frames, scanned_to, done: count < q.limit })
+        })
+    }
+
+    pub fn history(&self, room: RoomId, before: Option<Cursor>, limit: u32) -> Result<HistoryPage, StoreError> {
+        self.with(|conn| {
+            let before = before.map_or(i64::MAX, |c| i64::try_from(c.0).unwrap_or(i64::MAX));
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = ?1 AND cursor < ?2 ORDER BY cursor DESC LIMIT ?3"
+            ))?;
+            let mut rows = stmt.query(rusqlite::params![room.as_str(), before, i64::from(limit) + 1])?;
+            let mut messages = Vec::new();
+            while let Some(r) = rows.next()? {
+                messages.push(message_from_row(r, 0)?);
+            }
+            let more = messages.len() > limit as usize;
+            messages.truncate(limit as usize);
+            messages.reverse();
+            Ok(HistoryPage { room, messages, more })
+        })
+    }
+}
+
+impl Readers {
+    pub fn outbound(&self, q: &OutboundQuery) -> Result<Outbound, StoreError> {
+        self.with(|conn| {
+            // One snapshot for the page and the head, so "nothing more up to the head"
+            // is true of the same state.
+            let tx = conn.unchecked_transaction()?;
+            let head: i64 = tx.query_row(
+                "SELECT max(coalesce((SELECT max(cursor) FROM messages), 0), coalesce((SELECT max(cursor) FROM receipts), 0))",
+                [],
+                |r| r.get(0),
+            )?;
+            let lane_cond = match q.lane {
+                Lane::Emergency => "priority = 3",
+                Lane::Normal => "priority < 3",
+            };
+            let room_cond = match &q.rooms {
+                None => String::new(),
+                Some(rooms) => {
+                    let list: Vec<String> = (0..rooms.len().max(1)).map(|i| format!("?{}", i + 5)).collect();
+                    format!("AND room IN ({})", list.join(","))
+                }
+            };
+            let receipts = match q.lane {
+                Lane::Emergency => String::new(),
+                Lane::Normal => "UNION ALL
+                 SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state, target, 0
+                   FROM receipts WHERE cursor > ?1 AND cursor <= ?4 AND msg_peer = ?2 AND coalesce(origin_peer, '') <> ?2"
+                    .to_owned(),
+            };
+            let sql = format!(
+                "SELECT 0, {MESSAGE_COLUMNS}, NULL, NULL, origin_peer IS NULL FROM messages
+                   WHERE cursor > ?1 AND cursor <= ?4 AND coalesce(origin_peer, '') <> ?2 AND {lane_cond} {room_cond}
+                 {receipts}
+                 ORDER BY 2 LIMIT ?3"
+            );
+            let mut args: Vec<rusqlite::types::Value> = vec![
+                i64::try_from(q.after.0).unwrap_or(i64::MAX).into(),
+                q.peer.clone().into(),
+                i64::try_from(q.limit).unwrap_or(i64::MAX).into(),
+                q.until.map_or(i64::MAX, |c| i64::try_from(c.0).unwrap_or(i64::MAX)).into(),
+            ];
+            if let Some(rooms) = &q.rooms {
+                if rooms.is_empty() {
+                    args.push(rusqlite::types::Value::Null);
+                }
+                args.extend(rooms.iter().map(|r| rusqlite::types::Value::from(r.as_str().to_owned())));
+            }
+            let mut entries = Vec::new();
+            let mut forwardable = Vec::new();
+            let mut bytes = 0usize;
+            let mut full = false;
+            {
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+                while let Some(r) = rows.next()? {
+                    let kind: i64 = r.get(0)?;
+                    let e = if kind == 0 {
+                        let p = message_from_row(r, 1)?;
+                        let m = p.msg;
+                        if r.get::<_, bool>(15)? {
+                            forwardable.push(Forwarded { id: m.id, sender: m.from.clone(), room: m.room.clone() });
+                        }
+                        Entry::Message(WireMessage::from_stored(p.cursor, m))
+                    } else {
+                        let id: Vec<u8> = r.get(2)?;
+                        Entry::Receipt(WireReceipt {
+                            cursor: Cursor(u(r.get(1)?)),
+                            id: <[u8; 16]>::try_from(id.as_slice()).map(MessageId::from_bytes).map_err(|_| bad("msg_id"))?,
+                            state: ReceiptState::parse(&r.get::<_, String>(13)?).ok_or_else(|| bad("state"))?,
+                            by: UserId::new(r.get::<_, String>(9)?).ok(),
+                            target: UserId::new(r.get::<_, String>(14)?).map_err(|_| bad("target"))?,
+                            room: RoomId::new(r.get::<_, String>(3)?).map_err(|_| bad("room"))?,
+                            at: u(r.get(12)?),
+                        })
+                    };
+                    bytes += match &e {
+                        Entry::Message(m) => m.body.len() + 96,
+                        Entry::Receipt(_) => 64,
+                    };
+                    entries.push(e);
+                    if bytes >= q.max_bytes {
+                        full = true;
+                        break;
+                    }
+                }
+            }
+            tx.commit()?;
+            let scanned_to = if full || entries.len() >= q.limit {
+                entries.last().map_or(q.after, Entry::cursor)
+            } else {
+                let head = Cursor(u(head));
+                q.until.map_or(head, |until| until.min(head)).max(q.after)
+            };
+            Ok(Outbound { entries, scanned_to, forwardable })
+        })
+    }
+}
+
+impl Readers {
+    /// Up to `limit` messages of `room` after `after`, oldest first (the HTTP API's feed).
+    pub fn room_since(&self, room: &RoomId, after: Cursor, limit: u32) -> Result<(Vec<Positioned>, bool), StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3"
+            ))?;
+            let after = i64::try_from(after.0).unwrap_or(i64::MAX);
+            let mut rows = stmt.query(rusqlite::params![room.as_str(), after, i64::from(limit) + 1])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(message_from_row(r, 0)?);
+            }
+            let more = out.len() > limit as usize;
+            out.truncate(limit as usize);
+            Ok((out, more))
+        })
+    }
+}
+
+impl Readers {
+    pub fn backlog(&self, peer: &str) -> Result<Backlog, StoreError> {
+        self.with(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let hwm: i64 =
+                tx.query_row("SELECT coalesce((SELECT sent_hwm FROM peers WHERE peer = ?1), 0)", [peer], |r| r.get(0))?;
+            let (messages, bytes, oldest, emergency): (i64, i64, Option<i64>, Option<i64>) = tx.query_row(
+                "SELECT count(*), coalesce(sum(length(body)), 0), min(at), min(CASE WHEN priority = 3 THEN at END)
+                   FROM messages WHERE cursor > ?1 AND origin_peer IS NULL",
+                [hwm],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
+            let receipts: i64 = tx.query_row(
+                "SELECT count(*) FROM receipts WHERE cursor > ?1 AND msg_peer = ?2 AND origin_peer IS NULL",
+                rusqlite::params![hwm, peer],
+                |r| r.get(0),
+            )?;
+            let (files, file_bytes): (i64, i64) = tx.query_row(
+                "SELECT count(*), coalesce(sum(size), 0) FROM blobs b
+                  WHERE b.evicted IS NULL
+                    AND EXISTS (SELECT 1 FROM media_refs r WHERE r.sha256 = b.sha256)
+                    AND NOT EXISTS (SELECT 1 FROM blob_peers p WHERE p.sha256 = b.sha256 AND p.peer = ?1)",
+                [peer],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            tx.commit()?;
+            Ok(Backlog {
+                files: u(files),
+                file_bytes: u(file_bytes),
+                messages: u(messages),
+                bytes: u(bytes),
+                receipts: u(receipts),
+                oldest_at: oldest.map(u),
+                oldest_emergency_at: emergency.map(u),
+                acked_through: u(hwm),
+            })
+        })
+    }
+}
