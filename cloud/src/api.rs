@@ -21,7 +21,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use outpost_engine::api::{ApiError, bearer, err};
-use outpost_engine::hub::{Hub, now_ms};
+use outpost_engine::clock::now_ms;
+use outpost_engine::hub::Hub;
 use outpost_shared::frames::OutgoingMsg;
 use outpost_shared::{
     Action, Body, Claims, Cursor, DeviceId, ErrorCode, MessageId, MessageKind, Priority, RoomId, Seq,

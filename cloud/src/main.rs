@@ -221,7 +221,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
 /// Appends audit events for a one-shot command to the cloud's database.
 fn record(id: &CloudIdentity, events: &[AuditEvent]) -> anyhow::Result<()> {
     let db = hub_config(id).storage.path;
-    outpost_store_sqlite::security::record_offline(&db, &[], events, "cli", outpost_engine::hub::now_ms())?;
+    outpost_store_sqlite::security::record_offline(&db, &[], events, "cli", outpost_engine::clock::now_ms())?;
     Ok(())
 }
 

@@ -53,7 +53,7 @@ pub fn revoke(
     args: RevokeArgs,
 ) -> anyhow::Result<String> {
     use outpost_shared::{Revocation, Revoked};
-    let now_ms = crate::hub::now_ms();
+    let now_ms = crate::clock::now_ms();
     let what = match (args.token, args.jti, args.user) {
         (Some(token), None, None) => {
             // Expiry does not matter for revoking (0 = "any time"); the signature does:

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lan_tls::{LanTls, LanTlsError};
+
 /// The configuration file inside the relay's directory.
 pub const CONFIG_FILE: &str = "relay.toml";
 
@@ -382,7 +384,7 @@ impl RelayConfig {
         overrides(&mut cfg);
         problems.extend(cfg.problems());
         // The files are read now too, so a bad certificate stops the hub before it binds.
-        if let Err(e) = crate::lan_tls::LanTls::from_config(&cfg, dir) {
+        if let Err(e) = cfg.lan_tls(dir) {
             problems.push(e.to_string());
         }
         if problems.is_empty() { Ok(cfg) } else { Err(ConfigError { problems }) }
@@ -489,6 +491,14 @@ impl RelayConfig {
             p.push(format!("uplink.cloud = {:?} must be HOST:PORT", self.uplink.cloud));
         }
         p
+    }
+
+    /// The hub's TLS from `server.tls_cert`/`server.tls_key` (relative to `dir`), or
+    /// `None` when they are not both set.
+    pub fn lan_tls(&self, dir: &Path) -> Result<Option<LanTls>, LanTlsError> {
+        let Some((cert, key)) = self.tls_files(dir) else { return Ok(None) };
+        let timeout = std::time::Duration::from_secs(self.limits.tls_handshake_timeout_secs);
+        LanTls::load(&cert, &key, timeout).map(Some)
     }
 
     /// The TLS certificate and key paths, resolved against the relay directory, when both

@@ -4,7 +4,7 @@
 //! It exists so the Autobahn cases can exercise the hub's WebSocket layer (framing,
 //! fragmentation, UTF-8, control frames, closing, size limits) without speaking protocol
 //! v1. It is admitted and configured by the same functions as `/ws`
-//! ([`ConnTracker`], [`crate::server::refused`], [`crate::server::configure`]), so what passes here is what
+//! ([`ConnTracker`], [`crate::ws::refused`], [`crate::ws::configure`]), so what passes here is what
 //! devices get. It owns nothing beyond its socket; no token is asked, no state is kept.
 
 use std::net::SocketAddr;
@@ -15,8 +15,8 @@ use axum::response::Response;
 use futures_util::SinkExt as _;
 
 use crate::hub::ConnTracker;
-use crate::server::{AppState, configure, over_hard_cap, refused};
 use crate::session::close;
+use crate::ws::{AppState, configure, over_hard_cap, refused};
 
 pub(crate) async fn upgrade(
     State((hub, tracker)): State<AppState>,

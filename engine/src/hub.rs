@@ -2,6 +2,8 @@
 //! accounting. One `Arc<Hub>` is handed to every session.
 
 use std::collections::HashMap;
+
+use crate::clock::now_ms;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -13,14 +15,6 @@ use crate::link::uplink::UplinkStatus;
 use crate::ratelimit::TokenBucket;
 use crate::router::Router;
 use outpost_store_sqlite::{AuditEvent, Store};
-
-/// Wall-clock milliseconds since the Unix epoch (message `at`, token expiry).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 /// What a device or API caller with a revoked token is told (the reason stays in the
 /// audit log).

@@ -59,14 +59,6 @@ impl std::fmt::Debug for LanTls {
 }
 
 impl LanTls {
-    /// The hub's TLS from `server.tls_cert`/`server.tls_key` (relative to `dir`), or
-    /// `None` when they are not both set.
-    pub fn from_config(config: &crate::RelayConfig, dir: &Path) -> Result<Option<Self>, LanTlsError> {
-        let Some((cert, key)) = config.tls_files(dir) else { return Ok(None) };
-        let timeout = Duration::from_secs(config.limits.tls_handshake_timeout_secs);
-        Self::load(&cert, &key, timeout).map(Some)
-    }
-
     /// Reads and checks `cert` (PEM chain, the hub's certificate first) and `key` (PEM
     /// private key). TLS 1.2 and 1.3: older Android phones still speak only 1.2.
     pub fn load(cert: &Path, key: &Path, handshake_timeout: Duration) -> Result<Self, LanTlsError> {

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod echo;
 pub mod hub;
@@ -25,6 +26,7 @@ pub mod session;
 pub mod status;
 pub mod systemd;
 pub mod web;
+pub mod ws;
 
 pub use config::RelayConfig;
 pub use server::{Listeners, RunError, run};

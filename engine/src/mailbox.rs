@@ -21,8 +21,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use axum::extract::ws::Utf8Bytes;
+use outpost_shared::Cursor;
 
-use crate::router::Live;
+/// An item on a session's lane.
+#[derive(Debug, Clone)]
+pub enum Live {
+    /// A committed log entry (message or receipt), encoded once and shared.
+    Log { cursor: Cursor, text: Utf8Bytes },
+    /// Typing and presence: never stored.
+    Ephemeral(Utf8Bytes),
+}
 
 /// What the session takes next, most urgent first.
 #[derive(Debug)]

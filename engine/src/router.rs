@@ -12,19 +12,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::mailbox::{Lane, Mailbox};
+use crate::mailbox::{Lane, Live, Mailbox};
 use axum::extract::ws::Utf8Bytes;
-use outpost_shared::{Cursor, DeviceId, Priority, RoomId, UserId};
+use outpost_shared::{DeviceId, Priority, RoomId, UserId};
 use outpost_store_sqlite::{Audience, LogEntry, Publisher, SessionId};
-
-/// An item on a session's lane.
-#[derive(Debug, Clone)]
-pub enum Live {
-    /// A committed log entry (message or receipt), encoded once and shared.
-    Log { cursor: Cursor, text: Utf8Bytes },
-    /// Typing and presence: never stored.
-    Ephemeral(Utf8Bytes),
-}
 
 /// The router's side of one session.
 #[derive(Debug)]

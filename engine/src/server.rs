@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use outpost_shared::TokenVerifier;
@@ -22,11 +21,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{LimitsConfig, RelayConfig};
-use crate::hub::{ConnTracker, Hub, Refusal};
+use crate::config::RelayConfig;
+use crate::hub::{ConnTracker, Hub};
 use crate::lan_tls::{LanListener, LanTls};
 use crate::link::uplink::UplinkSettings;
 use crate::router::Router;
+use crate::ws::{AppState, configure, refused};
 use outpost_store_sqlite::{OpenError, Store, StoreOptions};
 
 /// Sockets the hub serves on, bound by the caller (tests bind port 0).
@@ -200,7 +200,7 @@ pub async fn run(
         settings.flow.linger = Duration::from_millis(u.linger_ms);
         Some(settings)
     };
-    let tls = LanTls::from_config(&config, &dir).map_err(|e| RunError::Config(e.to_string()))?;
+    let tls = config.lan_tls(&dir).map_err(|e| RunError::Config(e.to_string()))?;
     let mut core = Core::open(config.clone(), &config.db_path(&dir))?;
     if let Some(tls) = tls {
         tracing::info!("serving devices over TLS");
@@ -227,8 +227,6 @@ pub async fn run(
     result
 }
 
-pub(crate) type AppState = (Arc<Hub>, TaskTracker);
-
 async fn ws_upgrade(
     State((hub, tracker)): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -246,41 +244,4 @@ async fn ws_upgrade(
         // the captured future and the awaited one, each reserved in full.
         tracker.track_future(futures_util::FutureExt::map(session, move |()| drop(slot)))
     })
-}
-
-/// The HTTP answer to a connection [`ConnTracker::acquire`] refused (`limits.max_devices`,
-/// `limits.max_connections_per_ip`). Every WebSocket route takes its slot from the same
-/// tracker and refuses with this, so they share one count and one answer.
-pub(crate) fn refused(refusal: Refusal) -> Response {
-    match refusal {
-        Refusal::HubFull => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "hub_full: this hub serves its maximum number of devices; try again later\n",
-        )
-            .into_response(),
-        Refusal::TooManyFromAddress => {
-            (StatusCode::TOO_MANY_REQUESTS, "rate_limited: too many connections from this address\n").into_response()
-        }
-    }
-}
-
-/// The WebSocket settings of every route (`/ws`, and `/echo` in tests): one place, so the
-/// conformance suite tests exactly what devices get.
-pub(crate) fn configure(upgrade: WebSocketUpgrade, limits: &LimitsConfig) -> WebSocketUpgrade {
-    // Frames a little over the limit are read and refused with `too_large` while the
-    // connection stays open; tungstenite's hard cap sits at twice the limit.
-    let hard_cap = limits.max_frame_bytes.saturating_mul(2);
-    upgrade
-        .read_buffer_size(limits.read_buffer_bytes)
-        .write_buffer_size(limits.read_buffer_bytes)
-        .max_message_size(hard_cap)
-        .max_frame_size(hard_cap)
-}
-
-/// Whether a read failed because a message or frame was over the cap [`configure`] sets:
-/// tungstenite's `CapacityError::MessageTooLong`, which axum passes on only as text. Only
-/// that: a control frame over 125 bytes ("Control frame too big") is a protocol error,
-/// not a size refusal, and must not be answered with 1009 (Autobahn 2.5, 7.3.6).
-pub(crate) fn over_hard_cap(e: &axum::Error) -> bool {
-    e.to_string().contains("Message too long")
 }

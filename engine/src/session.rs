@@ -28,10 +28,12 @@ use outpost_shared::frames::{
 use outpost_shared::{Action, Claims, ClientFrame, Cursor, ErrorCode, RoomId, ServerFrame};
 use tokio::time::Instant;
 
-use crate::hub::{Hub, REVOKED, now_ms};
+use crate::clock::now_ms;
+use crate::hub::{Hub, REVOKED};
+use crate::mailbox::Live;
 use crate::mailbox::{Item, Mailbox};
 use crate::ratelimit::TokenBucket;
-use crate::router::{Live, SessionLink};
+use crate::router::SessionLink;
 use outpost_store_sqlite::{AppendRequest, AuditEvent, AuditKind, ReplayQuery};
 
 /// WebSocket close codes used by the hub.
@@ -563,7 +565,7 @@ impl Session {
             Some(Err(e)) => {
                 // tungstenite refuses a message past its hard cap; the stream cannot continue.
                 let text = e.to_string();
-                if crate::server::over_hard_cap(&e) {
+                if crate::ws::over_hard_cap(&e) {
                     self.feed(error_frame(ErrorCode::TooLarge, "the frame is far over the size limit", None)).await?;
                     self.flush().await?;
                     close_with(&mut self.ws, close::TOO_BIG, "frame too large").await;

@@ -15,9 +15,10 @@ use axum::response::{Html, IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 
-use crate::hub::{Hub, now_ms};
+use crate::clock::now_ms;
+use crate::hub::Hub;
 use crate::link::uplink::CLOUD_PEER;
-use crate::server::AppState;
+use crate::ws::AppState;
 use outpost_store_sqlite::Backlog;
 
 static METRICS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

@@ -1,4 +1,4 @@
-//! The media bulk lane's frames as a receiver reads them (engine/src/media/link.rs): the
+//! The media bulk lane's frames as a receiver reads them (engine/src/link/bulk.rs): the
 //! 3-byte prefix of a chunk frame, its header, and the sender's reading of a `Have`
 //! answer; plus the two things a server does with a device's body that names a blob
 //! (finding the reference, completing the body) and the type sniffer on the file's head.

@@ -104,7 +104,7 @@ pub fn init(dir: &Path, bundle_path: &Path) -> Result<String, InitError> {
         format!("provisioned from a bundle of cloud {} (uplink {})", bundle.cloud_id, bundle.cloud_addr),
     )
     .actor(bundle.relay_id.to_string());
-    outpost_store_sqlite::security::record_offline(&db, &[], &[event], "cli", outpost_engine::hub::now_ms())?;
+    outpost_store_sqlite::security::record_offline(&db, &[], &[event], "cli", outpost_engine::clock::now_ms())?;
     restrict(&db)?;
     if let Some(parent) = db.parent() {
         restrict(parent)?;

@@ -9,6 +9,7 @@
 //! ends the whole link; the hub's dialer reconnects with backoff and both sides resume
 //! from their durable high-water marks.
 
+mod bulk;
 pub mod tls;
 pub mod uplink;
 
@@ -27,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::now_ms;
+use crate::clock::now_ms;
 use outpost_store_sqlite::{Forwarded, OutboundQuery, StoreError};
 
 /// Largest batch accepted from a peer, compressed (bounded read of a stream).
@@ -169,10 +170,10 @@ pub async fn run<S: LinkStore>(
         tasks.spawn(publish_revocations(store.revocations(), ctl_tx.clone()));
     }
     tasks.spawn(receive(conn.clone(), store.clone(), peer.clone(), ctl_tx.clone(), reset_tx));
-    // The bulk lane: blobs both ways (engine/src/media/link.rs).
+    // The bulk lane: blobs both ways (engine/src/link/bulk.rs).
     if let Some(blobs) = blobs {
-        tasks.spawn(crate::media::link::sender(conn.clone(), blobs.clone(), peer.name.clone(), peer.rooms.clone()));
-        tasks.spawn(crate::media::link::serve(conn.clone(), blobs, peer.name.clone()));
+        tasks.spawn(bulk::sender(conn.clone(), blobs.clone(), peer.name.clone(), peer.rooms.clone()));
+        tasks.spawn(bulk::serve(conn.clone(), blobs, peer.name.clone()));
     }
     tasks.spawn(send(conn.clone(), store, peer, flow, ctl_tx, ack_rx, reset_rx));
 

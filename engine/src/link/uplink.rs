@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::tls::{self, SERVER_NAME};
 use super::{LinkError, Peer, read_control, write_control};
-use crate::hub::now_ms;
+use crate::clock::now_ms;
 use outpost_store_sqlite::Store;
 
 /// The store's name for a hub's cloud.

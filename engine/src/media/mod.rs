@@ -16,7 +16,6 @@
 //! [`http`] serves the device upload/download API; [`link`] carries blobs over the uplink.
 
 pub mod http;
-pub mod link;
 mod preview;
 #[cfg(test)]
 mod tests;
@@ -31,8 +30,8 @@ use outpost_shared::{RoomId, UserId};
 use rusqlite::{OptionalExtension, params};
 use sha2::Digest as _;
 
+use crate::clock::now_ms;
 use crate::config::{MediaConfig, StorageConfig};
-use crate::hub::now_ms;
 use outpost_store_sqlite::{Store, StoreError};
 
 /// Who an upload belongs to: a user (HTTP) or a peer (the uplink).

@@ -22,8 +22,8 @@ use outpost_shared::media::{BlobId, CHUNK_VERSION, ChunkHeader, Have, MAX_CHUNK_
 use outpost_shared::uplink::flow::Pipe;
 use tokio::io::AsyncReadExt as _;
 
-use super::{Blobs, MediaError, Owner, Upload};
-use crate::link::LinkError;
+use super::LinkError;
+use crate::media::{Blobs, MediaError, Owner, Upload};
 
 /// Stream priority of blob transfers (below every batch lane).
 pub const PRIORITY_BULK: i32 = -100;
