@@ -247,6 +247,7 @@ impl Publisher for Router {
 mod tests {
     use super::*;
     use crate::mailbox::Item;
+    use outpost_shared::Cursor;
 
     fn room(s: &str) -> RoomId {
         RoomId::new(s).unwrap_or_else(|e| panic!("{e}"))
