@@ -165,8 +165,8 @@ fn serve(dir: PathBuf, ws: String, quic: String, tls_cert: Option<PathBuf>, tls_
             (Err(e), _) | (_, Err(e)) => eprintln!("outpost-cloud: {e}"),
         });
         let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(outpost_engine::cli::wait_for_signal(shutdown.clone()));
-        match outpost_cloud::server::run(&dir, listener, tls, endpoint, shutdown, announce).await {
+        let cloud = outpost_cloud::server::run(&dir, listener, tls, endpoint, shutdown.clone(), announce);
+        match outpost_engine::cli::until_signal(shutdown, cloud).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outpost-cloud: {e}");

@@ -91,18 +91,11 @@ pub async fn run(
     if let Some(tls) = tls {
         core = core.with_tls(tls);
     }
-    let relays_stop = CancellationToken::new();
-    let relays = tokio::spawn(crate::relays::accept(
-        quic,
-        core.store.clone(),
-        core.hub.blobs.clone(),
-        id.cloud_id.clone(),
-        relays_stop.clone(),
-    ));
+    let relays =
+        crate::relays::accept(quic, core.store.clone(), core.hub.blobs.clone(), id.cloud_id.clone(), core.stop_token());
+    core.spawn("relay endpoint", relays);
     let app = core.routes().merge(crate::api::routes(core.hub.clone()));
     let result = core.serve(ws, app, shutdown, on_ready).await;
-    relays_stop.cancel();
-    let _ = relays.await;
     tracing::info!("cloud stopped");
     Ok(result?)
 }

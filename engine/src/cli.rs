@@ -13,12 +13,24 @@ pub fn init_tracing() {
         .init();
 }
 
-/// Cancels `shutdown` on SIGTERM (systemd) or SIGINT (Ctrl-C).
-pub async fn wait_for_signal(shutdown: CancellationToken) {
+/// Runs `server` to its end, cancelling `shutdown` (which `server` stops on) at the first
+/// SIGTERM (systemd) or SIGINT (Ctrl-C). The signal handler lives exactly as long as the
+/// server: a server that stops for another reason does not leave it behind.
+pub async fn until_signal<F: std::future::Future>(shutdown: CancellationToken, server: F) -> F::Output {
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        out = &mut server => out,
+        () = wait_for_signal(shutdown) => server.await,
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT; never resolves if the handlers cannot be
+/// installed (the server then runs until killed).
+async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop the process with SIGKILL");
-        return;
+        return std::future::pending().await;
     };
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -26,6 +26,7 @@ use crate::hub::{ConnTracker, Hub};
 use crate::lan_tls::{LanListener, LanTls};
 use crate::link::uplink::UplinkSettings;
 use crate::router::Router;
+use crate::supervisor::Supervisor;
 use crate::ws::{AppState, configure, refused};
 use outpost_store_sqlite::{OpenError, Store, StoreOptions};
 
@@ -49,14 +50,19 @@ pub enum RunError {
     Store(#[from] OpenError),
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("the server's {task} stopped ({how}); the server stopped with it and should be restarted")]
+    TaskEnded { task: &'static str, how: String },
 }
 
 /// The device-serving core shared by the hub and the cloud: store, router, sessions.
 pub struct Core {
     pub hub: Arc<Hub>,
     pub store: Store,
+    /// Owns the sessions (closed with a grace period at shutdown).
     tracker: TaskTracker,
     sessions_stop: CancellationToken,
+    /// Owns every other task the server runs (see [`Supervisor`]).
+    tasks: Supervisor,
     grace: Duration,
     tls: Option<LanTls>,
 }
@@ -87,15 +93,28 @@ impl Core {
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let sessions_stop = CancellationToken::new();
         let poll = Duration::from_millis(config.security.revocation_poll_ms);
-        tokio::spawn(store.clone().watch_revocations(poll, sessions_stop.clone()));
-        tokio::spawn(forward_revocations(store.revocations(), router.clone(), sessions_stop.clone()));
+        let mut tasks = Supervisor::default();
+        tasks.spawn("revocation watch", store.clone().watch_revocations(poll, tasks.stop_token()));
+        tasks.spawn("revocation fan-out", forward_revocations(store.revocations(), router.clone(), tasks.stop_token()));
         let blobs = crate::media::Blobs::open(store.clone(), db, config.media.clone(), &config.storage)
             .map_err(|e| RunError::Config(format!("cannot open the media store beside {}: {e}", db.display())))?;
-        tokio::spawn(blobs.clone().sweep_every(Duration::from_secs(3600), sessions_stop.clone()));
+        tasks.spawn("media sweep", blobs.clone().sweep_every(Duration::from_secs(3600), tasks.stop_token()));
         let mut hub = Hub::new(config, store.clone(), router, verifier, sessions_stop.clone());
         hub.blobs = Some(blobs);
         let hub = Arc::new(hub);
-        Ok(Self { hub, store, tracker: TaskTracker::new(), sessions_stop, grace, tls: None })
+        Ok(Self { hub, store, tracker: TaskTracker::new(), sessions_stop, tasks, grace, tls: None })
+    }
+
+    /// Runs `task` for as long as the server serves (the hub's uplink, the cloud's relay
+    /// endpoint). It must stop when `stop_token()` is cancelled and not before: an early
+    /// end shuts the server down (see [`Supervisor`]).
+    pub fn spawn(&mut self, name: &'static str, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(name, task);
+    }
+
+    /// What tasks given to [`Core::spawn`] stop on.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.tasks.stop_token()
     }
 
     /// `/ws` (protocol v1) and `/healthz`; merge further routes into it. With the
@@ -126,10 +145,12 @@ impl Core {
         self
     }
 
-    /// Serves `app` on `listener` (over TLS after [`Core::with_tls`]) until `shutdown`;
-    /// then closes sessions (bounded by the grace period) and flushes the store.
+    /// Serves `app` on `listener` (over TLS after [`Core::with_tls`]) until `shutdown`,
+    /// or until a task of the server ends before its time. Then, in order: stop
+    /// accepting, close sessions (bounded by the grace period), stop the server's tasks
+    /// (the uplink or the relays' endpoint: nothing more is imported), flush the store.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         app: axum::Router,
         shutdown: CancellationToken,
@@ -145,11 +166,22 @@ impl Core {
             }
         });
         let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown.cancelled_owned());
-        crate::systemd::spawn_watchdog(self.store.clone(), self.sessions_stop.clone());
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        if let Some(watchdog) = crate::systemd::watchdog(self.store.clone(), self.tasks.stop_token()) {
+            self.tasks.spawn("watchdog", watchdog);
+        }
         crate::systemd::ready();
         on_ready();
-        let result = serve.await;
+        let mut serve = std::pin::pin!(serve.into_future());
+        let (result, ended) = tokio::select! {
+            biased;
+            r = &mut serve => (r, None),
+            (task, how) = self.tasks.first_exit() => {
+                tracing::error!(task, how, "a server task ended before shutdown; stopping");
+                shutdown.cancel();
+                (serve.await, Some(RunError::TaskEnded { task, how }))
+            }
+        };
         crate::systemd::stopping();
         tracing::info!("stopped accepting; closing sessions");
         self.sessions_stop.cancel();
@@ -158,8 +190,10 @@ impl Core {
         if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_err() {
             tracing::warn!("sessions did not close within the grace period");
         }
+        self.tasks.shutdown().await;
         self.store.shutdown().await;
-        result.map_err(RunError::Serve)
+        result.map_err(RunError::Serve)?;
+        ended.map_or(Ok(()), Err)
     }
 }
 
@@ -206,23 +240,18 @@ pub async fn run(
         tracing::info!("serving devices over TLS");
         core = core.with_tls(tls);
     }
-    let status = core.hub.uplink.clone();
-    let uplink_stop = CancellationToken::new();
-    let uplink_task = uplink.map(|settings| {
-        tokio::spawn(crate::link::uplink::run(
+    if let Some(settings) = uplink {
+        let task = crate::link::uplink::run(
             core.store.clone(),
             core.hub.blobs.clone(),
             settings,
-            status.clone(),
-            uplink_stop.clone(),
-        ))
-    });
+            core.hub.uplink.clone(),
+            core.stop_token(),
+        );
+        core.spawn("uplink", task);
+    }
     let app = core.routes();
     let result = core.serve(listeners.ws, app, shutdown, on_ready).await;
-    uplink_stop.cancel();
-    if let Some(t) = uplink_task {
-        let _ = t.await;
-    }
     tracing::info!("hub stopped");
     result
 }

@@ -23,12 +23,13 @@ pub fn stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }
 
-/// Feeds systemd's watchdog, if it asked for one, while the store answers.
-pub fn spawn_watchdog(store: Store, shutdown: CancellationToken) {
-    let Some(interval) = sd_notify::watchdog_enabled() else { return };
+/// Feeds systemd's watchdog while the store answers, until `shutdown`; `None` when
+/// systemd asked for no watchdog.
+pub fn watchdog(store: Store, shutdown: CancellationToken) -> Option<impl std::future::Future<Output = ()>> {
+    let interval = sd_notify::watchdog_enabled()?;
     // Feed at half the deadline; a store round trip must fit well inside it.
     let period = interval / 2;
-    tokio::spawn(async move {
+    Some(async move {
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
@@ -44,5 +45,5 @@ pub fn spawn_watchdog(store: Store, shutdown: CancellationToken) {
                 Err(_) => tracing::error!(timeout = ?period, "store round trip too slow; not feeding the watchdog"),
             }
         }
-    });
+    })
 }

@@ -146,8 +146,8 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode 
             Err(e) => eprintln!("outpost-relay: {e}"),
         });
         let shutdown = CancellationToken::new();
-        tokio::spawn(outpost_engine::cli::wait_for_signal(shutdown.clone()));
-        match run(config, dir, Listeners { ws: listener }, shutdown, announce).await {
+        let hub = run(config, dir, Listeners { ws: listener }, shutdown.clone(), announce);
+        match outpost_engine::cli::until_signal(shutdown, hub).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outpost-relay: {e}");

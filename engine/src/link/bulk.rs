@@ -214,13 +214,17 @@ async fn next_have(
 
 /// Accepts the peer's blob streams until the link ends.
 pub async fn serve(conn: quinn::Connection, blobs: Blobs, peer: String) -> LinkError {
+    // One task per incoming blob; the set owns them and aborts what is left when the link
+    // ends (a partial file keeps its fsynced length, and the peer resumes from there).
+    let mut streams = tokio::task::JoinSet::new();
     loop {
+        while streams.try_join_next().is_some() {}
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(e) => return LinkError::Connection(e),
         };
         let (blobs, peer) = (blobs.clone(), peer.clone());
-        tokio::spawn(async move {
+        streams.spawn(async move {
             if let Err(e) = receive_blob(send, recv, &blobs, &peer).await {
                 tracing::info!(%peer, error = %e, "blob stream ended");
             }

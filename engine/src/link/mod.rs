@@ -272,7 +272,13 @@ async fn receive<S: LinkStore>(
     });
 
     let accept = async {
+        // Each batch stream is read and decoded in a task of its own (so a slow stream
+        // never holds up the next one's emergency); the set owns them, reaps them as they
+        // finish, and aborts what is left when the link ends. An aborted import was not
+        // acknowledged, so the peer sends that batch again on its next connection.
+        let mut streams = JoinSet::new();
         loop {
+            while streams.try_join_next().is_some() {}
             let mut stream = match conn.accept_uni().await {
                 Ok(s) => s,
                 Err(e) => return LinkError::Connection(e),
@@ -282,7 +288,7 @@ async fn receive<S: LinkStore>(
                 return LinkError::Shutdown;
             }
             let (store, peer, ctl, reset) = (store.clone(), peer.clone(), ctl.clone(), reset.clone());
-            tokio::spawn(async move {
+            streams.spawn(async move {
                 let result = async {
                     let bytes =
                         stream.read_to_end(MAX_BATCH_WIRE).await.map_err(|e| LinkError::Stream(e.to_string()))?;
