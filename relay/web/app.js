@@ -6,7 +6,9 @@ import { uuid4, uuid7 } from './uuid.js';
 import { Connection, serverUrl } from './conn.js';
 import * as E2E from './e2e.js';
 import * as Media from './media.js';
-import { $, RANK, bindView, followLog, renderAlerts, renderRoom, renderRooms, showShared, stickToEnd } from './view.js';
+import { bindAudio, ring } from './alerts.js';
+import { bindKeys, forgetKeys, keyFromLink, keys, loadKeys, initRoomKeys, opener, outgoing, sealQueued } from './roomkeys.js';
+import { $, RANK, bindView, followLog, renderAlerts, renderRoom, renderRooms, stickToEnd } from './view.js';
 
 const ALERT_MAX_AGE_MS = 24 * 3600 * 1000; // older emergencies (a fresh device's replay) do not ring
 const RETRY_MS = { rate_limited: 2000, internal: 3000, storage_full: 30000 };
@@ -37,12 +39,6 @@ const S = {
 };
 
 let conn = null;
-const keys = new E2E.KeyRing(); // room keys on this device (e2e.js)
-// Encrypted bodies, opened in the background; the screen (and `read`) follow when they are.
-const opener = new E2E.Opener(keys, () => {
-  render();
-  maybeRead();
-});
 
 // ---------- helpers ----------
 
@@ -117,7 +113,7 @@ async function load() {
   S.msgs = new Map(messages.map((m) => [m.id, m]));
   S.receipts = new Map(receipts.map((r) => [r.id, r]));
   S.outbox = new Map(outbox.map((o) => [o.id, o]));
-  keys.load(kv.get(E2E.KV_KEY));
+  loadKeys(kv);
   Media.loadUploads(uploads);
 }
 
@@ -139,10 +135,7 @@ function resetLocal(ops, all) {
     S.inflight.clear();
     ops.push(['outbox', 'clear'], ['uploads', 'clear'], ['kv', 'delete', 'welcome']);
     Media.reset();
-    // Room keys belong to the person: another one signing in here must not read with them.
-    keys.clear();
-    opener.clear();
-    ops.push(['kv', 'delete', E2E.KV_KEY]);
+    forgetKeys(ops);
   }
 }
 
@@ -354,31 +347,6 @@ function flushOutbox() {
   }
 }
 
-/** The body as it leaves this device: sealed with the room's newest key in an encrypted room. */
-async function outgoing(room, id, body) {
-  if (!isEncrypted(room)) return body;
-  if (!E2E.available()) throw new Error(`this page cannot encrypt: open the ${serverName()}'s https:// address`);
-  const k = keys.newest(room);
-  if (!k) throw new Error(`there is no key for # ${room} on this device`);
-  return E2E.seal(await keys.cryptoKey(k), k.kid, room, id, body);
-}
-
-const sealing = new Set();
-async function sealQueued(e) {
-  if (sealing.has(e.id) || !keys.newest(e.msg.room) || !E2E.available()) return; // waits for the key
-  sealing.add(e.id);
-  try {
-    e.msg = { ...e.msg, body: await outgoing(e.msg.room, e.id, e.msg.body) };
-    await write(S.db, [['outbox', 'put', e]]);
-  } catch (err) {
-    notice(`A waiting message could not be encrypted (${err.message}).`);
-    return;
-  } finally {
-    sealing.delete(e.id);
-  }
-  flushOutbox();
-}
-
 async function compose(room, text, emergency) {
   const id = uuid7();
   const seq = ++S.seq;
@@ -495,46 +463,6 @@ function stopTyping(room) {
   typingSent = 0;
 }
 
-// ---------- emergencies: impossible to miss ----------
-
-let audio = null;
-function unlockAudio() {
-  if (audio || !(window.AudioContext || window.webkitAudioContext)) return;
-  try {
-    audio = new (window.AudioContext || window.webkitAudioContext)();
-    if (audio.state === 'suspended') audio.resume().catch(() => {});
-  } catch {
-    audio = null;
-  }
-}
-
-function ring() {
-  renderAlerts();
-  try {
-    navigator.vibrate?.([600, 200, 600, 200, 600]);
-  } catch {
-    /* not allowed without a gesture */
-  }
-  if (!audio) return;
-  try {
-    const t0 = audio.currentTime + 0.05;
-    for (let i = 0; i < 3; i++) {
-      const o = audio.createOscillator();
-      const g = audio.createGain();
-      o.type = 'square';
-      o.frequency.value = i % 2 ? 660 : 880;
-      g.gain.setValueAtTime(0.0001, t0 + i * 0.5);
-      g.gain.exponentialRampToValueAtTime(0.3, t0 + i * 0.5 + 0.02);
-      g.gain.exponentialRampToValueAtTime(0.0001, t0 + i * 0.5 + 0.4);
-      o.connect(g).connect(audio.destination);
-      o.start(t0 + i * 0.5);
-      o.stop(t0 + i * 0.5 + 0.45);
-    }
-  } catch {
-    /* no sound: the banner and vibration remain */
-  }
-}
-
 function dismissAlerts() {
   for (const id of S.alerts) S.dismissed.add(id);
   S.alerts = [];
@@ -623,72 +551,6 @@ function tokenFromLink() {
   history.replaceState(null, '', location.pathname);
   signIn(decodeURIComponent(t[1])).then(routeChanged);
   return true;
-}
-
-/** A room key link (/#roomkey=ROOM/KID/KEY): saved on this device, then taken out of the address bar. */
-function keyFromLink() {
-  const m = /^#roomkey=(.+)$/.exec(location.hash);
-  if (!m || !S.db) return false;
-  let k = null;
-  try {
-    k = E2E.parseKey(m[1]);
-  } catch (e) {
-    notice(`This room key link is not whole: ${e.message}`);
-  }
-  history.replaceState(null, '', k ? `${location.pathname}#room/${encodeURIComponent(k.room)}` : location.pathname);
-  const where = E2E.available() ? '' : ` This page cannot use it, though: open the ${serverName()}'s https:// address and open the link there.`;
-  if (k) addKey(k).then(() => notice(`Key ${k.kid} for # ${k.room} is saved on this device.${where}`));
-  return false; // go on to the room it names
-}
-
-/** Keeps a room key on this device (IndexedDB) and opens what it can open now. */
-async function addKey(k) {
-  if (!keys.add(k)) return;
-  await write(S.db, [['kv', 'put', keys.list, E2E.KV_KEY]]);
-  opener.retry();
-  flushOutbox(); // messages that waited for the key
-  render();
-}
-
-async function newRoomKey() {
-  const room = S.room;
-  if (!room || !E2E.available()) return;
-  const had = keys.newest(room);
-  if (had && !confirm(`Make a new key for # ${room}? New messages will use it, so everyone in the room needs the new key to read them. Old messages still open with key ${had.kid}.`)) return;
-  const k = E2E.newKey(room);
-  await addKey(k);
-  const link = `${location.origin}/#${E2E.keyFragment(k)}`;
-  const text = `Room key for # ${room} (key ${k.kid}). Open this link on your phone, where you use Outpost:\n${link}\nor paste this under "Room key" in the room:\n${k.kid}/${k.key}\nKeep it private: anyone who has it can read # ${room}.`;
-  showShared({ room, kid: k.kid, link, text });
-}
-
-function bindKeys() {
-  $('key-form').addEventListener('submit', (e) => {
-    e.preventDefault();
-    const err = $('key-error');
-    try {
-      const k = E2E.parseKey($('key-input').value, S.room);
-      err.hidden = true;
-      $('key-input').value = '';
-      addKey(k).then(() => {
-        // In this room the line above the form now names the key; another room's, say so.
-        if (k.room !== S.room) notice(`Key ${k.kid} for # ${k.room} is saved on this device.`);
-      });
-    } catch (x) {
-      err.textContent = x.message;
-      err.hidden = false;
-    }
-  });
-  $('key-new').addEventListener('click', newRoomKey);
-  $('key-copy').addEventListener('click', async () => {
-    const t = $('key-text');
-    try {
-      await navigator.clipboard.writeText(t.value);
-      $('key-copy').textContent = 'Copied';
-    } catch {
-      t.select(); // the person copies it by hand
-    }
-  });
 }
 
 function routeChanged() {
@@ -848,7 +710,7 @@ function bindUi() {
     renderConn();
   });
   window.addEventListener('offline', renderConn);
-  for (const ev of ['pointerdown', 'keydown']) window.addEventListener(ev, unlockAudio, { capture: true, passive: true });
+  bindAudio();
   // Countdown in the banner, expiry of typing indicators.
   setInterval(() => {
     renderConn();
@@ -863,6 +725,18 @@ async function main() {
     localStorage.setItem('outpost.device', S.device);
   }
   bindView({ S, me, rooms, isWorker, serverName, isEncrypted, isEmergency, roomMessages, unread, loadingOlder, openRoom, dismissAlerts, keys, opener, media: Media });
+  initRoomKeys({
+    S,
+    notice,
+    render,
+    flushOutbox,
+    serverName,
+    isEncrypted,
+    opened() {
+      render();
+      maybeRead();
+    },
+  });
   Media.initMedia({ S, render, notice, queueMessage, me, serverName, isEncrypted, stopTyping });
   bindUi();
   Media.bindComposer();
