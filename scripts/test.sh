@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit and property tests beside the code, the end-to-end scenarios in
 # tests/ that start real outpost-relay and outpost-cloud processes (the hub also as built
-# for a Pi, under qemu), the web client's browser tests in Chromium and the WebSocket
-# conformance suite (Autobahn cases 1-10, tests/conformance/).
+# for a Pi, under qemu), the web client's protocol unit tests (node) and browser tests in
+# Chromium, and the WebSocket conformance suite (Autobahn cases 1-10, tests/conformance/).
 # Installs what the tests need on its own; assumes only a Rust toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +39,10 @@ case $qemu_status in
 esac
 
 status=0
+
+# The web client's protocol rules (relay/web/protocol.js: cursor, outbox, resync, receipts)
+# without a page, in node's own test runner (node 20 or later; no npm packages).
+node --test tests/web-unit/ || status=$?
 
 # The web client in a real Chromium against real hub and cloud processes
 # (tests/browser/run.sh installs Debian's chromium and playwright-core when missing).

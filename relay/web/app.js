@@ -1,58 +1,46 @@
 // The Outpost field client: device protocol v1 (docs/protocol.md) over one WebSocket to
-// the server that served this page, with everything durable in IndexedDB (db.js).
+// the server that served this page, with everything durable in IndexedDB (db.js). This file
+// is the wiring: it feeds protocol.js (the protocol's rules, no page) with frames, user
+// actions and the socket's state, commits what it returns to IndexedDB, sends the frames it
+// returns, and draws the screens (view.js). It also owns sign-in and navigation.
 
 import { openDb, write, loadAll } from './db.js';
 import { uuid4, uuid7 } from './uuid.js';
 import { Connection, serverUrl } from './conn.js';
-import * as E2E from './e2e.js';
 import * as Media from './media.js';
-import { $, RANK, bindView, followLog, renderAlerts, renderRoom, renderRooms, showShared, stickToEnd } from './view.js';
-
-const ALERT_MAX_AGE_MS = 24 * 3600 * 1000; // older emergencies (a fresh device's replay) do not ring
-const RETRY_MS = { rate_limited: 2000, internal: 3000, storage_full: 30000 };
+import { Protocol, initialState, isEmergency } from './protocol.js';
+import { bindAudio, ring } from './alerts.js';
+import { bindKeys, forgetKeys, keyFromLink, keys, loadKeys, initRoomKeys, opener, outgoing, sealQueued } from './roomkeys.js';
+import { clearPresence, clearTyping, initPresence, onEvent as presenceEvent, onTyping, sendPresence, stopTyping } from './presence.js';
+import { $, bindView, followLog, renderAlerts, renderRoom, renderRooms, stickToEnd } from './view.js';
 
 const S = {
+  ...initialState(), // protocol.js's part
   db: null,
   device: null,
   token: null,
-  claims: null, // decoded from the token, for display before `welcome`
-  welcome: null, // { user, role, rooms } of the last welcome
-  authError: null,
-  epoch: null, // durable
-  cursor: 0, // durable: highest in-order cursor stored on this device
-  cursorMem: 0, // the same, including frames not yet committed
-  seq: 0,
-  msgs: new Map(),
-  receipts: new Map(),
-  outbox: new Map(),
-  seen: {}, // room -> highest cursor the user has seen on this device
-  more: {}, // room -> whether older history exists on the server
-  dismissed: new Set(), // emergencies the user has acknowledged
   presence: new Map(), // user -> { status, last_seen }
   typing: new Map(), // room -> Map(user -> expiry ms)
   room: null,
-  session: null, // { gen, welcomed, acked, readSent: {} } for the open socket
-  inflight: new Set(), // outbox ids sent on this socket, awaiting `stored`
-  alerts: [], // ids of emergencies on screen
 };
 
 let conn = null;
-const keys = new E2E.KeyRing(); // room keys on this device (e2e.js)
-// Encrypted bodies, opened in the background; the screen (and `read`) follow when they are.
-const opener = new E2E.Opener(keys, () => {
-  render();
-  maybeRead();
-});
+const proto = new Protocol(S, { pendingUpload: (id) => Media.pending(id) });
 
 // ---------- helpers ----------
 
-const me = () => S.welcome?.user ?? S.claims?.sub ?? null;
-const role = () => S.welcome?.role ?? S.claims?.role ?? 'worker';
-const rooms = () => S.welcome?.rooms ?? S.claims?.rooms ?? [];
-const isWorker = () => role() === 'worker';
-const serverName = () => (isWorker() ? 'hub' : 'server');
-const isEncrypted = (room) => (S.welcome?.encrypted ?? []).includes(room);
+const me = () => proto.me();
+const role = () => proto.role();
+const rooms = () => proto.rooms();
+const isWorker = () => proto.isWorker();
+const serverName = () => proto.where();
+const isEncrypted = (room) => proto.isEncrypted(room);
 
+/** The socket as protocol.js needs it; none yet is a socket that takes nothing. */
+const link = () => conn?.link ?? { gen: 0, open: false, writable: false };
+const transmit = (frames) => {
+  for (const f of frames) conn.send(f);
+};
 
 export function decodeClaims(token) {
   try {
@@ -67,38 +55,6 @@ export function decodeClaims(token) {
   }
 }
 
-const isEmergency = (m) => m.priority === 'emergency';
-
-// Error codes in plain words (docs/protocol.md, Errors).
-function plainError(code, message) {
-  const where = serverName();
-  switch (code) {
-    case 'unauthenticated':
-      return `This sign-in code is not accepted by the ${where}. Ask for a new sign-in link.`;
-    case 'token_expired':
-      return 'Your sign-in has expired. Ask for a new sign-in link.';
-    case 'forbidden':
-      return 'You are not a member of that room.';
-    case 'unknown_room':
-      return `That room does not exist on the ${where}.`;
-    case 'too_large':
-      return 'This message is too large to send.';
-    case 'rate_limited':
-      return 'Too many messages at once. The app will send it again in a moment.';
-    case 'storage_full':
-      return `The ${where} is full. Only emergencies get through; the message waits on this device.`;
-    case 'internal':
-      return `The ${where} had a problem. The app will send it again.`;
-    case 'unsupported_version':
-    case 'bad_frame':
-      if (/end-to-end encrypted/.test(message ?? '')) return 'This room is end-to-end encrypted, and the message was not encrypted as it must be.';
-      if (/upload the file first/.test(message ?? '')) return `The file is not on the ${where} (any more). Attach it again.`;
-      return `The ${where} did not understand this app (${message || code}). Please update the app.`;
-    default:
-      return message || `Error: ${code}`;
-  }
-}
-
 // ---------- durable state ----------
 
 async function load() {
@@ -106,44 +62,17 @@ async function load() {
     onBlocked: () => notice('Outpost is open in another tab with an older version. Close that tab to continue.'),
     onReplaced: () => notice('Outpost was updated in another tab. Reload this page.'),
   });
-  const { kv, messages, receipts, outbox, uploads } = await loadAll(S.db);
-  S.welcome = kv.get('welcome') ?? null;
-  S.epoch = kv.get('epoch') ?? null;
-  S.cursor = S.cursorMem = kv.get('cursor') ?? 0;
-  S.seq = kv.get('seq') ?? 0;
-  S.seen = kv.get('seen') ?? {};
-  S.more = kv.get('more') ?? {};
-  S.dismissed = new Set(kv.get('dismissed') ?? []);
-  S.msgs = new Map(messages.map((m) => [m.id, m]));
-  S.receipts = new Map(receipts.map((r) => [r.id, r]));
-  S.outbox = new Map(outbox.map((o) => [o.id, o]));
-  keys.load(kv.get(E2E.KV_KEY));
-  Media.loadUploads(uploads);
+  const all = await loadAll(S.db);
+  proto.load(all);
+  loadKeys(all.kv);
+  Media.loadUploads(all.uploads);
 }
 
-/** Drops what is held for the server; the outbox and its messages stay unless `all`. */
-function resetLocal(ops, all) {
-  const keep = [];
-  for (const rec of S.msgs.values()) if (!all && (S.outbox.has(rec.id) || rec.local === 'failed' || Media.pending(rec.id))) keep.push(rec);
-  S.msgs = new Map(keep.map((r) => [r.id, r]));
-  S.receipts = new Map();
-  S.seen = {};
-  S.more = {};
-  S.epoch = null;
-  S.cursorMem = 0;
-  ops.push(['messages', 'clear'], ['receipts', 'clear']);
-  for (const rec of keep) ops.push(['messages', 'put', rec]);
-  ops.push(['kv', 'put', {}, 'seen'], ['kv', 'put', {}, 'more'], ['kv', 'delete', 'epoch'], ['kv', 'put', 0, 'cursor']);
-  if (all) {
-    S.outbox = new Map();
-    S.inflight.clear();
-    ops.push(['outbox', 'clear'], ['uploads', 'clear'], ['kv', 'delete', 'welcome']);
-    Media.reset();
-    // Room keys belong to the person: another one signing in here must not read with them.
-    keys.clear();
-    opener.clear();
-    ops.push(['kv', 'delete', E2E.KV_KEY]);
-  }
+/** What the page holds beside protocol.js for a person, dropped when another one (or none) signs in. */
+function forgetPage(ops) {
+  ops.push(['uploads', 'clear']);
+  Media.reset();
+  forgetKeys(ops);
 }
 
 // ---------- incoming frames: applied in order, committed in batches, then acked ----------
@@ -160,30 +89,32 @@ async function drain() {
   draining = true;
   try {
     while (inbox.length) {
-      const batch = inbox.splice(0, 500);
-      const ops = [];
-      const after = [];
-      const before = S.cursorMem;
-      let resynced = false;
-      for (const [f, gen] of batch) {
-        if (f.type === 'resync') resynced = true;
+      const frames = inbox.splice(0, 500);
+      const batch = proto.batch();
+      for (const [f, gen] of frames) {
         try {
-          handle(f, gen, ops, after);
+          for (const ev of proto.receive(batch, f, gen, Date.now())) onEvent(ev, batch);
         } catch (e) {
           console.error('frame', f, e);
         }
       }
-      if (S.cursorMem !== before || resynced) ops.push(['kv', 'put', S.cursorMem, 'cursor']);
-      const cursor = S.cursorMem;
+      const cursor = proto.settle(batch);
       try {
-        await write(S.db, ops);
-        S.cursor = cursor;
+        await write(S.db, batch.ops);
+        proto.committed(cursor);
       } catch (e) {
         notice(`This device could not save messages (${e.message}). Free some space.`);
         continue;
       }
-      for (const fn of after) fn();
-      sendAck();
+      for (const ev of batch.after) {
+        if (ev.type === 'session') {
+          flushOutbox();
+          maybeRead();
+          requestFirstHistory();
+          Media.kick({ signedIn: true });
+        } else if (ev.type === 'alert') ring();
+      }
+      transmit(proto.ack(link()));
       render();
       maybeRead();
     }
@@ -192,196 +123,40 @@ async function drain() {
   }
 }
 
-function handle(f, gen, ops, after) {
-  switch (f.type) {
-    case 'welcome': {
-      if (S.welcome && S.welcome.user !== f.user) resetLocal(ops, true);
-      S.welcome = { user: f.user, role: f.role ?? S.claims?.role ?? 'worker', rooms: f.rooms ?? [], encrypted: f.encrypted ?? [] };
-      ops.push(['kv', 'put', S.welcome, 'welcome']);
-      if (!S.epoch) {
-        S.epoch = f.epoch;
-        ops.push(['kv', 'put', f.epoch, 'epoch']);
-      }
-      S.presence.clear();
-      S.typing.clear();
-      if (S.session && S.session.gen === gen) S.session.welcomed = true;
+/** What a frame asks of the page at once (protocol.js, receive()). */
+function onEvent(ev, batch) {
+  switch (ev.type) {
+    case 'welcome':
+      clearPresence();
       conn.resetBackoff();
-      after.push(flushOutbox, maybeRead, requestFirstHistory, () => Media.kick({ signedIn: true }));
       break;
-    }
-    case 'resync': {
-      resetLocal(ops, false);
-      S.epoch = f.epoch;
-      ops.push(['kv', 'put', f.epoch, 'epoch']);
+    case 'forget':
+      forgetPage(batch.ops);
       break;
-    }
-    case 'stored': {
-      const rec = S.msgs.get(f.id);
-      if (rec) {
-        if (RANK[rec.local ?? 'stored'] < RANK.stored) rec.local = 'stored';
-        rec.cursor = f.cursor;
-        rec.trail = { ...rec.trail, stored: rec.trail?.stored ?? Date.now() };
-        ops.push(['messages', 'put', rec]);
-      }
-      dropFromOutbox(f.id, ops);
+    case 'typing':
+    case 'presence':
+      presenceEvent(ev, Date.now());
       break;
-    }
-    case 'message': {
-      if (!f.msg) break;
-      addMessage(f.msg, f.cursor, { history: false }, ops, after);
-      if (!f.ahead && f.cursor > S.cursorMem) S.cursorMem = f.cursor;
+    case 'notice':
+      notice(ev.text);
       break;
-    }
-    case 'receipt': {
-      const r = S.receipts.get(f.id) ?? { id: f.id, by: {}, at: {}, best: 'stored' };
-      const prev = r.by[f.by];
-      if (!prev || RANK[f.state] > RANK[prev]) r.by[f.by] = f.state;
-      if (r.at[f.state] === undefined) r.at[f.state] = f.at ?? Date.now();
-      if (RANK[f.state] > RANK[r.best]) r.best = f.state;
-      S.receipts.set(f.id, r);
-      ops.push(['receipts', 'put', r]);
-      if (!f.ahead && f.cursor > S.cursorMem) S.cursorMem = f.cursor;
+    case 'retry':
+      setTimeout(flushOutbox, ev.ms);
       break;
-    }
-    case 'history': {
-      for (const e of f.messages ?? []) addMessage(e.msg, e.cursor, { history: true }, ops, after);
-      S.more[f.room] = !!f.more;
-      ops.push(['kv', 'put', S.more, 'more']);
-      loadingOlder.delete(f.room);
-      break;
-    }
-    case 'typing': {
-      if (f.user === me()) break;
-      const m = S.typing.get(f.room) ?? new Map();
-      if (f.active) m.set(f.user, Date.now() + 8000);
-      else m.delete(f.user);
-      S.typing.set(f.room, m);
-      break;
-    }
-    case 'presence': {
-      S.presence.set(f.user, { status: f.status, last_seen: f.last_seen ?? null });
-      if (f.status === 'offline') for (const m of S.typing.values()) m.delete(f.user);
-      break;
-    }
-    case 'error':
-      onError(f, ops);
-      break;
-    default:
-      break; // pong, and frames of later versions
   }
-}
-
-function dropFromOutbox(id, ops) {
-  S.inflight.delete(id);
-  if (S.outbox.delete(id)) ops.push(['outbox', 'delete', id]);
-}
-
-function addMessage(msg, cursor, { history }, ops, after) {
-  const mine = msg.from === me();
-  let rec = S.msgs.get(msg.id);
-  const fresh = !rec;
-  if (!rec) {
-    rec = { ...msg, cursor, mine, local: mine ? 'stored' : null, trail: mine ? { stored: msg.at } : {} };
-  } else {
-    const { local, trail, created } = rec;
-    // This device wrote it: keep the words it sealed rather than the envelope coming back.
-    const body = E2E.isSealed(msg.body) && !E2E.isSealed(rec.body) ? rec.body : msg.body;
-    Object.assign(rec, msg, { cursor, mine, local, trail, created, body });
-    if (mine && RANK[rec.local ?? 'stored'] < RANK.stored) {
-      rec.local = 'stored';
-      rec.trail = { ...rec.trail, stored: rec.trail?.stored ?? msg.at };
-    }
-  }
-  S.msgs.set(rec.id, rec);
-  ops.push(['messages', 'put', rec]);
-  // A message of ours that the server holds is no longer this device's to send.
-  if (S.outbox.has(msg.id)) dropFromOutbox(msg.id, ops);
-  if (fresh && !mine && !history && isEmergency(rec) && !S.dismissed.has(rec.id) && Date.now() - (rec.at ?? 0) < ALERT_MAX_AGE_MS) {
-    S.alerts.push(rec.id);
-    after.push(ring);
-  }
-}
-
-function onError(f, ops) {
-  const text = plainError(f.code, f.message);
-  if (f.code === 'unauthenticated' || f.code === 'token_expired') {
-    S.authError = text; // the server closes with 4001 next
-    return;
-  }
-  if (f.id && S.outbox.has(f.id)) {
-    const rec = S.msgs.get(f.id);
-    if (RETRY_MS[f.code]) {
-      S.inflight.delete(f.id);
-      setTimeout(flushOutbox, RETRY_MS[f.code]);
-      notice(`Not sent yet: ${text}`);
-      return;
-    }
-    if (rec) {
-      rec.local = 'failed';
-      rec.error = text;
-      ops.push(['messages', 'put', rec]);
-    }
-    dropFromOutbox(f.id, ops);
-    notice(`Message not sent: ${text}`);
-    return;
-  }
-  notice(text);
 }
 
 // ---------- outgoing ----------
 
-function sendAck() {
-  const s = S.session;
-  if (!s || !s.welcomed || !conn.isOpen || s.gen !== conn.gen) return;
-  if (S.cursor > s.acked) {
-    if (conn.send({ v: 1, type: 'ack', cursor: S.cursor })) s.acked = S.cursor;
-  }
-}
-
 function flushOutbox() {
-  if (!S.session?.welcomed) return;
-  const pending = [...S.outbox.values()].sort(
-    (a, b) => (a.msg.priority === 'emergency' ? 0 : 1) - (b.msg.priority === 'emergency' ? 0 : 1) || a.msg.seq - b.msg.seq,
-  );
-  for (const e of pending) {
-    if (S.inflight.has(e.id)) continue;
-    if (isEncrypted(e.msg.room) && !E2E.isSealed(e.msg.body)) {
-      sealQueued(e); // written before this device knew the room is encrypted
-      continue;
-    }
-    if (!conn.send({ v: 1, type: 'send', msg: e.msg })) break;
-    S.inflight.add(e.id);
-  }
-}
-
-/** The body as it leaves this device: sealed with the room's newest key in an encrypted room. */
-async function outgoing(room, id, body) {
-  if (!isEncrypted(room)) return body;
-  if (!E2E.available()) throw new Error(`this page cannot encrypt: open the ${serverName()}'s https:// address`);
-  const k = keys.newest(room);
-  if (!k) throw new Error(`there is no key for # ${room} on this device`);
-  return E2E.seal(await keys.cryptoKey(k), k.kid, room, id, body);
-}
-
-const sealing = new Set();
-async function sealQueued(e) {
-  if (sealing.has(e.id) || !keys.newest(e.msg.room) || !E2E.available()) return; // waits for the key
-  sealing.add(e.id);
-  try {
-    e.msg = { ...e.msg, body: await outgoing(e.msg.room, e.id, e.msg.body) };
-    await write(S.db, [['outbox', 'put', e]]);
-  } catch (err) {
-    notice(`A waiting message could not be encrypted (${err.message}).`);
-    return;
-  } finally {
-    sealing.delete(e.id);
-  }
-  flushOutbox();
+  const { send, seal } = proto.flush(link());
+  for (const e of seal) sealQueued(e); // written before this device knew the room is encrypted
+  transmit(send);
 }
 
 async function compose(room, text, emergency) {
   const id = uuid7();
-  const seq = ++S.seq;
+  const seq = proto.nextSeq();
   const now = Date.now();
   const body = { text };
   let sealed;
@@ -392,8 +167,7 @@ async function compose(room, text, emergency) {
     return false;
   }
   // The outbox (and the wire) get the sealed body; the record keeps the words for this screen.
-  const msg = { id, room, kind: emergency ? 'alert' : 'chat', priority: emergency ? 'emergency' : 'normal', body: sealed, seq };
-  const rec = { ...msg, body, from: me(), device: S.device, mine: true, local: 'queued', cursor: null, created: now, at: now, trail: { queued: now } };
+  const { msg, rec } = proto.draft({ id, seq, room, body, wire: sealed, emergency, device: S.device, now });
   await queueMessage(msg, rec);
   return true;
 }
@@ -404,13 +178,10 @@ async function compose(room, text, emergency) {
  * transaction. A message without a `seq` gets the next one.
  */
 async function queueMessage(msg, rec, ops = []) {
-  if (msg.seq === undefined) msg.seq = ++S.seq;
-  const entry = { id: msg.id, msg, created: rec.created ?? Date.now() };
-  S.msgs.set(msg.id, rec);
-  S.outbox.set(msg.id, entry);
+  const queued = proto.queue(msg, rec, Date.now());
   render();
   try {
-    await write(S.db, [['kv', 'put', S.seq, 'seq'], ['messages', 'put', rec], ['outbox', 'put', entry], ...ops]);
+    await write(S.db, [...queued, ...ops]);
   } catch (e) {
     notice(`This device could not save the message (${e.message}). It will still be sent if the ${serverName()} is reachable.`);
   }
@@ -418,127 +189,33 @@ async function queueMessage(msg, rec, ops = []) {
   render();
 }
 
-function roomMessages(room) {
-  const list = [];
-  for (const m of S.msgs.values()) if (m.room === room) list.push(m);
-  list.sort((a, b) => {
-    const ac = a.cursor ?? Infinity;
-    const bc = b.cursor ?? Infinity;
-    if (ac !== bc) return ac - bc;
-    return (a.created ?? a.at ?? 0) - (b.created ?? b.at ?? 0);
-  });
-  return list;
-}
-
-function unread(room) {
-  const seen = S.seen[room] ?? 0;
-  let n = 0;
-  for (const m of S.msgs.values()) if (m.room === room && !m.mine && (m.cursor ?? 0) > seen) n++;
-  return n;
-}
-
 let seenSaveTimer = null;
 function maybeRead() {
   const room = S.room;
   if (!room || document.visibilityState !== 'visible') return;
-  let newest = null;
-  let other = null;
-  for (const m of S.msgs.values()) {
-    if (m.room !== room || m.cursor == null) continue;
-    if (!newest || m.cursor > newest.cursor) newest = m;
-    if (!m.mine && (!other || m.cursor > other.cursor)) other = m;
-  }
-  const newestOther = other?.cursor ?? 0;
-  if (!newest) return;
-  if (newestOther > (S.seen[room] ?? 0)) {
-    S.seen[room] = newestOther;
+  // An encrypted message this device cannot open (yet) is not "read": no receipt until it opens.
+  const canRead = (m) => ['plain', 'open'].includes(opener.view(m).state);
+  const { seen, send } = proto.read(room, { canRead, link: link() });
+  if (seen) {
     clearTimeout(seenSaveTimer);
     seenSaveTimer = setTimeout(() => write(S.db, [['kv', 'put', S.seen, 'seen']]).catch(() => {}), 300);
     renderRooms();
   }
-  const s = S.session;
-  // An encrypted message this device cannot open (yet) is not "read": no receipt until it opens.
-  const opened = !other || ['plain', 'open'].includes(opener.view(other).state);
-  if (opened && s?.welcomed && conn.isOpen && newestOther > (s.readSent[room] ?? 0)) {
-    if (conn.send({ v: 1, type: 'read', room, id: newest.id })) s.readSent[room] = newest.cursor;
-  }
+  transmit(send);
 }
 
-const loadingOlder = new Set();
 function requestHistory(room) {
-  if (!S.session?.welcomed || loadingOlder.has(room)) return;
-  let before = null;
-  for (const m of S.msgs.values()) if (m.room === room && m.cursor != null && (before === null || m.cursor < before)) before = m.cursor;
-  if (conn.send({ v: 1, type: 'history', room, before, limit: 50 })) loadingOlder.add(room);
+  const send = proto.history(room, link());
+  if (!send) return;
+  transmit(send);
   renderRoom();
 }
 function requestFirstHistory() {
-  if (S.room && S.more[S.room] === undefined) requestHistory(S.room);
-}
-
-let typingSent = 0;
-let typingStop = null;
-function onTyping() {
-  const room = S.room;
-  if (!room || !S.session?.welcomed) return;
-  const now = Date.now();
-  if (now - typingSent > 3000) {
-    conn.send({ v: 1, type: 'typing', room, active: true });
-    typingSent = now;
-  }
-  clearTimeout(typingStop);
-  typingStop = setTimeout(() => stopTyping(room), 4000);
-}
-function stopTyping(room) {
-  clearTimeout(typingStop);
-  if (typingSent && room && S.session?.welcomed) conn.send({ v: 1, type: 'typing', room, active: false });
-  typingSent = 0;
-}
-
-// ---------- emergencies: impossible to miss ----------
-
-let audio = null;
-function unlockAudio() {
-  if (audio || !(window.AudioContext || window.webkitAudioContext)) return;
-  try {
-    audio = new (window.AudioContext || window.webkitAudioContext)();
-    if (audio.state === 'suspended') audio.resume().catch(() => {});
-  } catch {
-    audio = null;
-  }
-}
-
-function ring() {
-  renderAlerts();
-  try {
-    navigator.vibrate?.([600, 200, 600, 200, 600]);
-  } catch {
-    /* not allowed without a gesture */
-  }
-  if (!audio) return;
-  try {
-    const t0 = audio.currentTime + 0.05;
-    for (let i = 0; i < 3; i++) {
-      const o = audio.createOscillator();
-      const g = audio.createGain();
-      o.type = 'square';
-      o.frequency.value = i % 2 ? 660 : 880;
-      g.gain.setValueAtTime(0.0001, t0 + i * 0.5);
-      g.gain.exponentialRampToValueAtTime(0.3, t0 + i * 0.5 + 0.02);
-      g.gain.exponentialRampToValueAtTime(0.0001, t0 + i * 0.5 + 0.4);
-      o.connect(g).connect(audio.destination);
-      o.start(t0 + i * 0.5);
-      o.stop(t0 + i * 0.5 + 0.45);
-    }
-  } catch {
-    /* no sound: the banner and vibration remain */
-  }
+  if (S.room && proto.firstPage(S.room)) requestHistory(S.room);
 }
 
 function dismissAlerts() {
-  for (const id of S.alerts) S.dismissed.add(id);
-  S.alerts = [];
-  write(S.db, [['kv', 'put', [...S.dismissed].slice(-500), 'dismissed']]).catch(() => {});
+  write(S.db, proto.dismissAlerts()).catch(() => {});
   renderAlerts();
 }
 
@@ -625,72 +302,6 @@ function tokenFromLink() {
   return true;
 }
 
-/** A room key link (/#roomkey=ROOM/KID/KEY): saved on this device, then taken out of the address bar. */
-function keyFromLink() {
-  const m = /^#roomkey=(.+)$/.exec(location.hash);
-  if (!m || !S.db) return false;
-  let k = null;
-  try {
-    k = E2E.parseKey(m[1]);
-  } catch (e) {
-    notice(`This room key link is not whole: ${e.message}`);
-  }
-  history.replaceState(null, '', k ? `${location.pathname}#room/${encodeURIComponent(k.room)}` : location.pathname);
-  const where = E2E.available() ? '' : ` This page cannot use it, though: open the ${serverName()}'s https:// address and open the link there.`;
-  if (k) addKey(k).then(() => notice(`Key ${k.kid} for # ${k.room} is saved on this device.${where}`));
-  return false; // go on to the room it names
-}
-
-/** Keeps a room key on this device (IndexedDB) and opens what it can open now. */
-async function addKey(k) {
-  if (!keys.add(k)) return;
-  await write(S.db, [['kv', 'put', keys.list, E2E.KV_KEY]]);
-  opener.retry();
-  flushOutbox(); // messages that waited for the key
-  render();
-}
-
-async function newRoomKey() {
-  const room = S.room;
-  if (!room || !E2E.available()) return;
-  const had = keys.newest(room);
-  if (had && !confirm(`Make a new key for # ${room}? New messages will use it, so everyone in the room needs the new key to read them. Old messages still open with key ${had.kid}.`)) return;
-  const k = E2E.newKey(room);
-  await addKey(k);
-  const link = `${location.origin}/#${E2E.keyFragment(k)}`;
-  const text = `Room key for # ${room} (key ${k.kid}). Open this link on your phone, where you use Outpost:\n${link}\nor paste this under "Room key" in the room:\n${k.kid}/${k.key}\nKeep it private: anyone who has it can read # ${room}.`;
-  showShared({ room, kid: k.kid, link, text });
-}
-
-function bindKeys() {
-  $('key-form').addEventListener('submit', (e) => {
-    e.preventDefault();
-    const err = $('key-error');
-    try {
-      const k = E2E.parseKey($('key-input').value, S.room);
-      err.hidden = true;
-      $('key-input').value = '';
-      addKey(k).then(() => {
-        // In this room the line above the form now names the key; another room's, say so.
-        if (k.room !== S.room) notice(`Key ${k.kid} for # ${k.room} is saved on this device.`);
-      });
-    } catch (x) {
-      err.textContent = x.message;
-      err.hidden = false;
-    }
-  });
-  $('key-new').addEventListener('click', newRoomKey);
-  $('key-copy').addEventListener('click', async () => {
-    const t = $('key-text');
-    try {
-      await navigator.clipboard.writeText(t.value);
-      $('key-copy').textContent = 'Copied';
-    } catch {
-      t.select(); // the person copies it by hand
-    }
-  });
-}
-
 function routeChanged() {
   if (tokenFromLink()) return;
   keyFromLink();
@@ -717,17 +328,14 @@ function startConnection() {
   if (!conn) {
     conn = new Connection(serverUrl(), {
       onOpen(gen) {
-        S.session = { gen, welcomed: false, acked: 0, readSent: {} };
-        S.inflight.clear();
-        conn.send({ v: 1, type: 'hello', token: S.token, device: S.device, cursor: S.epoch ? S.cursor : null, epoch: S.epoch });
+        conn.send(proto.opened(gen, { token: S.token, device: S.device }));
       },
       onFrame(f, gen) {
         enqueue(f, gen);
       },
       onClose({ code }) {
-        S.session = null;
-        S.inflight.clear();
-        S.typing.clear();
+        proto.closed();
+        clearTyping();
         if (code === 4001) {
           S.authError ??= `This sign-in was refused by the ${serverName()}. Ask for a new sign-in link.`;
           render();
@@ -754,8 +362,8 @@ async function signIn(raw) {
   const known = S.welcome?.user ?? S.claims?.sub;
   if (known && claims.sub && known !== claims.sub) {
     // Another person on this device: nothing of the previous one's stays.
-    const ops = [];
-    resetLocal(ops, true);
+    const ops = proto.forgetPerson();
+    forgetPage(ops);
     S.welcome = null;
     await write(S.db, ops);
   }
@@ -777,12 +385,14 @@ async function signOut() {
   const n = S.outbox.size + Media.pendingCount();
   if (n && !confirm(`${n} message${n > 1 ? 's have' : ' has'} not been sent yet and will be lost. Sign out anyway?`)) return;
   conn?.stop();
-  const ops = [];
-  resetLocal(ops, true);
+  const ops = proto.forgetPerson();
+  forgetPage(ops);
   ops.push(['kv', 'delete', 'seq']);
   await write(S.db, ops).catch(() => {});
   localStorage.removeItem('outpost.token');
-  Object.assign(S, { token: null, claims: null, welcome: null, authError: null, room: null, alerts: [], seq: 0 });
+  proto.signedOut();
+  S.token = null;
+  S.room = null;
   S.presence.clear();
   history.replaceState(null, '', location.pathname);
   render();
@@ -840,7 +450,7 @@ function bindUi() {
   bindKeys();
   window.addEventListener('hashchange', routeChanged);
   document.addEventListener('visibilitychange', () => {
-    if (S.session?.welcomed) conn.send({ v: 1, type: 'presence', status: document.visibilityState === 'visible' ? 'online' : 'away' });
+    sendPresence(document.visibilityState === 'visible');
     maybeRead();
   });
   window.addEventListener('online', () => {
@@ -848,7 +458,7 @@ function bindUi() {
     renderConn();
   });
   window.addEventListener('offline', renderConn);
-  for (const ev of ['pointerdown', 'keydown']) window.addEventListener(ev, unlockAudio, { capture: true, passive: true });
+  bindAudio();
   // Countdown in the banner, expiry of typing indicators.
   setInterval(() => {
     renderConn();
@@ -862,7 +472,22 @@ async function main() {
     S.device = uuid4();
     localStorage.setItem('outpost.device', S.device);
   }
-  bindView({ S, me, rooms, isWorker, serverName, isEncrypted, isEmergency, roomMessages, unread, loadingOlder, openRoom, dismissAlerts, keys, opener, media: Media });
+  const roomMessages = (room) => proto.roomMessages(room);
+  const unread = (room) => proto.unread(room);
+  bindView({ S, me, rooms, isWorker, serverName, isEncrypted, isEmergency, roomMessages, unread, loadingOlder: S.loadingOlder, openRoom, dismissAlerts, keys, opener, media: Media });
+  initPresence(S, (f) => conn.send(f));
+  initRoomKeys({
+    S,
+    notice,
+    render,
+    flushOutbox,
+    serverName,
+    isEncrypted,
+    opened() {
+      render();
+      maybeRead();
+    },
+  });
   Media.initMedia({ S, render, notice, queueMessage, me, serverName, isEncrypted, stopTyping });
   bindUi();
   Media.bindComposer();

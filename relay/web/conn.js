@@ -56,7 +56,7 @@ export class Connection {
   }
 
   send(frame) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+    if (this.writable) {
       this.ws.send(JSON.stringify(frame));
       return true;
     }
@@ -65,6 +65,20 @@ export class Connection {
 
   get isOpen() {
     return this.state === 'open';
+  }
+
+  /** Whether send() would take a frame now; it stays so until the page's code yields. */
+  get writable() {
+    return !!this.ws && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  /**
+   * The socket as code that decides what to send needs it: whether it is the current one
+   * (`gen`), open, and taking frames. Frames counted as sent must be sent before the page
+   * yields, while this still holds.
+   */
+  get link() {
+    return { gen: this.gen, open: this.isOpen, writable: this.writable };
   }
 
   #connect() {

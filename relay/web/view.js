@@ -1,7 +1,8 @@
-// Rendering of the rooms, a room and the emergency banner. The state and the protocol are in
-// app.js, which hands its state and helpers over once with bindView().
+// Rendering of the rooms, a room and the emergency banner. The state is protocol.js's and
+// app.js's; app.js hands it and its helpers over once with bindView().
 
 import { available } from './e2e.js';
+import { RANK } from './protocol.js';
 
 export const $ = (id) => document.getElementById(id);
 
@@ -13,7 +14,6 @@ export function bindView(app) {
   S = app.S;
 }
 
-export const RANK = { failed: -1, queued: 0, stored: 1, forwarded: 2, delivered: 3, read: 4 };
 const STATES = ['queued', 'stored', 'forwarded', 'delivered', 'read'];
 const ICON = { queued: '\u25F7', stored: '\u2713', forwarded: '\u2713\u2713', delivered: '\u2713\u2713', read: '\u2713\u2713', failed: '!' };
 
