@@ -1,5 +1,8 @@
 //! The HTTP API for hospital systems: post a message to a room, read a room since a
-//! cursor. Same tokens as devices (`Authorization: Bearer TOKEN`), same room rules.
+//! cursor. Same tokens as devices (`Authorization: Bearer TOKEN`), same room rules; a
+//! post goes through the same checks as a device's `send` (`outpost_engine::submit`),
+//! with the send rate limit (`limits.rate_per_sec`, `limits.rate_burst`) counted per user
+//! across all of their API calls.
 //!
 //! ```text
 //! POST /api/rooms/{room}/messages   {"id"?, "kind"?, "priority"?, "body", "reply_to"?, "seq"?}
@@ -9,7 +12,7 @@
 //! ```
 //! Errors are `{"code", "message"}` with the protocol's codes: 400 `bad_frame`,
 //! 401 `unauthenticated`/`token_expired`, 403 `forbidden`, 404 `unknown_room`,
-//! 413 `too_large`, 507 `storage_full`, 500 `internal`.
+//! 413 `too_large`, 429 `rate_limited`, 507 `storage_full`, 500 `internal`.
 
 use std::sync::Arc;
 
@@ -23,11 +26,11 @@ use axum::routing::get;
 use outpost_engine::api::{ApiError, bearer, err};
 use outpost_engine::clock::now_ms;
 use outpost_engine::hub::Hub;
+use outpost_engine::submit::{self, Sender};
 use outpost_shared::frames::OutgoingMsg;
 use outpost_shared::{
     Action, Body, Claims, Cursor, DeviceId, ErrorCode, MessageId, MessageKind, Priority, RoomId, Seq,
 };
-use outpost_store_sqlite::AppendRequest;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -103,43 +106,34 @@ async fn post(
         return err(ErrorCode::TooLarge, format!("the request is over {} bytes", limits.max_frame_bytes))
             .into_response();
     }
+    let claims = match bearer(&hub, &headers, peer).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let p: PostBody = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => return err(ErrorCode::BadFrame, format!("bad message: {e}")).into_response(),
     };
-    // The priority decides which role rule applies (who may raise an emergency).
-    let priority = p.priority.unwrap_or(Priority::Normal);
-    let (claims, room) = match authorize(&hub, &headers, peer, &room, |room| Action::Send { room, priority }).await {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
-    let body = match Body::from_json(p.body.get()) {
-        Ok(b) if b.len() <= limits.max_body_bytes => b,
-        Ok(_) => {
-            return err(ErrorCode::TooLarge, format!("the body is over {} bytes", limits.max_body_bytes))
-                .into_response();
-        }
+    let room = match RoomId::new(room) {
+        Ok(r) => r,
         Err(e) => return err(ErrorCode::BadFrame, e.to_string()).into_response(),
     };
-    if let Err((code, m)) = hub.check_body(&room, &body) {
-        return err(code, m).into_response();
-    }
-    let body = match hub.attach_media(&claims, body).await {
+    let body = match Body::from_json(p.body.get()) {
         Ok(b) => b,
-        Err((code, m)) => return err(code, m).into_response(),
+        Err(e) => return err(ErrorCode::BadFrame, e.to_string()).into_response(),
     };
-    let at = now_ms();
+    let kind = match p.kind.map_or_else(|| MessageKind::new("chat"), Ok) {
+        Ok(k) => k,
+        Err(e) => return err(ErrorCode::Internal, e.to_string()).into_response(),
+    };
     let msg = OutgoingMsg {
         id: p.id.unwrap_or_else(|| MessageId(uuid::Uuid::now_v7())),
         room,
-        kind: match p.kind.map_or_else(|| MessageKind::new("chat"), Ok) {
-            Ok(k) => k,
-            Err(e) => return err(ErrorCode::Internal, e.to_string()).into_response(),
-        },
-        priority,
+        kind,
+        priority: p.priority.unwrap_or(Priority::Normal),
         body,
         // Systems posting over HTTP have no device counter; the time keeps their order.
-        seq: Seq(p.seq.unwrap_or(at)),
+        seq: Seq(p.seq.unwrap_or_else(now_ms)),
         reply_to: p.reply_to,
     };
     // One "device" per API user: the HTTP API as such.
@@ -147,7 +141,12 @@ async fn post(
         Ok(d) => d,
         Err(e) => return err(ErrorCode::Internal, e.to_string()).into_response(),
     };
-    let req = AppendRequest { msg, from: claims.sub, device, at, origin: None };
+    // The same checks and rate limit as a device's `send` (outpost_engine::submit).
+    let sender = Sender { claims: &claims, device: &device, peer, origin: None };
+    let req = match submit::check(&hub, &sender, hub.api_send_allowed(&claims.sub), msg).await {
+        Ok(req) => req,
+        Err((code, m)) => return err(code, m).into_response(),
+    };
     match hub.store.append_wait(req).await {
         Ok(a) => {
             let status = if a.duplicate { StatusCode::OK } else { StatusCode::CREATED };

@@ -32,6 +32,9 @@ pub struct Hub {
     /// Media blobs (None only where a caller builds a hub without a blob store).
     pub blobs: Option<crate::media::Blobs>,
     presence: Mutex<HashMap<UserId, TokenBucket>>,
+    /// The HTTP API's send rate limit, one bucket per user (an API caller has no
+    /// connection to hang a bucket on).
+    api_sends: Mutex<HashMap<UserId, TokenBucket>>,
     /// Throttles audit rows for refusals; counts the ones not recorded.
     refusals: Mutex<(TokenBucket, u64)>,
     started: tokio::time::Instant,
@@ -65,6 +68,7 @@ impl Hub {
             uplink: Arc::default(),
             blobs: None,
             presence: Mutex::new(HashMap::new()),
+            api_sends: Mutex::new(HashMap::new()),
             started: tokio::time::Instant::now(),
         }
     }
@@ -76,12 +80,24 @@ impl Hub {
 
     /// Presence updates are throttled per user (all their devices together).
     pub fn presence_allowed(&self, user: &UserId) -> bool {
-        let now = self.started.elapsed();
         let rate = self.config.limits.presence_per_sec;
-        let Ok(mut map) = self.presence.lock() else {
+        self.take_token(&self.presence, user, rate, rate)
+    }
+
+    /// Whether `user` may post one more message over the HTTP API: the same
+    /// `limits.rate_per_sec` and `limits.rate_burst` a device connection gets, shared by
+    /// all of the user's API calls.
+    pub fn api_send_allowed(&self, user: &UserId) -> bool {
+        let limits = &self.config.limits;
+        self.take_token(&self.api_sends, user, limits.rate_per_sec, limits.rate_burst)
+    }
+
+    fn take_token(&self, buckets: &Mutex<HashMap<UserId, TokenBucket>>, user: &UserId, rate: u32, burst: u32) -> bool {
+        let now = self.started.elapsed();
+        let Ok(mut map) = buckets.lock() else {
             return false;
         };
-        map.entry(user.clone()).or_insert_with(|| TokenBucket::new(rate, rate, now)).try_take(now)
+        map.entry(user.clone()).or_insert_with(|| TokenBucket::new(rate, burst, now)).try_take(now)
     }
 
     /// Membership and role rules for a room action. A room nobody has named on this

@@ -24,6 +24,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod status;
+pub mod submit;
 pub mod supervisor;
 pub mod systemd;
 pub mod web;

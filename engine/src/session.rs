@@ -34,7 +34,8 @@ use crate::mailbox::Live;
 use crate::mailbox::{Item, Mailbox};
 use crate::ratelimit::TokenBucket;
 use crate::router::SessionLink;
-use outpost_store_sqlite::{AppendRequest, AuditEvent, AuditKind, ReplayQuery};
+use crate::submit::{self, Sender};
+use outpost_store_sqlite::{AuditEvent, AuditKind, ReplayQuery};
 
 /// WebSocket close codes used by the hub.
 pub mod close {
@@ -717,28 +718,11 @@ impl Session {
 
     async fn send(&mut self, msg: outpost_shared::OutgoingMsg) -> Step {
         let id = Some(msg.id);
-        if !self.bucket.try_take(self.started.elapsed()) {
-            let m = format!(
-                "more than {} messages/s (burst {}); slow down and resend this message",
-                self.hub.config.limits.rate_per_sec, self.hub.config.limits.rate_burst
-            );
-            return self.feed(error_frame(ErrorCode::RateLimited, m, id)).await;
-        }
-        let max_body = self.hub.config.limits.max_body_bytes;
-        if msg.body.len() > max_body {
-            let m =
-                format!("the body is {} bytes; the limit is {max_body}; send media as an attachment", msg.body.len());
-            return self.feed(error_frame(ErrorCode::TooLarge, m, id)).await;
-        }
-        if let Err((code, m)) = self.check_room(Action::Send { room: &msg.room, priority: msg.priority }).await {
-            return self.feed(error_frame(code, m, id)).await;
-        }
-        if let Err((code, m)) = self.hub.check_body(&msg.room, &msg.body) {
-            return self.feed(error_frame(code, m, id)).await;
-        }
-        let mut msg = msg;
-        msg.body = match self.hub.attach_media(&self.claims, msg.body.clone()).await {
-            Ok(b) => b,
+        let within_rate = self.bucket.try_take(self.started.elapsed());
+        let sender =
+            Sender { claims: &self.claims, device: &self.link.device, peer: self.peer, origin: Some(self.link.id) };
+        let req = match submit::check(&self.hub, &sender, within_rate, msg).await {
+            Ok(req) => req,
             Err((code, m)) => return self.feed(error_frame(code, m, id)).await,
         };
         // Capacity was checked before this frame was read and only this task reserves.
@@ -746,13 +730,6 @@ impl Session {
             return self
                 .feed(error_frame(ErrorCode::RateLimited, "too many messages awaiting storage; resend", id))
                 .await;
-        };
-        let req = AppendRequest {
-            msg,
-            from: self.claims.sub.clone(),
-            device: self.link.device.clone(),
-            at: now_ms(),
-            origin: Some(self.link.id),
         };
         self.hub
             .store
