@@ -11,13 +11,19 @@
 //! (routing, sessions, HTTP).
 
 mod audit;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod link;
+mod log;
 mod query;
+mod security;
 mod types;
 
 pub use audit::{AuditEvent, AuditKind, AuditRecord};
 pub use link::LinkStore;
+pub use log::LogStore;
 pub use query::{Backlog, Outbound, OutboundQuery, Replay, ReplayQuery};
+pub use security::SecurityStore;
 pub use types::{
     AppendRequest, Appended, Audience, Forwarded, LogEntry, PeerState, Publisher, Reply, SessionId, StoreError,
 };

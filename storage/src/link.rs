@@ -9,19 +9,12 @@
 use std::future::Future;
 
 use outpost_shared::uplink::batch::Entry;
-use std::sync::Arc;
+use outpost_shared::{Cursor, RoomId};
 
-use outpost_shared::{Cursor, Epoch, Revocation, RevocationList, RoomId};
+use crate::{Backlog, Forwarded, LogStore, Outbound, OutboundQuery, PeerState, SecurityStore, StoreError};
 
-use crate::{AuditEvent, Forwarded, Outbound, OutboundQuery, PeerState, StoreError};
-
-pub trait LinkStore: Clone + Send + Sync + 'static {
-    /// This database's epoch (sent in the handshake).
-    fn epoch(&self) -> Epoch;
-    /// Rooms this server serves (a hub announces them to its cloud).
-    fn rooms(&self) -> Vec<RoomId>;
-    /// Changes after every commit; link senders wait on it for new entries.
-    fn subscribe_head(&self) -> tokio::sync::watch::Receiver<u64>;
+/// A peer link's storage: the log and the security store, plus the peers' bookkeeping.
+pub trait LinkStore: LogStore + SecurityStore {
     /// Applies a peer's batch idempotently; resolves after the commit.
     fn import(
         &self,
@@ -48,14 +41,6 @@ pub trait LinkStore: Clone + Send + Sync + 'static {
     fn peer_rooms(&self, peer: &str, rooms: Vec<RoomId>) -> impl Future<Output = Result<usize, StoreError>> + Send;
     /// The next page of our log for a peer.
     fn outbound(&self, q: OutboundQuery) -> impl Future<Output = Result<Outbound, StoreError>> + Send;
-    /// Records a security event (relay connected or refused) in the audit log.
-    fn audit(&self, event: AuditEvent) -> impl Future<Output = ()> + Send;
-    /// The token revocation list (the cloud sends it to every hub); changes when it does.
-    fn revocations(&self) -> tokio::sync::watch::Receiver<Arc<RevocationList>>;
-    /// Records revocation entries received from the cloud; resolves after the commit.
-    fn apply_revocations(
-        &self,
-        from: &str,
-        entries: Vec<Revocation>,
-    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+    /// What waits to go to a peer (status page, metrics).
+    fn backlog(&self, peer: &str) -> impl Future<Output = Result<Backlog, StoreError>> + Send;
 }

@@ -101,3 +101,15 @@ pub struct Forwarded {
     pub sender: UserId,
     pub room: RoomId,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_the_protocol_code_a_client_acts_on() {
+        assert_eq!(StoreError::StorageFull { used: 9, quota: 8 }.code(), ErrorCode::StorageFull);
+        assert_eq!(StoreError::Closed.code(), ErrorCode::Internal);
+        assert_eq!(StoreError::Database("disk I/O error".into()).code(), ErrorCode::Internal);
+    }
+}

@@ -16,6 +16,7 @@
 mod reader;
 mod schema;
 pub mod security;
+mod traits;
 mod writer;
 
 use std::collections::HashSet;
@@ -25,13 +26,14 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use outpost_shared::frames::{HistoryPage, Positioned};
 use outpost_shared::uplink::batch::Entry;
-use outpost_shared::{Cursor, DeviceId, Epoch, MessageId, Priority, Revocation, RevocationList, RoomId, UserId};
+use outpost_shared::{Cursor, DeviceId, Epoch, MessageId, Priority, RoomId, UserId};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 pub use outpost_storage::{
     AppendRequest, Appended, Audience, AuditEvent, AuditKind, AuditRecord, Backlog, Forwarded, LinkStore, LogEntry,
-    Outbound, OutboundQuery, PeerState, Publisher, Replay, ReplayQuery, Reply, SessionId, StoreError,
+    LogStore, Outbound, OutboundQuery, PeerState, Publisher, Replay, ReplayQuery, Reply, SecurityStore, SessionId,
+    StoreError,
 };
 pub use schema::{MIGRATIONS, MigrateError, current_version as schema_version};
 
@@ -582,60 +584,4 @@ pub fn create(path: &Path) -> Result<Epoch, OpenError> {
         .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))
         .map_err(|source| OpenError::Open { path: path.to_path_buf(), source })?;
     Ok(Epoch(epoch))
-}
-
-impl LinkStore for Store {
-    fn epoch(&self) -> Epoch {
-        Store::epoch(self).clone()
-    }
-    fn rooms(&self) -> Vec<RoomId> {
-        Store::rooms(self)
-    }
-    fn subscribe_head(&self) -> tokio::sync::watch::Receiver<u64> {
-        Store::subscribe_head(self)
-    }
-    fn import(
-        &self,
-        peer: &str,
-        entries: Vec<Entry>,
-        peer_hwm: Cursor,
-    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
-        Store::import(self, peer, entries, peer_hwm)
-    }
-    fn peer_acked(
-        &self,
-        peer: &str,
-        sent_hwm: Cursor,
-        forwarded: Vec<Forwarded>,
-        at: u64,
-    ) -> impl Future<Output = ()> + Send {
-        Store::peer_acked(self, peer, sent_hwm, forwarded, at)
-    }
-    fn peer_hello(
-        &self,
-        peer: &str,
-        epoch: &str,
-        rooms: Vec<RoomId>,
-    ) -> impl Future<Output = Result<PeerState, StoreError>> + Send {
-        Store::peer_hello(self, peer, epoch, rooms)
-    }
-    fn peer_rooms(&self, peer: &str, rooms: Vec<RoomId>) -> impl Future<Output = Result<usize, StoreError>> + Send {
-        Store::peer_rooms(self, peer, rooms)
-    }
-    fn audit(&self, event: AuditEvent) -> impl Future<Output = ()> + Send {
-        Store::audit(self, event)
-    }
-    fn revocations(&self) -> tokio::sync::watch::Receiver<Arc<RevocationList>> {
-        Store::revocations(self)
-    }
-    fn apply_revocations(
-        &self,
-        from: &str,
-        entries: Vec<Revocation>,
-    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
-        Store::apply_revocations(self, from, entries)
-    }
-    fn outbound(&self, q: OutboundQuery) -> impl Future<Output = Result<Outbound, StoreError>> + Send {
-        Store::outbound(self, q)
-    }
 }

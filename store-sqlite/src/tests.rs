@@ -494,3 +494,19 @@ fn one_shot_commands_creating_the_database_side_by_side_all_succeed() {
         assert_eq!(events.len(), AT_ONCE, "round {round}: every command's audit event is recorded");
     }
 }
+
+/// The backend-neutral suite (outpost_storage::conformance), each check on a fresh
+/// database in its own directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn passes_the_storage_conformance_suite() {
+    let dirs = Mutex::new(Vec::new());
+    outpost_storage::conformance::check_all(|published| {
+        let dir = ok(tempfile::tempdir());
+        let store = ok(Store::open(&dir.path().join("relay.db"), opts(), published));
+        if let Ok(mut d) = dirs.lock() {
+            d.push(dir);
+        }
+        store
+    })
+    .await;
+}

@@ -1,0 +1,205 @@
+//! The conformance suite every storage backend must pass: the contracts of
+//! [`LogStore`], [`SecurityStore`] and [`LinkStore`] checked through the traits alone, so
+//! the same checks run against SQLite today and any later backend.
+//!
+//! A backend's tests call [`check_all`] with a function that opens a fresh, empty store
+//! handing committed entries to the given publisher (its own temporary directory or
+//! database each time). Each check panics with what broke. Durability under kill -9 and
+//! power loss is a property of the backend's commit, not of its API, so it is proven by
+//! the process tests (`tests/`), not here.
+
+use std::sync::{Arc, Mutex};
+
+use outpost_shared::frames::OutgoingMsg;
+use outpost_shared::uplink::batch::{Entry, WireMessage};
+use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, Revocation, RoomId, Seq, UserId};
+
+use crate::{AppendRequest, AuditEvent, AuditKind, LinkStore, LogEntry, Publisher};
+
+/// Everything the backend published, in order.
+#[derive(Debug, Default)]
+pub struct Published(Mutex<Vec<LogEntry>>);
+
+impl Publisher for Published {
+    fn publish(&self, entry: LogEntry) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(entry);
+        }
+    }
+}
+
+impl Published {
+    fn cursors(&self) -> Vec<Cursor> {
+        self.0.lock().map(|v| v.iter().map(|e| e.cursor).collect()).unwrap_or_default()
+    }
+}
+
+/// Runs every check, each on a fresh store from `open`.
+pub async fn check_all<S: LinkStore>(open: impl Fn(Arc<Published>) -> S) {
+    appends_are_read_back_in_order_and_published(&open).await;
+    a_message_id_is_stored_once_forever(&open).await;
+    history_pages_back_from_a_cursor(&open).await;
+    peer_imports_are_idempotent_and_the_resume_point_is_kept(&open).await;
+    audit_events_are_kept_in_order(&open).await;
+    revocations_are_recorded_once(&open).await;
+}
+
+fn id(s: &str) -> RoomId {
+    RoomId::new(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn append(room: &RoomId, n: u64, mid: MessageId) -> AppendRequest {
+    let msg = OutgoingMsg {
+        id: mid,
+        room: room.clone(),
+        kind: MessageKind::new("chat").unwrap_or_else(|e| panic!("{e}")),
+        priority: Priority::Normal,
+        body: Body::from_json(&format!("{{\"text\":\"message {n}\"}}")).unwrap_or_else(|e| panic!("{e}")),
+        seq: Seq(n),
+        reply_to: None,
+    };
+    AppendRequest {
+        msg,
+        from: UserId::new("amina").unwrap_or_else(|e| panic!("{e}")),
+        device: DeviceId::new("phone-1").unwrap_or_else(|e| panic!("{e}")),
+        at: 1_700_000_000_000 + n,
+        origin: None,
+    }
+}
+
+fn new_id() -> MessageId {
+    MessageId(uuid::Uuid::now_v7())
+}
+
+/// Appends are answered with increasing cursors, read back in that order, and each
+/// reaches the publisher after its commit.
+pub async fn appends_are_read_back_in_order_and_published<S: LinkStore>(open: &impl Fn(Arc<Published>) -> S) {
+    let published = Arc::new(Published::default());
+    let store = open(published.clone());
+    let room = id("clinic");
+    let mut cursors = Vec::new();
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let mid = new_id();
+        let a = store.append_wait(append(&room, n, mid)).await.unwrap_or_else(|e| panic!("append: {e}"));
+        assert!(!a.duplicate, "a new id is not a duplicate");
+        assert_eq!(a.id, mid);
+        cursors.push(a.cursor);
+        ids.push(mid);
+    }
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "cursors increase: {cursors:?}");
+    assert_eq!(store.head(), cursors[2], "the head is the newest commit");
+    let (read, more) = store.room_since(room.clone(), Cursor(0), 10).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!more);
+    assert_eq!(read.iter().map(|p| p.msg.id).collect::<Vec<_>>(), ids, "read back in the order appended");
+    assert_eq!(read.iter().map(|p| p.cursor).collect::<Vec<_>>(), cursors);
+    let seen: Vec<Cursor> = published.cursors().into_iter().filter(|c| cursors.contains(c)).collect();
+    assert_eq!(seen, cursors, "each message was published once, in cursor order");
+    assert!(store.room_known(&room), "a room with messages is known");
+}
+
+/// Contract 3: a message id already held is answered `duplicate` with its first cursor
+/// and never stored twice.
+pub async fn a_message_id_is_stored_once_forever<S: LinkStore>(open: &impl Fn(Arc<Published>) -> S) {
+    let store = open(Arc::new(Published::default()));
+    let room = id("clinic");
+    let mid = new_id();
+    let first = store.append_wait(append(&room, 1, mid)).await.unwrap_or_else(|e| panic!("{e}"));
+    store.append_wait(append(&room, 2, new_id())).await.unwrap_or_else(|e| panic!("{e}"));
+    let again = store.append_wait(append(&room, 1, mid)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(again.duplicate, "the same id again is a duplicate");
+    assert_eq!(again.cursor, first.cursor, "a duplicate is answered with the original cursor");
+    let (read, _) = store.room_since(room, Cursor(0), 10).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read.iter().filter(|p| p.msg.id == mid).count(), 1, "stored once");
+}
+
+/// `history` pages back from a cursor: only older messages, at most `limit`, oldest
+/// first within the page, and says whether there are more.
+pub async fn history_pages_back_from_a_cursor<S: LinkStore>(open: &impl Fn(Arc<Published>) -> S) {
+    let store = open(Arc::new(Published::default()));
+    let room = id("clinic");
+    let mut cursors = Vec::new();
+    for n in 1..=5 {
+        cursors.push(store.append_wait(append(&room, n, new_id())).await.unwrap_or_else(|e| panic!("{e}")).cursor);
+    }
+    let newest = store.history(room.clone(), None, 2).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(newest.messages.iter().map(|p| p.cursor).collect::<Vec<_>>(), cursors[3..]);
+    assert!(newest.more, "three older messages remain");
+    let older = store.history(room.clone(), Some(cursors[3]), 10).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(older.messages.iter().map(|p| p.cursor).collect::<Vec<_>>(), cursors[..3]);
+    assert!(!older.more, "nothing before the first message");
+}
+
+fn wire(room: &RoomId, cursor: u64) -> Entry {
+    Entry::Message(WireMessage {
+        cursor: Cursor(cursor),
+        id: new_id(),
+        room: room.clone(),
+        kind: MessageKind::new("chat").unwrap_or_else(|e| panic!("{e}")),
+        priority: Priority::Normal,
+        body: format!("{{\"text\":\"from the peer {cursor}\"}}"),
+        seq: Seq(cursor),
+        reply_to: None,
+        from: UserId::new("dr-okafor").unwrap_or_else(|e| panic!("{e}")),
+        device: DeviceId::new("desk").unwrap_or_else(|e| panic!("{e}")),
+        hlc: Hlc(cursor << 16),
+        at: 1_700_000_000_000 + cursor,
+    })
+}
+
+/// A peer's batch applied twice is imported once; what the peer holds of ours and what
+/// we hold of its log survive to its next handshake.
+pub async fn peer_imports_are_idempotent_and_the_resume_point_is_kept<S: LinkStore>(
+    open: &impl Fn(Arc<Published>) -> S,
+) {
+    let store = open(Arc::new(Published::default()));
+    let room = id("ward");
+    let first = store.peer_hello("cloud", "peer-epoch", vec![room.clone()]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((first.sent_hwm, first.recv_hwm), (Cursor(0), Cursor(0)), "a new peer starts at the beginning");
+    let batch = vec![wire(&room, 1), wire(&room, 2)];
+    let fresh = store.import("cloud", batch.clone(), Cursor(2)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fresh, 2);
+    let again = store.import("cloud", batch, Cursor(2)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again, 0, "a batch sent twice is imported once");
+    let (read, _) = store.room_since(room.clone(), Cursor(0), 10).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read.len(), 2);
+    let ours = store.append_wait(append(&room, 1, new_id())).await.unwrap_or_else(|e| panic!("{e}"));
+    store.peer_acked("cloud", ours.cursor, Vec::new(), 1_700_000_000_500).await;
+    let later = store.peer_hello("cloud", "peer-epoch", vec![room]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(later.sent_hwm, ours.cursor, "the peer's acknowledgement is where we resume");
+    assert_eq!(later.recv_hwm, Cursor(2), "what we hold of the peer's log is kept");
+}
+
+/// The audit log keeps committed events in order.
+pub async fn audit_events_are_kept_in_order<S: LinkStore>(open: &impl Fn(Arc<Published>) -> S) {
+    let store = open(Arc::new(Published::default()));
+    store
+        .audit_committed(AuditEvent::new(AuditKind::Login, "first").actor("amina"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .audit_committed(AuditEvent::new(AuditKind::Forbidden, "second").actor("amina").room("ward"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (records, more) = store.audit_page(0, 10).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!more);
+    let got: Vec<(&str, &str)> = records.iter().map(|r| (r.event.as_str(), r.detail.as_str())).collect();
+    assert_eq!(got, [("login", "first"), ("forbidden", "second")]);
+    assert!(records[0].seq < records[1].seq);
+    let (rest, _) = store.audit_page(records[0].seq, 10).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rest.len(), 1, "a page starts after the given sequence number");
+}
+
+/// A revocation recorded twice is new once.
+pub async fn revocations_are_recorded_once<S: LinkStore>(open: &impl Fn(Arc<Published>) -> S) {
+    let store = open(Arc::new(Published::default()));
+    let entry = Revocation {
+        what: outpost_shared::Revoked::Token("jti-1".into()),
+        reason: "phone lost".into(),
+        at: 1_700_000_000_000,
+    };
+    let fresh = store.apply_revocations("cloud", vec![entry.clone()]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fresh, 1);
+    let again = store.apply_revocations("cloud", vec![entry]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again, 0, "the same revocation again is not new");
+}

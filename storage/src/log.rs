@@ -1,0 +1,67 @@
+//! What device sessions, the HTTP API and the status page need from storage: the message
+//! log.
+//!
+//! Contracts every backend keeps (the conformance suite checks them): an append is
+//! answered only after the transaction holding it committed durably; a message id
+//! already held is answered `duplicate` with its original cursor, forever; after the
+//! commit each new entry is handed to the [`Publisher`](crate::Publisher) the backend was
+//! opened with (the live router), in cursor order; reads see every committed entry.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use outpost_shared::frames::{HistoryPage, Positioned};
+use outpost_shared::{Cursor, DeviceId, Epoch, MessageId, RoomId, UserId};
+
+use crate::{AppendRequest, Appended, Replay, ReplayQuery, Reply, StoreError};
+
+pub trait LogStore: Clone + Send + Sync + 'static {
+    /// This database's epoch: devices resume only within it (contract 6).
+    fn epoch(&self) -> Epoch;
+    /// The newest committed cursor.
+    fn head(&self) -> Cursor;
+    /// Changes after every commit (carries the new head).
+    fn subscribe_head(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Rooms this server has seen named (by a token, a message or a peer).
+    fn rooms(&self) -> Vec<RoomId>;
+    /// Whether `room` is one of [`LogStore::rooms`] (a typo is told apart from a refusal).
+    fn room_known(&self, room: &RoomId) -> bool;
+    /// Records rooms named by a signed-in token.
+    fn note_rooms(&self, rooms: &[RoomId]) -> impl Future<Output = ()> + Send;
+    /// Bytes of storage in use, as the quota counts them.
+    fn used_bytes(&self) -> u64;
+    /// Queues a message; `reply` is called once its fate is known (after the commit).
+    fn append(&self, req: AppendRequest, reply: Reply) -> impl Future<Output = ()> + Send;
+    /// [`LogStore::append`], answered to the caller.
+    fn append_wait(&self, req: AppendRequest) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+    /// A device holds the log up to `cursor` in `rooms`: messages there are `delivered`
+    /// to it.
+    fn ack(
+        &self,
+        device: DeviceId,
+        user: UserId,
+        rooms: Arc<[RoomId]>,
+        cursor: Cursor,
+        at: u64,
+    ) -> impl Future<Output = ()> + Send;
+    /// `user` read message `id` of `room`.
+    fn read(&self, user: UserId, room: RoomId, id: MessageId, at: u64) -> impl Future<Output = ()> + Send;
+    /// The next page of what a device missed.
+    fn replay(&self, q: ReplayQuery) -> impl Future<Output = Result<Replay, StoreError>> + Send;
+    /// Messages of `room` before `before` (newest first within the page's limit).
+    fn history(
+        &self,
+        room: RoomId,
+        before: Option<Cursor>,
+        limit: u32,
+    ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send;
+    /// Messages of `room` after `after`, oldest first, and whether there are more.
+    fn room_since(
+        &self,
+        room: RoomId,
+        after: Cursor,
+        limit: u32,
+    ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send;
+    /// Resolves once the store has completed a transaction (a liveness check).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
