@@ -145,10 +145,12 @@ export class Protocol {
     return { v: 1, type: 'hello', token, device, cursor: S.epoch ? S.cursor : null, epoch: S.epoch };
   }
 
-  /** The socket is gone: whatever was in flight on it goes again on the next one. */
+  /** The socket is gone: whatever was in flight on it goes again on the next one. A
+   *  history page asked for on it will never come, so its room may ask again. */
   closed() {
     this.s.session = null;
     this.s.inflight.clear();
+    this.s.loadingOlder.clear();
   }
 
   // ---------- frames in ----------

@@ -32,6 +32,15 @@ test('one history request at a time per room, and none before welcome', () => {
   assert.equal(p.state.more.clinic, false, 'nothing older: the button goes');
 });
 
+test('a history request lost with its socket is asked again on the next one', () => {
+  const p = device();
+  connect(p);
+  assert.equal(p.history('clinic', link()).length, 1);
+  p.closed();
+  connect(p, { gen: 2 });
+  assert.equal(p.history('clinic', link(2)).length, 1, '"Load older messages" works again after a reconnect');
+});
+
 test('a request the socket did not take is not waited for', () => {
   const p = device();
   connect(p);
