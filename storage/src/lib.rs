@@ -15,6 +15,7 @@ mod audit;
 pub mod conformance;
 mod link;
 mod log;
+mod media;
 mod query;
 mod security;
 mod types;
@@ -22,6 +23,9 @@ mod types;
 pub use audit::{AuditEvent, AuditKind, AuditRecord};
 pub use link::LinkStore;
 pub use log::LogStore;
+pub use media::{
+    BlobRecord, BlobSource, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionStart,
+};
 pub use query::{Backlog, Outbound, OutboundQuery, Replay, ReplayQuery};
 pub use security::SecurityStore;
 pub use types::{

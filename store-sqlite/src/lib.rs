@@ -13,6 +13,7 @@
 //! This module does not know about WebSockets or sessions beyond an opaque [`SessionId`]
 //! used to avoid echoing a message to the connection that sent it.
 
+mod media;
 mod reader;
 mod schema;
 pub mod security;
