@@ -89,11 +89,30 @@ pub struct MediaConfig {
     pub link_chunk_bytes: u32,
     /// Chunks of one blob in flight on the uplink before the receiver confirms.
     pub link_window: u32,
-    /// Days a blob stays on this server after the peer (the cloud) confirmed it; 0 keeps
-    /// blobs forever. Unconfirmed blobs are never removed.
+    /// Days a blob's bytes stay on this server, counted as `retention_basis` says (on a
+    /// hub: after the peer, the cloud, confirmed it; unconfirmed blobs are never removed);
+    /// 0 keeps blobs forever.
     pub retention_days: u32,
     /// Hours an unfinished upload is kept without progress before it is removed.
     pub partial_ttl_hours: u32,
+    /// What `retention_days` counts from. Not a setting: the application picks it (the
+    /// hub keeps the default, the cloud counts from receipt), so no file can make a hub
+    /// drop a photo the cloud does not hold yet.
+    #[serde(skip)]
+    pub retention_basis: RetentionBasis,
+}
+
+/// When a blob's retention period starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RetentionBasis {
+    /// When a peer confirmed it holds the same bytes; a blob no peer confirmed is kept.
+    /// A hub's rule: its photos wait until the cloud has them.
+    #[default]
+    PeerConfirmed,
+    /// When this server received it completely (again, if its bytes were removed and
+    /// arrived once more). The cloud's rule: it is the end of the line, no one upstream
+    /// will ever confirm.
+    Received,
 }
 
 impl Default for MediaConfig {
@@ -111,6 +130,7 @@ impl Default for MediaConfig {
             link_window: 4,
             retention_days: 30,
             partial_ttl_hours: 72,
+            retention_basis: RetentionBasis::PeerConfirmed,
         }
     }
 }
