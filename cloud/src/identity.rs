@@ -13,7 +13,7 @@ use base64::Engine as _;
 use outpost_shared::bundle::encode_key;
 use outpost_shared::{Claims, TokenSigner};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::layout::{Layout, SERVER_NAME};
 
@@ -33,15 +33,13 @@ pub enum IdentityError {
     Random(String),
 }
 
-/// `cloud.toml`, as written by `init`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The identity's part of `cloud.toml`. The settings beside it are [`crate::config`]'s:
+/// the commands that issue tokens and enroll relays need only this, so a bad setting never
+/// keeps an operator from them.
+#[derive(Debug, Clone, Deserialize)]
 pub struct CloudFile {
     /// Names this cloud in tokens (`iss`) and certificates.
     pub cloud_id: String,
-    /// Role rules for the cloud's doctors' listener and HTTP API (`[policy]`, as on a
-    /// hub; see docs/security.md). Defaults when absent.
-    #[serde(default)]
-    pub policy: outpost_shared::Policy,
 }
 
 /// Everything `token` and `enroll-relay` need.
@@ -51,7 +49,6 @@ pub struct CloudIdentity {
     pub signer: TokenSigner,
     ca_key: KeyPair,
     pub ca_cert_pem: String,
-    pub policy: outpost_shared::Policy,
 }
 
 impl std::fmt::Debug for CloudIdentity {
@@ -136,12 +133,9 @@ impl CloudIdentity {
         write_secret(&layout.server_key(), &server_key.serialize_pem())?;
         write_public(&layout.server_cert(), &server_cert.pem())?;
 
-        let file = CloudFile { cloud_id: cloud_id.clone(), policy: Default::default() };
-        let text = toml::to_string(&file)
-            .map_err(|e| IdentityError::Invalid { path: layout.config(), reason: e.to_string() })?;
-        write_public(&layout.config(), &format!("# Outpost cloud, created by `outpost-cloud init`.\n{text}"))?;
+        write_public(&layout.config(), &crate::config::new_file(&cloud_id))?;
 
-        Ok(Self { layout, cloud_id, signer, ca_key, ca_cert_pem: ca_cert.pem(), policy: file.policy })
+        Ok(Self { layout, cloud_id, signer, ca_key, ca_cert_pem: ca_cert.pem() })
     }
 
     /// Loads the identity `init` created.
@@ -169,7 +163,6 @@ impl CloudIdentity {
             layout,
             ca_key,
             ca_cert_pem,
-            policy: file.policy,
         })
     }
 

@@ -1,7 +1,7 @@
 //! Where the cloud keeps its files inside its `--dir`.
 //!
 //! ```text
-//! DIR/cloud.toml          cloud id and settings
+//! DIR/cloud.toml          cloud id and settings (see `config`)
 //! DIR/keys/token.key      Ed25519 token-signing seed (base64, mode 0600)
 //! DIR/keys/token.pub      its public key (base64), also in every relay bundle
 //! DIR/keys/relay-ca.key   the relay CA's private key (PEM, mode 0600)
@@ -9,6 +9,8 @@
 //! DIR/keys/server.key     the cloud's QUIC server key (PEM, mode 0600)
 //! DIR/keys/server.crt     the cloud's QUIC server certificate, issued by the relay CA
 //! DIR/data/               the cloud's databases
+//! DIR/data/cloud.db       the cloud's database (messages, audit log, media metadata)
+//! DIR/data/media/         photos, voice notes and documents
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -33,6 +35,9 @@ impl Layout {
     }
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.data().join("cloud.db")
     }
     pub fn token_key(&self) -> PathBuf {
         self.keys().join("token.key")

@@ -5,10 +5,9 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use outpost_cloud::CloudIdentity;
 use outpost_cloud::enroll::enroll_relay;
 use outpost_cloud::identity::parse_ttl;
-use outpost_cloud::server::hub_config;
+use outpost_cloud::{CloudConfig, CloudIdentity};
 use outpost_shared::{RelayId, Role, RoomId, UserId};
 use outpost_store_sqlite::{AuditEvent, AuditKind};
 
@@ -27,17 +26,18 @@ enum Cmd {
         dir: PathBuf,
     },
     /// Run the cloud: relays' QUIC endpoint, doctors' WebSocket endpoint, HTTP API.
+    /// Settings: DIR/cloud.toml and OUTPOST_CLOUD_ variables (docs/configuration.md).
     Run {
         #[arg(long)]
         dir: PathBuf,
-        /// WebSocket and HTTP listener, e.g. 0.0.0.0:8443.
+        /// WebSocket and HTTP listener, e.g. 0.0.0.0:8443 (replaces `[server] listen`).
         #[arg(long)]
-        ws: String,
-        /// QUIC listener for relays, e.g. 0.0.0.0:4433.
+        ws: Option<String>,
+        /// QUIC listener for relays, e.g. 0.0.0.0:4433 (replaces `[server] quic_listen`).
         #[arg(long)]
-        quic: String,
+        quic: Option<String>,
         /// Serve the WebSocket/HTTP listener over TLS with this certificate (PEM chain,
-        /// the server's certificate first); needs --tls-key.
+        /// the server's certificate first); needs --tls-key. Replaces `[server] tls_cert`.
         #[arg(long)]
         tls_cert: Option<PathBuf>,
         /// The private key of --tls-cert (PEM).
@@ -111,30 +111,58 @@ fn main() -> ExitCode {
 /// Exit code for bad configuration or usage of `run` (as the relay's).
 const EXIT_CONFIG: u8 = 64;
 
-fn serve(dir: PathBuf, ws: String, quic: String, tls_cert: Option<PathBuf>, tls_key: Option<PathBuf>) -> ExitCode {
+fn serve(
+    dir: PathBuf,
+    ws: Option<String>,
+    quic: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+) -> ExitCode {
     outpost_engine::cli::init_tracing();
-    let tls = match (tls_cert, tls_key) {
+    let tls_flags = match (tls_cert, tls_key) {
         (None, None) => None,
-        (Some(cert), Some(key)) => match outpost_cloud::server::load_tls(&cert, &key) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                eprintln!("outpost-cloud: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
+        // Flags are relative to where the command runs, not to the cloud directory.
+        (Some(cert), Some(key)) => Some((absolute(cert), absolute(key))),
         (Some(_), None) | (None, Some(_)) => {
             eprintln!("outpost-cloud: --tls-cert and --tls-key go together: give both or neither");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let quic_addr: std::net::SocketAddr = match quic.parse() {
-        Ok(a) => a,
-        Err(_) => {
-            eprintln!("outpost-cloud: --quic {quic:?} is not an address like 0.0.0.0:4433");
+    let loaded = CloudConfig::load_with(&dir, |c| {
+        if let Some(ws) = ws {
+            c.server.listen = ws;
+        }
+        if let Some(quic) = quic {
+            c.server.quic_listen = quic;
+        }
+        if let Some((cert, key)) = tls_flags {
+            c.server.tls_cert = Some(cert);
+            c.server.tls_key = Some(key);
+        }
+    });
+    // Both are checked before either is used, so one run lists everything to fix.
+    let (config, id) = match (loaded, CloudIdentity::load(&dir)) {
+        (Ok(config), Ok(id)) => (config, id),
+        (config, id) => {
+            let mut problems = config.err().map(|e| e.problems).unwrap_or_default();
+            problems.extend(id.err().map(|e| e.to_string()));
+            eprintln!("outpost-cloud: invalid configuration:\n  - {}", problems.join("\n  - "));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let (tls, quic_addr) = match (config.tls(&dir), config.quic_addr()) {
+        (Ok(tls), Some(addr)) => (tls, addr),
+        // Checked while loading; the files may have changed since.
+        (Err(e), _) => {
+            eprintln!("outpost-cloud: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        (_, None) => {
+            eprintln!("outpost-cloud: server.quic_listen = {:?} is not an address", config.server.quic_listen);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -143,14 +171,15 @@ fn serve(dir: PathBuf, ws: String, quic: String, tls_cert: Option<PathBuf>, tls_
         }
     };
     rt.block_on(async move {
-        let endpoint = match outpost_cloud::server::bind_quic(&dir, quic_addr) {
+        let endpoint = match outpost_cloud::server::bind_quic(&id, quic_addr) {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("outpost-cloud: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        let listener = match tokio::net::TcpListener::bind(&ws).await {
+        let ws = &config.server.listen;
+        let listener = match tokio::net::TcpListener::bind(ws).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("outpost-cloud: cannot listen on {ws}: {e}");
@@ -165,7 +194,7 @@ fn serve(dir: PathBuf, ws: String, quic: String, tls_cert: Option<PathBuf>, tls_
             (Err(e), _) | (_, Err(e)) => eprintln!("outpost-cloud: {e}"),
         });
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let cloud = outpost_cloud::server::run(&dir, listener, tls, endpoint, shutdown.clone(), announce);
+        let cloud = outpost_cloud::server::run(&id, &config, listener, tls, endpoint, shutdown.clone(), announce);
         match outpost_engine::cli::until_signal(shutdown, cloud).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -196,11 +225,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Revoke { dir, what } => {
             let id = CloudIdentity::load(&dir)?;
-            println!("{}", outpost_engine::cli::revoke(&hub_config(&id).storage.path, &id.verifier(), what)?);
+            println!("{}", outpost_engine::cli::revoke(&id.layout.database(), &id.verifier(), what)?);
         }
         Cmd::Audit { dir, page } => {
             let id = CloudIdentity::load(&dir)?;
-            outpost_engine::cli::print_audit(&hub_config(&id).storage.path, &page)?;
+            outpost_engine::cli::print_audit(&id.layout.database(), &page)?;
         }
         Cmd::EnrollRelay { dir, relay, out, cloud_addr } => {
             let id = CloudIdentity::load(&dir)?;
@@ -218,9 +247,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `path` against the working directory (unchanged if that cannot be read).
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
 /// Appends audit events for a one-shot command to the cloud's database.
 fn record(id: &CloudIdentity, events: &[AuditEvent]) -> anyhow::Result<()> {
-    let db = hub_config(id).storage.path;
+    let db = id.layout.database();
     outpost_store_sqlite::security::record_offline(&db, &[], events, "cli", outpost_engine::clock::now_ms())?;
     Ok(())
 }

@@ -2,14 +2,14 @@
 //!
 //! It embeds the same device-serving core as a hub (protocol v1 on `/ws` for doctors'
 //! browsers, SQLite store, live router), adds the QUIC endpoint relays connect to and
-//! the HTTP API for hospital systems. Storage is the relay crate's SQLite store; the
-//! cloud reaches it only through `Store`'s methods, the seam where a PostgreSQL backend
-//! will go when one machine is not enough.
+//! the HTTP API for hospital systems, with the settings of [`crate::config`]. Storage is
+//! the SQLite store; the cloud reaches it only through `Store`'s methods, the seam where a
+//! PostgreSQL backend will go when one machine is not enough.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use outpost_engine::RelayConfig;
+use outpost_engine::config::{IdentityConfig, RetentionBasis, UplinkConfig};
 use outpost_engine::lan_tls::LanTls;
 use outpost_engine::link::tls;
 use outpost_engine::server::{Core, RunError};
@@ -17,6 +17,7 @@ use outpost_shared::bundle::encode_key;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::CloudConfig;
 use crate::identity::{CloudIdentity, IdentityError};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,30 +32,41 @@ pub enum CloudRunError {
     Run(#[from] RunError),
 }
 
-/// The TLS of the WebSocket/HTTP listener from `--tls-cert`/`--tls-key`, with the hub's
-/// handshake timeout.
-pub fn load_tls(cert: &Path, key: &Path) -> Result<LanTls, outpost_engine::lan_tls::LanTlsError> {
-    let timeout = std::time::Duration::from_secs(RelayConfig::default().limits.tls_handshake_timeout_secs);
-    LanTls::load(cert, key, timeout)
-}
-
-/// The cloud's device-serving settings: the hub defaults, verifying its own tokens, its
-/// database in `DIR/data/cloud.db`.
-pub fn hub_config(id: &CloudIdentity) -> RelayConfig {
-    let mut c = RelayConfig::default();
-    c.identity.cloud_id = id.cloud_id.clone();
-    c.identity.relay_id = id.cloud_id.clone();
-    c.identity.token_public_key = encode_key(&id.signer.public_key());
-    c.storage.path = id.layout.data().join("cloud.db");
-    c.policy = id.policy.clone();
-    // The hospital keeps every blob: retention applies to hubs, which the cloud confirms.
-    c.media.retention_days = 0;
-    c
+/// What the engine runs with on the cloud: the settings of `cloud.toml` (defaults, file,
+/// environment, flags), verifying the cloud's own tokens, its database in
+/// `DIR/data/cloud.db`, no uplink (relays dial in), and media retention counted from
+/// receipt (nothing upstream will confirm a blob).
+pub fn engine_config(config: &CloudConfig, id: &CloudIdentity) -> RelayConfig {
+    let s = &config.server;
+    RelayConfig {
+        server: outpost_engine::config::ServerConfig {
+            listen: s.listen.clone(),
+            shutdown_grace_secs: s.shutdown_grace_secs,
+            conformance_echo: false,
+            tls_cert: s.tls_cert.as_ref().map(|p| id.layout.dir.join(p)),
+            tls_key: s.tls_key.as_ref().map(|p| id.layout.dir.join(p)),
+            // The cloud's runtime is tokio's default (one thread per core); unused here.
+            worker_threads: 0,
+        },
+        storage: config.storage.engine(id.layout.database()),
+        limits: config.limits.clone(),
+        identity: IdentityConfig {
+            relay_id: id.cloud_id.clone(),
+            cloud_id: id.cloud_id.clone(),
+            token_public_key: encode_key(&id.signer.public_key()),
+        },
+        uplink: UplinkConfig::default(),
+        policy: config.policy.clone(),
+        security: config.security.clone(),
+        media: outpost_engine::config::MediaConfig {
+            retention_basis: RetentionBasis::Received,
+            ..config.media.clone()
+        },
+    }
 }
 
 /// Binds the QUIC endpoint (so the caller can print its address before serving).
-pub fn bind_quic(dir: &Path, addr: SocketAddr) -> Result<quinn::Endpoint, CloudRunError> {
-    let id = CloudIdentity::load(dir)?;
+pub fn bind_quic(id: &CloudIdentity, addr: SocketAddr) -> Result<quinn::Endpoint, CloudRunError> {
     let read = |p: std::path::PathBuf| {
         std::fs::read_to_string(&p).map_err(|source| IdentityError::Io { path: p.clone(), source })
     };
@@ -77,17 +89,17 @@ pub fn bind_quic(dir: &Path, addr: SocketAddr) -> Result<quinn::Endpoint, CloudR
 /// Runs the cloud until `shutdown`; with `tls`, doctors' browsers and hospital systems
 /// connect over HTTPS and `wss://`.
 pub async fn run(
-    dir: &Path,
+    id: &CloudIdentity,
+    config: &CloudConfig,
     ws: TcpListener,
     tls: Option<LanTls>,
     quic: quinn::Endpoint,
     shutdown: CancellationToken,
     on_ready: outpost_engine::server::OnReady,
 ) -> Result<(), CloudRunError> {
-    let id = CloudIdentity::load(dir)?;
-    let config = hub_config(&id);
-    let db = config.storage.path.clone();
-    let mut core = Core::open(config, &db)?;
+    let engine = engine_config(config, id);
+    let db = engine.storage.path.clone();
+    let mut core = Core::open(engine, &db)?;
     if let Some(tls) = tls {
         core = core.with_tls(tls);
     }

@@ -3,13 +3,22 @@
 //! Layers, later winning: embedded defaults → `DIR/relay.toml` → `OUTPOST_...` environment
 //! variables (`__` separates levels: `OUTPOST_LIMITS__MAX_BODY_BYTES=1024`) → command-line
 //! flags. Every `OUTPOST_` variable is read as configuration, so a misspelt one is an
-//! error, not a silent no-op. [`RelayConfig::load`] reports every problem it finds at once
-//! (per section for parse errors, all of them for value checks) before anything binds; the
-//! binary exits with code 64 on any of them.
+//! error, not a silent no-op; the exception is `OUTPOST_CLOUD_...`, the cloud's own
+//! variables, which the hub leaves alone. [`RelayConfig::load`] reports every problem it
+//! finds at once (per section for parse errors, all of them for value checks) before
+//! anything binds; the binary exits with code 64 on any of them.
+//!
+//! [`Layers`] is the loading itself, shared with the cloud (`cloud.toml`, `OUTPOST_CLOUD_`),
+//! and the sections both run ([`StorageConfig`], [`LimitsConfig`], [`MediaConfig`],
+//! [`SecurityConfig`]) check their own values, so the two programs report the same
+//! problems in the same words.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::lan_tls::{LanTls, LanTlsError};
@@ -17,8 +26,16 @@ use crate::lan_tls::{LanTls, LanTlsError};
 /// The configuration file inside the relay's directory.
 pub const CONFIG_FILE: &str = "relay.toml";
 
+/// The hub's environment prefix: `OUTPOST_SECTION__KEY`.
+const ENV_PREFIX: &str = "OUTPOST";
+
+/// The cloud's environment prefix (`OUTPOST_CLOUD_SECTION__KEY`). It starts like the hub's,
+/// so the hub skips these variables: a machine or a test environment running both must not
+/// stop the hub with an "unknown section `cloud_...`".
+pub const CLOUD_ENV_PREFIX: &str = "OUTPOST_CLOUD";
+
 /// Configuration keys that hold lists (comma-separated when set in the environment).
-const POLICY_LISTS: [&str; 8] = [
+pub const LIST_KEYS: [&str; 8] = [
     "media.accepted_types",
     "policy.encrypted_rooms",
     "policy.send_roles",
@@ -74,11 +91,30 @@ pub struct MediaConfig {
     pub link_chunk_bytes: u32,
     /// Chunks of one blob in flight on the uplink before the receiver confirms.
     pub link_window: u32,
-    /// Days a blob stays on this server after the peer (the cloud) confirmed it; 0 keeps
-    /// blobs forever. Unconfirmed blobs are never removed.
+    /// Days a blob's bytes stay on this server, counted as `retention_basis` says (on a
+    /// hub: after the peer, the cloud, confirmed it; unconfirmed blobs are never removed);
+    /// 0 keeps blobs forever.
     pub retention_days: u32,
     /// Hours an unfinished upload is kept without progress before it is removed.
     pub partial_ttl_hours: u32,
+    /// What `retention_days` counts from. Not a setting: the application picks it (the
+    /// hub keeps the default, the cloud counts from receipt), so no file can make a hub
+    /// drop a photo the cloud does not hold yet.
+    #[serde(skip)]
+    pub retention_basis: RetentionBasis,
+}
+
+/// When a blob's retention period starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RetentionBasis {
+    /// When a peer confirmed it holds the same bytes; a blob no peer confirmed is kept.
+    /// A hub's rule: its photos wait until the cloud has them.
+    #[default]
+    PeerConfirmed,
+    /// When this server received it completely (again, if its bytes were removed and
+    /// arrived once more). The cloud's rule: it is the end of the line, no one upstream
+    /// will ever confirm.
+    Received,
 }
 
 impl Default for MediaConfig {
@@ -96,6 +132,7 @@ impl Default for MediaConfig {
             link_window: 4,
             retention_days: 30,
             partial_ttl_hours: 72,
+            retention_basis: RetentionBasis::PeerConfirmed,
         }
     }
 }
@@ -327,88 +364,162 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
-impl RelayConfig {
-    /// Loads defaults → `dir/relay.toml` (if present) → `OUTPOST_` environment.
-    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
-        Self::load_with(dir, |_| {})
-    }
+/// Where a program's settings come from, later winning: embedded defaults (when given to
+/// [`Layers::read`]) → a TOML file (optional) → environment variables
+/// `PREFIX_SECTION__KEY`. The hub and the cloud differ only in these fields.
+#[derive(Debug, Clone)]
+pub struct Layers<'a> {
+    /// The settings file; a missing one is no error (the defaults apply).
+    pub file: PathBuf,
+    /// Variables named `PREFIX_...` are configuration, every one of them (case does not
+    /// matter, as for the `config` crate).
+    pub env_prefix: &'a str,
+    /// Variables under `env_prefix` that belong to another program and are skipped.
+    pub env_skip: &'a [&'a str],
+    /// Keys that hold lists (comma-separated in the environment).
+    pub list_keys: &'a [&'a str],
+    /// The sections.
+    pub sections: &'a [&'a str],
+    /// Keys allowed at the top level besides the sections.
+    pub top_keys: &'a [&'a str],
+}
 
-    /// Like [`RelayConfig::load`], with command-line overrides applied before the values
-    /// are checked (so a flag can correct a bad value from the file or environment).
-    pub fn load_with(dir: &Path, overrides: impl FnOnce(&mut RelayConfig)) -> Result<Self, ConfigError> {
-        let file = dir.join(CONFIG_FILE);
-        let built = config::Config::builder()
-            .add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml).required(false))
+/// The merged layers, read one section at a time; problems collect as they are found.
+#[derive(Debug)]
+pub struct Layered {
+    merged: config::Config,
+    /// The keys the environment set, as `section.key`.
+    env_keys: Vec<String>,
+    /// Everything wrong so far.
+    pub problems: Vec<String>,
+}
+
+impl Layers<'_> {
+    /// Merges the layers from `env` (the process's: `std::env::vars_os()`) and checks that
+    /// nothing names an unknown section. `defaults`, when given, is the bottom layer: a
+    /// program whose sections default differently from the types' own `Default` (the
+    /// cloud's media retention) gives its defaults here, so a file that sets one key of a
+    /// section keeps the program's defaults for the others.
+    pub fn read<D: Serialize>(
+        &self,
+        defaults: Option<&D>,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Layered, ConfigError> {
+        let fail = |e: config::ConfigError| ConfigError { problems: vec![e.to_string()] };
+        let skip: Vec<String> = self.env_skip.iter().map(|p| p.to_lowercase()).collect();
+        let ours = format!("{}_", self.env_prefix.to_lowercase());
+        let mut vars = HashMap::new();
+        for (key, value) in env {
+            let Ok(key) = key.into_string() else { continue };
+            let lower = key.to_lowercase();
+            if !lower.starts_with(&ours) || skip.iter().any(|p| lower.starts_with(p.as_str())) {
+                continue;
+            }
+            let value = value.into_string().map_err(|v| ConfigError {
+                problems: vec![format!("environment variable {key} is not valid UTF-8: {v:?}")],
+            })?;
+            vars.insert(key, value);
+        }
+        let env_keys = vars.keys().map(|k| k.to_lowercase()[ours.len()..].replace("__", ".")).collect();
+        let mut builder = config::Config::builder();
+        if let Some(d) = defaults {
+            builder = builder.add_source(config::Config::try_from(d).map_err(fail)?);
+        }
+        let merged = builder
+            .add_source(config::File::from(self.file.as_path()).format(config::FileFormat::Toml).required(false))
             .add_source({
-                // The policy's role and room lists are comma-separated in the environment
-                // (`OUTPOST_POLICY__EMERGENCY_ROLES=doctor,supervisor`).
-                let env =
-                    config::Environment::with_prefix("OUTPOST").prefix_separator("_").separator("__").try_parsing(true);
-                POLICY_LISTS.iter().fold(env.list_separator(","), |env, key| env.with_list_parse_key(key))
+                // Lists (the policy's roles and rooms, media types) are comma-separated in
+                // the environment (`OUTPOST_POLICY__EMERGENCY_ROLES=doctor,supervisor`).
+                let env = config::Environment::with_prefix(self.env_prefix)
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(vars.into_iter().collect()));
+                self.list_keys.iter().fold(env.list_separator(","), |env, key| env.with_list_parse_key(key))
             })
             .build()
-            .map_err(|e| ConfigError { problems: vec![e.to_string()] })?;
+            .map_err(fail)?;
 
         let mut problems = Vec::new();
-        if let Ok(table) = built.clone().try_deserialize::<std::collections::HashMap<String, config::Value>>() {
-            for key in table.keys() {
-                if !SECTIONS.contains(&key.as_str()) {
-                    problems.push(format!("unknown section `{key}` (known: {})", SECTIONS.join(", ")));
+        if let Ok(table) = merged.clone().try_deserialize::<HashMap<String, config::Value>>() {
+            let mut keys: Vec<&String> = table.keys().collect();
+            keys.sort();
+            for key in keys {
+                if !self.sections.contains(&key.as_str()) && !self.top_keys.contains(&key.as_str()) {
+                    let top = match self.top_keys {
+                        [] => String::new(),
+                        keys => format!("; at the top: {}", keys.join(", ")),
+                    };
+                    problems.push(format!("unknown section `{key}` (known: {}{top})", self.sections.join(", ")));
                 }
             }
         }
-        fn section<T: for<'de> Deserialize<'de> + Default>(
-            c: &config::Config,
-            name: &str,
-            problems: &mut Vec<String>,
-        ) -> T {
-            match c.get::<T>(name) {
-                Ok(v) => v,
-                Err(config::ConfigError::NotFound(_)) => T::default(),
-                Err(e) => {
-                    problems.push(format!("[{name}]: {e}"));
-                    T::default()
-                }
+        Ok(Layered { merged, env_keys, problems })
+    }
+}
+
+impl Layered {
+    /// Section `name`, or its defaults when no layer has it. A section that cannot be read
+    /// (an unknown key, a word where a number belongs) is a problem, and its defaults
+    /// stand in so the other sections are still checked.
+    pub fn section<T: DeserializeOwned + Default>(&mut self, name: &str) -> T {
+        match self.merged.get::<T>(name) {
+            Ok(v) => v,
+            Err(config::ConfigError::NotFound(_)) => T::default(),
+            Err(e) => {
+                self.problems.push(format!("[{name}]: {e}"));
+                T::default()
             }
         }
-        let mut cfg = RelayConfig {
-            server: section(&built, "server", &mut problems),
-            storage: section(&built, "storage", &mut problems),
-            limits: section(&built, "limits", &mut problems),
-            identity: section(&built, "identity", &mut problems),
-            uplink: section(&built, "uplink", &mut problems),
-            policy: section(&built, "policy", &mut problems),
-            security: section(&built, "security", &mut problems),
-            media: section(&built, "media", &mut problems),
-        };
-        overrides(&mut cfg);
-        problems.extend(cfg.problems());
-        // The files are read now too, so a bad certificate stops the hub before it binds.
-        if let Err(e) = cfg.lan_tls(dir) {
-            problems.push(e.to_string());
-        }
-        if problems.is_empty() { Ok(cfg) } else { Err(ConfigError { problems }) }
     }
 
-    /// Checks values (not syntax) and lists every problem.
+    /// Whether the environment set `key` (`section.key`, or a top-level key).
+    pub fn from_env(&self, key: &str) -> bool {
+        self.env_keys.iter().any(|k| k == key || k.starts_with(&format!("{key}.")))
+    }
+}
+
+/// The problem with a TLS certificate given without its key or the other way round.
+pub fn tls_pair_problem(cert: bool, key: bool) -> Option<String> {
+    match (cert, key) {
+        (true, false) => Some(
+            "server.tls_cert is set but server.tls_key is not: set both (the certificate and its key) or neither"
+                .into(),
+        ),
+        (false, true) => Some(
+            "server.tls_key is set but server.tls_cert is not: set both (the certificate and its key) or neither"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// `name must be greater than 0` for each value that is 0.
+fn zeros(values: &[(&str, u64)]) -> impl Iterator<Item = String> {
+    values.iter().filter(|(_, v)| *v == 0).map(|(name, _)| format!("{name} must be greater than 0"))
+}
+
+impl StorageConfig {
+    /// What is wrong with the values (the path is checked when the database opens).
     pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if self.server.listen.parse::<SocketAddr>().is_err() {
-            p.push(format!("server.listen = {:?} is not an address like 0.0.0.0:8080", self.server.listen));
+        let mut p: Vec<String> = zeros(&[
+            ("storage.max_batch", self.max_batch as u64),
+            ("storage.readers", self.readers as u64),
+            ("storage.quota_bytes", self.quota_bytes),
+        ])
+        .collect();
+        if self.emergency_reserve_bytes >= self.quota_bytes {
+            p.push("storage.emergency_reserve_bytes must be smaller than storage.quota_bytes".into());
         }
-        match (&self.server.tls_cert, &self.server.tls_key) {
-            (Some(_), None) => p.push(
-                "server.tls_cert is set but server.tls_key is not: set both (the certificate and its key) or neither"
-                    .into(),
-            ),
-            (None, Some(_)) => p.push(
-                "server.tls_key is set but server.tls_cert is not: set both (the certificate and its key) or neither"
-                    .into(),
-            ),
-            _ => {}
-        }
-        let l = &self.limits;
-        let positive = [
+        p
+    }
+}
+
+impl LimitsConfig {
+    /// What is wrong with the values.
+    pub fn problems(&self) -> Vec<String> {
+        let l = self;
+        let mut p: Vec<String> = zeros(&[
             ("limits.max_frame_bytes", l.max_frame_bytes as u64),
             ("limits.max_body_bytes", l.max_body_bytes as u64),
             ("limits.max_body_depth", l.max_body_depth as u64),
@@ -424,36 +535,12 @@ impl RelayConfig {
             ("limits.idle_timeout_secs", l.idle_timeout_secs),
             ("limits.presence_per_sec", u64::from(l.presence_per_sec)),
             ("limits.max_receipts_per_ack", l.max_receipts_per_ack as u64),
-            ("storage.max_batch", self.storage.max_batch as u64),
-            ("storage.readers", self.storage.readers as u64),
-            ("storage.quota_bytes", self.storage.quota_bytes),
-            ("uplink.retry_initial_ms", self.uplink.retry_initial_ms),
-            ("uplink.retry_max_secs", self.uplink.retry_max_secs),
-            ("security.revocation_poll_ms", self.security.revocation_poll_ms),
-            ("media.max_blob_bytes", self.media.max_blob_bytes),
-            ("media.max_chunk_bytes", self.media.max_chunk_bytes),
-            ("media.quota_per_user_bytes", self.media.quota_per_user_bytes),
-            ("media.max_pending_uploads", u64::from(self.media.max_pending_uploads)),
-            ("media.preview_max_side", u64::from(self.media.preview_max_side)),
-            ("media.link_chunk_bytes", u64::from(self.media.link_chunk_bytes)),
-            ("media.link_window", u64::from(self.media.link_window)),
-            ("media.partial_ttl_hours", u64::from(self.media.partial_ttl_hours)),
-        ];
-        for (name, v) in positive {
-            if v == 0 {
-                p.push(format!("{name} must be greater than 0"));
-            }
-        }
+        ])
+        .collect();
         if l.max_body_bytes > l.max_frame_bytes {
             p.push(format!(
                 "limits.max_body_bytes ({}) must not exceed limits.max_frame_bytes ({})",
                 l.max_body_bytes, l.max_frame_bytes
-            ));
-        }
-        if self.server.worker_threads > MAX_WORKER_THREADS {
-            p.push(format!(
-                "server.worker_threads = {} is more than {MAX_WORKER_THREADS}; use 0 (one per core, less one) or the number of cores",
-                self.server.worker_threads
             ));
         }
         if l.read_buffer_bytes < 256 {
@@ -462,7 +549,32 @@ impl RelayConfig {
         if l.idle_timeout_secs <= l.ping_interval_secs {
             p.push("limits.idle_timeout_secs must be longer than limits.ping_interval_secs".into());
         }
-        let m = &self.media;
+        p
+    }
+}
+
+impl SecurityConfig {
+    /// What is wrong with the values.
+    pub fn problems(&self) -> Vec<String> {
+        zeros(&[("security.revocation_poll_ms", self.revocation_poll_ms)]).collect()
+    }
+}
+
+impl MediaConfig {
+    /// What is wrong with the values.
+    pub fn problems(&self) -> Vec<String> {
+        let m = self;
+        let mut p: Vec<String> = zeros(&[
+            ("media.max_blob_bytes", m.max_blob_bytes),
+            ("media.max_chunk_bytes", m.max_chunk_bytes),
+            ("media.quota_per_user_bytes", m.quota_per_user_bytes),
+            ("media.max_pending_uploads", u64::from(m.max_pending_uploads)),
+            ("media.preview_max_side", u64::from(m.preview_max_side)),
+            ("media.link_chunk_bytes", u64::from(m.link_chunk_bytes)),
+            ("media.link_window", u64::from(m.link_window)),
+            ("media.partial_ttl_hours", u64::from(m.partial_ttl_hours)),
+        ])
+        .collect();
         for t in &m.accepted_types {
             if !outpost_shared::media::KNOWN_TYPES.contains(&t.as_str()) {
                 p.push(format!(
@@ -477,8 +589,81 @@ impl RelayConfig {
         if m.link_chunk_bytes > 1 << 20 {
             p.push("media.link_chunk_bytes must be at most 1048576 (1 MiB)".into());
         }
-        if self.storage.emergency_reserve_bytes >= self.storage.quota_bytes {
-            p.push("storage.emergency_reserve_bytes must be smaller than storage.quota_bytes".into());
+        p
+    }
+}
+
+impl RelayConfig {
+    /// The hub's layers: `dir/relay.toml`, `OUTPOST_` variables but the cloud's.
+    fn layers(dir: &Path) -> Layers<'static> {
+        Layers {
+            file: dir.join(CONFIG_FILE),
+            env_prefix: ENV_PREFIX,
+            env_skip: &[CLOUD_ENV_PREFIX],
+            list_keys: &LIST_KEYS,
+            sections: &SECTIONS,
+            top_keys: &[],
+        }
+    }
+
+    /// Loads defaults → `dir/relay.toml` (if present) → `OUTPOST_` environment.
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(dir, |_| {})
+    }
+
+    /// Like [`RelayConfig::load`], with command-line overrides applied before the values
+    /// are checked (so a flag can correct a bad value from the file or environment).
+    pub fn load_with(dir: &Path, overrides: impl FnOnce(&mut RelayConfig)) -> Result<Self, ConfigError> {
+        Self::load_from(dir, std::env::vars_os(), overrides)
+    }
+
+    /// [`RelayConfig::load_with`] with the environment given (tests).
+    fn load_from(
+        dir: &Path,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
+        overrides: impl FnOnce(&mut RelayConfig),
+    ) -> Result<Self, ConfigError> {
+        let mut layered = Self::layers(dir).read(None::<&Self>, env)?;
+        let mut cfg = RelayConfig {
+            server: layered.section("server"),
+            storage: layered.section("storage"),
+            limits: layered.section("limits"),
+            identity: layered.section("identity"),
+            uplink: layered.section("uplink"),
+            policy: layered.section("policy"),
+            security: layered.section("security"),
+            media: layered.section("media"),
+        };
+        overrides(&mut cfg);
+        let mut problems = layered.problems;
+        problems.extend(cfg.problems());
+        // The files are read now too, so a bad certificate stops the hub before it binds.
+        if let Err(e) = cfg.lan_tls(dir) {
+            problems.push(e.to_string());
+        }
+        if problems.is_empty() { Ok(cfg) } else { Err(ConfigError { problems }) }
+    }
+
+    /// Checks values (not syntax) and lists every problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            p.push(format!("server.listen = {:?} is not an address like 0.0.0.0:8080", self.server.listen));
+        }
+        p.extend(tls_pair_problem(self.server.tls_cert.is_some(), self.server.tls_key.is_some()));
+        p.extend(self.limits.problems());
+        p.extend(self.storage.problems());
+        p.extend(zeros(&[
+            ("uplink.retry_initial_ms", self.uplink.retry_initial_ms),
+            ("uplink.retry_max_secs", self.uplink.retry_max_secs),
+        ]));
+        p.extend(self.security.problems());
+        p.extend(self.media.problems());
+        if self.server.worker_threads > MAX_WORKER_THREADS {
+            p.push(format!(
+                "server.worker_threads = {} is more than {MAX_WORKER_THREADS}; use 0 (one per core, less one) or the number of cores",
+                self.server.worker_threads
+            ));
         }
         if self.identity.cloud_id.is_empty() || self.identity.token_public_key.is_empty() {
             p.push("identity is not set: run `outpost-relay init --dir DIR --bundle FILE` first".into());
@@ -582,6 +767,45 @@ mod tests {
         std::fs::write(&file, with_identity("[server]\nworker_threads = 100000\n")).unwrap_or_else(|e| panic!("{e}"));
         let all = RelayConfig::load(dir.path()).err().map(|e| e.problems.join("\n")).unwrap_or_default();
         assert!(all.contains("server.worker_threads = 100000 is more than 256"), "{all}");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        vars.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_a_misspelt_variable_is_an_error() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join(CONFIG_FILE), with_identity("[limits]\nmax_body_bytes = 1000\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let vars = env(&[
+            ("OUTPOST_LIMITS__MAX_BODY_BYTES", "2000"),
+            ("OUTPOST_POLICY__EMERGENCY_ROLES", "doctor,supervisor"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let cfg = RelayConfig::load_from(dir.path(), vars, |_| {}).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.limits.max_body_bytes, 2000);
+        assert_eq!(cfg.policy.emergency_roles, [outpost_shared::Role::Doctor, outpost_shared::Role::Supervisor]);
+
+        let vars = env(&[("OUTPOST_LIMITS__MAX_BODDY_BYTES", "5"), ("OUTPOST_LOG", "debug")]);
+        let all = RelayConfig::load_from(dir.path(), vars, |_| {}).err().map(|e| e.problems.join("\n"));
+        let all = all.unwrap_or_default();
+        assert!(all.contains("max_boddy_bytes") && all.contains("unknown section `log`"), "{all}");
+    }
+
+    #[test]
+    fn the_hub_leaves_the_clouds_variables_alone() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join(CONFIG_FILE), with_identity("")).unwrap_or_else(|e| panic!("{e}"));
+        // Set beside the hub's own in one environment (a test machine, a container
+        // running both): neither a section of the hub's nor a problem.
+        let vars = env(&[
+            ("OUTPOST_CLOUD_STORAGE__QUOTA_BYTES", "1"),
+            ("outpost_cloud_media__bogus", "x"),
+            ("OUTPOST_STORAGE__QUOTA_BYTES", "2147483648"),
+        ]);
+        let cfg = RelayConfig::load_from(dir.path(), vars, |_| {}).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.storage.quota_bytes, 2 << 30);
     }
 
     #[test]

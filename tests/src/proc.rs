@@ -226,6 +226,19 @@ impl CloudProc {
         self.child.wait().await?;
         Ok(())
     }
+
+    /// SIGTERM, then waits for the process to exit; returns its exit code.
+    pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        terminate(&mut self.child).await
+    }
+}
+
+/// SIGTERM to a server, then its exit code.
+async fn terminate(child: &mut Child) -> anyhow::Result<Option<i32>> {
+    let pid = child.id().context("the process already exited")?;
+    run_ok(Command::new("kill").args(["-TERM", &pid.to_string()]))?;
+    let status = tokio::time::timeout(crate::EVENT_TIMEOUT, child.wait()).await??;
+    Ok(status.code())
 }
 
 impl Cloud {
@@ -236,16 +249,42 @@ impl Cloud {
 
     /// Like [`Cloud::start`], with more `run` arguments (e.g. `--tls-cert FILE`).
     pub async fn start_with_args(&self, quic: &str, extra: &[&str]) -> anyhow::Result<CloudProc> {
-        let mut args = ["run", "--dir", &self.dir.display().to_string(), "--ws", "127.0.0.1:0", "--quic", quic]
-            .map(str::to_owned)
-            .to_vec();
+        self.start_full(Some(quic), extra, &[]).await
+    }
+
+    /// Like [`Cloud::start`], with environment variables (`OUTPOST_CLOUD_...`).
+    pub async fn start_with_env(&self, quic: &str, env: &[(&str, &str)]) -> anyhow::Result<CloudProc> {
+        self.start_full(Some(quic), &[], env).await
+    }
+
+    /// Starts `outpost-cloud run --dir DIR` with no `--ws`/`--quic`: the listeners are
+    /// those `cloud.toml` (or the environment) sets.
+    pub async fn start_from_config(&self, env: &[(&str, &str)]) -> anyhow::Result<CloudProc> {
+        self.start_full(None, &[], env).await
+    }
+
+    /// `outpost-cloud run` as a one-off that is expected to fail: its output.
+    pub fn run_output(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<std::process::Output> {
+        let mut cmd = Command::new(bin("outpost-cloud"));
+        cmd.arg("run").arg("--dir").arg(&self.dir).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().with_context(|| format!("spawning {cmd:?}"))
+    }
+
+    async fn start_full(&self, quic: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<CloudProc> {
+        let mut args = vec!["run".to_owned(), "--dir".to_owned(), self.dir.display().to_string()];
+        if let Some(quic) = quic {
+            args.extend(["--ws", "127.0.0.1:0", "--quic", quic].map(str::to_owned));
+        }
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let (child, line) = spawn_server(
             "outpost-cloud",
             TokioCommand::new(bin("outpost-cloud")),
             &args,
             &self.dir.join("cloud.log"),
-            &[],
+            env,
         )
         .await?;
         // "outpost-cloud listening on ws://A/ws quic=B" (wss:// with TLS)
@@ -266,6 +305,25 @@ impl Cloud {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("cloud.log")).unwrap_or_default()
+    }
+
+    /// The cloud's settings file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("cloud.toml")
+    }
+
+    /// Appends `text` to `cloud.toml` (after what `init` wrote, which is `cloud_id` and
+    /// commented-out defaults).
+    pub fn configure(&self, text: &str) -> anyhow::Result<()> {
+        let mut cfg = std::fs::read_to_string(self.config_path())?;
+        cfg.push('\n');
+        cfg.push_str(text);
+        std::fs::write(self.config_path(), cfg)?;
+        Ok(())
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("data/cloud.db")
     }
 
     /// Enrolls relay `id` for a cloud reachable at `cloud_addr` and provisions `dir`.
@@ -337,9 +395,6 @@ impl Relay {
 
     /// SIGTERM, then waits for the process to exit; returns its exit code.
     pub async fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
-        let pid = self.child.id().context("relay already exited")?;
-        run_ok(Command::new("kill").args(["-TERM", &pid.to_string()]))?;
-        let status = tokio::time::timeout(crate::EVENT_TIMEOUT, self.child.wait()).await??;
-        Ok(status.code())
+        terminate(&mut self.child).await
     }
 }

@@ -117,6 +117,23 @@ async fn environment_overrides_the_file_and_flags_override_both() -> anyhow::Res
 }
 
 #[tokio::test]
+async fn the_hub_leaves_the_clouds_variables_to_the_cloud() -> anyhow::Result<()> {
+    // Every other OUTPOST_ variable is the hub's; OUTPOST_CLOUD_ ones, even misspelt
+    // ones, are the cloud's, and a hub in the same environment starts and serves.
+    let w = World::start_with(&[
+        ("OUTPOST_CLOUD_STORAGE__QUOTA_BYTES", "1"),
+        ("OUTPOST_CLOUD_BOGUS__KEY", "x"),
+        ("OUTPOST_LIMITS__MAX_BODY_BYTES", "100"),
+    ])
+    .await?;
+    let mut a = w.device("amina", "a", &["clinic"]).await;
+    a.send_stored(chat("clinic", "short")).await?;
+    a.send_msg(chat("clinic", &"long ".repeat(40))).await?;
+    assert_eq!(a.expect_error().await?.0, "too_large", "the hub's own variable is in force");
+    Ok(())
+}
+
+#[tokio::test]
 async fn sigterm_closes_sessions_with_1001_and_exits_0_keeping_data() -> anyhow::Result<()> {
     let mut w = World::start().await?;
     let mut a = w.device("amina", "a", &["clinic"]).await;

@@ -24,6 +24,7 @@ use outpost_shared::{Action, Claims};
 use serde_json::json;
 
 use super::{Blobs, MediaError, Owner, Upload};
+use crate::config::RetentionBasis;
 use crate::hub::Hub;
 
 const UPLOAD_OFFSET: HeaderName = HeaderName::from_static("upload-offset");
@@ -307,11 +308,15 @@ async fn download(
         let info = match info {
             Some(i) if !i.evicted => i,
             Some(_) => {
-                return Err(refuse(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "removed from this server by retention after the other side confirmed it; fetch it there",
-                ));
+                let why = match hub.config.media.retention_basis {
+                    RetentionBasis::PeerConfirmed => {
+                        "removed from this server by retention after the other side confirmed it; fetch it there"
+                    }
+                    RetentionBasis::Received => {
+                        "removed from this server by retention (media.retention_days after it arrived); only its preview is kept"
+                    }
+                };
+                return Err(refuse(StatusCode::NOT_FOUND, "not_found", why));
             }
             None => {
                 return Err(refuse(StatusCode::NOT_FOUND, "not_found", "not arrived yet; see /info for progress"));

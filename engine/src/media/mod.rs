@@ -10,8 +10,10 @@
 //! `blob_peers`) is written through the store's writer like everything else. The bytes an
 //! upload has received are its partial file's length, fsynced before each answer, so an
 //! upload resumes after a hub restart exactly where the last acknowledged chunk ended.
-//! Blob bytes count against `storage.quota_bytes` with the database; a blob is removed
-//! by retention only after a peer (the cloud) confirmed it holds the same bytes.
+//! Blob bytes count against `storage.quota_bytes` with the database. Retention removes a
+//! blob's bytes (never its metadata or preview) `media.retention_days` after the moment
+//! its [`RetentionBasis`] names: on a hub, after a peer (the cloud) confirmed it holds the
+//! same bytes; on the cloud, after it arrived.
 //!
 //! [`http`] serves the device upload/download API; [`link`] carries blobs over the uplink.
 
@@ -31,7 +33,7 @@ use rusqlite::{OptionalExtension, params};
 use sha2::Digest as _;
 
 use crate::clock::now_ms;
-use crate::config::{MediaConfig, StorageConfig};
+use crate::config::{MediaConfig, RetentionBasis, StorageConfig};
 use outpost_store_sqlite::{Store, StoreError};
 
 /// Who an upload belongs to: a user (HTTP) or a peer (the uplink).
@@ -110,7 +112,7 @@ pub struct BlobInfo {
     pub mime: String,
     /// Preview dimensions when there is one.
     pub preview: Option<(u32, u32)>,
-    /// The bytes were removed by retention (a peer holds them).
+    /// The bytes were removed by retention (see [`RetentionBasis`]).
     pub evicted: bool,
     /// Peers known to hold the blob completely.
     pub peers: Vec<String>,
@@ -640,7 +642,8 @@ impl Blobs {
                 c.prepare_cached(
                     "INSERT INTO blobs (sha256, size, mime, preview, width, height, origin, created)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (sha256) DO UPDATE SET evicted = NULL",
+                     ON CONFLICT (sha256) DO UPDATE SET evicted = NULL,
+                       created = CASE WHEN blobs.evicted IS NULL THEN blobs.created ELSE excluded.created END",
                 )?
                 .execute(params![blob.0.as_slice(), sql_i(size), mime, data, w, h, origin, now])?;
                 c.prepare_cached("DELETE FROM uploads WHERE owner = ?1 AND sha256 = ?2")?
@@ -758,9 +761,9 @@ impl Blobs {
     }
 
     /// Removes what may go: unfinished uploads without progress for
-    /// `media.partial_ttl_hours`, and blobs a peer confirmed more than
-    /// `media.retention_days` ago (their metadata and preview stay). Returns the number
-    /// of files removed.
+    /// `media.partial_ttl_hours`, and the bytes of blobs whose retention period
+    /// (`media.retention_days`, counted from the moment `media.retention_basis` names) is
+    /// over; their metadata and preview stay. Returns the number of files removed.
     pub async fn sweep(&self) -> Result<usize, MediaError> {
         let cfg = &self.inner.cfg;
         let now = now_ms();
@@ -800,16 +803,21 @@ impl Blobs {
         if cfg.retention_days == 0 {
             return Ok(removed);
         }
-        let confirmed_before = sql_i(now.saturating_sub(u64::from(cfg.retention_days) * 86_400_000));
+        let started_before = sql_i(now.saturating_sub(u64::from(cfg.retention_days) * 86_400_000));
+        let basis = cfg.retention_basis;
         let old: Vec<(Vec<u8>, i64)> = self
             .inner
             .store
             .read_with(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT b.sha256, b.size FROM blobs b WHERE b.evicted IS NULL
-                       AND (SELECT min(p.at) FROM blob_peers p WHERE p.sha256 = b.sha256) < ?1",
-                )?;
-                stmt.query_map([confirmed_before], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+                let mut stmt = c.prepare_cached(match basis {
+                    // min() over no confirmation is NULL, never < ?1: unconfirmed blobs stay.
+                    RetentionBasis::PeerConfirmed => {
+                        "SELECT b.sha256, b.size FROM blobs b WHERE b.evicted IS NULL
+                           AND (SELECT min(p.at) FROM blob_peers p WHERE p.sha256 = b.sha256) < ?1"
+                    }
+                    RetentionBasis::Received => "SELECT sha256, size FROM blobs WHERE evicted IS NULL AND created < ?1",
+                })?;
+                stmt.query_map([started_before], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
             })
             .await?;
         for (sha, size) in old {
@@ -826,7 +834,12 @@ impl Blobs {
             if tokio::fs::remove_file(self.blob_path(&blob)).await.is_ok() {
                 self.inner.store.add_blob_bytes(-size);
                 removed += 1;
-                tracing::info!(%blob, "blob removed by retention (its peer confirmed it)");
+                match basis {
+                    RetentionBasis::PeerConfirmed => {
+                        tracing::info!(%blob, "blob removed by retention (its peer confirmed it)");
+                    }
+                    RetentionBasis::Received => tracing::info!(%blob, "blob removed by retention (received long ago)"),
+                }
             }
         }
         Ok(removed)

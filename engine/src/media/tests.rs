@@ -1,5 +1,5 @@
-//! The blob store on its own: quota accounting, stale uploads, and retention that only
-//! removes what a peer confirmed.
+//! The blob store on its own: quota accounting, stale uploads, and retention by either
+//! basis (a hub's: after a peer confirmed; the cloud's: after it arrived).
 
 use std::sync::Arc;
 
@@ -101,6 +101,46 @@ async fn retention_removes_only_blobs_a_peer_confirmed_long_enough_ago() {
     let info = blobs.info(old_id).await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("metadata stays"));
     assert!(info.evicted);
     assert_eq!(blobs.sweep().await, Ok(0), "nothing more to remove");
+}
+
+#[tokio::test]
+async fn retention_from_receipt_removes_old_blobs_whoever_holds_them_and_counts_again_on_return() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = MediaConfig { retention_days: 90, retention_basis: RetentionBasis::Received, ..MediaConfig::default() };
+    let blobs = open(dir.path(), cfg);
+    let (old, old_id) = pdf(40_000, 6);
+    let (young, young_id) = pdf(30_000, 7);
+    for (b, id) in [(&old, old_id), (&young, young_id)] {
+        upload(&blobs, &user("dr-neema"), b, id).await;
+    }
+    let day = 86_400_000;
+    let now = i64::try_from(now_ms()).unwrap_or(0);
+    blobs
+        .store()
+        .exec(move |c| {
+            c.execute("UPDATE blobs SET created = ?1 WHERE sha256 = ?2", params![now - 91 * day, old_id.0.as_slice()])?;
+            c.execute(
+                "UPDATE blobs SET created = ?1 WHERE sha256 = ?2",
+                params![now - 89 * day, young_id.0.as_slice()],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // No peer ever confirmed either: on this basis that does not matter.
+    let used = blobs.store().used_bytes();
+    assert_eq!(blobs.sweep().await, Ok(1));
+    assert!(!blobs.blob_path(&old_id).exists() && blobs.blob_path(&young_id).exists());
+    assert_eq!(used - blobs.store().used_bytes(), old.len() as u64);
+    let info = blobs.info(old_id).await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("metadata stays"));
+    assert!(info.evicted);
+
+    // The bytes arrive again: their retention period starts again, they are not removed
+    // at the next sweep.
+    upload(&blobs, &user("dr-neema"), &old, old_id).await;
+    assert_eq!(blobs.sweep().await, Ok(0));
+    let info = blobs.info(old_id).await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("metadata stays"));
+    assert!(!info.evicted && blobs.blob_path(&old_id).exists());
 }
 
 #[tokio::test]

@@ -1,0 +1,431 @@
+//! The cloud's settings: one serde tree with documented defaults, kept in `DIR/cloud.toml`.
+//!
+//! Layers, later winning: the defaults of [`CloudConfig::default`] → `DIR/cloud.toml` →
+//! `OUTPOST_CLOUD_...` environment variables (`__` separates levels:
+//! `OUTPOST_CLOUD_STORAGE__QUOTA_BYTES=2147483648`) → the flags of `outpost-cloud run`.
+//! Every `OUTPOST_CLOUD_` variable is read as configuration, so a misspelt one is an error.
+//! [`CloudConfig::load_with`] reports every problem at once, before anything binds; `run`
+//! exits with code 64 on any of them. The loading is the engine's ([`Layers`]), as are the
+//! sections the engine runs ([`LimitsConfig`], [`MediaConfig`], [`SecurityConfig`]) and
+//! their checks, so hub and cloud take the same keys in the same words.
+//!
+//! `cloud.toml` also holds `cloud_id` at its top level: the cloud's identity, written by
+//! `init` and read by [`crate::identity`]; here it is only accepted. This module does not
+//! know the identity: `server::engine_config` joins the two into what the engine runs.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use outpost_engine::config::{
+    CLOUD_ENV_PREFIX, ConfigError, LIST_KEYS, Layers, LimitsConfig, MediaConfig, SecurityConfig, tls_pair_problem,
+};
+use outpost_engine::lan_tls::{LanTls, LanTlsError};
+use serde::{Deserialize, Serialize};
+
+use crate::layout::Layout;
+
+/// The sections of `cloud.toml`.
+const SECTIONS: [&str; 6] = ["server", "storage", "limits", "media", "security", "policy"];
+
+/// The top-level key that is the cloud's identity, not a setting.
+const CLOUD_ID: &str = "cloud_id";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    /// Device connections and messages on the doctors' listener, as on a hub.
+    pub limits: LimitsConfig,
+    /// Photos, voice notes and documents, as on a hub, but kept forever by default.
+    pub media: MediaConfig,
+    pub security: SecurityConfig,
+    /// Role rules for the doctors' listener and the HTTP API (docs/security.md).
+    pub policy: outpost_shared::Policy,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+            // The hospital is the end of the line: what it drops, no one else holds.
+            media: MediaConfig { retention_days: 0, ..MediaConfig::default() },
+            security: SecurityConfig::default(),
+            policy: outpost_shared::Policy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The WebSocket and HTTP listener for doctors' browsers and hospital systems
+    /// (`/ws`, `/api/...`), `HOST:PORT`. Not set by default: set it here or give `--ws`,
+    /// which overrides it.
+    pub listen: String,
+    /// The QUIC endpoint relays connect to (UDP), `IP:PORT`. Not set by default: set it
+    /// here or give `--quic`, which overrides it.
+    pub quic_listen: String,
+    /// Serve `listen` over TLS (HTTPS, `wss://`) with this certificate (PEM chain, the
+    /// server's certificate first); relative paths are inside the cloud directory. Set
+    /// both `tls_cert` and `tls_key`, or neither. `--tls-cert`/`--tls-key` override both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// How long a graceful shutdown waits for sessions to close, seconds. Kept well under
+    /// systemd's `TimeoutStopSec` so the store is always flushed before a hard kill.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            quic_listen: String::new(),
+            tls_cert: None,
+            tls_key: None,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// The cloud's database is `DIR/data/cloud.db` (its identity's layout), so unlike a hub's
+/// this section has no `path`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Most bytes the database and the media files together may use. Past
+    /// `quota_bytes - emergency_reserve_bytes` only emergency messages are accepted
+    /// (`storage_full` for the rest).
+    pub quota_bytes: u64,
+    /// Space kept back for emergencies when the quota is nearly reached.
+    pub emergency_reserve_bytes: u64,
+    /// Most commands committed in one transaction (group commit).
+    pub max_batch: usize,
+    /// Database reads that run at once for devices, and as many again for relays' links.
+    pub readers: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        let hub = outpost_engine::config::StorageConfig::default();
+        Self {
+            quota_bytes: hub.quota_bytes,
+            emergency_reserve_bytes: hub.emergency_reserve_bytes,
+            max_batch: hub.max_batch,
+            readers: hub.readers,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The engine's storage settings with the database at `path`.
+    pub fn engine(&self, path: PathBuf) -> outpost_engine::config::StorageConfig {
+        outpost_engine::config::StorageConfig {
+            path,
+            quota_bytes: self.quota_bytes,
+            emergency_reserve_bytes: self.emergency_reserve_bytes,
+            max_batch: self.max_batch,
+            readers: self.readers,
+        }
+    }
+}
+
+/// `HOST:PORT` with a valid port (the host is resolved when binding, as `--ws` always was).
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+impl CloudConfig {
+    /// The cloud's layers: `dir/cloud.toml`, then every `OUTPOST_CLOUD_` variable.
+    fn layers(dir: &Path) -> Layers<'static> {
+        Layers {
+            file: Layout::new(dir).config(),
+            env_prefix: CLOUD_ENV_PREFIX,
+            env_skip: &[],
+            list_keys: &LIST_KEYS,
+            sections: &SECTIONS,
+            top_keys: &[CLOUD_ID],
+        }
+    }
+
+    /// Loads defaults → `dir/cloud.toml` → `OUTPOST_CLOUD_` environment, applies
+    /// `overrides` (the flags), then checks every value and the TLS files.
+    pub fn load_with(dir: &Path, overrides: impl FnOnce(&mut CloudConfig)) -> Result<Self, ConfigError> {
+        Self::load_from(dir, std::env::vars_os(), overrides)
+    }
+
+    /// [`CloudConfig::load_with`] with the environment given.
+    pub fn load_from(
+        dir: &Path,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
+        overrides: impl FnOnce(&mut CloudConfig),
+    ) -> Result<Self, ConfigError> {
+        // The cloud's own defaults are the bottom layer: a file that sets one `[media]`
+        // key keeps the cloud's `retention_days = 0`, not the hub's default.
+        let mut layered = Self::layers(dir).read(Some(&CloudConfig::default()), env)?;
+        let mut cfg = CloudConfig {
+            server: layered.section("server"),
+            storage: layered.section("storage"),
+            limits: layered.section("limits"),
+            media: layered.section("media"),
+            security: layered.section("security"),
+            policy: layered.section("policy"),
+        };
+        let mut problems = std::mem::take(&mut layered.problems);
+        if layered.from_env(CLOUD_ID) {
+            problems.push(format!(
+                "{CLOUD_ENV_PREFIX}_CLOUD_ID: cloud_id names this cloud in every token and certificate; \
+                 it is written by `outpost-cloud init` into cloud.toml and cannot be set from the environment"
+            ));
+        }
+        overrides(&mut cfg);
+        problems.extend(cfg.problems());
+        // The files are read now too, so a bad certificate stops the cloud before it binds.
+        if let Err(e) = cfg.tls(dir) {
+            problems.push(e.to_string());
+        }
+        if problems.is_empty() { Ok(cfg) } else { Err(ConfigError { problems }) }
+    }
+
+    /// Checks values (not syntax) and lists every problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let s = &self.server;
+        if s.listen.is_empty() {
+            p.push("server.listen is not set: give `--ws ADDR` or set `listen` in [server] of cloud.toml".into());
+        } else if !is_host_port(&s.listen) {
+            p.push(format!("server.listen = {:?} is not an address like 0.0.0.0:8443", s.listen));
+        }
+        if s.quic_listen.is_empty() {
+            p.push(
+                "server.quic_listen is not set: give `--quic ADDR` or set `quic_listen` in [server] of cloud.toml"
+                    .into(),
+            );
+        } else if s.quic_listen.parse::<SocketAddr>().is_err() {
+            p.push(format!("server.quic_listen = {:?} is not an address like 0.0.0.0:4433", s.quic_listen));
+        }
+        p.extend(tls_pair_problem(s.tls_cert.is_some(), s.tls_key.is_some()));
+        p.extend(self.storage.engine(PathBuf::new()).problems());
+        p.extend(self.limits.problems());
+        p.extend(self.security.problems());
+        p.extend(self.media.problems());
+        p
+    }
+
+    /// The QUIC address, once [`CloudConfig::problems`] found none.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.server.quic_listen.parse().ok()
+    }
+
+    /// The listener's TLS from `server.tls_cert`/`tls_key` (relative to `dir`), or `None`
+    /// when they are not both set.
+    pub fn tls(&self, dir: &Path) -> Result<Option<LanTls>, LanTlsError> {
+        let (Some(cert), Some(key)) = (&self.server.tls_cert, &self.server.tls_key) else { return Ok(None) };
+        let timeout = Duration::from_secs(self.limits.tls_handshake_timeout_secs);
+        LanTls::load(&dir.join(cert), &dir.join(key), timeout).map(Some)
+    }
+}
+
+/// The `cloud.toml` that `init` writes: the cloud id, then every setting commented out at
+/// its default, so an operator sees what there is to change.
+pub fn new_file(cloud_id: &str) -> String {
+    let mut out = format!(
+        "# Outpost cloud, created by `outpost-cloud init`. Settings: docs/configuration.md,\n\
+         # \"The cloud\". Variables OUTPOST_CLOUD_<SECTION>__<KEY> override this file, and the\n\
+         # flags of `outpost-cloud run` (--ws, --quic, --tls-cert, --tls-key) override both.\n\n\
+         # Names this cloud in its tokens and certificates: never change it.\n\
+         {CLOUD_ID} = {cloud_id:?}\n\n\
+         # Defaults, shown for reference. Uncomment a line (and its [section]) to change it.\n"
+    );
+    let defaults = toml::to_string(&CloudConfig::default()).unwrap_or_default();
+    for line in defaults.lines() {
+        if line.is_empty() {
+            out.push('\n');
+            continue;
+        }
+        out.push_str("# ");
+        out.push_str(line);
+        out.push('\n');
+        if line == "[server]" {
+            out.push_str(
+                "# (listen: the WebSocket/HTTP address, e.g. \"0.0.0.0:8443\"; quic_listen: the relays' QUIC\n",
+            );
+            out.push_str("# address, e.g. \"0.0.0.0:4433\"; both unset by default, for --ws and --quic to give.)\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        vars.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
+    }
+
+    fn dir_with(text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("cloud.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+        dir
+    }
+
+    fn listeners(c: &mut CloudConfig) {
+        c.server.listen = "127.0.0.1:0".into();
+        c.server.quic_listen = "127.0.0.1:0".into();
+    }
+
+    fn problems(dir: &Path, vars: &[(&str, &str)]) -> String {
+        CloudConfig::load_from(dir, env(vars), listeners).err().map(|e| e.problems.join("\n")).unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults_are_todays_cloud() {
+        let c = CloudConfig::default();
+        assert_eq!(c.storage.quota_bytes, 8 << 30, "8 GiB, media included");
+        assert_eq!(c.storage.emergency_reserve_bytes, 64 << 20);
+        assert_eq!(c.media.retention_days, 0, "the hospital keeps every file");
+        assert_eq!(c.limits.rate_per_sec, LimitsConfig::default().rate_per_sec);
+        assert!(c.server.listen.is_empty() && c.server.quic_listen.is_empty());
+    }
+
+    #[test]
+    fn a_file_written_by_an_earlier_init_still_loads() {
+        // Exactly what `init` wrote before the cloud had settings.
+        let old = "# Outpost cloud, created by `outpost-cloud init`.\ncloud_id = \"cloud-0a1b2c3d\"\n\n[policy]\n\
+                   send_roles = [\"worker\", \"doctor\", \"supervisor\"]\nemergency_roles = [\"worker\", \"doctor\", \"supervisor\"]\n\
+                   emergency_rooms = []\nhistory_roles = [\"worker\", \"doctor\", \"supervisor\"]\n\
+                   participate_roles = [\"worker\", \"doctor\", \"supervisor\"]\naudit_roles = [\"admin\"]\nencrypted_rooms = []\n";
+        let dir = dir_with(old);
+        let c = CloudConfig::load_from(dir.path(), env(&[]), listeners).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.policy, outpost_shared::Policy::default());
+        assert_eq!(c.storage.quota_bytes, 8 << 30);
+        // And with no [policy] at all.
+        let dir = dir_with("cloud_id = \"cloud-0a1b2c3d\"\n");
+        assert!(CloudConfig::load_from(dir.path(), env(&[]), listeners).is_ok());
+    }
+
+    #[test]
+    fn the_file_init_writes_loads_as_the_defaults() {
+        let text = new_file("cloud-0a1b2c3d");
+        assert!(text.contains("cloud_id = \"cloud-0a1b2c3d\"\n"), "{text}");
+        assert!(text.contains("# quota_bytes = 8589934592"), "{text}");
+        let dir = dir_with(&text);
+        let c = CloudConfig::load_from(dir.path(), env(&[]), listeners).unwrap_or_else(|e| panic!("{e}"));
+        let d = CloudConfig::default();
+        assert_eq!((c.storage.quota_bytes, c.media.retention_days), (d.storage.quota_bytes, d.media.retention_days));
+        // Uncommenting a whole section works as the comment says.
+        let dir = dir_with(&text.replace("# [storage]\n", "[storage]\n").replace("# quota_bytes =", "quota_bytes ="));
+        let c = CloudConfig::load_from(dir.path(), env(&[]), listeners).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.storage.quota_bytes, 8 << 30);
+    }
+
+    #[test]
+    fn defaults_then_file_then_environment_then_flags() {
+        let dir = dir_with(
+            "cloud_id = \"c\"\n[server]\nlisten = \"0.0.0.0:8443\"\nquic_listen = \"0.0.0.0:4433\"\n\
+             [storage]\nquota_bytes = 2147483648\nemergency_reserve_bytes = 1000000\n\
+             [media]\nmax_blob_bytes = 1000000\n[limits]\nrate_per_sec = 5\n",
+        );
+        let vars = [
+            ("OUTPOST_CLOUD_STORAGE__EMERGENCY_RESERVE_BYTES", "2000000"),
+            ("OUTPOST_CLOUD_MEDIA__RETENTION_DAYS", "90"),
+            ("OUTPOST_CLOUD_POLICY__EMERGENCY_ROLES", "doctor,supervisor"),
+            // The hub's variables are not the cloud's business.
+            ("OUTPOST_LIMITS__MAX_DEVICES", "0"),
+        ];
+        let c = CloudConfig::load_from(dir.path(), env(&vars), |c| c.server.quic_listen = "127.0.0.1:0".into())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.storage.quota_bytes, 2 << 30, "from the file");
+        assert_eq!(c.storage.emergency_reserve_bytes, 2_000_000, "the environment over the file");
+        assert_eq!(c.media.max_blob_bytes, 1_000_000, "from the file");
+        assert_eq!(c.media.retention_days, 90, "from the environment");
+        assert_eq!(c.media.preview_quality, MediaConfig::default().preview_quality, "a default");
+        assert_eq!(c.limits.rate_per_sec, 5);
+        assert_eq!(c.limits.max_devices, LimitsConfig::default().max_devices);
+        assert_eq!(c.policy.emergency_roles, [outpost_shared::Role::Doctor, outpost_shared::Role::Supervisor]);
+        assert_eq!(c.server.listen, "0.0.0.0:8443", "from the file");
+        assert_eq!(c.server.quic_listen, "127.0.0.1:0", "the flag over the file");
+    }
+
+    #[test]
+    fn one_media_key_in_the_file_keeps_the_clouds_retention() {
+        let dir = dir_with("cloud_id = \"c\"\n[media]\nmax_blob_bytes = 1000000\n");
+        let c = CloudConfig::load_from(dir.path(), env(&[]), listeners).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.media.retention_days, 0);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = dir_with(
+            "cloud_id = \"c\"\n[storage]\nquota_bytes = 1000\nemergency_reserve_bytes = 2000\nreaders = 0\n\
+             [limits]\nmax_devices = 0\nidle_timeout_secs = 5\nping_interval_secs = 10\n\
+             [media]\npreview_quality = 0\nretention_dayz = 3\n[bogus]\nx = 1\n",
+        );
+        let all = problems(dir.path(), &[("OUTPOST_CLOUD_SECURITY__REVOCATION_POLL_MS", "0")]);
+        for needle in [
+            "storage.emergency_reserve_bytes must be smaller than storage.quota_bytes",
+            "storage.readers must be greater than 0",
+            "limits.max_devices must be greater than 0",
+            "limits.idle_timeout_secs must be longer than limits.ping_interval_secs",
+            "retention_dayz",
+            "unknown section `bogus`",
+            "security.revocation_poll_ms must be greater than 0",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn a_misspelt_or_identity_variable_is_an_error() {
+        let dir = dir_with("cloud_id = \"c\"\n");
+        let all = problems(
+            dir.path(),
+            &[
+                ("OUTPOST_CLOUD_STORAGE__QUOTA_BYTESS", "5"),
+                ("OUTPOST_CLOUD_STORAG__QUOTA_BYTES", "5"),
+                ("OUTPOST_CLOUD_CLOUD_ID", "cloud-other"),
+            ],
+        );
+        for needle in ["quota_bytess", "unknown section `storag`", "cannot be set from the environment"] {
+            assert!(all.contains(needle), "{needle} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn listeners_come_from_the_file_or_the_flags() {
+        let dir = dir_with("cloud_id = \"c\"\n");
+        let all = CloudConfig::load_from(dir.path(), env(&[]), |_| {})
+            .err()
+            .map(|e| e.problems.join("\n"))
+            .unwrap_or_default();
+        assert!(all.contains("server.listen is not set: give `--ws ADDR`"), "{all}");
+        assert!(all.contains("server.quic_listen is not set: give `--quic ADDR`"), "{all}");
+
+        let dir =
+            dir_with("cloud_id = \"c\"\n[server]\nlisten = \"localhost:8443\"\nquic_listen = \"localhost:4433\"\n");
+        let all = CloudConfig::load_from(dir.path(), env(&[]), |_| {})
+            .err()
+            .map(|e| e.problems.join("\n"))
+            .unwrap_or_default();
+        assert!(!all.contains("server.listen"), "a host name is fine for the TCP listener: {all}");
+        assert!(all.contains("server.quic_listen = \"localhost:4433\" is not an address"), "{all}");
+    }
+
+    #[test]
+    fn a_certificate_needs_its_key_and_readable_files() {
+        let dir = dir_with("cloud_id = \"c\"\n[server]\ntls_cert = \"tls/cloud.crt\"\n");
+        assert!(problems(dir.path(), &[]).contains("but server.tls_key is not"));
+        let dir = dir_with("cloud_id = \"c\"\n[server]\ntls_cert = \"tls/cloud.crt\"\ntls_key = \"tls/cloud.key\"\n");
+        let cert = dir.path().join("tls/cloud.crt");
+        let all = problems(dir.path(), &[]);
+        assert!(all.contains(&format!("server.tls_cert = {}: cannot read it", cert.display())), "{all}");
+    }
+}
