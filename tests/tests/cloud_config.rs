@@ -251,3 +251,42 @@ async fn listeners_in_cloud_toml_need_no_flags_and_the_hubs_variables_are_not_th
     assert_eq!(dr.answer(&id).await?["code"], "too_large", "OUTPOST_CLOUD_LIMITS__MAX_BODY_BYTES is in force");
     Ok(())
 }
+
+/// The HTTP API takes the same send checks as a device's `send`, the rate limit among
+/// them (from `[limits]` in cloud.toml), counted per user across their API calls: past
+/// the burst a post is refused with 429 `rate_limited` and not stored, and another user
+/// is not held back by it.
+#[tokio::test]
+async fn the_http_api_is_rate_limited_per_user_like_a_device() -> anyhow::Result<()> {
+    use outpost_tests::http::request;
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    // One message a second, a burst of three: the fourth post in a row is over the limit.
+    cloud.configure("[limits]\nrate_per_sec = 1\nrate_burst = 3\n")?;
+    let proc = cloud.start("127.0.0.1:0").await?;
+    let base = proc.http_base();
+    let his = cloud.token("his", "doctor", &["clinic"], "1h")?;
+    let post = |n: u32| json!({"id": outpost_tests::new_id(), "body": {"text": format!("result {n}")}});
+    for n in 0..3 {
+        let (status, created) =
+            request(&base, "POST", "/api/rooms/clinic/messages", Some(&his), Some(&post(n))).await?;
+        assert_eq!(status, 201, "post {n} is within the burst: {created}");
+    }
+    let refused_post = post(3);
+    let (status, refused) =
+        request(&base, "POST", "/api/rooms/clinic/messages", Some(&his), Some(&refused_post)).await?;
+    assert_eq!((status, refused["code"].as_str()), (429, Some("rate_limited")), "{refused}");
+
+    // Another user's bucket is their own.
+    let lab = cloud.token("lab", "doctor", &["clinic"], "1h")?;
+    let (status, other) = request(&base, "POST", "/api/rooms/clinic/messages", Some(&lab), Some(&post(4))).await?;
+    assert_eq!(status, 201, "{other}");
+
+    // The refused post was not stored: the room holds the four accepted ones only.
+    let (_, page) = request(&base, "GET", "/api/rooms/clinic/messages?after=0", Some(&his), None).await?;
+    let ids: Vec<&Value> =
+        page["messages"].as_array().map(|m| m.iter().map(|p| &p["msg"]["id"]).collect()).unwrap_or_default();
+    assert_eq!(ids.len(), 4, "{page}");
+    assert!(!ids.contains(&&refused_post["id"]), "{page}");
+    Ok(())
+}
