@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use outpost_storage::RetentionBasis;
+
 use crate::lan_tls::{LanTls, LanTlsError};
 
 /// The configuration file inside the relay's directory.
@@ -102,19 +104,6 @@ pub struct MediaConfig {
     /// drop a photo the cloud does not hold yet.
     #[serde(skip)]
     pub retention_basis: RetentionBasis,
-}
-
-/// When a blob's retention period starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum RetentionBasis {
-    /// When a peer confirmed it holds the same bytes; a blob no peer confirmed is kept.
-    /// A hub's rule: its photos wait until the cloud has them.
-    #[default]
-    PeerConfirmed,
-    /// When this server received it completely (again, if its bytes were removed and
-    /// arrived once more). The cloud's rule: it is the end of the line, no one upstream
-    /// will ever confirm.
-    Received,
 }
 
 impl Default for MediaConfig {

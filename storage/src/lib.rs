@@ -23,7 +23,7 @@ mod types;
 pub use audit::{AuditEvent, AuditKind, AuditRecord};
 pub use link::LinkStore;
 pub use log::LogStore;
-pub use media::{BlobRecord, BlobSource, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionStart};
+pub use media::{BlobRecord, BlobSource, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionBasis};
 pub use query::{Backlog, Outbound, OutboundQuery, Replay, ReplayQuery};
 pub use security::SecurityStore;
 pub use types::{

@@ -69,12 +69,16 @@ pub struct MediaUsage {
     pub bytes: u64,
 }
 
-/// When retention's clock starts for a blob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetentionStart {
-    /// When a peer first confirmed it holds the blob (unconfirmed blobs never qualify).
+/// When a blob's retention period starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RetentionBasis {
+    /// When a peer first confirmed it holds the same bytes; a blob no peer confirmed is
+    /// kept. A hub's rule: its photos wait until the cloud has them.
+    #[default]
     PeerConfirmed,
-    /// When the blob arrived here.
+    /// When this server received it completely (again, if its bytes were removed and
+    /// arrived once more). The cloud's rule: it is the end of the line, no one upstream
+    /// will ever confirm.
     Received,
 }
 
@@ -118,10 +122,10 @@ pub trait MediaStore: Clone + Send + Sync + 'static {
         peer: &str,
         rooms: Option<Vec<RoomId>>,
     ) -> impl Future<Output = Result<Option<(BlobId, u64)>, StoreError>> + Send;
-    /// Blobs still whole whose retention clock (`start`) started before `before` (ms).
+    /// Blobs still whole whose retention period (by `basis`) started before `before` (ms).
     fn blobs_retained_since(
         &self,
-        start: RetentionStart,
+        basis: RetentionBasis,
         before: u64,
     ) -> impl Future<Output = Result<Vec<(BlobId, u64)>, StoreError>> + Send;
     /// Marks a blob's bytes as removed; after the commit.

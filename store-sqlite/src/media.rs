@@ -8,7 +8,7 @@ use std::future::Future;
 use outpost_shared::media::BlobId;
 use outpost_shared::{RoomId, UserId};
 use outpost_storage::{
-    BlobRecord, BlobSource, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionStart, StoreError,
+    BlobRecord, BlobSource, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionBasis, StoreError,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -231,17 +231,17 @@ impl MediaStore for Store {
 
     fn blobs_retained_since(
         &self,
-        start: RetentionStart,
+        basis: RetentionBasis,
         before: u64,
     ) -> impl Future<Output = Result<Vec<(BlobId, u64)>, StoreError>> + Send {
         self.read_with(move |c| {
-            let mut stmt = c.prepare_cached(match start {
+            let mut stmt = c.prepare_cached(match basis {
                 // min() over no confirmation is NULL, never < ?1: unconfirmed blobs stay.
-                RetentionStart::PeerConfirmed => {
+                RetentionBasis::PeerConfirmed => {
                     "SELECT b.sha256, b.size FROM blobs b WHERE b.evicted IS NULL
                        AND (SELECT min(p.at) FROM blob_peers p WHERE p.sha256 = b.sha256) < ?1"
                 }
-                RetentionStart::Received => "SELECT sha256, size FROM blobs WHERE evicted IS NULL AND created < ?1",
+                RetentionBasis::Received => "SELECT sha256, size FROM blobs WHERE evicted IS NULL AND created < ?1",
             })?;
             let rows = stmt.query_map([sql_i(before)], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
             let mut out = Vec::new();

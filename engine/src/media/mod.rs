@@ -29,11 +29,11 @@ use std::sync::{Arc, Mutex, Weak};
 
 use outpost_shared::media::{BlobId, sniff};
 use outpost_shared::{RoomId, UserId};
-use rusqlite::{OptionalExtension, params};
 use sha2::Digest as _;
 
 use crate::clock::now_ms;
 use crate::config::{MediaConfig, RetentionBasis, StorageConfig};
+use outpost_storage::{BlobSource, CompleteBlob, MediaStore, PendingUpload};
 use outpost_store_sqlite::{Store, StoreError};
 
 /// Who an upload belongs to: a user (HTTP) or a peer (the uplink).
@@ -145,14 +145,6 @@ impl std::fmt::Debug for Blobs {
     }
 }
 
-fn sql_u(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn sql_i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 /// Bytes of the files under `dir` (recursively).
 fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
@@ -225,45 +217,18 @@ impl Blobs {
 
     /// The blob's metadata, if this server knows it.
     pub async fn info(&self, blob: BlobId) -> Result<Option<BlobInfo>, MediaError> {
-        Ok(self
-            .inner
-            .store
-            .read_with(move |c| {
-                let row = c
-                    .prepare_cached("SELECT size, mime, width, height, evicted FROM blobs WHERE sha256 = ?1")?
-                    .query_row([blob.0.as_slice()], |r| {
-                        let (w, h): (Option<i64>, Option<i64>) = (r.get(2)?, r.get(3)?);
-                        Ok(BlobInfo {
-                            size: sql_u(r.get(0)?),
-                            mime: r.get(1)?,
-                            preview: w.zip(h).map(|(w, h)| {
-                                (u32::try_from(w).unwrap_or_default(), u32::try_from(h).unwrap_or_default())
-                            }),
-                            evicted: r.get::<_, Option<i64>>(4)?.is_some(),
-                            peers: Vec::new(),
-                        })
-                    })
-                    .optional()?;
-                let Some(mut info) = row else { return Ok(None) };
-                let mut stmt = c.prepare_cached("SELECT peer FROM blob_peers WHERE sha256 = ?1 ORDER BY peer")?;
-                info.peers = stmt.query_map([blob.0.as_slice()], |r| r.get(0))?.collect::<Result<_, _>>()?;
-                Ok(Some(info))
-            })
-            .await?)
+        Ok(self.inner.store.blob(blob).await?.map(|r| BlobInfo {
+            size: r.size,
+            mime: r.mime,
+            preview: r.preview,
+            evicted: r.evicted,
+            peers: r.peers,
+        }))
     }
 
     /// The JPEG preview of an image blob.
     pub async fn preview(&self, blob: BlobId) -> Result<Option<Vec<u8>>, MediaError> {
-        Ok(self
-            .inner
-            .store
-            .read_with(move |c| {
-                c.prepare_cached("SELECT preview FROM blobs WHERE sha256 = ?1")?
-                    .query_row([blob.0.as_slice()], |r| r.get::<_, Option<Vec<u8>>>(0))
-                    .optional()
-                    .map(Option::flatten)
-            })
-            .await?)
+        Ok(self.inner.store.blob_preview(blob).await?)
     }
 
     /// Whether `user` may name or download `blob`: they uploaded it here, or it was sent
@@ -274,41 +239,16 @@ impl Blobs {
         blob: BlobId,
         may_read: impl Fn(&RoomId) -> bool + Send + 'static,
     ) -> Result<bool, MediaError> {
-        let user = user.as_str().to_owned();
-        Ok(self
-            .inner
-            .store
-            .read_with(move |c| {
-                let owner = c
-                    .prepare_cached("SELECT 1 FROM blob_owners WHERE sha256 = ?1 AND user = ?2")?
-                    .query_row(params![blob.0.as_slice(), user], |_| Ok(()))
-                    .optional()?;
-                if owner.is_some() {
-                    return Ok(true);
-                }
-                let mut stmt = c.prepare_cached("SELECT DISTINCT room FROM media_refs WHERE sha256 = ?1")?;
-                let rooms = stmt.query_map([blob.0.as_slice()], |r| r.get::<_, String>(0))?;
-                for room in rooms {
-                    if RoomId::new(room?).is_ok_and(|r| may_read(&r)) {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            })
-            .await?)
+        if self.inner.store.blob_uploaded_by(blob, user).await? {
+            return Ok(true);
+        }
+        Ok(self.inner.store.blob_rooms(blob).await?.iter().any(may_read))
     }
 
     /// Bytes received of a blob this server knows only from a message (cloud side,
     /// before the uplink delivered it): the largest partial upload from a peer.
     pub async fn received(&self, blob: BlobId) -> Result<u64, MediaError> {
-        let owners: Vec<String> = self
-            .inner
-            .store
-            .read_with(move |c| {
-                let mut stmt = c.prepare_cached("SELECT owner FROM uploads WHERE sha256 = ?1")?;
-                stmt.query_map([blob.0.as_slice()], |r| r.get(0))?.collect()
-            })
-            .await?;
+        let owners = self.inner.store.upload_owners(blob).await?;
         let root = self.inner.root.join("partial");
         Ok(owners
             .iter()
@@ -324,17 +264,7 @@ impl Blobs {
     }
 
     async fn upload_size(&self, owner: &Owner, blob: BlobId) -> Result<Option<u64>, MediaError> {
-        let key = owner.key();
-        Ok(self
-            .inner
-            .store
-            .read_with(move |c| {
-                c.prepare_cached("SELECT size FROM uploads WHERE owner = ?1 AND sha256 = ?2")?
-                    .query_row(params![key, blob.0.as_slice()], |r| r.get::<_, i64>(0))
-                    .optional()
-                    .map(|v| v.map(sql_u))
-            })
-            .await?)
+        Ok(self.inner.store.upload_size(&owner.key(), blob).await?)
     }
 
     /// Starts (or finds) an upload of `size` bytes. A user who may already use the
@@ -400,39 +330,14 @@ impl Blobs {
         .await
         .map_err(|e| MediaError::Io(e.to_string()))?
         .map_err(io)?;
-        let key = owner.key();
-        self.inner
-            .store
-            .exec(move |c| {
-                c.prepare_cached(
-                    "INSERT OR IGNORE INTO uploads (owner, sha256, size, created) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![key, blob.0.as_slice(), sql_i(size), sql_i(now_ms())])?;
-                Ok(())
-            })
-            .await?;
+        self.inner.store.upload_begin(&owner.key(), blob, size, now_ms()).await?;
         self.partial_state(owner, blob, size).await
     }
 
     /// Unfinished uploads of a user and the bytes their files take here.
     async fn user_usage(&self, user: &UserId) -> Result<(u64, u64), MediaError> {
-        let (u, key) = (user.as_str().to_owned(), Owner::User(user.clone()).key());
-        Ok(self
-            .inner
-            .store
-            .read_with(move |c| {
-                let (n, pending): (i64, i64) = c
-                    .prepare_cached("SELECT count(*), coalesce(sum(size), 0) FROM uploads WHERE owner = ?1")?
-                    .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                let owned: i64 = c
-                    .prepare_cached(
-                        "SELECT coalesce(sum(b.size), 0) FROM blob_owners o JOIN blobs b ON b.sha256 = o.sha256
-                         WHERE o.user = ?1 AND b.evicted IS NULL",
-                    )?
-                    .query_row([&u], |r| r.get(0))?;
-                Ok((sql_u(n), sql_u(pending) + sql_u(owned)))
-            })
-            .await?)
+        let usage = self.inner.store.media_usage(&Owner::User(user.clone()).key(), user).await?;
+        Ok((usage.pending_uploads, usage.bytes))
     }
 
     async fn partial_state(&self, owner: &Owner, blob: BlobId, size: u64) -> Result<Upload, MediaError> {
@@ -626,39 +531,20 @@ impl Blobs {
         if !moved {
             self.inner.store.add_blob_bytes(-i64::try_from(size).unwrap_or(0));
         }
-        let (key, owner2) = (owner.key(), owner.clone());
-        let now = sql_i(now_ms());
-        self.inner
-            .store
-            .exec(move |c| {
-                let (data, w, h) = match preview {
-                    Some((d, w, h)) => (Some(d), Some(w), Some(h)),
-                    None => (None, None, None),
-                };
-                let origin = match &owner2 {
-                    Owner::Peer(p) => Some(p.clone()),
-                    Owner::User(_) => None,
-                };
-                c.prepare_cached(
-                    "INSERT INTO blobs (sha256, size, mime, preview, width, height, origin, created)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (sha256) DO UPDATE SET evicted = NULL,
-                       created = CASE WHEN blobs.evicted IS NULL THEN blobs.created ELSE excluded.created END",
-                )?
-                .execute(params![blob.0.as_slice(), sql_i(size), mime, data, w, h, origin, now])?;
-                c.prepare_cached("DELETE FROM uploads WHERE owner = ?1 AND sha256 = ?2")?
-                    .execute(params![key, blob.0.as_slice()])?;
-                match &owner2 {
-                    Owner::User(u) => c
-                        .prepare_cached("INSERT OR IGNORE INTO blob_owners (sha256, user, at) VALUES (?1, ?2, ?3)")?
-                        .execute(params![blob.0.as_slice(), u.as_str(), now])?,
-                    Owner::Peer(p) => c
-                        .prepare_cached("INSERT OR IGNORE INTO blob_peers (sha256, peer, at) VALUES (?1, ?2, ?3)")?
-                        .execute(params![blob.0.as_slice(), p, now])?,
-                };
-                Ok(())
-            })
-            .await?;
+        let source = match owner {
+            Owner::User(u) => BlobSource::User(u.clone()),
+            Owner::Peer(p) => BlobSource::Peer(p.clone()),
+        };
+        let complete = CompleteBlob {
+            blob,
+            size,
+            mime: mime.to_owned(),
+            preview,
+            source,
+            upload_owner: owner.key(),
+            at: now_ms(),
+        };
+        self.inner.store.blob_complete(complete).await?;
         tracing::info!(%blob, size, mime, owner = %owner.key(), "blob stored");
         metrics::counter!("outpost_media_blobs_stored_total").increment(1);
         Ok(Upload::Complete { size })
@@ -680,68 +566,19 @@ impl Blobs {
         if tokio::fs::remove_file(&path).await.is_ok() {
             self.inner.store.add_blob_bytes(-i64::try_from(len).unwrap_or(0));
         }
-        let key = owner.key();
-        self.inner
-            .store
-            .exec(move |c| {
-                c.prepare_cached("DELETE FROM uploads WHERE owner = ?1 AND sha256 = ?2")?
-                    .execute(params![key, blob.0.as_slice()])?;
-                Ok(())
-            })
-            .await?;
-        Ok(())
+        Ok(self.inner.store.upload_discard(&owner.key(), blob).await?)
     }
 
     /// Records that `peer` holds the blob completely.
     pub async fn confirm(&self, blob: BlobId, peer: &str) -> Result<(), MediaError> {
-        let peer = peer.to_owned();
-        self.inner
-            .store
-            .exec(move |c| {
-                c.prepare_cached("INSERT OR IGNORE INTO blob_peers (sha256, peer, at) VALUES (?1, ?2, ?3)")?
-                    .execute(params![blob.0.as_slice(), peer, sql_i(now_ms())])?;
-                Ok(())
-            })
-            .await?;
-        Ok(())
+        Ok(self.inner.store.blob_confirmed(blob, peer, now_ms()).await?)
     }
 
     /// The next blob `peer` should receive: complete here, named by a message the peer
     /// already holds (so the preview always arrives first), in a room the peer serves
     /// (`rooms` None: all), and not yet held by the peer. Oldest message first.
     pub async fn next_for(&self, peer: &str, rooms: Option<Vec<RoomId>>) -> Result<Option<(BlobId, u64)>, MediaError> {
-        let peer = peer.to_owned();
-        Ok(self
-            .inner
-            .store
-            .read_with(move |c| {
-                let hwm: i64 = c
-                    .prepare_cached("SELECT sent_hwm FROM peers WHERE peer = ?1")?
-                    .query_row([&peer], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(0);
-                let mut stmt = c.prepare_cached(
-                    "SELECT r.sha256, b.size, r.room FROM media_refs r JOIN blobs b ON b.sha256 = r.sha256
-                     WHERE r.cursor <= ?1 AND b.evicted IS NULL
-                       AND NOT EXISTS (SELECT 1 FROM blob_peers p WHERE p.sha256 = r.sha256 AND p.peer = ?2)
-                     ORDER BY r.cursor",
-                )?;
-                let mut rows = stmt.query(params![hwm, peer])?;
-                while let Some(r) = rows.next()? {
-                    let room: String = r.get(2)?;
-                    if let Some(rooms) = &rooms
-                        && !rooms.iter().any(|x| x.as_str() == room)
-                    {
-                        continue;
-                    }
-                    let sha: Vec<u8> = r.get(0)?;
-                    if let Ok(b) = <[u8; 32]>::try_from(sha.as_slice()) {
-                        return Ok(Some((BlobId(b), sql_u(r.get(1)?))));
-                    }
-                }
-                Ok(None)
-            })
-            .await?)
+        Ok(self.inner.store.next_blob_for(peer, rooms).await?)
     }
 
     /// Reads `len` bytes of a complete blob at `offset`.
@@ -769,17 +606,7 @@ impl Blobs {
         let now = now_ms();
         let mut removed = 0;
         let stale_before = now.saturating_sub(u64::from(cfg.partial_ttl_hours) * 3_600_000);
-        let uploads: Vec<(String, Vec<u8>, i64)> = self
-            .inner
-            .store
-            .read_with(|c| {
-                let mut stmt = c.prepare_cached("SELECT owner, sha256, size FROM uploads")?;
-                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect()
-            })
-            .await?;
-        for (key, sha, size) in uploads {
-            let Ok(b) = <[u8; 32]>::try_from(sha.as_slice()) else { continue };
-            let blob = BlobId(b);
+        for PendingUpload { owner: key, blob, size } in self.inner.store.uploads().await? {
             let path = self.inner.root.join("partial").join(format!("{}-{}", hex_of(&key), blob.hex()));
             let touched = tokio::fs::metadata(&path)
                 .await
@@ -796,43 +623,19 @@ impl Blobs {
                     },
                     None => continue,
                 };
-                self.discard(&owner, blob, sql_u(size)).await?;
+                self.discard(&owner, blob, size).await?;
                 removed += 1;
             }
         }
         if cfg.retention_days == 0 {
             return Ok(removed);
         }
-        let started_before = sql_i(now.saturating_sub(u64::from(cfg.retention_days) * 86_400_000));
+        let started_before = now.saturating_sub(u64::from(cfg.retention_days) * 86_400_000);
         let basis = cfg.retention_basis;
-        let old: Vec<(Vec<u8>, i64)> = self
-            .inner
-            .store
-            .read_with(move |c| {
-                let mut stmt = c.prepare_cached(match basis {
-                    // min() over no confirmation is NULL, never < ?1: unconfirmed blobs stay.
-                    RetentionBasis::PeerConfirmed => {
-                        "SELECT b.sha256, b.size FROM blobs b WHERE b.evicted IS NULL
-                           AND (SELECT min(p.at) FROM blob_peers p WHERE p.sha256 = b.sha256) < ?1"
-                    }
-                    RetentionBasis::Received => "SELECT sha256, size FROM blobs WHERE evicted IS NULL AND created < ?1",
-                })?;
-                stmt.query_map([started_before], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
-            })
-            .await?;
-        for (sha, size) in old {
-            let Ok(b) = <[u8; 32]>::try_from(sha.as_slice()) else { continue };
-            let blob = BlobId(b);
-            self.inner
-                .store
-                .exec(move |c| {
-                    c.prepare_cached("UPDATE blobs SET evicted = ?2 WHERE sha256 = ?1")?
-                        .execute(params![blob.0.as_slice(), sql_i(now_ms())])?;
-                    Ok(())
-                })
-                .await?;
+        for (blob, size) in self.inner.store.blobs_retained_since(basis, started_before).await? {
+            self.inner.store.blob_evicted(blob, now_ms()).await?;
             if tokio::fs::remove_file(self.blob_path(&blob)).await.is_ok() {
-                self.inner.store.add_blob_bytes(-size);
+                self.inner.store.add_blob_bytes(-i64::try_from(size).unwrap_or(i64::MAX));
                 removed += 1;
                 match basis {
                     RetentionBasis::PeerConfirmed => {

@@ -1,6 +1,7 @@
 //! The blob store on its own: quota accounting, stale uploads, and retention by either
 //! basis (a hub's: after a peer confirmed; the cloud's: after it arrived).
 
+use rusqlite::params;
 use std::sync::Arc;
 
 use outpost_shared::UserId;
