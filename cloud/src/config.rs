@@ -233,19 +233,35 @@ impl CloudConfig {
     }
 }
 
-/// The `cloud.toml` that `init` writes: the cloud id, then every setting commented out at
-/// its default, so an operator sees what there is to change.
+/// The `cloud.toml` that `init` writes: the cloud id and `[policy]` at its defaults, as
+/// `init` always wrote them (operators and scripts edit `[policy]` in place), then every
+/// other setting commented out at its default, so an operator sees what there is to change.
 pub fn new_file(cloud_id: &str) -> String {
-    let mut out = format!(
+    #[derive(Serialize)]
+    struct Written<'a> {
+        cloud_id: &'a str,
+        policy: outpost_shared::Policy,
+    }
+    let written = Written { cloud_id, policy: outpost_shared::Policy::default() };
+    let mut out = String::from(
         "# Outpost cloud, created by `outpost-cloud init`. Settings: docs/configuration.md,\n\
          # \"The cloud\". Variables OUTPOST_CLOUD_<SECTION>__<KEY> override this file, and the\n\
-         # flags of `outpost-cloud run` (--ws, --quic, --tls-cert, --tls-key) override both.\n\n\
-         # Names this cloud in its tokens and certificates: never change it.\n\
-         {CLOUD_ID} = {cloud_id:?}\n\n\
-         # Defaults, shown for reference. Uncomment a line (and its [section]) to change it.\n"
+         # flags of `outpost-cloud run` (--ws, --quic, --tls-cert, --tls-key) override both.\n\
+         # `cloud_id` names this cloud in its tokens and certificates: never change it.\n",
     );
-    let defaults = toml::to_string(&CloudConfig::default()).unwrap_or_default();
-    for line in defaults.lines() {
+    out.push_str(&toml::to_string(&written).unwrap_or_default());
+    out.push_str("\n# Other settings at their defaults. Uncomment a line, and its [section], to change it.\n");
+    #[derive(Serialize)]
+    struct Rest {
+        server: ServerConfig,
+        storage: StorageConfig,
+        limits: LimitsConfig,
+        media: MediaConfig,
+        security: SecurityConfig,
+    }
+    let d = CloudConfig::default();
+    let rest = Rest { server: d.server, storage: d.storage, limits: d.limits, media: d.media, security: d.security };
+    for line in toml::to_string(&rest).unwrap_or_default().lines() {
         if line.is_empty() {
             out.push('\n');
             continue;
@@ -316,6 +332,7 @@ mod tests {
     fn the_file_init_writes_loads_as_the_defaults() {
         let text = new_file("cloud-0a1b2c3d");
         assert!(text.contains("cloud_id = \"cloud-0a1b2c3d\"\n"), "{text}");
+        assert!(text.contains("\n[policy]\n") && text.contains("\nencrypted_rooms = []\n"), "as before: {text}");
         assert!(text.contains("# quota_bytes = 8589934592"), "{text}");
         let dir = dir_with(&text);
         let c = CloudConfig::load_from(dir.path(), env(&[]), listeners).unwrap_or_else(|e| panic!("{e}"));
