@@ -14,6 +14,7 @@
 //! 401 `unauthenticated`/`token_expired`, 403 `forbidden`, 404 `unknown_room`,
 //! 413 `too_large`, 429 `rate_limited`, 507 `storage_full`, 500 `internal`.
 
+use outpost_storage::Storage;
 use std::sync::Arc;
 
 use axum::Json;
@@ -37,14 +38,14 @@ use serde_json::json;
 /// Most messages one GET returns.
 const MAX_PAGE: u32 = 500;
 
-pub fn routes(hub: Arc<Hub>) -> axum::Router {
+pub fn routes<S: Storage>(hub: Arc<Hub<S>>) -> axum::Router {
     axum::Router::new().route("/api/rooms/{room}/messages", get(read).post(post)).with_state(hub)
 }
 
 /// Verifies the bearer token (as devices' tokens are verified) and the caller's right to
 /// `action` in `room`.
-async fn authorize(
-    hub: &Hub,
+async fn authorize<S: Storage>(
+    hub: &Hub<S>,
     headers: &HeaderMap,
     peer: SocketAddr,
     room: &str,
@@ -62,8 +63,8 @@ struct Since {
     limit: Option<u32>,
 }
 
-async fn read(
-    State(hub): State<Arc<Hub>>,
+async fn read<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(room): Path<String>,
@@ -94,8 +95,8 @@ struct PostBody {
     seq: Option<u64>,
 }
 
-async fn post(
-    State(hub): State<Arc<Hub>>,
+async fn post<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(room): Path<String>,

@@ -11,12 +11,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_engine::link::{self, LinkError, LinkOptions, LinkStore, Peer, read_control, tls, write_control};
+use outpost_engine::link::{self, LinkError, LinkOptions, Peer, read_control, tls, write_control};
 use outpost_engine::media::Blobs;
 use outpost_engine::ratelimit::TokenBucket;
 use outpost_shared::RelayId;
 use outpost_shared::uplink::control::{Control, LINK_VERSION};
 use outpost_shared::uplink::flow::FlowConfig;
+use outpost_storage::Storage;
 use outpost_store_sqlite::{AuditEvent, AuditKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,10 +34,10 @@ const REFUSALS_AUDITED_PER_SEC: u32 = 5;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Accepts relay connections until `shutdown`.
-pub async fn accept<S: LinkStore>(
+pub async fn accept<S: Storage>(
     endpoint: quinn::Endpoint,
     store: S,
-    blobs: Option<Blobs>,
+    blobs: Option<Blobs<S>>,
     cloud_id: String,
     shutdown: CancellationToken,
 ) {
@@ -75,10 +76,10 @@ pub async fn accept<S: LinkStore>(
     endpoint.wait_idle().await;
 }
 
-async fn serve<S: LinkStore>(
+async fn serve<S: Storage>(
     incoming: quinn::Incoming,
     store: S,
-    blobs: Option<Blobs>,
+    blobs: Option<Blobs<S>>,
     cloud_id: String,
     live: Live,
     stop: CancellationToken,

@@ -11,6 +11,7 @@
 //! 403 `forbidden`, 404 `unknown_room`, 400 `bad_frame`, 413 `too_large`,
 //! 429 `rate_limited`, 507 `storage_full`, 500 `internal`.
 
+use outpost_storage::Storage;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::hub::Hub;
-use outpost_store_sqlite::{AuditEvent, AuditKind};
+use outpost_storage::{AuditEvent, AuditKind};
 
 /// Most audit events one GET returns.
 const MAX_AUDIT_PAGE: u32 = 1000;
@@ -54,7 +55,7 @@ pub fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
 
 /// Verifies `Authorization: Bearer TOKEN` (signature, issuer, expiry, revocation).
 /// Refusals are audited (throttled).
-pub async fn bearer(hub: &Hub, headers: &HeaderMap, peer: SocketAddr) -> Result<Claims, ApiError> {
+pub async fn bearer<S: Storage>(hub: &Hub<S>, headers: &HeaderMap, peer: SocketAddr) -> Result<Claims, ApiError> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -65,7 +66,12 @@ pub async fn bearer(hub: &Hub, headers: &HeaderMap, peer: SocketAddr) -> Result<
 }
 
 /// Membership and role rules for an API call; a `forbidden` is audited (throttled).
-pub async fn authorize(hub: &Hub, claims: &Claims, action: Action<'_>, peer: SocketAddr) -> Result<(), ApiError> {
+pub async fn authorize<S: Storage>(
+    hub: &Hub<S>,
+    claims: &Claims,
+    action: Action<'_>,
+    peer: SocketAddr,
+) -> Result<(), ApiError> {
     let Err((code, m)) = hub.authorize(claims, action) else { return Ok(()) };
     if code == ErrorCode::Forbidden {
         let event = AuditEvent::new(AuditKind::Forbidden, format!("HTTP API: {m}"))
@@ -84,8 +90,8 @@ pub struct AuditQuery {
 }
 
 /// `GET /api/audit`: the audit log, for tokens whose role may read it (admin).
-pub async fn audit(
-    State(hub): State<Arc<Hub>>,
+pub async fn audit<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,

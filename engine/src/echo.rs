@@ -7,6 +7,7 @@
 //! ([`ConnTracker`], [`crate::ws::refused`], [`crate::ws::configure`]), so what passes here is what
 //! devices get. It owns nothing beyond its socket; no token is asked, no state is kept.
 
+use outpost_storage::Storage;
 use std::net::SocketAddr;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -18,8 +19,8 @@ use crate::hub::ConnTracker;
 use crate::session::close;
 use crate::ws::{AppState, configure, over_hard_cap, refused};
 
-pub(crate) async fn upgrade(
-    State((hub, tracker)): State<AppState>,
+pub(crate) async fn upgrade<S: Storage>(
+    State((hub, tracker)): State<AppState<S>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     upgrade: WebSocketUpgrade,
 ) -> Response {

@@ -1,6 +1,7 @@
 //! The hub's shared state: configuration, store, router, token verifier, connection
-//! accounting. One `Arc<Hub>` is handed to every session.
+//! accounting. One `Arc<Hub<S>>` is handed to every session.
 
+use outpost_storage::Storage;
 use std::collections::HashMap;
 
 use crate::clock::now_ms;
@@ -14,23 +15,23 @@ use crate::config::RelayConfig;
 use crate::link::uplink::UplinkStatus;
 use crate::ratelimit::TokenBucket;
 use crate::router::Router;
-use outpost_store_sqlite::{AuditEvent, Store};
+use outpost_storage::AuditEvent;
 
 /// What a device or API caller with a revoked token is told (the reason stays in the
 /// audit log).
 pub const REVOKED: &str = "this token was revoked; ask your supervisor for a new one";
 
-pub struct Hub {
+pub struct Hub<S> {
     pub config: RelayConfig,
-    pub store: Store,
+    pub store: S,
     pub router: Arc<Router>,
     pub verifier: TokenVerifier,
     pub shutdown: CancellationToken,
-    pub conns: ConnTracker,
+    pub conns: Arc<ConnTracker>,
     /// The uplink's state (stays default on the cloud and on a hub with no cloud).
     pub uplink: Arc<Mutex<UplinkStatus>>,
     /// Media blobs (None only where a caller builds a hub without a blob store).
-    pub blobs: Option<crate::media::Blobs>,
+    pub blobs: Option<crate::media::Blobs<S>>,
     presence: Mutex<HashMap<UserId, TokenBucket>>,
     /// The HTTP API's send rate limit, one bucket per user (an API caller has no
     /// connection to hang a bucket on).
@@ -40,21 +41,21 @@ pub struct Hub {
     started: tokio::time::Instant,
 }
 
-impl std::fmt::Debug for Hub {
+impl<S: Storage> std::fmt::Debug for Hub<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("Hub").field("epoch", &self.store.epoch()).finish_non_exhaustive()
     }
 }
 
-impl Hub {
+impl<S: Storage> Hub<S> {
     pub fn new(
         config: RelayConfig,
-        store: Store,
+        store: S,
         router: Arc<Router>,
         verifier: TokenVerifier,
         shutdown: CancellationToken,
     ) -> Self {
-        let conns = ConnTracker::new(config.limits.max_devices, config.limits.max_connections_per_ip);
+        let conns = Arc::new(ConnTracker::new(config.limits.max_devices, config.limits.max_connections_per_ip));
         let per_sec = config.security.audit_refusals_per_sec;
         let refusals = Mutex::new((TokenBucket::new(per_sec, per_sec, std::time::Duration::ZERO), 0));
         Self {
@@ -238,13 +239,13 @@ pub struct ConnTracker {
 /// Releases its slot when dropped.
 #[derive(Debug)]
 pub struct ConnSlot {
-    tracker: Arc<Hub>,
+    tracker: Arc<ConnTracker>,
     ip: IpAddr,
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        if let Ok(mut g) = self.tracker.conns.inner.lock() {
+        if let Ok(mut g) = self.tracker.inner.lock() {
             g.0 = g.0.saturating_sub(1);
             if let Some(n) = g.1.get_mut(&self.ip) {
                 *n -= 1;
@@ -266,7 +267,7 @@ impl ConnTracker {
     }
 
     /// Takes a slot for a connection from `ip`, or says why not.
-    pub fn acquire(hub: &Arc<Hub>, ip: IpAddr) -> Result<ConnSlot, Refusal> {
+    pub fn acquire<S: Storage>(hub: &Arc<Hub<S>>, ip: IpAddr) -> Result<ConnSlot, Refusal> {
         let t = &hub.conns;
         let Ok(mut g) = t.inner.lock() else {
             return Err(Refusal::HubFull);
@@ -280,6 +281,6 @@ impl ConnTracker {
         }
         *n += 1;
         g.0 += 1;
-        Ok(ConnSlot { tracker: hub.clone(), ip })
+        Ok(ConnSlot { tracker: hub.conns.clone(), ip })
     }
 }

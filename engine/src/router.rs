@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use crate::mailbox::{Lane, Live, Mailbox};
 use axum::extract::ws::Utf8Bytes;
 use outpost_shared::{DeviceId, Priority, RoomId, UserId};
-use outpost_store_sqlite::{Audience, LogEntry, Publisher, SessionId};
+use outpost_storage::{Audience, LogEntry, Publisher, SessionId};
 
 /// The router's side of one session.
 #[derive(Debug)]

@@ -4,6 +4,7 @@
 //! sessions with 1001 and wait for them (bounded by `server.shutdown_grace_secs`) → commit
 //! what is queued and stop the store's writer.
 
+use outpost_storage::Storage;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,9 +56,9 @@ pub enum RunError {
 }
 
 /// The device-serving core shared by the hub and the cloud: store, router, sessions.
-pub struct Core {
-    pub hub: Arc<Hub>,
-    pub store: Store,
+pub struct Core<S> {
+    pub hub: Arc<Hub<S>>,
+    pub store: S,
     /// Owns the sessions (closed with a grace period at shutdown).
     tracker: TaskTracker,
     sessions_stop: CancellationToken,
@@ -67,37 +68,51 @@ pub struct Core {
     tls: Option<LanTls>,
 }
 
-impl std::fmt::Debug for Core {
+impl<S: Storage> std::fmt::Debug for Core<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("Core").field("epoch", &self.store.epoch()).finish_non_exhaustive()
     }
 }
 
-impl Core {
-    /// Opens the database at `db` and builds the hub state. Tokens are verified with
-    /// `config.identity` (the cloud's key and id).
+/// The SQLite store's settings from the configuration.
+fn sqlite_options(config: &RelayConfig) -> StoreOptions {
+    StoreOptions {
+        quota_bytes: config.storage.quota_bytes,
+        emergency_reserve_bytes: config.storage.emergency_reserve_bytes,
+        max_batch: config.storage.max_batch,
+        max_receipts_per_ack: config.limits.max_receipts_per_ack,
+        readers: config.storage.readers,
+    }
+}
+
+impl Core<Store> {
+    /// Opens the SQLite database at `db` (the embedded default of both applications) and
+    /// builds the server on it, with its media files beside it.
     pub fn open(config: RelayConfig, db: &Path) -> Result<Self, RunError> {
+        let router = Arc::new(Router::new());
+        let store = Store::open(db, sqlite_options(&config), router.clone())?;
+        tracing::info!(db = %db.display(), epoch = %store.epoch(), head = store.head().0, "store open");
+        Self::new(config, store, router, db)
+    }
+}
+
+impl<S: Storage> Core<S> {
+    /// Builds the server on an open `store`, which must publish what it commits to
+    /// `router`. Media files go in `media/` beside `place` (the database file, or the
+    /// directory's own data file for a remote database). Tokens are verified with
+    /// `config.identity` (the cloud's key and id).
+    pub fn new(config: RelayConfig, store: S, router: Arc<Router>, place: &Path) -> Result<Self, RunError> {
         let key = decode_public_key(&config.identity.token_public_key).map_err(RunError::Config)?;
         let verifier = TokenVerifier::new(&key, config.identity.cloud_id.clone());
-        let router = Arc::new(Router::new());
-        let opts = StoreOptions {
-            quota_bytes: config.storage.quota_bytes,
-            emergency_reserve_bytes: config.storage.emergency_reserve_bytes,
-            max_batch: config.storage.max_batch,
-            max_receipts_per_ack: config.limits.max_receipts_per_ack,
-            readers: config.storage.readers,
-        };
         crate::status::install_metrics();
-        let store = Store::open(db, opts, router.clone())?;
-        tracing::info!(db = %db.display(), epoch = %store.epoch(), head = store.head().0, "store open");
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let sessions_stop = CancellationToken::new();
         let poll = Duration::from_millis(config.security.revocation_poll_ms);
         let mut tasks = Supervisor::default();
         tasks.spawn("revocation watch", store.clone().watch_revocations(poll, tasks.stop_token()));
         tasks.spawn("revocation fan-out", forward_revocations(store.revocations(), router.clone(), tasks.stop_token()));
-        let blobs = crate::media::Blobs::open(store.clone(), db, config.media.clone(), &config.storage)
-            .map_err(|e| RunError::Config(format!("cannot open the media store beside {}: {e}", db.display())))?;
+        let blobs = crate::media::Blobs::open(store.clone(), place, config.media.clone(), &config.storage)
+            .map_err(|e| RunError::Config(format!("cannot open the media store beside {}: {e}", place.display())))?;
         tasks.spawn("media sweep", blobs.clone().sweep_every(Duration::from_secs(3600), tasks.stop_token()));
         let mut hub = Hub::new(config, store.clone(), router, verifier, sessions_stop.clone());
         hub.blobs = Some(blobs);
@@ -256,8 +271,8 @@ pub async fn run(
     result
 }
 
-async fn ws_upgrade(
-    State((hub, tracker)): State<AppState>,
+async fn ws_upgrade<S: Storage>(
+    State((hub, tracker)): State<AppState<S>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     upgrade: WebSocketUpgrade,
 ) -> Response {

@@ -13,6 +13,7 @@
 //! that live entries were dropped (slow reader), the session re-reads the log from the
 //! watermark.
 
+use outpost_storage::Storage;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use crate::mailbox::{Item, Mailbox};
 use crate::ratelimit::TokenBucket;
 use crate::router::SessionLink;
 use crate::submit::{self, Sender};
-use outpost_store_sqlite::{AuditEvent, AuditKind, ReplayQuery};
+use outpost_storage::{AuditEvent, AuditKind, ReplayQuery};
 
 /// WebSocket close codes used by the hub.
 pub mod close {
@@ -81,7 +82,11 @@ async fn close_with(ws: &mut WebSocket, code: u16, reason: &str) {
 /// and the token check) would stay reserved for the life of the connection — and the
 /// session comes back boxed, since a session moved out of the handshake's result into
 /// the future serving it would be reserved in the future twice.
-pub fn serve(hub: Arc<Hub>, ws: WebSocket, peer: SocketAddr) -> impl Future<Output = ()> + Send + 'static {
+pub fn serve<S: Storage>(
+    hub: Arc<Hub<S>>,
+    ws: WebSocket,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send + 'static {
     let handshake = Box::pin(handshake(hub, ws, peer));
     async move {
         if let Some((session, span)) = handshake.await {
@@ -93,7 +98,11 @@ pub fn serve(hub: Arc<Hub>, ws: WebSocket, peer: SocketAddr) -> impl Future<Outp
 
 /// `hello` (within `limits.hello_timeout_secs`), the token check, then the session opens
 /// (welcome, presence). None when the connection ended or was refused.
-async fn handshake(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Option<(Box<Session>, tracing::Span)> {
+async fn handshake<S: Storage>(
+    hub: Arc<Hub<S>>,
+    mut ws: WebSocket,
+    peer: SocketAddr,
+) -> Option<(Box<Session<S>>, tracing::Span)> {
     let hello_timeout = Duration::from_secs(hub.config.limits.hello_timeout_secs);
     let hello = tokio::select! {
         biased;
@@ -124,7 +133,7 @@ async fn handshake(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Option
 }
 
 /// Checks a `hello`'s token (see [`Hub::verify_token`]); every sign-in is audited.
-async fn admit(hub: &Hub, hello: &Hello, peer: SocketAddr) -> Result<Claims, (ErrorCode, String)> {
+async fn admit<S: Storage>(hub: &Hub<S>, hello: &Hello, peer: SocketAddr) -> Result<Claims, (ErrorCode, String)> {
     let refusal = AuditEvent::new(AuditKind::LoginRefused, "").device(hello.device.as_str()).peer(peer);
     let claims = hub.verify_token(&hello.token, refusal).await.inspect_err(|(_, reason)| {
         tracing::info!(%peer, device = %hello.device, error = %reason, "hello refused");
@@ -137,7 +146,7 @@ async fn admit(hub: &Hub, hello: &Hello, peer: SocketAddr) -> Result<Claims, (Er
 
 /// Reads frames until a `hello`. Bad frames get an error and the wait goes on; any other
 /// frame means the client skipped the handshake and is closed with 4001.
-async fn wait_hello(hub: &Hub, ws: &mut WebSocket) -> Option<Hello> {
+async fn wait_hello<S: Storage>(hub: &Hub<S>, ws: &mut WebSocket) -> Option<Hello> {
     loop {
         let msg = ws.recv().await?.ok()?;
         let text = match msg {
@@ -175,8 +184,8 @@ async fn wait_hello(hub: &Hub, ws: &mut WebSocket) -> Option<Hello> {
     }
 }
 
-struct Session {
-    hub: Arc<Hub>,
+struct Session<S> {
+    hub: Arc<Hub<S>>,
     ws: WebSocket,
     claims: Claims,
     peer: SocketAddr,
@@ -200,7 +209,7 @@ struct Session {
 
 /// A replay page being read from the log (boxed: the session holds it between polls).
 type PageRead = std::pin::Pin<
-    Box<dyn Future<Output = Result<outpost_store_sqlite::Replay, outpost_store_sqlite::StoreError>> + Send>,
+    Box<dyn Future<Output = Result<outpost_storage::Replay, outpost_storage::StoreError>> + Send>,
 >;
 
 /// A replay interleaved with the session's other work: between chunks of frames the
@@ -237,12 +246,12 @@ enum Event {
     Mail(Item),
     Frame(Option<Result<Message, axum::Error>>),
     ReplayChunk,
-    Page(Result<outpost_store_sqlite::Replay, outpost_store_sqlite::StoreError>),
+    Page(Result<outpost_storage::Replay, outpost_storage::StoreError>),
     Tick,
 }
 
-impl Session {
-    async fn open(hub: Arc<Hub>, ws: WebSocket, claims: Claims, hello: Hello, peer: SocketAddr) -> Self {
+impl<S: Storage> Session<S> {
+    async fn open(hub: Arc<Hub<S>>, ws: WebSocket, claims: Claims, hello: Hello, peer: SocketAddr) -> Self {
         // A role that may neither take part in nor read rooms (admin, by default) is
         // subscribed to none of them: it receives no health data, live or replayed.
         let rooms: Arc<[RoomId]> =
@@ -457,7 +466,7 @@ impl Session {
     /// A page arrived from the log: its frames wait to be written, a chunk at a time.
     async fn replay_page(
         &mut self,
-        page: Result<outpost_store_sqlite::Replay, outpost_store_sqlite::StoreError>,
+        page: Result<outpost_storage::Replay, outpost_storage::StoreError>,
     ) -> Step {
         let page = match page {
             Ok(p) => p,

@@ -6,6 +6,7 @@
 //! (messages stored, commit latency and size, link batches) are recorded where the work
 //! happens through the `metrics` facade.
 
+use outpost_storage::Storage;
 use std::sync::OnceLock;
 
 use axum::Json;
@@ -19,7 +20,7 @@ use crate::clock::now_ms;
 use crate::hub::Hub;
 use crate::link::uplink::CLOUD_PEER;
 use crate::ws::AppState;
-use outpost_store_sqlite::Backlog;
+use outpost_storage::Backlog;
 
 static METRICS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -91,7 +92,7 @@ pub struct DevicesView {
     pub connected: usize,
 }
 
-async fn collect(hub: &Hub) -> Status {
+async fn collect<S: Storage>(hub: &Hub<S>) -> Status {
     let cfg = &hub.config;
     let uplink = hub.uplink.lock().map(|u| u.clone()).unwrap_or_default();
     let configured = !cfg.uplink.cloud.is_empty();
@@ -130,7 +131,7 @@ async fn collect(hub: &Hub) -> Status {
     }
 }
 
-pub async fn json(State((hub, _)): State<AppState>) -> Json<Status> {
+pub async fn json<S: Storage>(State((hub, _)): State<AppState<S>>) -> Json<Status> {
     Json(collect(&hub).await)
 }
 
@@ -157,7 +158,7 @@ fn mib(b: u64) -> String {
     if b < 1_048_576 { format!("{:.1} KiB", b as f64 / 1024.0) } else { format!("{:.1} MiB", b as f64 / 1_048_576.0) }
 }
 
-pub async fn page(State((hub, _)): State<AppState>) -> Html<String> {
+pub async fn page<S: Storage>(State((hub, _)): State<AppState<S>>) -> Html<String> {
     let s = collect(&hub).await;
     let uplink = if !s.uplink.configured {
         "no cloud configured".to_owned()
@@ -216,7 +217,7 @@ pub async fn page(State((hub, _)): State<AppState>) -> Html<String> {
     ))
 }
 
-pub async fn metrics(State((hub, _)): State<AppState>) -> Response {
+pub async fn metrics<S: Storage>(State((hub, _)): State<AppState<S>>) -> Response {
     let Some(Some(handle)) = METRICS.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "metrics are not available\n").into_response();
     };

@@ -8,6 +8,7 @@
 //! frame with the message id, or an HTTP status), and whose bucket is charged (a device
 //! connection's own, or the API caller's, one per user).
 
+use outpost_storage::Storage;
 use std::net::SocketAddr;
 
 use outpost_shared::frames::OutgoingMsg;
@@ -35,8 +36,8 @@ pub type Refusal = (ErrorCode, String);
 /// token from its bucket), the body's size, the room rules (a `forbidden` is audited), the
 /// body's shape (nesting depth, encrypted envelope), then any media it names. Returns what
 /// to append.
-pub async fn check(
-    hub: &Hub,
+pub async fn check<S: Storage>(
+    hub: &Hub<S>,
     sender: &Sender<'_>,
     within_rate: bool,
     mut msg: OutgoingMsg,

@@ -9,7 +9,7 @@
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use outpost_store_sqlite::Store;
+use outpost_storage::LogStore;
 
 /// Tells systemd the service is serving.
 pub fn ready() {
@@ -25,7 +25,7 @@ pub fn stopping() {
 
 /// Feeds systemd's watchdog while the store answers, until `shutdown`; `None` when
 /// systemd asked for no watchdog.
-pub fn watchdog(store: Store, shutdown: CancellationToken) -> Option<impl std::future::Future<Output = ()>> {
+pub fn watchdog<S: LogStore>(store: S, shutdown: CancellationToken) -> Option<impl std::future::Future<Output = ()>> {
     let interval = sd_notify::watchdog_enabled()?;
     // Feed at half the deadline; a store round trip must fit well inside it.
     let period = interval / 2;

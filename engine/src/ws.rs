@@ -15,7 +15,7 @@ use crate::hub::{Hub, Refusal};
 
 /// What the WebSocket and status routes share: the hub, and the tracker that owns every
 /// session task.
-pub(crate) type AppState = (Arc<Hub>, TaskTracker);
+pub(crate) type AppState<S> = (Arc<Hub<S>>, TaskTracker);
 
 /// The HTTP answer to a connection [`ConnTracker::acquire`] refused (`limits.max_devices`,
 /// `limits.max_connections_per_ip`). Every WebSocket route takes its slot from the same

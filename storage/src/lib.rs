@@ -22,6 +22,11 @@ mod types;
 
 pub use audit::{AuditEvent, AuditKind, AuditRecord};
 pub use link::LinkStore;
+
+/// Everything the engine needs of one backend.
+pub trait Storage: LogStore + SecurityStore + MediaStore + LinkStore {}
+
+impl<T: LogStore + SecurityStore + MediaStore + LinkStore> Storage for T {}
 pub use log::LogStore;
 pub use media::{BlobRecord, BlobSource, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionBasis};
 pub use query::{Backlog, Outbound, OutboundQuery, Replay, ReplayQuery};

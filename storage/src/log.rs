@@ -64,4 +64,6 @@ pub trait LogStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send;
     /// Resolves once the store has completed a transaction (a liveness check).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Commits everything queued and stops; later calls answer `StoreError::Closed`.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send;
 }

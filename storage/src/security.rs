@@ -7,8 +7,10 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use outpost_shared::{Claims, Revocation, RevocationList};
+use tokio_util::sync::CancellationToken;
 
 use crate::{AuditEvent, AuditRecord, StoreError};
 
@@ -23,6 +25,10 @@ pub trait SecurityStore: Clone + Send + Sync + 'static {
         after: u64,
         limit: u32,
     ) -> impl Future<Output = Result<(Vec<AuditRecord>, bool), StoreError>> + Send;
+    /// Keeps [`SecurityStore::revocations`] current with entries written by anyone (this
+    /// server, a command run beside it, another server on the same database), checking at
+    /// least every `every`, until `stop`.
+    fn watch_revocations(self, every: Duration, stop: CancellationToken) -> impl Future<Output = ()> + Send;
     /// Whether the current revocation list names these claims.
     fn is_revoked(&self, claims: &Claims) -> bool;
     /// The revocation list; changes when it does.

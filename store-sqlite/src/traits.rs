@@ -77,6 +77,9 @@ impl LogStore for Store {
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         Store::ping(self)
     }
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        Store::shutdown(self)
+    }
 }
 
 impl SecurityStore for Store {
@@ -92,6 +95,13 @@ impl SecurityStore for Store {
         limit: u32,
     ) -> impl Future<Output = Result<(Vec<AuditRecord>, bool), StoreError>> + Send {
         Store::audit_page(self, after, limit)
+    }
+    fn watch_revocations(
+        self,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> impl Future<Output = ()> + Send {
+        Store::watch_revocations(self, every, stop)
     }
     fn is_revoked(&self, claims: &Claims) -> bool {
         Store::is_revoked(self, claims)

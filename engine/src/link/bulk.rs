@@ -14,6 +14,7 @@
 //!
 //! [`serve`] is the receiving side: one task per incoming blob stream.
 
+use outpost_storage::Storage;
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
@@ -71,9 +72,9 @@ async fn read_have(recv: &mut quinn::RecvStream) -> Result<Option<Have>, LinkErr
 
 /// Sends the blobs `peer` lacks, one at a time, until the link ends. `rooms`: the rooms
 /// the peer serves (None: the peer is the cloud and takes every room).
-pub async fn sender(
+pub async fn sender<S: Storage>(
     conn: quinn::Connection,
-    blobs: Blobs,
+    blobs: Blobs<S>,
     peer: String,
     rooms: Option<std::sync::Arc<std::sync::Mutex<HashSet<RoomId>>>>,
 ) -> LinkError {
@@ -120,7 +121,12 @@ enum Sent {
     Restart,
 }
 
-async fn send_blob(conn: &quinn::Connection, blobs: &Blobs, blob: BlobId, size: u64) -> Result<Sent, LinkError> {
+async fn send_blob<S: Storage>(
+    conn: &quinn::Connection,
+    blobs: &Blobs<S>,
+    blob: BlobId,
+    size: u64,
+) -> Result<Sent, LinkError> {
     let cfg = blobs.config();
     let max_chunk = u64::from(cfg.link_chunk_bytes);
     let max_frames = usize::try_from(cfg.link_window).unwrap_or(1).max(1);
@@ -213,7 +219,7 @@ async fn next_have(
 }
 
 /// Accepts the peer's blob streams until the link ends.
-pub async fn serve(conn: quinn::Connection, blobs: Blobs, peer: String) -> LinkError {
+pub async fn serve<S: Storage>(conn: quinn::Connection, blobs: Blobs<S>, peer: String) -> LinkError {
     // One task per incoming blob; the set owns them and aborts what is left when the link
     // ends (a partial file keeps its fsynced length, and the peer resumes from there).
     let mut streams = tokio::task::JoinSet::new();
@@ -232,10 +238,10 @@ pub async fn serve(conn: quinn::Connection, blobs: Blobs, peer: String) -> LinkE
     }
 }
 
-async fn receive_blob(
+async fn receive_blob<S: Storage>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    blobs: &Blobs,
+    blobs: &Blobs<S>,
     peer: &str,
 ) -> Result<(), LinkError> {
     let cfg = blobs.config();
@@ -277,7 +283,12 @@ async fn receive_blob(
 
 /// One frame: the query (len 0) or a chunk. Uploads from a peer need no quota of a user,
 /// only the size limit and the storage quota ([`Blobs::begin`]).
-async fn take(blobs: &Blobs, owner: &Owner, h: &ChunkHeader, bytes: &[u8]) -> Result<Upload, MediaError> {
+async fn take<S: Storage>(
+    blobs: &Blobs<S>,
+    owner: &Owner,
+    h: &ChunkHeader,
+    bytes: &[u8],
+) -> Result<Upload, MediaError> {
     let up = blobs.begin(owner, h.blob, h.size, true).await?;
     if h.len == 0 || matches!(up, Upload::Complete { .. }) {
         return Ok(up);

@@ -14,6 +14,7 @@ pub mod tls;
 pub mod uplink;
 
 pub use outpost_storage::LinkStore;
+use outpost_storage::Storage;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -29,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use outpost_store_sqlite::{Forwarded, OutboundQuery, StoreError};
+use outpost_storage::{Forwarded, OutboundQuery, StoreError};
 
 /// Largest batch accepted from a peer, compressed (bounded read of a stream).
 pub const MAX_BATCH_WIRE: usize = 4 << 20;
@@ -76,10 +77,10 @@ pub struct Peer {
 
 /// How a link runs: the batch lanes' flow control and, when this server keeps media,
 /// its blob store (the bulk lane).
-#[derive(Debug, Clone, Default)]
-pub struct LinkOptions {
+#[derive(Debug, Clone)]
+pub struct LinkOptions<S> {
     pub flow: FlowConfig,
-    pub blobs: Option<crate::media::Blobs>,
+    pub blobs: Option<crate::media::Blobs<S>>,
 }
 
 /// Reads one length-prefixed control frame.
@@ -101,13 +102,13 @@ pub async fn write_control(send: &mut quinn::SendStream, c: &Control) -> Result<
 }
 
 /// Runs an established link until it fails or `shutdown` fires.
-pub async fn run<S: LinkStore>(
+pub async fn run<S: Storage>(
     conn: quinn::Connection,
     mut ctrl_send: quinn::SendStream,
     mut ctrl_recv: quinn::RecvStream,
     store: S,
     peer: Peer,
-    opts: LinkOptions,
+    opts: LinkOptions<S>,
     shutdown: CancellationToken,
 ) -> LinkError {
     let LinkOptions { flow, blobs } = opts;

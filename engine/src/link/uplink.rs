@@ -6,6 +6,7 @@
 //! its own and the cloud's high-water mark, and runs the link until it breaks. A hub
 //! with no uplink keeps serving its village; traffic waits in the log.
 
+use outpost_storage::Storage;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 use super::tls::{self, SERVER_NAME};
 use super::{LinkError, Peer, read_control, write_control};
 use crate::clock::now_ms;
-use outpost_store_sqlite::Store;
 
 /// The store's name for a hub's cloud.
 pub const CLOUD_PEER: &str = "cloud";
@@ -71,9 +71,9 @@ fn random() -> u64 {
 }
 
 /// Dials the cloud until `shutdown`.
-pub async fn run(
-    store: Store,
-    blobs: Option<crate::media::Blobs>,
+pub async fn run<S: Storage>(
+    store: S,
+    blobs: Option<crate::media::Blobs<S>>,
     settings: UplinkSettings,
     status: Arc<Mutex<UplinkStatus>>,
     shutdown: CancellationToken,
@@ -116,9 +116,9 @@ pub async fn run(
 
 /// One connection: returns why it ended (Ok) or why it never started (Err). Success
 /// updates `status` when the handshake completes.
-async fn connect(
-    store: &Store,
-    blobs: Option<crate::media::Blobs>,
+async fn connect<S: Storage>(
+    store: &S,
+    blobs: Option<crate::media::Blobs<S>>,
     settings: &UplinkSettings,
     endpoint: &mut Option<(bool, quinn::Endpoint)>,
     status: &Mutex<UplinkStatus>,

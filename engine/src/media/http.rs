@@ -11,6 +11,7 @@
 //! GET   /api/media/HEX/info                                      → JSON
 //! ```
 
+use outpost_storage::Storage;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ const UPLOAD_SHA256: HeaderName = HeaderName::from_static("upload-sha256");
 const UPLOAD_CHECKSUM: HeaderName = HeaderName::from_static("upload-checksum");
 
 /// The media routes; `Hub::blobs` must be set.
-pub fn routes(hub: Arc<Hub>) -> axum::Router {
+pub fn routes<S: Storage>(hub: Arc<Hub<S>>) -> axum::Router {
     axum::Router::new()
         .route("/api/media", post(create))
         .route("/api/media/{sha}", get(download).head(head).patch(patch).delete(abandon))
@@ -59,7 +60,7 @@ fn media_error(e: MediaError) -> Fail {
         MediaError::BadRequest(_) => refuse(StatusCode::BAD_REQUEST, "bad_request", msg),
         MediaError::TooLarge(_) => refuse(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg),
         MediaError::QuotaExceeded(_) => refuse(StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded", msg),
-        MediaError::StorageFull(_) | MediaError::Store(outpost_store_sqlite::StoreError::StorageFull { .. }) => {
+        MediaError::StorageFull(_) | MediaError::Store(outpost_storage::StoreError::StorageFull { .. }) => {
             refuse(StatusCode::INSUFFICIENT_STORAGE, "storage_full", msg)
         }
         MediaError::NotFound(_) => refuse(StatusCode::NOT_FOUND, "not_found", msg),
@@ -80,7 +81,7 @@ fn media_error(e: MediaError) -> Fail {
     }
 }
 
-fn blobs(hub: &Hub) -> Result<&Blobs, Fail> {
+fn blobs<S: Storage>(hub: &Hub<S>) -> Result<&Blobs<S>, Fail> {
     hub.blobs.as_ref().ok_or_else(|| refuse(StatusCode::NOT_FOUND, "not_found", "media is not served here"))
 }
 
@@ -100,31 +101,36 @@ fn header_u64(headers: &HeaderMap, name: &HeaderName) -> Result<u64, Fail> {
 
 /// Checks the token; then whether the user may use `blob` (uploaded it, or it was sent in
 /// a room they may read).
-async fn caller(hub: &Hub, headers: &HeaderMap, peer: SocketAddr) -> Result<Claims, Fail> {
+async fn caller<S: Storage>(hub: &Hub<S>, headers: &HeaderMap, peer: SocketAddr) -> Result<Claims, Fail> {
     crate::api::bearer(hub, headers, peer).await.map_err(|e| Box::new(e.into_response()))
 }
 
 /// A request about one blob: the store, who asks (token checked) and which blob.
-struct BlobCall<'a> {
-    blobs: &'a Blobs,
+struct BlobCall<'a, S> {
+    blobs: &'a Blobs<S>,
     claims: Claims,
     blob: BlobId,
 }
 
-impl BlobCall<'_> {
+impl<S: Storage> BlobCall<'_, S> {
     /// Uploads over HTTP belong to the token's user.
     fn owner(&self) -> Owner {
         Owner::User(self.claims.sub.clone())
     }
 }
 
-async fn blob_call<'a>(hub: &'a Hub, headers: &HeaderMap, peer: SocketAddr, sha: &str) -> Result<BlobCall<'a>, Fail> {
+async fn blob_call<'a, S: Storage>(
+    hub: &'a Hub<S>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    sha: &str,
+) -> Result<BlobCall<'a, S>, Fail> {
     let blobs = blobs(hub)?;
     let claims = caller(hub, headers, peer).await?;
     Ok(BlobCall { blobs, claims, blob: blob_id(sha)? })
 }
 
-async fn may_use(hub: &Hub, blobs: &Blobs, claims: &Claims, blob: BlobId) -> Result<bool, Fail> {
+async fn may_use<S: Storage>(hub: &Hub<S>, blobs: &Blobs<S>, claims: &Claims, blob: BlobId) -> Result<bool, Fail> {
     let policy = hub.config.policy.clone();
     let c = claims.clone();
     blobs
@@ -145,8 +151,8 @@ fn upload_headers(status: StatusCode, blob: BlobId, up: Upload) -> Response {
     r
 }
 
-async fn create(
-    State(hub): State<Arc<Hub>>,
+async fn create<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
@@ -164,8 +170,8 @@ async fn create(
     go.await.unwrap_or_else(|r| *r)
 }
 
-async fn head(
-    State(hub): State<Arc<Hub>>,
+async fn head<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(sha): Path<String>,
     headers: HeaderMap,
@@ -179,8 +185,8 @@ async fn head(
     go.await.unwrap_or_else(|r| *r)
 }
 
-async fn patch(
-    State(hub): State<Arc<Hub>>,
+async fn patch<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(sha): Path<String>,
     headers: HeaderMap,
@@ -209,8 +215,8 @@ async fn patch(
 
 /// The device gave up an upload (tus termination): its partial file and row go, and it
 /// no longer counts against the user's limits. A complete blob is not touched.
-async fn abandon(
-    State(hub): State<Arc<Hub>>,
+async fn abandon<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(sha): Path<String>,
     headers: HeaderMap,
@@ -238,8 +244,8 @@ fn parse_checksum(v: &HeaderValue) -> Result<[u8; 32], Fail> {
 
 /// Checks token and access, then returns the blob's metadata (404 for both an unknown
 /// blob and one the caller may not see: existence is not revealed).
-async fn visible(
-    hub: &Hub,
+async fn visible<S: Storage>(
+    hub: &Hub<S>,
     headers: &HeaderMap,
     peer: SocketAddr,
     sha: &str,
@@ -251,8 +257,8 @@ async fn visible(
     Ok((c.blob, c.blobs.info(c.blob).await.map_err(media_error)?))
 }
 
-async fn info(
-    State(hub): State<Arc<Hub>>,
+async fn info<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(sha): Path<String>,
     headers: HeaderMap,
@@ -278,8 +284,8 @@ async fn info(
     go.await.unwrap_or_else(|r| *r)
 }
 
-async fn preview(
-    State(hub): State<Arc<Hub>>,
+async fn preview<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(sha): Path<String>,
     headers: HeaderMap,
@@ -297,8 +303,8 @@ async fn preview(
     go.await.unwrap_or_else(|r| *r)
 }
 
-async fn download(
-    State(hub): State<Arc<Hub>>,
+async fn download<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(sha): Path<String>,
     headers: HeaderMap,

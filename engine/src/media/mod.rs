@@ -22,6 +22,7 @@ mod preview;
 #[cfg(test)]
 mod tests;
 
+use outpost_storage::Storage;
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -33,8 +34,8 @@ use sha2::Digest as _;
 
 use crate::clock::now_ms;
 use crate::config::{MediaConfig, RetentionBasis, StorageConfig};
-use outpost_storage::{BlobSource, CompleteBlob, MediaStore, PendingUpload};
-use outpost_store_sqlite::{Store, StoreError};
+use outpost_storage::{BlobSource, CompleteBlob, PendingUpload};
+use outpost_storage::StoreError;
 
 /// Who an upload belongs to: a user (HTTP) or a peer (the uplink).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -124,22 +125,22 @@ type UploadLock = Weak<tokio::sync::Mutex<()>>;
 
 /// The blob store. Cheap to clone.
 #[derive(Clone)]
-pub struct Blobs {
-    inner: Arc<Inner>,
+pub struct Blobs<S> {
+    inner: Arc<Inner<S>>,
 }
 
-struct Inner {
+struct Inner<S> {
     root: PathBuf,
     cfg: MediaConfig,
     /// Uploads are refused once the store would pass this many bytes (the quota less
     /// the emergency reserve: media never takes the space kept for alerts).
     bulk_limit: u64,
-    store: Store,
+    store: S,
     /// One writer per upload at a time (two tabs resuming the same upload).
     locks: Mutex<HashMap<(String, BlobId), UploadLock>>,
 }
 
-impl std::fmt::Debug for Blobs {
+impl<S> std::fmt::Debug for Blobs<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Blobs").field("root", &self.inner.root).finish_non_exhaustive()
     }
@@ -167,10 +168,10 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-impl Blobs {
+impl<S: Storage> Blobs<S> {
     /// Opens the blob store in `media/` beside the database at `db` and counts its bytes
     /// into the store's quota.
-    pub fn open(store: Store, db: &Path, cfg: MediaConfig, storage: &StorageConfig) -> std::io::Result<Self> {
+    pub fn open(store: S, db: &Path, cfg: MediaConfig, storage: &StorageConfig) -> std::io::Result<Self> {
         let root = db.parent().unwrap_or(Path::new(".")).join("media");
         std::fs::create_dir_all(root.join("blobs"))?;
         std::fs::create_dir_all(root.join("partial"))?;
@@ -184,7 +185,7 @@ impl Blobs {
         &self.inner.cfg
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &S {
         &self.inner.store
     }
 
@@ -374,17 +375,17 @@ impl Blobs {
     /// off before its end (it cannot be checked). Without one, what arrived before a cut
     /// is kept and the device resumes after it (as tus does). Everything kept is fsynced
     /// before the answer.
-    pub async fn write_stream<S, E>(
+    pub async fn write_stream<B, E>(
         &self,
         owner: &Owner,
         blob: BlobId,
         offset: u64,
-        mut body: S,
+        mut body: B,
         max: u64,
         checksum: Option<[u8; 32]>,
     ) -> Result<Upload, MediaError>
     where
-        S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+        B: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         use futures_util::StreamExt as _;

@@ -17,7 +17,7 @@ impl Publisher for Nobody {
     fn publish(&self, _: LogEntry) {}
 }
 
-fn open(dir: &std::path::Path, cfg: MediaConfig) -> Blobs {
+fn open(dir: &std::path::Path, cfg: MediaConfig) -> Blobs<Store> {
     let opts = StoreOptions {
         quota_bytes: 1 << 30,
         emergency_reserve_bytes: 1 << 20,
@@ -41,7 +41,7 @@ fn user(u: &str) -> Owner {
     Owner::User(UserId::new(u).unwrap_or_else(|e| panic!("{e}")))
 }
 
-async fn upload(blobs: &Blobs, owner: &Owner, bytes: &[u8], blob: BlobId) {
+async fn upload(blobs: &Blobs<Store>, owner: &Owner, bytes: &[u8], blob: BlobId) {
     let size = bytes.len() as u64;
     assert_eq!(blobs.begin(owner, blob, size, false).await, Ok(Upload::Partial { offset: 0, size }));
     let half = bytes.len() / 2;
