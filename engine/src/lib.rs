@@ -9,26 +9,30 @@
 //! (`outpost-store-sqlite`). The applications are `outpost-relay` (the hub: provisioning
 //! and its command line) and `outpost-cloud`.
 
+// Only what the applications use is public; the rest of the engine is private to it, so
+// a change inside it cannot break them unnoticed.
+#![deny(unreachable_pub)]
+
 pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod echo;
+mod echo;
 pub mod hub;
 pub mod lan_tls;
 pub mod link;
-pub mod mailbox;
+mod mailbox;
 pub mod media;
 pub mod ratelimit;
 pub mod router;
 pub mod server;
-pub mod session;
-pub mod status;
+mod session;
+mod status;
 pub mod submit;
-pub mod supervisor;
-pub mod systemd;
-pub mod web;
-pub mod ws;
+mod supervisor;
+mod systemd;
+mod web;
+mod ws;
 
 pub use config::RelayConfig;
 pub use server::{Listeners, RunError, run};

@@ -39,12 +39,12 @@ use crate::submit::{self, Sender};
 use outpost_storage::{AuditEvent, AuditKind, ReplayQuery};
 
 /// WebSocket close codes used by the hub.
-pub mod close {
-    pub const GOING_AWAY: u16 = 1001;
-    pub const TOO_BIG: u16 = 1009;
-    pub const UNAUTHENTICATED: u16 = 4001;
-    pub const HELLO_TIMEOUT: u16 = 4008;
-    pub const IDLE: u16 = 4009;
+pub(crate) mod close {
+    pub(crate) const GOING_AWAY: u16 = 1001;
+    pub(crate) const TOO_BIG: u16 = 1009;
+    pub(crate) const UNAUTHENTICATED: u16 = 4001;
+    pub(crate) const HELLO_TIMEOUT: u16 = 4008;
+    pub(crate) const IDLE: u16 = 4009;
 }
 
 /// Entries read from the log per replay page.
@@ -82,7 +82,7 @@ async fn close_with(ws: &mut WebSocket, code: u16, reason: &str) {
 /// and the token check) would stay reserved for the life of the connection — and the
 /// session comes back boxed, since a session moved out of the handshake's result into
 /// the future serving it would be reserved in the future twice.
-pub fn serve<S: Storage>(
+pub(crate) fn serve<S: Storage>(
     hub: Arc<Hub<S>>,
     ws: WebSocket,
     peer: SocketAddr,
@@ -208,9 +208,8 @@ struct Session<S> {
 }
 
 /// A replay page being read from the log (boxed: the session holds it between polls).
-type PageRead = std::pin::Pin<
-    Box<dyn Future<Output = Result<outpost_storage::Replay, outpost_storage::StoreError>> + Send>,
->;
+type PageRead =
+    std::pin::Pin<Box<dyn Future<Output = Result<outpost_storage::Replay, outpost_storage::StoreError>> + Send>>;
 
 /// A replay interleaved with the session's other work: between chunks of frames the
 /// session reads the device's frames (an emergency it sends reaches the room and the
@@ -464,10 +463,7 @@ impl<S: Storage> Session<S> {
     }
 
     /// A page arrived from the log: its frames wait to be written, a chunk at a time.
-    async fn replay_page(
-        &mut self,
-        page: Result<outpost_storage::Replay, outpost_storage::StoreError>,
-    ) -> Step {
+    async fn replay_page(&mut self, page: Result<outpost_storage::Replay, outpost_storage::StoreError>) -> Step {
         let page = match page {
             Ok(p) => p,
             Err(e) => {

@@ -25,7 +25,7 @@ use outpost_storage::Backlog;
 static METRICS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide metrics recorder (once; later calls do nothing).
-pub fn install_metrics() {
+pub(crate) fn install_metrics() {
     METRICS.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(
@@ -55,7 +55,7 @@ pub fn install_metrics() {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     pub version: &'static str,
     pub relay_id: String,
     pub uptime_secs: u64,
@@ -69,7 +69,7 @@ pub struct Status {
 }
 
 #[derive(Debug, Serialize)]
-pub struct UplinkView {
+pub(crate) struct UplinkView {
     pub configured: bool,
     pub cloud: String,
     pub connected: bool,
@@ -79,7 +79,7 @@ pub struct UplinkView {
 }
 
 #[derive(Debug, Serialize)]
-pub struct StorageView {
+pub(crate) struct StorageView {
     pub used_bytes: u64,
     pub quota_bytes: u64,
     pub emergency_reserve_bytes: u64,
@@ -88,7 +88,7 @@ pub struct StorageView {
 }
 
 #[derive(Debug, Serialize)]
-pub struct DevicesView {
+pub(crate) struct DevicesView {
     pub connected: usize,
 }
 
@@ -131,7 +131,7 @@ async fn collect<S: Storage>(hub: &Hub<S>) -> Status {
     }
 }
 
-pub async fn json<S: Storage>(State((hub, _)): State<AppState<S>>) -> Json<Status> {
+pub(crate) async fn json<S: Storage>(State((hub, _)): State<AppState<S>>) -> Json<Status> {
     Json(collect(&hub).await)
 }
 
@@ -158,7 +158,7 @@ fn mib(b: u64) -> String {
     if b < 1_048_576 { format!("{:.1} KiB", b as f64 / 1024.0) } else { format!("{:.1} MiB", b as f64 / 1_048_576.0) }
 }
 
-pub async fn page<S: Storage>(State((hub, _)): State<AppState<S>>) -> Html<String> {
+pub(crate) async fn page<S: Storage>(State((hub, _)): State<AppState<S>>) -> Html<String> {
     let s = collect(&hub).await;
     let uplink = if !s.uplink.configured {
         "no cloud configured".to_owned()
@@ -217,7 +217,7 @@ pub async fn page<S: Storage>(State((hub, _)): State<AppState<S>>) -> Html<Strin
     ))
 }
 
-pub async fn metrics<S: Storage>(State((hub, _)): State<AppState<S>>) -> Response {
+pub(crate) async fn metrics<S: Storage>(State((hub, _)): State<AppState<S>>) -> Response {
     let Some(Some(handle)) = METRICS.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "metrics are not available\n").into_response();
     };

@@ -17,7 +17,7 @@ use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     tasks: JoinSet<()>,
     names: HashMap<Id, &'static str>,
     stop: CancellationToken,
@@ -31,19 +31,19 @@ impl Default for Supervisor {
 
 impl Supervisor {
     /// The token every supervised task must stop on.
-    pub fn stop_token(&self) -> CancellationToken {
+    pub(crate) fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
     }
 
     /// Starts `task`; it must run until [`Supervisor::stop_token`] is cancelled.
-    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
         let handle = self.tasks.spawn(task);
         self.names.insert(handle.id(), name);
     }
 
     /// Resolves with the name of the first task that ends before it was told to stop
     /// (and how); never resolves while they all run, or when there are none.
-    pub async fn first_exit(&mut self) -> (&'static str, String) {
+    pub(crate) async fn first_exit(&mut self) -> (&'static str, String) {
         match self.tasks.join_next_with_id().await {
             Some(Ok((id, ()))) => (self.name(id), "it returned".into()),
             Some(Err(e)) => (self.name(e.id()), if e.is_panic() { "it panicked".into() } else { e.to_string() }),
@@ -56,7 +56,7 @@ impl Supervisor {
     }
 
     /// Tells every task to stop and waits until all have.
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         self.stop.cancel();
         while let Some(joined) = self.tasks.join_next_with_id().await {
             if let Err(e) = joined

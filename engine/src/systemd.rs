@@ -12,20 +12,23 @@ use tokio_util::sync::CancellationToken;
 use outpost_storage::LogStore;
 
 /// Tells systemd the service is serving.
-pub fn ready() {
+pub(crate) fn ready() {
     if let Err(e) = sd_notify::notify(&[NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
 }
 
 /// Tells systemd a graceful stop has begun.
-pub fn stopping() {
+pub(crate) fn stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }
 
 /// Feeds systemd's watchdog while the store answers, until `shutdown`; `None` when
 /// systemd asked for no watchdog.
-pub fn watchdog<S: LogStore>(store: S, shutdown: CancellationToken) -> Option<impl std::future::Future<Output = ()>> {
+pub(crate) fn watchdog<S: LogStore>(
+    store: S,
+    shutdown: CancellationToken,
+) -> Option<impl std::future::Future<Output = ()>> {
     let interval = sd_notify::watchdog_enabled()?;
     // Feed at half the deadline; a store round trip must fit well inside it.
     let period = interval / 2;

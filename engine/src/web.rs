@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 struct Assets;
 
 /// Serves an embedded file; `/` is `index.html`.
-pub async fn asset(uri: Uri) -> Response {
+pub(crate) async fn asset(uri: Uri) -> Response {
     let path = uri.path().trim_start_matches('/');
     let path = if path.is_empty() { "index.html" } else { path };
     match Assets::get(path) {

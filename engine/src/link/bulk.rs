@@ -27,7 +27,7 @@ use super::LinkError;
 use crate::media::{Blobs, MediaError, Owner, Upload};
 
 /// Stream priority of blob transfers (below every batch lane).
-pub const PRIORITY_BULK: i32 = -100;
+pub(super) const PRIORITY_BULK: i32 = -100;
 
 /// The bulk window before any measurement, and its floor (EDGE's bandwidth-delay
 /// product is about 21 KB).
@@ -72,7 +72,7 @@ async fn read_have(recv: &mut quinn::RecvStream) -> Result<Option<Have>, LinkErr
 
 /// Sends the blobs `peer` lacks, one at a time, until the link ends. `rooms`: the rooms
 /// the peer serves (None: the peer is the cloud and takes every room).
-pub async fn sender<S: Storage>(
+pub(super) async fn sender<S: Storage>(
     conn: quinn::Connection,
     blobs: Blobs<S>,
     peer: String,
@@ -219,7 +219,7 @@ async fn next_have(
 }
 
 /// Accepts the peer's blob streams until the link ends.
-pub async fn serve<S: Storage>(conn: quinn::Connection, blobs: Blobs<S>, peer: String) -> LinkError {
+pub(super) async fn serve<S: Storage>(conn: quinn::Connection, blobs: Blobs<S>, peer: String) -> LinkError {
     // One task per incoming blob; the set owns them and aborts what is left when the link
     // ends (a partial file keeps its fsynced length, and the peer resumes from there).
     let mut streams = tokio::task::JoinSet::new();

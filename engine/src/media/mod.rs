@@ -34,8 +34,8 @@ use sha2::Digest as _;
 
 use crate::clock::now_ms;
 use crate::config::{MediaConfig, RetentionBasis, StorageConfig};
-use outpost_storage::{BlobSource, CompleteBlob, PendingUpload};
 use outpost_storage::StoreError;
+use outpost_storage::{BlobSource, CompleteBlob, PendingUpload};
 
 /// Who an upload belongs to: a user (HTTP) or a peer (the uplink).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

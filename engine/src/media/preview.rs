@@ -11,7 +11,7 @@ use crate::config::MediaConfig;
 /// The preview of the image at `path`: JPEG bytes, width, height. None when the image
 /// cannot be decoded or is larger than `max_preview_source_pixels` (it still travels;
 /// it only has no preview).
-pub fn make(path: &Path, cfg: &MediaConfig) -> Option<(Vec<u8>, u32, u32)> {
+pub(super) fn make(path: &Path, cfg: &MediaConfig) -> Option<(Vec<u8>, u32, u32)> {
     match try_make(path, cfg) {
         Ok(p) => p,
         Err(e) => {
