@@ -13,14 +13,15 @@
 //! [`SecurityConfig`]) check their own values, so the two programs report the same
 //! problems in the same words.
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod layers;
+
+pub use layers::{ConfigError, Layered, Layers};
 pub use outpost_storage::RetentionBasis;
 
 use crate::lan_tls::{LanTls, LanTlsError};
@@ -346,128 +347,6 @@ impl Default for UplinkConfig {
     }
 }
 
-/// Everything wrong with a configuration, reported together.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration:\n  - {}", problems.join("\n  - "))]
-pub struct ConfigError {
-    pub problems: Vec<String>,
-}
-
-/// Where a program's settings come from, later winning: embedded defaults (when given to
-/// [`Layers::read`]) → a TOML file (optional) → environment variables
-/// `PREFIX_SECTION__KEY`. The hub and the cloud differ only in these fields.
-#[derive(Debug, Clone)]
-pub struct Layers<'a> {
-    /// The settings file; a missing one is no error (the defaults apply).
-    pub file: PathBuf,
-    /// Variables named `PREFIX_...` are configuration, every one of them (case does not
-    /// matter, as for the `config` crate).
-    pub env_prefix: &'a str,
-    /// Variables under `env_prefix` that belong to another program and are skipped.
-    pub env_skip: &'a [&'a str],
-    /// Keys that hold lists (comma-separated in the environment).
-    pub list_keys: &'a [&'a str],
-    /// The sections.
-    pub sections: &'a [&'a str],
-    /// Keys allowed at the top level besides the sections.
-    pub top_keys: &'a [&'a str],
-}
-
-/// The merged layers, read one section at a time; problems collect as they are found.
-#[derive(Debug)]
-pub struct Layered {
-    merged: config::Config,
-    /// The keys the environment set, as `section.key`.
-    env_keys: Vec<String>,
-    /// Everything wrong so far.
-    pub problems: Vec<String>,
-}
-
-impl Layers<'_> {
-    /// Merges the layers from `env` (the process's: `std::env::vars_os()`) and checks that
-    /// nothing names an unknown section. `defaults`, when given, is the bottom layer: a
-    /// program whose sections default differently from the types' own `Default` (the
-    /// cloud's media retention) gives its defaults here, so a file that sets one key of a
-    /// section keeps the program's defaults for the others.
-    pub fn read<D: Serialize>(
-        &self,
-        defaults: Option<&D>,
-        env: impl IntoIterator<Item = (OsString, OsString)>,
-    ) -> Result<Layered, ConfigError> {
-        let fail = |e: config::ConfigError| ConfigError { problems: vec![e.to_string()] };
-        let skip: Vec<String> = self.env_skip.iter().map(|p| p.to_lowercase()).collect();
-        let ours = format!("{}_", self.env_prefix.to_lowercase());
-        let mut vars = HashMap::new();
-        for (key, value) in env {
-            let Ok(key) = key.into_string() else { continue };
-            let lower = key.to_lowercase();
-            if !lower.starts_with(&ours) || skip.iter().any(|p| lower.starts_with(p.as_str())) {
-                continue;
-            }
-            let value = value.into_string().map_err(|v| ConfigError {
-                problems: vec![format!("environment variable {key} is not valid UTF-8: {v:?}")],
-            })?;
-            vars.insert(key, value);
-        }
-        let env_keys = vars.keys().map(|k| k.to_lowercase()[ours.len()..].replace("__", ".")).collect();
-        let mut builder = config::Config::builder();
-        if let Some(d) = defaults {
-            builder = builder.add_source(config::Config::try_from(d).map_err(fail)?);
-        }
-        let merged = builder
-            .add_source(config::File::from(self.file.as_path()).format(config::FileFormat::Toml).required(false))
-            .add_source({
-                // Lists (the policy's roles and rooms, media types) are comma-separated in
-                // the environment (`OUTPOST_POLICY__EMERGENCY_ROLES=doctor,supervisor`).
-                let env = config::Environment::with_prefix(self.env_prefix)
-                    .prefix_separator("_")
-                    .separator("__")
-                    .try_parsing(true)
-                    .source(Some(vars.into_iter().collect()));
-                self.list_keys.iter().fold(env.list_separator(","), |env, key| env.with_list_parse_key(key))
-            })
-            .build()
-            .map_err(fail)?;
-
-        let mut problems = Vec::new();
-        if let Ok(table) = merged.clone().try_deserialize::<HashMap<String, config::Value>>() {
-            let mut keys: Vec<&String> = table.keys().collect();
-            keys.sort();
-            for key in keys {
-                if !self.sections.contains(&key.as_str()) && !self.top_keys.contains(&key.as_str()) {
-                    let top = match self.top_keys {
-                        [] => String::new(),
-                        keys => format!("; at the top: {}", keys.join(", ")),
-                    };
-                    problems.push(format!("unknown section `{key}` (known: {}{top})", self.sections.join(", ")));
-                }
-            }
-        }
-        Ok(Layered { merged, env_keys, problems })
-    }
-}
-
-impl Layered {
-    /// Section `name`, or its defaults when no layer has it. A section that cannot be read
-    /// (an unknown key, a word where a number belongs) is a problem, and its defaults
-    /// stand in so the other sections are still checked.
-    pub fn section<T: DeserializeOwned + Default>(&mut self, name: &str) -> T {
-        match self.merged.get::<T>(name) {
-            Ok(v) => v,
-            Err(config::ConfigError::NotFound(_)) => T::default(),
-            Err(e) => {
-                self.problems.push(format!("[{name}]: {e}"));
-                T::default()
-            }
-        }
-    }
-
-    /// Whether the environment set `key` (`section.key`, or a top-level key).
-    pub fn from_env(&self, key: &str) -> bool {
-        self.env_keys.iter().any(|k| k == key || k.starts_with(&format!("{key}.")))
-    }
-}
-
 /// The problem with a TLS certificate given without its key or the other way round.
 pub fn tls_pair_problem(cert: bool, key: bool) -> Option<String> {
     match (cert, key) {
@@ -689,120 +568,4 @@ impl RelayConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with_identity(text: &str) -> String {
-        format!(
-            "[identity]\nrelay_id = \"r1\"\ncloud_id = \"c1\"\ntoken_public_key = \"{}\"\n{text}",
-            outpost_shared::bundle::encode_key(&[1; 32])
-        )
-    }
-
-    #[test]
-    fn defaults_plus_file() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(dir.path().join(CONFIG_FILE), with_identity("[limits]\nmax_body_bytes = 1000\n"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let cfg = RelayConfig::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cfg.limits.max_body_bytes, 1000);
-        assert_eq!(cfg.limits.max_frame_bytes, 256 << 10);
-        assert!(!cfg.server.conformance_echo, "the test-only echo route is off by default");
-    }
-
-    #[test]
-    fn every_problem_is_reported_at_once() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(
-            dir.path().join(CONFIG_FILE),
-            "[server]\nlisten = \"nowhere\"\n[limits]\nmax_devices = 0\nrate_per_sec = 0\n[bogus]\nx = 1\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let err = RelayConfig::load(dir.path()).err().map(|e| e.problems).unwrap_or_default();
-        let all = err.join("\n");
-        for needle in ["server.listen", "max_devices", "rate_per_sec", "bogus", "identity is not set"] {
-            assert!(all.contains(needle), "{needle} missing from:\n{all}");
-        }
-    }
-
-    #[test]
-    fn a_tls_certificate_needs_its_key_and_readable_files() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let file = dir.path().join(CONFIG_FILE);
-        std::fs::write(&file, with_identity("[server]\ntls_cert = \"tls/hub.crt\"\n"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let all = RelayConfig::load(dir.path()).err().map(|e| e.problems.join("\n")).unwrap_or_default();
-        assert!(all.contains("but server.tls_key is not"), "{all}");
-
-        std::fs::write(&file, with_identity("[server]\ntls_cert = \"tls/hub.crt\"\ntls_key = \"tls/hub.key\"\n"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let all = RelayConfig::load(dir.path()).err().map(|e| e.problems.join("\n")).unwrap_or_default();
-        let cert = dir.path().join("tls/hub.crt");
-        assert!(all.contains(&format!("server.tls_cert = {}: cannot read it", cert.display())), "{all}");
-    }
-
-    #[test]
-    fn session_threads_leave_the_store_writer_a_core() {
-        let auto = ServerConfig::default();
-        let picked: Vec<usize> = [1, 2, 4, 8].iter().map(|&c| auto.effective_worker_threads(c)).collect();
-        assert_eq!(picked, [1, 1, 3, 7]);
-
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let file = dir.path().join(CONFIG_FILE);
-        std::fs::write(&file, with_identity("[server]\nworker_threads = 2\n")).unwrap_or_else(|e| panic!("{e}"));
-        let cfg = RelayConfig::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cfg.server.effective_worker_threads(1), 2, "a configured number is taken as given");
-
-        std::fs::write(&file, with_identity("[server]\nworker_threads = 100000\n")).unwrap_or_else(|e| panic!("{e}"));
-        let all = RelayConfig::load(dir.path()).err().map(|e| e.problems.join("\n")).unwrap_or_default();
-        assert!(all.contains("server.worker_threads = 100000 is more than 256"), "{all}");
-    }
-
-    fn env(vars: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
-        vars.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
-    }
-
-    #[test]
-    fn the_environment_overrides_the_file_and_a_misspelt_variable_is_an_error() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(dir.path().join(CONFIG_FILE), with_identity("[limits]\nmax_body_bytes = 1000\n"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let vars = env(&[
-            ("OUTPOST_LIMITS__MAX_BODY_BYTES", "2000"),
-            ("OUTPOST_POLICY__EMERGENCY_ROLES", "doctor,supervisor"),
-            ("PATH", "/usr/bin"),
-        ]);
-        let cfg = RelayConfig::load_from(dir.path(), vars, |_| {}).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cfg.limits.max_body_bytes, 2000);
-        assert_eq!(cfg.policy.emergency_roles, [outpost_shared::Role::Doctor, outpost_shared::Role::Supervisor]);
-
-        let vars = env(&[("OUTPOST_LIMITS__MAX_BODDY_BYTES", "5"), ("OUTPOST_LOG", "debug")]);
-        let all = RelayConfig::load_from(dir.path(), vars, |_| {}).err().map(|e| e.problems.join("\n"));
-        let all = all.unwrap_or_default();
-        assert!(all.contains("max_boddy_bytes") && all.contains("unknown section `log`"), "{all}");
-    }
-
-    #[test]
-    fn the_hub_leaves_the_clouds_variables_alone() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(dir.path().join(CONFIG_FILE), with_identity("")).unwrap_or_else(|e| panic!("{e}"));
-        // Set beside the hub's own in one environment (a test machine, a container
-        // running both): neither a section of the hub's nor a problem.
-        let vars = env(&[
-            ("OUTPOST_CLOUD_STORAGE__QUOTA_BYTES", "1"),
-            ("outpost_cloud_media__bogus", "x"),
-            ("OUTPOST_STORAGE__QUOTA_BYTES", "2147483648"),
-        ]);
-        let cfg = RelayConfig::load_from(dir.path(), vars, |_| {}).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cfg.storage.quota_bytes, 2 << 30);
-    }
-
-    #[test]
-    fn unknown_keys_are_errors() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(dir.path().join(CONFIG_FILE), with_identity("[limits]\nmax_bodyy_bytes = 5\n"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let err = RelayConfig::load(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("max_bodyy_bytes"), "{err}");
-    }
-}
+mod tests;

@@ -1,0 +1,114 @@
+use super::*;
+
+fn with_identity(text: &str) -> String {
+    format!(
+        "[identity]\nrelay_id = \"r1\"\ncloud_id = \"c1\"\ntoken_public_key = \"{}\"\n{text}",
+        outpost_shared::bundle::encode_key(&[1; 32])
+    )
+}
+
+#[test]
+fn defaults_plus_file() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join(CONFIG_FILE), with_identity("[limits]\nmax_body_bytes = 1000\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = RelayConfig::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.limits.max_body_bytes, 1000);
+    assert_eq!(cfg.limits.max_frame_bytes, 256 << 10);
+    assert!(!cfg.server.conformance_echo, "the test-only echo route is off by default");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join(CONFIG_FILE),
+        "[server]\nlisten = \"nowhere\"\n[limits]\nmax_devices = 0\nrate_per_sec = 0\n[bogus]\nx = 1\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let err = RelayConfig::load(dir.path()).err().map(|e| e.problems).unwrap_or_default();
+    let all = err.join("\n");
+    for needle in ["server.listen", "max_devices", "rate_per_sec", "bogus", "identity is not set"] {
+        assert!(all.contains(needle), "{needle} missing from:\n{all}");
+    }
+}
+
+#[test]
+fn a_tls_certificate_needs_its_key_and_readable_files() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join(CONFIG_FILE);
+    std::fs::write(&file, with_identity("[server]\ntls_cert = \"tls/hub.crt\"\n")).unwrap_or_else(|e| panic!("{e}"));
+    let all = RelayConfig::load(dir.path()).err().map(|e| e.problems.join("\n")).unwrap_or_default();
+    assert!(all.contains("but server.tls_key is not"), "{all}");
+
+    std::fs::write(&file, with_identity("[server]\ntls_cert = \"tls/hub.crt\"\ntls_key = \"tls/hub.key\"\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let all = RelayConfig::load(dir.path()).err().map(|e| e.problems.join("\n")).unwrap_or_default();
+    let cert = dir.path().join("tls/hub.crt");
+    assert!(all.contains(&format!("server.tls_cert = {}: cannot read it", cert.display())), "{all}");
+}
+
+#[test]
+fn session_threads_leave_the_store_writer_a_core() {
+    let auto = ServerConfig::default();
+    let picked: Vec<usize> = [1, 2, 4, 8].iter().map(|&c| auto.effective_worker_threads(c)).collect();
+    assert_eq!(picked, [1, 1, 3, 7]);
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join(CONFIG_FILE);
+    std::fs::write(&file, with_identity("[server]\nworker_threads = 2\n")).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = RelayConfig::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.server.effective_worker_threads(1), 2, "a configured number is taken as given");
+
+    std::fs::write(&file, with_identity("[server]\nworker_threads = 100000\n")).unwrap_or_else(|e| panic!("{e}"));
+    let all = RelayConfig::load(dir.path()).err().map(|e| e.problems.join("\n")).unwrap_or_default();
+    assert!(all.contains("server.worker_threads = 100000 is more than 256"), "{all}");
+}
+
+fn env(vars: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+    vars.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
+}
+
+#[test]
+fn the_environment_overrides_the_file_and_a_misspelt_variable_is_an_error() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join(CONFIG_FILE), with_identity("[limits]\nmax_body_bytes = 1000\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let vars = env(&[
+        ("OUTPOST_LIMITS__MAX_BODY_BYTES", "2000"),
+        ("OUTPOST_POLICY__EMERGENCY_ROLES", "doctor,supervisor"),
+        ("PATH", "/usr/bin"),
+    ]);
+    let cfg = RelayConfig::load_from(dir.path(), vars, |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.limits.max_body_bytes, 2000);
+    assert_eq!(cfg.policy.emergency_roles, [outpost_shared::Role::Doctor, outpost_shared::Role::Supervisor]);
+
+    let vars = env(&[("OUTPOST_LIMITS__MAX_BODDY_BYTES", "5"), ("OUTPOST_LOG", "debug")]);
+    let all = RelayConfig::load_from(dir.path(), vars, |_| {}).err().map(|e| e.problems.join("\n"));
+    let all = all.unwrap_or_default();
+    assert!(all.contains("max_boddy_bytes") && all.contains("unknown section `log`"), "{all}");
+}
+
+#[test]
+fn the_hub_leaves_the_clouds_variables_alone() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join(CONFIG_FILE), with_identity("")).unwrap_or_else(|e| panic!("{e}"));
+    // Set beside the hub's own in one environment (a test machine, a container
+    // running both): neither a section of the hub's nor a problem.
+    let vars = env(&[
+        ("OUTPOST_CLOUD_STORAGE__QUOTA_BYTES", "1"),
+        ("outpost_cloud_media__bogus", "x"),
+        ("OUTPOST_STORAGE__QUOTA_BYTES", "2147483648"),
+    ]);
+    let cfg = RelayConfig::load_from(dir.path(), vars, |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.storage.quota_bytes, 2 << 30);
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join(CONFIG_FILE), with_identity("[limits]\nmax_bodyy_bytes = 5\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = RelayConfig::load(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("max_bodyy_bytes"), "{err}");
+}
