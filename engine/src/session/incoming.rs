@@ -1,0 +1,196 @@
+//! What a session does with what the device sends: each frame decoded, checked against
+//! the room rules and acted on (`send` through the one submission path, `ack`, `read`,
+//! `typing`, `presence`, `history`, `join`/`leave`), and the token re-checked when the
+//! revocation list changes. The loop that calls it is the parent module's.
+
+use super::*;
+
+impl<S: Storage> Session<S> {
+    pub(super) async fn incoming(&mut self, msg: Option<Result<Message, axum::Error>>) -> Step {
+        let msg = match msg {
+            None => return Err(End::Closed),
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                // tungstenite refuses a message past its hard cap; the stream cannot continue.
+                let text = e.to_string();
+                if crate::ws::over_hard_cap(&e) {
+                    self.feed(error_frame(ErrorCode::TooLarge, "the frame is far over the size limit", None)).await?;
+                    self.flush().await?;
+                    close_with(&mut self.ws, close::TOO_BIG, "frame too large").await;
+                }
+                return Err(End::Socket(text));
+            }
+        };
+        self.last_heard = Instant::now();
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                return self
+                    .feed(error_frame(ErrorCode::BadFrame, "binary frames are reserved for media chunks", None))
+                    .await;
+            }
+            Message::Close(_) => {
+                // tungstenite queued the close reply; flush so the peer sees a clean close.
+                let _ = self.ws.flush().await;
+                return Err(End::Closed);
+            }
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        };
+        if self.claims.exp <= now_ms() / 1000 {
+            let _ = self
+                .feed(error_frame(ErrorCode::TokenExpired, "the token expired during the session; sign in again", None))
+                .await;
+            let _ = self.flush().await;
+            close_with(&mut self.ws, close::UNAUTHENTICATED, "token_expired").await;
+            return Err(End::Closed);
+        }
+        let max = self.hub.config.limits.max_frame_bytes;
+        if text.len() > max {
+            let m = format!("the frame is {} bytes; the limit is {max}", text.len());
+            return self.feed(error_frame(ErrorCode::TooLarge, m, None)).await;
+        }
+        match ClientFrame::decode(text.as_str()) {
+            Ok(frame) => self.handle(frame).await,
+            Err(e) => self.feed(error_frame(e.code, e.message, e.id)).await,
+        }
+    }
+
+    /// A new revocation list arrived: a session whose token it names ends now.
+    pub(super) async fn recheck_token(&mut self) -> Step {
+        let revoked = self.hub.store.revocations().borrow().revokes(&self.claims).map(|r| r.reason.clone());
+        let Some(reason) = revoked else { return Ok(()) };
+        tracing::info!("token revoked; closing the session");
+        self.hub
+            .store
+            .audit(
+                AuditEvent::new(AuditKind::SessionRevoked, format!("token {}: {reason}", self.claims.jti))
+                    .by(&self.claims)
+                    .device(self.link.device.as_str())
+                    .peer(self.peer),
+            )
+            .await;
+        self.feed(error_frame(ErrorCode::Unauthenticated, REVOKED, None)).await?;
+        self.flush().await?;
+        close_with(&mut self.ws, close::UNAUTHENTICATED, "unauthenticated").await;
+        Err(End::Closed)
+    }
+
+    /// Membership and role rules (see `outpost_shared::policy`); refusals are audited.
+    async fn check_room(&mut self, action: Action<'_>) -> Result<(), (ErrorCode, String)> {
+        let result = self.hub.authorize(&self.claims, action);
+        if let Err((code, m)) = &result
+            && *code == ErrorCode::Forbidden
+        {
+            let event = AuditEvent::new(AuditKind::Forbidden, m.clone())
+                .by(&self.claims)
+                .device(self.link.device.as_str())
+                .peer(self.peer)
+                .room(action.room().as_str());
+            self.hub.audit_refusal(event).await;
+        }
+        result
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) -> Step {
+        match frame {
+            ClientFrame::Send(s) => self.send(s.msg).await,
+            ClientFrame::Ack(a) => {
+                // Only what was written in order counts as held: an emergency sent ahead
+                // does not vouch for the messages it overtook.
+                let cursor = a.cursor.min(self.watermark);
+                let h = &self.hub;
+                h.store
+                    .ack(self.link.device.clone(), self.claims.sub.clone(), self.rooms.clone(), cursor, now_ms())
+                    .await;
+                Ok(())
+            }
+            ClientFrame::Read(r) => match self.check_room(Action::Participate { room: &r.room }).await {
+                Err((code, m)) => self.feed(error_frame(code, m, Some(r.id))).await,
+                Ok(()) => {
+                    self.hub.store.read(self.claims.sub.clone(), r.room, r.id, now_ms()).await;
+                    Ok(())
+                }
+            },
+            ClientFrame::Typing(t) => match self.check_room(Action::Participate { room: &t.room }).await {
+                Err((code, m)) => self.feed(error_frame(code, m, None)).await,
+                // Typing shares the device's message allowance; excess is dropped quietly
+                // (it is ephemeral and the next keystroke repeats it).
+                Ok(()) if !self.bucket.try_take(self.started.elapsed()) => Ok(()),
+                Ok(()) => {
+                    let f = ServerFrame::Typing(TypingEvent {
+                        room: t.room.clone(),
+                        user: self.claims.sub.clone(),
+                        active: t.active,
+                    });
+                    self.hub.router.to_room(&t.room, self.link.id, Utf8Bytes::from(f.encode()));
+                    Ok(())
+                }
+            },
+            ClientFrame::Presence(p) => {
+                if self.hub.presence_allowed(&self.claims.sub) {
+                    let frame = presence(&self.claims, p.status, None);
+                    self.hub.router.to_co_members(&self.claims.sub, &self.rooms, frame);
+                }
+                Ok(())
+            }
+            ClientFrame::History(h) => match self.check_room(Action::History { room: &h.room }).await {
+                Err((code, m)) => self.feed(error_frame(code, m, None)).await,
+                Ok(()) => {
+                    let limit = h.limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
+                    match self.hub.store.history(h.room, h.before, limit).await {
+                        Ok(page) => self.feed(Utf8Bytes::from(ServerFrame::History(page).encode())).await,
+                        Err(e) => self.feed(error_frame(e.code(), e.to_string(), None)).await,
+                    }
+                }
+            },
+            ClientFrame::Join(r) => self.live_room(&r.room, true).await,
+            ClientFrame::Leave(r) => self.live_room(&r.room, false).await,
+            ClientFrame::Ping => self.feed(Utf8Bytes::from(ServerFrame::Pong.encode())).await,
+            ClientFrame::Hello(_) => {
+                self.feed(error_frame(ErrorCode::BadFrame, "already signed in on this connection", None)).await
+            }
+        }
+    }
+
+    /// `join`/`leave`: live delivery of one of the token's rooms on this connection.
+    async fn live_room(&mut self, room: &RoomId, live: bool) -> Step {
+        match self.check_room(Action::Participate { room }).await {
+            Err((code, m)) => self.feed(error_frame(code, m, None)).await,
+            Ok(()) => {
+                self.hub.router.set_room(&self.link, room, live);
+                Ok(())
+            }
+        }
+    }
+
+    async fn send(&mut self, msg: outpost_shared::OutgoingMsg) -> Step {
+        let id = Some(msg.id);
+        let within_rate = self.bucket.try_take(self.started.elapsed());
+        let sender =
+            Sender { claims: &self.claims, device: &self.link.device, peer: self.peer, origin: Some(self.link.id) };
+        let req = match submit::check(&self.hub, &sender, within_rate, msg).await {
+            Ok(req) => req,
+            Err((code, m)) => return self.feed(error_frame(code, m, id)).await,
+        };
+        // Capacity was checked before this frame was read and only this task reserves.
+        let Some(permit) = self.mailbox.try_reserve() else {
+            return self
+                .feed(error_frame(ErrorCode::RateLimited, "too many messages awaiting storage; resend", id))
+                .await;
+        };
+        self.hub
+            .store
+            .append(
+                req,
+                Box::new(move |result| {
+                    let frame = match result {
+                        Ok(a) => ServerFrame::Stored(Stored { id: a.id, cursor: a.cursor, duplicate: a.duplicate }),
+                        Err(e) => ServerFrame::Error(ErrorFrame::new(e.code(), e.to_string()).with_id(id)),
+                    };
+                    permit.send(Utf8Bytes::from(frame.encode()));
+                }),
+            )
+            .await;
+        Ok(())
+    }
+}
