@@ -14,9 +14,9 @@ use std::time::Duration;
 use outpost_engine::link::{self, LinkError, LinkOptions, Peer, read_control, tls, write_control};
 use outpost_engine::media::Blobs;
 use outpost_engine::ratelimit::TokenBucket;
-use outpost_shared::RelayId;
-use outpost_shared::uplink::control::{Control, LINK_VERSION};
+use outpost_shared::uplink::control::Control;
 use outpost_shared::uplink::flow::FlowConfig;
+use outpost_shared::uplink::handshake::{Accepted, Acceptor, Decision};
 use outpost_storage::Storage;
 use outpost_store_sqlite::{AuditEvent, AuditKind};
 use tokio_util::sync::CancellationToken;
@@ -85,37 +85,39 @@ async fn serve<S: Storage>(
     stop: CancellationToken,
 ) -> Result<LinkError, LinkError> {
     let conn = incoming.await?;
-    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
-        .await
-        .map_err(|_| LinkError::Protocol("no control stream".into()))??;
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_control(&mut recv))
-        .await
-        .map_err(|_| LinkError::Protocol("no hello".into()))??;
-    let Some(Control::Hello { v, relay, epoch, rooms, dicts: _ }) = hello else {
-        return Err(LinkError::Protocol("the first frame must be Hello".into()));
+    // The handshake's rules are shared::uplink::handshake's; this only carries its frames
+    // and its deadline (the relay has HELLO_TIMEOUT to open its control stream and say
+    // Hello).
+    let origin = tokio::time::Instant::now();
+    let mut acceptor = Acceptor::new(Duration::ZERO, HELLO_TIMEOUT);
+    let deadline = origin + acceptor.poll_timeout().unwrap_or(HELLO_TIMEOUT);
+    let first = tokio::time::timeout_at(deadline, async {
+        let (send, mut recv) = conn.accept_bi().await?;
+        let hello = read_control(&mut recv).await?;
+        Ok::<_, LinkError>((send, recv, hello))
+    })
+    .await;
+    let (mut send, recv, hello) = match first {
+        Ok(r) => r?,
+        Err(_) => {
+            let e = acceptor.handle_timeout(origin.elapsed());
+            return Err(e.map_or_else(|| LinkError::Protocol("no hello".into()), LinkError::from));
+        }
     };
-    let refuse = |code: &str, message: String| Control::Refused { code: code.into(), message };
-    let problem = if v != LINK_VERSION {
-        Some(refuse(
-            "unsupported_version",
-            format!("link version {v} is not supported; this cloud speaks {LINK_VERSION}"),
-        ))
-    } else if RelayId::new(relay.clone()).is_err() || !tls::peer_is(&conn, &relay) {
-        Some(refuse("identity_mismatch", format!("the certificate was not issued to relay {relay:?}")))
-    } else {
-        None
+    let Accepted { relay, epoch, rooms } = match acceptor.handle_control(hello, |relay| tls::peer_is(&conn, relay))? {
+        Decision::Accept(a) => a,
+        Decision::Refuse(refusal) => {
+            let _ = write_control(&mut send, &refusal).await;
+            let _ = send.finish();
+            let err = match refusal {
+                Control::Refused { code, message } => LinkError::Refused { code, message },
+                _ => LinkError::Shutdown,
+            };
+            // Give the refusal a moment to reach the relay before the connection closes.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+            return Err(err);
+        }
     };
-    if let Some(p) = problem {
-        let _ = write_control(&mut send, &p).await;
-        let _ = send.finish();
-        let err = match p {
-            Control::Refused { code, message } => LinkError::Refused { code, message },
-            _ => LinkError::Shutdown,
-        };
-        // Give the refusal a moment to reach the relay before the connection closes.
-        let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
-        return Err(err);
-    }
     // A reconnecting relay replaces its old connection.
     let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Ok(mut l) = live.lock()
@@ -124,8 +126,7 @@ async fn serve<S: Storage>(
         old.cancel();
     }
     let state = store.peer_hello(&relay, &epoch, rooms).await?;
-    write_control(&mut send, &Control::Welcome { cloud: cloud_id, epoch: store.epoch().0, hwm: state.recv_hwm })
-        .await?;
+    write_control(&mut send, &Acceptor::welcome(cloud_id, store.epoch().0, state.recv_hwm)).await?;
     tracing::info!(%relay, resume_after = state.sent_hwm.0, rooms = state.rooms.len(), "relay connected");
     let detail = format!("epoch {epoch}, resuming after {}", state.sent_hwm.0);
     store

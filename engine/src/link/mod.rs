@@ -24,6 +24,7 @@ use outpost_shared::uplink::batch::{self, BatchHeader, Entry, Lane};
 use outpost_shared::uplink::control::Control;
 use outpost_shared::uplink::dict;
 use outpost_shared::uplink::flow::{FlowConfig, Queue, SendState};
+use outpost_shared::uplink::handshake::HandshakeError;
 use outpost_shared::{Cursor, RoomId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -62,6 +63,16 @@ pub enum LinkError {
     Store(#[from] StoreError),
     #[error("shutting down")]
     Shutdown,
+}
+
+impl From<HandshakeError> for LinkError {
+    fn from(e: HandshakeError) -> Self {
+        match e {
+            HandshakeError::Refused { code, message } => Self::Refused { code, message },
+            HandshakeError::Protocol(m) => Self::Protocol(m),
+            HandshakeError::TimedOut(what) => Self::Stream(what.into()),
+        }
+    }
 }
 
 /// Who we are talking to, as the store knows them.

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_shared::uplink::backoff::Backoff;
-use outpost_shared::uplink::control::{Control, LINK_VERSION};
 use outpost_shared::uplink::dict;
 use outpost_shared::uplink::flow::FlowConfig;
+use outpost_shared::uplink::handshake::{Dialer, HelloParams, Welcomed};
 use tokio_util::sync::CancellationToken;
 
 use super::tls::{self, SERVER_NAME};
@@ -139,26 +139,34 @@ async fn connect<S: Storage>(
         *endpoint = Some((v6, ep));
     }
     let Some((_, ep)) = endpoint.as_ref() else { return Err(LinkError::Shutdown) };
+    // The handshake's rules are shared::uplink::handshake's; this only carries its frames
+    // and its deadline.
+    let origin = tokio::time::Instant::now();
+    let params = HelloParams {
+        relay: settings.relay_id.clone(),
+        epoch: store.epoch().0,
+        rooms: store.rooms(),
+        dicts: dict::known(),
+    };
+    let mut dialer = Dialer::new(params, Duration::ZERO, CONNECT_TIMEOUT);
+    let deadline = origin + dialer.poll_timeout().unwrap_or(CONNECT_TIMEOUT);
     let handshake = async {
         let conn = ep.connect(addr, SERVER_NAME).map_err(|e| LinkError::Stream(e.to_string()))?.await?;
         let (mut send, mut recv) = conn.open_bi().await?;
-        let hello = Control::Hello {
-            v: LINK_VERSION,
-            relay: settings.relay_id.clone(),
-            epoch: store.epoch().0.clone(),
-            rooms: store.rooms(),
-            dicts: dict::known(),
-        };
-        write_control(&mut send, &hello).await?;
-        match read_control(&mut recv).await? {
-            Some(Control::Welcome { cloud, epoch, hwm }) => Ok((conn, send, recv, cloud, epoch, hwm)),
-            Some(Control::Refused { code, message }) => Err(LinkError::Refused { code, message }),
-            other => Err(LinkError::Protocol(format!("expected Welcome, got {other:?}"))),
+        if let Some(hello) = dialer.poll_transmit() {
+            write_control(&mut send, &hello).await?;
+        }
+        let welcomed = dialer.handle_control(read_control(&mut recv).await?)?;
+        Ok::<_, LinkError>((conn, send, recv, welcomed))
+    };
+    let result = tokio::time::timeout_at(deadline, handshake).await;
+    let (conn, send, recv, Welcomed { cloud, epoch, hwm }) = match result {
+        Ok(r) => r?,
+        Err(_) => {
+            let e = dialer.handle_timeout(origin.elapsed());
+            return Err(e.map_or_else(|| LinkError::Stream("connect timed out".into()), LinkError::from));
         }
     };
-    let (conn, send, recv, cloud, epoch, hwm) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
-        .await
-        .map_err(|_| LinkError::Stream("connect timed out".into()))??;
     let state = store.peer_hello(CLOUD_PEER, &epoch, Vec::new()).await?;
     let start = state.sent_hwm.max(hwm);
     tracing::info!(%cloud, %addr, resume_after = start.0, "uplink connected");

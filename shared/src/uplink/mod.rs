@@ -12,6 +12,7 @@ pub mod batch;
 pub mod control;
 pub mod dict;
 pub mod flow;
+pub mod handshake;
 
 /// ALPN protocol id of the link.
 pub const ALPN: &[u8] = b"outpost/1";
