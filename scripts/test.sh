@@ -55,6 +55,10 @@ tests/browser/run.sh || status=$?
 # (docs/conformance.md).
 tests/conformance/run.sh || status=$?
 
+# The layers stay one-way: no module imports another that imports it back, in any crate
+# (docs/architecture.md).
+python3 scripts/check-cycles.py || status=$?
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast || status=$?
 else
