@@ -48,7 +48,9 @@ impl Scenario {
             dir.path().to_path_buf(),
             Listeners { ws: listener },
             shutdown.clone(),
-            Box::new(move || drop(ready_tx.send(()))),
+            Box::new(move || {
+                let _ = ready_tx.send(());
+            }),
         ));
         ready.await.unwrap_or_else(|e| panic!("the hub did not start: {e}"));
         Self { addr, signer, shutdown, server, _dir: dir }

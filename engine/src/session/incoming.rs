@@ -97,7 +97,7 @@ impl<S: Storage> Session<S> {
             ClientFrame::Ack(a) => {
                 // Only what was written in order counts as held: an emergency sent ahead
                 // does not vouch for the messages it overtook.
-                let cursor = a.cursor.min(self.watermark);
+                let cursor = self.delivery.clamp_ack(a.cursor);
                 let h = &self.hub;
                 h.store
                     .ack(self.link.device.clone(), self.claims.sub.clone(), self.rooms.clone(), cursor, now_ms())

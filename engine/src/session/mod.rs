@@ -7,14 +7,12 @@
 //! socket only while it has room for another send in flight, which is how a fast sender
 //! feels back-pressure instead of growing the hub's memory.
 //!
-//! Delivery bookkeeping: `watermark` is the cursor up to which everything this device may
-//! see has been written to it; emergencies may jump ahead of it and are remembered in
-//! `sent_above` so the ordered lane and log catch-up skip them. When the router reports
-//! that live entries were dropped (slow reader), the session re-reads the log from the
-//! watermark.
+//! Delivery bookkeeping (what was written in order, what went ahead, what an `ack` may
+//! count) is `outpost_shared::delivery`, a state machine this only feeds. When the router
+//! reports that live entries were dropped (slow reader), the session re-reads the log from
+//! its watermark.
 
 use outpost_storage::Storage;
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,6 +20,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _};
+use outpost_shared::delivery::{self, Delivery};
 use outpost_shared::frames::{
     ErrorFrame, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, Hello, PresenceEvent, PresenceStatus, Resync, Stored,
     TypingEvent, Welcome,
@@ -195,8 +194,8 @@ struct Session<S> {
     link: Arc<SessionLink>,
     /// What waits to be written to this device (shared with the router via `link`).
     mailbox: Arc<Mailbox>,
-    watermark: Cursor,
-    sent_above: BTreeSet<Cursor>,
+    /// What has been written to this device in order, and ahead of it.
+    delivery: Delivery,
     own_visible_until: Cursor,
     bucket: TokenBucket,
     started: Instant,
@@ -286,8 +285,7 @@ impl<S: Storage> Session<S> {
             rooms,
             link,
             mailbox,
-            watermark,
-            sent_above: BTreeSet::new(),
+            delivery: Delivery::new(watermark),
             own_visible_until,
             bucket,
             started: now,
@@ -442,16 +440,15 @@ impl<S: Storage> Session<S> {
         if !r.frames.is_empty() || r.page.is_some() {
             return None;
         }
-        self.watermark = self.watermark.max(r.scanned_to);
+        self.delivery.page_written(r.scanned_to);
         if r.done {
             let held = std::mem::take(&mut r.held);
             self.replay = None;
-            let wm = self.watermark;
-            self.sent_above.retain(|c| *c > wm);
+            self.delivery.caught_up();
             return Some(held);
         }
         let q = ReplayQuery {
-            after: self.watermark,
+            after: self.delivery.watermark(),
             rooms: self.rooms.clone(),
             user: self.claims.sub.clone(),
             own_device: self.link.device.clone(),
@@ -490,8 +487,7 @@ impl<S: Storage> Session<S> {
             let Some((cursor, frame)) = self.replay.as_mut().and_then(|r| r.frames.pop_front()) else { break };
             // Written in order: everything up to here that this device may see is on its
             // way, so an `ack` may count up to it.
-            self.watermark = self.watermark.max(cursor);
-            if !self.sent_above.remove(&cursor) {
+            if self.delivery.replayed(cursor) {
                 self.feed(Utf8Bytes::from(frame)).await?;
             }
         }
@@ -545,23 +541,17 @@ impl<S: Storage> Session<S> {
         match live {
             Live::Ephemeral(text) => self.feed(text).await,
             Live::Log { cursor, text } => {
-                if cursor <= self.watermark || self.sent_above.remove(&cursor) {
-                    return Ok(());
-                }
                 // An emergency overtakes only when older entries are still queued for this
                 // device; then it is marked `"ahead": true` so the device does not resume
                 // from its cursor, and the ordered stream skips it later.
-                let ahead = urgent && (self.replay.is_some() || self.mailbox.normal_waiting() || self.link.is_lagged());
-                if ahead {
-                    self.sent_above.insert(cursor);
-                    return self.feed(Utf8Bytes::from(mark_ahead(text.as_str()))).await;
+                // (Only asked for emergencies: the mailbox check takes its lock.)
+                let behind =
+                    urgent && (self.replay.is_some() || self.mailbox.normal_waiting() || self.link.is_lagged());
+                match self.delivery.live(cursor, urgent, behind) {
+                    delivery::Live::Skip => Ok(()),
+                    delivery::Live::Ahead => self.feed(Utf8Bytes::from(mark_ahead(text.as_str()))).await,
+                    delivery::Live::InOrder => self.feed(text).await,
                 }
-                self.watermark = cursor;
-                let wm = self.watermark;
-                while self.sent_above.first().is_some_and(|c| *c <= wm) {
-                    self.sent_above.pop_first();
-                }
-                self.feed(text).await
             }
         }
     }
