@@ -28,7 +28,9 @@ test('the status page shows the hub, its uplink and the connected devices', { ti
   assert.equal(s.uplink.configured, true);
   await amina.page.reload();
   assert.match(await amina.page.locator('tr', { hasText: 'Connected devices' }).innerText(), /\b1\b/);
-  assert.match(await amina.page.locator('tr', { hasText: 'Uplink' }).innerText(), /connected/);
+  // "connected to …", and not the "not connected" of a hub whose uplink is down.
+  assert.match(await amina.page.locator('tr', { hasText: 'Uplink' }).innerText(), /(^|\s)connected to\b/);
+  assert.doesNotMatch(await amina.page.locator('tr', { hasText: 'Uplink' }).innerText(), /not connected/);
   await shot(amina.page, 'status-360');
 });
 
@@ -66,7 +68,7 @@ test('the status page shows a backlog while the cloud is down and clears after i
   const down = await statusUntil(engineer.page, (s) => !s.uplink.connected && s.backlog.messages === 3);
   assert.equal(down.backlog.messages, 3);
   await engineer.page.reload();
-  assert.match(await engineer.page.locator('tr', { hasText: 'Waiting for the cloud' }).innerText(), /3 messages/);
+  assert.match(await engineer.page.locator('tr', { hasText: 'Waiting for the cloud' }).innerText(), /\b3 messages/);
   assert.match(await engineer.page.locator('tr', { hasText: 'Uplink' }).innerText(), /not connected/);
   await shot(engineer.page, 'status-backlog-desktop');
 
@@ -74,6 +76,8 @@ test('the status page shows a backlog while the cloud is down and clears after i
   await stack.startCloud();
   await statusUntil(engineer.page, (s) => s.uplink.connected && s.backlog.messages === 0);
   await engineer.page.reload();
-  assert.match(await engineer.page.locator('tr', { hasText: 'Waiting for the cloud' }).innerText(), /0 messages/);
-  assert.match(await engineer.page.locator('tr', { hasText: 'Uplink' }).innerText(), /connected/);
+  // `\b0`: "10 messages" must not pass for an empty backlog.
+  assert.match(await engineer.page.locator('tr', { hasText: 'Waiting for the cloud' }).innerText(), /\b0 messages/);
+  assert.match(await engineer.page.locator('tr', { hasText: 'Uplink' }).innerText(), /(^|\s)connected to\b/);
+  assert.doesNotMatch(await engineer.page.locator('tr', { hasText: 'Uplink' }).innerText(), /not connected/);
 });
