@@ -249,7 +249,7 @@ async fn visible<S: Storage>(
     headers: &HeaderMap,
     peer: SocketAddr,
     sha: &str,
-) -> Result<(BlobId, Option<super::BlobInfo>), Fail> {
+) -> Result<(BlobId, Option<outpost_storage::BlobRecord>), Fail> {
     let c = blob_call(hub, headers, peer, sha).await?;
     if !may_use(hub, c.blobs, &c.claims, c.blob).await? {
         return Err(media_error(MediaError::NotFound(c.blob)));

@@ -37,7 +37,7 @@ use sha2::Digest as _;
 use crate::clock::now_ms;
 use crate::config::{MediaConfig, RetentionBasis, StorageConfig};
 use outpost_storage::StoreError;
-use outpost_storage::{BlobSource, CompleteBlob, PendingUpload};
+use outpost_storage::{BlobRecord, BlobSource, CompleteBlob, PendingUpload};
 
 /// Who an upload belongs to: a user (HTTP) or a peer (the uplink).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -106,19 +106,6 @@ impl Upload {
             Upload::Complete { size } | Upload::Partial { size, .. } => size,
         }
     }
-}
-
-/// A blob's metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlobInfo {
-    pub size: u64,
-    pub mime: String,
-    /// Preview dimensions when there is one.
-    pub preview: Option<(u32, u32)>,
-    /// The bytes were removed by retention (see [`RetentionBasis`]).
-    pub evicted: bool,
-    /// Peers known to hold the blob completely.
-    pub peers: Vec<String>,
 }
 
 /// Held while an upload's file and rows change; weak in the map so finished uploads
@@ -219,14 +206,8 @@ impl<S: Storage> Blobs<S> {
     }
 
     /// The blob's metadata, if this server knows it.
-    pub async fn info(&self, blob: BlobId) -> Result<Option<BlobInfo>, MediaError> {
-        Ok(self.inner.store.blob(blob).await?.map(|r| BlobInfo {
-            size: r.size,
-            mime: r.mime,
-            preview: r.preview,
-            evicted: r.evicted,
-            peers: r.peers,
-        }))
+    pub async fn info(&self, blob: BlobId) -> Result<Option<BlobRecord>, MediaError> {
+        Ok(self.inner.store.blob(blob).await?)
     }
 
     /// The JPEG preview of an image blob.
