@@ -1,0 +1,313 @@
+//! The PostgreSQL backend of the cloud: several stateless nodes on one database.
+//!
+//! Each node runs what the SQLite store runs (store-sqlite): one writer that commits the
+//! node's writes in groups and a pool of readers. What differs is that other nodes write
+//! too:
+//!
+//! - **One order for everyone.** Every writing transaction first locks the single row of
+//!   `log_head`, takes its cursors after the head it finds there, and moves the head
+//!   before its commit. The lock is held until the commit, so the nodes' transactions
+//!   are serialised and cursors are in commit order: a reader that sees head H sees every
+//!   entry up to H, and a device or hospital system that resumes "after cursor C" never
+//!   skips an entry that committed late. The price is that commits do not overlap across
+//!   nodes; group commit (hundreds of entries per transaction) is what keeps that cheap.
+//! - **Live delivery across nodes.** A commit also sends `NOTIFY outpost_log`. Each node's
+//!   tail ([`tail`]) listens, reads the entries after the last one it published, and hands
+//!   them to the node's router in cursor order — its own and other nodes' alike — so a
+//!   message a hub delivers to node A reaches a doctor connected to node B. The node's own
+//!   commits are published from memory when nothing of another node came between.
+//! - **Acknowledged after commit.** A sender, a hub's batch or a command is answered only
+//!   after PostgreSQL reported the commit, with `synchronous_commit` at least `on` (the
+//!   writer raises `off` to `on` for its own connection).
+//!
+//! What is not here: SQL for anything but storage, and media bytes (files beside the
+//! node's directory; the metadata is in the database).
+
+mod media;
+mod reader;
+mod schema;
+mod tail;
+#[cfg(feature = "test-cluster")]
+pub mod testing;
+mod traits;
+mod writer;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use outpost_shared::uplink::batch::Entry;
+use outpost_shared::{Cursor, DeviceId, Epoch, MessageId, Priority, RevocationList, RoomId, UserId};
+use outpost_storage::{AppendRequest, AuditEvent, Forwarded, PeerState, Publisher, Reply, SessionId, StoreError};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+pub use schema::{MIGRATIONS, MigrateError, current_version as schema_version};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the database address is not a valid PostgreSQL URL ({0}); expected postgres://USER@HOST:PORT/DB")]
+    Url(String),
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect { target: String, source: tokio_postgres::Error },
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error("cannot read the database: {0}")]
+    Read(tokio_postgres::Error),
+    #[error("cannot set up the connection pool: {0}")]
+    Pool(String),
+}
+
+/// Storage tuning taken from the cloud configuration.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    pub quota_bytes: u64,
+    pub emergency_reserve_bytes: u64,
+    /// Most commands in one transaction.
+    pub max_batch: usize,
+    pub max_receipts_per_ack: usize,
+    /// Reads at once per lane (devices; peers), each on a pooled connection.
+    pub readers: usize,
+    /// How often the tail looks for other nodes' entries when no notification came (a
+    /// notification lost while the listening connection was down).
+    pub poll_interval: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            quota_bytes: u64::MAX,
+            emergency_reserve_bytes: 0,
+            max_batch: 1024,
+            max_receipts_per_ack: 1000,
+            readers: 4,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A command for the writer.
+pub(crate) enum Command {
+    Append(AppendRequest, Reply),
+    Import { peer: String, entries: Vec<Entry>, peer_hwm: Cursor, reply: oneshot::Sender<Result<usize, StoreError>> },
+    PeerAcked { peer: String, sent_hwm: Cursor, forwarded: Vec<Forwarded>, at: u64 },
+    PeerHello { peer: String, epoch: String, rooms: Vec<RoomId>, reply: oneshot::Sender<Result<PeerState, StoreError>> },
+    PeerRooms { peer: String, rooms: Vec<RoomId>, reply: oneshot::Sender<Result<usize, StoreError>> },
+    Ack { device: DeviceId, user: UserId, rooms: Arc<[RoomId]>, cursor: Cursor, at: u64 },
+    Read { user: UserId, room: RoomId, id: MessageId, at: u64 },
+    Rooms(Vec<RoomId>),
+    Audit(AuditEvent, u64),
+    Revoke { from: String, entries: Vec<outpost_shared::Revocation>, reply: oneshot::Sender<Result<usize, StoreError>> },
+    Ping(oneshot::Sender<()>),
+    Stop(oneshot::Sender<()>),
+}
+
+impl Command {
+    fn is_emergency(&self) -> bool {
+        matches!(self, Command::Append(r, _) if r.msg.priority == Priority::Emergency)
+    }
+}
+
+/// What the node's parts share.
+pub(crate) struct Shared {
+    pub opts: PgOptions,
+    pub pool: Pool,
+    pub epoch: Epoch,
+    /// Rooms known to the database (tokens, messages, peers), as far as this node has seen.
+    pub known_rooms: RwLock<HashSet<RoomId>>,
+    /// Bytes of the database (refreshed by the writer) and of media files (kept by media).
+    pub used_bytes: AtomicU64,
+    pub blob_bytes: AtomicU64,
+    /// Messages this node appended for a live session, by cursor, until published: the
+    /// router must not echo them to that session.
+    pub excepts: Mutex<HashMap<u64, SessionId>>,
+    pub revocations: tokio::sync::watch::Sender<Arc<RevocationList>>,
+    pub revocation_mark: AtomicU64,
+    pub device_reads: tokio::sync::Semaphore,
+    pub peer_reads: tokio::sync::Semaphore,
+}
+
+/// A cheap, cloneable handle on one node's store.
+#[derive(Clone)]
+pub struct PgStore {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Command>,
+    /// The newest cursor published to this node's router (and so readable).
+    head_rx: tokio::sync::watch::Receiver<u64>,
+    stop: CancellationToken,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("epoch", &self.shared.epoch).finish_non_exhaustive()
+    }
+}
+
+/// Parses `url` (`postgres://USER@HOST:PORT/DB`, or PostgreSQL's key=value form).
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, OpenError> {
+    let mut cfg: tokio_postgres::Config =
+        url.parse().map_err(|e: tokio_postgres::Error| OpenError::Url(e.to_string()))?;
+    cfg.application_name("outpost-cloud");
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(Duration::from_secs(10));
+    }
+    Ok(cfg)
+}
+
+/// Where `cfg` points, for messages (never the password).
+pub(crate) fn describe(cfg: &tokio_postgres::Config) -> String {
+    let host = cfg
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", cfg.get_dbname().unwrap_or(""))
+}
+
+/// Opens one connection and drives it on its own task.
+pub(crate) async fn connect(cfg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A database error as the storage contract names it: a full disk is `storage_full`.
+pub(crate) fn db(e: tokio_postgres::Error) -> StoreError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL) {
+        return StoreError::StorageFull { used: 0, quota: 0 };
+    }
+    StoreError::Database(e.to_string())
+}
+
+pub(crate) fn to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn from_sql(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Brings the database at `url` to this build's schema (what `outpost-cloud migrate`
+/// and every node's start do); returns its epoch.
+pub async fn create(url: &str) -> Result<Epoch, OpenError> {
+    let cfg = parse_url(url)?;
+    let mut client = connect(&cfg).await.map_err(|source| OpenError::Connect { target: describe(&cfg), source })?;
+    schema::migrate(&mut client, &uuid::Uuid::new_v4().to_string()).await?;
+    let row = client.query_one("SELECT value FROM meta WHERE key = 'epoch'", &[]).await.map_err(OpenError::Read)?;
+    Ok(Epoch(row.get(0)))
+}
+
+impl PgStore {
+    /// Connects to the database at `url`, migrates it if needed (safe when several nodes
+    /// start at once), and starts this node's writer, tail and listener.
+    pub async fn open(url: &str, opts: PgOptions, publisher: Arc<dyn Publisher>) -> Result<Self, OpenError> {
+        let cfg = parse_url(url)?;
+        let target = describe(&cfg);
+        let mut client = connect(&cfg).await.map_err(|source| OpenError::Connect { target: target.clone(), source })?;
+        schema::migrate(&mut client, &uuid::Uuid::new_v4().to_string()).await?;
+        let epoch: String =
+            client.query_one("SELECT value FROM meta WHERE key = 'epoch'", &[]).await.map_err(OpenError::Read)?.get(0);
+        let head: i64 = client.query_one("SELECT head FROM log_head", &[]).await.map_err(OpenError::Read)?.get(0);
+        let last_hlc: i64 =
+            client.query_one("SELECT coalesce(max(hlc), 0) FROM messages", &[]).await.map_err(OpenError::Read)?.get(0);
+        let rooms = reader::load_rooms(&client).await.map_err(OpenError::Read)?;
+        let (mark, list) = reader::load_revocations(&client).await.map_err(OpenError::Read)?;
+
+        let readers = opts.readers.max(1);
+        let manager =
+            Manager::from_config(cfg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool =
+            Pool::builder(manager).max_size(2 * readers + 2).build().map_err(|e| OpenError::Pool(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            opts: opts.clone(),
+            pool,
+            epoch: Epoch(epoch),
+            known_rooms: RwLock::new(rooms),
+            used_bytes: AtomicU64::new(0),
+            blob_bytes: AtomicU64::new(0),
+            excepts: Mutex::new(HashMap::new()),
+            revocations: tokio::sync::watch::Sender::new(Arc::new(list)),
+            revocation_mark: AtomicU64::new(mark),
+            device_reads: tokio::sync::Semaphore::new(readers),
+            peer_reads: tokio::sync::Semaphore::new(readers),
+        });
+        let stop = CancellationToken::new();
+        let head = from_sql(head);
+        let (head_tx, head_rx) = tokio::sync::watch::channel(head);
+        let (local_tx, local_rx) = mpsc::channel(64);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (tx, rx) = mpsc::channel(opts.max_batch);
+        let tail = tail::Tail::new(shared.clone(), publisher, head, head_tx);
+        let tasks = vec![
+            tokio::spawn(tail.run(local_rx, wake.clone(), stop.clone())),
+            tokio::spawn(tail::listen(cfg.clone(), wake, stop.clone())),
+            tokio::spawn(
+                writer::Writer::new(cfg, client, shared.clone(), rx, local_tx, outpost_shared::Hlc(from_sql(last_hlc)))
+                    .run(),
+            ),
+        ];
+        tracing::info!(database = %target, epoch = %shared.epoch, head, "PostgreSQL store open");
+        Ok(Self { shared, tx, head_rx, stop, tasks: Arc::new(Mutex::new(tasks)) })
+    }
+
+    /// Sends a command to the writer; false when it has stopped.
+    async fn send(&self, c: Command) -> bool {
+        self.tx.send(c).await.is_ok()
+    }
+
+    /// Sends a command that answers on `rx`.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(make(reply)).await {
+            return Err(StoreError::Closed);
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.shared.used_bytes.load(Ordering::Relaxed) + self.shared.blob_bytes.load(Ordering::Relaxed)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Command::Ping(tx)).await {
+            return Err(StoreError::Closed);
+        }
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Stop(tx)).await {
+            let _ = rx.await;
+        }
+        self.stop.cancel();
+        let tasks: Vec<_> = self.tasks.lock().map(|mut t| t.drain(..).collect()).unwrap_or_default();
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.shared.pool.close();
+    }
+}

@@ -1,0 +1,257 @@
+//! The PostgreSQL store against a private cluster: the backend-neutral conformance suite,
+//! and what only several nodes on one database can show — one order across nodes, live
+//! publication of other nodes' entries, idempotent imports from a hub connected to two
+//! nodes at once, migrations by nodes starting together, and writes that wait out a
+//! database restart.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use outpost_shared::frames::OutgoingMsg;
+use outpost_shared::uplink::batch::{Entry, WireMessage};
+use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
+use outpost_storage::conformance::Published;
+use outpost_storage::{AppendRequest, LinkStore, LogEntry, LogStore, Publisher};
+use outpost_store_postgres::testing::TestCluster;
+use outpost_store_postgres::{PgOptions, PgStore};
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn cluster() -> TestCluster {
+    ok(TestCluster::start())
+}
+
+static DB: AtomicU32 = AtomicU32::new(0);
+
+fn fresh_db(c: &TestCluster) -> String {
+    ok(c.create_database(&format!("outpost_{}", DB.fetch_add(1, Ordering::Relaxed))))
+}
+
+fn opts() -> PgOptions {
+    PgOptions { poll_interval: Duration::from_millis(200), ..PgOptions::default() }
+}
+
+async fn open(url: &str, publisher: Arc<dyn Publisher>) -> PgStore {
+    ok(PgStore::open(url, opts(), publisher).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_storage_conformance_suite() {
+    let c = cluster();
+    outpost_storage::conformance::check_all(|published| {
+        let url = fresh_db(&c);
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(open(&url, published)))
+    })
+    .await;
+}
+
+fn room(s: &str) -> RoomId {
+    ok(RoomId::new(s))
+}
+
+fn msg(room: &RoomId, n: u64) -> AppendRequest {
+    AppendRequest {
+        msg: OutgoingMsg {
+            id: MessageId(uuid::Uuid::now_v7()),
+            room: room.clone(),
+            kind: ok(MessageKind::new("chat")),
+            priority: Priority::Normal,
+            body: ok(Body::from_json(&format!("{{\"text\":\"message {n}\"}}"))),
+            seq: Seq(n),
+            reply_to: None,
+        },
+        from: ok(UserId::new("amina")),
+        device: ok(DeviceId::new("phone-1")),
+        at: 1_700_000_000_000 + n,
+        origin: None,
+    }
+}
+
+/// Records what a node's router got, and wakes whoever waits for a cursor.
+#[derive(Default)]
+struct Seen {
+    entries: std::sync::Mutex<Vec<LogEntry>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Publisher for Seen {
+    fn publish(&self, entry: LogEntry) {
+        if let Ok(mut v) = self.entries.lock() {
+            v.push(entry);
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+impl Seen {
+    fn cursors(&self) -> Vec<u64> {
+        self.entries.lock().map(|v| v.iter().map(|e| e.cursor.0).collect()).unwrap_or_default()
+    }
+
+    /// Waits (at most 10 s) until `cursor` was published.
+    async fn until(&self, cursor: u64) {
+        let wait = async {
+            loop {
+                let notified = self.changed.notified();
+                if self.cursors().contains(&cursor) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), wait).await.is_err() {
+            panic!("cursor {cursor} was not published within 10 s; published: {:?}", self.cursors());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_one_order_and_each_publishes_the_others_entries() {
+    let c = cluster();
+    let url = fresh_db(&c);
+    let (seen_a, seen_b) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
+    let a = open(&url, seen_a.clone()).await;
+    let b = open(&url, seen_b.clone()).await;
+    assert_eq!(LogStore::epoch(&a), LogStore::epoch(&b), "one database, one epoch");
+    let r = room("ward-1");
+    // Both nodes write at once.
+    let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+    let writes_a = async {
+        for n in 0..200 {
+            from_a.push(ok(a.append_wait(msg(&r, n)).await).cursor.0);
+        }
+    };
+    let writes_b = async {
+        for n in 0..200 {
+            from_b.push(ok(b.append_wait(msg(&r, 1000 + n)).await).cursor.0);
+        }
+    };
+    tokio::join!(writes_a, writes_b);
+    let last = *from_a.iter().chain(&from_b).max().unwrap_or(&0);
+    seen_a.until(last).await;
+    seen_b.until(last).await;
+    let mut all: Vec<u64> = from_a.iter().chain(&from_b).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 400, "every append got its own cursor");
+    for (name, seen) in [("a", &seen_a), ("b", &seen_b)] {
+        let got = seen.cursors();
+        assert_eq!(got, all, "node {name} published every entry of both nodes once, in cursor order");
+    }
+    // A page read on either node agrees with the order.
+    let (page, _) = ok(b.room_since(r.clone(), Cursor(0), 1000).await);
+    assert_eq!(page.iter().map(|p| p.cursor.0).collect::<Vec<_>>(), all);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+fn wire(room: &RoomId, cursor: u64) -> Entry {
+    Entry::Message(WireMessage {
+        cursor: Cursor(cursor),
+        id: MessageId(uuid::Uuid::now_v7()),
+        room: room.clone(),
+        kind: ok(MessageKind::new("chat")),
+        priority: Priority::Normal,
+        body: format!("{{\"text\":\"from the hub {cursor}\"}}"),
+        seq: Seq(cursor),
+        reply_to: None,
+        from: ok(UserId::new("hub-user")),
+        device: ok(DeviceId::new("phone-9")),
+        hlc: Hlc(cursor),
+        at: 1_700_000_000_000 + cursor,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_connected_to_two_nodes_at_once_is_imported_once() {
+    let c = cluster();
+    let url = fresh_db(&c);
+    let a = open(&url, Arc::new(Published::default())).await;
+    let b = open(&url, Arc::new(Published::default())).await;
+    let r = room("village-7");
+    let batches: Vec<Vec<Entry>> = (0..20).map(|i| (1..=50).map(|j| wire(&r, i * 50 + j)).collect()).collect();
+    // The same batches through both nodes at the same time (a failover while the old
+    // connection lingers).
+    let via = |s: PgStore, batches: Vec<Vec<Entry>>| async move {
+        let mut fresh = 0;
+        for (i, b) in batches.into_iter().enumerate() {
+            fresh += ok(s.import("hub-7", b, Cursor((i as u64 + 1) * 50)).await);
+        }
+        fresh
+    };
+    let (fa, fb) = tokio::join!(via(a.clone(), batches.clone()), via(b.clone(), batches.clone()));
+    assert_eq!(fa + fb, 1000, "each of the 1000 entries was new exactly once across the two nodes");
+    let (page, more) = ok(a.room_since(r.clone(), Cursor(0), 5000).await);
+    assert!(!more);
+    assert_eq!(page.len(), 1000, "every entry is stored once");
+    let hello = ok(b.peer_hello("hub-7", "", vec![r.clone()]).await);
+    assert_eq!(hello.recv_hwm, Cursor(1000), "the hub's resume point is the highest either node recorded");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_migrate_once() {
+    let c = cluster();
+    let url = fresh_db(&c);
+    let opens = (0..4).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { PgStore::open(&url, opts(), Arc::new(Published::default())).await })
+    });
+    let mut epochs = Vec::new();
+    for o in opens {
+        let s = ok(ok(o.await));
+        epochs.push(LogStore::epoch(&s));
+        s.shutdown().await;
+    }
+    assert!(epochs.windows(2).all(|w| w[0] == w[1]), "all four nodes see the one epoch: {epochs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_out_a_database_restart_and_nothing_is_lost() {
+    let c = cluster();
+    let url = fresh_db(&c);
+    let seen = Arc::new(Seen::default());
+    let s = open(&url, seen.clone()).await;
+    let r = room("ward-2");
+    let mut cursors = Vec::new();
+    for n in 0..50 {
+        cursors.push(ok(s.append_wait(msg(&r, n)).await).cursor.0);
+    }
+    ok(c.stop_immediately());
+    // While the database is down, a send fails or waits; it never reports success.
+    let during = tokio::time::timeout(Duration::from_secs(2), s.append_wait(msg(&r, 50))).await;
+    if let Ok(Ok(a)) = &during {
+        panic!("a send was acknowledged while the database was down: {a:?}");
+    }
+    ok(c.restart());
+    // The sender retries, as devices and hubs do, until the store takes it again.
+    let retried = msg(&r, 51);
+    let id = retried.msg.id;
+    let mut appended = None;
+    for _ in 0..100 {
+        let mut again = msg(&r, 51);
+        again.msg.id = id;
+        match tokio::time::timeout(Duration::from_secs(5), s.append_wait(again)).await {
+            Ok(Ok(a)) => {
+                appended = Some(a);
+                break;
+            }
+            _ => tokio::task::yield_now().await,
+        }
+    }
+    let a = appended.unwrap_or_else(|| panic!("the store did not recover after the restart:\n{}", c.log()));
+    cursors.push(a.cursor.0);
+    seen.until(a.cursor.0).await;
+    let (page, _) = ok(s.room_since(r.clone(), Cursor(0), 1000).await);
+    let stored: Vec<u64> = page.iter().map(|p| p.cursor.0).collect();
+    for c in &cursors {
+        assert!(stored.contains(c), "acknowledged cursor {c} survived the restart");
+    }
+    let ids: std::collections::HashSet<_> = page.iter().map(|p| p.msg.id).collect();
+    assert_eq!(ids.len(), page.len(), "nothing doubled");
+    s.shutdown().await;
+}
