@@ -95,11 +95,14 @@ impl Default for ServerConfig {
     }
 }
 
-/// The cloud's database is `DIR/data/cloud.db` (its identity's layout), so unlike a hub's
-/// this section has no `path`.
+/// The cloud's database: `DIR/data/cloud.db` (its identity's layout, SQLite, the embedded
+/// default), or the PostgreSQL database named by `database`, shared by every node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// `postgres://USER@HOST:PORT/DB`: run on PostgreSQL, as one of several nodes
+    /// (docs/scaling.md). Unset: SQLite in `DIR/data/cloud.db`.
+    pub database: Option<String>,
     /// Most bytes the database and the media files together may use. Past
     /// `quota_bytes - emergency_reserve_bytes` only emergency messages are accepted
     /// (`storage_full` for the rest).
@@ -116,6 +119,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         let hub = outpost_engine::config::StorageConfig::default();
         Self {
+            database: None,
             quota_bytes: hub.quota_bytes,
             emergency_reserve_bytes: hub.emergency_reserve_bytes,
             max_batch: hub.max_batch,
@@ -159,6 +163,18 @@ impl CloudConfig {
     /// `overrides` (the flags), then checks every value and the TLS files.
     pub fn load_with(dir: &Path, overrides: impl FnOnce(&mut CloudConfig)) -> Result<Self, ConfigError> {
         Self::load_from(dir, std::env::vars_os(), overrides)
+    }
+
+    /// The PostgreSQL database named by `cloud.toml` and the environment
+    /// (`storage.database`), for the one-shot commands, which need nothing else of the
+    /// configuration (a server's listen addresses may well be given as flags only).
+    pub fn database(dir: &Path) -> Result<Option<String>, ConfigError> {
+        let mut layered = Self::layers(dir).read(Some(&CloudConfig::default()), std::env::vars_os())?;
+        let storage: StorageConfig = layered.section("storage");
+        if !layered.problems.is_empty() {
+            return Err(ConfigError { problems: std::mem::take(&mut layered.problems) });
+        }
+        Ok(storage.database)
     }
 
     /// [`CloudConfig::load_with`] with the environment given.
@@ -213,6 +229,11 @@ impl CloudConfig {
         }
         p.extend(tls_pair_problem(s.tls_cert.is_some(), s.tls_key.is_some()));
         p.extend(self.storage.engine(PathBuf::new()).problems());
+        if let Some(url) = &self.storage.database
+            && let Err(e) = outpost_store_postgres::parse_url(url)
+        {
+            p.push(format!("storage.database: {e}"));
+        }
         p.extend(self.limits.problems());
         p.extend(self.security.problems());
         p.extend(self.media.problems());

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod database;
 pub mod enroll;
 pub mod identity;
 pub mod layout;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+use outpost_cloud::database::Database;
 use outpost_cloud::enroll::enroll_relay;
 use outpost_cloud::identity::parse_ttl;
 use outpost_cloud::{CloudConfig, CloudIdentity};
@@ -43,6 +44,20 @@ enum Cmd {
         /// The private key of --tls-cert (PEM).
         #[arg(long)]
         tls_key: Option<PathBuf>,
+        /// Run on this PostgreSQL database (postgres://USER@HOST:PORT/DB) as one of
+        /// several nodes; replaces `[storage] database`. Unset: SQLite in DIR/data.
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Move this cloud's SQLite database (DIR/data/cloud.db) into an empty PostgreSQL
+    /// database, keeping every cursor, mark and the epoch: hubs and doctors carry on
+    /// without a resync. Stop the cloud first; afterwards run it with --database.
+    Migrate {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The PostgreSQL database to move into (postgres://USER@HOST:PORT/DB).
+        #[arg(long)]
+        database: String,
     },
     /// Print a signed device token on stdout.
     Token {
@@ -59,6 +74,9 @@ enum Cmd {
         /// Lifetime, e.g. 30d, 12h, 15m or 90s.
         #[arg(long, default_value = "30d", value_parser = parse_ttl)]
         ttl: u64,
+        /// The cloud's PostgreSQL database, if it runs on one (else `[storage] database`).
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Write the enrollment bundle a relay needs to join this cloud.
     EnrollRelay {
@@ -79,6 +97,9 @@ enum Cmd {
         dir: PathBuf,
         #[command(flatten)]
         what: outpost_engine::cli::RevokeArgs,
+        /// The cloud's PostgreSQL database, if it runs on one (else `[storage] database`).
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Print the cloud's audit log as JSON lines (security events; no message contents).
     Audit {
@@ -86,6 +107,9 @@ enum Cmd {
         dir: PathBuf,
         #[command(flatten)]
         page: outpost_engine::cli::AuditArgs,
+        /// The cloud's PostgreSQL database, if it runs on one (else `[storage] database`).
+        #[arg(long)]
+        database: Option<String>,
     },
 }
 
@@ -96,7 +120,9 @@ fn now_secs() -> u64 {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cmd = match cli.cmd {
-        Cmd::Run { dir, ws, quic, tls_cert, tls_key } => return serve(dir, ws, quic, tls_cert, tls_key),
+        Cmd::Run { dir, ws, quic, tls_cert, tls_key, database } => {
+            return serve(dir, ws, quic, tls_cert, tls_key, database);
+        }
         other => other,
     };
     match run(cmd) {
@@ -117,6 +143,7 @@ fn serve(
     quic: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    database: Option<String>,
 ) -> ExitCode {
     outpost_engine::cli::init_tracing();
     let tls_flags = match (tls_cert, tls_key) {
@@ -138,6 +165,9 @@ fn serve(
         if let Some((cert, key)) = tls_flags {
             c.server.tls_cert = Some(cert);
             c.server.tls_key = Some(key);
+        }
+        if database.is_some() {
+            c.storage.database = database;
         }
     });
     // Both are checked before either is used, so one run lists everything to fix.
@@ -213,23 +243,44 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             let id = CloudIdentity::init(&dir)?;
             println!("created cloud {} in {}", id.cloud_id, dir.display());
         }
-        Cmd::Token { dir, user, role, rooms, ttl } => {
+        Cmd::Migrate { dir, database } => {
+            let id = CloudIdentity::load(&dir)?;
+            let from = id.layout.database();
+            if !from.exists() {
+                anyhow::bail!("{} does not exist: there is no SQLite cloud to move", from.display());
+            }
+            let moved = Database::block_on(outpost_store_postgres::from_sqlite::move_sqlite(&from, &database))??;
+            for (table, rows) in &moved.rows {
+                println!("{table}: {rows} rows");
+            }
+            println!(
+                "moved {} into PostgreSQL (epoch {}, head {}); run the cloud with --database",
+                from.display(),
+                moved.epoch,
+                moved.head
+            );
+            let detail = format!("SQLite database moved into PostgreSQL (head {})", moved.head);
+            Database::Postgres(database).record(&[], &[AuditEvent::new(AuditKind::Enrollment, detail).actor("cli")])?;
+        }
+        Cmd::Token { dir, user, role, rooms, ttl, database } => {
             let id = CloudIdentity::load(&dir)?;
             let token = id.issue_token(user.clone(), role, rooms.clone(), now_secs(), ttl)?;
             let claims = id.verifier().verify(&token, 0)?;
             let rooms: Vec<&str> = rooms.iter().map(RoomId::as_str).collect();
             let detail = format!("token {} for rooms [{}], expires {}", claims.jti, rooms.join(", "), claims.exp);
             let event = AuditEvent::new(AuditKind::TokenIssued, detail).actor(user.as_str()).role(role.as_str());
-            record(&id, &[event])?;
+            Database::of(&dir, &id, database)?.record(&[], &[event])?;
             println!("{token}");
         }
-        Cmd::Revoke { dir, what } => {
+        Cmd::Revoke { dir, what, database } => {
             let id = CloudIdentity::load(&dir)?;
-            println!("{}", outpost_engine::cli::revoke(&id.layout.database(), &id.verifier(), what)?);
+            let r = outpost_engine::cli::revocation(&id.verifier(), what)?;
+            let fresh = Database::of(&dir, &id, database)?.record(std::slice::from_ref(&r), &[])?;
+            println!("{}", outpost_engine::cli::revoked(&r, fresh));
         }
-        Cmd::Audit { dir, page } => {
+        Cmd::Audit { dir, page, database } => {
             let id = CloudIdentity::load(&dir)?;
-            outpost_engine::cli::print_audit(&id.layout.database(), &page)?;
+            outpost_engine::cli::write_audit(Database::of(&dir, &id, database)?.audit_page(page.after, page.limit)?)?;
         }
         Cmd::EnrollRelay { dir, relay, out, cloud_addr } => {
             let id = CloudIdentity::load(&dir)?;
@@ -252,10 +303,10 @@ fn absolute(path: PathBuf) -> PathBuf {
     std::path::absolute(&path).unwrap_or(path)
 }
 
-/// Appends audit events for a one-shot command to the cloud's database.
+/// Appends audit events for a one-shot command to the cloud's database (the one its
+/// configuration names).
 fn record(id: &CloudIdentity, events: &[AuditEvent]) -> anyhow::Result<()> {
-    let db = id.layout.database();
-    outpost_store_sqlite::security::record_offline(&db, &[], events, "cli", outpost_engine::clock::now_ms())?;
+    Database::of(&id.layout.dir, id, None)?.record(&[], events)?;
     Ok(())
 }
 

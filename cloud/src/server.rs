@@ -1,10 +1,10 @@
 //! `outpost-cloud run`: the hospital server.
 //!
 //! It embeds the same device-serving core as a hub (protocol v1 on `/ws` for doctors'
-//! browsers, SQLite store, live router), adds the QUIC endpoint relays connect to and
-//! the HTTP API for hospital systems, with the settings of [`crate::config`]. Storage is
-//! the SQLite store; the cloud reaches it only through `Store`'s methods, the seam where a
-//! PostgreSQL backend will go when one machine is not enough.
+//! browsers, store, live router), adds the QUIC endpoint relays connect to and the HTTP
+//! API for hospital systems, with the settings of [`crate::config`]. Storage is SQLite in
+//! `DIR/data/cloud.db` (one node), or PostgreSQL when `storage.database` names one: then
+//! this process is one of several stateless nodes on that database (docs/scaling.md).
 
 use std::net::SocketAddr;
 
@@ -14,6 +14,8 @@ use outpost_engine::lan_tls::LanTls;
 use outpost_engine::link::tls;
 use outpost_engine::server::{Core, RunError};
 use outpost_shared::bundle::encode_key;
+use outpost_storage::Storage;
+use outpost_store_postgres::{PgOptions, PgStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +32,8 @@ pub enum CloudRunError {
     Quic { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Postgres(#[from] outpost_store_postgres::OpenError),
 }
 
 /// What the engine runs with on the cloud: the settings of `cloud.toml` (defaults, file,
@@ -99,7 +103,39 @@ pub async fn run(
 ) -> Result<(), CloudRunError> {
     let engine = engine_config(config, id);
     let db = engine.storage.path.clone();
-    let mut core = Core::open(engine, &db)?;
+    match &config.storage.database {
+        None => serve(Core::open(engine, &db)?, id, ws, tls, quic, shutdown, on_ready).await,
+        Some(url) => {
+            let router = std::sync::Arc::new(outpost_engine::router::Router::new());
+            let store = PgStore::open(url, postgres_options(config), router.clone()).await?;
+            // Media files still go beside the node's directory (`DIR/data/media`).
+            serve(Core::new(engine, store, router, &db)?, id, ws, tls, quic, shutdown, on_ready).await
+        }
+    }
+}
+
+/// The PostgreSQL store's settings from `cloud.toml`.
+pub fn postgres_options(config: &CloudConfig) -> PgOptions {
+    PgOptions {
+        quota_bytes: config.storage.quota_bytes,
+        emergency_reserve_bytes: config.storage.emergency_reserve_bytes,
+        max_batch: config.storage.max_batch,
+        max_receipts_per_ack: config.limits.max_receipts_per_ack,
+        readers: config.storage.readers,
+        ..PgOptions::default()
+    }
+}
+
+/// Serves `core` (on either backend) with the relays' endpoint and the HTTP API.
+async fn serve<S: Storage>(
+    mut core: Core<S>,
+    id: &CloudIdentity,
+    ws: TcpListener,
+    tls: Option<LanTls>,
+    quic: quinn::Endpoint,
+    shutdown: CancellationToken,
+    on_ready: outpost_engine::server::OnReady,
+) -> Result<(), CloudRunError> {
     if let Some(tls) = tls {
         core = core.with_tls(tls);
     }

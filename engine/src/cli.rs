@@ -64,6 +64,16 @@ pub fn revoke(
     verifier: &outpost_shared::TokenVerifier,
     args: RevokeArgs,
 ) -> anyhow::Result<String> {
+    let r = revocation(verifier, args)?;
+    let fresh = outpost_store_sqlite::security::record_offline(db, std::slice::from_ref(&r), &[], "cli", r.at)?;
+    Ok(revoked(&r, fresh))
+}
+
+/// The revocation `args` ask for (a token's signature is checked first).
+pub fn revocation(
+    verifier: &outpost_shared::TokenVerifier,
+    args: RevokeArgs,
+) -> anyhow::Result<outpost_shared::Revocation> {
     use outpost_shared::{Revocation, Revoked};
     let now_ms = crate::clock::now_ms();
     let what = match (args.token, args.jti, args.user) {
@@ -77,13 +87,16 @@ pub fn revoke(
         (None, None, Some(user)) => Revoked::User { user: user.as_str().to_owned(), issued_before: now_ms / 1000 },
         _ => anyhow::bail!("name exactly one thing to revoke: --token TOKEN, --jti ID or --user USER"),
     };
-    let r = Revocation { what, reason: args.reason, at: now_ms };
-    let fresh = outpost_store_sqlite::security::record_offline(db, std::slice::from_ref(&r), &[], "cli", now_ms)?;
+    Ok(Revocation { what, reason: args.reason, at: now_ms })
+}
+
+/// The sentence for the operator once `r` was recorded (`fresh`: how many were new).
+pub fn revoked(r: &outpost_shared::Revocation, fresh: usize) -> String {
     let what = match &r.what {
-        Revoked::Token(jti) => format!("token {jti}"),
-        Revoked::User { user, .. } => format!("every token issued to {user} until now"),
+        outpost_shared::Revoked::Token(jti) => format!("token {jti}"),
+        outpost_shared::Revoked::User { user, .. } => format!("every token issued to {user} until now"),
     };
-    Ok(if fresh == 0 { format!("{what} was already revoked") } else { format!("revoked {what}") })
+    if fresh == 0 { format!("{what} was already revoked") } else { format!("revoked {what}") }
 }
 
 /// `audit`: which page of the log.
@@ -99,8 +112,13 @@ pub struct AuditArgs {
 
 /// Prints audit events of the database at `db` as JSON lines, oldest first.
 pub fn print_audit(db: &std::path::Path, args: &AuditArgs) -> anyhow::Result<()> {
+    let page = outpost_store_sqlite::security::read_offline(db, args.after, args.limit)?;
+    write_audit(page)
+}
+
+/// Prints a page of audit events as JSON lines, and on stderr where the next page starts.
+pub fn write_audit((events, more): (Vec<outpost_storage::AuditRecord>, bool)) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let (events, more) = outpost_store_sqlite::security::read_offline(db, args.after, args.limit)?;
     let mut out = std::io::stdout().lock();
     for e in &events {
         writeln!(out, "{}", serde_json::to_string(e)?)?;

@@ -23,9 +23,11 @@
 //! What is not here: SQL for anything but storage, and media bytes (files beside the
 //! node's directory; the metadata is in the database).
 
+pub mod from_sqlite;
 mod media;
 mod reader;
 mod schema;
+pub mod security;
 mod tail;
 #[cfg(feature = "test-cluster")]
 pub mod testing;
@@ -59,6 +61,8 @@ pub enum OpenError {
     Read(tokio_postgres::Error),
     #[error("cannot set up the connection pool: {0}")]
     Pool(String),
+    #[error(transparent)]
+    Write(StoreError),
 }
 
 /// Storage tuning taken from the cloud configuration.

@@ -72,6 +72,38 @@ pub(crate) async fn load_revocations(c: &impl GenericClient) -> Result<(u64, Rev
     Ok((mark, RevocationList::new(entries)))
 }
 
+/// Audit events after `after`, oldest first, and whether more follow.
+pub(crate) async fn audit_page(
+    c: &impl GenericClient,
+    after: u64,
+    limit: u32,
+) -> Result<(Vec<AuditRecord>, bool), StoreError> {
+    let rows = c
+        .query(
+            "SELECT seq, at, event, actor, role, device, peer, room, detail FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&to_sql(after), &(i64::from(limit) + 1)],
+        )
+        .await
+        .map_err(db)?;
+    let mut out: Vec<AuditRecord> = rows
+        .iter()
+        .map(|r| AuditRecord {
+            seq: from_sql(r.get(0)),
+            at: from_sql(r.get(1)),
+            event: r.get(2),
+            actor: r.get(3),
+            role: r.get(4),
+            device: r.get(5),
+            peer: r.get(6),
+            room: r.get(7),
+            detail: r.get(8),
+        })
+        .collect();
+    let more = out.len() > limit as usize;
+    out.truncate(limit as usize);
+    Ok((out, more))
+}
+
 /// Who a read is for; each lane has its own permits (as in the SQLite store).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Lane2 {
@@ -332,30 +364,7 @@ impl PgStore {
 
     pub(crate) async fn audit_page(&self, after: u64, limit: u32) -> Result<(Vec<AuditRecord>, bool), StoreError> {
         let (_permit, c) = self.reader(Lane2::Devices).await?;
-        let rows = c
-            .query(
-                "SELECT seq, at, event, actor, role, device, peer, room, detail FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
-                &[&to_sql(after), &(i64::from(limit) + 1)],
-            )
-            .await
-            .map_err(db)?;
-        let mut out: Vec<AuditRecord> = rows
-            .iter()
-            .map(|r| AuditRecord {
-                seq: from_sql(r.get(0)),
-                at: from_sql(r.get(1)),
-                event: r.get(2),
-                actor: r.get(3),
-                role: r.get(4),
-                device: r.get(5),
-                peer: r.get(6),
-                room: r.get(7),
-                detail: r.get(8),
-            })
-            .collect();
-        let more = out.len() > limit as usize;
-        out.truncate(limit as usize);
-        Ok((out, more))
+        audit_page(&**c, after, limit).await
     }
 
     /// Reloads the revocation list whenever its table changed — written by any node or a

@@ -269,7 +269,7 @@ impl Writer {
                         for r in &list {
                             if st.upsert_revocation(&tx, r).await? {
                                 fresh += 1;
-                                st.insert_audit(&tx, now_ms(), &revocation_event(r, &from)).await?;
+                                st.insert_audit(&tx, now_ms(), &crate::security::revocation_event(r, &from)).await?;
                             }
                         }
                         pending.push(Pending::Count(reply, fresh));
@@ -348,17 +348,6 @@ impl Writer {
             Err(e) => tracing::warn!(error = %e, "cannot read the database size"),
         }
     }
-}
-
-/// The audit row for a recorded revocation.
-pub(crate) fn revocation_event(r: &outpost_shared::Revocation, actor: &str) -> AuditEvent {
-    let what = match &r.what {
-        outpost_shared::Revoked::Token(jti) => format!("token {jti}"),
-        outpost_shared::Revoked::User { user, issued_before } => {
-            format!("tokens of {user} issued at or before {issued_before}")
-        }
-    };
-    AuditEvent::new(AuditKind::Revocation, format!("revoked {what}: {}", r.reason)).actor(actor)
 }
 
 type Params<'a> = [&'a (dyn ToSql + Sync)];
@@ -932,42 +921,16 @@ impl State {
     }
 
     async fn insert_audit(&mut self, tx: &Transaction<'_>, at: u64, e: &AuditEvent) -> Result<(), StoreError> {
-        self.exec(
-            tx,
-            "INSERT INTO audit (at, event, actor, role, device, peer, room, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[&to_sql(at), &e.kind.as_str(), &e.actor, &e.role, &e.device, &e.peer, &e.room, &e.detail],
-        )
-        .await?;
-        Ok(())
+        let s = self.prep(tx, crate::security::INSERT_AUDIT).await?;
+        crate::security::insert_audit(tx, &s, at, e).await
     }
 
-    /// Records `r` unless the table already holds it or a stronger entry.
     async fn upsert_revocation(
         &mut self,
         tx: &Transaction<'_>,
         r: &outpost_shared::Revocation,
     ) -> Result<bool, StoreError> {
-        let (kind, value) = r.key();
-        let existing = self
-            .query_opt(tx, "SELECT issued_before FROM revocations WHERE kind = $1 AND value = $2", &[&kind, &value])
-            .await?
-            .map(|row| from_sql(row.get(0)));
-        match existing {
-            Some(_) if kind == "token" => return Ok(false),
-            Some(before) if before >= r.issued_before() => return Ok(false),
-            Some(_) => {
-                // Replaced so the entry gets a new, larger `seq` (readers watch max(seq)).
-                self.exec(tx, "DELETE FROM revocations WHERE kind = $1 AND value = $2", &[&kind, &value]).await?;
-            }
-            None => {}
-        }
-        self.exec(
-            tx,
-            "INSERT INTO revocations (kind, value, issued_before, reason, at) VALUES ($1, $2, $3, $4, $5)",
-            &[&kind, &value, &to_sql(r.issued_before()), &r.reason, &to_sql(r.at)],
-        )
-        .await?;
-        Ok(true)
+        crate::security::upsert_revocation(tx, r).await
     }
 }
 

@@ -255,3 +255,107 @@ async fn writes_wait_out_a_database_restart_and_nothing_is_lost() {
     assert_eq!(ids.len(), page.len(), "nothing doubled");
     s.shutdown().await;
 }
+
+/// What devices, hubs and auditors see of a store: it must be the same before and after
+/// a move.
+#[derive(Debug, PartialEq)]
+struct Seen2 {
+    epoch: String,
+    head: u64,
+    replay: Vec<(u64, String)>,
+    hub: outpost_storage::PeerState,
+    audit: Vec<outpost_storage::AuditRecord>,
+    history: Vec<u64>,
+}
+
+async fn what_everyone_sees<S: LinkStore>(s: &S, r: &RoomId) -> Seen2 {
+    use outpost_storage::ReplayQuery;
+    let mut replay = Vec::new();
+    let mut after = Cursor(0);
+    loop {
+        let page = ok(s
+            .replay(ReplayQuery {
+                after,
+                rooms: vec![r.clone()].into(),
+                user: ok(UserId::new("amina")),
+                own_device: ok(DeviceId::new("tablet")),
+                own_visible_until: Cursor(u64::MAX),
+                limit: 100,
+                max_bytes: 1 << 20,
+            })
+            .await);
+        replay.extend(page.frames.iter().map(|(c, f)| (c.0, f.clone())));
+        after = page.scanned_to;
+        if page.done {
+            break;
+        }
+    }
+    let history = ok(s.history(r.clone(), None, 1000).await).messages.iter().map(|m| m.cursor.0).collect();
+    Seen2 {
+        epoch: s.epoch().0,
+        head: s.head().0,
+        replay,
+        hub: ok(s.peer_hello("hub-1", "hub-epoch", vec![]).await),
+        audit: ok(s.audit_page(0, 1000).await).0,
+        history,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_cloud_moves_into_postgres_and_everyone_resumes_where_they_were() {
+    use outpost_storage::SecurityStore;
+    let c = cluster();
+    let url = fresh_db(&c);
+    let dir = ok(tempfile::tempdir());
+    let path = dir.path().join("cloud.db");
+    let opts = outpost_store_sqlite::StoreOptions {
+        quota_bytes: 1 << 30,
+        emergency_reserve_bytes: 1 << 20,
+        max_batch: 1024,
+        max_receipts_per_ack: 1000,
+        readers: 2,
+    };
+    let lite = ok(outpost_store_sqlite::Store::open(&path, opts, Arc::new(Published::default())));
+    let r = room("ward-9");
+    ok(lite.peer_hello("hub-1", "hub-epoch", vec![r.clone()]).await);
+    for n in 0..300 {
+        ok(lite.append_wait(msg(&r, n)).await);
+    }
+    let batch: Vec<Entry> = (1..=200).map(|i| wire(&r, i)).collect();
+    assert_eq!(ok(lite.import("hub-1", batch, Cursor(200)).await), 200);
+    lite.peer_acked("hub-1", Cursor(150), vec![], 1_700_000_000_000).await;
+    // Another user's device holds the log: amina gets `delivered` receipts.
+    lite.ack(ok(DeviceId::new("phone-2")), ok(UserId::new("bob")), vec![r.clone()].into(), Cursor(250), 1).await;
+    let revoked = outpost_shared::Revocation {
+        what: outpost_shared::Revoked::Token("jti-1".into()),
+        reason: "lost phone".into(),
+        at: 1,
+    };
+    assert_eq!(ok(lite.apply_revocations("cli", vec![revoked]).await), 1);
+    ok(lite.audit_committed(outpost_storage::AuditEvent::new(outpost_storage::AuditKind::Login, "signed in")).await);
+    let before = what_everyone_sees(&lite, &r).await;
+    lite.shutdown().await;
+    assert!(before.replay.len() > 500, "messages and receipts to compare: {}", before.replay.len());
+
+    let moved = ok(outpost_store_postgres::from_sqlite::move_sqlite(&path, &url).await);
+    assert_eq!(moved.head, before.head);
+    let pg = open(&url, Arc::new(Published::default())).await;
+    let after = what_everyone_sees(&pg, &r).await;
+    assert_eq!(after.epoch, before.epoch, "devices resume within the same epoch");
+    assert_eq!(after.head, before.head);
+    assert_eq!(after.hub, before.hub, "the hub's marks: nothing is sent again, nothing is missed");
+    assert_eq!(after.audit, before.audit, "the audit log, with its sequence numbers");
+    assert_eq!(after.history, before.history);
+    assert_eq!(after.replay.len(), before.replay.len());
+    assert!(after.replay == before.replay, "a device's replay gets the same frames at the same cursors");
+    assert_eq!(pg.revocations().borrow().len(), 1, "the revocation list moved");
+    let next = ok(pg.append_wait(msg(&r, 999)).await);
+    assert!(next.cursor.0 > before.head, "new entries follow the moved log");
+    pg.shutdown().await;
+
+    let again = outpost_store_postgres::from_sqlite::move_sqlite(&path, &url).await;
+    assert!(
+        matches!(again, Err(outpost_store_postgres::from_sqlite::MoveError::NotEmpty(_))),
+        "a second move into the same database is refused: {again:?}"
+    );
+}

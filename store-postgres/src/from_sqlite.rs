@@ -1,0 +1,328 @@
+//! `outpost-cloud migrate`: moves a cloud's SQLite database into PostgreSQL.
+//!
+//! Everything is copied as it is — cursors, the epoch, what each hub holds and has sent
+//! (`peers`), devices' acknowledged marks, read marks, the audit log and revocations with
+//! their sequence numbers, media metadata — in one transaction, so hubs and doctors carry
+//! on from where they were without a resync, and a migration that fails leaves the target
+//! as it was. The target must hold no log yet; the cloud must be stopped meanwhile (the
+//! SQLite file is opened read-only, and a write after the copy would be left behind).
+
+use std::path::Path;
+
+use rusqlite::types::Value;
+use tokio_postgres::types::ToSql;
+
+use crate::{OpenError, connect, describe, parse_url, schema};
+
+/// The SQLite schema version this copies from (store-sqlite's current one).
+const SQLITE_VERSION: i64 = 4;
+/// Rows per INSERT.
+const CHUNK: usize = 5000;
+
+/// A column's type in transit.
+#[derive(Clone, Copy)]
+enum Ty {
+    Int,
+    Text,
+    Bytes,
+}
+
+/// One table: its name in both databases, and (SQLite column, PostgreSQL column, type).
+struct Table {
+    name: &'static str,
+    columns: &'static [(&'static str, &'static str, Ty)],
+}
+
+use Ty::{Bytes, Int, Text};
+
+const TABLES: &[Table] = &[
+    Table {
+        name: "messages",
+        columns: &[
+            ("cursor", "cursor", Int),
+            ("id", "id", Bytes),
+            ("room", "room", Text),
+            ("kind", "kind", Text),
+            ("priority", "priority", Int),
+            ("body", "body", Text),
+            ("seq", "seq", Int),
+            ("reply_to", "reply_to", Bytes),
+            ("sender", "sender", Text),
+            ("device", "device", Text),
+            ("hlc", "hlc", Int),
+            ("at", "at", Int),
+            ("origin_peer", "origin_peer", Text),
+        ],
+    },
+    Table {
+        name: "receipts",
+        columns: &[
+            ("cursor", "cursor", Int),
+            ("msg_id", "msg_id", Bytes),
+            ("state", "state", Text),
+            ("by_user", "by_user", Text),
+            ("target", "target", Text),
+            ("room", "room", Text),
+            ("at", "at", Int),
+            ("origin_peer", "origin_peer", Text),
+            ("msg_peer", "msg_peer", Text),
+        ],
+    },
+    Table {
+        name: "device_cursors",
+        columns: &[
+            ("user", "user_id", Text),
+            ("device", "device", Text),
+            ("acked", "acked", Int),
+            ("updated", "updated", Int),
+        ],
+    },
+    Table {
+        name: "read_marks",
+        columns: &[("user", "user_id", Text), ("room", "room", Text), ("cursor", "cursor", Int)],
+    },
+    Table { name: "rooms", columns: &[("room", "room", Text)] },
+    Table {
+        name: "peers",
+        columns: &[
+            ("peer", "peer", Text),
+            ("epoch", "epoch", Text),
+            ("sent_hwm", "sent_hwm", Int),
+            ("recv_hwm", "recv_hwm", Int),
+            ("last_contact", "last_contact", Int),
+        ],
+    },
+    Table { name: "peer_rooms", columns: &[("peer", "peer", Text), ("room", "room", Text)] },
+    Table {
+        name: "audit",
+        columns: &[
+            ("seq", "seq", Int),
+            ("at", "at", Int),
+            ("event", "event", Text),
+            ("actor", "actor", Text),
+            ("role", "role", Text),
+            ("device", "device", Text),
+            ("peer", "peer", Text),
+            ("room", "room", Text),
+            ("detail", "detail", Text),
+        ],
+    },
+    Table {
+        name: "revocations",
+        columns: &[
+            ("seq", "seq", Int),
+            ("kind", "kind", Text),
+            ("value", "value", Text),
+            ("issued_before", "issued_before", Int),
+            ("reason", "reason", Text),
+            ("at", "at", Int),
+        ],
+    },
+    Table {
+        name: "blobs",
+        columns: &[
+            ("sha256", "sha256", Bytes),
+            ("size", "size", Int),
+            ("mime", "mime", Text),
+            ("preview", "preview", Bytes),
+            ("width", "width", Int),
+            ("height", "height", Int),
+            ("origin", "origin", Text),
+            ("created", "created", Int),
+            ("evicted", "evicted", Int),
+        ],
+    },
+    Table {
+        name: "blob_owners",
+        columns: &[("sha256", "sha256", Bytes), ("user", "user_id", Text), ("at", "at", Int)],
+    },
+    Table {
+        name: "uploads",
+        columns: &[
+            ("owner", "owner", Text),
+            ("sha256", "sha256", Bytes),
+            ("size", "size", Int),
+            ("created", "created", Int),
+        ],
+    },
+    Table {
+        name: "media_refs",
+        columns: &[("cursor", "cursor", Int), ("sha256", "sha256", Bytes), ("room", "room", Text)],
+    },
+    Table { name: "blob_peers", columns: &[("sha256", "sha256", Bytes), ("peer", "peer", Text), ("at", "at", Int)] },
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("cannot read {path}: {source}")]
+    Sqlite { path: String, source: rusqlite::Error },
+    #[error(
+        "{path} is at schema version {found}; this build moves version {SQLITE_VERSION}: start the SQLite cloud once with this build (it upgrades its database), stop it, then migrate"
+    )]
+    Version { path: String, found: i64 },
+    #[error("the PostgreSQL database already holds a log ({0} messages); migrate only into a new, empty database")]
+    NotEmpty(i64),
+    #[error("copying {table} failed: {source}")]
+    Copy { table: &'static str, source: tokio_postgres::Error },
+}
+
+/// What was moved, per table.
+#[derive(Debug, Default)]
+pub struct Moved {
+    pub epoch: String,
+    pub head: u64,
+    pub rows: Vec<(&'static str, usize)>,
+}
+
+/// Copies the SQLite database at `sqlite` into the PostgreSQL database at `url`.
+pub async fn move_sqlite(sqlite: &Path, url: &str) -> Result<Moved, MoveError> {
+    let path = sqlite.display().to_string();
+    let lite = |source| MoveError::Sqlite { path: path.clone(), source };
+    let src =
+        rusqlite::Connection::open_with_flags(sqlite, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(lite)?;
+    let found: i64 = src.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(lite)?;
+    if found != SQLITE_VERSION {
+        return Err(MoveError::Version { path, found });
+    }
+    let epoch: String = src.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0)).map_err(lite)?;
+
+    let cfg = parse_url(url)?;
+    let mut client = connect(&cfg).await.map_err(|source| OpenError::Connect { target: describe(&cfg), source })?;
+    schema::migrate(&mut client, &epoch).await.map_err(OpenError::from)?;
+    let copy = |table| move |source| MoveError::Copy { table, source };
+    let tx = client.transaction().await.map_err(copy("log_head"))?;
+    // Nodes started too early wait here rather than write beside the copy.
+    tx.query_one("SELECT head FROM log_head FOR UPDATE", &[]).await.map_err(copy("log_head"))?;
+    let held: i64 = tx.query_one("SELECT count(*) FROM messages", &[]).await.map_err(copy("messages"))?.get(0);
+    if held > 0 {
+        return Err(MoveError::NotEmpty(held));
+    }
+    let mut moved = Moved { epoch: epoch.clone(), ..Moved::default() };
+    for t in TABLES {
+        let n = copy_table(&src, &tx, t).await.map_err(|e| match e {
+            Either::Lite(source) => MoveError::Sqlite { path: path.clone(), source },
+            Either::Pg(source) => MoveError::Copy { table: t.name, source },
+        })?;
+        moved.rows.push((t.name, n));
+    }
+    // The epoch is the SQLite cloud's: devices and hubs resume within it.
+    tx.execute("UPDATE meta SET value = $1 WHERE key = 'epoch'", &[&epoch]).await.map_err(copy("meta"))?;
+    let head: i64 = tx
+        .query_one(
+            "UPDATE log_head SET head = greatest(
+                 (SELECT coalesce(max(cursor), 0) FROM messages), (SELECT coalesce(max(cursor), 0) FROM receipts))
+             RETURNING head",
+            &[],
+        )
+        .await
+        .map_err(copy("log_head"))?
+        .get(0);
+    for table in ["audit", "revocations"] {
+        let sql = format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', 'seq'), (SELECT coalesce(max(seq), 0) + 1 FROM {table}), false)"
+        );
+        tx.execute(&sql, &[]).await.map_err(copy(table))?;
+    }
+    tx.commit().await.map_err(copy("commit"))?;
+    moved.head = u64::try_from(head).unwrap_or(0);
+    Ok(moved)
+}
+
+enum Either {
+    Lite(rusqlite::Error),
+    Pg(tokio_postgres::Error),
+}
+
+/// One column's values of a chunk, typed for an array parameter.
+enum Column {
+    Int(Vec<Option<i64>>),
+    Text(Vec<Option<String>>),
+    Bytes(Vec<Option<Vec<u8>>>),
+}
+
+impl Column {
+    fn new(ty: Ty) -> Self {
+        match ty {
+            Int => Self::Int(Vec::new()),
+            Text => Self::Text(Vec::new()),
+            Bytes => Self::Bytes(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, v: Value) {
+        match (self, v) {
+            (Self::Int(c), Value::Integer(i)) => c.push(Some(i)),
+            (Self::Text(c), Value::Text(s)) => c.push(Some(s)),
+            (Self::Bytes(c), Value::Blob(b)) => c.push(Some(b)),
+            (Self::Text(c), Value::Integer(i)) => c.push(Some(i.to_string())),
+            (Self::Bytes(c), Value::Text(s)) => c.push(Some(s.into_bytes())),
+            (Self::Int(c), _) => c.push(None),
+            (Self::Text(c), _) => c.push(None),
+            (Self::Bytes(c), _) => c.push(None),
+        }
+    }
+
+    fn param(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Self::Int(c) => c,
+            Self::Text(c) => c,
+            Self::Bytes(c) => c,
+        }
+    }
+
+    fn array_type(ty: Ty) -> &'static str {
+        match ty {
+            Int => "bigint[]",
+            Text => "text[]",
+            Bytes => "bytea[]",
+        }
+    }
+}
+
+async fn copy_table(
+    src: &rusqlite::Connection,
+    tx: &tokio_postgres::Transaction<'_>,
+    t: &Table,
+) -> Result<usize, Either> {
+    let select = format!(
+        "SELECT {} FROM \"{}\"",
+        t.columns.iter().map(|(c, _, _)| format!("\"{c}\"")).collect::<Vec<_>>().join(", "),
+        t.name
+    );
+    let targets = t.columns.iter().map(|(_, c, _)| *c).collect::<Vec<_>>().join(", ");
+    let arrays = t
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, ty))| format!("${}::{}", i + 1, Column::array_type(*ty)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert = format!("INSERT INTO {} ({targets}) SELECT * FROM unnest({arrays})", t.name);
+    let insert = tx.prepare(&insert).await.map_err(Either::Pg)?;
+    let mut stmt = src.prepare(&select).map_err(Either::Lite)?;
+    let mut rows = stmt.query([]).map_err(Either::Lite)?;
+    let mut total = 0;
+    loop {
+        let mut cols: Vec<Column> = t.columns.iter().map(|(_, _, ty)| Column::new(*ty)).collect();
+        let mut n = 0;
+        while n < CHUNK {
+            let Some(row) = rows.next().map_err(Either::Lite)? else { break };
+            for (i, col) in cols.iter_mut().enumerate() {
+                col.push(row.get::<_, Value>(i).map_err(Either::Lite)?);
+            }
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = cols.iter().map(Column::param).collect();
+        tx.execute(&insert, &params).await.map_err(Either::Pg)?;
+        total += n;
+        if n < CHUNK {
+            break;
+        }
+    }
+    Ok(total)
+}
