@@ -39,6 +39,8 @@ pub async fn check_all<S: LinkStore>(open: impl Fn(Arc<Published>) -> S) {
     appends_are_read_back_in_order_and_published(&open).await;
     a_message_id_is_stored_once_forever(&open).await;
     history_pages_back_from_a_cursor(&open).await;
+    events_follow_the_log_across_rooms(&open).await;
+    events_page_without_loss_or_repeats(&open).await;
     peer_imports_are_idempotent_and_the_resume_point_is_kept(&open).await;
     audit_events_are_kept_in_order(&open).await;
     revocations_are_recorded_once(&open).await;
@@ -128,6 +130,106 @@ pub async fn history_pages_back_from_a_cursor<S: LinkStore>(open: &impl Fn(Arc<P
     let older = store.history(room.clone(), Some(cursors[3]), 10).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(older.messages.iter().map(|p| p.cursor).collect::<Vec<_>>(), cursors[..3]);
     assert!(!older.more, "nothing before the first message");
+}
+
+/// Every page of `events` from `after` with `limit`, until one says there is no more.
+async fn all_events<S: LinkStore>(
+    store: &S,
+    rooms: Option<Arc<[RoomId]>>,
+    mut after: Cursor,
+    limit: u32,
+) -> Vec<(Cursor, MessageId)> {
+    let mut out = Vec::new();
+    loop {
+        let (page, more) = store.events(rooms.clone(), after, limit).await.unwrap_or_else(|e| panic!("events: {e}"));
+        assert!(page.len() <= limit as usize, "a page holds at most `limit` events");
+        assert!(page.first().is_none_or(|p| p.cursor > after), "a page starts after `after`");
+        out.extend(page.iter().map(|p| (p.cursor, p.msg.id)));
+        match page.last() {
+            Some(last) if more => after = last.cursor,
+            _ => {
+                assert!(!more, "a page that says there is more is not empty");
+                return out;
+            }
+        }
+    }
+}
+
+/// `events` reads the rooms asked for, and only those, in one order across them: the
+/// cursor order the appends were answered with.
+pub async fn events_follow_the_log_across_rooms<S: LinkStore>(open: &impl Fn(Arc<Published>) -> S) {
+    let store = open(Arc::new(Published::default()));
+    let (a, b, c) = (id("ward-a"), id("ward-b"), id("pharmacy"));
+    let mut all = Vec::new();
+    for (n, room) in [&a, &b, &c, &a, &a, &c, &b, &c, &c, &a].into_iter().enumerate() {
+        let mid = new_id();
+        let got = store.append_wait(append(room, n as u64, mid)).await.unwrap_or_else(|e| panic!("{e}"));
+        all.push((room.clone(), got.cursor, mid));
+    }
+    let of = |rooms: &[&RoomId]| -> Vec<(Cursor, MessageId)> {
+        all.iter().filter(|(r, ..)| rooms.contains(&r)).map(|(_, cursor, mid)| (*cursor, *mid)).collect()
+    };
+    let ab: Arc<[RoomId]> = Arc::from(vec![a.clone(), b.clone()]);
+    let (page, more) = store.events(Some(ab.clone()), Cursor(0), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!more);
+    let got: Vec<(Cursor, MessageId)> = page.iter().map(|p| (p.cursor, p.msg.id)).collect();
+    assert_eq!(got, of(&[&a, &b]), "both rooms' messages in cursor order, none of the third room's");
+    assert!(page.iter().all(|p| p.msg.room == a || p.msg.room == b));
+
+    let (page, _) = store.events(None, Cursor(0), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<(Cursor, MessageId)> = page.iter().map(|p| (p.cursor, p.msg.id)).collect();
+    assert_eq!(got, of(&[&a, &b, &c]), "no list: every room");
+
+    let twice: Arc<[RoomId]> = Arc::from(vec![b.clone(), a.clone(), b.clone()]);
+    let (page, _) = store.events(Some(twice), Cursor(0), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(page.len(), of(&[&a, &b]).len(), "a room named twice is read once");
+
+    let none: Arc<[RoomId]> = Arc::from(Vec::new());
+    let (page, more) = store.events(Some(none), Cursor(0), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(page.is_empty() && !more, "an empty list is no room");
+    let unknown: Arc<[RoomId]> = Arc::from(vec![id("nobody-here")]);
+    let (page, more) = store.events(Some(unknown), Cursor(0), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(page.is_empty() && !more, "a room without messages has no events");
+    let (page, more) = store.events(Some(ab), store.head(), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(page.is_empty() && !more, "nothing after the head");
+}
+
+/// Paging `events` by the last cursor of each page gives every message once, also when
+/// messages are appended between pages, and `more` is false exactly at the end.
+pub async fn events_page_without_loss_or_repeats<S: LinkStore>(open: &impl Fn(Arc<Published>) -> S) {
+    let store = open(Arc::new(Published::default()));
+    let rooms = [id("ward-a"), id("ward-b"), id("pharmacy")];
+    let read: Arc<[RoomId]> = Arc::from(vec![rooms[0].clone(), rooms[1].clone()]);
+    let mut expected = Vec::new();
+    let mut n = 0u64;
+    let mut add = async |count: usize, expected: &mut Vec<(Cursor, MessageId)>| {
+        for _ in 0..count {
+            let room = &rooms[(n % 3) as usize];
+            let mid = new_id();
+            let got = store.append_wait(append(room, n, mid)).await.unwrap_or_else(|e| panic!("{e}"));
+            if room != &rooms[2] {
+                expected.push((got.cursor, mid));
+            }
+            n += 1;
+        }
+    };
+    add(12, &mut expected).await;
+    // Exactly two pages of four (eight messages in the two rooms): the second says no more.
+    let (first, more) = store.events(Some(read.clone()), Cursor(0), 4).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(more && first.len() == 4);
+    let (second, more) =
+        store.events(Some(read.clone()), first[3].cursor, 4).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(second.len(), 4);
+    assert!(!more, "a page that ends at the last message says there is no more");
+    let mut got: Vec<(Cursor, MessageId)> = first.iter().chain(&second).map(|p| (p.cursor, p.msg.id)).collect();
+    assert_eq!(got, expected);
+    // New messages after the reader caught up are the next pages, from the same cursor.
+    add(9, &mut expected).await;
+    got.extend(all_events(&store, Some(read.clone()), second[3].cursor, 2).await);
+    assert_eq!(got, expected, "nothing lost, nothing twice");
+    for limit in [1, 3, 5, 100] {
+        assert_eq!(all_events(&store, Some(read.clone()), Cursor(0), limit).await, expected, "pages of {limit}");
+    }
 }
 
 fn wire(room: &RoomId, cursor: u64) -> Entry {

@@ -457,6 +457,17 @@ impl Store {
         self.on_reader(ReadLane::Devices, move |r| r.room_since(&room, after, limit)).await
     }
 
+    /// Messages after `after` in `rooms` (all rooms when `None`), in cursor order, and
+    /// whether there are more (see [`Readers::events`](reader::Readers) for the plan).
+    pub async fn events(
+        &self,
+        rooms: Option<Arc<[RoomId]>>,
+        after: Cursor,
+        limit: u32,
+    ) -> Result<(Vec<Positioned>, bool), StoreError> {
+        self.on_reader(ReadLane::Devices, move |r| r.events(rooms.as_deref(), after, limit)).await
+    }
+
     /// Resolves once the writer thread has completed a transaction (watchdog).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();

@@ -510,3 +510,57 @@ async fn passes_the_storage_conformance_suite() {
     })
     .await;
 }
+
+/// The events feed reads by the primary key (every room) or by `messages_room` (some
+/// rooms), never sorting a room's whole tail: in a log of 200,000 messages the ten of a
+/// rare room come back in order, and the plans say how they were found.
+#[tokio::test]
+async fn events_use_the_primary_key_or_the_room_index_and_never_sort() {
+    let dir = ok(tempfile::tempdir());
+    let path = dir.path().join("r.db");
+    let store = ok(Store::open(&path, opts(), Arc::new(Collect::default())));
+    {
+        let mut conn = ok(connect(&path, OpenFlags::default()));
+        let tx = ok(conn.transaction());
+        {
+            let mut insert = ok(tx.prepare(
+                "INSERT INTO messages (cursor, id, room, kind, priority, body, seq, sender, device, hlc, at)
+                 VALUES (?1, ?2, ?3, 'chat', 1, '{}', ?1, 'amina', 'phone', 0, 0)",
+            ));
+            for cursor in 1..=200_000i64 {
+                let room = if cursor % 20_000 == 0 { "rare".to_owned() } else { format!("busy-{}", cursor % 7) };
+                ok(insert.execute(rusqlite::params![cursor, uuid::Uuid::now_v7().as_bytes().as_slice(), room]));
+            }
+        }
+        ok(tx.commit());
+    }
+    let rare: Arc<[RoomId]> = Arc::from(vec![id("rare"), id("never-used")]);
+    let (page, more) = ok(store.events(Some(rare.clone()), Cursor(0), 5).await);
+    assert_eq!(page.iter().map(|p| p.cursor.0).collect::<Vec<_>>(), [20_000, 40_000, 60_000, 80_000, 100_000]);
+    assert!(more);
+    let (page, more) = ok(store.events(Some(rare), Cursor(100_000), 5).await);
+    assert_eq!(page.iter().map(|p| p.cursor.0).collect::<Vec<_>>(), [120_000, 140_000, 160_000, 180_000, 200_000]);
+    assert!(!more);
+    let (page, more) = ok(store.events(None, Cursor(199_998), 5).await);
+    assert_eq!(page.iter().map(|p| p.cursor.0).collect::<Vec<_>>(), [199_999, 200_000]);
+    assert!(!more);
+
+    let plans = ok(store
+        .read_with(|c| {
+            let plan = |sql: &str| -> Result<String, rusqlite::Error> {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let unbound = vec![rusqlite::types::Value::Null; stmt.parameter_count()];
+                let rows = stmt.query_map(rusqlite::params_from_iter(unbound), |r| r.get::<_, String>(3))?;
+                rows.collect::<Result<Vec<_>, _>>().map(|v| v.join("; "))
+            };
+            Ok((plan(&reader::events_all_sql())?, plan(&reader::events_room_sql())?))
+        })
+        .await);
+    let (all, room) = plans;
+    assert!(all.contains("USING INTEGER PRIMARY KEY (rowid>?)"), "{all}");
+    assert!(room.contains("USING INDEX messages_room (room=? AND cursor>?)"), "{room}");
+    for plan in [&all, &room] {
+        assert!(!plan.contains("TEMP B-TREE") && !plan.contains("SCAN"), "no sort, no full scan: {plan}");
+    }
+    store.shutdown().await;
+}
