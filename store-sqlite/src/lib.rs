@@ -13,6 +13,7 @@
 //! This module does not know about WebSockets or sessions beyond an opaque [`SessionId`]
 //! used to avoid echoing a message to the connection that sent it.
 
+mod hook;
 mod media;
 mod reader;
 mod schema;
@@ -32,9 +33,9 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 pub use outpost_storage::{
-    AppendRequest, Appended, Audience, AuditEvent, AuditKind, AuditRecord, Backlog, Forwarded, LinkStore, LogEntry,
-    LogStore, Outbound, OutboundQuery, PeerState, Publisher, Replay, ReplayQuery, Reply, SecurityStore, SessionId,
-    StoreError,
+    AppendRequest, Appended, Audience, AuditEvent, AuditKind, AuditRecord, Backlog, Forwarded, HookStore, LinkStore,
+    LogEntry, LogStore, Outbound, OutboundQuery, PeerState, Publisher, Replay, ReplayQuery, Reply, SecurityStore,
+    SessionId, StoreError,
 };
 pub use schema::{MIGRATIONS, MigrateError, current_version as schema_version};
 

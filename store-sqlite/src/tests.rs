@@ -5,6 +5,7 @@ use outpost_shared::{Body, Cursor, DeviceId, MessageId, MessageKind, Priority, R
 
 use super::*;
 use outpost_shared::uplink::batch::Lane;
+use outpost_storage::HookStore as _;
 
 #[derive(Default)]
 struct Collect(Mutex<Vec<LogEntry>>);
@@ -562,5 +563,24 @@ async fn events_use_the_primary_key_or_the_room_index_and_never_sort() {
     for plan in [&all, &room] {
         assert!(!plan.contains("TEMP B-TREE") && !plan.contains("SCAN"), "no sort, no full scan: {plan}");
     }
+    store.shutdown().await;
+}
+
+/// A webhook's position and lease are in the database: a restarted server resumes
+/// where the last one left off, and a lease still running is still held.
+#[tokio::test]
+async fn hook_positions_and_leases_survive_a_restart() {
+    let dir = ok(tempfile::tempdir());
+    let path = dir.path().join("cloud.db");
+    let store = ok(Store::open(&path, opts(), Arc::new(Collect::default())));
+    let now = 1_700_000_000_000;
+    assert!(ok(store.hook_lease("his", "node-a", now, 30_000).await));
+    assert!(ok(store.hook_advance("his", "node-a", Cursor(42)).await));
+    store.shutdown().await;
+
+    let store = ok(Store::open(&path, opts(), Arc::new(Collect::default())));
+    assert_eq!(ok(store.hook_position("his").await), Cursor(42));
+    assert!(!ok(store.hook_lease("his", "node-b", now + 1_000, 30_000).await), "the lease outlived the restart");
+    assert!(ok(store.hook_lease("his", "node-b", now + 30_000, 30_000).await));
     store.shutdown().await;
 }
