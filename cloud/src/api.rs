@@ -80,7 +80,10 @@ struct Since {
 /// A query string that does not parse (`after=yesterday`) is the caller's to fix, told
 /// in the API's own error shape rather than axum's plain text.
 fn bad_query(e: &QueryRejection) -> ApiError {
-    err(ErrorCode::BadFrame, format!("{}; after is a cursor (a number), limit a number up to {MAX_PAGE}", e.body_text()))
+    err(
+        ErrorCode::BadFrame,
+        format!("{}; after is a cursor (a number), limit a number up to {MAX_PAGE}", e.body_text()),
+    )
 }
 
 async fn read<S: Storage>(

@@ -1,8 +1,9 @@
 //! `outpost-cloud run`: the hospital server.
 //!
 //! It embeds the same device-serving core as a hub (protocol v1 on `/ws` for doctors'
-//! browsers, SQLite store, live router), adds the QUIC endpoint relays connect to and
-//! the HTTP API for hospital systems, with the settings of [`crate::config`]. Storage is
+//! browsers, SQLite store, live router), adds the QUIC endpoint relays connect to, the
+//! HTTP API for hospital systems and a delivery task per webhook, with the settings of
+//! [`crate::config`]. Storage is
 //! the SQLite store; the cloud reaches it only through `Store`'s methods, the seam where a
 //! PostgreSQL backend will go when one machine is not enough.
 
@@ -30,6 +31,8 @@ pub enum CloudRunError {
     Quic { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error("{0}")]
+    Webhook(String),
 }
 
 /// What the engine runs with on the cloud: the settings of `cloud.toml` (defaults, file,
@@ -106,6 +109,15 @@ pub async fn run(
     let relays =
         crate::relays::accept(quic, core.store.clone(), core.hub.blobs.clone(), id.cloud_id.clone(), core.stop_token());
     core.spawn("relay endpoint", relays);
+    if !config.webhooks.is_empty() {
+        let holder = crate::webhooks::holder_id();
+        for cfg in &config.webhooks {
+            let hook = crate::webhooks::Endpoint::from_config(cfg, &id.layout.dir).map_err(CloudRunError::Webhook)?;
+            tracing::info!(name = %hook.name, url = %cfg.url, %holder, "webhook configured");
+            let task = crate::webhooks::deliver(core.store.clone(), hook, holder.clone(), core.stop_token());
+            core.spawn("webhook", task);
+        }
+    }
     let app = core.routes().merge(crate::api::routes(core.hub.clone()));
     let result = core.serve(ws, app, shutdown, on_ready).await;
     tracing::info!("cloud stopped");

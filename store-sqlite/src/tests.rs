@@ -5,7 +5,6 @@ use outpost_shared::{Body, Cursor, DeviceId, MessageId, MessageKind, Priority, R
 
 use super::*;
 use outpost_shared::uplink::batch::Lane;
-use outpost_storage::HookStore as _;
 
 #[derive(Default)]
 struct Collect(Mutex<Vec<LogEntry>>);
