@@ -85,8 +85,11 @@ async fn take(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Sta
     status
 }
 
+/// A receiver's URL, how many requests it still refuses, and what it sees.
+type Receiving = (String, Arc<Mutex<u32>>, mpsc::UnboundedReceiver<Seen>);
+
 /// Starts a receiver that refuses its first `fail` requests; its URL and what it sees.
-async fn receiver(fail: u32) -> anyhow::Result<(String, Arc<Mutex<u32>>, mpsc::UnboundedReceiver<Seen>)> {
+async fn receiver(fail: u32) -> anyhow::Result<Receiving> {
     let (tx, rx) = mpsc::unbounded_channel();
     let fail = Arc::new(Mutex::new(fail));
     let app = axum::Router::new()
@@ -94,6 +97,54 @@ async fn receiver(fail: u32) -> anyhow::Result<(String, Arc<Mutex<u32>>, mpsc::U
         .with_state(Receiver { fail: fail.clone(), seen: tx });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, fail, rx))
+}
+
+/// A TLS listener for the receiver: the hospital system's HTTPS endpoint.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, peer)) = self.tcp.accept().await else { continue };
+            // A client that gives up on the certificate is the test's point, not an error.
+            if let Ok(tls) = self.tls.accept(tcp).await {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A receiver over HTTPS with a certificate for `localhost` issued by `ca`.
+async fn tls_receiver(ca: &outpost_tests::tls::TestCa) -> anyhow::Result<Receiving> {
+    use rustls_pki_types::pem::PemObject as _;
+    let issued = ca.issue(&["localhost"])?;
+    let certs =
+        rustls_pki_types::CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let fail = Arc::new(Mutex::new(0));
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(take))
+        .with_state(Receiver { fail: fail.clone(), seen: tx });
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("https://localhost:{}/hook", tcp.local_addr()?.port());
+    let listener = TlsListener { tcp, tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)) };
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((url, fail, rx))
 }
@@ -186,5 +237,36 @@ async fn every_event_arrives_signed_in_order_through_failures_and_a_dead_endpoin
     let (cursor, id) = post(&proc.http_base(), &lab, "ward-b", 99).await?;
     let s = next(&mut seen).await?;
     assert_eq!((s.cursor, s.id, s.answered), (cursor, id, 204), "resumed where it stopped");
+    Ok(())
+}
+
+/// An HTTPS endpoint whose certificate comes from the hospital's own CA: trusted through
+/// `ca_file`, and refused (nothing delivered, the failure counted) without it.
+#[tokio::test]
+async fn an_https_endpoint_is_trusted_through_its_ca_file_and_only_so() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let ca = outpost_tests::tls::TestCa::new("St Mary's IT")?;
+    std::fs::write(cloud.dir.join("hospital-ca.pem"), &ca.cert_pem)?;
+    let (url, _, mut seen) = tls_receiver(&ca).await?;
+    let (other_url, _, mut other_seen) = tls_receiver(&ca).await?;
+    cloud.configure(&format!(
+        "[[webhooks]]\nname = \"his\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\nca_file = \"hospital-ca.pem\"\n\n\
+         [[webhooks]]\nname = \"untrusted\"\nurl = \"{other_url}\"\nsecret = \"{SECRET}\"\n\
+         initial_backoff_ms = 60000\nmax_backoff_ms = 60000\n"
+    ))?;
+    let proc = cloud.start("127.0.0.1:0").await?;
+    let lab = cloud.token("lab", "doctor", &["ward-a"], "1h")?;
+    let (cursor, id) = post(&proc.http_base(), &lab, "ward-a", 1).await?;
+    let s = next(&mut seen).await?;
+    assert_eq!((s.cursor, s.id.as_str(), s.answered, s.signed), (cursor, id.as_str(), 204, true), "{s:?}");
+
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    while counter(&proc, "outpost_webhook_failures_total", "webhook=\"untrusted\"").await? < 1.0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the untrusted endpoint was never tried");
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(other_seen.try_recv().is_err(), "nothing reached an endpoint whose certificate is not trusted");
+    assert!(cloud.log().contains("invalid peer certificate"), "{}", cloud.log());
     Ok(())
 }
