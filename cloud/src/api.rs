@@ -1,5 +1,6 @@
 //! The HTTP API for hospital systems: post a message to a room, read a room since a
-//! cursor. Same tokens as devices (`Authorization: Bearer TOKEN`), same room rules; a
+//! cursor, read every room the token may read in one feed (the events API). Same tokens
+//! as devices (`Authorization: Bearer TOKEN`), same room rules; a
 //! post goes through the same checks as a device's `send` (`outpost_engine::submit`),
 //! with the send rate limit (`limits.rate_per_sec`, `limits.rate_burst`) counted per user
 //! across all of their API calls.
@@ -9,7 +10,12 @@
 //!      → 201 {"id", "cursor", "duplicate"}     (200 with duplicate: true for a re-post)
 //! GET  /api/rooms/{room}/messages?after=CURSOR&limit=N   (limit ≤ 500, default 100)
 //!      → 200 {"room", "messages": [{"cursor", "msg"}...], "next": CURSOR, "more": bool}
+//! GET  /api/events?after=CURSOR&limit=N                  (limit ≤ 500, default 100)
+//!      → 200 {"events": [{"cursor", "msg"}...], "next": CURSOR, "more": bool}
 //! ```
+//! The events API is the per-room GET over every room of the token that it may read
+//! (membership and the role rule for history, as for one room), in one cursor order:
+//! resuming with `after = next` misses nothing and repeats nothing.
 //! Errors are `{"code", "message"}` with the protocol's codes: 400 `bad_frame`,
 //! 401 `unauthenticated`/`token_expired`, 403 `forbidden`, 404 `unknown_room`,
 //! 413 `too_large`, 429 `rate_limited`, 507 `storage_full`, 500 `internal`.
@@ -20,6 +26,7 @@ use std::sync::Arc;
 use axum::Json;
 use std::net::SocketAddr;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -35,11 +42,18 @@ use outpost_shared::{
 use serde::Deserialize;
 use serde_json::json;
 
-/// Most messages one GET returns.
-const MAX_PAGE: u32 = 500;
+/// Most messages one GET returns: a page of 500 bodies of up to 64 KiB each is the
+/// most one request holds in memory (about 32 MiB at worst, far less in practice).
+pub const MAX_PAGE: u32 = 500;
+
+/// Messages one GET returns when it names no `limit`.
+pub const DEFAULT_PAGE: u32 = 100;
 
 pub fn routes<S: Storage>(hub: Arc<Hub<S>>) -> axum::Router {
-    axum::Router::new().route("/api/rooms/{room}/messages", get(read).post(post)).with_state(hub)
+    axum::Router::new()
+        .route("/api/rooms/{room}/messages", get(read).post(post))
+        .route("/api/events", get(events))
+        .with_state(hub)
 }
 
 /// Verifies the bearer token (as devices' tokens are verified) and the caller's right to
@@ -63,23 +77,79 @@ struct Since {
     limit: Option<u32>,
 }
 
+/// A query string that does not parse (`after=yesterday`) is the caller's to fix, told
+/// in the API's own error shape rather than axum's plain text.
+fn bad_query(e: &QueryRejection) -> ApiError {
+    err(
+        ErrorCode::BadFrame,
+        format!("{}; after is a cursor (a number), limit a number up to {MAX_PAGE}", e.body_text()),
+    )
+}
+
 async fn read<S: Storage>(
     State(hub): State<Arc<Hub<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(room): Path<String>,
-    Query(q): Query<Since>,
+    q: Result<Query<Since>, QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(&e).into_response(),
+    };
     let (_, room) = match authorize(&hub, &headers, peer, &room, |room| Action::History { room }).await {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
     let after = Cursor(q.after.unwrap_or(0));
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     match hub.store.room_since(room.clone(), after, limit).await {
         Ok((messages, more)) => {
             let next = messages.last().map_or(after, |m| m.cursor);
             Json(json!({"room": room, "messages": messages, "next": next, "more": more})).into_response()
+        }
+        Err(e) => err(e.code(), e.to_string()).into_response(),
+    }
+}
+
+/// `GET /api/events`: every message of the rooms the token may read, in cursor order.
+async fn events<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    q: Result<Query<Since>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(&e).into_response(),
+    };
+    let claims = match bearer(&hub, &headers, peer).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    // The per-room GET's rule, room by room: a token reads the rooms it is a member of
+    // if its role may read history. A role that may read none of them is refused (and
+    // audited) as the per-room GET refuses it.
+    let mut rooms = Vec::with_capacity(claims.rooms.len());
+    let mut refused = None;
+    for room in &claims.rooms {
+        match hub.authorize(&claims, Action::History { room }) {
+            Ok(()) => rooms.push(room.clone()),
+            Err(_) => refused = refused.or(Some(room)),
+        }
+    }
+    if rooms.is_empty()
+        && let Some(room) = refused
+        && let Err(e) = outpost_engine::api::authorize(&hub, &claims, Action::History { room }, peer).await
+    {
+        return e.into_response();
+    }
+    let after = Cursor(q.after.unwrap_or(0));
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    match hub.store.events(Some(Arc::from(rooms)), after, limit).await {
+        Ok((events, more)) => {
+            let next = events.last().map_or(after, |m| m.cursor);
+            Json(json!({"events": events, "next": next, "more": more})).into_response()
         }
         Err(e) => err(e.code(), e.to_string()).into_response(),
     }

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::Layout;
 
-/// The sections of `cloud.toml`.
-const SECTIONS: [&str; 6] = ["server", "storage", "limits", "media", "security", "policy"];
+/// The sections of `cloud.toml` (`webhooks` is a list of tables: `[[webhooks]]`).
+const SECTIONS: [&str; 7] = ["server", "storage", "limits", "media", "security", "policy", "webhooks"];
 
 /// The top-level key that is the cloud's identity, not a setting.
 const CLOUD_ID: &str = "cloud_id";
@@ -44,6 +44,10 @@ pub struct CloudConfig {
     pub security: SecurityConfig,
     /// Role rules for the doctors' listener and the HTTP API (docs/security.md).
     pub policy: outpost_shared::Policy,
+    /// Endpoints of hospital systems that get every message (of their rooms) POSTed to
+    /// them (docs/integration.md). None by default. Only in `cloud.toml`: a list of
+    /// tables has no form as environment variables.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl Default for CloudConfig {
@@ -56,6 +60,146 @@ impl Default for CloudConfig {
             media: MediaConfig { retention_days: 0, ..MediaConfig::default() },
             security: SecurityConfig::default(),
             policy: outpost_shared::Policy::default(),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// A webhook secret: kept out of `Debug` output (and so out of logs).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// The shortest secret accepted, in bytes: HMAC-SHA256 with a shorter key is open to a
+/// brute-force search of the key from one signed request.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// One `[[webhooks]]` entry: where to POST events, how to sign them, and how patiently.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Names the endpoint in the database (its delivery position), in logs, metrics and
+    /// the `X-Outpost-Webhook` header: 1 to 64 of `a-z 0-9 - _`, unique. Renaming an
+    /// endpoint starts it again from the beginning of the log.
+    pub name: String,
+    /// `http://` or `https://` URL events are POSTed to.
+    pub url: String,
+    /// The HMAC-SHA256 key requests are signed with (at least [`MIN_SECRET_BYTES`]).
+    /// Set this or `secret_file`, not both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
+    /// A file holding the secret (surrounding whitespace is ignored), relative to the
+    /// cloud directory: keeps the secret out of `cloud.toml`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// Only messages of these rooms; not set: every room's messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Vec<outpost_shared::RoomId>>,
+    /// For `https://`: trust only the CA certificates in this PEM file (a hospital's own
+    /// CA), relative to the cloud directory; not set: the system's trusted roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Longest wait for the TCP connection, ms.
+    pub connect_timeout_ms: u64,
+    /// Longest one attempt may take, connecting and the whole response included, ms.
+    pub request_timeout_ms: u64,
+    /// Wait after the first failed attempt, ms; it doubles with each failure in a row.
+    pub initial_backoff_ms: u64,
+    /// The longest wait between attempts, ms.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            url: String::new(),
+            secret: None,
+            secret_file: None,
+            rooms: None,
+            ca_file: None,
+            // A system on the hospital's network answers a connection at once; 5 s
+            // allows for a slow resolver without leaving a dead address long unnoticed.
+            connect_timeout_ms: 5_000,
+            // Receivers should answer before processing; 15 s allows for a slow one.
+            request_timeout_ms: 15_000,
+            initial_backoff_ms: 1_000,
+            // An endpoint down for hours is tried every 5 minutes, and is back in use
+            // at most that long after it returns.
+            max_backoff_ms: 300_000,
+        }
+    }
+}
+
+/// Whether `name` is usable as a webhook's name.
+fn is_hook_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl WebhookConfig {
+    /// What is wrong with the values of entry `i` (files are checked by [`Self::secret_bytes`]).
+    pub fn problems(&self, i: usize) -> Vec<String> {
+        let at = if self.name.is_empty() { format!("webhooks[{i}]") } else { format!("webhooks[{i}] ({})", self.name) };
+        let mut p = Vec::new();
+        if !is_hook_name(&self.name) {
+            p.push(format!("{at}: name = {:?} must be 1 to 64 of a-z, 0-9, - and _", self.name));
+        }
+        match self.url.parse::<axum::http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty()) => {}
+            _ => p.push(format!("{at}: url = {:?} is not an http:// or https:// URL with a host", self.url)),
+        }
+        match (&self.secret, &self.secret_file) {
+            (None, None) => p.push(format!("{at}: set secret (or secret_file): every request is signed with it")),
+            (Some(_), Some(_)) => p.push(format!("{at}: set secret or secret_file, not both")),
+            (Some(s), None) if s.0.len() < MIN_SECRET_BYTES => {
+                p.push(format!("{at}: secret must be at least {MIN_SECRET_BYTES} bytes long"));
+            }
+            _ => {}
+        }
+        if self.rooms.as_ref().is_some_and(Vec::is_empty) {
+            p.push(format!("{at}: rooms = [] would deliver nothing; leave rooms out for every room"));
+        }
+        for (key, v) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("initial_backoff_ms", self.initial_backoff_ms),
+        ] {
+            if v == 0 {
+                p.push(format!("{at}: {key} must be greater than 0"));
+            }
+        }
+        if self.max_backoff_ms < self.initial_backoff_ms {
+            p.push(format!("{at}: max_backoff_ms must not be less than initial_backoff_ms"));
+        }
+        p
+    }
+
+    /// The secret, from `secret` or from `secret_file` (relative to `dir`).
+    pub fn secret_bytes(&self, dir: &Path) -> Result<Vec<u8>, String> {
+        let name = &self.name;
+        match (&self.secret, &self.secret_file) {
+            (Some(s), _) => Ok(s.0.as_bytes().to_vec()),
+            (None, Some(file)) => {
+                let path = dir.join(file);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("webhooks ({name}): secret_file = {}: cannot read it: {e}", path.display()))?;
+                let secret = text.trim();
+                if secret.len() < MIN_SECRET_BYTES {
+                    return Err(format!(
+                        "webhooks ({name}): the secret in {} must be at least {MIN_SECRET_BYTES} bytes long",
+                        path.display()
+                    ));
+                }
+                Ok(secret.as_bytes().to_vec())
+            }
+            (None, None) => Err(format!("webhooks ({name}): no secret")),
         }
     }
 }
@@ -193,6 +337,7 @@ impl CloudConfig {
             media: layered.section("media"),
             security: layered.section("security"),
             policy: layered.section("policy"),
+            webhooks: layered.section("webhooks"),
         };
         let mut problems = std::mem::take(&mut layered.problems);
         if layered.from_env(CLOUD_ID) {
@@ -206,6 +351,19 @@ impl CloudConfig {
         // The files are read now too, so a bad certificate stops the cloud before it binds.
         if let Err(e) = cfg.tls(dir) {
             problems.push(e.to_string());
+        }
+        for hook in &cfg.webhooks {
+            if hook.secret.is_none()
+                && hook.secret_file.is_some()
+                && let Err(e) = hook.secret_bytes(dir)
+            {
+                problems.push(e);
+            }
+            if let Some(ca) = &hook.ca_file
+                && let Err(e) = crate::webhooks::client::load_ca(&dir.join(ca))
+            {
+                problems.push(format!("webhooks ({}): {e}", hook.name));
+            }
         }
         if problems.is_empty() { Ok(cfg) } else { Err(ConfigError { problems }) }
     }
@@ -237,6 +395,12 @@ impl CloudConfig {
         p.extend(self.limits.problems());
         p.extend(self.security.problems());
         p.extend(self.media.problems());
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            p.extend(hook.problems(i));
+            if self.webhooks[..i].iter().any(|h| h.name == hook.name) {
+                p.push(format!("webhooks[{i}]: name {:?} is used twice; each endpoint needs its own", hook.name));
+            }
+        }
         p
     }
 
@@ -297,6 +461,16 @@ pub fn new_file(cloud_id: &str) -> String {
             out.push_str("# address, e.g. \"0.0.0.0:4433\"; both unset by default, for --ws and --quic to give.)\n");
         }
     }
+    out.push_str(
+        "\n# Webhooks (none by default): every message of `rooms` (leave it out for every room)\n\
+         # POSTed to a hospital system, signed with the secret; see docs/integration.md.\n\
+         # Repeat the table for each endpoint.\n\
+         # [[webhooks]]\n\
+         # name = \"his\"\n\
+         # url = \"https://his.example.org/outpost/events\"\n\
+         # secret_file = \"keys/his.webhook-secret\"\n\
+         # rooms = [\"ward-3\"]\n",
+    );
     out
 }
 
@@ -465,5 +639,64 @@ mod tests {
         let cert = dir.path().join("tls/cloud.crt");
         let all = problems(dir.path(), &[]);
         assert!(all.contains(&format!("server.tls_cert = {}: cannot read it", cert.display())), "{all}");
+    }
+
+    #[test]
+    fn webhooks_come_from_the_file_with_their_defaults() {
+        let dir = dir_with(
+            "cloud_id = \"c\"\n\
+             [[webhooks]]\nname = \"his\"\nurl = \"https://his.example.org/outpost\"\nsecret = \"0123456789abcdef-his\"\n\
+             rooms = [\"ward-3\", \"alerts\"]\n\
+             [[webhooks]]\nname = \"lab\"\nurl = \"http://10.0.0.7:8080/events\"\nsecret_file = \"lab.secret\"\n\
+             initial_backoff_ms = 250\n",
+        );
+        std::fs::write(dir.path().join("lab.secret"), "  lab-secret-0123456789\n").unwrap_or_else(|e| panic!("{e}"));
+        let c = CloudConfig::load_from(dir.path(), env(&[]), listeners).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.webhooks.len(), 2);
+        let (his, lab) = (&c.webhooks[0], &c.webhooks[1]);
+        assert_eq!((his.name.as_str(), his.url.as_str()), ("his", "https://his.example.org/outpost"));
+        let rooms: Vec<&str> = his.rooms.iter().flatten().map(outpost_shared::RoomId::as_str).collect();
+        assert_eq!(rooms, ["ward-3", "alerts"]);
+        assert_eq!(lab.rooms, None, "no rooms: every room");
+        assert_eq!(lab.initial_backoff_ms, 250);
+        let d = WebhookConfig::default();
+        assert_eq!((lab.max_backoff_ms, lab.request_timeout_ms), (d.max_backoff_ms, d.request_timeout_ms));
+        assert_eq!(lab.secret_bytes(dir.path()).ok(), Some(b"lab-secret-0123456789".to_vec()), "trimmed");
+        assert!(!format!("{his:?}").contains("0123456789abcdef-his"), "the secret stays out of Debug output");
+        assert!(CloudConfig::default().webhooks.is_empty(), "none by default");
+    }
+
+    #[test]
+    fn every_webhook_problem_is_reported_at_once() {
+        let dir = dir_with(
+            "cloud_id = \"c\"\n\
+             [[webhooks]]\nname = \"His System\"\nurl = \"ftp://his\"\n\
+             [[webhooks]]\nname = \"lab\"\nurl = \"http://lab\"\nsecret = \"short\"\nrooms = []\n\
+             connect_timeout_ms = 0\ninitial_backoff_ms = 5000\nmax_backoff_ms = 1000\n\
+             [[webhooks]]\nname = \"lab\"\nurl = \"http://lab2\"\nsecret = \"0123456789abcdef\"\nsecret_file = \"x\"\n\
+             [[webhooks]]\nname = \"pharmacy\"\nurl = \"https://pharmacy\"\nsecret_file = \"missing.secret\"\n\
+             ca_file = \"missing.pem\"\n",
+        );
+        let all = problems(dir.path(), &[]);
+        for needle in [
+            "webhooks[0] (His System): name = \"His System\" must be 1 to 64 of a-z, 0-9, - and _",
+            "url = \"ftp://his\" is not an http:// or https:// URL with a host",
+            "webhooks[0] (His System): set secret (or secret_file)",
+            "webhooks[1] (lab): secret must be at least 16 bytes long",
+            "rooms = [] would deliver nothing",
+            "webhooks[1] (lab): connect_timeout_ms must be greater than 0",
+            "max_backoff_ms must not be less than initial_backoff_ms",
+            "webhooks[2] (lab): set secret or secret_file, not both",
+            "webhooks[2]: name \"lab\" is used twice",
+            "webhooks (pharmacy): secret_file = ",
+            "missing.pem: cannot read it",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from:\n{all}");
+        }
+        let dir = dir_with("cloud_id = \"c\"\n[[webhooks]]\nname = \"his\"\nurl = \"http://his\"\nsecrets = \"x\"\n");
+        assert!(problems(dir.path(), &[]).contains("unknown field `secrets`"));
+        let dir = dir_with("cloud_id = \"c\"\n");
+        let all = problems(dir.path(), &[("OUTPOST_CLOUD_WEBHOOKS", "http://his")]);
+        assert!(all.contains("[webhooks]"), "webhooks are not set from the environment: {all}");
     }
 }

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod layout;
 pub mod relays;
 pub mod server;
+pub mod webhooks;
 
 pub use config::CloudConfig;
 pub use identity::{CloudIdentity, IdentityError};

@@ -1,10 +1,11 @@
 //! `outpost-cloud run`: the hospital server.
 //!
 //! It embeds the same device-serving core as a hub (protocol v1 on `/ws` for doctors'
-//! browsers, store, live router), adds the QUIC endpoint relays connect to and the HTTP
-//! API for hospital systems, with the settings of [`crate::config`]. Storage is SQLite in
-//! `DIR/data/cloud.db` (one node), or PostgreSQL when `storage.database` names one: then
-//! this process is one of several stateless nodes on that database (docs/scaling.md).
+//! browsers, store, live router), adds the QUIC endpoint relays connect to, the HTTP API
+//! for hospital systems and a delivery task per webhook, with the settings of
+//! [`crate::config`]. Storage is SQLite in `DIR/data/cloud.db` (one node), or PostgreSQL
+//! when `storage.database` names one: then this process is one of several stateless
+//! nodes on that database (docs/scaling.md).
 
 use std::net::SocketAddr;
 
@@ -34,6 +35,8 @@ pub enum CloudRunError {
     Run(#[from] RunError),
     #[error(transparent)]
     Postgres(#[from] outpost_store_postgres::OpenError),
+    #[error("{0}")]
+    Webhook(String),
 }
 
 /// What the engine runs with on the cloud: the settings of `cloud.toml` (defaults, file,
@@ -104,12 +107,12 @@ pub async fn run(
     let engine = engine_config(config, id);
     let db = engine.storage.path.clone();
     match &config.storage.database {
-        None => serve(Core::open(engine, &db)?, id, ws, tls, quic, shutdown, on_ready).await,
+        None => serve(Core::open(engine, &db)?, id, config, ws, tls, quic, shutdown, on_ready).await,
         Some(url) => {
             let router = std::sync::Arc::new(outpost_engine::router::Router::new());
             let store = PgStore::open(url, postgres_options(config), router.clone()).await?;
             // Media files still go beside the node's directory (`DIR/data/media`).
-            serve(Core::new(engine, store, router, &db)?, id, ws, tls, quic, shutdown, on_ready).await
+            serve(Core::new(engine, store, router, &db)?, id, config, ws, tls, quic, shutdown, on_ready).await
         }
     }
 }
@@ -126,10 +129,14 @@ pub fn postgres_options(config: &CloudConfig) -> PgOptions {
     }
 }
 
-/// Serves `core` (on either backend) with the relays' endpoint and the HTTP API.
+/// Serves `core` (on either backend) with the relays' endpoint, the HTTP API and the
+/// webhooks.
+// The listeners and settings `run` was given, passed on as they are.
+#[allow(clippy::too_many_arguments)]
 async fn serve<S: Storage>(
     mut core: Core<S>,
     id: &CloudIdentity,
+    config: &CloudConfig,
     ws: TcpListener,
     tls: Option<LanTls>,
     quic: quinn::Endpoint,
@@ -142,6 +149,15 @@ async fn serve<S: Storage>(
     let relays =
         crate::relays::accept(quic, core.store.clone(), core.hub.blobs.clone(), id.cloud_id.clone(), core.stop_token());
     core.spawn("relay endpoint", relays);
+    if !config.webhooks.is_empty() {
+        let holder = crate::webhooks::holder_id();
+        for cfg in &config.webhooks {
+            let hook = crate::webhooks::Endpoint::from_config(cfg, &id.layout.dir).map_err(CloudRunError::Webhook)?;
+            tracing::info!(name = %hook.name, url = %cfg.url, %holder, "webhook configured");
+            let task = crate::webhooks::deliver(core.store.clone(), hook, holder.clone(), core.stop_token());
+            core.spawn("webhook", task);
+        }
+    }
     let app = core.routes().merge(crate::api::routes(core.hub.clone()));
     let result = core.serve(ws, app, shutdown, on_ready).await;
     tracing::info!("cloud stopped");

@@ -1,5 +1,6 @@
 //! The conformance suite every storage backend must pass: the contracts of
-//! [`LogStore`], [`SecurityStore`] and [`LinkStore`] checked through the traits alone, so
+//! [`LogStore`], [`SecurityStore`], [`LinkStore`] and [`HookStore`] checked through the
+//! traits alone, so
 //! the same checks run against SQLite today and any later backend.
 //!
 //! A backend's tests call [`check_all`] with a function that opens a fresh, empty store
@@ -14,7 +15,7 @@ use outpost_shared::frames::OutgoingMsg;
 use outpost_shared::uplink::batch::{Entry, WireMessage};
 use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, Revocation, RoomId, Seq, UserId};
 
-use crate::{AppendRequest, AuditEvent, AuditKind, LinkStore, LogEntry, Publisher};
+use crate::{AppendRequest, AuditEvent, AuditKind, HookStore, LinkStore, LogEntry, Publisher};
 
 /// Everything the backend published, in order.
 #[derive(Debug, Default)]
@@ -35,13 +36,17 @@ impl Published {
 }
 
 /// Runs every check, each on a fresh store from `open`.
-pub async fn check_all<S: LinkStore>(open: impl Fn(Arc<Published>) -> S) {
+pub async fn check_all<S: LinkStore + HookStore>(open: impl Fn(Arc<Published>) -> S) {
     appends_are_read_back_in_order_and_published(&open).await;
     a_message_id_is_stored_once_forever(&open).await;
     history_pages_back_from_a_cursor(&open).await;
+    events_follow_the_log_across_rooms(&open).await;
+    events_page_without_loss_or_repeats(&open).await;
     peer_imports_are_idempotent_and_the_resume_point_is_kept(&open).await;
     audit_events_are_kept_in_order(&open).await;
     revocations_are_recorded_once(&open).await;
+    a_hook_position_moves_forward_for_its_holder_and_survives(&open).await;
+    a_hook_lease_has_one_holder_until_it_expires(&open).await;
 }
 
 fn id(s: &str) -> RoomId {
@@ -130,6 +135,105 @@ pub async fn history_pages_back_from_a_cursor<S: LinkStore>(open: &impl Fn(Arc<P
     assert!(!older.more, "nothing before the first message");
 }
 
+/// Every page of `events` from `after` with `limit`, until one says there is no more.
+async fn all_events<S: LinkStore>(
+    store: &S,
+    rooms: Option<Arc<[RoomId]>>,
+    mut after: Cursor,
+    limit: u32,
+) -> Vec<(Cursor, MessageId)> {
+    let mut out = Vec::new();
+    loop {
+        let (page, more) = store.events(rooms.clone(), after, limit).await.unwrap_or_else(|e| panic!("events: {e}"));
+        assert!(page.len() <= limit as usize, "a page holds at most `limit` events");
+        assert!(page.first().is_none_or(|p| p.cursor > after), "a page starts after `after`");
+        out.extend(page.iter().map(|p| (p.cursor, p.msg.id)));
+        match page.last() {
+            Some(last) if more => after = last.cursor,
+            _ => {
+                assert!(!more, "a page that says there is more is not empty");
+                return out;
+            }
+        }
+    }
+}
+
+/// `events` reads the rooms asked for, and only those, in one order across them: the
+/// cursor order the appends were answered with.
+pub async fn events_follow_the_log_across_rooms<S: LinkStore>(open: &impl Fn(Arc<Published>) -> S) {
+    let store = open(Arc::new(Published::default()));
+    let (a, b, c) = (id("ward-a"), id("ward-b"), id("pharmacy"));
+    let mut all = Vec::new();
+    for (n, room) in [&a, &b, &c, &a, &a, &c, &b, &c, &c, &a].into_iter().enumerate() {
+        let mid = new_id();
+        let got = store.append_wait(append(room, n as u64, mid)).await.unwrap_or_else(|e| panic!("{e}"));
+        all.push((room.clone(), got.cursor, mid));
+    }
+    let of = |rooms: &[&RoomId]| -> Vec<(Cursor, MessageId)> {
+        all.iter().filter(|(r, ..)| rooms.contains(&r)).map(|(_, cursor, mid)| (*cursor, *mid)).collect()
+    };
+    let ab: Arc<[RoomId]> = Arc::from(vec![a.clone(), b.clone()]);
+    let (page, more) = store.events(Some(ab.clone()), Cursor(0), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!more);
+    let got: Vec<(Cursor, MessageId)> = page.iter().map(|p| (p.cursor, p.msg.id)).collect();
+    assert_eq!(got, of(&[&a, &b]), "both rooms' messages in cursor order, none of the third room's");
+    assert!(page.iter().all(|p| p.msg.room == a || p.msg.room == b));
+
+    let (page, _) = store.events(None, Cursor(0), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    let got: Vec<(Cursor, MessageId)> = page.iter().map(|p| (p.cursor, p.msg.id)).collect();
+    assert_eq!(got, of(&[&a, &b, &c]), "no list: every room");
+
+    let twice: Arc<[RoomId]> = Arc::from(vec![b.clone(), a.clone(), b.clone()]);
+    let (page, _) = store.events(Some(twice), Cursor(0), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(page.len(), of(&[&a, &b]).len(), "a room named twice is read once");
+
+    let none: Arc<[RoomId]> = Arc::from(Vec::new());
+    let (page, more) = store.events(Some(none), Cursor(0), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(page.is_empty() && !more, "an empty list is no room");
+    let unknown: Arc<[RoomId]> = Arc::from(vec![id("nobody-here")]);
+    let (page, more) = store.events(Some(unknown), Cursor(0), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(page.is_empty() && !more, "a room without messages has no events");
+    let (page, more) = store.events(Some(ab), store.head(), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(page.is_empty() && !more, "nothing after the head");
+}
+
+/// Paging `events` by the last cursor of each page gives every message once, also when
+/// messages are appended between pages, and `more` is false exactly at the end.
+pub async fn events_page_without_loss_or_repeats<S: LinkStore>(open: &impl Fn(Arc<Published>) -> S) {
+    let store = open(Arc::new(Published::default()));
+    let rooms = [id("ward-a"), id("ward-b"), id("pharmacy")];
+    let read: Arc<[RoomId]> = Arc::from(vec![rooms[0].clone(), rooms[1].clone()]);
+    let mut expected = Vec::new();
+    let mut n = 0u64;
+    let mut add = async |count: usize, expected: &mut Vec<(Cursor, MessageId)>| {
+        for _ in 0..count {
+            let room = &rooms[(n % 3) as usize];
+            let mid = new_id();
+            let got = store.append_wait(append(room, n, mid)).await.unwrap_or_else(|e| panic!("{e}"));
+            if room != &rooms[2] {
+                expected.push((got.cursor, mid));
+            }
+            n += 1;
+        }
+    };
+    add(12, &mut expected).await;
+    // Exactly two pages of four (eight messages in the two rooms): the second says no more.
+    let (first, more) = store.events(Some(read.clone()), Cursor(0), 4).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(more && first.len() == 4);
+    let (second, more) = store.events(Some(read.clone()), first[3].cursor, 4).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(second.len(), 4);
+    assert!(!more, "a page that ends at the last message says there is no more");
+    let mut got: Vec<(Cursor, MessageId)> = first.iter().chain(&second).map(|p| (p.cursor, p.msg.id)).collect();
+    assert_eq!(got, expected);
+    // New messages after the reader caught up are the next pages, from the same cursor.
+    add(9, &mut expected).await;
+    got.extend(all_events(&store, Some(read.clone()), second[3].cursor, 2).await);
+    assert_eq!(got, expected, "nothing lost, nothing twice");
+    for limit in [1, 3, 5, 100] {
+        assert_eq!(all_events(&store, Some(read.clone()), Cursor(0), limit).await, expected, "pages of {limit}");
+    }
+}
+
 fn wire(room: &RoomId, cursor: u64) -> Entry {
     Entry::Message(WireMessage {
         cursor: Cursor(cursor),
@@ -202,4 +306,67 @@ pub async fn revocations_are_recorded_once<S: LinkStore>(open: &impl Fn(Arc<Publ
     assert_eq!(fresh, 1);
     let again = store.apply_revocations("cloud", vec![entry]).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(again, 0, "the same revocation again is not new");
+}
+
+/// A webhook's position starts at 0, is moved only by the lease's holder, never moves
+/// back, is kept per endpoint, and is what a later handle on the same store reads.
+pub async fn a_hook_position_moves_forward_for_its_holder_and_survives<S: LinkStore + HookStore>(
+    open: &impl Fn(Arc<Published>) -> S,
+) {
+    let store = open(Arc::new(Published::default()));
+    let position = |name: &'static str| {
+        let store = store.clone();
+        async move { store.hook_position(name).await.unwrap_or_else(|e| panic!("{e}")) }
+    };
+    let now = 1_700_000_000_000;
+    assert_eq!(position("his").await, Cursor(0), "an endpoint never seen starts at the beginning");
+    assert!(store.hook_lease("his", "node-a", now, 30_000).await.unwrap_or_else(|e| panic!("{e}")));
+    assert!(store.hook_advance("his", "node-a", Cursor(7)).await.unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(position("his").await, Cursor(7));
+    assert!(store.hook_advance("his", "node-a", Cursor(3)).await.unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(position("his").await, Cursor(7), "a position never moves back");
+    let moved = store.hook_advance("his", "node-b", Cursor(20)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!moved, "only the lease's holder moves the position");
+    assert_eq!(position("his").await, Cursor(7));
+    assert!(!store.hook_advance("lab", "node-a", Cursor(5)).await.unwrap_or_else(|e| panic!("{e}")));
+    assert_eq!(position("lab").await, Cursor(0), "each endpoint has its own position");
+    // Another handle (another server on the same database) reads what was committed.
+    let other = store.clone();
+    assert_eq!(other.hook_position("his").await.unwrap_or_else(|e| panic!("{e}")), Cursor(7));
+}
+
+/// One holder at a time: a lease is refused to others until it expires, the holder
+/// renews it, another takes it over once it expired, the old holder is then refused and
+/// moves nothing, and a released lease is free at once.
+pub async fn a_hook_lease_has_one_holder_until_it_expires<S: LinkStore + HookStore>(
+    open: &impl Fn(Arc<Published>) -> S,
+) {
+    let store = open(Arc::new(Published::default()));
+    let lease = |holder: &'static str, now: u64| {
+        let store = store.clone();
+        async move { store.hook_lease("his", holder, now, 30_000).await.unwrap_or_else(|e| panic!("{e}")) }
+    };
+    let t0 = 1_700_000_000_000;
+    assert!(lease("node-a", t0).await, "a free lease is granted");
+    assert!(!lease("node-b", t0 + 1).await, "a held lease is refused to another");
+    assert!(!lease("node-b", t0 + 29_999).await, "still held just before the expiry");
+    assert!(lease("node-a", t0 + 20_000).await, "the holder renews it");
+    assert!(!lease("node-b", t0 + 30_000).await, "the renewal moved the expiry");
+    assert!(!lease("node-b", t0 + 49_999).await);
+    assert!(lease("node-b", t0 + 50_000).await, "another holder takes an expired lease");
+    assert!(!lease("node-a", t0 + 50_001).await, "the old holder lost it");
+    let moved = store.hook_advance("his", "node-a", Cursor(9)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!moved, "the old holder no longer moves the position");
+    assert!(store.hook_advance("his", "node-b", Cursor(9)).await.unwrap_or_else(|e| panic!("{e}")));
+    store.hook_release("his", "node-a").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!lease("node-c", t0 + 50_002).await, "releasing another's lease does nothing");
+    store.hook_release("his", "node-b").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(lease("node-c", t0 + 50_003).await, "a released lease is free at once");
+    assert_eq!(
+        store.hook_position("his").await.unwrap_or_else(|e| panic!("{e}")),
+        Cursor(9),
+        "a takeover keeps the position"
+    );
+    let other = store.hook_lease("lab", "node-a", t0 + 50_004, 30_000).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(other, "each endpoint has its own lease");
 }

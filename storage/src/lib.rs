@@ -13,6 +13,7 @@
 mod audit;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod hook;
 mod link;
 mod log;
 mod media;
@@ -21,12 +22,13 @@ mod security;
 mod types;
 
 pub use audit::{AuditEvent, AuditKind, AuditRecord};
+pub use hook::HookStore;
 pub use link::LinkStore;
 
-/// Everything the engine needs of one backend.
-pub trait Storage: LogStore + SecurityStore + MediaStore + LinkStore {}
+/// Everything the engine and the applications need of one backend.
+pub trait Storage: LogStore + SecurityStore + MediaStore + LinkStore + HookStore {}
 
-impl<T: LogStore + SecurityStore + MediaStore + LinkStore> Storage for T {}
+impl<T: LogStore + SecurityStore + MediaStore + LinkStore + HookStore> Storage for T {}
 pub use log::LogStore;
 pub use media::{BlobRecord, BlobSource, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionBasis};
 pub use query::{Backlog, Outbound, OutboundQuery, Replay, ReplayQuery};

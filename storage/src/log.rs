@@ -62,6 +62,19 @@ pub trait LogStore: Clone + Send + Sync + 'static {
         after: Cursor,
         limit: u32,
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send;
+    /// Messages after `after` in `rooms` (every room when `None`), in cursor order across
+    /// all of them, at most `limit`, and whether there are more: the feed of the events
+    /// API and of webhooks. Receipts are not events. A cursor is the commit order, so a
+    /// reader that resumes after the last cursor it was given misses nothing and gets
+    /// nothing twice: a backend never makes visible a message below a cursor it has
+    /// already shown. The cost must not grow with the log's length (a page near the head
+    /// of a log of millions reads about `limit` messages, plus one look-up per room).
+    fn events(
+        &self,
+        rooms: Option<Arc<[RoomId]>>,
+        after: Cursor,
+        limit: u32,
+    ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send;
     /// Resolves once the store has completed a transaction (a liveness check).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Commits everything queued and stops; later calls answer `StoreError::Closed`.

@@ -15,7 +15,7 @@ use tokio_postgres::types::ToSql;
 use crate::{OpenError, connect, describe, parse_url, schema};
 
 /// The SQLite schema version this copies from (store-sqlite's current one).
-const SQLITE_VERSION: i64 = 4;
+const SQLITE_VERSION: i64 = 5;
 /// Rows per INSERT.
 const CHUNK: usize = 5000;
 
@@ -150,6 +150,15 @@ const TABLES: &[Table] = &[
         columns: &[("cursor", "cursor", Int), ("sha256", "sha256", Bytes), ("room", "room", Text)],
     },
     Table { name: "blob_peers", columns: &[("sha256", "sha256", Bytes), ("peer", "peer", Text), ("at", "at", Int)] },
+    Table {
+        name: "hooks",
+        columns: &[
+            ("name", "name", Text),
+            ("position", "position", Int),
+            ("holder", "holder", Text),
+            ("lease_until", "lease_until", Int),
+        ],
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -20,17 +20,25 @@ fn blob_id(bytes: &[u8]) -> Option<BlobId> {
 }
 
 impl PgStore {
-    async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    pub(crate) async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         let (_permit, c) = self.reader(Lane2::Devices).await?;
         let stmt = c.prepare_cached(sql).await.map_err(db)?;
         c.query(&stmt, params).await.map_err(db)
     }
 
     async fn write(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), StoreError> {
+        self.write_count(sql, params).await.map(drop)
+    }
+
+    /// Runs one statement in a transaction of its own; answers the rows it changed.
+    pub(crate) async fn write_count(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
         let c = self.shared.pool.get().await.map_err(|e| StoreError::Database(e.to_string()))?;
         let stmt = c.prepare_cached(sql).await.map_err(db)?;
-        c.execute(&stmt, params).await.map_err(db)?;
-        Ok(())
+        c.execute(&stmt, params).await.map_err(db)
     }
 }
 

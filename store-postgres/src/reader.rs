@@ -224,6 +224,54 @@ impl PgStore {
         Ok((out, more))
     }
 
+    /// The events feed: messages after `after` in `rooms` (all when None), in cursor
+    /// order, never past what this node published (so a later page cannot show a cursor
+    /// below one already shown). For a list of rooms, each room's index is read for at
+    /// most `limit + 1` entries and the lists merged, so a page costs about
+    /// `rooms × limit` rows however long the log is.
+    pub(crate) async fn events(
+        &self,
+        rooms: Option<Arc<[RoomId]>>,
+        after: Cursor,
+        limit: u32,
+    ) -> Result<(Vec<Positioned>, bool), StoreError> {
+        let (_permit, c) = self.reader(Lane2::Devices).await?;
+        let head = to_sql(*self.head_rx.borrow());
+        let take = i64::from(limit) + 1;
+        let rows = match rooms {
+            None => {
+                let stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE cursor > $1 AND cursor <= $2 ORDER BY cursor LIMIT $3"
+                    ))
+                    .await
+                    .map_err(db)?;
+                c.query(&stmt, &[&to_sql(after.0), &head, &take]).await.map_err(db)?
+            }
+            Some(rooms) => {
+                let mut names: Vec<&str> = rooms.iter().map(RoomId::as_str).collect();
+                names.sort_unstable();
+                names.dedup();
+                let stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT m.* FROM unnest($4::text[]) AS r(room)
+                         CROSS JOIN LATERAL (
+                             SELECT {MESSAGE_COLUMNS} FROM messages
+                              WHERE room = r.room AND cursor > $1 AND cursor <= $2 ORDER BY cursor LIMIT $3
+                         ) m
+                         ORDER BY m.cursor LIMIT $3"
+                    ))
+                    .await
+                    .map_err(db)?;
+                c.query(&stmt, &[&to_sql(after.0), &head, &take, &names]).await.map_err(db)?
+            }
+        };
+        let mut out = rows.iter().map(|r| message_from_row(r, 0)).collect::<Result<Vec<_>, _>>()?;
+        let more = out.len() > limit as usize;
+        out.truncate(limit as usize);
+        Ok((out, more))
+    }
+
     pub(crate) async fn outbound(&self, q: OutboundQuery) -> Result<Outbound, StoreError> {
         let (_permit, mut c) = self.reader(Lane2::Peers).await?;
         // One snapshot for the page and the head, so "nothing more up to the head" is

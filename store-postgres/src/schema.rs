@@ -171,6 +171,16 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (sha256, peer)
     );
     ",
+    // 2: webhooks — each endpoint's delivery position and the lease that lets one node at
+    // a time deliver to it (SQLite's version 5).
+    r"
+    CREATE TABLE hooks (
+        name         TEXT PRIMARY KEY,
+        position     BIGINT NOT NULL DEFAULT 0,
+        holder       TEXT NOT NULL DEFAULT '',
+        lease_until  BIGINT NOT NULL DEFAULT 0
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -8,8 +8,8 @@ use outpost_shared::frames::{HistoryPage, Positioned};
 use outpost_shared::uplink::batch::Entry;
 use outpost_shared::{Claims, Cursor, DeviceId, Epoch, MessageId, Revocation, RevocationList, RoomId, UserId};
 use outpost_storage::{
-    AppendRequest, Appended, AuditEvent, AuditRecord, Backlog, Forwarded, LinkStore, LogStore, Outbound, OutboundQuery,
-    PeerState, Replay, ReplayQuery, Reply, SecurityStore, StoreError,
+    AppendRequest, Appended, AuditEvent, AuditRecord, Backlog, Forwarded, HookStore, LinkStore, LogStore, Outbound,
+    OutboundQuery, PeerState, Replay, ReplayQuery, Reply, SecurityStore, StoreError,
 };
 use tokio::sync::oneshot;
 
@@ -81,6 +81,14 @@ impl LogStore for PgStore {
         limit: u32,
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send {
         PgStore::room_since(self, room, after, limit)
+    }
+    fn events(
+        &self,
+        rooms: Option<Arc<[RoomId]>>,
+        after: Cursor,
+        limit: u32,
+    ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send {
+        PgStore::events(self, rooms, after, limit)
     }
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         PgStore::ping(self)
@@ -169,5 +177,43 @@ impl LinkStore for PgStore {
     fn backlog(&self, peer: &str) -> impl Future<Output = Result<Backlog, StoreError>> + Send {
         let peer = peer.to_owned();
         async move { PgStore::backlog(self, &peer).await }
+    }
+}
+
+/// Webhook positions and leases: single-row compare-and-set statements on pooled
+/// connections (no log cursor is touched, so they need not wait for the writer).
+impl HookStore for PgStore {
+    async fn hook_position(&self, name: &str) -> Result<Cursor, StoreError> {
+        let rows = self.rows("SELECT position FROM hooks WHERE name = $1", &[&name]).await?;
+        Ok(Cursor(rows.first().map_or(0, |r| crate::from_sql(r.get(0)))))
+    }
+
+    async fn hook_lease(&self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> Result<bool, StoreError> {
+        let until = crate::to_sql(now_ms.saturating_add(ttl_ms));
+        let n = self
+            .write_count(
+                "INSERT INTO hooks (name, holder, lease_until) VALUES ($1, $2, $4)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until
+                   WHERE hooks.holder = excluded.holder OR hooks.lease_until <= $3",
+                &[&name, &holder, &crate::to_sql(now_ms), &until],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn hook_advance(&self, name: &str, holder: &str, cursor: Cursor) -> Result<bool, StoreError> {
+        let n = self
+            .write_count(
+                "UPDATE hooks SET position = greatest(position, $3) WHERE name = $1 AND holder = $2",
+                &[&name, &holder, &crate::to_sql(cursor.0)],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn hook_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.write_count("UPDATE hooks SET lease_until = 0 WHERE name = $1 AND holder = $2", &[&name, &holder])
+            .await
+            .map(drop)
     }
 }

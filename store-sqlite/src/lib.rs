@@ -13,6 +13,7 @@
 //! This module does not know about WebSockets or sessions beyond an opaque [`SessionId`]
 //! used to avoid echoing a message to the connection that sent it.
 
+mod hook;
 mod media;
 mod reader;
 mod schema;
@@ -32,9 +33,9 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 pub use outpost_storage::{
-    AppendRequest, Appended, Audience, AuditEvent, AuditKind, AuditRecord, Backlog, Forwarded, LinkStore, LogEntry,
-    LogStore, Outbound, OutboundQuery, PeerState, Publisher, Replay, ReplayQuery, Reply, SecurityStore, SessionId,
-    StoreError,
+    AppendRequest, Appended, Audience, AuditEvent, AuditKind, AuditRecord, Backlog, Forwarded, HookStore, LinkStore,
+    LogEntry, LogStore, Outbound, OutboundQuery, PeerState, Publisher, Replay, ReplayQuery, Reply, SecurityStore,
+    SessionId, StoreError,
 };
 pub use schema::{MIGRATIONS, MigrateError, current_version as schema_version};
 
@@ -455,6 +456,17 @@ impl Store {
         limit: u32,
     ) -> Result<(Vec<Positioned>, bool), StoreError> {
         self.on_reader(ReadLane::Devices, move |r| r.room_since(&room, after, limit)).await
+    }
+
+    /// Messages after `after` in `rooms` (all rooms when `None`), in cursor order, and
+    /// whether there are more (see [`Readers::events`](reader::Readers) for the plan).
+    pub async fn events(
+        &self,
+        rooms: Option<Arc<[RoomId]>>,
+        after: Cursor,
+        limit: u32,
+    ) -> Result<(Vec<Positioned>, bool), StoreError> {
+        self.on_reader(ReadLane::Devices, move |r| r.events(rooms.as_deref(), after, limit)).await
     }
 
     /// Resolves once the writer thread has completed a transaction (watchdog).

@@ -287,6 +287,107 @@ impl Readers {
     }
 }
 
+/// The next message of one room's scan in [`Readers::events`], ordered by cursor alone.
+struct Head {
+    msg: Positioned,
+    scan: usize,
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.msg.cursor == other.msg.cursor
+    }
+}
+impl Eq for Head {}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.msg.cursor.cmp(&other.msg.cursor)
+    }
+}
+
+/// [`Readers::events`] for every room: the primary key's range from `after`.
+pub(crate) fn events_all_sql() -> String {
+    format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE cursor > ?1 ORDER BY cursor LIMIT ?2")
+}
+
+/// [`Readers::events`], one room's scan: `messages_room` from `after`.
+pub(crate) fn events_room_sql() -> String {
+    format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = ?1 AND cursor > ?2 ORDER BY cursor")
+}
+
+impl Readers {
+    /// Up to `limit` messages after `after` in `rooms` (every room when `None`), in
+    /// cursor order, and whether there are more.
+    ///
+    /// Every room: one range scan of the primary key from `after`. Some rooms: one scan
+    /// of `messages_room (room, cursor)` per room, all stepped together and merged by
+    /// cursor, so a page reads `limit + rooms` rows however long the log is and however
+    /// rare those rooms are in it. (`room IN (...) ORDER BY cursor` would either sort
+    /// every message of those rooms after `after` or walk the whole log past them.)
+    pub fn events(
+        &self,
+        rooms: Option<&[RoomId]>,
+        after: Cursor,
+        limit: u32,
+    ) -> Result<(Vec<Positioned>, bool), StoreError> {
+        let want = limit as usize + 1;
+        let after = i64::try_from(after.0).unwrap_or(i64::MAX);
+        self.with(|conn| {
+            let mut out = Vec::with_capacity(want.min(1024));
+            match rooms {
+                None => {
+                    let mut stmt = conn.prepare_cached(&events_all_sql())?;
+                    let mut rows = stmt.query(rusqlite::params![after, i64::from(limit) + 1])?;
+                    while let Some(r) = rows.next()? {
+                        out.push(message_from_row(r, 0)?);
+                    }
+                }
+                Some(rooms) => {
+                    let mut rooms: Vec<&str> = rooms.iter().map(RoomId::as_str).collect();
+                    rooms.sort_unstable();
+                    rooms.dedup();
+                    // One snapshot for every room's scan.
+                    let tx = conn.unchecked_transaction()?;
+                    {
+                        // A statement per room: each scan is stepped on its own.
+                        let sql = events_room_sql();
+                        let mut stmts = Vec::with_capacity(rooms.len());
+                        for _ in &rooms {
+                            stmts.push(tx.prepare(&sql)?);
+                        }
+                        let mut scans = Vec::with_capacity(rooms.len());
+                        for (stmt, room) in stmts.iter_mut().zip(&rooms) {
+                            scans.push(stmt.query(rusqlite::params![room, after])?);
+                        }
+                        let mut heads = std::collections::BinaryHeap::with_capacity(scans.len());
+                        for (scan, rows) in scans.iter_mut().enumerate() {
+                            if let Some(r) = rows.next()? {
+                                heads.push(std::cmp::Reverse(Head { msg: message_from_row(r, 0)?, scan }));
+                            }
+                        }
+                        while out.len() < want {
+                            let Some(std::cmp::Reverse(Head { msg, scan })) = heads.pop() else { break };
+                            out.push(msg);
+                            if let Some(r) = scans[scan].next()? {
+                                heads.push(std::cmp::Reverse(Head { msg: message_from_row(r, 0)?, scan }));
+                            }
+                        }
+                    }
+                    tx.commit()?;
+                }
+            }
+            let more = out.len() > limit as usize;
+            out.truncate(limit as usize);
+            Ok((out, more))
+        })
+    }
+}
+
 impl Readers {
     pub fn backlog(&self, peer: &str) -> Result<Backlog, StoreError> {
         self.with(|conn| {

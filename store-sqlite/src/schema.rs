@@ -193,6 +193,20 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (sha256, peer)
     ) WITHOUT ROWID;
     ",
+    // 5: webhooks — each endpoint's delivery position and the lease that lets one cloud
+    // server at a time deliver to it (a plain row changed by compare-and-set, so the
+    // same scheme works on any database several servers share).
+    "
+    CREATE TABLE hooks (
+        name         TEXT PRIMARY KEY,
+        -- Every message up to this cursor was delivered (acknowledged by the endpoint).
+        position     INTEGER NOT NULL DEFAULT 0,
+        -- The server delivering to the endpoint, and until when (ms since the Unix
+        -- epoch); a lease at or before now is free to take.
+        holder       TEXT NOT NULL DEFAULT '',
+        lease_until  INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -74,6 +74,14 @@ impl LogStore for Store {
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send {
         Store::room_since(self, room, after, limit)
     }
+    fn events(
+        &self,
+        rooms: Option<Arc<[RoomId]>>,
+        after: Cursor,
+        limit: u32,
+    ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send {
+        Store::events(self, rooms, after, limit)
+    }
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         Store::ping(self)
     }

@@ -1,7 +1,7 @@
 //! A minimal HTTP/1.1 client for the API tests (one request per connection).
 
 use anyhow::Context as _;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Sends `method path` to `base` (`http://host:port`) and returns (status, JSON body).
@@ -40,4 +40,38 @@ pub async fn request(
         body.to_owned()
     };
     Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
+}
+
+/// Posts a message to `room` over the HTTP API; returns its (cursor, id).
+pub async fn post_message(base: &str, token: &str, room: &str, text: &str) -> anyhow::Result<(u64, String)> {
+    let id = crate::new_id();
+    let body = json!({"id": id, "body": {"text": text}});
+    let (status, created) =
+        request(base, "POST", &format!("/api/rooms/{room}/messages"), Some(token), Some(&body)).await?;
+    anyhow::ensure!(status == 201, "post to {room}: {status} {created}");
+    let cursor = created["cursor"].as_u64().ok_or_else(|| anyhow::anyhow!("no cursor in {created}"))?;
+    Ok((cursor, id))
+}
+
+/// One page of events after `after`: ((cursor, id, room) of each, next, more).
+pub async fn events_page(
+    base: &str,
+    token: &str,
+    after: u64,
+    limit: u32,
+) -> anyhow::Result<(Vec<(u64, String, String)>, u64, bool)> {
+    let (status, v) =
+        request(base, "GET", &format!("/api/events?after={after}&limit={limit}"), Some(token), None).await?;
+    anyhow::ensure!(status == 200, "events after {after}: {status} {v}");
+    let events = v["events"].as_array().ok_or_else(|| anyhow::anyhow!("no events in {v}"))?;
+    let got = events
+        .iter()
+        .map(|e| {
+            let s = |x: &Value| x.as_str().unwrap_or_default().to_owned();
+            (e["cursor"].as_u64().unwrap_or(0), s(&e["msg"]["id"]), s(&e["msg"]["room"]))
+        })
+        .collect();
+    let next = v["next"].as_u64().ok_or_else(|| anyhow::anyhow!("no next in {v}"))?;
+    let more = v["more"].as_bool().ok_or_else(|| anyhow::anyhow!("no more in {v}"))?;
+    Ok((got, next, more))
 }

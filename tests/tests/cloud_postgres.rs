@@ -222,3 +222,56 @@ async fn an_sqlite_cloud_moved_into_postgres_carries_on_without_a_resync() -> an
     assert_eq!(ids, expected);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_feed_is_one_order_across_nodes_and_a_node_restart() -> anyhow::Result<()> {
+    use outpost_tests::http::{events_page, post_message};
+    let (_pg, url) = cluster()?;
+    let tmp = tempfile::tempdir()?;
+    let cloud = cloud_on(&tmp.path().join("cloud"), &url)?;
+    let mut node_a = cloud.start("127.0.0.1:0").await?;
+    let node_b = cloud.start("127.0.0.1:0").await?;
+    let lab = cloud.token("lab", "doctor", &["ward-a", "ward-b"], "1h")?;
+    let his = cloud.token("his", "doctor", &["ward-a", "ward-b"], "1h")?;
+
+    // Two writers at once, one per node, into two rooms.
+    let (base_a, base_b) = (node_a.http_base(), node_b.http_base());
+    let writes = |base: String, room: &'static str| {
+        let lab = lab.clone();
+        async move {
+            let mut ids = Vec::new();
+            for n in 0..20 {
+                ids.push(post_message(&base, &lab, room, &format!("{room} {n}")).await?.1);
+            }
+            anyhow::Ok(ids)
+        }
+    };
+    let (a, b) = tokio::join!(writes(base_a.clone(), "ward-a"), writes(base_b.clone(), "ward-b"));
+    let posted: HashSet<String> = a?.into_iter().chain(b?).collect();
+
+    // A hospital system pages through whichever node answers; node A dies and returns
+    // in the middle.
+    let mut got = Vec::new();
+    let (first, mut next, _) = events_page(&base_a, &his, 0, 7).await?;
+    got.extend(first);
+    node_a.kill9().await?;
+    let (second, n2, _) = events_page(&base_b, &his, next, 7).await?;
+    got.extend(second);
+    next = n2;
+    let node_a = cloud.start("127.0.0.1:0").await?;
+    let base_a = node_a.http_base();
+    let mut more = true;
+    let mut turn = 0;
+    while more {
+        let base = if turn % 2 == 0 { &base_a } else { &base_b };
+        let (page, n, m) = events_page(base, &his, next, 7).await?;
+        got.extend(page);
+        (next, more, turn) = (n, m, turn + 1);
+    }
+    let cursors: Vec<u64> = got.iter().map(|(c, _, _)| *c).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "one increasing order across pages and nodes: {cursors:?}");
+    let ids: HashSet<String> = got.iter().map(|(_, id, _)| id.clone()).collect();
+    assert_eq!(ids.len(), got.len(), "nothing twice");
+    assert_eq!(ids, posted, "every message of both nodes, once");
+    Ok(())
+}
