@@ -30,6 +30,7 @@
 //! This is a measuring tool, not a test: nothing here asserts on timings.
 
 mod baseline;
+mod cloud;
 mod goals;
 mod hub;
 mod load;
@@ -149,6 +150,15 @@ pub struct Args {
     /// setting changes.
     #[arg(long, default_value_t = 2)]
     pub malloc_arena_max: usize,
+    /// Cloud: simulated hubs sending batches at once.
+    #[arg(long, default_value_t = 1000)]
+    pub cloud_hubs: usize,
+    /// Cloud: entries (messages and receipts) per hub batch.
+    #[arg(long, default_value_t = 50)]
+    pub cloud_batch: usize,
+    /// Cloud: batches per hub and repetition (default 4, or 1 with --quick).
+    #[arg(long)]
+    pub cloud_batches: Option<usize>,
     /// Also write the report to FILE.
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
@@ -175,6 +185,10 @@ pub enum Phase {
     /// A 5 MB photo hub → cloud over the `--presets` links: time to preview and to the
     /// full photo, bytes on the link (module `media`). Not in the default set.
     Media,
+    /// The cloud's ingest on PostgreSQL (one node, two nodes) against SQLite and raw
+    /// batched INSERTs, and delivery to a doctor on another node at `--rate` (module
+    /// `cloud`; starts a private PostgreSQL cluster). Only when named (not in `all`).
+    Cloud,
     /// Every phase above, in the order hub, uplink, media, peers, and a first table with
     /// every goal measured (about 50 minutes; `--quick` for a smoke run of all of them).
     All,
@@ -250,6 +264,11 @@ async fn main() -> anyhow::Result<()> {
     if args.runs(Phase::Media) {
         let runs = media::run(&args, &tmp).await?;
         sections.push(goals::Section { text: media::markdown(&args, &command, &machine, &runs), rows: Vec::new() });
+    }
+    // Only when named: `all` keeps to the hub's and the link's goals (and its time).
+    if args.phases.contains(&Phase::Cloud) {
+        let run = cloud::run(&args, &tmp).await?;
+        sections.push(cloud::markdown(&args, &command, &machine, &run));
     }
     if args.runs(Phase::Peers) {
         let (reps, versions, elapsed) = peers::run(&args, &tmp).await?;

@@ -100,6 +100,13 @@ pub struct MachineTimes {
 }
 
 impl MachineTimes {
+    /// Busy and iowait shares of all cores since `earlier`, in %.
+    pub fn busy_iowait_since(&self, earlier: &Self) -> (f64, f64) {
+        let total = self.total.saturating_sub(earlier.total).max(1) as f64;
+        let share = |now: u64, then: u64| now.saturating_sub(then) as f64 * 100.0 / total;
+        (share(self.busy, earlier.busy), share(self.iowait, earlier.iowait))
+    }
+
     pub fn read() -> Self {
         let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
             return Self::default();

@@ -139,6 +139,19 @@ impl TestCluster {
         self.start_server()
     }
 
+    /// The postmaster's process id (for measuring the server's CPU), while it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        let pid = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        pid.lines().next()?.trim().parse().ok()
+    }
+
+    /// The server's version line, e.g. "PostgreSQL 15.18".
+    pub fn version(&self) -> Option<String> {
+        let out = Command::new(self.bin.join("postgres")).arg("--version").output().ok()?;
+        let v = String::from_utf8_lossy(&out.stdout);
+        Some(v.trim().trim_start_matches("postgres (").replace(") ", " "))
+    }
+
     /// The server's log (for a failing test's message).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.root.path().join("server.log")).unwrap_or_default()
