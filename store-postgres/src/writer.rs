@@ -198,6 +198,8 @@ impl Writer {
         let mut entries: Vec<LogEntry> = Vec::new();
         let mut new_rooms: Vec<RoomId> = Vec::new();
         let mut excepts: Vec<u64> = Vec::new();
+        let mut imports: Vec<(String, Vec<Entry>, Cursor)> = Vec::new();
+        let mut import_replies: Vec<oneshot::Sender<Result<usize, StoreError>>> = Vec::new();
         let st = &mut self.st;
         let outcome: Result<(u64, u64), StoreError> = async {
             let tx = self.client.transaction().await.map_err(db)?;
@@ -235,14 +237,10 @@ impl Writer {
                             st.note_room(&tx, &r, &mut new_rooms).await?;
                         }
                     }
+                    // Hubs' batches are applied together after the rest (see `import`).
                     Command::Import { peer, entries: batch, peer_hwm, reply } => {
-                        match st.import(&tx, &peer, batch, peer_hwm, &mut entries, &mut new_rooms).await {
-                            Ok(n) => pending.push(Pending::Count(reply, n)),
-                            Err(e) => {
-                                pending.push(Pending::Count(reply, 0));
-                                return Err(e);
-                            }
-                        }
+                        imports.push((peer, batch, peer_hwm));
+                        import_replies.push(reply);
                     }
                     Command::PeerAcked { peer, sent_hwm, forwarded, at } => {
                         st.peer_acked(&tx, &peer, sent_hwm, forwarded, at, &mut entries).await?;
@@ -278,6 +276,19 @@ impl Writer {
                     Command::Stop(_) => {}
                 }
             }
+            if !imports.is_empty() {
+                match st.import(&tx, std::mem::take(&mut imports), &mut entries, &mut new_rooms).await {
+                    Ok(fresh) => {
+                        for (reply, n) in import_replies.drain(..).zip(fresh) {
+                            pending.push(Pending::Count(reply, n));
+                        }
+                    }
+                    Err(e) => {
+                        pending.extend(import_replies.drain(..).map(|r| Pending::Count(r, 0)));
+                        return Err(e);
+                    }
+                }
+            }
             let through = st.next_cursor - 1;
             if through > base {
                 tx.execute("UPDATE log_head SET head = $1", &[&to_sql(through)]).await.map_err(db)?;
@@ -299,6 +310,7 @@ impl Writer {
                 // Publish before answering: once a sender holds `stored`, every online
                 // member (on every node that has caught up) has the message queued.
                 if through > base {
+                    entries.sort_by_key(|e| e.cursor);
                     let (done, published) = oneshot::channel();
                     let commit = LocalCommit { base, through, entries, done };
                     if self.local.send(commit).await.is_ok() {
@@ -331,6 +343,10 @@ impl Writer {
                 };
                 for p in pending {
                     p.finish(Some(&err));
+                }
+                // Batches the transaction failed before reaching.
+                for reply in import_replies {
+                    let _ = reply.send(Err(err.clone()));
                 }
             }
         }
@@ -707,73 +723,83 @@ impl State {
         Ok(true)
     }
 
-    /// Applies a batch from `peer`: every message in one statement and every receipt in
-    /// another (a hub's batch holds hundreds of entries; a statement per entry would be a
-    /// network round trip each). Entries already held are skipped by the unique indexes,
-    /// so a batch replayed after a reconnect, or by a hub connected to two nodes at once,
-    /// changes nothing. The cursors of skipped entries stay unused (cursors are strictly
-    /// increasing, not dense).
+    /// Applies hubs' batches: every message of all of them in one statement and every
+    /// receipt in another (a group holds hundreds of batches of hundreds of entries; a
+    /// statement per entry, or per batch, would be a network round trip each). Entries
+    /// already held are skipped by the unique indexes, so a batch replayed after a
+    /// reconnect, or by a hub connected to two nodes at once, changes nothing. The
+    /// cursors of skipped entries stay unused (cursors are strictly increasing, not
+    /// dense). Answers how many entries of each batch were new.
     async fn import(
         &mut self,
         tx: &Transaction<'_>,
-        peer: &str,
-        batch: Vec<Entry>,
-        peer_hwm: Cursor,
+        batches: Vec<(String, Vec<Entry>, Cursor)>,
         log: &mut Vec<LogEntry>,
         new_rooms: &mut Vec<RoomId>,
-    ) -> Result<usize, StoreError> {
-        let mut messages: Vec<(u64, MessageBody)> = Vec::new();
-        let mut receipts: Vec<(u64, WireReceipt)> = Vec::new();
-        for e in batch {
-            match e {
-                Entry::Message(m) => {
-                    let (id, hlc) = (m.id, m.hlc);
-                    let Ok(msg) = WireMessage::into_stored(m) else {
-                        tracing::error!(peer, %id, "a peer sent a message whose body is not JSON; skipped");
-                        continue;
-                    };
-                    self.clock.observe(hlc, now_ms());
-                    messages.push((self.take_cursor(), msg));
+    ) -> Result<Vec<usize>, StoreError> {
+        // (cursor, batch) of each entry; a batch's cursors are one range, in order.
+        let mut messages: Vec<(u64, usize, MessageBody)> = Vec::new();
+        let mut receipts: Vec<(u64, usize, WireReceipt)> = Vec::new();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut hwms: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        let mut peer_names: Vec<String> = Vec::with_capacity(batches.len());
+        for (b, (peer, batch, hwm)) in batches.into_iter().enumerate() {
+            let first = self.next_cursor;
+            for e in batch {
+                match e {
+                    Entry::Message(m) => {
+                        let (id, hlc) = (m.id, m.hlc);
+                        let Ok(msg) = WireMessage::into_stored(m) else {
+                            tracing::error!(peer, %id, "a peer sent a message whose body is not JSON; skipped");
+                            continue;
+                        };
+                        self.clock.observe(hlc, now_ms());
+                        messages.push((self.take_cursor(), b, msg));
+                    }
+                    Entry::Receipt(r) => receipts.push((self.take_cursor(), b, r)),
                 }
-                Entry::Receipt(r) => receipts.push((self.take_cursor(), r)),
             }
+            ranges.push((first, self.next_cursor));
+            let mark = hwms.entry(peer.clone()).or_default();
+            *mark = (*mark).max(hwm.0);
+            peer_names.push(peer);
         }
-        let mut fresh = 0;
+        let peer_of = |b: usize| peer_names[b].as_str();
+        let mut fresh_cursors: Vec<u64> = Vec::new();
         if !messages.is_empty() {
-            let cursors: Vec<i64> = messages.iter().map(|(c, _)| to_sql(*c)).collect();
-            let ids: Vec<&[u8]> = messages.iter().map(|(_, m)| m.id.as_bytes().as_slice()).collect();
-            let rooms: Vec<&str> = messages.iter().map(|(_, m)| m.room.as_str()).collect();
-            let kinds: Vec<&str> = messages.iter().map(|(_, m)| m.kind.as_str()).collect();
-            let prios: Vec<i16> = messages.iter().map(|(_, m)| i16::from(m.priority.as_u8())).collect();
-            let bodies: Vec<&str> = messages.iter().map(|(_, m)| m.body.as_str()).collect();
-            let seqs: Vec<i64> = messages.iter().map(|(_, m)| to_sql(m.seq.0)).collect();
+            let cursors: Vec<i64> = messages.iter().map(|(c, _, _)| to_sql(*c)).collect();
+            let ids: Vec<&[u8]> = messages.iter().map(|(_, _, m)| m.id.as_bytes().as_slice()).collect();
+            let rooms: Vec<&str> = messages.iter().map(|(_, _, m)| m.room.as_str()).collect();
+            let kinds: Vec<&str> = messages.iter().map(|(_, _, m)| m.kind.as_str()).collect();
+            let prios: Vec<i16> = messages.iter().map(|(_, _, m)| i16::from(m.priority.as_u8())).collect();
+            let bodies: Vec<&str> = messages.iter().map(|(_, _, m)| m.body.as_str()).collect();
+            let seqs: Vec<i64> = messages.iter().map(|(_, _, m)| to_sql(m.seq.0)).collect();
             let replies: Vec<Option<Vec<u8>>> =
-                messages.iter().map(|(_, m)| m.reply_to.map(|r| r.as_bytes().to_vec())).collect();
-            let senders: Vec<&str> = messages.iter().map(|(_, m)| m.from.as_str()).collect();
-            let devices: Vec<&str> = messages.iter().map(|(_, m)| m.device.as_str()).collect();
-            let hlcs: Vec<i64> = messages.iter().map(|(_, m)| to_sql(m.hlc.0)).collect();
-            let ats: Vec<i64> = messages.iter().map(|(_, m)| to_sql(m.at)).collect();
+                messages.iter().map(|(_, _, m)| m.reply_to.map(|r| r.as_bytes().to_vec())).collect();
+            let senders: Vec<&str> = messages.iter().map(|(_, _, m)| m.from.as_str()).collect();
+            let devices: Vec<&str> = messages.iter().map(|(_, _, m)| m.device.as_str()).collect();
+            let hlcs: Vec<i64> = messages.iter().map(|(_, _, m)| to_sql(m.hlc.0)).collect();
+            let ats: Vec<i64> = messages.iter().map(|(_, _, m)| to_sql(m.at)).collect();
+            let peers: Vec<&str> = messages.iter().map(|(_, b, _)| peer_of(*b)).collect();
             let rows = self
                 .query(
                     tx,
                     "INSERT INTO messages (cursor, id, room, kind, priority, body, seq, reply_to, sender, device, hlc, at, origin_peer)
-                     SELECT c, i, r, k, p, b, s, rt, se, d, h, a, $13
-                       FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::smallint[], $6::text[],
-                                   $7::bigint[], $8::bytea[], $9::text[], $10::text[], $11::bigint[], $12::bigint[])
-                            AS u(c, i, r, k, p, b, s, rt, se, d, h, a)
+                     SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::smallint[], $6::text[],
+                                          $7::bigint[], $8::bytea[], $9::text[], $10::text[], $11::bigint[], $12::bigint[],
+                                          $13::text[])
                      ON CONFLICT (id) DO NOTHING
                      RETURNING cursor",
                     &[
                         &cursors, &ids, &rooms, &kinds, &prios, &bodies, &seqs, &replies, &senders, &devices, &hlcs, &ats,
-                        &peer,
+                        &peers,
                     ],
                 )
                 .await?;
             let mut inserted: Vec<u64> = rows.iter().map(|r| from_sql(r.get(0))).collect();
             inserted.sort_unstable();
-            fresh += inserted.len();
             let mut refs: (Vec<i64>, Vec<Vec<u8>>, Vec<String>) = Default::default();
-            for (cursor, m) in messages {
+            for (cursor, _, m) in messages {
                 if inserted.binary_search(&cursor).is_err() {
                     continue;
                 }
@@ -785,6 +811,7 @@ impl State {
                 }
                 log.push(message_entry(Cursor(cursor), m));
             }
+            fresh_cursors.extend(inserted);
             if !refs.0.is_empty() {
                 self.exec(
                     tx,
@@ -796,46 +823,53 @@ impl State {
             }
         }
         if !receipts.is_empty() {
-            let cursors: Vec<i64> = receipts.iter().map(|(c, _)| to_sql(*c)).collect();
-            let ids: Vec<&[u8]> = receipts.iter().map(|(_, r)| r.id.as_bytes().as_slice()).collect();
-            let states: Vec<&str> = receipts.iter().map(|(_, r)| r.state.as_str()).collect();
-            let bys: Vec<&str> = receipts.iter().map(|(_, r)| r.by.as_ref().map_or("", UserId::as_str)).collect();
-            let targets: Vec<&str> = receipts.iter().map(|(_, r)| r.target.as_str()).collect();
-            let rooms: Vec<&str> = receipts.iter().map(|(_, r)| r.room.as_str()).collect();
-            let ats: Vec<i64> = receipts.iter().map(|(_, r)| to_sql(r.at)).collect();
+            let cursors: Vec<i64> = receipts.iter().map(|(c, _, _)| to_sql(*c)).collect();
+            let ids: Vec<&[u8]> = receipts.iter().map(|(_, _, r)| r.id.as_bytes().as_slice()).collect();
+            let states: Vec<&str> = receipts.iter().map(|(_, _, r)| r.state.as_str()).collect();
+            let bys: Vec<&str> = receipts.iter().map(|(_, _, r)| r.by.as_ref().map_or("", UserId::as_str)).collect();
+            let targets: Vec<&str> = receipts.iter().map(|(_, _, r)| r.target.as_str()).collect();
+            let rooms: Vec<&str> = receipts.iter().map(|(_, _, r)| r.room.as_str()).collect();
+            let ats: Vec<i64> = receipts.iter().map(|(_, _, r)| to_sql(r.at)).collect();
+            let peers: Vec<&str> = receipts.iter().map(|(_, b, _)| peer_of(*b)).collect();
             // A receipt about a message that came from a third peer goes on to it.
             let rows = self
                 .query(
                     tx,
                     "INSERT INTO receipts (cursor, msg_id, state, by_user, target, room, at, origin_peer, msg_peer)
-                     SELECT u.c, u.i, u.s, u.b, u.t, u.r, u.a, $8, m.origin_peer
-                       FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
-                            AS u(c, i, s, b, t, r, a)
+                     SELECT u.c, u.i, u.s, u.b, u.t, u.r, u.a, u.o, m.origin_peer
+                       FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                   $7::bigint[], $8::text[])
+                            AS u(c, i, s, b, t, r, a, o)
                        LEFT JOIN messages m ON m.id = u.i
                      ON CONFLICT (msg_id, state, by_user) DO NOTHING
                      RETURNING cursor",
-                    &[&cursors, &ids, &states, &bys, &targets, &rooms, &ats, &peer],
+                    &[&cursors, &ids, &states, &bys, &targets, &rooms, &ats, &peers],
                 )
                 .await?;
             let mut inserted: Vec<u64> = rows.iter().map(|r| from_sql(r.get(0))).collect();
             inserted.sort_unstable();
-            fresh += inserted.len();
-            for (cursor, r) in receipts {
+            for (cursor, _, r) in receipts {
                 if inserted.binary_search(&cursor).is_ok() {
                     log.push(receipt_entry(Cursor(cursor), r.id, r.state, r.by, r.target, r.room, r.at));
                 }
             }
+            fresh_cursors.extend(inserted);
         }
-        log.sort_by_key(|e| e.cursor);
+        let (names, marks): (Vec<&str>, Vec<i64>) = hwms.iter().map(|(p, h)| (p.as_str(), to_sql(*h))).unzip();
         self.exec(
             tx,
-            "INSERT INTO peers (peer, recv_hwm, last_contact) VALUES ($1, $2, $3)
+            "INSERT INTO peers (peer, recv_hwm, last_contact)
+             SELECT p, h, $3 FROM unnest($1::text[], $2::bigint[]) AS u(p, h)
              ON CONFLICT (peer) DO UPDATE
                SET recv_hwm = greatest(peers.recv_hwm, excluded.recv_hwm), last_contact = excluded.last_contact",
-            &[&peer, &to_sql(peer_hwm.0), &to_sql(now_ms())],
+            &[&names, &marks, &to_sql(now_ms())],
         )
         .await?;
-        Ok(fresh)
+        fresh_cursors.sort_unstable();
+        Ok(ranges
+            .iter()
+            .map(|(lo, hi)| fresh_cursors.partition_point(|c| c < hi) - fresh_cursors.partition_point(|c| c < lo))
+            .collect())
     }
 
     async fn peer_acked(
