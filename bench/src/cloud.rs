@@ -204,6 +204,62 @@ async fn drive<S: LinkStore>(nodes: &[S], hubs: Vec<Vec<Vec<Entry>>>) -> anyhow:
     Ok(())
 }
 
+/// A batch's messages as the raw baseline's array parameters.
+#[derive(Default)]
+struct MessageColumns {
+    cursor: Vec<i64>,
+    id: Vec<Vec<u8>>,
+    room: Vec<String>,
+    kind: Vec<String>,
+    priority: Vec<i16>,
+    body: Vec<String>,
+    seq: Vec<i64>,
+    sender: Vec<String>,
+    device: Vec<String>,
+    hlc: Vec<i64>,
+    at: Vec<i64>,
+}
+
+impl MessageColumns {
+    fn push(&mut self, cursor: i64, w: &outpost_shared::uplink::batch::WireMessage) {
+        self.cursor.push(cursor);
+        self.id.push(w.id.as_bytes().to_vec());
+        self.room.push(w.room.as_str().to_owned());
+        self.kind.push(w.kind.as_str().to_owned());
+        self.priority.push(i16::from(w.priority.as_u8()));
+        self.body.push(w.body.clone());
+        self.seq.push(w.seq.0 as i64);
+        self.sender.push(w.from.as_str().to_owned());
+        self.device.push(w.device.as_str().to_owned());
+        self.hlc.push(w.hlc.0 as i64);
+        self.at.push(w.at as i64);
+    }
+}
+
+/// A batch's receipts as the raw baseline's array parameters.
+#[derive(Default)]
+struct ReceiptColumns {
+    cursor: Vec<i64>,
+    id: Vec<Vec<u8>>,
+    state: Vec<String>,
+    by: Vec<String>,
+    target: Vec<String>,
+    room: Vec<String>,
+    at: Vec<i64>,
+}
+
+impl ReceiptColumns {
+    fn push(&mut self, cursor: i64, w: &outpost_shared::uplink::batch::WireReceipt) {
+        self.cursor.push(cursor);
+        self.id.push(w.id.as_bytes().to_vec());
+        self.state.push(w.state.as_str().to_owned());
+        self.by.push(w.by.as_ref().map(|u| u.as_str().to_owned()).unwrap_or_default());
+        self.target.push(w.target.as_str().to_owned());
+        self.room.push(w.room.as_str().to_owned());
+        self.at.push(w.at as i64);
+    }
+}
+
 /// The raw baseline: the same entries by batched INSERT into the same tables.
 async fn drive_raw(url: &str, hubs: Vec<Vec<Vec<Entry>>>) -> anyhow::Result<()> {
     const CONNECTIONS: usize = 8;
@@ -235,45 +291,23 @@ async fn drive_raw(url: &str, hubs: Vec<Vec<Vec<Entry>>>) -> anyhow::Result<()> 
                      ON CONFLICT (msg_id, state, by_user) DO NOTHING",
                 )
                 .await?;
-            loop {
-                let Some(batch) = queue.lock().ok().and_then(|mut q| q.pop()) else { break };
+            while let Some(batch) = queue.lock().ok().and_then(|mut q| q.pop()) {
                 let first = next_cursor.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                let mut m: (Vec<i64>, Vec<Vec<u8>>, Vec<String>, Vec<String>, Vec<i16>, Vec<String>) =
-                    Default::default();
-                let mut m2: (Vec<i64>, Vec<String>, Vec<String>, Vec<i64>, Vec<i64>) = Default::default();
-                let mut r: (Vec<i64>, Vec<Vec<u8>>, Vec<String>, Vec<String>, Vec<String>, Vec<String>, Vec<i64>) =
-                    Default::default();
+                let (mut m, mut r) = (MessageColumns::default(), ReceiptColumns::default());
                 for (i, e) in batch.iter().enumerate() {
                     let cursor = (first + i as u64) as i64;
                     match e {
-                        Entry::Message(w) => {
-                            m.0.push(cursor);
-                            m.1.push(w.id.as_bytes().to_vec());
-                            m.2.push(w.room.as_str().to_owned());
-                            m.3.push(w.kind.as_str().to_owned());
-                            m.4.push(i16::from(w.priority.as_u8()));
-                            m.5.push(w.body.clone());
-                            m2.0.push(w.seq.0 as i64);
-                            m2.1.push(w.from.as_str().to_owned());
-                            m2.2.push(w.device.as_str().to_owned());
-                            m2.3.push(w.hlc.0 as i64);
-                            m2.4.push(w.at as i64);
-                        }
-                        Entry::Receipt(w) => {
-                            r.0.push(cursor);
-                            r.1.push(w.id.as_bytes().to_vec());
-                            r.2.push(w.state.as_str().to_owned());
-                            r.3.push(w.by.as_ref().map(|u| u.as_str().to_owned()).unwrap_or_default());
-                            r.4.push(w.target.as_str().to_owned());
-                            r.5.push(w.room.as_str().to_owned());
-                            r.6.push(w.at as i64);
-                        }
+                        Entry::Message(w) => m.push(cursor, w),
+                        Entry::Receipt(w) => r.push(cursor, w),
                     }
                 }
                 let tx = client.transaction().await?;
-                tx.execute(&messages, &[&m.0, &m.1, &m.2, &m.3, &m.4, &m.5, &m2.0, &m2.1, &m2.2, &m2.3, &m2.4])
-                    .await?;
-                tx.execute(&receipts, &[&r.0, &r.1, &r.2, &r.3, &r.4, &r.5, &r.6]).await?;
+                tx.execute(
+                    &messages,
+                    &[&m.cursor, &m.id, &m.room, &m.kind, &m.priority, &m.body, &m.seq, &m.sender, &m.device, &m.hlc, &m.at],
+                )
+                .await?;
+                tx.execute(&receipts, &[&r.cursor, &r.id, &r.state, &r.by, &r.target, &r.room, &r.at]).await?;
                 tx.commit().await?;
             }
             anyhow::Ok(())
