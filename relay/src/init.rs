@@ -9,7 +9,7 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use outpost_shared::bundle::{BUNDLE_VERSION, Bundle, decode_public_key};
+use outpost_shared::bundle::{Bundle, decode_public_key};
 
 use outpost_engine::config::{CONFIG_FILE, RelayConfig};
 
@@ -61,9 +61,8 @@ pub fn read_bundle(path: &Path) -> Result<Bundle, InitError> {
     let text = fs::read_to_string(path).map_err(|source| InitError::ReadBundle { path: path.to_path_buf(), source })?;
     let bad = |reason: String| InitError::BadBundle { path: path.to_path_buf(), reason };
     let bundle: Bundle = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    if bundle.v != BUNDLE_VERSION {
-        return Err(bad(format!("bundle version {} is not supported (expected {BUNDLE_VERSION})", bundle.v)));
-    }
+    // The version, and that the addresses are usable and agree with it.
+    bundle.addresses().map_err(bad)?;
     decode_public_key(&bundle.token_public_key).map_err(|e| bad(format!("token_public_key: {e}")))?;
     for (name, pem) in [("ca_cert_pem", &bundle.ca_cert_pem), ("relay_cert_pem", &bundle.relay_cert_pem)] {
         if !pem.contains("BEGIN CERTIFICATE") {
