@@ -71,7 +71,7 @@ enum Cmd {
         /// The cloud's QUIC address as the relay will reach it (HOST:PORT). Repeat it for
         /// a cloud of several nodes: the hub tries them in this order and fails over
         /// between them. One address makes a bundle every hub release reads.
-        #[arg(long = "cloud-addr", required = true)]
+        #[arg(long = "cloud-addr", value_name = "HOST:PORT", required = true)]
         cloud_addrs: Vec<String>,
     },
     /// Revoke device tokens everywhere: recorded in the cloud's database, applied by the

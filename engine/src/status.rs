@@ -115,7 +115,7 @@ async fn collect<S: Storage>(hub: &Hub<S>) -> Status {
         head: hub.store.head().0,
         uplink: UplinkView {
             configured,
-            cloud: cfg.uplink.cloud.clone(),
+            cloud: cfg.uplink.cloud.first().cloned().unwrap_or_default(),
             connected: uplink.connected,
             last_contact: uplink.last_contact,
             last_error: uplink.last_error,
