@@ -17,6 +17,7 @@
 use outpost_storage::Storage;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -177,7 +178,7 @@ async fn attempt<S: Storage>(
     let target = settings.clouds.get(failover.current()).map_or("", String::as_str);
     let dialled = match ready {
         Some(d) => d,
-        None => dial(store, settings, endpoints, target).await?,
+        None => dial(store, settings, endpoints, target, &AtomicBool::new(false)).await?,
     };
     let Dialled { conn, send, recv, welcomed: Welcomed { cloud, epoch, hwm }, addr } = dialled;
     let state = store.peer_hello(CLOUD_PEER, &epoch, Vec::new()).await?;
@@ -204,21 +205,40 @@ async fn attempt<S: Storage>(
             end = &mut link => return Ok(Ended::Link(end)),
             () = tokio::time::sleep(every) => {}
         }
-        let probe = dial(store, settings, endpoints, first);
+        let reached = AtomicBool::new(false);
+        let probe = dial(store, settings, endpoints, first, &reached);
         tokio::pin!(probe);
-        let answer = tokio::select! {
-            biased;
-            end = &mut link => return Ok(Ended::Link(end)),
-            r = &mut probe => r,
+        // Why the link ended while the first address was being tried, if it did.
+        let mut lost = None;
+        let answer = loop {
+            tokio::select! {
+                biased;
+                end = &mut link, if lost.is_none() => {
+                    if !reached.load(Ordering::Relaxed) {
+                        // Nothing answered there yet: fail over now, not after the try.
+                        return Ok(Ended::Link(end));
+                    }
+                    // The first node is alive and reading our Hello. A cloud that sees a
+                    // relay's new connection ends its older one (cloud/src/relays.rs), so
+                    // this is expected, and the Welcome is a round trip away.
+                    lost = Some(end);
+                }
+                r = &mut probe => break r,
+            }
         };
-        match answer {
-            Ok(d) => {
+        match (answer, lost) {
+            (Ok(d), lost) => {
                 tracing::info!(from = %target, to = %first, "the first cloud address answers again; moving back to it");
-                stop.cancel();
-                let _ = (&mut link).await;
+                if lost.is_none() {
+                    stop.cancel();
+                    let _ = (&mut link).await;
+                }
                 return Ok(Ended::First(Box::new(d)));
             }
-            Err(e) => tracing::debug!(address = %first, error = %e, "the first cloud address does not answer yet"),
+            (Err(_), Some(end)) => return Ok(Ended::Link(end)),
+            (Err(e), None) => {
+                tracing::debug!(address = %first, error = %e, "the first cloud address does not answer yet");
+            }
         }
     }
 }
@@ -233,12 +253,15 @@ struct Dialled {
     addr: SocketAddr,
 }
 
-/// Connects to `target` and completes the handshake, within [`CONNECT_TIMEOUT`].
+/// Connects to `target` and completes the handshake, within [`CONNECT_TIMEOUT`]. Sets
+/// `reached` once the QUIC handshake is done (something with the cloud's certificate
+/// answers there) and only our `Hello` and its answer remain.
 async fn dial<S: Storage>(
     store: &S,
     settings: &UplinkSettings,
     endpoints: &mut Endpoints,
     target: &str,
+    reached: &AtomicBool,
 ) -> Result<Dialled, LinkError> {
     let addr: SocketAddr = tokio::net::lookup_host(target)
         .await
@@ -259,6 +282,7 @@ async fn dial<S: Storage>(
     let deadline = origin + dialer.poll_timeout().unwrap_or(CONNECT_TIMEOUT);
     let handshake = async {
         let conn = ep.connect(addr, SERVER_NAME).map_err(|e| LinkError::Stream(e.to_string()))?.await?;
+        reached.store(true, Ordering::Relaxed);
         let (mut send, mut recv) = conn.open_bi().await?;
         if let Some(hello) = dialer.poll_transmit() {
             write_control(&mut send, &hello).await?;
