@@ -348,8 +348,8 @@ pub struct UplinkConfig {
     pub linger_ms: u64,
     /// While connected to any address but the first, how often the hub tries the first
     /// again, seconds; it moves back once the first completes the handshake. Each try at
-    /// a first address that is still down costs a few kilobytes of QUIC handshake
-    /// packets, so this is minutes, not seconds.
+    /// a first address that is still down costs about 6 KB of QUIC handshake packets, so
+    /// this is minutes, not seconds.
     pub primary_retry_secs: u64,
     /// How long the hub goes without hearing from the cloud before it counts the
     /// connection dead, seconds; keep-alives go out every third of it. Not set: 30 s with
