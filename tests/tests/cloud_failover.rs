@@ -36,6 +36,17 @@ async fn status(base: &str) -> anyhow::Result<Value> {
     Ok(s)
 }
 
+/// The hub's `/metrics` (plain text).
+async fn metrics(base: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let host = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut raw = String::new();
+    tokio::time::timeout(outpost_tests::EVENT_TIMEOUT, s.read_to_string(&mut raw)).await??;
+    Ok(raw)
+}
+
 /// Waits until the hub's status says it is connected to `addr`; returns how long after
 /// `since` it first said so. Fails once `limit` has passed.
 async fn connected_to(base: &str, addr: &str, since: Instant, limit: Duration) -> anyhow::Result<Duration> {
@@ -155,6 +166,12 @@ async fn a_hub_fails_over_to_the_next_node_within_10_s_and_back_to_the_first() -
     let b_up = died.elapsed();
     let took = connected_to(&base, &b, died, FAILOVER_CONTRACT).await?;
     eprintln!("failover a -> b: the hub was on b {took:?} after a died (b listening after {b_up:?})");
+    let m = metrics(&base).await?;
+    for line in
+        [format!("outpost_uplink_cloud{{address=\"{b}\"}} 1"), format!("outpost_uplink_cloud{{address=\"{a}\"}} 0")]
+    {
+        assert!(m.lines().any(|l| l == line), "{line} missing from:\n{m}");
+    }
     // And goes on sending once the hub is there.
     let (amina, ids) = sender.finish_after(5).await?;
     assert!(!ids.is_empty());
