@@ -86,9 +86,11 @@ enum Cmd {
         relay: RelayId,
         #[arg(long)]
         out: PathBuf,
-        /// The cloud's QUIC address as the relay will reach it (HOST:PORT).
-        #[arg(long)]
-        cloud_addr: String,
+        /// The cloud's QUIC address as the relay will reach it (HOST:PORT). Repeat it for
+        /// a cloud of several nodes: the hub tries them in this order and fails over
+        /// between them. One address makes a bundle every hub release reads.
+        #[arg(long = "cloud-addr", value_name = "HOST:PORT", required = true)]
+        cloud_addrs: Vec<String>,
     },
     /// Revoke device tokens everywhere: recorded in the cloud's database, applied by the
     /// running cloud within seconds and sent to every relay over its uplink.
@@ -282,15 +284,17 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             let id = CloudIdentity::load(&dir)?;
             outpost_engine::cli::write_audit(Database::of(&dir, &id, database)?.audit_page(page.after, page.limit)?)?;
         }
-        Cmd::EnrollRelay { dir, relay, out, cloud_addr } => {
+        Cmd::EnrollRelay { dir, relay, out, cloud_addrs } => {
             let id = CloudIdentity::load(&dir)?;
-            if cloud_addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-                anyhow::bail!("--cloud-addr {cloud_addr:?} must be HOST:PORT");
-            }
-            let bundle = enroll_relay(&id, &relay, &cloud_addr)?;
+            outpost_shared::bundle::check_addresses(&cloud_addrs).map_err(|e| anyhow::anyhow!("--cloud-addr: {e}"))?;
+            let bundle = enroll_relay(&id, &relay, &cloud_addrs)?;
             let json = serde_json::to_string_pretty(&bundle)?;
             write_private(&out, &json)?;
-            let detail = format!("bundle for relay {relay} written to {} (cloud address {cloud_addr})", out.display());
+            let addrs = match cloud_addrs.as_slice() {
+                [one] => format!("cloud address {one}"),
+                several => format!("cloud addresses {}", several.join(", ")),
+            };
+            let detail = format!("bundle for relay {relay} written to {} ({addrs})", out.display());
             record(&id, &[AuditEvent::new(AuditKind::Enrollment, detail).actor(relay.as_str())])?;
             println!("wrote enrollment bundle for relay {relay} to {}", out.display());
         }

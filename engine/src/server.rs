@@ -17,7 +17,6 @@ use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use outpost_shared::TokenVerifier;
 use outpost_shared::bundle::decode_public_key;
-use outpost_shared::uplink::backoff::Backoff;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -242,12 +241,7 @@ pub async fn run(
         tracing::info!("no cloud configured; serving the village only");
         None
     } else {
-        let u = &config.uplink;
-        let backoff = Backoff::with(Duration::from_millis(u.retry_initial_ms), Duration::from_secs(u.retry_max_secs));
-        let mut settings =
-            UplinkSettings::from_dir(&dir, &u.cloud, &config.identity.relay_id, backoff).map_err(RunError::Config)?;
-        settings.flow.linger = Duration::from_millis(u.linger_ms);
-        Some(settings)
+        Some(UplinkSettings::from_dir(&dir, &config.identity.relay_id, &config.uplink).map_err(RunError::Config)?)
     };
     let tls = config.lan_tls(&dir).map_err(|e| RunError::Config(e.to_string()))?;
     let mut core = Core::open(config.clone(), &config.db_path(&dir))?;

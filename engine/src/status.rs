@@ -71,7 +71,10 @@ pub(crate) struct Status {
 #[derive(Debug, Serialize)]
 pub(crate) struct UplinkView {
     pub configured: bool,
+    /// The cloud address in use: connected to (`connected`), or else being dialled.
     pub cloud: String,
+    /// Every configured address, in the order the hub tries them.
+    pub clouds: Vec<String>,
     pub connected: bool,
     /// Last time a connection to the cloud was established (ms since the Unix epoch).
     pub last_contact: Option<u64>,
@@ -115,7 +118,9 @@ async fn collect<S: Storage>(hub: &Hub<S>) -> Status {
         head: hub.store.head().0,
         uplink: UplinkView {
             configured,
-            cloud: cfg.uplink.cloud.clone(),
+            // Before the first attempt: the address it will dial first.
+            cloud: uplink.address.or_else(|| cfg.uplink.cloud.first().cloned()).unwrap_or_default(),
+            clouds: cfg.uplink.cloud.clone(),
             connected: uplink.connected,
             last_contact: uplink.last_contact,
             last_error: uplink.last_error,
@@ -160,13 +165,20 @@ fn mib(b: u64) -> String {
 
 pub(crate) async fn page<S: Storage>(State((hub, _)): State<AppState<S>>) -> Html<String> {
     let s = collect(&hub).await;
+    // With several addresses, which one of them (the hub returns to the first by itself).
+    let of = match s.uplink.clouds.iter().position(|a| *a == s.uplink.cloud) {
+        Some(i) if s.uplink.clouds.len() > 1 => {
+            format!(" (address {} of {}: {})", i + 1, s.uplink.clouds.len(), esc(&s.uplink.clouds.join(", ")))
+        }
+        _ => String::new(),
+    };
     let uplink = if !s.uplink.configured {
         "no cloud configured".to_owned()
     } else if s.uplink.connected {
-        format!("<b class=ok>connected</b> to {}", esc(&s.uplink.cloud))
+        format!("<b class=ok>connected</b> to {}{of}", esc(&s.uplink.cloud))
     } else {
         format!(
-            "<b class=bad>not connected</b> to {}{}",
+            "<b class=bad>not connected</b> to {}{of}{}",
             esc(&s.uplink.cloud),
             s.uplink.last_error.as_deref().map(|e| format!(" — {}", esc(e))).unwrap_or_default()
         )
@@ -228,6 +240,11 @@ pub(crate) async fn metrics<S: Storage>(State((hub, _)): State<AppState<S>>) -> 
     metrics::gauge!("outpost_log_head").set(s.head as f64);
     if s.uplink.configured {
         metrics::gauge!("outpost_uplink_connected").set(if s.uplink.connected { 1.0 } else { 0.0 });
+        // One series per configured address: 1 for the one connected to.
+        for address in &s.uplink.clouds {
+            let on = s.uplink.connected && *address == s.uplink.cloud;
+            metrics::gauge!("outpost_uplink_cloud", "address" => address.clone()).set(if on { 1.0 } else { 0.0 });
+        }
     }
     if let Some(b) = &s.backlog {
         metrics::gauge!("outpost_backlog_messages").set(b.messages as f64);

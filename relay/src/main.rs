@@ -39,9 +39,10 @@ enum Cmd {
         /// Device listener address (overrides server.listen), e.g. 0.0.0.0:8080.
         #[arg(long)]
         ws: Option<String>,
-        /// The cloud's QUIC address (overrides uplink.cloud).
-        #[arg(long)]
-        cloud: Option<String>,
+        /// The cloud's QUIC address, HOST:PORT; repeat it for a cloud of several nodes,
+        /// tried in this order (replaces uplink.cloud).
+        #[arg(long, value_name = "HOST:PORT")]
+        cloud: Vec<String>,
     },
     /// Revoke device tokens on this hub alone (for when its uplink is down; the cloud's
     /// `revoke` reaches every hub). A running hub applies it within seconds.
@@ -104,14 +105,12 @@ fn one_shot(dir: &std::path::Path, f: impl FnOnce(&RelayConfig, &std::path::Path
     }
 }
 
-fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Option<String>) -> ExitCode {
+fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Vec<String>) -> ExitCode {
     let config = match RelayConfig::load_with(&dir, |c| {
         if let Some(ws) = ws {
             c.server.listen = ws;
         }
-        if let Some(cloud) = cloud {
-            c.uplink.cloud = cloud;
-        }
+        c.uplink.override_clouds(cloud);
     }) {
         Ok(c) => c,
         Err(e) => {

@@ -108,28 +108,33 @@ impl RelayDir {
     }
 
     pub async fn start_on(&self, addr: &str, env: &[(&str, &str)]) -> anyhow::Result<Relay> {
-        self.start_full(addr, None, env).await
+        self.start_full(addr, &[], env).await
     }
 
     /// Starts the relay with its uplink pointed at `cloud` (e.g. a link emulator).
     pub async fn start_via(&self, cloud: &str, env: &[(&str, &str)]) -> anyhow::Result<Relay> {
-        self.start_full("127.0.0.1:0", Some(cloud), env).await
+        self.start_full("127.0.0.1:0", &[cloud], env).await
+    }
+
+    /// Starts the relay with `--cloud` given once for each of `clouds` (in that order).
+    pub async fn start_via_all(&self, clouds: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Relay> {
+        self.start_full("127.0.0.1:0", clouds, env).await
     }
 
     /// Starts the relay with `cmd` (e.g. an ARM build under qemu) on `addr`.
     pub async fn start_cmd(&self, cmd: &RelayCmd, addr: &str, env: &[(&str, &str)]) -> anyhow::Result<Relay> {
-        self.start_full_cmd(cmd, addr, None, env).await
+        self.start_full_cmd(cmd, addr, &[], env).await
     }
 
-    async fn start_full(&self, addr: &str, cloud: Option<&str>, env: &[(&str, &str)]) -> anyhow::Result<Relay> {
-        self.start_full_cmd(&RelayCmd::native(), addr, cloud, env).await
+    async fn start_full(&self, addr: &str, clouds: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Relay> {
+        self.start_full_cmd(&RelayCmd::native(), addr, clouds, env).await
     }
 
     async fn start_full_cmd(
         &self,
         cmd: &RelayCmd,
         addr: &str,
-        cloud: Option<&str>,
+        clouds: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Relay> {
         let mut args = vec![
@@ -139,8 +144,8 @@ impl RelayDir {
             "--ws".to_owned(),
             addr.to_owned(),
         ];
-        if let Some(c) = cloud {
-            args.extend(["--cloud".to_owned(), c.to_owned()]);
+        for c in clouds {
+            args.extend(["--cloud".to_owned(), (*c).to_owned()]);
         }
         let (child, line) =
             spawn_server("outpost-relay", cmd.tokio_command(), &args, &self.dir.join("relay.log"), env).await?;
@@ -331,17 +336,28 @@ impl Cloud {
         self.provision_relay_cmd(&RelayCmd::native(), id, dir, cloud_addr)
     }
 
+    /// Enrolls relay `id` for a cloud of several nodes at `cloud_addrs` (tried in that
+    /// order) and provisions `dir`.
+    pub fn provision_relay_at_all(&self, id: &str, dir: &Path, cloud_addrs: &[&str]) -> anyhow::Result<RelayDir> {
+        let bundle = self.enroll_relay_at_all(id, cloud_addrs)?;
+        run_ok(RelayCmd::native().command().arg("init").arg("--dir").arg(dir).arg("--bundle").arg(&bundle))?;
+        Ok(RelayDir { dir: dir.to_path_buf() })
+    }
+
     /// `outpost-cloud enroll-relay` for relay `id`; returns the bundle's path.
     pub fn enroll_relay(&self, id: &str, cloud_addr: &str) -> anyhow::Result<PathBuf> {
+        self.enroll_relay_at_all(id, &[cloud_addr])
+    }
+
+    /// `outpost-cloud enroll-relay` with `--cloud-addr` once for each of `cloud_addrs`.
+    pub fn enroll_relay_at_all(&self, id: &str, cloud_addrs: &[&str]) -> anyhow::Result<PathBuf> {
         let bundle = self.dir.join(format!("{id}.bundle.json"));
-        run_ok(
-            Command::new(bin("outpost-cloud"))
-                .arg("enroll-relay")
-                .arg("--dir")
-                .arg(&self.dir)
-                .args(["--relay", id, "--cloud-addr", cloud_addr, "--out"])
-                .arg(&bundle),
-        )?;
+        let mut cmd = Command::new(bin("outpost-cloud"));
+        cmd.arg("enroll-relay").arg("--dir").arg(&self.dir).args(["--relay", id]);
+        for a in cloud_addrs {
+            cmd.args(["--cloud-addr", a]);
+        }
+        run_ok(cmd.arg("--out").arg(&bundle))?;
         Ok(bundle)
     }
 

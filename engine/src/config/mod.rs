@@ -38,7 +38,8 @@ const ENV_PREFIX: &str = "OUTPOST";
 pub const CLOUD_ENV_PREFIX: &str = "OUTPOST_CLOUD";
 
 /// Configuration keys that hold lists (comma-separated when set in the environment).
-pub const LIST_KEYS: [&str; 8] = [
+pub const LIST_KEYS: [&str; 9] = [
+    "uplink.cloud",
     "media.accepted_types",
     "policy.encrypted_rooms",
     "policy.send_roles",
@@ -328,9 +329,15 @@ pub struct IdentityConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UplinkConfig {
-    /// The cloud's QUIC address (`HOST:PORT`); empty means no uplink. `--cloud` overrides.
-    pub cloud: String,
+    /// The cloud's QUIC addresses (`HOST:PORT`), in the order the hub tries them; the
+    /// first is the one it returns to. One address may be given as a plain string (as
+    /// every `relay.toml` written before several addresses existed has it), several as a
+    /// list; empty means no uplink. `--cloud` (repeatable) replaces the list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub cloud: Vec<String>,
     /// First delay before reconnecting, milliseconds; it doubles per failed attempt.
+    /// With several addresses, per round: every address gets one attempt before the
+    /// hub waits.
     pub retry_initial_ms: u64,
     /// Longest delay between attempts, seconds. Short enough that a satellite window or
     /// a shared connection of a few minutes is not missed.
@@ -339,12 +346,106 @@ pub struct UplinkConfig {
     /// milliseconds. Longer saves uplink bytes (fewer, fuller batches); emergencies never
     /// wait.
     pub linger_ms: u64,
+    /// While connected to any address but the first, how often the hub tries the first
+    /// again, seconds; it moves back once the first completes the handshake. Each try at
+    /// a first address that is still down costs about 6 KB of QUIC handshake packets, so
+    /// this is minutes, not seconds.
+    pub primary_retry_secs: u64,
+    /// How long the hub goes without hearing from the cloud before it counts the
+    /// connection dead, seconds; keep-alives go out every third of it. Not set: 30 s with
+    /// one address, 6 s with several ([`UplinkConfig::idle_timeout`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
 }
+
+/// The idle timeout with one cloud address: a 2G stall of a few seconds must not cost a
+/// reconnect, and a cloud that restarts on its address is noticed at once anyway (it
+/// answers the old connection with a stateless reset).
+pub const IDLE_TIMEOUT_ONE_ADDRESS_SECS: u64 = crate::link::tls::IDLE_TIMEOUT.as_secs();
+
+/// The idle timeout with several addresses: a node that died answers nothing, so this is
+/// how long the hub takes to notice; with the handshake to the next node (well under a
+/// second on 3G, about 4 s on 2G) it has to fit the 10 s in which a hub is back on a live
+/// node. QUIC stretches it to three probe timeouts on a slow path by itself, so a 2G link
+/// is not dropped for its round trips.
+pub const IDLE_TIMEOUT_SEVERAL_ADDRESSES_SECS: u64 = 6;
 
 impl Default for UplinkConfig {
     fn default() -> Self {
-        Self { cloud: String::new(), retry_initial_ms: 1000, retry_max_secs: 30, linger_ms: 500 }
+        Self {
+            cloud: Vec::new(),
+            retry_initial_ms: 1000,
+            retry_max_secs: 30,
+            linger_ms: 500,
+            primary_retry_secs: 300,
+            idle_timeout_secs: None,
+        }
     }
+}
+
+impl UplinkConfig {
+    /// The idle timeout in force: `idle_timeout_secs`, or the default for the number of
+    /// addresses.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        let default =
+            if self.cloud.len() > 1 { IDLE_TIMEOUT_SEVERAL_ADDRESSES_SECS } else { IDLE_TIMEOUT_ONE_ADDRESS_SECS };
+        std::time::Duration::from_secs(self.idle_timeout_secs.unwrap_or(default))
+    }
+
+    /// Applies `--cloud` flags: given at all, they replace the list (an empty one, as in
+    /// `--cloud ""`, turns the uplink off, as an empty `uplink.cloud` does).
+    pub fn override_clouds(&mut self, flags: Vec<String>) {
+        if !flags.is_empty() {
+            self.cloud = flags.into_iter().filter(|a| !a.is_empty()).collect();
+        }
+    }
+
+    /// What is wrong with the values.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p: Vec<String> = zeros(&[
+            ("uplink.retry_initial_ms", self.retry_initial_ms),
+            ("uplink.retry_max_secs", self.retry_max_secs),
+            ("uplink.primary_retry_secs", self.primary_retry_secs),
+            ("uplink.idle_timeout_secs", self.idle_timeout_secs.unwrap_or(1)),
+        ])
+        .collect();
+        for (i, a) in self.cloud.iter().enumerate() {
+            if !outpost_shared::bundle::is_host_port(a) {
+                p.push(format!("uplink.cloud = {a:?} must be HOST:PORT"));
+            } else if self.cloud[..i].contains(a) {
+                p.push(format!("uplink.cloud lists {a:?} twice"));
+            }
+        }
+        p
+    }
+}
+
+/// Reads `uplink.cloud`: a string (one address; empty is none) or a list of strings
+/// (empty entries skipped, so `OUTPOST_UPLINK__CLOUD=` still means no uplink).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an address \"HOST:PORT\" or a list of them")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(if v.is_empty() { Vec::new() } else { vec![v.to_owned()] })
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(a) = seq.next_element::<String>()? {
+                if !a.is_empty() {
+                    out.push(a);
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Visitor)
 }
 
 /// The problem with a TLS certificate given without its key or the other way round.
@@ -521,10 +622,7 @@ impl RelayConfig {
         p.extend(tls_pair_problem(self.server.tls_cert.is_some(), self.server.tls_key.is_some()));
         p.extend(self.limits.problems());
         p.extend(self.storage.problems());
-        p.extend(zeros(&[
-            ("uplink.retry_initial_ms", self.uplink.retry_initial_ms),
-            ("uplink.retry_max_secs", self.uplink.retry_max_secs),
-        ]));
+        p.extend(self.uplink.problems());
         p.extend(self.security.problems());
         p.extend(self.media.problems());
         if self.server.worker_threads > MAX_WORKER_THREADS {
@@ -537,11 +635,6 @@ impl RelayConfig {
             p.push("identity is not set: run `outpost-relay init --dir DIR --bundle FILE` first".into());
         } else if let Err(e) = outpost_shared::bundle::decode_public_key(&self.identity.token_public_key) {
             p.push(format!("identity.token_public_key: {e}"));
-        }
-        if !self.uplink.cloud.is_empty()
-            && self.uplink.cloud.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none()
-        {
-            p.push(format!("uplink.cloud = {:?} must be HOST:PORT", self.uplink.cloud));
         }
         p
     }

@@ -112,3 +112,77 @@ fn unknown_keys_are_errors() {
     let err = RelayConfig::load(dir.path()).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("max_bodyy_bytes"), "{err}");
 }
+
+fn uplink_with(dir: &Path, uplink: &str, vars: &[(&str, &str)], flags: &[&str]) -> Result<RelayConfig, String> {
+    std::fs::write(dir.join(CONFIG_FILE), with_identity(&format!("[uplink]\n{uplink}\n")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+    RelayConfig::load_from(dir, env(vars), |c| c.uplink.override_clouds(flags)).map_err(|e| e.to_string())
+}
+
+fn clouds(cfg: Result<RelayConfig, String>) -> Vec<String> {
+    cfg.unwrap_or_else(|e| panic!("{e}")).uplink.cloud
+}
+
+#[test]
+fn the_cloud_is_one_address_as_before_or_a_list() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let d = dir.path();
+    // What `init` has always written, and what deployed hubs have.
+    let one = uplink_with(d, "cloud = \"cloud.example.org:4433\"", &[], &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(one.uplink.cloud, ["cloud.example.org:4433"]);
+    assert_eq!(one.uplink.idle_timeout(), std::time::Duration::from_secs(30), "one address keeps the old timeout");
+    let several = uplink_with(d, "cloud = [\"a.example.org:4433\", \"10.0.0.2:4433\"]", &[], &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(several.uplink.cloud, ["a.example.org:4433", "10.0.0.2:4433"], "in the order given");
+    assert_eq!(several.uplink.idle_timeout(), std::time::Duration::from_secs(6));
+    assert_eq!(several.uplink.primary_retry_secs, 300);
+    assert!(clouds(uplink_with(d, "cloud = \"\"", &[], &[])).is_empty(), "empty is no uplink, as before");
+    assert!(clouds(uplink_with(d, "", &[], &[])).is_empty());
+    // The environment: one address, a comma-separated list, or nothing.
+    let vars = [("OUTPOST_UPLINK__CLOUD", "c.example.org:4433")];
+    assert_eq!(clouds(uplink_with(d, "cloud = [\"a:1\", \"b:2\"]", &vars, &[])), ["c.example.org:4433"]);
+    let vars = [("OUTPOST_UPLINK__CLOUD", "c:1,d:2")];
+    assert_eq!(clouds(uplink_with(d, "cloud = \"a:1\"", &vars, &[])), ["c:1", "d:2"]);
+    let vars = [("OUTPOST_UPLINK__CLOUD", "")];
+    assert!(clouds(uplink_with(d, "cloud = \"a:1\"", &vars, &[])).is_empty());
+    // A number where an address belongs says what it wants.
+    let err = uplink_with(d, "cloud = 4433", &[], &[]).err().unwrap_or_default();
+    assert!(err.contains("[uplink]") && err.contains("an address \"HOST:PORT\" or a list of them"), "{err}");
+}
+
+#[test]
+fn cloud_flags_replace_the_file_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let d = dir.path();
+    let file = "cloud = [\"a:1\", \"b:2\"]";
+    let vars = [("OUTPOST_UPLINK__CLOUD", "c:3")];
+    assert_eq!(clouds(uplink_with(d, file, &vars, &["x:7", "y:8"])), ["x:7", "y:8"]);
+    assert_eq!(clouds(uplink_with(d, file, &[], &["x:7"])), ["x:7"]);
+    assert_eq!(clouds(uplink_with(d, file, &vars, &[])), ["c:3"], "no flag: the layers below stand");
+    assert!(clouds(uplink_with(d, file, &[], &[""])).is_empty(), "--cloud \"\" turns the uplink off");
+    // A flag corrects a bad address from the file before values are checked.
+    assert_eq!(clouds(uplink_with(d, "cloud = \"nowhere\"", &[], &["x:7"])), ["x:7"]);
+    let err = uplink_with(d, file, &[], &["x:7", "bad"]).err().unwrap_or_default();
+    assert!(err.contains("uplink.cloud = \"bad\" must be HOST:PORT"), "{err}");
+}
+
+#[test]
+fn every_bad_uplink_value_is_reported() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let text = "cloud = [\"a:1\", \"nowhere\", \"b:99999\", \"a:1\"]\nprimary_retry_secs = 0\nidle_timeout_secs = 0";
+    let err = uplink_with(dir.path(), text, &[], &[]).err().unwrap_or_default();
+    for needle in [
+        "uplink.cloud = \"nowhere\" must be HOST:PORT",
+        "uplink.cloud = \"b:99999\" must be HOST:PORT",
+        "uplink.cloud lists \"a:1\" twice",
+        "uplink.primary_retry_secs must be greater than 0",
+        "uplink.idle_timeout_secs must be greater than 0",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+    let set = uplink_with(dir.path(), "cloud = \"a:1\"\nidle_timeout_secs = 12\nprimary_retry_secs = 5", &[], &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(set.uplink.idle_timeout(), std::time::Duration::from_secs(12), "a set timeout wins");
+    assert_eq!(set.uplink.primary_retry_secs, 5);
+}

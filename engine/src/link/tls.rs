@@ -54,13 +54,25 @@ fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// The idle timeout each end offers unless told otherwise. The smaller of the two ends'
+/// is in force, so a hub may ask for less (it does with several cloud addresses, see
+/// `uplink.idle_timeout_secs`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Transport settings for slow, lossy, intermittent uplinks: keep-alives well inside
 /// NAT timeouts of mobile networks, and a generous idle timeout so a 2G stall of a few
 /// seconds does not drop the connection.
 pub fn transport() -> Arc<quinn::TransportConfig> {
+    transport_with_idle(IDLE_TIMEOUT)
+}
+
+/// [`transport`] with another idle timeout: how long without a packet from the peer before
+/// the connection is dead. Keep-alives go out every third of it, so two can be lost before
+/// a live peer is given up (30 s: every 10 s, well inside mobile NAT timeouts).
+pub fn transport_with_idle(idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(10)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+    t.keep_alive_interval(Some(idle / 3));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
     // One stream per batch: allow enough concurrent ones for a full window.
