@@ -206,7 +206,11 @@ pub async fn migrate(client: &mut Client, new_epoch: &str) -> Result<i32, Migrat
     let tx = client.transaction().await?;
     // Held until this transaction ends: nodes starting together migrate one at a time.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS outpost_schema (version INTEGER NOT NULL)").await?;
+    // Looked up rather than `CREATE ... IF NOT EXISTS`, whose notice every node would log.
+    let exists: bool = tx.query_one("SELECT to_regclass('outpost_schema') IS NOT NULL", &[]).await?.get(0);
+    if !exists {
+        tx.batch_execute("CREATE TABLE outpost_schema (version INTEGER NOT NULL)").await?;
+    }
     let found: i32 = match tx.query_opt("SELECT version FROM outpost_schema", &[]).await? {
         Some(row) => row.get(0),
         None => {

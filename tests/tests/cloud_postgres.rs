@@ -281,3 +281,46 @@ async fn the_events_feed_is_one_order_across_nodes_and_a_node_restart() -> anyho
     assert_eq!(ids, posted, "every message of both nodes, once");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_once_is_enforced_by_every_node_and_audited_in_one_log() -> anyhow::Result<()> {
+    let (_pg, url) = cluster()?;
+    let tmp = tempfile::tempdir()?;
+    let cloud = cloud_on(&tmp.path().join("cloud"), &url)?;
+    let fast = [("OUTPOST_CLOUD_SECURITY__REVOCATION_POLL_MS", "100")];
+    let node_a = cloud.start_with_env("127.0.0.1:0", &fast).await?;
+    let node_b = cloud.start_with_env("127.0.0.1:0", &fast).await?;
+    let stolen = cloud.token("dr-okello", "doctor", &["clinic"], "1h")?;
+    let mut on_a = Device::connect(&node_a.ws_url()).await?;
+    on_a.hello(&stolen, "okello-laptop", None, None).await?;
+    let mut on_b = Device::connect(&node_b.ws_url()).await?;
+    on_b.hello(&stolen, "okello-phone", None, None).await?;
+
+    // One command, against the database the nodes share (named in cloud.toml).
+    let out = std::process::Command::new(outpost_tests::bin("outpost-cloud"))
+        .args(["revoke", "--dir"])
+        .arg(&cloud.dir)
+        .args(["--token", &stolen, "--reason", "laptop stolen"])
+        .output()?;
+    assert!(out.status.success(), "revoke: {}", String::from_utf8_lossy(&out.stderr));
+    for (node, session) in [("A", &mut on_a), ("B", &mut on_b)] {
+        let (code, e) = session.expect_error().await?;
+        assert_eq!(code, "unauthenticated", "node {node}: {e}");
+        assert_eq!(session.expect_close().await?, Some(4001), "node {node} ended the session");
+    }
+    for node in [&node_a, &node_b] {
+        let mut again = Device::connect(&node.ws_url()).await?;
+        assert!(again.hello(&stolen, "okello-laptop", None, None).await.is_err(), "every node refuses the token");
+    }
+    // One audit log: the revocation and both nodes' refusals are in it.
+    let out = std::process::Command::new(outpost_tests::bin("outpost-cloud"))
+        .args(["audit", "--dir"])
+        .arg(&cloud.dir)
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
+    assert_eq!(count("revocation"), 1, "{log}");
+    assert!(count("login_refused") >= 2, "both nodes' refusals are audited in the shared log: {log}");
+    Ok(())
+}
