@@ -163,9 +163,9 @@ fn pg_options() -> PgOptions {
     PgOptions { max_batch: hub.max_batch, readers: hub.readers, ..PgOptions::default() }
 }
 
-/// CPU of the cluster's server processes (the postmaster and its children).
-fn postgres_times(cluster: &TestCluster) -> Vec<ProcTimes> {
-    let Some(master) = cluster.server_pid() else { return Vec::new() };
+/// CPU of the cluster's server processes (the postmaster and its children), by pid.
+fn postgres_times(cluster: &TestCluster) -> HashMap<u32, ProcTimes> {
+    let Some(master) = cluster.server_pid() else { return HashMap::new() };
     let mut pids = vec![master];
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
@@ -178,14 +178,14 @@ fn postgres_times(cluster: &TestCluster) -> Vec<ProcTimes> {
             }
         }
     }
-    pids.iter().map(|p| ProcTimes::read(&p.to_string())).collect()
+    pids.into_iter().map(|p| (p, ProcTimes::read(&p.to_string()))).collect()
 }
 
-fn cpu_ns(now: &[ProcTimes], before: &[ProcTimes]) -> u64 {
-    // Processes are matched by position only when both samples saw the same set; a
-    // backend that came or went in between counts from zero or not at all.
-    now.iter().zip(before).map(|(n, b)| n.cpu_since(b, None)).sum::<u64>()
-        + now.iter().skip(before.len()).map(|n| n.cpu_since(&ProcTimes::default(), None)).sum::<u64>()
+/// CPU the server processes used between two samples. Every connection is opened before
+/// the first and closed after the second, so no backend's work falls between them.
+fn cpu_ns(now: &HashMap<u32, ProcTimes>, before: &HashMap<u32, ProcTimes>) -> u64 {
+    let zero = ProcTimes::default();
+    now.iter().map(|(pid, n)| n.cpu_since(before.get(pid).unwrap_or(&zero), None)).sum()
 }
 
 /// Runs every hub's batches through `import` of the node it is assigned to.
@@ -267,39 +267,56 @@ impl ReceiptColumns {
 /// Hub batches per transaction of the raw baseline.
 const RAW_GROUP: usize = 20;
 
-/// The raw baseline: the same entries by batched INSERT into the same tables.
-async fn drive_raw(url: &str, hubs: Vec<Vec<Vec<Entry>>>) -> anyhow::Result<()> {
+/// One connection of the raw baseline, with its two statements.
+struct RawConn {
+    client: tokio_postgres::Client,
+    messages: tokio_postgres::Statement,
+    receipts: tokio_postgres::Statement,
+}
+
+/// The raw baseline's connections, opened before the measurement starts.
+async fn open_raw(url: &str) -> anyhow::Result<Vec<RawConn>> {
     const CONNECTIONS: usize = 8;
+    let cfg = outpost_store_postgres::parse_url(url)?;
+    let mut conns = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let messages = client
+            .prepare(
+                "INSERT INTO messages (cursor, id, room, kind, priority, body, seq, sender, device, hlc, at, origin_peer)
+                 SELECT c, i, r, k, p, b, s, se, d, h, a, 'raw'
+                   FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::smallint[], $6::text[],
+                               $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::bigint[])
+                        AS u(c, i, r, k, p, b, s, se, d, h, a)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .await?;
+        let receipts = client
+            .prepare(
+                "INSERT INTO receipts (cursor, msg_id, state, by_user, target, room, at, origin_peer)
+                 SELECT c, i, s, b, t, r, a, 'raw'
+                   FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+                        AS u(c, i, s, b, t, r, a)
+                 ON CONFLICT (msg_id, state, by_user) DO NOTHING",
+            )
+            .await?;
+        conns.push(RawConn { client, messages, receipts });
+    }
+    Ok(conns)
+}
+
+/// The raw baseline: the same entries by batched INSERT into the same tables, each
+/// connection taking the next group of batches. Gives the connections back.
+async fn drive_raw(conns: Vec<RawConn>, hubs: Vec<Vec<Vec<Entry>>>) -> anyhow::Result<Vec<RawConn>> {
     let batches: Vec<Vec<Entry>> = hubs.into_iter().flatten().collect();
     let groups: Vec<Vec<Entry>> = batches.chunks(RAW_GROUP).map(|c| c.concat()).rev().collect();
     let queue: Arc<Mutex<Vec<Vec<Entry>>>> = Arc::new(Mutex::new(groups));
     let next_cursor = Arc::new(AtomicU64::new(1));
-    let cfg = outpost_store_postgres::parse_url(url)?;
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..CONNECTIONS {
-        let (queue, next_cursor, cfg) = (queue.clone(), next_cursor.clone(), cfg.clone());
+    for mut c in conns {
+        let (queue, next_cursor) = (queue.clone(), next_cursor.clone());
         tasks.spawn(async move {
-            let (mut client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            let messages = client
-                .prepare(
-                    "INSERT INTO messages (cursor, id, room, kind, priority, body, seq, sender, device, hlc, at, origin_peer)
-                     SELECT c, i, r, k, p, b, s, se, d, h, a, 'raw'
-                       FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::smallint[], $6::text[],
-                                   $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::bigint[])
-                            AS u(c, i, r, k, p, b, s, se, d, h, a)
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .await?;
-            let receipts = client
-                .prepare(
-                    "INSERT INTO receipts (cursor, msg_id, state, by_user, target, room, at, origin_peer)
-                     SELECT c, i, s, b, t, r, a, 'raw'
-                       FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
-                            AS u(c, i, s, b, t, r, a)
-                     ON CONFLICT (msg_id, state, by_user) DO NOTHING",
-                )
-                .await?;
             while let Some(batch) = queue.lock().ok().and_then(|mut q| q.pop()) {
                 let first = next_cursor.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let (mut m, mut r) = (MessageColumns::default(), ReceiptColumns::default());
@@ -310,22 +327,35 @@ async fn drive_raw(url: &str, hubs: Vec<Vec<Vec<Entry>>>) -> anyhow::Result<()> 
                         Entry::Receipt(w) => r.push(cursor, w),
                     }
                 }
-                let tx = client.transaction().await?;
+                let tx = c.client.transaction().await?;
                 tx.execute(
-                    &messages,
-                    &[&m.cursor, &m.id, &m.room, &m.kind, &m.priority, &m.body, &m.seq, &m.sender, &m.device, &m.hlc, &m.at],
+                    &c.messages,
+                    &[
+                        &m.cursor,
+                        &m.id,
+                        &m.room,
+                        &m.kind,
+                        &m.priority,
+                        &m.body,
+                        &m.seq,
+                        &m.sender,
+                        &m.device,
+                        &m.hlc,
+                        &m.at,
+                    ],
                 )
                 .await?;
-                tx.execute(&receipts, &[&r.cursor, &r.id, &r.state, &r.by, &r.target, &r.room, &r.at]).await?;
+                tx.execute(&c.receipts, &[&r.cursor, &r.id, &r.state, &r.by, &r.target, &r.room, &r.at]).await?;
                 tx.commit().await?;
             }
-            anyhow::Ok(())
+            anyhow::Ok(c)
         });
     }
+    let mut back = Vec::new();
     while let Some(r) = tasks.join_next().await {
-        r??;
+        back.push(r??);
     }
-    Ok(())
+    Ok(back)
 }
 
 async fn ingest_once(
@@ -340,7 +370,7 @@ async fn ingest_once(
     let publisher = || Arc::new(Count::default()) as Arc<dyn Publisher>;
     // Open first (connections, migrations), then measure only the ingest.
     enum Open {
-        Raw(String),
+        Raw(Vec<RawConn>),
         Lite(outpost_store_sqlite::Store),
         Pg(Vec<PgStore>),
     }
@@ -348,7 +378,7 @@ async fn ingest_once(
         Variant::Raw => {
             let u = url()?;
             outpost_store_postgres::create(&u).await?;
-            Open::Raw(u)
+            Open::Raw(open_raw(&u).await?)
         }
         Variant::Sqlite => {
             let hub = outpost_engine::config::StorageConfig::default();
@@ -373,11 +403,17 @@ async fn ingest_once(
     };
     let (me, pg, machine) = (ProcTimes::read("self"), postgres_times(cluster), MachineTimes::read());
     let started = Instant::now();
-    match &open {
-        Open::Raw(u) => drive_raw(u, hubs).await?,
-        Open::Lite(s) => drive(std::slice::from_ref(s), hubs).await?,
-        Open::Pg(nodes) => drive(nodes, hubs).await?,
-    }
+    let open = match open {
+        Open::Raw(conns) => Open::Raw(drive_raw(conns, hubs).await?),
+        Open::Lite(s) => {
+            drive(std::slice::from_ref(&s), hubs).await?;
+            Open::Lite(s)
+        }
+        Open::Pg(nodes) => {
+            drive(&nodes, hubs).await?;
+            Open::Pg(nodes)
+        }
+    };
     let secs = started.elapsed().as_secs_f64();
     let (me2, pg2, machine2) = (ProcTimes::read("self"), postgres_times(cluster), MachineTimes::read());
     match open {
