@@ -64,6 +64,18 @@ impl AuditEvent {
     pub fn new(kind: AuditKind, detail: impl Into<String>) -> Self {
         Self { kind, actor: None, role: None, device: None, peer: None, room: None, detail: detail.into() }
     }
+    /// The audit row for a recorded revocation, made by `actor` (every backend writes
+    /// this with the revocation, in the same transaction).
+    pub fn revocation(r: &outpost_shared::Revocation, actor: &str) -> Self {
+        let what = match &r.what {
+            outpost_shared::Revoked::Token(jti) => format!("token {jti}"),
+            outpost_shared::Revoked::User { user, issued_before } => {
+                format!("tokens of {user} issued at or before {issued_before}")
+            }
+        };
+        Self::new(AuditKind::Revocation, format!("revoked {what}: {}", r.reason)).actor(actor)
+    }
+
     /// The token holder as actor, with their role.
     pub fn by(self, claims: &outpost_shared::Claims) -> Self {
         self.actor(claims.sub.as_str()).role(claims.role.as_str())

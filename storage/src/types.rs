@@ -1,6 +1,6 @@
 //! The log's request and answer types, and the error every storage call can return.
 
-use outpost_shared::frames::OutgoingMsg;
+use outpost_shared::frames::{MessageBody, OutgoingMsg};
 use outpost_shared::{Cursor, DeviceId, ErrorCode, MessageId, Priority, RoomId, UserId};
 
 /// Identifies one live connection (opaque to the store).
@@ -81,6 +81,40 @@ pub struct AppendRequest {
     /// Server receive time, ms since the Unix epoch.
     pub at: u64,
     pub origin: Option<SessionId>,
+}
+
+impl AppendRequest {
+    /// The most storage a send may find in use and still be taken: all of `quota` for an
+    /// emergency, the quota less the emergency reserve for the rest.
+    pub fn storage_limit(&self, quota: u64, emergency_reserve: u64) -> u64 {
+        if self.msg.priority == Priority::Emergency { quota } else { quota.saturating_sub(emergency_reserve) }
+    }
+
+    /// The message as stored, with the server's clock stamp, and the audit event an
+    /// emergency alert must be recorded with (in the same transaction as the message).
+    pub fn into_stored(self, hlc: outpost_shared::Hlc) -> (MessageBody, Option<crate::AuditEvent>) {
+        let AppendRequest { msg, from, device, at, origin: _ } = self;
+        let alert = (msg.priority == Priority::Emergency).then(|| {
+            crate::AuditEvent::new(crate::AuditKind::Emergency, format!("message {} ({})", msg.id, msg.kind))
+                .actor(from.as_str())
+                .device(device.as_str())
+                .room(msg.room.as_str())
+        });
+        let body = MessageBody {
+            id: msg.id,
+            room: msg.room,
+            kind: msg.kind,
+            priority: msg.priority,
+            body: msg.body,
+            seq: msg.seq,
+            reply_to: msg.reply_to,
+            from,
+            device,
+            hlc,
+            at,
+        };
+        (body, alert)
+    }
 }
 
 /// A peer's handshake state (see the link module).

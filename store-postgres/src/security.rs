@@ -5,7 +5,7 @@
 //! reader paging by `seq` never skips a row that committed late).
 
 use outpost_shared::Revocation;
-use outpost_storage::{AuditEvent, AuditKind, AuditRecord, StoreError};
+use outpost_storage::{AuditEvent, AuditRecord, StoreError};
 use tokio_postgres::{Statement, Transaction};
 
 use crate::{OpenError, connect, db, describe, from_sql, parse_url, schema, to_sql};
@@ -53,17 +53,6 @@ pub(crate) async fn upsert_revocation(tx: &Transaction<'_>, r: &Revocation) -> R
     Ok(true)
 }
 
-/// The audit row for a recorded revocation.
-pub(crate) fn revocation_event(r: &Revocation, actor: &str) -> AuditEvent {
-    let what = match &r.what {
-        outpost_shared::Revoked::Token(jti) => format!("token {jti}"),
-        outpost_shared::Revoked::User { user, issued_before } => {
-            format!("tokens of {user} issued at or before {issued_before}")
-        }
-    };
-    AuditEvent::new(AuditKind::Revocation, format!("revoked {what}: {}", r.reason)).actor(actor)
-}
-
 /// For one-shot commands: records revocations (each with its audit row) and further audit
 /// events in one transaction in the database at `url` (migrated if needed; running nodes
 /// pick the revocations up within their poll interval). Returns how many were new.
@@ -85,7 +74,7 @@ pub async fn record_offline(
         for r in revocations {
             if upsert_revocation(&tx, r).await? {
                 fresh += 1;
-                insert_audit(&tx, &insert, at, &revocation_event(r, actor)).await?;
+                insert_audit(&tx, &insert, at, &AuditEvent::revocation(r, actor)).await?;
             }
         }
         for e in events {

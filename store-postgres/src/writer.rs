@@ -18,7 +18,7 @@ use outpost_shared::frames::{MessageBody, Positioned, Receipt, ReceiptState};
 use outpost_shared::uplink::batch::{Entry, WireMessage, WireReceipt};
 use outpost_shared::{Cursor, DeviceId, Hlc, HlcClock, MessageId, Priority, RoomId, ServerFrame, UserId};
 use outpost_storage::{
-    AppendRequest, Appended, Audience, AuditEvent, AuditKind, Forwarded, LogEntry, PeerState, Reply, StoreError,
+    AppendRequest, Appended, Audience, AuditEvent, Forwarded, LogEntry, PeerState, Reply, StoreError,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
@@ -267,7 +267,7 @@ impl Writer {
                         for r in &list {
                             if st.upsert_revocation(&tx, r).await? {
                                 fresh += 1;
-                                st.insert_audit(&tx, now_ms(), &crate::security::revocation_event(r, &from)).await?;
+                                st.insert_audit(&tx, now_ms(), &AuditEvent::revocation(r, &from)).await?;
                             }
                         }
                         pending.push(Pending::Count(reply, fresh));
@@ -435,9 +435,9 @@ impl State {
         entries: &mut Vec<LogEntry>,
         new_rooms: &mut Vec<RoomId>,
     ) -> Result<Result<Appended, StoreError>, StoreError> {
-        let m = &req.msg;
         let (quota, reserve) = (self.shared.opts.quota_bytes, self.shared.opts.emergency_reserve_bytes);
-        let limit = if m.priority == Priority::Emergency { quota } else { quota.saturating_sub(reserve) };
+        let limit = req.storage_limit(quota, reserve);
+        let m = &req.msg;
         let used = self.shared.used_bytes.load(Ordering::Relaxed) + self.shared.blob_bytes.load(Ordering::Relaxed);
         if used >= limit {
             if let Some(cursor) = self.message_cursor(tx, m.id).await? {
@@ -457,28 +457,10 @@ impl State {
             }
             None => self.clock.tick(req.at),
         };
-        let AppendRequest { msg, from, device, at, origin: _ } = req;
-        let id = msg.id;
-        let alert = (msg.priority == Priority::Emergency).then(|| {
-            AuditEvent::new(AuditKind::Emergency, format!("message {id} ({})", msg.kind))
-                .actor(from.as_str())
-                .device(device.as_str())
-                .room(msg.room.as_str())
-        });
-        let (user, dev, seq) = (from.clone(), device.clone(), msg.seq.0);
-        let body = MessageBody {
-            id: msg.id,
-            room: msg.room,
-            kind: msg.kind,
-            priority: msg.priority,
-            body: msg.body,
-            seq: msg.seq,
-            reply_to: msg.reply_to,
-            from,
-            device,
-            hlc,
-            at,
-        };
+        let (id, at) = (req.msg.id, req.at);
+        // For the gap check, which only a stored message may move on.
+        let (user, dev, seq) = (req.from.clone(), req.device.clone(), req.msg.seq.0);
+        let (body, alert) = req.into_stored(hlc);
         let Some(cursor) = self.insert_message(tx, body, None, entries, new_rooms).await? else {
             let cursor = self
                 .message_cursor(tx, id)

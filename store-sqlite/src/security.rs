@@ -11,7 +11,7 @@ use std::path::Path;
 use outpost_shared::{Revocation, RevocationList};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{AuditEvent, AuditKind, AuditRecord, OpenError, StoreError, connect, schema};
+use super::{AuditEvent, AuditRecord, OpenError, StoreError, connect, schema};
 
 fn to_sql(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -131,7 +131,7 @@ pub fn record_offline(
     for r in revocations {
         if upsert_revocation(&tx, r).map_err(open_err)? {
             fresh += 1;
-            insert_audit(&tx, at, &revocation_event(r, actor)).map_err(open_err)?;
+            insert_audit(&tx, at, &AuditEvent::revocation(r, actor)).map_err(open_err)?;
         }
     }
     for e in events {
@@ -145,15 +145,4 @@ pub fn record_offline(
 pub fn read_offline(path: &Path, after: u64, limit: u32) -> Result<(Vec<AuditRecord>, bool), StoreError> {
     let conn = connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     Ok(audit_page(&conn, after, limit)?)
-}
-
-/// The audit row for a recorded revocation.
-pub(super) fn revocation_event(r: &Revocation, actor: &str) -> AuditEvent {
-    let what = match &r.what {
-        outpost_shared::Revoked::Token(jti) => format!("token {jti}"),
-        outpost_shared::Revoked::User { user, issued_before } => {
-            format!("tokens of {user} issued at or before {issued_before}")
-        }
-    };
-    AuditEvent::new(AuditKind::Revocation, format!("revoked {what}: {}", r.reason)).actor(actor)
 }

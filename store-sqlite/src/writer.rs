@@ -246,7 +246,7 @@ impl Writer {
                         for r in &entries {
                             if super::security::upsert_revocation(&self.conn, r)? {
                                 fresh += 1;
-                                let e = super::security::revocation_event(r, &from);
+                                let e = super::AuditEvent::revocation(r, &from);
                                 super::security::insert_audit(&self.conn, now_ms(), &e)?;
                             }
                         }
@@ -331,12 +331,8 @@ impl Writer {
         entries: &mut Vec<LogEntry>,
         new_rooms: &mut Vec<RoomId>,
     ) -> Result<Result<Appended, StoreError>, StoreError> {
+        let limit = req.storage_limit(self.opts.quota_bytes, self.opts.emergency_reserve_bytes);
         let m = &req.msg;
-        let limit = if m.priority == Priority::Emergency {
-            self.opts.quota_bytes
-        } else {
-            self.opts.quota_bytes.saturating_sub(self.opts.emergency_reserve_bytes)
-        };
         let used = self.used_bytes + self.gauges.blob_bytes.load(Ordering::Relaxed);
         if used >= limit {
             // A re-send is answered as the duplicate it is even when storage is full.
@@ -359,30 +355,10 @@ impl Writer {
             }
             None => self.clock.tick(req.at),
         };
-        let AppendRequest { msg, from, device, at, origin } = req;
-        let id = msg.id;
-        // The audit row of an alert, built before the message moves into the insert.
-        let alert = (msg.priority == Priority::Emergency).then(|| {
-            super::AuditEvent::new(super::AuditKind::Emergency, format!("message {id} ({})", msg.kind))
-                .actor(from.as_str())
-                .device(device.as_str())
-                .room(msg.room.as_str())
-        });
+        let (id, at, origin) = (req.msg.id, req.at, req.origin);
         // For the gap check, which only a stored message may move on.
-        let (user, dev, seq) = (from.clone(), device.clone(), msg.seq.0);
-        let body = MessageBody {
-            id: msg.id,
-            room: msg.room,
-            kind: msg.kind,
-            priority: msg.priority,
-            body: msg.body,
-            seq: msg.seq,
-            reply_to: msg.reply_to,
-            from,
-            device,
-            hlc,
-            at,
-        };
+        let (user, dev, seq) = (req.from.clone(), req.device.clone(), req.msg.seq.0);
+        let (body, alert) = req.into_stored(hlc);
         let Some(cursor) = self.insert_message(body, None, origin, entries, new_rooms)? else {
             // A re-send: the insert found the id and did nothing.
             let cursor =

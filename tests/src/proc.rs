@@ -89,6 +89,22 @@ impl Cloud {
         Ok(run_ok(&mut cmd)?.trim().to_owned())
     }
 
+    /// Dr Neema's laptop, signed in at `url` with a doctor's token for `rooms`.
+    pub async fn doctor(&self, url: &str, rooms: &[&str]) -> anyhow::Result<crate::Device> {
+        let tok = self.token("dr-neema", "doctor", rooms, "1h")?;
+        let mut d = crate::Device::connect(url).await?;
+        d.hello(&tok, "neema-laptop", None, None).await?;
+        Ok(d)
+    }
+
+    /// `user`'s phone, signed in at `url` with a worker's token for `rooms`.
+    pub async fn worker(&self, url: &str, user: &str, rooms: &[&str]) -> anyhow::Result<crate::Device> {
+        let tok = self.token(user, "worker", rooms, "1h")?;
+        let mut d = crate::Device::connect(url).await?;
+        d.hello(&tok, &format!("{user}-phone"), None, None).await?;
+        Ok(d)
+    }
+
     /// Enrolls relay `id` (for a cloud at 127.0.0.1:4433) and provisions `dir`.
     pub fn provision_relay(&self, id: &str, dir: &Path) -> anyhow::Result<RelayDir> {
         self.provision_relay_at(id, dir, "127.0.0.1:4433")

@@ -30,20 +30,6 @@ fn cloud_on(dir: &std::path::Path, url: &str) -> anyhow::Result<Cloud> {
     Ok(cloud)
 }
 
-async fn doctor(cloud: &Cloud, url: &str, rooms: &[&str]) -> anyhow::Result<Device> {
-    let tok = cloud.token("dr-neema", "doctor", rooms, "1h")?;
-    let mut d = Device::connect(url).await?;
-    d.hello(&tok, "neema-laptop", None, None).await?;
-    Ok(d)
-}
-
-async fn worker(cloud: &Cloud, url: &str, user: &str, rooms: &[&str]) -> anyhow::Result<Device> {
-    let tok = cloud.token(user, "worker", rooms, "1h")?;
-    let mut d = Device::connect(url).await?;
-    d.hello(&tok, &format!("{user}-phone"), None, None).await?;
-    Ok(d)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_doctor_on_another_node_than_the_hubs_gets_its_messages_and_the_reply_goes_down() -> anyhow::Result<()> {
     let (_pg, url) = cluster()?;
@@ -54,8 +40,8 @@ async fn a_doctor_on_another_node_than_the_hubs_gets_its_messages_and_the_reply_
     let node_b = cloud.start("127.0.0.1:0").await?;
     let relay =
         cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &node_a.quic_addr())?.start(&[]).await?;
-    let mut amina = worker(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
-    let mut dr = doctor(&cloud, &node_b.ws_url(), &["clinic"]).await?;
+    let mut amina = cloud.worker(&relay.ws_url(), "amina", &["clinic"]).await?;
+    let mut dr = cloud.doctor(&node_b.ws_url(), &["clinic"]).await?;
 
     // Live: through the hub, node A, PostgreSQL, node B.
     let q = amina.send_stored(chat("clinic", "fever 39.5, what dose?")).await?;
@@ -70,7 +56,7 @@ async fn a_doctor_on_another_node_than_the_hubs_gets_its_messages_and_the_reply_
     assert_eq!(got["msg"]["id"], r["id"], "the reply reached the worker through the other node");
 
     // And on replay: a second doctor on node A sees both, in order.
-    let mut dr2 = doctor(&cloud, &node_a.ws_url(), &["clinic"]).await?;
+    let mut dr2 = cloud.doctor(&node_a.ws_url(), &["clinic"]).await?;
     let both = dr2.messages(2).await?;
     assert_eq!(both[0]["msg"]["id"], q["id"]);
     assert_eq!(both[1]["msg"]["id"], r["id"]);
@@ -121,12 +107,12 @@ async fn a_node_killed_during_a_5000_message_drain_loses_and_doubles_nothing() -
         .await?;
     let mut senders = Vec::new();
     for user in ["amina", "baraka"] {
-        senders.push((user.to_owned(), worker(&cloud, &relay.ws_url(), user, &["clinic"]).await?));
+        senders.push((user.to_owned(), cloud.worker(&relay.ws_url(), user, &["clinic"]).await?));
     }
     let sent = backlog(&mut senders, DRAIN).await?;
 
     let node_c = cloud.start("127.0.0.1:0").await?;
-    let mut dr = doctor(&cloud, &node_c.ws_url(), &["clinic"]).await?;
+    let mut dr = cloud.doctor(&node_c.ws_url(), &["clinic"]).await?;
     let _node_b = cloud.start(&quic_b).await?;
     let mut node_a = cloud.start(&quic_a).await?;
     // Part of the drain has gone through node A when it dies; the hub moves to node B
@@ -150,7 +136,7 @@ async fn postgres_restarted_during_a_drain_loses_and_doubles_nothing() -> anyhow
     let relay = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &quic_a)?.start(FAST_RETRY).await?;
     let mut senders = Vec::new();
     for user in ["amina", "baraka"] {
-        senders.push((user.to_owned(), worker(&cloud, &relay.ws_url(), user, &["clinic"]).await?));
+        senders.push((user.to_owned(), cloud.worker(&relay.ws_url(), user, &["clinic"]).await?));
     }
     let sent = backlog(&mut senders, DRAIN).await?;
     let _node_a = cloud.start(&quic_a).await?;
@@ -190,8 +176,8 @@ async fn an_sqlite_cloud_moved_into_postgres_carries_on_without_a_resync() -> an
     let quic = free_udp_addr()?;
     let mut lite = cloud.start(&quic).await?;
     let relay = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &quic)?.start(FAST_RETRY).await?;
-    let mut amina = worker(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
-    let mut dr = doctor(&cloud, &lite.ws_url(), &["clinic"]).await?;
+    let mut amina = cloud.worker(&relay.ws_url(), "amina", &["clinic"]).await?;
+    let mut dr = cloud.doctor(&lite.ws_url(), &["clinic"]).await?;
     let mut before = Vec::new();
     for i in 0..20 {
         before.push(amina.send_stored(chat("clinic", &format!("before {i}"))).await?);
@@ -221,7 +207,7 @@ async fn an_sqlite_cloud_moved_into_postgres_carries_on_without_a_resync() -> an
     assert_eq!(next["msg"]["id"], after["id"], "the next message is the new one, nothing resent");
     dr.no_frame_of("message", Duration::from_millis(500)).await?;
     // Nothing was lost: the whole room is there, once each.
-    let mut dr2 = doctor(&cloud, &pg_node.ws_url(), &["clinic"]).await?;
+    let mut dr2 = cloud.doctor(&pg_node.ws_url(), &["clinic"]).await?;
     let all = dr2.messages(21).await?;
     let ids: Vec<&Value> = all.iter().map(|m| &m["msg"]["id"]).collect();
     let expected: Vec<&Value> = before.iter().chain([&after]).map(|s| &s["id"]).collect();

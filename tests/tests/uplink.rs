@@ -11,20 +11,6 @@ const FAST_RETRY: &[(&str, &str)] = &[("OUTPOST_UPLINK__RETRY_MAX_SECS", "2")];
 
 use serde_json::{Value, json};
 
-async fn doctor(cloud: &Cloud, url: &str, rooms: &[&str]) -> anyhow::Result<Device> {
-    let tok = cloud.token("dr-neema", "doctor", rooms, "1h")?;
-    let mut d = Device::connect(url).await?;
-    d.hello(&tok, "neema-laptop", None, None).await?;
-    Ok(d)
-}
-
-async fn worker(cloud: &Cloud, url: &str, user: &str, rooms: &[&str]) -> anyhow::Result<Device> {
-    let tok = cloud.token(user, "worker", rooms, "1h")?;
-    let mut d = Device::connect(url).await?;
-    d.hello(&tok, &format!("{user}-phone"), None, None).await?;
-    Ok(d)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_stored_while_the_cloud_is_down_arrives_exactly_once_in_order() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -36,7 +22,7 @@ async fn a_backlog_stored_while_the_cloud_is_down_arrives_exactly_once_in_order(
     const PER_SENDER: usize = 1000;
     let mut senders = Vec::new();
     for user in ["amina", "baraka"] {
-        senders.push(worker(&cloud, &relay.ws_url(), user, &["clinic"]).await?);
+        senders.push(cloud.worker(&relay.ws_url(), user, &["clinic"]).await?);
     }
     let mut sent: HashMap<String, Vec<String>> = HashMap::new();
     for (i, d) in senders.iter_mut().enumerate() {
@@ -53,7 +39,7 @@ async fn a_backlog_stored_while_the_cloud_is_down_arrives_exactly_once_in_order(
 
     // The cloud appears.
     let cloud_proc = cloud.start(&quic).await?;
-    let mut dr = doctor(&cloud, &cloud_proc.ws_url(), &["clinic"]).await?;
+    let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?;
     let got = dr.messages(2 * PER_SENDER).await?;
     let mut seen = HashSet::new();
     let mut by_sender: HashMap<String, Vec<String>> = HashMap::new();
@@ -87,8 +73,8 @@ async fn a_doctors_reply_reaches_the_worker_live_and_after_reconnecting() -> any
     let cloud_proc = cloud.start("127.0.0.1:0").await?;
     let relay =
         cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &cloud_proc.quic_addr())?.start(&[]).await?;
-    let mut amina = worker(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
-    let mut dr = doctor(&cloud, &cloud_proc.ws_url(), &["clinic"]).await?;
+    let mut amina = cloud.worker(&relay.ws_url(), "amina", &["clinic"]).await?;
+    let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?;
 
     let q = amina.send_stored(chat("clinic", "fever 39.5, what dose?")).await?;
     let at_cloud = dr.expect("message").await?;
@@ -144,13 +130,13 @@ async fn hospital_systems_post_and_read_through_the_http_api() -> anyhow::Result
         .provision_relay_at("village-7", &tmp.path().join("relay"), &cloud_proc.quic_addr())?
         .start(FAST_RETRY)
         .await?;
-    let mut amina = worker(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
+    let mut amina = cloud.worker(&relay.ws_url(), "amina", &["clinic"]).await?;
     let base = cloud_proc.http_base();
     let his = cloud.token("his", "doctor", &["clinic"], "1h")?;
 
     // A village message is readable over HTTP once it reached the cloud (a doctor's
     // device on the cloud tells us when).
-    let mut dr = doctor(&cloud, &cloud_proc.ws_url(), &["clinic"]).await?;
+    let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?;
     let m = amina.send_stored(chat("clinic", "lab results please")).await?;
     dr.expect("message").await?;
     let path = "/api/rooms/clinic/messages?after=0";
