@@ -438,7 +438,7 @@ impl State {
         let m = &req.msg;
         let (quota, reserve) = (self.shared.opts.quota_bytes, self.shared.opts.emergency_reserve_bytes);
         let limit = if m.priority == Priority::Emergency { quota } else { quota.saturating_sub(reserve) };
-        let used = self.shared.used_bytes.load(Ordering::Relaxed) + self.shared.blob_bytes.load(Ordering::Relaxed);
+        let used = self.shared.used_bytes.load(Ordering::Relaxed);
         if used >= limit {
             if let Some(cursor) = self.message_cursor(tx, m.id).await? {
                 return Ok(Ok(Appended { id: m.id, cursor, duplicate: true }));
