@@ -126,6 +126,7 @@ pub fn postgres_options(config: &CloudConfig) -> PgOptions {
         max_batch: config.storage.max_batch,
         max_receipts_per_ack: config.limits.max_receipts_per_ack,
         readers: config.storage.readers,
+        blob_chunk_bytes: config.storage.blob_chunk_bytes,
         ..PgOptions::default()
     }
 }
