@@ -20,6 +20,9 @@ use serde_json::Value;
 /// at once (the send rate limit is tested elsewhere).
 const FAST_RETRY: &[(&str, &str)] = &[("OUTPOST_UPLINK__RETRY_MAX_SECS", "2"), ("OUTPOST_LIMITS__RATE_BURST", "10000")];
 
+/// Upload chunks, as the web client sends them.
+const CHUNK: usize = 256 << 10;
+
 fn cluster() -> anyhow::Result<(TestCluster, String)> {
     let c = TestCluster::start().map_err(anyhow::Error::msg)?;
     let url = c.create_database("cloud").map_err(anyhow::Error::msg)?;
@@ -203,6 +206,15 @@ async fn an_sqlite_cloud_moved_into_postgres_carries_on_without_a_resync() -> an
     let cursor = seen.last().and_then(|m| m["cursor"].as_u64());
     let epoch = dr.welcome["epoch"].as_str().map(str::to_owned);
     dr.close().await;
+    // A photo the SQLite cloud holds as a file, and an upload it has part of.
+    let neema = cloud.token("dr-neema", "doctor", &["clinic"], "1h")?;
+    let (img, img2) = (photo(600_000, 31), photo(900_000, 32));
+    let mut whole = Upload::new(&lite.http_base(), &neema, &img);
+    whole.create().await?;
+    assert_eq!(whole.run(CHUNK, None).await?, img.len() as u64);
+    let mut half = Upload::new(&lite.http_base(), &neema, &img2);
+    half.create().await?;
+    let at = half.run(CHUNK, Some(300_000)).await?;
     assert_eq!(lite.terminate().await?, Some(0));
 
     let out = std::process::Command::new(outpost_tests::bin("outpost-cloud"))
@@ -211,8 +223,17 @@ async fn an_sqlite_cloud_moved_into_postgres_carries_on_without_a_resync() -> an
         .args(["--database", &url])
         .output()?;
     assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("media: 1 blobs") && said.contains("1 unfinished uploads"), "{said}");
 
     let pg_node = cloud.start_with_args(&quic, &["--database", &url]).await?;
+    // The media moved too: the photo is served, the upload resumes where it was.
+    let got = download(&pg_node.http_base(), &neema, &whole.sha).await?;
+    assert_eq!((got.status, sha256_hex(&got.body)), (200, whole.sha.clone()), "the photo moved into PostgreSQL");
+    half.base = pg_node.http_base();
+    assert_eq!(half.offset().await?, at, "the upload goes on from what the SQLite cloud had");
+    assert_eq!(half.run(CHUNK, None).await?, img2.len() as u64);
+    assert_eq!(half.sent_bytes, img2.len() as u64, "nothing was sent twice");
     // The doctor resumes within the same epoch after the cursor it holds: no resync.
     let token = cloud.token("dr-neema", "doctor", &["clinic"], "1h")?;
     let mut dr = Device::connect(&pg_node.ws_url()).await?;
@@ -327,9 +348,6 @@ async fn a_revocation_made_once_is_enforced_by_every_node_and_audited_in_one_log
     assert!(count("login_refused") >= 2, "both nodes' refusals are audited in the shared log: {log}");
     Ok(())
 }
-
-/// Upload chunks, as the web client sends them.
-const CHUNK: usize = 256 << 10;
 
 /// The first `message` frame whose body names `sha`.
 async fn media_message(d: &mut Device, sha: &str) -> anyhow::Result<Value> {
