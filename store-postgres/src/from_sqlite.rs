@@ -11,8 +11,9 @@
 //!
 //! A media file is copied only when the database names it (a blob not evicted, an
 //! unfinished upload), and a blob only when its bytes hash to its name and have its
-//! recorded size; what is not copied is listed in [`MovedMedia::left`]. Files no row
-//! names (left by a crash between a file's removal and its row's) stay behind unlisted.
+//! recorded size; what is not copied is listed in [`MovedMedia::left`], and such a blob
+//! is recorded as evicted (it may be uploaded again). Files no row names (left by a crash
+//! between a file's removal and its row's) stay behind unlisted.
 
 use std::io::Read as _;
 use std::path::Path;
@@ -309,12 +310,16 @@ async fn copy_media(
                 tx.execute("DELETE FROM blob_chunks WHERE holder = '' AND sha256 = $1", &[&sha])
                     .await
                     .map_err(Either::Pg)?;
+                missing(tx, &sha, now).await.map_err(Either::Pg)?;
                 out.left.push(format!(
                     "{}: {n} bytes that do not hash to its name or have its recorded size ({size}); not copied",
                     path.display()
                 ));
             }
-            Err(e) => out.left.push(format!("{}: {e}; not copied", path.display())),
+            Err(e) => {
+                missing(tx, &sha, now).await.map_err(Either::Pg)?;
+                out.left.push(format!("{}: {e}; not copied", path.display()));
+            }
         }
     }
     let uploads: Vec<(String, Vec<u8>)> = src
@@ -342,6 +347,13 @@ async fn copy_media(
         out.upload_bytes += received;
     }
     Ok(out)
+}
+
+/// A blob whose bytes did not move is recorded as removed (as retention does): its
+/// message and preview stay, and anyone holding the file may upload it again, which a
+/// blob recorded as whole would refuse as already there.
+async fn missing(tx: &tokio_postgres::Transaction<'_>, sha: &[u8], now: i64) -> Result<u64, tokio_postgres::Error> {
+    tx.execute("UPDATE blobs SET evicted = $2 WHERE sha256 = $1", &[&sha, &now]).await
 }
 
 /// Copies the file at `path` into rows of `holder`'s `sha` and answers its length and

@@ -453,6 +453,10 @@ async fn a_sqlite_clouds_media_files_move_in_and_its_unfinished_uploads_resume()
     assert!(ok(bytes.read_at(kept.1, 654_321, 1_000).await) == kept.0[654_321..655_321]);
     assert_eq!(bytes.read_at(evicted.1, 0, 1).await, Err(BytesError::Missing), "evicted stays evicted");
     assert_eq!(bytes.read_at(damaged.1, 0, 1).await, Err(BytesError::Missing));
+    assert!(
+        ok(pg.blob(damaged.1).await).is_some_and(|b| b.evicted),
+        "a blob whose bytes did not move is recorded as removed, so it may be uploaded again"
+    );
     assert!(ok(pg.blob(kept.1).await).is_some_and(|b| !b.evicted), "with its metadata");
     // The hub resumes at what the SQLite cloud had received; the worker starts at 0.
     assert_eq!(ok(bytes.partial_len("peer:hub-1", pid).await), 120_000);
