@@ -82,6 +82,19 @@ impl PgBytes {
         c.execute(&stmt, params).await.map_err(pg)
     }
 
+    /// The committed length of an upload, if there is one.
+    async fn committed(&self, owner: &str, blob: BlobId) -> Result<Option<u64>, BytesError> {
+        let c = self.conn().await?;
+        let row = c
+            .query_opt(
+                "SELECT length FROM partial_data WHERE owner = $1 AND sha256 = $2",
+                &[&owner, &blob.0.as_slice()],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| from_sql(r.get(0))))
+    }
+
     /// Drops a stage and the rows written under it.
     async fn drop_stage(&self, stage: &str) -> Result<(), BytesError> {
         let mut c = self.conn().await?;
@@ -121,15 +134,7 @@ impl BlobBytes for PgBytes {
     type Append = PgAppend;
 
     async fn partial_len(&self, owner: &str, blob: BlobId) -> Result<u64, BytesError> {
-        let c = self.conn().await?;
-        let row = c
-            .query_opt(
-                "SELECT length FROM partial_data WHERE owner = $1 AND sha256 = $2",
-                &[&owner, &blob.0.as_slice()],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(row.map_or(0, |r| from_sql(r.get(0))))
+        Ok(self.committed(owner, blob).await?.unwrap_or(0))
     }
 
     async fn partial_create(&self, owner: &str, blob: BlobId) -> Result<(), BytesError> {
@@ -145,13 +150,13 @@ impl BlobBytes for PgBytes {
     }
 
     async fn append(&self, owner: &str, blob: BlobId, offset: u64) -> Result<PgAppend, BytesError> {
-        let have = self.partial_len(owner, blob).await?;
-        if have != offset {
-            return Err(BytesError::Offset(have));
+        let have = self.committed(owner, blob).await?;
+        if have.unwrap_or(0) != offset {
+            return Err(BytesError::Offset(have.unwrap_or(0)));
         }
-        if have == 0 {
+        if have.is_none() {
             // An upload not created yet has length 0 and is created by its first chunk, as
-            // a file is (one moved from SQLite without its bytes, say).
+            // a file is (one whose metadata was written and whose bytes never were).
             self.partial_create(owner, blob).await?;
         }
         let stage = format!("~{}", uuid::Uuid::new_v4());

@@ -88,6 +88,9 @@ pub async fn an_upload_grows_only_at_its_end_and_says_where_it_stands<B: BlobByt
     let (digest, head) = ok(b.partial_digest(owner, blob, 9).await);
     assert_eq!(digest, blob.0);
     assert_eq!(head, b"%PDF-1.7\n", "the head names the type");
+    // An upload never created has length 0, and its first chunk creates it.
+    assert_eq!(append(&b, "user:juma", blob, 0, &bytes[..1_000], 1_000).await, 1_000);
+    assert_eq!(ok(b.partial_len("user:juma", blob).await), 1_000);
 }
 
 /// A chunk aborted (refused, checksum mismatch) leaves no trace: the upload's length and
