@@ -257,7 +257,19 @@ pub struct StorageConfig {
     pub max_batch: usize,
     /// Database reads that run at once for devices, and as many again for relays' links.
     pub readers: usize,
+    /// On PostgreSQL, where media bytes are rows too: most bytes of a blob or an
+    /// unfinished upload in one row. A chunk on its way in holds up to this much in
+    /// memory per upload, and a range read fetches whole rows' worth at most; the default
+    /// is the web client's upload chunk. Unused on SQLite (media are files).
+    pub blob_chunk_bytes: usize,
 }
+
+/// Smallest `storage.blob_chunk_bytes`: below this a row's own overhead and the number
+/// of rows per photo (index entries, round trips) outweigh what it saves in memory.
+const MIN_BLOB_CHUNK_BYTES: usize = 16 << 10;
+/// Largest `storage.blob_chunk_bytes`: a node holds one such piece per upload in flight,
+/// and PostgreSQL moves a row in one message.
+const MAX_BLOB_CHUNK_BYTES: usize = 16 << 20;
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -268,6 +280,7 @@ impl Default for StorageConfig {
             emergency_reserve_bytes: hub.emergency_reserve_bytes,
             max_batch: hub.max_batch,
             readers: hub.readers,
+            blob_chunk_bytes: outpost_store_postgres::DEFAULT_BLOB_CHUNK_BYTES,
         }
     }
 }
@@ -282,6 +295,23 @@ impl StorageConfig {
             max_batch: self.max_batch,
             readers: self.readers,
         }
+    }
+
+    /// What is wrong with the PostgreSQL settings (`database`, `blob_chunk_bytes`).
+    pub fn database_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some(url) = &self.database
+            && let Err(e) = outpost_store_postgres::parse_url(url)
+        {
+            p.push(format!("storage.database: {e}"));
+        }
+        if !(MIN_BLOB_CHUNK_BYTES..=MAX_BLOB_CHUNK_BYTES).contains(&self.blob_chunk_bytes) {
+            p.push(format!(
+                "storage.blob_chunk_bytes = {} must be between {MIN_BLOB_CHUNK_BYTES} and {MAX_BLOB_CHUNK_BYTES}",
+                self.blob_chunk_bytes
+            ));
+        }
+        p
     }
 }
 
@@ -313,12 +343,20 @@ impl CloudConfig {
     /// (`storage.database`), for the one-shot commands, which need nothing else of the
     /// configuration (a server's listen addresses may well be given as flags only).
     pub fn database(dir: &Path) -> Result<Option<String>, ConfigError> {
+        Ok(Self::storage(dir)?.database)
+    }
+
+    /// The `[storage]` settings of `cloud.toml` and the environment alone, checked (for
+    /// the one-shot commands, as [`CloudConfig::database`]).
+    pub fn storage(dir: &Path) -> Result<StorageConfig, ConfigError> {
         let mut layered = Self::layers(dir).read(Some(&CloudConfig::default()), std::env::vars_os())?;
         let storage: StorageConfig = layered.section("storage");
-        if !layered.problems.is_empty() {
-            return Err(ConfigError { problems: std::mem::take(&mut layered.problems) });
+        let mut problems = std::mem::take(&mut layered.problems);
+        problems.extend(storage.database_problems());
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
         }
-        Ok(storage.database)
+        Ok(storage)
     }
 
     /// [`CloudConfig::load_with`] with the environment given.
@@ -387,11 +425,7 @@ impl CloudConfig {
         }
         p.extend(tls_pair_problem(s.tls_cert.is_some(), s.tls_key.is_some()));
         p.extend(self.storage.engine(PathBuf::new()).problems());
-        if let Some(url) = &self.storage.database
-            && let Err(e) = outpost_store_postgres::parse_url(url)
-        {
-            p.push(format!("storage.database: {e}"));
-        }
+        p.extend(self.storage.database_problems());
         p.extend(self.limits.problems());
         p.extend(self.security.problems());
         p.extend(self.media.problems());
@@ -578,13 +612,14 @@ mod tests {
     fn every_problem_is_reported_at_once() {
         let dir = dir_with(
             "cloud_id = \"c\"\n[storage]\nquota_bytes = 1000\nemergency_reserve_bytes = 2000\nreaders = 0\n\
-             [limits]\nmax_devices = 0\nidle_timeout_secs = 5\nping_interval_secs = 10\n\
+             blob_chunk_bytes = 100\n[limits]\nmax_devices = 0\nidle_timeout_secs = 5\nping_interval_secs = 10\n\
              [media]\npreview_quality = 0\nretention_dayz = 3\n[bogus]\nx = 1\n",
         );
         let all = problems(dir.path(), &[("OUTPOST_CLOUD_SECURITY__REVOCATION_POLL_MS", "0")]);
         for needle in [
             "storage.emergency_reserve_bytes must be smaller than storage.quota_bytes",
             "storage.readers must be greater than 0",
+            "storage.blob_chunk_bytes = 100 must be between 16384 and 16777216",
             "limits.max_devices must be greater than 0",
             "limits.idle_timeout_secs must be longer than limits.ping_interval_secs",
             "retention_dayz",

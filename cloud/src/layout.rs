@@ -10,7 +10,8 @@
 //! DIR/keys/server.crt     the cloud's QUIC server certificate, issued by the relay CA
 //! DIR/data/               the cloud's databases
 //! DIR/data/cloud.db       the cloud's database (messages, audit log, media metadata)
-//! DIR/data/media/         photos, voice notes and documents
+//! DIR/data/media/         photos, voice notes and documents (on SQLite; on PostgreSQL
+//!                         they are in the database)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,10 @@ impl Layout {
     }
     pub fn database(&self) -> PathBuf {
         self.data().join("cloud.db")
+    }
+    /// The SQLite cloud's media files (`blobs/`, `partial/`).
+    pub fn media(&self) -> PathBuf {
+        self.data().join("media")
     }
     pub fn token_key(&self) -> PathBuf {
         self.keys().join("token.key")

@@ -49,9 +49,10 @@ enum Cmd {
         #[arg(long)]
         database: Option<String>,
     },
-    /// Move this cloud's SQLite database (DIR/data/cloud.db) into an empty PostgreSQL
-    /// database, keeping every cursor, mark and the epoch: hubs and doctors carry on
-    /// without a resync. Stop the cloud first; afterwards run it with --database.
+    /// Move this cloud's SQLite database (DIR/data/cloud.db) and its media files
+    /// (DIR/data/media) into an empty PostgreSQL database, keeping every cursor, mark and
+    /// the epoch: hubs and doctors carry on without a resync. Stop the cloud first;
+    /// afterwards run it with --database.
     Migrate {
         #[arg(long)]
         dir: PathBuf,
@@ -251,9 +252,24 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             if !from.exists() {
                 anyhow::bail!("{} does not exist: there is no SQLite cloud to move", from.display());
             }
-            let moved = Database::block_on(outpost_store_postgres::from_sqlite::move_sqlite(&from, &database))??;
+            let chunk = CloudConfig::storage(&dir)?.blob_chunk_bytes;
+            let media = id.layout.media();
+            let moving = outpost_store_postgres::from_sqlite::move_sqlite(&from, &media, &database, chunk);
+            let moved = Database::block_on(moving)??;
             for (table, rows) in &moved.rows {
                 println!("{table}: {rows} rows");
+            }
+            let m = &moved.media;
+            println!(
+                "media: {} blobs ({} bytes), {} unfinished uploads ({} bytes) copied from {}",
+                m.blobs,
+                m.blob_bytes,
+                m.uploads,
+                m.upload_bytes,
+                media.display()
+            );
+            for left in &m.left {
+                println!("media left behind: {left}");
             }
             println!(
                 "moved {} into PostgreSQL (epoch {}, head {}); run the cloud with --database",

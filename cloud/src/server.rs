@@ -111,7 +111,8 @@ pub async fn run(
         Some(url) => {
             let router = std::sync::Arc::new(outpost_engine::router::Router::new());
             let store = PgStore::open(url, postgres_options(config), router.clone()).await?;
-            // Media files still go beside the node's directory (`DIR/data/media`).
+            // Media bytes are in the database too (PgStore's `BlobBytes`): nothing of the
+            // node's own goes in `DIR/data`, so nodes may run on copies of DIR.
             serve(Core::new(engine, store, router, &db)?, id, config, ws, tls, quic, shutdown, on_ready).await
         }
     }
@@ -125,6 +126,7 @@ pub fn postgres_options(config: &CloudConfig) -> PgOptions {
         max_batch: config.storage.max_batch,
         max_receipts_per_ack: config.limits.max_receipts_per_ack,
         readers: config.storage.readers,
+        blob_chunk_bytes: config.storage.blob_chunk_bytes,
         ..PgOptions::default()
     }
 }

@@ -21,7 +21,7 @@ use outpost_storage::AuditEvent;
 /// audit log).
 pub const REVOKED: &str = "this token was revoked; ask your supervisor for a new one";
 
-pub struct Hub<S> {
+pub struct Hub<S: Storage> {
     pub config: RelayConfig,
     pub store: S,
     pub router: Arc<Router>,

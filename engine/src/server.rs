@@ -55,7 +55,7 @@ pub enum RunError {
 }
 
 /// The device-serving core shared by the hub and the cloud: store, router, sessions.
-pub struct Core<S> {
+pub struct Core<S: Storage> {
     pub hub: Arc<Hub<S>>,
     pub store: S,
     /// Owns the sessions (closed with a grace period at shutdown).
@@ -97,9 +97,12 @@ impl Core<Store> {
 
 impl<S: Storage> Core<S> {
     /// Builds the server on an open `store`, which must publish what it commits to
-    /// `router`. Media files go in `media/` beside `place` (the database file, or the
-    /// directory's own data file for a remote database). Tokens are verified with
+    /// `router`. Media bytes go where the store keeps them ([`MediaStore::blob_bytes`]):
+    /// a store that keeps files puts them in `media/` beside `place` (its database file);
+    /// one that keeps them in its database ignores `place`. Tokens are verified with
     /// `config.identity` (the cloud's key and id).
+    ///
+    /// [`MediaStore::blob_bytes`]: outpost_storage::MediaStore::blob_bytes
     pub fn new(config: RelayConfig, store: S, router: Arc<Router>, place: &Path) -> Result<Self, RunError> {
         let key = decode_public_key(&config.identity.token_public_key).map_err(RunError::Config)?;
         let verifier = TokenVerifier::new(&key, config.identity.cloud_id.clone());

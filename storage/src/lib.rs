@@ -11,6 +11,7 @@
 //! (routing, sessions, HTTP).
 
 mod audit;
+mod bytes;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod hook;
@@ -22,6 +23,7 @@ mod security;
 mod types;
 
 pub use audit::{AuditEvent, AuditKind, AuditRecord};
+pub use bytes::{BlobAppend, BlobBytes, BytesError};
 pub use hook::HookStore;
 pub use link::LinkStore;
 

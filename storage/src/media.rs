@@ -1,18 +1,19 @@
 //! What media needs from storage: the metadata of content-addressed blobs and of
-//! unfinished uploads. The bytes themselves are files the engine keeps beside the
-//! database; this is only what is known about them, written in the same transactions as
-//! the log so a crash never leaves a blob half-recorded.
+//! unfinished uploads, written in the same transactions as the log so a crash never
+//! leaves a blob half-recorded, and where their bytes are kept ([`MediaStore::blob_bytes`],
+//! [`crate::BlobBytes`]).
 //!
 //! Uploads are keyed by an owner string the engine chooses (`user:ID` or `peer:NAME`);
 //! a complete blob records who uploaded it (a user) or which peer sent it, and which
 //! peers are known to hold it.
 
 use std::future::Future;
+use std::path::Path;
 
 use outpost_shared::media::BlobId;
 use outpost_shared::{RoomId, UserId};
 
-use crate::StoreError;
+use crate::{BlobBytes, StoreError};
 
 /// What is known about a complete blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +84,13 @@ pub enum RetentionBasis {
 }
 
 pub trait MediaStore: Clone + Send + Sync + 'static {
+    /// Where this backend keeps blob bytes.
+    type Bytes: BlobBytes;
+
+    /// This backend's blob bytes, opened once per server. A backend that keeps them as
+    /// files puts them in `media/` beside `place` (its database file) and counts what is
+    /// already there against the quota; one that keeps them in its database ignores it.
+    fn blob_bytes(&self, place: &Path) -> Result<Self::Bytes, crate::BytesError>;
     /// A complete blob's metadata, if this server knows the blob.
     fn blob(&self, blob: BlobId) -> impl Future<Output = Result<Option<BlobRecord>, StoreError>> + Send;
     /// A complete image blob's preview.
@@ -130,7 +138,4 @@ pub trait MediaStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(BlobId, u64)>, StoreError>> + Send;
     /// Marks a blob's bytes as removed; after the commit.
     fn blob_evicted(&self, blob: BlobId, at: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Media files beside the database grew (or shrank) by `delta` bytes: they count
-    /// against the storage quota with the database.
-    fn add_blob_bytes(&self, delta: i64);
 }

@@ -2,12 +2,24 @@
 //!
 //! Everything is copied as it is — cursors, the epoch, what each hub holds and has sent
 //! (`peers`), devices' acknowledged marks, read marks, the audit log and revocations with
-//! their sequence numbers, media metadata — in one transaction, so hubs and doctors carry
-//! on from where they were without a resync, and a migration that fails leaves the target
-//! as it was. The target must hold no log yet; the cloud must be stopped meanwhile (the
-//! SQLite file is opened read-only, and a write after the copy would be left behind).
+//! their sequence numbers, media metadata, and the media files themselves (complete blobs
+//! and unfinished uploads, into `blob_chunks`) — in one transaction, so hubs and doctors
+//! carry on from where they were without a resync or a resend, and a migration that fails
+//! leaves the target as it was. The target must hold no log yet; the cloud must be stopped
+//! meanwhile (the SQLite file is opened read-only, and a write after the copy would be
+//! left behind).
+//!
+//! A media file is copied only when the database names it (a blob not evicted, an
+//! unfinished upload), and a blob only when its bytes hash to its name and have its
+//! recorded size; what is not copied is listed in [`MovedMedia::left`], and such a blob
+//! is recorded as evicted (it may be uploaded again). Files no row names (left by a crash
+//! between a file's removal and its row's) stay behind unlisted.
 
+use std::io::Read as _;
 use std::path::Path;
+
+use outpost_shared::media::BlobId;
+use sha2::Digest as _;
 
 use rusqlite::types::Value;
 use tokio_postgres::types::ToSql;
@@ -177,16 +189,33 @@ pub enum MoveError {
     Copy { table: &'static str, source: tokio_postgres::Error },
 }
 
-/// What was moved, per table.
+/// What was moved, per table, and of the media files.
 #[derive(Debug, Default)]
 pub struct Moved {
     pub epoch: String,
     pub head: u64,
     pub rows: Vec<(&'static str, usize)>,
+    pub media: MovedMedia,
 }
 
-/// Copies the SQLite database at `sqlite` into the PostgreSQL database at `url`.
-pub async fn move_sqlite(sqlite: &Path, url: &str) -> Result<Moved, MoveError> {
+/// The media files moved into the database.
+#[derive(Debug, Default)]
+pub struct MovedMedia {
+    /// Complete blobs, and their bytes.
+    pub blobs: usize,
+    pub blob_bytes: u64,
+    /// Unfinished uploads (resumable after the move), and the bytes they had received.
+    pub uploads: usize,
+    pub upload_bytes: u64,
+    /// Files the database names that were not copied, each with the reason.
+    pub left: Vec<String>,
+}
+
+/// Copies the SQLite database at `sqlite` and the media files under `media` (the
+/// directory holding `blobs/` and `partial/`, beside the database) into the PostgreSQL
+/// database at `url`, the bytes in rows of at most `chunk` bytes
+/// ([`crate::PgOptions::blob_chunk_bytes`]).
+pub async fn move_sqlite(sqlite: &Path, media: &Path, url: &str, chunk: usize) -> Result<Moved, MoveError> {
     let path = sqlite.display().to_string();
     let lite = |source| MoveError::Sqlite { path: path.clone(), source };
     let src =
@@ -216,6 +245,10 @@ pub async fn move_sqlite(sqlite: &Path, url: &str) -> Result<Moved, MoveError> {
         })?;
         moved.rows.push((t.name, n));
     }
+    moved.media = copy_media(&src, &tx, media, chunk.max(1)).await.map_err(|e| match e {
+        Either::Lite(source) => MoveError::Sqlite { path: path.clone(), source },
+        Either::Pg(source) => MoveError::Copy { table: "blob_chunks", source },
+    })?;
     // The epoch is the SQLite cloud's: devices and hubs resume within it.
     tx.execute("UPDATE meta SET value = $1 WHERE key = 'epoch'", &[&epoch]).await.map_err(copy("meta"))?;
     let head: i64 = tx
@@ -242,6 +275,128 @@ pub async fn move_sqlite(sqlite: &Path, url: &str) -> Result<Moved, MoveError> {
 enum Either {
     Lite(rusqlite::Error),
     Pg(tokio_postgres::Error),
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Copies the files of complete blobs and unfinished uploads the database names.
+async fn copy_media(
+    src: &rusqlite::Connection,
+    tx: &tokio_postgres::Transaction<'_>,
+    dir: &Path,
+    chunk: usize,
+) -> Result<MovedMedia, Either> {
+    let mut out = MovedMedia::default();
+    let now = crate::to_sql(crate::now_ms());
+    let blobs: Vec<(Vec<u8>, i64)> = src
+        .prepare("SELECT sha256, size FROM blobs WHERE evicted IS NULL ORDER BY sha256")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(Either::Lite)?;
+    for (sha, size) in blobs {
+        let Ok(id) = <[u8; 32]>::try_from(sha.as_slice()).map(BlobId) else { continue };
+        let name = id.hex();
+        let path = dir.join("blobs").join(&name[..2]).join(&name);
+        match copy_file(tx, &path, "", &sha, chunk).await.map_err(Either::Pg)? {
+            Ok((n, digest)) if digest == id.0 && i64::try_from(n).ok() == Some(size) => {
+                tx.execute("INSERT INTO blob_data (sha256, size, at) VALUES ($1, $2, $3)", &[&sha, &size, &now])
+                    .await
+                    .map_err(Either::Pg)?;
+                out.blobs += 1;
+                out.blob_bytes += n;
+            }
+            Ok((n, _)) => {
+                tx.execute("DELETE FROM blob_chunks WHERE holder = '' AND sha256 = $1", &[&sha])
+                    .await
+                    .map_err(Either::Pg)?;
+                missing(tx, &sha, now).await.map_err(Either::Pg)?;
+                out.left.push(format!(
+                    "{}: {n} bytes that do not hash to its name or have its recorded size ({size}); not copied",
+                    path.display()
+                ));
+            }
+            Err(e) => {
+                missing(tx, &sha, now).await.map_err(Either::Pg)?;
+                out.left.push(format!("{}: {e}; not copied", path.display()));
+            }
+        }
+    }
+    let uploads: Vec<(String, Vec<u8>)> = src
+        .prepare("SELECT owner, sha256 FROM uploads ORDER BY owner, sha256")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(Either::Lite)?;
+    for (owner, sha) in uploads {
+        let path = dir.join("partial").join(format!("{}-{}", hex(owner.as_bytes()), hex(&sha)));
+        let received = match copy_file(tx, &path, &owner, &sha, chunk).await.map_err(Either::Pg)? {
+            Ok((n, _)) => n,
+            // Nothing received yet: the upload starts at 0 on any node.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => {
+                out.left.push(format!("{}: {e}; not copied, the upload starts again", path.display()));
+                continue;
+            }
+        };
+        tx.execute(
+            "INSERT INTO partial_data (owner, sha256, length, touched) VALUES ($1, $2, $3, $4)",
+            &[&owner, &sha, &crate::to_sql(received), &now],
+        )
+        .await
+        .map_err(Either::Pg)?;
+        out.uploads += 1;
+        out.upload_bytes += received;
+    }
+    Ok(out)
+}
+
+/// A blob whose bytes did not move is recorded as removed (as retention does): its
+/// message and preview stay, and anyone holding the file may upload it again, which a
+/// blob recorded as whole would refuse as already there.
+async fn missing(tx: &tokio_postgres::Transaction<'_>, sha: &[u8], now: i64) -> Result<u64, tokio_postgres::Error> {
+    tx.execute("UPDATE blobs SET evicted = $2 WHERE sha256 = $1", &[&sha, &now]).await
+}
+
+/// Copies the file at `path` into rows of `holder`'s `sha` and answers its length and
+/// SHA-256; a file that cannot be read (whole) leaves no rows and answers why.
+async fn copy_file(
+    tx: &tokio_postgres::Transaction<'_>,
+    path: &Path,
+    holder: &str,
+    sha: &[u8],
+    chunk: usize,
+) -> Result<Result<(u64, [u8; 32]), std::io::Error>, tokio_postgres::Error> {
+    let insert = tx.prepare("INSERT INTO blob_chunks (holder, sha256, pos, data) VALUES ($1, $2, $3, $4)").await?;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; chunk];
+    let mut pos = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < chunk {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tx.execute("DELETE FROM blob_chunks WHERE holder = $1 AND sha256 = $2", &[&holder, &sha]).await?;
+                    return Ok(Err(e));
+                }
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        hasher.update(&buf[..filled]);
+        tx.execute(&insert, &[&holder, &sha, &crate::to_sql(pos), &&buf[..filled]]).await?;
+        pos += filled as u64;
+        if filled < chunk {
+            break;
+        }
+    }
+    Ok(Ok((pos, hasher.finalize().into())))
 }
 
 /// One column's values of a chunk, typed for an array parameter.

@@ -20,9 +20,13 @@
 //!   after PostgreSQL reported the commit, with `synchronous_commit` at least `on` (the
 //!   writer raises `off` to `on` for its own connection).
 //!
-//! What is not here: SQL for anything but storage, and media bytes (files beside the
-//! node's directory; the metadata is in the database).
+//! Media is here too, metadata ([`media`]) and bytes ([`bytes`]): a photo a hub sends
+//! through one node is downloaded through any other, and an upload begun on one node
+//! resumes on another, though each node's directory is only a copy of the others'.
+//!
+//! What is not here: SQL for anything but storage.
 
+mod bytes;
 pub mod from_sqlite;
 mod media;
 mod reader;
@@ -47,6 +51,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
+pub use bytes::{PgAppend, PgBytes};
 pub use schema::{MIGRATIONS, MigrateError, current_version as schema_version};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +83,15 @@ pub struct PgOptions {
     /// How often the tail looks for other nodes' entries when no notification came (a
     /// notification lost while the listening connection was down).
     pub poll_interval: Duration,
+    /// Most bytes of a blob or an upload in one row of `blob_chunks` (bytes.rs): what a
+    /// chunk being written holds in memory, and what one row read returns.
+    pub blob_chunk_bytes: usize,
 }
+
+/// [`PgOptions::blob_chunk_bytes`] by default: the web client's upload chunk, so a
+/// device's chunk is one row; large enough that a 16 MiB photo is 64 rows, small enough
+/// that a node buffers little per upload.
+pub const DEFAULT_BLOB_CHUNK_BYTES: usize = 256 << 10;
 
 impl Default for PgOptions {
     fn default() -> Self {
@@ -89,6 +102,7 @@ impl Default for PgOptions {
             max_receipts_per_ack: 1000,
             readers: 4,
             poll_interval: Duration::from_secs(1),
+            blob_chunk_bytes: DEFAULT_BLOB_CHUNK_BYTES,
         }
     }
 }
@@ -122,9 +136,8 @@ pub(crate) struct Shared {
     pub epoch: Epoch,
     /// Rooms known to the database (tokens, messages, peers), as far as this node has seen.
     pub known_rooms: RwLock<HashSet<RoomId>>,
-    /// Bytes of the database (refreshed by the writer) and of media files (kept by media).
+    /// Bytes of the database, media included (refreshed by the writer).
     pub used_bytes: AtomicU64,
-    pub blob_bytes: AtomicU64,
     /// Messages this node appended for a live session, by cursor, until published: the
     /// router must not echo them to that session.
     pub excepts: Mutex<HashMap<u64, SessionId>>,
@@ -247,7 +260,6 @@ impl PgStore {
             epoch: Epoch(epoch),
             known_rooms: RwLock::new(rooms),
             used_bytes: AtomicU64::new(0),
-            blob_bytes: AtomicU64::new(0),
             excepts: Mutex::new(HashMap::new()),
             revocations: tokio::sync::watch::Sender::new(Arc::new(list)),
             revocation_mark: AtomicU64::new(mark),
@@ -291,7 +303,7 @@ impl PgStore {
     }
 
     fn used_bytes(&self) -> u64 {
-        self.shared.used_bytes.load(Ordering::Relaxed) + self.shared.blob_bytes.load(Ordering::Relaxed)
+        self.shared.used_bytes.load(Ordering::Relaxed)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

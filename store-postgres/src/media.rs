@@ -1,19 +1,19 @@
 //! Media metadata in PostgreSQL: `outpost-storage`'s `MediaStore`, with the SQLite store's
-//! rules (store-sqlite/src/media.rs). These writes touch no log cursor, so they commit on
+//! rules (store-sqlite/src/media.rs); the bytes are in the database too (bytes.rs). These writes touch no log cursor, so they commit on
 //! pooled connections of their own instead of queueing behind the log's writer.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::path::Path;
 
 use outpost_shared::media::BlobId;
 use outpost_shared::{RoomId, UserId};
 use outpost_storage::{
-    BlobRecord, BlobSource, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionBasis, StoreError,
+    BlobRecord, BlobSource, BytesError, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionBasis, StoreError,
 };
 use tokio_postgres::types::ToSql;
 
 use crate::reader::Lane2;
-use crate::{PgStore, db, from_sql, to_sql};
+use crate::{PgBytes, PgStore, db, from_sql, to_sql};
 
 fn blob_id(bytes: &[u8]) -> Option<BlobId> {
     <[u8; 32]>::try_from(bytes).ok().map(BlobId)
@@ -43,6 +43,12 @@ impl PgStore {
 }
 
 impl MediaStore for PgStore {
+    type Bytes = PgBytes;
+
+    fn blob_bytes(&self, _place: &Path) -> Result<PgBytes, BytesError> {
+        Ok(PgBytes::new(self.shared.clone()))
+    }
+
     async fn blob(&self, blob: BlobId) -> Result<Option<BlobRecord>, StoreError> {
         let rows = self
             .rows("SELECT size, mime, width, height, evicted FROM blobs WHERE sha256 = $1", &[&blob.0.as_slice()])
@@ -237,15 +243,5 @@ impl MediaStore for PgStore {
 
     async fn blob_evicted(&self, blob: BlobId, at: u64) -> Result<(), StoreError> {
         self.write("UPDATE blobs SET evicted = $2 WHERE sha256 = $1", &[&blob.0.as_slice(), &to_sql(at)]).await
-    }
-
-    fn add_blob_bytes(&self, delta: i64) {
-        let g = &self.shared.blob_bytes;
-        if delta >= 0 {
-            g.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
-        } else {
-            let _ =
-                g.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(delta.unsigned_abs())));
-        }
     }
 }

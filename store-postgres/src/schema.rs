@@ -181,6 +181,49 @@ pub const MIGRATIONS: &[&str] = &[
         lease_until  BIGINT NOT NULL DEFAULT 0
     );
     ",
+    // 3: media bytes in the database (bytes.rs), so that every node serves every blob and
+    // resumes every upload; the SQLite store keeps them as files.
+    r"
+    -- Complete blobs whose bytes are here (metadata stays in `blobs`, also once evicted).
+    CREATE TABLE blob_data (
+        sha256  BYTEA PRIMARY KEY,
+        size    BIGINT NOT NULL,
+        at      BIGINT NOT NULL
+    );
+
+    -- Unfinished uploads' bytes: `length` is what was committed (acknowledged), `touched`
+    -- when it last grew.
+    CREATE TABLE partial_data (
+        owner    TEXT NOT NULL,
+        sha256   BYTEA NOT NULL,
+        length   BIGINT NOT NULL,
+        touched  BIGINT NOT NULL,
+        PRIMARY KEY (owner, sha256)
+    );
+
+    -- The bytes, in rows of at most `storage.blob_chunk_bytes`. `holder` is '' for a
+    -- complete blob, the owner for an unfinished upload, '~STAGE' for a chunk still being
+    -- written (see `blob_stages`).
+    CREATE TABLE blob_chunks (
+        holder  TEXT NOT NULL,
+        sha256  BYTEA NOT NULL,
+        pos     BIGINT NOT NULL,
+        data    BYTEA NOT NULL,
+        PRIMARY KEY (holder, sha256, pos)
+    );
+    -- Out of line and uncompressed: media is compressed already, and a range read then
+    -- fetches only the slices it needs.
+    ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+
+    -- Chunks being written: their rows join the upload at the commit, or are removed
+    -- (refused, or left by a node that died mid-chunk).
+    CREATE TABLE blob_stages (
+        stage    TEXT PRIMARY KEY,
+        owner    TEXT NOT NULL,
+        sha256   BYTEA NOT NULL,
+        started  BIGINT NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

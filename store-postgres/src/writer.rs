@@ -438,7 +438,7 @@ impl State {
         let (quota, reserve) = (self.shared.opts.quota_bytes, self.shared.opts.emergency_reserve_bytes);
         let limit = req.storage_limit(quota, reserve);
         let m = &req.msg;
-        let used = self.shared.used_bytes.load(Ordering::Relaxed) + self.shared.blob_bytes.load(Ordering::Relaxed);
+        let used = self.shared.used_bytes.load(Ordering::Relaxed);
         if used >= limit {
             if let Some(cursor) = self.message_cursor(tx, m.id).await? {
                 return Ok(Ok(Appended { id: m.id, cursor, duplicate: true }));

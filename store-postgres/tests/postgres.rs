@@ -1,8 +1,9 @@
 //! The PostgreSQL store against a private cluster: the backend-neutral conformance suite,
 //! and what only several nodes on one database can show — one order across nodes, live
 //! publication of other nodes' entries, idempotent imports from a hub connected to two
-//! nodes at once, migrations by nodes starting together, and writes that wait out a
-//! database restart.
+//! nodes at once, migrations by nodes starting together, writes that wait out a
+//! database restart, and an SQLite cloud (database and media files) moved in.
+//! Media bytes on several nodes are in blob_bytes.rs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -345,7 +346,8 @@ async fn a_sqlite_cloud_moves_into_postgres_and_everyone_resumes_where_they_were
     lite.shutdown().await;
     assert!(before.replay.len() > 500, "messages and receipts to compare: {}", before.replay.len());
 
-    let moved = ok(outpost_store_postgres::from_sqlite::move_sqlite(&path, &url).await);
+    let media = dir.path().join("media");
+    let moved = ok(outpost_store_postgres::from_sqlite::move_sqlite(&path, &media, &url, 1 << 18).await);
     assert_eq!(moved.head, before.head);
     let pg = open(&url, Arc::new(Published::default())).await;
     let after = what_everyone_sees(&pg, &r).await;
@@ -361,9 +363,107 @@ async fn a_sqlite_cloud_moves_into_postgres_and_everyone_resumes_where_they_were
     assert!(next.cursor.0 > before.head, "new entries follow the moved log");
     pg.shutdown().await;
 
-    let again = outpost_store_postgres::from_sqlite::move_sqlite(&path, &url).await;
+    let again = outpost_store_postgres::from_sqlite::move_sqlite(&path, &media, &url, 1 << 18).await;
     assert!(
         matches!(again, Err(outpost_store_postgres::from_sqlite::MoveError::NotEmpty(_))),
         "a second move into the same database is refused: {again:?}"
     );
+}
+
+/// `n` bytes of a document and their name.
+fn doc(n: usize, seed: u8) -> (Vec<u8>, outpost_shared::media::BlobId) {
+    use sha2::Digest as _;
+    let b: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) ^ ((i >> 10) as u8)).collect();
+    let id = outpost_shared::media::BlobId(sha2::Sha256::digest(&b).into());
+    (b, id)
+}
+
+async fn append_all<B: outpost_storage::BlobBytes>(
+    b: &B,
+    owner: &str,
+    blob: outpost_shared::media::BlobId,
+    at: u64,
+    bytes: &[u8],
+) {
+    use outpost_storage::BlobAppend as _;
+    let mut chunk = ok(b.append(owner, blob, at).await);
+    ok(chunk.write(bytes).await);
+    ok(chunk.commit().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_clouds_media_files_move_in_and_its_unfinished_uploads_resume() {
+    use outpost_storage::{BlobBytes, BlobSource, BytesError, CompleteBlob, MediaStore};
+    let c = cluster();
+    let url = fresh_db(&c);
+    let dir = ok(tempfile::tempdir());
+    let path = dir.path().join("cloud.db");
+    let opts = outpost_store_sqlite::StoreOptions {
+        quota_bytes: 1 << 30,
+        emergency_reserve_bytes: 1 << 20,
+        max_batch: 1024,
+        max_receipts_per_ack: 1000,
+        readers: 2,
+    };
+    let lite = ok(outpost_store_sqlite::Store::open(&path, opts, Arc::new(Published::default())));
+    let files = ok(lite.blob_bytes(&path));
+    let amina = ok(UserId::new("amina"));
+    let complete = |blob, size| CompleteBlob {
+        blob,
+        size,
+        mime: "application/pdf".into(),
+        preview: None,
+        source: BlobSource::User(amina.clone()),
+        upload_owner: "user:amina".into(),
+        at: 1_700_000_000_000,
+    };
+    // Kept, evicted by retention, and damaged on disk.
+    let mut blobs = Vec::new();
+    for (n, seed) in [(700_000, 1), (90_000, 2), (50_000, 3)] {
+        let (bytes, id) = doc(n, seed);
+        ok(files.partial_create("user:amina", id).await);
+        append_all(&files, "user:amina", id, 0, &bytes).await;
+        assert!(ok(files.promote("user:amina", id, n as u64).await));
+        ok(lite.blob_complete(complete(id, n as u64)).await);
+        blobs.push((bytes, id));
+    }
+    let (kept, evicted, damaged) = (&blobs[0], &blobs[1], &blobs[2]);
+    ok(lite.blob_evicted(evicted.1, 1_700_000_000_001).await);
+    assert!(ok(files.remove(evicted.1).await));
+    ok(std::fs::write(files.blob_path(&damaged.1), b"not what it was"));
+    // A hub's upload half received, and a worker's begun with nothing received yet.
+    let (partial, pid) = doc(300_000, 4);
+    ok(lite.upload_begin("peer:hub-1", pid, partial.len() as u64, 1).await);
+    ok(files.partial_create("peer:hub-1", pid).await);
+    append_all(&files, "peer:hub-1", pid, 0, &partial[..120_000]).await;
+    let (fresh, fid) = doc(20_000, 5);
+    ok(lite.upload_begin("user:juma", fid, fresh.len() as u64, 1).await);
+    lite.shutdown().await;
+
+    let media = dir.path().join("media");
+    let moved = ok(outpost_store_postgres::from_sqlite::move_sqlite(&path, &media, &url, 64 << 10).await).media;
+    assert_eq!((moved.blobs, moved.blob_bytes), (1, kept.0.len() as u64), "the blob still held moved: {moved:?}");
+    assert_eq!((moved.uploads, moved.upload_bytes), (2, 120_000), "both unfinished uploads moved: {moved:?}");
+    assert_eq!(moved.left.len(), 1, "the damaged file is listed: {:?}", moved.left);
+    assert!(moved.left[0].contains(&damaged.1.hex()), "{:?}", moved.left);
+
+    let pg = open(&url, Arc::new(Published::default())).await;
+    let bytes = ok(pg.blob_bytes(&path));
+    assert!(ok(bytes.read_at(kept.1, 0, kept.0.len()).await) == kept.0, "the blob's bytes are in PostgreSQL");
+    assert!(ok(bytes.read_at(kept.1, 654_321, 1_000).await) == kept.0[654_321..655_321]);
+    assert_eq!(bytes.read_at(evicted.1, 0, 1).await, Err(BytesError::Missing), "evicted stays evicted");
+    assert_eq!(bytes.read_at(damaged.1, 0, 1).await, Err(BytesError::Missing));
+    assert!(
+        ok(pg.blob(damaged.1).await).is_some_and(|b| b.evicted),
+        "a blob whose bytes did not move is recorded as removed, so it may be uploaded again"
+    );
+    assert!(ok(pg.blob(kept.1).await).is_some_and(|b| !b.evicted), "with its metadata");
+    // The hub resumes at what the SQLite cloud had received; the worker starts at 0.
+    assert_eq!(ok(bytes.partial_len("peer:hub-1", pid).await), 120_000);
+    append_all(&bytes, "peer:hub-1", pid, 120_000, &partial[120_000..]).await;
+    assert_eq!(ok(bytes.partial_digest("peer:hub-1", pid, 0).await).0, pid.0);
+    assert_eq!(ok(bytes.partial_len("user:juma", fid).await), 0);
+    append_all(&bytes, "user:juma", fid, 0, &fresh).await;
+    assert_eq!(ok(bytes.partial_digest("user:juma", fid, 0).await).0, fid.0);
+    pg.shutdown().await;
 }

@@ -13,6 +13,7 @@
 //! This module does not know about WebSockets or sessions beyond an opaque [`SessionId`]
 //! used to avoid echoing a message to the connection that sent it.
 
+mod files;
 mod hook;
 mod media;
 mod reader;
@@ -32,6 +33,7 @@ use outpost_shared::{Cursor, DeviceId, Epoch, MessageId, Priority, RoomId, UserI
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
+pub use files::{FileAppend, FileBytes};
 pub use outpost_storage::{
     AppendRequest, Appended, Audience, AuditEvent, AuditKind, AuditRecord, Backlog, Forwarded, HookStore, LinkStore,
     LogEntry, LogStore, Outbound, OutboundQuery, PeerState, Publisher, Replay, ReplayQuery, Reply, SecurityStore,

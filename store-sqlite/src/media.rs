@@ -1,18 +1,19 @@
 //! Media metadata in SQLite (`blobs`, `uploads`, `blob_owners`, `blob_peers`,
 //! `media_refs`; schema.rs): `outpost-storage`'s `MediaStore`. Writes go through the
 //! writer thread like everything else (so they share its group commit and its one-writer
-//! rule); reads use the reader pool.
+//! rule); reads use the reader pool. The bytes are files beside the database (files.rs).
 
 use std::future::Future;
+use std::path::Path;
 
 use outpost_shared::media::BlobId;
 use outpost_shared::{RoomId, UserId};
 use outpost_storage::{
-    BlobRecord, BlobSource, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionBasis, StoreError,
+    BlobRecord, BlobSource, BytesError, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionBasis, StoreError,
 };
 use rusqlite::{OptionalExtension, params};
 
-use crate::Store;
+use crate::{FileBytes, Store};
 
 fn sql_u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -27,6 +28,13 @@ fn blob_id(bytes: &[u8]) -> Option<BlobId> {
 }
 
 impl MediaStore for Store {
+    type Bytes = FileBytes;
+
+    fn blob_bytes(&self, place: &Path) -> Result<FileBytes, BytesError> {
+        let root = place.parent().unwrap_or(Path::new(".")).join("media");
+        Ok(FileBytes::open(root, self.clone())?)
+    }
+
     fn blob(&self, blob: BlobId) -> impl Future<Output = Result<Option<BlobRecord>, StoreError>> + Send {
         self.read_with(move |c| {
             let row = c
@@ -261,9 +269,5 @@ impl MediaStore for Store {
                 .execute(params![blob.0.as_slice(), sql_i(at)])?;
             Ok(())
         })
-    }
-
-    fn add_blob_bytes(&self, delta: i64) {
-        Store::add_blob_bytes(self, delta);
     }
 }

@@ -511,6 +511,22 @@ async fn passes_the_storage_conformance_suite() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn its_blob_files_pass_the_blob_bytes_conformance_suite() {
+    use outpost_storage::MediaStore as _;
+    let dirs = Mutex::new(Vec::new());
+    outpost_storage::conformance::bytes::check_all(|| {
+        let dir = ok(tempfile::tempdir());
+        let db = dir.path().join("relay.db");
+        let store = ok(Store::open(&db, opts(), Arc::new(Collect::default())));
+        if let Ok(mut d) = dirs.lock() {
+            d.push(dir);
+        }
+        ok(store.blob_bytes(&db))
+    })
+    .await;
+}
+
 /// The events feed reads by the primary key (every room) or by `messages_room` (some
 /// rooms), never sorting a room's whole tail: in a log of 200,000 messages the ten of a
 /// rare room come back in order, and the plans say how they were found.

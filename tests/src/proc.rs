@@ -109,6 +109,26 @@ impl Cloud {
     pub fn provision_relay(&self, id: &str, dir: &Path) -> anyhow::Result<RelayDir> {
         self.provision_relay_at(id, dir, "127.0.0.1:4433")
     }
+
+    /// A copy of this cloud's directory at `dir` (its log left out), as a node on
+    /// another machine holds it: the same identity and settings, none of the files.
+    pub fn copy_to(&self, dir: &Path) -> anyhow::Result<Cloud> {
+        fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+            std::fs::create_dir_all(to)?;
+            for e in std::fs::read_dir(from)? {
+                let e = e?;
+                let target = to.join(e.file_name());
+                if e.file_type()?.is_dir() {
+                    copy(&e.path(), &target)?;
+                } else if e.file_name() != "cloud.log" {
+                    std::fs::copy(e.path(), &target).with_context(|| format!("copying {}", e.path().display()))?;
+                }
+            }
+            Ok(())
+        }
+        copy(&self.dir, dir)?;
+        Ok(Cloud { dir: dir.to_path_buf() })
+    }
 }
 
 /// A provisioned relay directory.

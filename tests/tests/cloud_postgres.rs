@@ -2,20 +2,26 @@
 //! cluster each test starts: initdb and pg_ctl as the `postgres` user on a free port), with
 //! real hubs over QUIC and doctors over WebSocket: a doctor on another node than the
 //! hub's, a node killed with SIGKILL during a drain (the hub fails over to the next node),
-//! PostgreSQL itself restarted during a drain, the events feed across nodes, and an
-//! SQLite cloud moved into PostgreSQL with `outpost-cloud migrate`.
+//! PostgreSQL itself restarted during a drain, the events feed across nodes, an SQLite
+//! cloud moved into PostgreSQL with `outpost-cloud migrate`, and photos that reach one
+//! node (uploaded, or from a hub) and are downloaded or resumed through another that
+//! runs on a copy of the cloud's directory.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use outpost_store_postgres::testing::TestCluster;
 use outpost_tests::client::chat;
+use outpost_tests::media::{Upload, call, download, info, info_until, photo, sha256_hex};
 use outpost_tests::{Cloud, Device, free_udp_addr};
 use serde_json::Value;
 
 /// Test hubs retry the cloud within 2 s, and take a backlog of thousands from one phone
 /// at once (the send rate limit is tested elsewhere).
 const FAST_RETRY: &[(&str, &str)] = &[("OUTPOST_UPLINK__RETRY_MAX_SECS", "2"), ("OUTPOST_LIMITS__RATE_BURST", "10000")];
+
+/// Upload chunks, as the web client sends them.
+const CHUNK: usize = 256 << 10;
 
 fn cluster() -> anyhow::Result<(TestCluster, String)> {
     let c = TestCluster::start().map_err(anyhow::Error::msg)?;
@@ -186,6 +192,15 @@ async fn an_sqlite_cloud_moved_into_postgres_carries_on_without_a_resync() -> an
     let cursor = seen.last().and_then(|m| m["cursor"].as_u64());
     let epoch = dr.welcome["epoch"].as_str().map(str::to_owned);
     dr.close().await;
+    // A photo the SQLite cloud holds as a file, and an upload it has part of.
+    let neema = cloud.token("dr-neema", "doctor", &["clinic"], "1h")?;
+    let (img, img2) = (photo(600_000, 31), photo(900_000, 32));
+    let mut whole = Upload::new(&lite.http_base(), &neema, &img);
+    whole.create().await?;
+    assert_eq!(whole.run(CHUNK, None).await?, img.len() as u64);
+    let mut half = Upload::new(&lite.http_base(), &neema, &img2);
+    half.create().await?;
+    let at = half.run(CHUNK, Some(300_000)).await?;
     assert_eq!(lite.terminate().await?, Some(0));
 
     let out = std::process::Command::new(outpost_tests::bin("outpost-cloud"))
@@ -194,8 +209,17 @@ async fn an_sqlite_cloud_moved_into_postgres_carries_on_without_a_resync() -> an
         .args(["--database", &url])
         .output()?;
     assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("media: 1 blobs") && said.contains("1 unfinished uploads"), "{said}");
 
     let pg_node = cloud.start_with_args(&quic, &["--database", &url]).await?;
+    // The media moved too: the photo is served, the upload resumes where it was.
+    let got = download(&pg_node.http_base(), &neema, &whole.sha).await?;
+    assert_eq!((got.status, sha256_hex(&got.body)), (200, whole.sha.clone()), "the photo moved into PostgreSQL");
+    half.base = pg_node.http_base();
+    assert_eq!(half.offset().await?, at, "the upload goes on from what the SQLite cloud had");
+    assert_eq!(half.run(CHUNK, None).await?, img2.len() as u64);
+    assert_eq!(half.sent_bytes, img2.len() as u64, "nothing was sent twice");
     // The doctor resumes within the same epoch after the cursor it holds: no resync.
     let token = cloud.token("dr-neema", "doctor", &["clinic"], "1h")?;
     let mut dr = Device::connect(&pg_node.ws_url()).await?;
@@ -308,5 +332,125 @@ async fn a_revocation_made_once_is_enforced_by_every_node_and_audited_in_one_log
     let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
     assert_eq!(count("revocation"), 1, "{log}");
     assert!(count("login_refused") >= 2, "both nodes' refusals are audited in the shared log: {log}");
+    Ok(())
+}
+
+/// The first `message` frame whose body names `sha`.
+async fn media_message(d: &mut Device, sha: &str) -> anyhow::Result<Value> {
+    loop {
+        let f = d.expect("message").await?;
+        if f["msg"]["body"]["media"]["sha256"] == sha {
+            return Ok(f);
+        }
+    }
+}
+
+/// `GET` of bytes `range` (`N-M` or `N-`) of a blob.
+async fn range(base: &str, token: &str, sha: &str, range: &str) -> anyhow::Result<outpost_tests::media::Resp> {
+    let h = [("Range", format!("bytes={range}"))];
+    call(base, "GET", &format!("/api/media/{sha}"), Some(token), &h, &[]).await
+}
+
+/// The photo is whole on `base`, and its ranges are the photo's.
+async fn downloads_whole_and_by_range(base: &str, token: &str, sha: &str, img: &[u8]) -> anyhow::Result<()> {
+    let size = img.len();
+    let full = download(base, token, sha).await?;
+    assert_eq!(full.status, 200, "{}", String::from_utf8_lossy(&full.body));
+    assert_eq!(full.header("content-type"), Some("image/jpeg"));
+    assert!(sha256_hex(&full.body) == sha && full.body.len() == size, "the whole photo, {} bytes", full.body.len());
+    // Across the database's 256 KiB rows, and an open end from the middle of one.
+    let part = range(base, token, sha, "200000-599999").await?;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("content-range"), Some(format!("bytes 200000-599999/{size}").as_str()));
+    assert!(part.body == img[200_000..600_000], "bytes 200000-599999 as uploaded");
+    let tail = range(base, token, sha, &format!("{}-", size - 100_001)).await?;
+    assert_eq!(tail.status, 206);
+    assert!(tail.body == img[size - 100_001..], "the last 100001 bytes as uploaded");
+    assert_eq!(range(base, token, sha, &format!("{size}-")).await?.status, 416);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_uploaded_through_one_node_is_downloaded_through_another_and_an_upload_resumes_there()
+-> anyhow::Result<()> {
+    let (_pg, url) = cluster()?;
+    let tmp = tempfile::tempdir()?;
+    let cloud = cloud_on(&tmp.path().join("cloud-a"), &url)?;
+    // Node B runs on a copy of the directory, as it would on another machine.
+    let copy = cloud.copy_to(&tmp.path().join("cloud-b"))?;
+    let node_a = cloud.start("127.0.0.1:0").await?;
+    let node_b = copy.start("127.0.0.1:0").await?;
+    let amina = cloud.token("amina", "worker", &["clinic"], "1h")?;
+    let neema = copy.token("dr-neema", "doctor", &["clinic"], "1h")?;
+    let mut phone = cloud.worker(&node_a.ws_url(), "amina", &["clinic"]).await?;
+    let mut dr = copy.doctor(&node_b.ws_url(), &["clinic"]).await?;
+
+    // A worker at the hospital uploads a photo through node A and sends it.
+    let img = photo(1_500_000, 21);
+    let mut up = Upload::new(&node_a.http_base(), &amina, &img);
+    assert_eq!(up.create().await?.status, 201);
+    assert_eq!(up.run(CHUNK, None).await?, img.len() as u64);
+    phone.send_stored(up.message("clinic", "wound, day 2", "IMG_0101.jpg")).await?;
+    // The doctor on node B gets the message and the photo from B.
+    let m = media_message(&mut dr, &up.sha).await?;
+    assert_eq!(m["msg"]["body"]["media"]["size"], img.len());
+    let (status, v) = info(&node_b.http_base(), &neema, &up.sha).await?;
+    assert_eq!((status, &v["available"]), (200, &Value::Bool(true)), "node B has the photo: {v}");
+    downloads_whole_and_by_range(&node_b.http_base(), &neema, &up.sha, &img).await?;
+
+    // Another upload begins on A; the phone's next requests land on B, which goes on
+    // from what A acknowledged.
+    let img2 = photo(2_000_000, 22);
+    let size = img2.len() as u64;
+    let mut up2 = Upload::new(&node_a.http_base(), &amina, &img2);
+    assert_eq!(up2.create().await?.status, 201);
+    let at = up2.run(CHUNK, Some(700_000)).await?;
+    assert!(at >= 700_000 && at < size, "part of the photo went through A: {at}");
+    up2.base = node_b.http_base();
+    assert_eq!(up2.offset().await?, at, "node B resumes where node A acknowledged");
+    assert_eq!(up2.run(CHUNK, None).await?, size);
+    assert_eq!(up2.sent_bytes, size, "nothing A had was sent again");
+    up2.base = node_a.http_base();
+    assert_eq!(up2.create().await?.status, 200, "node A knows the upload is complete");
+    let back = download(&node_a.http_base(), &amina, &up2.sha).await?;
+    assert_eq!(sha256_hex(&back.body), up2.sha, "node A serves what B completed");
+
+    // Neither node's directory holds media: the bytes are in the database.
+    for dir in [&cloud.dir, &copy.dir] {
+        assert!(!dir.join("data/media").exists(), "{} holds no media files", dir.display());
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_a_hub_sends_to_one_node_is_downloaded_through_another() -> anyhow::Result<()> {
+    let (_pg, url) = cluster()?;
+    let tmp = tempfile::tempdir()?;
+    let cloud = cloud_on(&tmp.path().join("cloud-a"), &url)?;
+    let copy = cloud.copy_to(&tmp.path().join("cloud-b"))?;
+    let node_a = cloud.start("127.0.0.1:0").await?;
+    let node_b = copy.start("127.0.0.1:0").await?;
+    let relay =
+        cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &node_a.quic_addr())?.start(&[]).await?;
+    let amina = cloud.token("amina", "worker", &["clinic"], "1h")?;
+    let neema = copy.token("dr-neema", "doctor", &["clinic"], "1h")?;
+    let mut phone = cloud.worker(&relay.ws_url(), "amina", &["clinic"]).await?;
+    let mut dr = copy.doctor(&node_b.ws_url(), &["clinic"]).await?;
+
+    let img = photo(1_200_000, 23);
+    let mut up = Upload::new(&relay.http_base(), &amina, &img);
+    up.create().await?;
+    assert_eq!(up.run(CHUNK, None).await?, img.len() as u64);
+    phone.send_stored(up.message("clinic", "rash, left arm", "IMG_0102.jpg")).await?;
+    // The message reaches the doctor on B through A and the database; the photo follows
+    // on the hub's bulk lane into A, and B serves it.
+    media_message(&mut dr, &up.sha).await?;
+    let base_b = node_b.http_base();
+    let every = Duration::from_millis(100);
+    info_until(&base_b, &neema, &up.sha, every, Duration::from_secs(60), |v| v["available"] == true).await?;
+    downloads_whole_and_by_range(&base_b, &neema, &up.sha, &img).await?;
+    // The hub learns that the hospital holds it.
+    let hub = relay.http_base();
+    info_until(&hub, &amina, &up.sha, every, Duration::from_secs(30), |v| v["custody"] == "forwarded").await?;
     Ok(())
 }

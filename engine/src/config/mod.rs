@@ -74,8 +74,9 @@ pub struct RelayConfig {
 pub struct MediaConfig {
     /// Largest blob accepted, bytes (from a device or over the uplink).
     pub max_blob_bytes: u64,
-    /// Largest upload chunk (one HTTP PATCH body), bytes. Bodies are streamed to disk,
-    /// so this bounds a request's length, not memory.
+    /// Largest upload chunk (one HTTP PATCH body), bytes. Bodies are streamed into
+    /// storage as they arrive (a file, or database rows), so this bounds a request's
+    /// length, not memory.
     pub max_chunk_bytes: u64,
     /// Bytes one user's uploads may hold on this server (complete and unfinished).
     pub quota_per_user_bytes: u64,

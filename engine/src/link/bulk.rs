@@ -221,7 +221,7 @@ async fn next_have(
 /// Accepts the peer's blob streams until the link ends.
 pub(super) async fn serve<S: Storage>(conn: quinn::Connection, blobs: Blobs<S>, peer: String) -> LinkError {
     // One task per incoming blob; the set owns them and aborts what is left when the link
-    // ends (a partial file keeps its fsynced length, and the peer resumes from there).
+    // ends (an unfinished upload keeps its durable length, and the peer resumes from there).
     let mut streams = tokio::task::JoinSet::new();
     loop {
         while streams.try_join_next().is_some() {}

@@ -89,7 +89,7 @@ pub struct Peer {
 /// How a link runs: the batch lanes' flow control and, when this server keeps media,
 /// its blob store (the bulk lane).
 #[derive(Debug, Clone)]
-pub struct LinkOptions<S> {
+pub struct LinkOptions<S: Storage> {
     pub flow: FlowConfig,
     pub blobs: Option<crate::media::Blobs<S>>,
 }

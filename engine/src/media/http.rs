@@ -106,7 +106,7 @@ async fn caller<S: Storage>(hub: &Hub<S>, headers: &HeaderMap, peer: SocketAddr)
 }
 
 /// A request about one blob: the store, who asks (token checked) and which blob.
-struct BlobCall<'a, S> {
+struct BlobCall<'a, S: Storage> {
     blobs: &'a Blobs<S>,
     claims: Claims,
     blob: BlobId,
@@ -213,7 +213,7 @@ async fn patch<S: Storage>(
     go.await.unwrap_or_else(|r| *r)
 }
 
-/// The device gave up an upload (tus termination): its partial file and row go, and it
+/// The device gave up an upload (tus termination): its bytes and row go, and it
 /// no longer counts against the user's limits. A complete blob is not touched.
 async fn abandon<S: Storage>(
     State(hub): State<Arc<Hub<S>>>,
@@ -340,13 +340,7 @@ async fn download<S: Storage>(
                 return Err(r);
             }
         };
-        let path = blobs(&hub)?.blob_path(&blob);
-        let file = tokio::fs::File::open(&path).await.map_err(|e| media_error(MediaError::Io(e.to_string())))?;
-        let mut file = file;
-        tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|e| media_error(MediaError::Io(e.to_string())))?;
-        let stream = tokio_util::io::ReaderStream::new(tokio::io::AsyncReadExt::take(file, end - start));
+        let stream = blobs(&hub)?.read_range(blob, start, end).await.map_err(media_error)?;
         let mut r = (status, axum::body::Body::from_stream(stream)).into_response();
         let h = r.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&info.mime) {

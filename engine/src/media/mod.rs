@@ -1,15 +1,12 @@
 //! Media blobs (photos, voice notes, documents) on a hub or a cloud.
 //!
-//! The bytes are content-addressed files beside the database:
-//!
-//! ```text
-//! DIR/media/blobs/9f/9f86d0…   complete blobs, named by their SHA-256 (stored once)
-//! DIR/media/partial/OWNER-9f86d0…   unfinished uploads (a device's or a peer's)
-//! ```
-//! Their metadata (schema v4: `blobs`, `blob_owners`, `uploads`, `media_refs`,
-//! `blob_peers`) is written through the store's writer like everything else. The bytes an
-//! upload has received are its partial file's length, fsynced before each answer, so an
-//! upload resumes after a hub restart exactly where the last acknowledged chunk ended.
+//! Blobs are content-addressed: named by their SHA-256 and stored once. Their metadata
+//! (`blobs`, `blob_owners`, `uploads`, `media_refs`, `blob_peers`) is written through the
+//! store like everything else ([`MediaStore`]); their bytes go where the backend keeps
+//! them ([`BlobBytes`]): files in `media/` beside the SQLite database on a hub and a
+//! one-node cloud, the database itself for cloud nodes on PostgreSQL, so every node
+//! serves every blob and resumes every upload. An upload's bytes are durable before each
+//! answer, so it resumes after a restart exactly where the last acknowledged chunk ended.
 //! Blob bytes count against `storage.quota_bytes` with the database. Retention removes a
 //! blob's bytes (never its metadata or preview) `media.retention_days` after the moment
 //! its [`RetentionBasis`] names: on a hub, after a peer (the cloud) confirmed it holds the
@@ -26,17 +23,15 @@ mod upload;
 
 use outpost_storage::Storage;
 use std::collections::HashMap;
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
 use outpost_shared::media::{BlobId, sniff};
 use outpost_shared::{RoomId, UserId};
-use sha2::Digest as _;
 
 use crate::clock::now_ms;
 use crate::config::{MediaConfig, RetentionBasis, StorageConfig};
-use outpost_storage::StoreError;
+use outpost_storage::{BlobAppend as _, BlobBytes, BytesError, MediaStore, StoreError};
 use outpost_storage::{BlobRecord, BlobSource, CompleteBlob, PendingUpload};
 
 /// Who an upload belongs to: a user (HTTP) or a peer (the uplink).
@@ -81,8 +76,16 @@ pub enum MediaError {
     Store(#[from] StoreError),
 }
 
-fn io(e: std::io::Error) -> MediaError {
-    MediaError::Io(e.to_string())
+impl MediaError {
+    /// A byte store's refusal, for `blob`.
+    fn bytes(blob: BlobId) -> impl Fn(BytesError) -> MediaError {
+        move |e| match e {
+            BytesError::Offset(at) => MediaError::OffsetMismatch(at),
+            BytesError::Missing => MediaError::NotFound(blob),
+            BytesError::Io(e) => MediaError::Io(e),
+            BytesError::Store(e) => MediaError::Store(e),
+        }
+    }
 }
 
 /// Where an upload stands.
@@ -108,18 +111,18 @@ impl Upload {
     }
 }
 
-/// Held while an upload's file and rows change; weak in the map so finished uploads
+/// Held while an upload's bytes and rows change; weak in the map so finished uploads
 /// leave nothing behind.
 type UploadLock = Weak<tokio::sync::Mutex<()>>;
 
 /// The blob store. Cheap to clone.
 #[derive(Clone)]
-pub struct Blobs<S> {
+pub struct Blobs<S: MediaStore> {
     inner: Arc<Inner<S>>,
 }
 
-struct Inner<S> {
-    root: PathBuf,
+struct Inner<S: MediaStore> {
+    bytes: S::Bytes,
     cfg: MediaConfig,
     /// Uploads are refused once the store would pass this many bytes (the quota less
     /// the emergency reserve: media never takes the space kept for alerts).
@@ -129,45 +132,25 @@ struct Inner<S> {
     locks: Mutex<HashMap<(String, BlobId), UploadLock>>,
 }
 
-impl<S> std::fmt::Debug for Blobs<S> {
+impl<S: Storage> std::fmt::Debug for Blobs<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Blobs").field("root", &self.inner.root).finish_non_exhaustive()
+        f.debug_struct("Blobs").field("max_blob_bytes", &self.inner.cfg.max_blob_bytes).finish_non_exhaustive()
     }
 }
 
-/// Bytes of the files under `dir` (recursively).
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
-            Err(_) => 0,
-        })
-        .sum()
-}
+/// Bytes read from a blob at a time for a download: what one response holds in memory.
+const DOWNLOAD_PIECE: usize = 64 << 10;
 
-fn hex_of(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Makes a rename or a new file durable: fsync the directory holding it.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
+/// Bytes of a finished upload that name its type (`sniff`).
+const SNIFF_HEAD: usize = 64;
 
 impl<S: Storage> Blobs<S> {
-    /// Opens the blob store in `media/` beside the database at `db` and counts its bytes
-    /// into the store's quota.
-    pub fn open(store: S, db: &Path, cfg: MediaConfig, storage: &StorageConfig) -> std::io::Result<Self> {
-        let root = db.parent().unwrap_or(Path::new(".")).join("media");
-        std::fs::create_dir_all(root.join("blobs"))?;
-        std::fs::create_dir_all(root.join("partial"))?;
-        let bytes = dir_bytes(&root);
-        store.add_blob_bytes(i64::try_from(bytes).unwrap_or(i64::MAX));
+    /// Opens the store's blob bytes (files in `media/` beside the database at `db` on
+    /// SQLite, counted into the store's quota; the database itself on PostgreSQL).
+    pub fn open(store: S, db: &Path, cfg: MediaConfig, storage: &StorageConfig) -> Result<Self, MediaError> {
+        let bytes = store.blob_bytes(db).map_err(|e| MediaError::Io(e.to_string()))?;
         let bulk_limit = storage.quota_bytes.saturating_sub(storage.emergency_reserve_bytes);
-        Ok(Self { inner: Arc::new(Inner { root, cfg, bulk_limit, store, locks: Mutex::default() }) })
+        Ok(Self { inner: Arc::new(Inner { bytes, cfg, bulk_limit, store, locks: Mutex::default() }) })
     }
 
     pub fn config(&self) -> &MediaConfig {
@@ -178,14 +161,8 @@ impl<S: Storage> Blobs<S> {
         &self.inner.store
     }
 
-    /// Where a complete blob's bytes are.
-    pub fn blob_path(&self, blob: &BlobId) -> PathBuf {
-        let hex = blob.hex();
-        self.inner.root.join("blobs").join(&hex[..2]).join(hex)
-    }
-
-    fn partial_path(&self, owner: &Owner, blob: &BlobId) -> PathBuf {
-        self.inner.root.join("partial").join(format!("{}-{}", hex_of(&owner.key()), blob.hex()))
+    fn bytes(&self) -> &S::Bytes {
+        &self.inner.bytes
     }
 
     async fn lock(&self, owner: &Owner, blob: BlobId) -> tokio::sync::OwnedMutexGuard<()> {
@@ -232,14 +209,11 @@ impl<S: Storage> Blobs<S> {
     /// Bytes received of a blob this server knows only from a message (cloud side,
     /// before the uplink delivered it): the largest partial upload from a peer.
     pub async fn received(&self, blob: BlobId) -> Result<u64, MediaError> {
-        let owners = self.inner.store.upload_owners(blob).await?;
-        let root = self.inner.root.join("partial");
-        Ok(owners
-            .iter()
-            .filter_map(|o| std::fs::metadata(root.join(format!("{}-{}", hex_of(o), blob.hex()))).ok())
-            .map(|m| m.len())
-            .max()
-            .unwrap_or(0))
+        let mut most = 0;
+        for owner in self.inner.store.upload_owners(blob).await? {
+            most = most.max(self.bytes().partial_len(&owner, blob).await.map_err(MediaError::bytes(blob))?);
+        }
+        Ok(most)
     }
 
     /// Whether the blob's bytes are here (complete and not evicted).
@@ -306,14 +280,7 @@ impl<S: Storage> Blobs<S> {
                 "this server keeps its remaining space for messages ({used} bytes used); try again after the uplink has drained"
             )));
         }
-        let path = self.partial_path(owner, &blob);
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::OpenOptions::new().create(true).append(true).open(&path)?.sync_all()?;
-            sync_dir(path.parent().unwrap_or(Path::new(".")))
-        })
-        .await
-        .map_err(|e| MediaError::Io(e.to_string()))?
-        .map_err(io)?;
+        self.bytes().partial_create(&owner.key(), blob).await.map_err(MediaError::bytes(blob))?;
         self.inner.store.upload_begin(&owner.key(), blob, size, now_ms()).await?;
         self.partial_state(owner, blob, size).await
     }
@@ -325,15 +292,15 @@ impl<S: Storage> Blobs<S> {
     }
 
     async fn partial_state(&self, owner: &Owner, blob: BlobId, size: u64) -> Result<Upload, MediaError> {
-        let offset = tokio::fs::metadata(self.partial_path(owner, &blob)).await.map(|m| m.len()).unwrap_or(0);
+        let offset = self.bytes().partial_len(&owner.key(), blob).await.map_err(MediaError::bytes(blob))?;
         Ok(Upload::Partial { offset: offset.min(size), size })
     }
 
     /// Where an upload stands, for `owner` (HEAD). `may_use`: the caller may use the
     /// complete blob if it exists.
     pub async fn state(&self, owner: &Owner, blob: BlobId, may_use: bool) -> Result<Upload, MediaError> {
-        // After a chunk in progress: the partial file grows as a chunk streams in, and
-        // only what the chunk's answer covers (fsynced) may be reported.
+        // After a chunk in progress: a partial file grows as a chunk streams in, and only
+        // what the chunk's answer covers (durable) may be reported.
         let _guard = self.lock(owner, blob).await;
         if may_use && let Some(size) = self.complete_here(blob).await? {
             return Ok(Upload::Complete { size });
@@ -348,18 +315,14 @@ impl<S: Storage> Blobs<S> {
     pub async fn abandon(&self, owner: &Owner, blob: BlobId) -> Result<(), MediaError> {
         let _guard = self.lock(owner, blob).await;
         match self.upload_size(owner, blob).await? {
-            Some(size) => self.discard(owner, blob, size).await,
+            Some(_) => self.discard(owner, blob).await,
             None => Err(MediaError::NotFound(blob)),
         }
     }
 
     /// Removes an unfinished upload (refused, or abandoned).
-    async fn discard(&self, owner: &Owner, blob: BlobId, _size: u64) -> Result<(), MediaError> {
-        let path = self.partial_path(owner, &blob);
-        let len = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
-        if tokio::fs::remove_file(&path).await.is_ok() {
-            self.inner.store.add_blob_bytes(-i64::try_from(len).unwrap_or(0));
-        }
+    async fn discard(&self, owner: &Owner, blob: BlobId) -> Result<(), MediaError> {
+        self.bytes().partial_remove(&owner.key(), blob).await.map_err(MediaError::bytes(blob))?;
         Ok(self.inner.store.upload_discard(&owner.key(), blob).await?)
     }
 
@@ -375,19 +338,49 @@ impl<S: Storage> Blobs<S> {
         Ok(self.inner.store.next_blob_for(peer, rooms).await?)
     }
 
-    /// Reads `len` bytes of a complete blob at `offset`.
+    /// Reads `len` bytes of a complete blob at `offset` (fewer only at its end).
     pub async fn read_at(&self, blob: BlobId, offset: u64, len: usize) -> Result<Vec<u8>, MediaError> {
-        let path = self.blob_path(&blob);
-        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            use std::io::Seek as _;
-            let mut f = std::fs::File::open(path)?;
-            f.seek(std::io::SeekFrom::Start(offset))?;
-            let mut buf = Vec::with_capacity(len);
-            f.take(len as u64).read_to_end(&mut buf)?;
-            Ok(buf)
-        })
-        .await
-        .map_err(|e| MediaError::Io(e.to_string()))?
-        .map_err(io)
+        self.bytes().read_at(blob, offset, len).await.map_err(MediaError::bytes(blob))
+    }
+
+    /// Bytes `start..end` of a complete blob as a stream of pieces, for a response body:
+    /// the first piece is read before this returns (so a missing blob is an error, not a
+    /// cut body), the rest as the client takes them.
+    pub async fn read_range(
+        &self,
+        blob: BlobId,
+        start: u64,
+        end: u64,
+    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, MediaError>> + Send + 'static, MediaError> {
+        let piece = move |at: u64| usize::try_from((end - at).min(DOWNLOAD_PIECE as u64)).unwrap_or(DOWNLOAD_PIECE);
+        let first = if start < end { self.read_at(blob, start, piece(start)).await? } else { Vec::new() };
+        let this = self.clone();
+        let rest = futures_util::stream::try_unfold(start + first.len() as u64, move |at| {
+            let this = this.clone();
+            async move {
+                if at >= end {
+                    return Ok(None);
+                }
+                let bytes = this.read_at(blob, at, piece(at)).await?;
+                if bytes.is_empty() {
+                    return Err(MediaError::Io(format!("blob {blob} is shorter than its recorded size")));
+                }
+                let next = at + bytes.len() as u64;
+                Ok(Some((bytes, next)))
+            }
+        });
+        Ok(futures_util::StreamExt::chain(futures_util::stream::iter([Ok(first)]), rest))
+    }
+}
+
+/// The file paths of the SQLite backend's blobs, for tests that look at the disk.
+#[cfg(test)]
+impl Blobs<outpost_store_sqlite::Store> {
+    pub fn blob_path(&self, blob: &BlobId) -> std::path::PathBuf {
+        self.bytes().blob_path(blob)
+    }
+
+    fn partial_path(&self, owner: &Owner, blob: &BlobId) -> std::path::PathBuf {
+        self.bytes().partial_path(&owner.key(), blob)
     }
 }

@@ -2,27 +2,27 @@
 //! message naming the photo can carry it (a few KB in the normal lane, long before the
 //! full photo has crossed a slow uplink).
 
-use std::path::Path;
+use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder as _, ImageReader};
 
 use crate::config::MediaConfig;
 
-/// The preview of the image at `path`: JPEG bytes, width, height. None when the image
+/// The preview of the image `bytes`: JPEG bytes, width, height. None when the image
 /// cannot be decoded or is larger than `max_preview_source_pixels` (it still travels;
 /// it only has no preview).
-pub(super) fn make(path: &Path, cfg: &MediaConfig) -> Option<(Vec<u8>, u32, u32)> {
-    match try_make(path, cfg) {
+pub(super) fn make(bytes: &[u8], cfg: &MediaConfig) -> Option<(Vec<u8>, u32, u32)> {
+    match try_make(bytes, cfg) {
         Ok(p) => p,
         Err(e) => {
-            tracing::info!(path = %path.display(), error = %e, "no preview for this image");
+            tracing::info!(size = bytes.len(), error = %e, "no preview for this image");
             None
         }
     }
 }
 
-fn try_make(path: &Path, cfg: &MediaConfig) -> Result<Option<(Vec<u8>, u32, u32)>, image::ImageError> {
-    let reader = ImageReader::open(path)?.with_guessed_format()?;
+fn try_make(bytes: &[u8], cfg: &MediaConfig) -> Result<Option<(Vec<u8>, u32, u32)>, image::ImageError> {
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
     let mut decoder = reader.into_decoder()?;
     let (w, h) = decoder.dimensions();
     if u64::from(w) * u64::from(h) > cfg.max_preview_source_pixels {
@@ -59,11 +59,15 @@ mod tests {
         f
     }
 
+    fn read(f: &tempfile::NamedTempFile) -> Vec<u8> {
+        std::fs::read(f.path()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[test]
     fn previews_are_small_upright_jpegs_of_bounded_side() {
         let f = photo(1600, 1200);
         let cfg = MediaConfig::default();
-        let (jpeg, w, h) = make(f.path(), &cfg).unwrap_or_else(|| panic!("a preview"));
+        let (jpeg, w, h) = make(&read(&f), &cfg).unwrap_or_else(|| panic!("a preview"));
         assert_eq!((w, h), (256, 192), "longer side scaled to preview_max_side, aspect kept");
         assert_eq!(&jpeg[..3], &[0xFF, 0xD8, 0xFF]);
         assert!(jpeg.len() < 40_000, "a few KB, not {}", jpeg.len());
@@ -75,9 +79,7 @@ mod tests {
     fn oversized_or_broken_images_get_no_preview() {
         let f = photo(400, 300);
         let cfg = MediaConfig { max_preview_source_pixels: 100_000, ..MediaConfig::default() };
-        assert!(make(f.path(), &cfg).is_none());
-        let broken = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(broken.path(), [0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3]).unwrap_or_else(|e| panic!("{e}"));
-        assert!(make(broken.path(), &MediaConfig::default()).is_none());
+        assert!(make(&read(&f), &cfg).is_none());
+        assert!(make(&[0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3], &MediaConfig::default()).is_none());
     }
 }

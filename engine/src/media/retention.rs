@@ -3,25 +3,31 @@
 
 use super::*;
 
+/// A chunk still being written after this long was cut off with its writer (a node that
+/// died mid-chunk); a live one carries at most `media.max_chunk_bytes`, and a day is far
+/// more than even a slow phone needs for that.
+const INTERRUPTED_AFTER_MS: u64 = 24 * 3_600_000;
+
 impl<S: Storage> Blobs<S> {
     /// Removes what may go: unfinished uploads without progress for
     /// `media.partial_ttl_hours`, and the bytes of blobs whose retention period
     /// (`media.retention_days`, counted from the moment `media.retention_basis` names) is
-    /// over; their metadata and preview stay. Returns the number of files removed.
+    /// over; their metadata and preview stay. Returns the number of uploads and blobs
+    /// removed.
     pub async fn sweep(&self) -> Result<usize, MediaError> {
         let cfg = &self.inner.cfg;
         let now = now_ms();
         let mut removed = 0;
+        let interrupted = self.bytes().sweep(now.saturating_sub(INTERRUPTED_AFTER_MS)).await;
+        match interrupted {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(chunks = n, "removed the bytes of chunks whose writer never finished"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove the bytes of interrupted chunks; will retry"),
+        }
         let stale_before = now.saturating_sub(u64::from(cfg.partial_ttl_hours) * 3_600_000);
-        for PendingUpload { owner: key, blob, size } in self.inner.store.uploads().await? {
-            let path = self.inner.root.join("partial").join(format!("{}-{}", hex_of(&key), blob.hex()));
-            let touched = tokio::fs::metadata(&path)
-                .await
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
-            if touched < stale_before {
+        for PendingUpload { owner: key, blob, size: _ } in self.inner.store.uploads().await? {
+            let touched = self.bytes().partial_touched(&key, blob).await.map_err(MediaError::bytes(blob))?;
+            if touched.unwrap_or(0) < stale_before {
                 let owner = match key.split_once(':') {
                     Some(("peer", p)) => Owner::Peer(p.to_owned()),
                     Some((_, u)) => match UserId::new(u) {
@@ -30,7 +36,7 @@ impl<S: Storage> Blobs<S> {
                     },
                     None => continue,
                 };
-                self.discard(&owner, blob, size).await?;
+                self.discard(&owner, blob).await?;
                 removed += 1;
             }
         }
@@ -39,10 +45,9 @@ impl<S: Storage> Blobs<S> {
         }
         let started_before = now.saturating_sub(u64::from(cfg.retention_days) * 86_400_000);
         let basis = cfg.retention_basis;
-        for (blob, size) in self.inner.store.blobs_retained_since(basis, started_before).await? {
+        for (blob, _size) in self.inner.store.blobs_retained_since(basis, started_before).await? {
             self.inner.store.blob_evicted(blob, now_ms()).await?;
-            if tokio::fs::remove_file(self.blob_path(&blob)).await.is_ok() {
-                self.inner.store.add_blob_bytes(-i64::try_from(size).unwrap_or(i64::MAX));
+            if self.bytes().remove(blob).await.map_err(MediaError::bytes(blob))? {
                 removed += 1;
                 match basis {
                     RetentionBasis::PeerConfirmed => {

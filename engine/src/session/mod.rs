@@ -185,7 +185,7 @@ async fn wait_hello<S: Storage>(hub: &Hub<S>, ws: &mut WebSocket) -> Option<Hell
     }
 }
 
-struct Session<S> {
+struct Session<S: Storage> {
     hub: Arc<Hub<S>>,
     ws: WebSocket,
     claims: Claims,

@@ -1,13 +1,15 @@
 //! The conformance suite every storage backend must pass: the contracts of
 //! [`LogStore`], [`SecurityStore`], [`LinkStore`] and [`HookStore`] checked through the
-//! traits alone, so
-//! the same checks run against SQLite today and any later backend.
+//! traits alone, so the same checks run against SQLite and PostgreSQL and any later
+//! backend; [`bytes`] does the same for the blob bytes ([`crate::BlobBytes`]).
 //!
 //! A backend's tests call [`check_all`] with a function that opens a fresh, empty store
 //! handing committed entries to the given publisher (its own temporary directory or
 //! database each time). Each check panics with what broke. Durability under kill -9 and
 //! power loss is a property of the backend's commit, not of its API, so it is proven by
 //! the process tests (`tests/`), not here.
+
+pub mod bytes;
 
 use std::sync::{Arc, Mutex};
 
