@@ -121,18 +121,26 @@ async fn one_server_at_a_time_delivers_and_another_takes_over_when_it_stops_or_d
     // goes on (a second delivery of anything would show up as a repeated cursor).
     let stop_b = CancellationToken::new();
     let b = tokio::spawn(deliver(store.clone(), endpoint(&url), Arc::from("node-b"), stop_b.clone()));
+    let mut last = 0;
     for n in 5..8 {
         let c = append(&store, n).await;
         assert_eq!(next(&mut got).await, c.0);
+        last = c.0;
     }
     assert_eq!(holder_in_db(&store).await, "node-a");
 
     // The first stops cleanly: it stores its position and lets go; the second goes on
-    // from there, repeating nothing.
+    // from there. At most the event whose answer was in flight when the first stopped
+    // comes again (the receiver had it, the first had not seen the 2xx yet: at least
+    // once); nothing older does.
     stop_a.cancel();
     ok(a.await);
     let eighth = append(&store, 8).await;
-    assert_eq!(next(&mut got).await, eighth.0, "the second server delivers the next event, and only it");
+    let mut first = next(&mut got).await;
+    if first == last {
+        first = next(&mut got).await;
+    }
+    assert_eq!(first, eighth.0, "the second server delivers the next event, and only it");
     assert_eq!(holder_in_db(&store).await, "node-b");
 
     // The second dies without a word: a third takes over once its lease expired, from
