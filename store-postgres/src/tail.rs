@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use outpost_shared::frames::ReceiptState;
 use outpost_shared::{Cursor, MessageId, RoomId, UserId};
 use outpost_storage::{Audience, LogEntry, Publisher};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -25,13 +25,13 @@ use crate::writer::{message_entry, receipt_entry};
 use crate::{Shared, from_sql, to_sql};
 
 /// What the writer hands over after a commit: the head it found (`base`), the head it
-/// left (`through`) and the entries in between that it wrote. `done` is answered once all
-/// of them are published.
+/// left (`through`), the entries in between that it wrote, and the answers to their
+/// senders, given once all of them are published.
 pub(crate) struct LocalCommit {
     pub base: u64,
     pub through: u64,
     pub entries: Vec<LogEntry>,
-    pub done: oneshot::Sender<()>,
+    pub answer: Box<dyn FnOnce() + Send>,
 }
 
 /// Entries read from the database per query while catching up.
@@ -63,7 +63,13 @@ impl Tail {
         loop {
             tokio::select! {
                 biased;
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    // The writer's last commits still owe their senders an answer.
+                    while let Ok(c) = local.try_recv() {
+                        self.local(c, &stop).await;
+                    }
+                    return;
+                }
                 c = local.recv() => {
                     let Some(c) = c else { return };
                     self.local(c, &stop).await;
@@ -95,7 +101,7 @@ impl Tail {
                 self.advance(c.through);
             }
         }
-        let _ = c.done.send(());
+        (c.answer)();
     }
 
     /// Publishes everything committed that is not yet published.

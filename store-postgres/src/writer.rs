@@ -307,19 +307,25 @@ impl Writer {
                 {
                     known.extend(new_rooms);
                 }
+                let stored = pending.iter().filter(|p| matches!(p, Pending::Append(_, Ok(a)) if !a.duplicate)).count();
+                let answer: Box<dyn FnOnce() + Send> = Box::new(move || {
+                    for p in pending {
+                        p.finish(None);
+                    }
+                });
                 // Publish before answering: once a sender holds `stored`, every online
-                // member (on every node that has caught up) has the message queued.
+                // member (on every node that has caught up) has the message queued. The
+                // tail answers once it has published, while this writer goes on with the
+                // next group: publication and the next transaction overlap.
                 if through > base {
                     entries.sort_by_key(|e| e.cursor);
-                    let (done, published) = oneshot::channel();
-                    let commit = LocalCommit { base, through, entries, done };
-                    if self.local.send(commit).await.is_ok() {
-                        let _ = published.await;
+                    let commit = LocalCommit { base, through, entries, answer };
+                    if let Err(mpsc::error::SendError(c)) = self.local.send(commit).await {
+                        // The tail has stopped (shutdown): the commit happened, say so.
+                        (c.answer)();
                     }
-                }
-                let stored = pending.iter().filter(|p| matches!(p, Pending::Append(_, Ok(a)) if !a.duplicate)).count();
-                for p in pending {
-                    p.finish(None);
+                } else {
+                    answer();
                 }
                 metrics::counter!("outpost_messages_stored_total").increment(stored as u64);
                 metrics::histogram!("outpost_commit_seconds").record(started.elapsed().as_secs_f64());
