@@ -19,16 +19,7 @@ cargo build --workspace --bins --locked
 # (exit 3) skips the test, and says so; a failed build fails the run.
 cross_dir="${CARGO_TARGET_DIR:-target/cross}"
 [[ $cross_dir = /* ]] || cross_dir="$PWD/$cross_dir"
-qemu_# The cloud's PostgreSQL backend is tested against private clusters that the tests start
-# themselves (initdb in a temp dir, pg_ctl on a free port; store-postgres/src/testing.rs):
-# only the server binaries are needed, from Debian's package.
-if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq postgresql >/dev/null
-fi
-
-status=0
+qemu_status=0
 CARGO_TARGET_DIR="$cross_dir" scripts/cross-build.sh --profile dev --target aarch64 --relay-only || qemu_status=$?
 case $qemu_status in
   0)
@@ -46,6 +37,15 @@ case $qemu_status in
     exit "$qemu_status"
     ;;
 esac
+
+# The cloud's PostgreSQL backend is tested against private clusters that the tests start
+# themselves (initdb in a temp dir, pg_ctl on a free port; store-postgres/src/testing.rs):
+# only the server binaries are needed, from Debian's package.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq postgresql >/dev/null
+fi
 
 status=0
 
