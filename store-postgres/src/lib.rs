@@ -58,7 +58,10 @@ pub use schema::{MIGRATIONS, MigrateError, current_version as schema_version};
 pub enum OpenError {
     #[error("the database address is not a valid PostgreSQL URL ({0}); expected postgres://USER@HOST:PORT/DB")]
     Url(String),
-    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    #[error(
+        "cannot connect to PostgreSQL at {target}: {}; check that the server runs there and accepts this user",
+        explain(source)
+    )]
     Connect { target: String, source: tokio_postgres::Error },
     #[error(transparent)]
     Migrate(#[from] MigrateError),
@@ -205,7 +208,24 @@ pub(crate) fn db(e: tokio_postgres::Error) -> StoreError {
     if e.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL) {
         return StoreError::StorageFull { used: 0, quota: 0 };
     }
-    StoreError::Database(e.to_string())
+    StoreError::Database(explain(&e))
+}
+
+/// The driver's error with what caused it: its own text is often only "db error" or
+/// "error connecting to server", and the cause (the server's message, "connection
+/// refused") is what an operator needs.
+pub(crate) fn explain(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 pub(crate) fn to_sql(v: u64) -> i64 {

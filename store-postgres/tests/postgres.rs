@@ -467,3 +467,16 @@ async fn a_sqlite_clouds_media_files_move_in_and_its_unfinished_uploads_resume()
     assert_eq!(ok(bytes.partial_digest("user:juma", fid, 0).await).0, fid.0);
     pg.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_be_reached_is_named_with_the_servers_reason() {
+    let c = cluster();
+    let missing = c.url("no_such_db");
+    let err = PgStore::open(&missing, opts(), Arc::new(Published::default())).await.err().map(|e| e.to_string());
+    let err = err.unwrap_or_else(|| panic!("opening a database that does not exist succeeded"));
+    assert!(err.contains("no_such_db") && err.contains("does not exist"), "{err}");
+    let refused = format!("postgres://postgres@127.0.0.1:{}/x", c.port().wrapping_add(1).max(1));
+    let err = PgStore::open(&refused, opts(), Arc::new(Published::default())).await.err().map(|e| e.to_string());
+    let err = err.unwrap_or_else(|| panic!("a port nothing listens on was reached"));
+    assert!(err.contains("cannot connect to PostgreSQL at 127.0.0.1:"), "{err}");
+}
