@@ -12,7 +12,7 @@ use outpost_storage::{
 };
 use tokio_postgres::types::ToSql;
 
-use crate::reader::Lane2;
+use crate::reader::ReadLane;
 use crate::{PgBytes, PgStore, db, from_sql, to_sql};
 
 fn blob_id(bytes: &[u8]) -> Option<BlobId> {
@@ -25,7 +25,7 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let (_permit, c) = self.reader(Lane2::Devices).await?;
+        let (_permit, c) = self.reader(ReadLane::Devices).await?;
         let stmt = c.prepare_cached(sql).await.map_err(db)?;
         c.query(&stmt, params).await.map_err(db)
     }

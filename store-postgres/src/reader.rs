@@ -106,17 +106,20 @@ pub(crate) async fn audit_page(
 
 /// Who a read is for; each lane has its own permits (as in the SQLite store).
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Lane2 {
+pub(crate) enum ReadLane {
     Devices,
     Peers,
 }
 
 impl PgStore {
     /// A pooled connection, once `lane` has a permit.
-    pub(crate) async fn reader(&self, lane: Lane2) -> Result<(tokio::sync::SemaphorePermit<'_>, Object), StoreError> {
+    pub(crate) async fn reader(
+        &self,
+        lane: ReadLane,
+    ) -> Result<(tokio::sync::SemaphorePermit<'_>, Object), StoreError> {
         let permits = match lane {
-            Lane2::Devices => &self.shared.device_reads,
-            Lane2::Peers => &self.shared.peer_reads,
+            ReadLane::Devices => &self.shared.device_reads,
+            ReadLane::Peers => &self.shared.peer_reads,
         };
         let permit = permits.acquire().await.map_err(|_| StoreError::Closed)?;
         let client = self.shared.pool.get().await.map_err(|e| StoreError::Database(e.to_string()))?;
@@ -124,7 +127,7 @@ impl PgStore {
     }
 
     pub(crate) async fn replay(&self, q: ReplayQuery) -> Result<Replay, StoreError> {
-        let (_permit, c) = self.reader(Lane2::Devices).await?;
+        let (_permit, c) = self.reader(ReadLane::Devices).await?;
         let rooms: Vec<&str> = q.rooms.iter().map(RoomId::as_str).collect();
         let stmt = c
             .prepare_cached(&format!(
@@ -183,7 +186,7 @@ impl PgStore {
         before: Option<Cursor>,
         limit: u32,
     ) -> Result<HistoryPage, StoreError> {
-        let (_permit, c) = self.reader(Lane2::Devices).await?;
+        let (_permit, c) = self.reader(ReadLane::Devices).await?;
         let before = before.map_or(i64::MAX, |b| to_sql(b.0));
         let stmt = c
             .prepare_cached(&format!(
@@ -205,7 +208,7 @@ impl PgStore {
         after: Cursor,
         limit: u32,
     ) -> Result<(Vec<Positioned>, bool), StoreError> {
-        let (_permit, c) = self.reader(Lane2::Devices).await?;
+        let (_permit, c) = self.reader(ReadLane::Devices).await?;
         let stmt = c
             .prepare_cached(&format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND cursor > $2 AND cursor <= $4
@@ -235,7 +238,7 @@ impl PgStore {
         after: Cursor,
         limit: u32,
     ) -> Result<(Vec<Positioned>, bool), StoreError> {
-        let (_permit, c) = self.reader(Lane2::Devices).await?;
+        let (_permit, c) = self.reader(ReadLane::Devices).await?;
         let head = to_sql(*self.head_rx.borrow());
         let take = i64::from(limit) + 1;
         let rows = match rooms {
@@ -273,7 +276,7 @@ impl PgStore {
     }
 
     pub(crate) async fn outbound(&self, q: OutboundQuery) -> Result<Outbound, StoreError> {
-        let (_permit, mut c) = self.reader(Lane2::Peers).await?;
+        let (_permit, mut c) = self.reader(ReadLane::Peers).await?;
         // One snapshot for the page and the head, so "nothing more up to the head" is
         // true of the same state.
         let tx = c
@@ -356,7 +359,7 @@ impl PgStore {
     }
 
     pub(crate) async fn backlog(&self, peer: &str) -> Result<Backlog, StoreError> {
-        let (_permit, mut c) = self.reader(Lane2::Peers).await?;
+        let (_permit, mut c) = self.reader(ReadLane::Peers).await?;
         let tx = c
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -411,7 +414,7 @@ impl PgStore {
     }
 
     pub(crate) async fn audit_page(&self, after: u64, limit: u32) -> Result<(Vec<AuditRecord>, bool), StoreError> {
-        let (_permit, c) = self.reader(Lane2::Devices).await?;
+        let (_permit, c) = self.reader(ReadLane::Devices).await?;
         audit_page(&**c, after, limit).await
     }
 
@@ -427,7 +430,7 @@ impl PgStore {
             }
             let known = self.shared.revocation_mark.load(Ordering::Acquire);
             let loaded = async {
-                let (_permit, c) = self.reader(Lane2::Peers).await?;
+                let (_permit, c) = self.reader(ReadLane::Peers).await?;
                 if revocation_mark(&**c).await.map_err(db)? == known {
                     return Ok(None);
                 }

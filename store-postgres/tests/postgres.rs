@@ -265,6 +265,18 @@ async fn writes_wait_out_a_database_restart_and_nothing_is_lost() {
     s.shutdown().await;
 }
 
+/// The SQLite cloud's store at `path`, the side a move starts from.
+fn sqlite_cloud(path: &std::path::Path) -> outpost_store_sqlite::Store {
+    let opts = outpost_store_sqlite::StoreOptions {
+        quota_bytes: 1 << 30,
+        emergency_reserve_bytes: 1 << 20,
+        max_batch: 1024,
+        max_receipts_per_ack: 1000,
+        readers: 2,
+    };
+    ok(outpost_store_sqlite::Store::open(path, opts, Arc::new(Published::default())))
+}
+
 /// What devices, hubs and auditors see of a store: it must be the same before and after
 /// a move.
 #[derive(Debug, PartialEq)]
@@ -317,14 +329,7 @@ async fn a_sqlite_cloud_moves_into_postgres_and_everyone_resumes_where_they_were
     let url = fresh_db(&c);
     let dir = ok(tempfile::tempdir());
     let path = dir.path().join("cloud.db");
-    let opts = outpost_store_sqlite::StoreOptions {
-        quota_bytes: 1 << 30,
-        emergency_reserve_bytes: 1 << 20,
-        max_batch: 1024,
-        max_receipts_per_ack: 1000,
-        readers: 2,
-    };
-    let lite = ok(outpost_store_sqlite::Store::open(&path, opts, Arc::new(Published::default())));
+    let lite = sqlite_cloud(&path);
     let r = room("ward-9");
     ok(lite.peer_hello("hub-1", "hub-epoch", vec![r.clone()]).await);
     for n in 0..300 {
@@ -398,14 +403,7 @@ async fn a_sqlite_clouds_media_files_move_in_and_its_unfinished_uploads_resume()
     let url = fresh_db(&c);
     let dir = ok(tempfile::tempdir());
     let path = dir.path().join("cloud.db");
-    let opts = outpost_store_sqlite::StoreOptions {
-        quota_bytes: 1 << 30,
-        emergency_reserve_bytes: 1 << 20,
-        max_batch: 1024,
-        max_receipts_per_ack: 1000,
-        readers: 2,
-    };
-    let lite = ok(outpost_store_sqlite::Store::open(&path, opts, Arc::new(Published::default())));
+    let lite = sqlite_cloud(&path);
     let files = ok(lite.blob_bytes(&path));
     let amina = ok(UserId::new("amina"));
     let complete = |blob, size| CompleteBlob {
