@@ -42,6 +42,9 @@ pub enum Variant {
     Raw,
     /// The SQLite cloud's store.
     Sqlite,
+    /// One PostgreSQL node with every write on its one writer connection
+    /// (`import_writers = 0`): what the importers are measured against.
+    Pg1Serial,
     /// One PostgreSQL node.
     Pg1,
     /// Two PostgreSQL nodes on one database, half of the hubs on each.
@@ -49,12 +52,13 @@ pub enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 4] = [Variant::Raw, Variant::Sqlite, Variant::Pg1, Variant::Pg2];
+    const ALL: [Variant; 5] = [Variant::Raw, Variant::Sqlite, Variant::Pg1Serial, Variant::Pg1, Variant::Pg2];
 
     fn name(self) -> &'static str {
         match self {
             Variant::Raw => "raw PostgreSQL (batched INSERT)",
             Variant::Sqlite => "SQLite cloud (one node)",
+            Variant::Pg1Serial => "PostgreSQL, one node, hubs' batches on the one writer",
             Variant::Pg1 => "PostgreSQL, one node",
             Variant::Pg2 => "PostgreSQL, two nodes",
         }
@@ -391,12 +395,16 @@ async fn ingest_once(
             };
             Open::Lite(outpost_store_sqlite::Store::open(&tmp.join(format!("{name}.db")), opts, publisher())?)
         }
-        Variant::Pg1 | Variant::Pg2 => {
+        Variant::Pg1Serial | Variant::Pg1 | Variant::Pg2 => {
             let u = url()?;
-            let n = if variant == Variant::Pg1 { 1 } else { 2 };
+            let n = if variant == Variant::Pg2 { 2 } else { 1 };
+            let opts = match variant {
+                Variant::Pg1Serial => PgOptions { import_writers: 0, ..pg_options() },
+                _ => pg_options(),
+            };
             let mut nodes = Vec::new();
             for _ in 0..n {
-                nodes.push(PgStore::open(&u, pg_options(), publisher()).await?);
+                nodes.push(PgStore::open(&u, opts.clone(), publisher()).await?);
             }
             Open::Pg(nodes)
         }
@@ -627,6 +635,13 @@ pub fn markdown(args: &Args, command: &str, machine: &MachineInfo, run: &CloudRu
             format!("{:.2}×", one / raw),
             "≥ 50,000/s and ≥ 0.5× raw",
             one >= 50_000.0 && one >= 0.5 * raw,
+        ),
+        Row::info(
+            format!("cloud ingest, PostgreSQL one node, {} importers (messages/s)", pg_options().import_writers),
+            Summary::of(&per(Variant::Pg1)).show_int(),
+            format!("one writer {:.0}", med(Variant::Pg1Serial)),
+            format!("{:.2}×", one / med(Variant::Pg1Serial)),
+            "hubs' batches committed on several connections at once",
         ),
         Row::info(
             "cloud ingest, PostgreSQL two nodes (messages/s)",

@@ -28,6 +28,7 @@
 
 mod bytes;
 pub mod from_sqlite;
+mod import;
 mod media;
 mod reader;
 mod schema;
@@ -89,12 +90,35 @@ pub struct PgOptions {
     /// Most bytes of a blob or an upload in one row of `blob_chunks` (bytes.rs): what a
     /// chunk being written holds in memory, and what one row read returns.
     pub blob_chunk_bytes: usize,
+    /// Connections that commit hubs' batches in parallel (import.rs), each holding one
+    /// open transaction at a time. 0: hubs' batches go through the writer with
+    /// everything else, one transaction at a time.
+    pub import_writers: usize,
 }
 
 /// [`PgOptions::blob_chunk_bytes`] by default: the web client's upload chunk, so a
 /// device's chunk is one row; large enough that a 16 MiB photo is 64 rows, small enough
 /// that a node buffers little per upload.
 pub const DEFAULT_BLOB_CHUNK_BYTES: usize = 256 << 10;
+
+/// [`PgOptions::import_writers`] by default (BENCHMARKS.md, the cloud's ingest).
+pub const DEFAULT_IMPORT_WRITERS: usize = 3;
+
+/// The stable head: the newest cursor below which nothing can commit any more (every
+/// cursor up to it is committed or will never be used), and the log head. Readers that
+/// resume after a cursor read up to the stable head only, so they never pass an import
+/// still committing (import.rs).
+pub(crate) const STABLE_HEAD: &str =
+    "SELECT coalesce((SELECT min(first) - 1 FROM open_ranges), h.head), h.head FROM log_head h";
+
+/// Removes the ranges whose backend is gone (its node died between reserving and
+/// committing): they can never commit. A backend is its pid and start time, since pids
+/// are reused. Committed durably, as every end of a range is.
+pub(crate) const RECLAIM: &str = "BEGIN;
+     SET LOCAL synchronous_commit = on;
+     DELETE FROM open_ranges o
+      WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = o.pid AND a.backend_start = o.started);
+     COMMIT";
 
 impl Default for PgOptions {
     fn default() -> Self {
@@ -106,6 +130,7 @@ impl Default for PgOptions {
             readers: 4,
             poll_interval: Duration::from_secs(1),
             blob_chunk_bytes: DEFAULT_BLOB_CHUNK_BYTES,
+            import_writers: DEFAULT_IMPORT_WRITERS,
         }
     }
 }
@@ -148,6 +173,12 @@ pub(crate) struct Shared {
     pub revocation_mark: AtomicU64,
     pub device_reads: tokio::sync::Semaphore,
     pub peer_reads: tokio::sync::Semaphore,
+    /// The hybrid logical clock every writing connection of this node stamps with.
+    pub clock: Mutex<outpost_shared::HlcClock>,
+    /// Ranges this node's importers reserved whose outcome the tail has not been handed
+    /// yet, by the cursor below each: the tail waits for these rather than ask the
+    /// database about a gap under its own commits.
+    pub in_flight: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 /// A cheap, cloneable handle on one node's store.
@@ -155,6 +186,8 @@ pub(crate) struct Shared {
 pub struct PgStore {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Command>,
+    /// Hubs' batches, when importers run (`PgOptions::import_writers`).
+    imports: Option<mpsc::Sender<import::Batch>>,
     /// The newest cursor published to this node's router (and so readable).
     head_rx: tokio::sync::watch::Receiver<u64>,
     stop: CancellationToken,
@@ -263,7 +296,9 @@ impl PgStore {
         schema::migrate(&mut client, &uuid::Uuid::new_v4().to_string()).await?;
         let epoch: String =
             client.query_one("SELECT value FROM meta WHERE key = 'epoch'", &[]).await.map_err(OpenError::Read)?.get(0);
-        let head: i64 = client.query_one("SELECT head FROM log_head", &[]).await.map_err(OpenError::Read)?.get(0);
+        // Where this node's tail starts: imports still committing are published when they
+        // commit.
+        let head: i64 = client.query_one(STABLE_HEAD, &[]).await.map_err(OpenError::Read)?.get(0);
         let last_hlc: i64 =
             client.query_one("SELECT coalesce(max(hlc), 0) FROM messages", &[]).await.map_err(OpenError::Read)?.get(0);
         let rooms = reader::load_rooms(&client).await.map_err(OpenError::Read)?;
@@ -285,6 +320,8 @@ impl PgStore {
             revocation_mark: AtomicU64::new(mark),
             device_reads: tokio::sync::Semaphore::new(readers),
             peer_reads: tokio::sync::Semaphore::new(readers),
+            clock: Mutex::new(outpost_shared::HlcClock::starting_after(outpost_shared::Hlc(from_sql(last_hlc)))),
+            in_flight: Mutex::new(std::collections::BTreeSet::new()),
         });
         let stop = CancellationToken::new();
         let head = from_sql(head);
@@ -293,16 +330,26 @@ impl PgStore {
         let wake = Arc::new(tokio::sync::Notify::new());
         let (tx, rx) = mpsc::channel(opts.max_batch);
         let tail = tail::Tail::new(shared.clone(), publisher, head, head_tx);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(tail.run(local_rx, wake.clone(), stop.clone())),
-            tokio::spawn(tail::listen(cfg.clone(), wake, stop.clone())),
-            tokio::spawn(
-                writer::Writer::new(cfg, client, shared.clone(), rx, local_tx, outpost_shared::Hlc(from_sql(last_hlc)))
-                    .run(),
-            ),
+            tokio::spawn(tail::listen(cfg.clone(), wake.clone(), stop.clone())),
         ];
+        let imports = if opts.import_writers == 0 {
+            None
+        } else {
+            let (itx, irx) = mpsc::channel(opts.max_batch);
+            let queue: import::Queue = Arc::new(tokio::sync::Mutex::new(irx));
+            for _ in 0..opts.import_writers {
+                let c = connect(&cfg).await.map_err(|source| OpenError::Connect { target: target.clone(), source })?;
+                let importer =
+                    import::Importer::new(cfg.clone(), c, shared.clone(), queue.clone(), local_tx.clone(), wake.clone());
+                tasks.push(tokio::spawn(importer.run(stop.clone())));
+            }
+            Some(itx)
+        };
+        tasks.push(tokio::spawn(writer::Writer::new(cfg, client, shared.clone(), rx, local_tx).run()));
         tracing::info!(database = %target, epoch = %shared.epoch, head, "PostgreSQL store open");
-        Ok(Self { shared, tx, head_rx, stop, tasks: Arc::new(Mutex::new(tasks)) })
+        Ok(Self { shared, tx, imports, head_rx, stop, tasks: Arc::new(Mutex::new(tasks)) })
     }
 
     /// Sends a command to the writer; false when it has stopped.

@@ -1,9 +1,8 @@
 //! The cloud database's schema in PostgreSQL and its versioned migrations.
 //!
 //! The tables are the SQLite store's (store-sqlite/src/schema.rs), in PostgreSQL's types,
-//! plus `log_head`: the one row every writing transaction locks first. Holding it until
-//! the commit serialises the nodes' writes, so cursors are handed out in commit order and
-//! a reader that saw head H has every entry up to H (see the crate documentation).
+//! plus `log_head`, the newest cursor handed out, and `open_ranges`, the cursors handed
+//! to imports that have not committed yet (see the crate documentation).
 //!
 //! `outpost_schema.version` records how many migrations have run. Several nodes may start
 //! at once: each migrates inside one transaction that first takes a transaction-level
@@ -222,6 +221,19 @@ pub const MIGRATIONS: &[&str] = &[
         owner    TEXT NOT NULL,
         sha256   BYTEA NOT NULL,
         started  BIGINT NOT NULL
+    );
+    ",
+    // 4: cursor ranges reserved by hubs' imports still committing (import.rs). Readers
+    // stop below the lowest open range (`crate::STABLE_HEAD`). Unlogged: after a crash
+    // or a failover no transaction is open any more, and the table starts empty.
+    r"
+    CREATE UNLOGGED TABLE open_ranges (
+        first    BIGINT PRIMARY KEY,
+        last     BIGINT NOT NULL,
+        -- The backend that will commit or roll back the range; when it is gone the
+        -- range can never commit, and any node removes it.
+        pid      INTEGER NOT NULL,
+        started  TIMESTAMPTZ NOT NULL
     );
     ",
 ];

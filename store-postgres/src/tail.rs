@@ -1,14 +1,17 @@
 //! The tail: hands every committed entry, this node's and other nodes', to this node's
 //! router exactly once and in cursor order.
 //!
-//! Two things wake it: this node's writer after a commit ([`LocalCommit`], with the
-//! entries it wrote, published from memory when nothing of another node came between)
-//! and a notification that another node committed (`LISTEN outpost_log`, see [`listen`]),
-//! after which it reads the new entries from the database. A timer catches anything a
-//! notification missed while the listening connection was down. Order is what matters: a
-//! phone that got cursor 12 live and then lost its connection resumes after 12, so 11
-//! must never be published after it.
+//! Two things wake it: this node's writer or one of its importers after a commit
+//! ([`LocalCommit`], with the entries it wrote, published from memory once everything
+//! below them is published) and a notification that another node committed (`LISTEN
+//! outpost_log`, see [`listen`]), after which it reads the new entries from the database
+//! up to the stable head ([`crate::STABLE_HEAD`]: never past an import still committing).
+//! A timer catches anything a notification missed while the listening connection was
+//! down, and removes ranges whose node died before committing them. Order is what
+//! matters: a phone that got cursor 12 live and then lost its connection resumes after
+//! 12, so 11 must never be published after it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +47,9 @@ pub(crate) struct Tail {
     publisher: Arc<dyn Publisher>,
     published: u64,
     head_tx: tokio::sync::watch::Sender<u64>,
+    /// This node's commits waiting for something below them (another connection's or
+    /// node's range) to be published first, by the cursor below each.
+    waiting: BTreeMap<u64, LocalCommit>,
 }
 
 impl Tail {
@@ -53,7 +59,7 @@ impl Tail {
         head: u64,
         head_tx: tokio::sync::watch::Sender<u64>,
     ) -> Self {
-        Self { shared, publisher, published: head, head_tx }
+        Self { shared, publisher, published: head, head_tx, waiting: BTreeMap::new() }
     }
 
     pub async fn run(mut self, mut local: mpsc::Receiver<LocalCommit>, wake: Arc<Notify>, stop: CancellationToken) {
@@ -64,9 +70,14 @@ impl Tail {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
-                    // The writer's last commits still owe their senders an answer.
+                    // The last commits still owe their senders an answer: they are
+                    // committed, whether or not the router (stopping too) sees them.
                     while let Ok(c) = local.try_recv() {
-                        self.local(c, &stop).await;
+                        self.waiting.insert(c.base, c);
+                    }
+                    self.drain_waiting();
+                    for (_, c) in std::mem::take(&mut self.waiting) {
+                        (c.answer)();
                     }
                     return;
                 }
@@ -76,6 +87,7 @@ impl Tail {
                 }
                 () = wake.notified() => self.catch_up(&stop).await,
                 _ = tick.tick() => {
+                    reclaim(&self.shared).await;
                     self.catch_up(&stop).await;
                     if rooms_checked.elapsed() >= ROOMS_REFRESH {
                         rooms_checked = tokio::time::Instant::now();
@@ -87,49 +99,103 @@ impl Tail {
     }
 
     async fn local(&mut self, c: LocalCommit, stop: &CancellationToken) {
-        if self.published < c.through {
-            if self.published < c.base {
-                // Another node committed between what we published and our transaction.
-                self.publish_from_db(c.base, stop).await;
-            }
-            if self.published >= c.base {
-                for e in c.entries {
-                    if e.cursor.0 > self.published {
-                        self.publish(e);
-                    }
-                }
-                self.advance(c.through);
-            }
+        if let Ok(mut f) = self.shared.in_flight.lock() {
+            f.remove(&c.base);
         }
-        (c.answer)();
+        if c.through <= self.published {
+            // Read from the database already (another node's notification came first).
+            (c.answer)();
+            return;
+        }
+        self.waiting.insert(c.base, c);
+        self.catch_up(stop).await;
     }
 
-    /// Publishes everything committed that is not yet published.
-    async fn catch_up(&mut self, stop: &CancellationToken) {
-        let head = match self.shared.pool.get().await {
-            Ok(client) => match client.query_one("SELECT head FROM log_head", &[]).await {
-                Ok(row) => from_sql(row.get(0)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot read the log head");
-                    return;
-                }
-            },
-            Err(e) => {
-                tracing::debug!(error = %e, "no database connection for the tail");
+    /// Publishes the waiting commits that are next, from memory.
+    fn drain_waiting(&mut self) {
+        while let Some(next) = self.waiting.first_entry() {
+            if *next.key() > self.published {
                 return;
             }
-        };
-        if head > self.published {
-            self.publish_from_db(head, stop).await;
+            let c = next.remove();
+            for e in c.entries {
+                if e.cursor.0 > self.published {
+                    self.publish(e);
+                }
+            }
+            self.advance(c.through);
+            (c.answer)();
         }
     }
+
+    /// Publishes everything that can be: waiting commits from memory, the rest from the
+    /// database up to the stable head.
+    async fn catch_up(&mut self, stop: &CancellationToken) {
+        while !stop.is_cancelled() {
+            self.drain_waiting();
+            let next = self.waiting.first_key_value().map(|(b, _)| *b);
+            if let Some(next) = next {
+                // One of this node's importers holds a range below: its commit (or its
+                // end) is on the way here; asking the database would only read it twice.
+                let own_below =
+                    self.shared.in_flight.lock().map(|f| f.range(self.published..next).next().is_some()).unwrap_or(false);
+                if own_below {
+                    return;
+                }
+            }
+            let Some((stable, _)) = heads(&self.shared).await else { return };
+            let target = next.map_or(stable, |n| n.min(stable));
+            if target <= self.published {
+                return;
+            }
+            self.publish_from_db(target, stop).await;
+            if next.is_none() {
+                return;
+            }
+        }
+    }
+
+}
+
+/// The stable head and the head (see [`crate::STABLE_HEAD`]).
+async fn heads(shared: &Shared) -> Option<(u64, u64)> {
+        let client = match shared.pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "no database connection for the tail");
+                return None;
+            }
+        };
+        match client.query_one(crate::STABLE_HEAD, &[]).await {
+            Ok(row) => Some((from_sql(row.get(0)), from_sql(row.get(1)))),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the log head");
+                None
+            }
+        }
+    }
+
+    /// Removes open ranges whose backend is gone, when there are any: a node that died
+    /// between reserving and committing must not hold back every node's readers.
+async fn reclaim(shared: &Shared) {
+        let Some((stable, head)) = heads(shared).await else { return };
+        if stable >= head {
+            return;
+        }
+        let Ok(client) = shared.pool.get().await else { return };
+        if let Err(e) = client.batch_execute(crate::RECLAIM).await {
+            tracing::debug!(error = %e, "cannot reclaim ranges of dead connections");
+        }
+}
+
+impl Tail {
 
     /// Reads and publishes the entries after `published` up to `through`, retrying while
     /// the database is unreachable (nothing may be published out of order meanwhile).
     async fn publish_from_db(&mut self, through: u64, stop: &CancellationToken) {
         let mut wait = Duration::from_millis(50);
         while self.published < through {
-            match self.read_page(through).await {
+            match read_page(&self.shared, self.published, through).await {
                 Ok((entries, to)) => {
                     for e in entries {
                         self.publish(e);
@@ -147,51 +213,6 @@ impl Tail {
                 }
             }
         }
-    }
-
-    /// One page of entries in (published, through], and how far it reaches.
-    async fn read_page(&self, through: u64) -> Result<(Vec<LogEntry>, u64), String> {
-        let client = self.shared.pool.get().await.map_err(|e| e.to_string())?;
-        let sql = format!(
-            "SELECT 0, {MESSAGE_COLUMNS}, NULL, NULL FROM messages WHERE cursor > $1 AND cursor <= $2
-             UNION ALL
-             SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state, target
-               FROM receipts WHERE cursor > $1 AND cursor <= $2
-             ORDER BY 2 LIMIT $3"
-        );
-        let stmt = client.prepare_cached(&sql).await.map_err(|e| e.to_string())?;
-        let rows = client
-            .query(&stmt, &[&to_sql(self.published), &to_sql(through), &PAGE])
-            .await
-            .map_err(|e| e.to_string())?;
-        let full = rows.len() as i64 >= PAGE;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut last = self.published;
-        for r in &rows {
-            let kind: i32 = r.get(0);
-            let cursor = from_sql(r.get(1));
-            last = cursor;
-            if kind == 0 {
-                match message_from_row(r, 1) {
-                    Ok(p) => out.push(message_entry(p.cursor, p.msg)),
-                    Err(e) => tracing::error!(cursor, error = %e, "a stored message does not decode; not published"),
-                }
-            } else {
-                let decoded = (|| {
-                    let id = MessageId::from_bytes(<[u8; 16]>::try_from(r.get::<_, &[u8]>(2)).ok()?);
-                    let state = ReceiptState::parse(r.get::<_, &str>(13))?;
-                    let by = UserId::new(r.get::<_, String>(9)).ok();
-                    let target = UserId::new(r.get::<_, String>(14)).ok()?;
-                    let room = RoomId::new(r.get::<_, String>(3)).ok()?;
-                    Some(receipt_entry(Cursor(cursor), id, state, by, target, room, from_sql(r.get(12))))
-                })();
-                match decoded {
-                    Some(e) => out.push(e),
-                    None => tracing::error!(cursor, "a stored receipt does not decode; not published"),
-                }
-            }
-        }
-        Ok((out, if full { last } else { through }))
     }
 
     fn publish(&mut self, mut e: LogEntry) {
@@ -215,7 +236,7 @@ impl Tail {
         }
     }
 
-    async fn refresh_rooms(&self) {
+    async fn refresh_rooms(&mut self) {
         let Ok(client) = self.shared.pool.get().await else { return };
         match crate::reader::load_rooms(&**client).await {
             Ok(rooms) => {
@@ -289,4 +310,49 @@ pub(crate) async fn listen(cfg: tokio_postgres::Config, wake: Arc<Notify>, stop:
         }
         tracing::info!("lost the database notification connection; reconnecting");
     }
+}
+
+/// One page of entries in (published, through], and how far it reaches.
+async fn read_page(shared: &Shared, published: u64, through: u64) -> Result<(Vec<LogEntry>, u64), String> {
+    let client = shared.pool.get().await.map_err(|e| e.to_string())?;
+        let sql = format!(
+            "SELECT 0, {MESSAGE_COLUMNS}, NULL, NULL FROM messages WHERE cursor > $1 AND cursor <= $2
+             UNION ALL
+             SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state, target
+               FROM receipts WHERE cursor > $1 AND cursor <= $2
+             ORDER BY 2 LIMIT $3"
+        );
+        let stmt = client.prepare_cached(&sql).await.map_err(|e| e.to_string())?;
+        let rows = client
+            .query(&stmt, &[&to_sql(published), &to_sql(through), &PAGE])
+            .await
+            .map_err(|e| e.to_string())?;
+        let full = rows.len() as i64 >= PAGE;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut last = published;
+        for r in &rows {
+            let kind: i32 = r.get(0);
+            let cursor = from_sql(r.get(1));
+            last = cursor;
+            if kind == 0 {
+                match message_from_row(r, 1) {
+                    Ok(p) => out.push(message_entry(p.cursor, p.msg)),
+                    Err(e) => tracing::error!(cursor, error = %e, "a stored message does not decode; not published"),
+                }
+            } else {
+                let decoded = (|| {
+                    let id = MessageId::from_bytes(<[u8; 16]>::try_from(r.get::<_, &[u8]>(2)).ok()?);
+                    let state = ReceiptState::parse(r.get::<_, &str>(13))?;
+                    let by = UserId::new(r.get::<_, String>(9)).ok();
+                    let target = UserId::new(r.get::<_, String>(14)).ok()?;
+                    let room = RoomId::new(r.get::<_, String>(3)).ok()?;
+                    Some(receipt_entry(Cursor(cursor), id, state, by, target, room, from_sql(r.get(12))))
+                })();
+                match decoded {
+                    Some(e) => out.push(e),
+                    None => tracing::error!(cursor, "a stored receipt does not decode; not published"),
+                }
+            }
+        }
+        Ok((out, if full { last } else { through }))
 }

@@ -144,7 +144,18 @@ impl LinkStore for PgStore {
         peer_hwm: Cursor,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send {
         let peer = peer.to_owned();
-        async move { self.ask(|reply| Command::Import { peer, entries, peer_hwm, reply }).await }
+        async move {
+            match &self.imports {
+                Some(q) => {
+                    let (reply, rx) = tokio::sync::oneshot::channel();
+                    if q.send(crate::import::Batch { peer, entries, peer_hwm, reply }).await.is_err() {
+                        return Err(StoreError::Closed);
+                    }
+                    rx.await.unwrap_or(Err(StoreError::Closed))
+                }
+                None => self.ask(|reply| Command::Import { peer, entries, peer_hwm, reply }).await,
+            }
+        }
     }
     fn peer_acked(
         &self,

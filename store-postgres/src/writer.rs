@@ -64,12 +64,13 @@ pub(crate) struct Writer {
 }
 
 /// Everything but the connection, so a transaction on it can be open while this changes.
-struct State {
-    shared: Arc<Shared>,
-    stmts: HashMap<&'static str, Statement>,
-    clock: HlcClock,
+/// The importers (import.rs) keep one each too.
+pub(crate) struct State {
+    pub shared: Arc<Shared>,
+    /// Prepared on this connection; cleared when it is opened again.
+    pub stmts: HashMap<&'static str, Statement>,
     /// The next cursor to hand out in the open transaction.
-    next_cursor: u64,
+    pub next_cursor: u64,
     /// Last seq seen per (user, device) on this node, to report gaps.
     last_seq: HashMap<(UserId, DeviceId), u64>,
     size_checked: Option<tokio::time::Instant>,
@@ -91,26 +92,12 @@ impl Writer {
         shared: Arc<Shared>,
         rx: mpsc::Receiver<Command>,
         local: mpsc::Sender<LocalCommit>,
-        last_hlc: Hlc,
     ) -> Self {
-        Self {
-            cfg,
-            client,
-            rx,
-            local,
-            st: State {
-                shared,
-                stmts: HashMap::new(),
-                clock: HlcClock::starting_after(last_hlc),
-                next_cursor: 0,
-                last_seq: HashMap::new(),
-                size_checked: None,
-            },
-        }
+        Self { cfg, client, rx, local, st: State::new(shared) }
     }
 
     pub async fn run(mut self) {
-        if let Err(e) = self.prepare_session().await {
+        if let Err(e) = prepare_session(&self.client).await {
             tracing::warn!(error = %e, "cannot set up the writer's database session");
         }
         let mut stop = None;
@@ -152,40 +139,10 @@ impl Writer {
         }
     }
 
-    /// What Outpost relies on for "acknowledged means durable": a commit returns after
-    /// the WAL is flushed (`synchronous_commit` `on`, or stronger when replication is set
-    /// up). A server configured with `off` is overridden for this connection.
-    async fn prepare_session(&mut self) -> Result<(), tokio_postgres::Error> {
-        let level: String = self.client.query_one("SHOW synchronous_commit", &[]).await?.get(0);
-        if level == "off" {
-            tracing::warn!("the database has synchronous_commit = off; this node's writes use on");
-            self.client.batch_execute("SET synchronous_commit = on").await?;
-        }
-        Ok(())
-    }
-
     /// Re-opens the connection after it was lost, waiting with backoff.
     async fn reconnect(&mut self) {
-        let mut wait = RECONNECT_MIN;
-        loop {
-            match crate::connect(&self.cfg).await {
-                Ok(c) => {
-                    self.client = c;
-                    self.st.stmts.clear();
-                    if let Err(e) = self.prepare_session().await {
-                        tracing::warn!(error = %e, "cannot set up the writer's database session");
-                        continue;
-                    }
-                    tracing::info!("store writer reconnected to the database");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "database unreachable; writes wait");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(RECONNECT_MAX);
-                }
-            }
-        }
+        self.client = reconnect(&self.cfg, "store writer").await;
+        self.st.stmts.clear();
     }
 
     async fn commit_group(&mut self, cmds: Vec<Command>) {
@@ -372,9 +329,52 @@ impl Writer {
     }
 }
 
+/// What Outpost relies on for "acknowledged means durable": a commit returns after the
+/// WAL is flushed (`synchronous_commit` `on`, or stronger when replication is set up). A
+/// server configured with `off` is overridden for the writing connections.
+pub(crate) async fn prepare_session(client: &Client) -> Result<(), tokio_postgres::Error> {
+    let level: String = client.query_one("SHOW synchronous_commit", &[]).await?.get(0);
+    if level == "off" {
+        tracing::warn!("the database has synchronous_commit = off; this node's writes use on");
+        client.batch_execute("SET synchronous_commit = on").await?;
+    }
+    Ok(())
+}
+
+/// Opens a writing connection again after it was lost, waiting with backoff meanwhile
+/// (writes wait in their queue).
+pub(crate) async fn reconnect(cfg: &tokio_postgres::Config, who: &str) -> Client {
+    let mut wait = RECONNECT_MIN;
+    loop {
+        match crate::connect(cfg).await {
+            Ok(c) => match prepare_session(&c).await {
+                Ok(()) => {
+                    tracing::info!(who, "reconnected to the database");
+                    return c;
+                }
+                Err(e) => tracing::warn!(who, error = %e, "cannot set up the database session"),
+            },
+            Err(e) => {
+                tracing::warn!(who, error = %e, retry_in_ms = wait.as_millis() as u64, "database unreachable; writes wait");
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RECONNECT_MAX);
+    }
+}
+
 type Params<'a> = [&'a (dyn ToSql + Sync)];
 
 impl State {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared, stmts: HashMap::new(), next_cursor: 0, last_seq: HashMap::new(), size_checked: None }
+    }
+
+    fn clock(&self) -> std::sync::MutexGuard<'_, HlcClock> {
+        // A poisoned clock is still a clock: it only ever moves forward.
+        self.shared.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn prep(&mut self, tx: &Transaction<'_>, sql: &'static str) -> Result<Statement, StoreError> {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
@@ -457,11 +457,11 @@ impl State {
                     .query_opt(tx, "SELECT hlc FROM messages WHERE id = $1", &[&parent.as_bytes().as_slice()])
                     .await?;
                 match row {
-                    Some(r) => self.clock.observe(Hlc(from_sql(r.get(0))), req.at),
-                    None => self.clock.tick(req.at),
+                    Some(r) => self.clock().observe(Hlc(from_sql(r.get(0))), req.at),
+                    None => self.clock().tick(req.at),
                 }
             }
-            None => self.clock.tick(req.at),
+            None => self.clock().tick(req.at),
         };
         let (id, at) = (req.msg.id, req.at);
         // For the gap check, which only a stored message may move on.
@@ -718,7 +718,7 @@ impl State {
     /// reconnect, or by a hub connected to two nodes at once, changes nothing. The
     /// cursors of skipped entries stay unused (cursors are strictly increasing, not
     /// dense). Answers how many entries of each batch were new.
-    async fn import(
+    pub async fn import(
         &mut self,
         tx: &Transaction<'_>,
         batches: Vec<(String, Vec<Entry>, Cursor)>,
@@ -741,7 +741,7 @@ impl State {
                             tracing::error!(peer, %id, "a peer sent a message whose body is not JSON; skipped");
                             continue;
                         };
-                        self.clock.observe(hlc, now_ms());
+                        self.clock().observe(hlc, now_ms());
                         messages.push((self.take_cursor(), b, msg));
                     }
                     Entry::Receipt(r) => receipts.push((self.take_cursor(), b, r)),
