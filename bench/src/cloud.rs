@@ -162,6 +162,24 @@ fn messages_in(hubs: &[Vec<Vec<Entry>>]) -> (usize, usize) {
     (messages, entries)
 }
 
+/// Entries a store holds once all of `hubs` is imported: a hub's log repeats some
+/// receipts (a message read twice), which are stored once.
+fn distinct_entries(hubs: &[Vec<Vec<Entry>>]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    hubs.iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            seen.insert(match e {
+                Entry::Message(m) => (m.id, String::new(), String::new()),
+                Entry::Receipt(r) => {
+                    (r.id, r.state.as_str().to_owned(), r.by.as_ref().map_or(String::new(), |b| b.as_str().to_owned()))
+                }
+            })
+        })
+        .count()
+}
+
 fn pg_options() -> PgOptions {
     let hub = outpost_engine::config::StorageConfig::default();
     PgOptions { max_batch: hub.max_batch, readers: hub.readers, ..PgOptions::default() }
@@ -192,24 +210,39 @@ fn cpu_ns(now: &HashMap<u32, ProcTimes>, before: &HashMap<u32, ProcTimes>) -> u6
     now.iter().map(|(pid, n)| n.cpu_since(before.get(pid).unwrap_or(&zero), None)).sum()
 }
 
-/// Runs every hub's batches through `import` of the node it is assigned to.
-async fn drive<S: LinkStore>(nodes: &[S], hubs: Vec<Vec<Vec<Entry>>>) -> anyhow::Result<()> {
+/// Runs every hub's batches through `import` of the node it is assigned to; returns how
+/// many entries the nodes said were new.
+async fn drive<S: LinkStore>(nodes: &[S], hubs: Vec<Vec<Vec<Entry>>>) -> anyhow::Result<usize> {
     let mut tasks = tokio::task::JoinSet::new();
     for (h, batches) in hubs.into_iter().enumerate() {
         let node = nodes[h % nodes.len()].clone();
         tasks.spawn(async move {
             let peer = format!("hub-{h:04}");
+            let mut fresh = 0;
             for b in batches {
                 let hwm = b.last().map_or(Cursor(0), Entry::cursor);
-                node.import(&peer, b, hwm).await?;
+                fresh += node.import(&peer, b, hwm).await?;
             }
-            anyhow::Ok(())
+            anyhow::Ok(fresh)
         });
     }
+    let mut fresh = 0;
     while let Some(r) = tasks.join_next().await {
-        r??;
+        fresh += r??;
     }
-    Ok(())
+    Ok(fresh)
+}
+
+/// Rows in the messages and receipts tables at `url`.
+async fn rows_in(url: &str) -> anyhow::Result<usize> {
+    let cfg = outpost_store_postgres::parse_url(url)?;
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let n: i64 = client
+        .query_one("SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM receipts)", &[])
+        .await?
+        .get(0);
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// A batch's messages as the raw baseline's array parameters.
@@ -370,6 +403,7 @@ async fn ingest_once(
     hubs: Vec<Vec<Vec<Entry>>>,
 ) -> anyhow::Result<Ingest> {
     let (messages, entries) = messages_in(&hubs);
+    let distinct = distinct_entries(&hubs);
     let url = || cluster.create_database(name).map_err(anyhow::Error::msg);
     let publisher = || Arc::new(Count::default()) as Arc<dyn Publisher>;
     // Open first (connections, migrations), then measure only the ingest.
@@ -378,9 +412,11 @@ async fn ingest_once(
         Lite(outpost_store_sqlite::Store),
         Pg(Vec<PgStore>),
     }
+    let mut db_url = None;
     let open = match variant {
         Variant::Raw => {
             let u = url()?;
+            db_url = Some(u.clone());
             outpost_store_postgres::create(&u).await?;
             Open::Raw(open_raw(&u).await?)
         }
@@ -397,6 +433,7 @@ async fn ingest_once(
         }
         Variant::Pg1Serial | Variant::Pg1 | Variant::Pg2 => {
             let u = url()?;
+            db_url = Some(u.clone());
             let n = if variant == Variant::Pg2 { 2 } else { 1 };
             let opts = match variant {
                 Variant::Pg1Serial => PgOptions { import_writers: 0, ..pg_options() },
@@ -411,18 +448,24 @@ async fn ingest_once(
     };
     let (me, pg, machine) = (ProcTimes::read("self"), postgres_times(cluster), MachineTimes::read());
     let started = Instant::now();
-    let open = match open {
-        Open::Raw(conns) => Open::Raw(drive_raw(conns, hubs).await?),
+    let (open, fresh) = match open {
+        Open::Raw(conns) => (Open::Raw(drive_raw(conns, hubs).await?), distinct),
         Open::Lite(s) => {
-            drive(std::slice::from_ref(&s), hubs).await?;
-            Open::Lite(s)
+            let fresh = drive(std::slice::from_ref(&s), hubs).await?;
+            (Open::Lite(s), fresh)
         }
         Open::Pg(nodes) => {
-            drive(&nodes, hubs).await?;
-            Open::Pg(nodes)
+            let fresh = drive(&nodes, hubs).await?;
+            (Open::Pg(nodes), fresh)
         }
     };
     let secs = started.elapsed().as_secs_f64();
+    // A figure only counts if every entry is there, once.
+    anyhow::ensure!(fresh == distinct, "{}: the nodes took {fresh} of {distinct} entries as new", variant.name());
+    if let Some(u) = &db_url {
+        let rows = rows_in(u).await?;
+        anyhow::ensure!(rows == distinct, "{}: {rows} rows for {distinct} distinct entries", variant.name());
+    }
     let (me2, pg2, machine2) = (ProcTimes::read("self"), postgres_times(cluster), MachineTimes::read());
     match open {
         Open::Raw(_) => {}

@@ -262,7 +262,16 @@ pub struct StorageConfig {
     /// memory per upload, and a range read fetches whole rows' worth at most; the default
     /// is the web client's upload chunk. Unused on SQLite (media are files).
     pub blob_chunk_bytes: usize,
+    /// On PostgreSQL: connections that commit hubs' batches at once, beside the writer
+    /// (0: hubs' batches go through the writer, one transaction at a time).
+    pub import_writers: usize,
+    /// On PostgreSQL: most entries of hubs' batches in one of those transactions.
+    pub import_group_entries: usize,
 }
+
+/// Most `storage.import_writers`: each is a PostgreSQL connection holding a transaction,
+/// and past the server's cores more only wait for each other.
+const MAX_IMPORT_WRITERS: usize = 64;
 
 /// Smallest `storage.blob_chunk_bytes`: below this a row's own overhead and the number
 /// of rows per photo (index entries, round trips) outweigh what it saves in memory.
@@ -281,6 +290,8 @@ impl Default for StorageConfig {
             max_batch: hub.max_batch,
             readers: hub.readers,
             blob_chunk_bytes: outpost_store_postgres::DEFAULT_BLOB_CHUNK_BYTES,
+            import_writers: outpost_store_postgres::DEFAULT_IMPORT_WRITERS,
+            import_group_entries: outpost_store_postgres::DEFAULT_IMPORT_GROUP_ENTRIES,
         }
     }
 }
@@ -297,13 +308,20 @@ impl StorageConfig {
         }
     }
 
-    /// What is wrong with the PostgreSQL settings (`database`, `blob_chunk_bytes`).
+    /// What is wrong with the PostgreSQL settings (`database`, `blob_chunk_bytes`, the
+    /// importers).
     pub fn database_problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if let Some(url) = &self.database
             && let Err(e) = outpost_store_postgres::parse_url(url)
         {
             p.push(format!("storage.database: {e}"));
+        }
+        if self.import_writers > MAX_IMPORT_WRITERS {
+            p.push(format!("storage.import_writers = {} must be at most {MAX_IMPORT_WRITERS}", self.import_writers));
+        }
+        if self.import_group_entries == 0 {
+            p.push("storage.import_group_entries must be greater than 0".into());
         }
         if !(MIN_BLOB_CHUNK_BYTES..=MAX_BLOB_CHUNK_BYTES).contains(&self.blob_chunk_bytes) {
             p.push(format!(
@@ -612,7 +630,7 @@ mod tests {
     fn every_problem_is_reported_at_once() {
         let dir = dir_with(
             "cloud_id = \"c\"\n[storage]\nquota_bytes = 1000\nemergency_reserve_bytes = 2000\nreaders = 0\n\
-             blob_chunk_bytes = 100\n[limits]\nmax_devices = 0\nidle_timeout_secs = 5\nping_interval_secs = 10\n\
+             blob_chunk_bytes = 100\nimport_writers = 65\nimport_group_entries = 0\n[limits]\nmax_devices = 0\nidle_timeout_secs = 5\nping_interval_secs = 10\n\
              [media]\npreview_quality = 0\nretention_dayz = 3\n[bogus]\nx = 1\n",
         );
         let all = problems(dir.path(), &[("OUTPOST_CLOUD_SECURITY__REVOCATION_POLL_MS", "0")]);
@@ -620,6 +638,8 @@ mod tests {
             "storage.emergency_reserve_bytes must be smaller than storage.quota_bytes",
             "storage.readers must be greater than 0",
             "storage.blob_chunk_bytes = 100 must be between 16384 and 16777216",
+            "storage.import_writers = 65 must be at most 64",
+            "storage.import_group_entries must be greater than 0",
             "limits.max_devices must be greater than 0",
             "limits.idle_timeout_secs must be longer than limits.ping_interval_secs",
             "retention_dayz",

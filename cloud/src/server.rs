@@ -127,6 +127,8 @@ pub fn postgres_options(config: &CloudConfig) -> PgOptions {
         max_receipts_per_ack: config.limits.max_receipts_per_ack,
         readers: config.storage.readers,
         blob_chunk_bytes: config.storage.blob_chunk_bytes,
+        import_writers: config.storage.import_writers,
+        import_group_entries: config.storage.import_group_entries,
         ..PgOptions::default()
     }
 }

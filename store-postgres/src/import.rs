@@ -99,10 +99,15 @@ impl Importer {
                     b = rx.recv() => b,
                 };
                 let Some(first) = first else { break };
+                let limit = self.st.shared.opts.import_group_entries;
+                let mut entries = first.entries.len();
                 let mut group = vec![first];
-                while group.len() < self.st.shared.opts.max_batch {
+                while group.len() < self.st.shared.opts.max_batch && entries < limit {
                     match rx.try_recv() {
-                        Ok(b) => group.push(b),
+                        Ok(b) => {
+                            entries += b.entries.len();
+                            group.push(b);
+                        }
                         Err(_) => break,
                     }
                 }

@@ -94,6 +94,11 @@ pub struct PgOptions {
     /// open transaction at a time. 0: hubs' batches go through the writer with
     /// everything else, one transaction at a time.
     pub import_writers: usize,
+    /// Most entries an importer takes into one transaction. Smaller than a whole queue
+    /// of hubs' batches, so that the importers share it and their commits overlap;
+    /// large enough that a transaction's fixed costs (two round trips, one flush) stay
+    /// small against its rows.
+    pub import_group_entries: usize,
 }
 
 /// [`PgOptions::blob_chunk_bytes`] by default: the web client's upload chunk, so a
@@ -103,6 +108,9 @@ pub const DEFAULT_BLOB_CHUNK_BYTES: usize = 256 << 10;
 
 /// [`PgOptions::import_writers`] by default (BENCHMARKS.md, the cloud's ingest).
 pub const DEFAULT_IMPORT_WRITERS: usize = 3;
+
+/// [`PgOptions::import_group_entries`] by default (BENCHMARKS.md, the cloud's ingest).
+pub const DEFAULT_IMPORT_GROUP_ENTRIES: usize = 5000;
 
 /// The stable head: the newest cursor below which nothing can commit any more (every
 /// cursor up to it is committed or will never be used), and the log head. Readers that
@@ -131,6 +139,7 @@ impl Default for PgOptions {
             poll_interval: Duration::from_secs(1),
             blob_chunk_bytes: DEFAULT_BLOB_CHUNK_BYTES,
             import_writers: DEFAULT_IMPORT_WRITERS,
+            import_group_entries: DEFAULT_IMPORT_GROUP_ENTRIES,
         }
     }
 }

@@ -754,6 +754,29 @@ impl State {
         }
         let peer_of = |b: usize| peer_names[b].as_str();
         let mut fresh_cursors: Vec<u64> = Vec::new();
+        // Rooms first, all in one statement and in one order: imports on other
+        // connections add rooms too, and two transactions adding the same two rooms in
+        // opposite orders would deadlock.
+        let mut rooms: Vec<&RoomId> = messages.iter().map(|(_, _, m)| &m.room).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let fresh_rooms: Vec<&str> = {
+            let known = self.shared.known_rooms.read();
+            rooms
+                .into_iter()
+                .filter(|r| !new_rooms.contains(r) && !known.as_ref().is_ok_and(|k| k.contains(*r)))
+                .map(RoomId::as_str)
+                .collect()
+        };
+        if !fresh_rooms.is_empty() {
+            self.exec(
+                tx,
+                "INSERT INTO rooms (room) SELECT * FROM unnest($1::text[]) ORDER BY 1 ON CONFLICT DO NOTHING",
+                &[&fresh_rooms],
+            )
+            .await?;
+            new_rooms.extend(fresh_rooms.iter().filter_map(|r| RoomId::new(*r).ok()));
+        }
         if !messages.is_empty() {
             let cursors: Vec<i64> = messages.iter().map(|(c, _, _)| to_sql(*c)).collect();
             let ids: Vec<&[u8]> = messages.iter().map(|(_, _, m)| m.id.as_bytes().as_slice()).collect();
@@ -791,7 +814,6 @@ impl State {
                 if inserted.binary_search(&cursor).is_err() {
                     continue;
                 }
-                self.note_room(tx, &m.room, new_rooms).await?;
                 if let Ok(Some(blob)) = outpost_shared::media::body_ref(&m.body) {
                     refs.0.push(to_sql(cursor));
                     refs.1.push(blob.0.to_vec());
