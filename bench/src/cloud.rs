@@ -238,10 +238,8 @@ async fn rows_in(url: &str) -> anyhow::Result<usize> {
     let cfg = outpost_store_postgres::parse_url(url)?;
     let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    let n: i64 = client
-        .query_one("SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM receipts)", &[])
-        .await?
-        .get(0);
+    let n: i64 =
+        client.query_one("SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM receipts)", &[]).await?.get(0);
     Ok(usize::try_from(n).unwrap_or(0))
 }
 

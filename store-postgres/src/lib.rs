@@ -350,8 +350,14 @@ impl PgStore {
             let queue: import::Queue = Arc::new(tokio::sync::Mutex::new(irx));
             for _ in 0..opts.import_writers {
                 let c = connect(&cfg).await.map_err(|source| OpenError::Connect { target: target.clone(), source })?;
-                let importer =
-                    import::Importer::new(cfg.clone(), c, shared.clone(), queue.clone(), local_tx.clone(), wake.clone());
+                let importer = import::Importer::new(
+                    cfg.clone(),
+                    c,
+                    shared.clone(),
+                    queue.clone(),
+                    local_tx.clone(),
+                    wake.clone(),
+                );
                 tasks.push(tokio::spawn(importer.run(stop.clone())));
             }
             Some(itx)

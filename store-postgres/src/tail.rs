@@ -137,8 +137,12 @@ impl Tail {
             if let Some(next) = next {
                 // One of this node's importers holds a range below: its commit (or its
                 // end) is on the way here; asking the database would only read it twice.
-                let own_below =
-                    self.shared.in_flight.lock().map(|f| f.range(self.published..next).next().is_some()).unwrap_or(false);
+                let own_below = self
+                    .shared
+                    .in_flight
+                    .lock()
+                    .map(|f| f.range(self.published..next).next().is_some())
+                    .unwrap_or(false);
                 if own_below {
                     return;
                 }
@@ -154,42 +158,40 @@ impl Tail {
             }
         }
     }
-
 }
 
 /// The stable head and the head (see [`crate::STABLE_HEAD`]).
 async fn heads(shared: &Shared) -> Option<(u64, u64)> {
-        let client = match shared.pool.get().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "no database connection for the tail");
-                return None;
-            }
-        };
-        match client.query_one(crate::STABLE_HEAD, &[]).await {
-            Ok(row) => Some((from_sql(row.get(0)), from_sql(row.get(1)))),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the log head");
-                None
-            }
+    let client = match shared.pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "no database connection for the tail");
+            return None;
+        }
+    };
+    match client.query_one(crate::STABLE_HEAD, &[]).await {
+        Ok(row) => Some((from_sql(row.get(0)), from_sql(row.get(1)))),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the log head");
+            None
         }
     }
+}
 
-    /// Removes open ranges whose backend is gone, when there are any: a node that died
-    /// between reserving and committing must not hold back every node's readers.
+/// Removes open ranges whose backend is gone, when there are any: a node that died
+/// between reserving and committing must not hold back every node's readers.
 async fn reclaim(shared: &Shared) {
-        let Some((stable, head)) = heads(shared).await else { return };
-        if stable >= head {
-            return;
-        }
-        let Ok(client) = shared.pool.get().await else { return };
-        if let Err(e) = client.batch_execute(crate::RECLAIM).await {
-            tracing::debug!(error = %e, "cannot reclaim ranges of dead connections");
-        }
+    let Some((stable, head)) = heads(shared).await else { return };
+    if stable >= head {
+        return;
+    }
+    let Ok(client) = shared.pool.get().await else { return };
+    if let Err(e) = client.batch_execute(crate::RECLAIM).await {
+        tracing::debug!(error = %e, "cannot reclaim ranges of dead connections");
+    }
 }
 
 impl Tail {
-
     /// Reads and publishes the entries after `published` up to `through`, retrying while
     /// the database is unreachable (nothing may be published out of order meanwhile).
     async fn publish_from_db(&mut self, through: u64, stop: &CancellationToken) {
@@ -315,44 +317,41 @@ pub(crate) async fn listen(cfg: tokio_postgres::Config, wake: Arc<Notify>, stop:
 /// One page of entries in (published, through], and how far it reaches.
 async fn read_page(shared: &Shared, published: u64, through: u64) -> Result<(Vec<LogEntry>, u64), String> {
     let client = shared.pool.get().await.map_err(|e| e.to_string())?;
-        let sql = format!(
-            "SELECT 0, {MESSAGE_COLUMNS}, NULL, NULL FROM messages WHERE cursor > $1 AND cursor <= $2
+    let sql = format!(
+        "SELECT 0, {MESSAGE_COLUMNS}, NULL, NULL FROM messages WHERE cursor > $1 AND cursor <= $2
              UNION ALL
              SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state, target
                FROM receipts WHERE cursor > $1 AND cursor <= $2
              ORDER BY 2 LIMIT $3"
-        );
-        let stmt = client.prepare_cached(&sql).await.map_err(|e| e.to_string())?;
-        let rows = client
-            .query(&stmt, &[&to_sql(published), &to_sql(through), &PAGE])
-            .await
-            .map_err(|e| e.to_string())?;
-        let full = rows.len() as i64 >= PAGE;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut last = published;
-        for r in &rows {
-            let kind: i32 = r.get(0);
-            let cursor = from_sql(r.get(1));
-            last = cursor;
-            if kind == 0 {
-                match message_from_row(r, 1) {
-                    Ok(p) => out.push(message_entry(p.cursor, p.msg)),
-                    Err(e) => tracing::error!(cursor, error = %e, "a stored message does not decode; not published"),
-                }
-            } else {
-                let decoded = (|| {
-                    let id = MessageId::from_bytes(<[u8; 16]>::try_from(r.get::<_, &[u8]>(2)).ok()?);
-                    let state = ReceiptState::parse(r.get::<_, &str>(13))?;
-                    let by = UserId::new(r.get::<_, String>(9)).ok();
-                    let target = UserId::new(r.get::<_, String>(14)).ok()?;
-                    let room = RoomId::new(r.get::<_, String>(3)).ok()?;
-                    Some(receipt_entry(Cursor(cursor), id, state, by, target, room, from_sql(r.get(12))))
-                })();
-                match decoded {
-                    Some(e) => out.push(e),
-                    None => tracing::error!(cursor, "a stored receipt does not decode; not published"),
-                }
+    );
+    let stmt = client.prepare_cached(&sql).await.map_err(|e| e.to_string())?;
+    let rows = client.query(&stmt, &[&to_sql(published), &to_sql(through), &PAGE]).await.map_err(|e| e.to_string())?;
+    let full = rows.len() as i64 >= PAGE;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut last = published;
+    for r in &rows {
+        let kind: i32 = r.get(0);
+        let cursor = from_sql(r.get(1));
+        last = cursor;
+        if kind == 0 {
+            match message_from_row(r, 1) {
+                Ok(p) => out.push(message_entry(p.cursor, p.msg)),
+                Err(e) => tracing::error!(cursor, error = %e, "a stored message does not decode; not published"),
+            }
+        } else {
+            let decoded = (|| {
+                let id = MessageId::from_bytes(<[u8; 16]>::try_from(r.get::<_, &[u8]>(2)).ok()?);
+                let state = ReceiptState::parse(r.get::<_, &str>(13))?;
+                let by = UserId::new(r.get::<_, String>(9)).ok();
+                let target = UserId::new(r.get::<_, String>(14)).ok()?;
+                let room = RoomId::new(r.get::<_, String>(3)).ok()?;
+                Some(receipt_entry(Cursor(cursor), id, state, by, target, room, from_sql(r.get(12))))
+            })();
+            match decoded {
+                Some(e) => out.push(e),
+                None => tracing::error!(cursor, "a stored receipt does not decode; not published"),
             }
         }
-        Ok((out, if full { last } else { through }))
+    }
+    Ok((out, if full { last } else { through }))
 }

@@ -191,11 +191,11 @@ async fn a_hub_connected_to_two_nodes_at_once_is_imported_once() {
     let hello = ok(b.peer_hello("hub-7", "", vec![r.clone()]).await);
     assert_eq!(hello.recv_hwm, Cursor(1000), "the hub's resume point is the highest either node recorded");
 
-    // The same batches twice through one node at once: they meet in one group commit,
-    // and one statement inserts them all.
+    // The same batches twice through one node at once: they meet in one importer's
+    // transaction, or in two of its importers' at once.
     let again: Vec<Vec<Entry>> = (0..20).map(|i| (1..=50).map(|j| wire(&r, 5000 + i * 50 + j)).collect()).collect();
     let (fa, fb) = tokio::join!(via(a.clone(), again.clone()), via(a.clone(), again));
-    assert_eq!(fa + fb, 1000, "each entry new exactly once within one node's group commit too");
+    assert_eq!(fa + fb, 1000, "each entry new exactly once within one node too");
     let (page, _) = ok(a.room_since(r.clone(), Cursor(0), 5000).await);
     assert_eq!(page.len(), 2000);
     a.shutdown().await;
