@@ -4,18 +4,22 @@
 //! node's writes in groups and a pool of readers. What differs is that other nodes write
 //! too:
 //!
-//! - **One order for everyone.** Every writing transaction first locks the single row of
-//!   `log_head`, takes its cursors after the head it finds there, and moves the head
-//!   before its commit. The lock is held until the commit, so the nodes' transactions
-//!   are serialised and cursors are in commit order: a reader that sees head H sees every
-//!   entry up to H, and a device or hospital system that resumes "after cursor C" never
-//!   skips an entry that committed late. The price is that commits do not overlap across
-//!   nodes; group commit (hundreds of entries per transaction) is what keeps that cheap.
+//! - **One order for everyone, commits that overlap.** Cursors come from the single row
+//!   of `log_head`. The writer (devices' messages, acks, commands) locks it for its whole
+//!   transaction and moves it before committing. Hubs' batches, most of the traffic, go
+//!   to the importers ([`import`]): each reserves a range of cursors in a short
+//!   transaction, recorded in `open_ranges`, and commits the rows in a second one that
+//!   closes the range, on several connections of several nodes at once. Every reader
+//!   that resumes "after cursor C" (the tail, a device's replay, a hub's outbound lane,
+//!   the events API) reads only up to the stable head ([`STABLE_HEAD`]), below the
+//!   lowest range still open, so it never skips an entry that commits late.
 //! - **Live delivery across nodes.** A commit also sends `NOTIFY outpost_log`. Each node's
-//!   tail ([`tail`]) listens, reads the entries after the last one it published, and hands
-//!   them to the node's router in cursor order — its own and other nodes' alike — so a
-//!   message a hub delivers to node A reaches a doctor connected to node B. The node's own
-//!   commits are published from memory when nothing of another node came between.
+//!   tail ([`tail`]) listens, reads the entries after the last one it published up to the
+//!   stable head, and hands them to the node's router in cursor order — its own and other
+//!   nodes' alike — so a message a hub delivers to node A reaches a doctor connected to
+//!   node B. The node's own commits are published from memory once everything below them
+//!   is. A range whose connection died before committing is removed by any node's tail
+//!   ([`RECLAIM`]).
 //! - **Acknowledged after commit.** A sender, a hub's batch or a command is answered only
 //!   after PostgreSQL reported the commit, with `synchronous_commit` at least `on` (the
 //!   writer raises `off` to `on` for its own connection).

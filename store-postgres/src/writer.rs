@@ -3,8 +3,9 @@
 //!
 //! It drains what is queued (up to `max_batch` commands), commits emergencies in a
 //! transaction of their own first, then the rest. Each transaction begins by locking
-//! `log_head` (the nodes' writes are serialised there, see the crate documentation) and
-//! ends by moving the head and notifying the other nodes. Only after the commit, and
+//! `log_head` (its cursors are the ones after the head, see the crate documentation) and
+//! ends by moving the head and notifying the other nodes. Hubs' batches go to the
+//! importers (import.rs) instead, unless `import_writers` is 0. Only after the commit, and
 //! after the tail has handed the new entries to the router, are the senders answered. A
 //! failed transaction is rolled back and everyone in it told so; a lost connection
 //! (PostgreSQL restarting) is re-opened with backoff while senders wait in the channel.
