@@ -13,13 +13,12 @@ use outpost_shared::frames::OutgoingMsg;
 use outpost_shared::frames::ReceiptState;
 use outpost_shared::uplink::batch::{Entry, WireMessage, WireReceipt};
 use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
-use outpost_storage::{AppendRequest, LinkStore, LogEntry, LogStore, Publisher};
+use outpost_storage::{AppendRequest, LinkStore, LogStore};
 use outpost_store_postgres::testing::TestCluster;
 use outpost_store_postgres::{PgOptions, PgStore};
 
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
+mod common;
+use common::{Seen, ok};
 
 static DB: AtomicU32 = AtomicU32::new(0);
 
@@ -39,48 +38,6 @@ fn opts() -> PgOptions {
 
 fn room(s: &str) -> RoomId {
     ok(RoomId::new(s))
-}
-
-/// What a node's router got, in order; wakes whoever waits for a cursor.
-#[derive(Default)]
-struct Seen {
-    entries: std::sync::Mutex<Vec<LogEntry>>,
-    changed: tokio::sync::Notify,
-}
-
-impl Publisher for Seen {
-    fn publish(&self, entry: LogEntry) {
-        if let Ok(mut v) = self.entries.lock() {
-            v.push(entry);
-        }
-        self.changed.notify_waiters();
-    }
-}
-
-impl Seen {
-    fn cursors(&self) -> Vec<u64> {
-        self.entries.lock().map(|v| v.iter().map(|e| e.cursor.0).collect()).unwrap_or_default()
-    }
-
-    fn has_text(&self, text: &str) -> bool {
-        self.entries.lock().map(|v| v.iter().any(|e| e.frame.contains(text))).unwrap_or(false)
-    }
-
-    /// Waits (at most 20 s) until `cursor` was published.
-    async fn until(&self, cursor: u64) {
-        let wait = async {
-            loop {
-                let notified = self.changed.notified();
-                if self.cursors().contains(&cursor) {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(20), wait).await.is_err() {
-            panic!("cursor {cursor} was not published within 20 s; the last published: {:?}", self.cursors().last());
-        }
-    }
 }
 
 fn wire_message(hub: usize, n: u64, room: &RoomId) -> Entry {

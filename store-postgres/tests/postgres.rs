@@ -13,13 +13,12 @@ use outpost_shared::frames::OutgoingMsg;
 use outpost_shared::uplink::batch::{Entry, WireMessage};
 use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
 use outpost_storage::conformance::Published;
-use outpost_storage::{AppendRequest, LinkStore, LogEntry, LogStore, Publisher};
+use outpost_storage::{AppendRequest, LinkStore, LogStore, Publisher};
 use outpost_store_postgres::testing::TestCluster;
 use outpost_store_postgres::{PgOptions, PgStore};
 
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
+mod common;
+use common::{Seen, ok};
 
 fn cluster() -> TestCluster {
     ok(TestCluster::start())
@@ -68,44 +67,6 @@ fn msg(room: &RoomId, n: u64) -> AppendRequest {
         device: ok(DeviceId::new("phone-1")),
         at: 1_700_000_000_000 + n,
         origin: None,
-    }
-}
-
-/// Records what a node's router got, and wakes whoever waits for a cursor.
-#[derive(Default)]
-struct Seen {
-    entries: std::sync::Mutex<Vec<LogEntry>>,
-    changed: tokio::sync::Notify,
-}
-
-impl Publisher for Seen {
-    fn publish(&self, entry: LogEntry) {
-        if let Ok(mut v) = self.entries.lock() {
-            v.push(entry);
-        }
-        self.changed.notify_waiters();
-    }
-}
-
-impl Seen {
-    fn cursors(&self) -> Vec<u64> {
-        self.entries.lock().map(|v| v.iter().map(|e| e.cursor.0).collect()).unwrap_or_default()
-    }
-
-    /// Waits (at most 10 s) until `cursor` was published.
-    async fn until(&self, cursor: u64) {
-        let wait = async {
-            loop {
-                let notified = self.changed.notified();
-                if self.cursors().contains(&cursor) {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(10), wait).await.is_err() {
-            panic!("cursor {cursor} was not published within 10 s; published: {:?}", self.cursors());
-        }
     }
 }
 
