@@ -226,6 +226,30 @@ mod tests {
     }
 
     #[test]
+    fn only_eddsa_is_accepted_not_none_nor_hmac_with_the_public_key() {
+        use base64::Engine as _;
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let s = signer(5);
+        let v = TokenVerifier::new(&s.public_key(), "cloud-1");
+        let mut admin = claims(1_000);
+        admin.role = Role::Admin;
+        let body = b64(&serde_json::to_vec(&admin).unwrap_or_default());
+        // Positive control: the same claims signed as the cloud signs verify.
+        assert!(v.verify(&s.sign(&admin).unwrap_or_default(), 10).is_ok());
+        // `alg: none`, with and without an (empty) signature part.
+        let none = b64(br#"{"alg":"none","typ":"JWT"}"#);
+        for forged in [format!("{none}.{body}."), format!("{none}.{body}")] {
+            assert!(v.verify(&forged, 10).is_err(), "alg none accepted: {forged}");
+        }
+        // HS256 keyed with the public key every hub holds (the classic confusion).
+        let mut h = Header::new(Algorithm::HS256);
+        h.typ = Some("JWT".into());
+        let hmac = jsonwebtoken::encode(&h, &admin, &EncodingKey::from_secret(&s.public_key())).unwrap_or_default();
+        assert!(!hmac.is_empty());
+        assert!(v.verify(&hmac, 10).is_err(), "an HMAC token keyed with the public key was accepted");
+    }
+
+    #[test]
     fn garbage_and_foreign_issuer_are_refused() {
         let s = signer(4);
         let v = TokenVerifier::new(&s.public_key(), "cloud-1");

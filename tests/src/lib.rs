@@ -15,7 +15,7 @@ pub mod proc;
 pub mod tls;
 
 pub use client::{Device, Frame};
-pub use proc::{Cloud, CloudProc, Relay, RelayCmd, RelayDir, bin, free_udp_addr};
+pub use proc::{Cloud, CloudProc, Relay, RelayCmd, RelayDir, bin, command, free_udp_addr};
 
 use std::time::Duration;
 

@@ -26,6 +26,27 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A command for workspace binary `name` with the environment the tests decide, not the
+/// caller's: every `OUTPOST_...` variable of the shell that runs the tests is removed (a
+/// developer's `OUTPOST_LIMITS__...` must not change what a test checks, and the tests
+/// set what they need themselves), and `RUST_LOG` is the harness's: `HARNESS_RUST_LOG`
+/// when set, else `info` (tests read the servers' logs).
+pub fn command(name: &str) -> Command {
+    let mut cmd = Command::new(bin(name));
+    own_env(&mut cmd);
+    cmd
+}
+
+/// See [`command`].
+fn own_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().to_ascii_uppercase().starts_with("OUTPOST_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("RUST_LOG", std::env::var("HARNESS_RUST_LOG").unwrap_or_else(|_| "info".into()));
+}
+
 /// How to launch `outpost-relay`: the workspace's own build, or another build (such as the
 /// aarch64 one) behind a wrapper command (such as `qemu-aarch64 -L ...`).
 #[derive(Debug, Clone)]
@@ -51,6 +72,7 @@ impl RelayCmd {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.argv[0]);
         cmd.args(&self.argv[1..]);
+        own_env(&mut cmd);
         cmd
     }
 
@@ -75,13 +97,13 @@ fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
 
 impl Cloud {
     pub fn init(dir: &Path) -> anyhow::Result<Self> {
-        run_ok(Command::new(bin("outpost-cloud")).arg("init").arg("--dir").arg(dir))?;
+        run_ok(command("outpost-cloud").arg("init").arg("--dir").arg(dir))?;
         Ok(Self { dir: dir.to_path_buf() })
     }
 
     /// Issues a token through the CLI, as an operator would.
     pub fn token(&self, user: &str, role: &str, rooms: &[&str], ttl: &str) -> anyhow::Result<String> {
-        let mut cmd = Command::new(bin("outpost-cloud"));
+        let mut cmd = command("outpost-cloud");
         cmd.arg("token").arg("--dir").arg(&self.dir).args(["--user", user, "--role", role, "--ttl", ttl]);
         for r in rooms {
             cmd.args(["--room", r]);
@@ -213,7 +235,6 @@ async fn spawn_server(
 ) -> anyhow::Result<(Child, String)> {
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     cmd.args(args);
-    cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -306,7 +327,7 @@ impl Cloud {
 
     /// `outpost-cloud run` as a one-off that is expected to fail: its output.
     pub fn run_output(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<std::process::Output> {
-        let mut cmd = Command::new(bin("outpost-cloud"));
+        let mut cmd = command("outpost-cloud");
         cmd.arg("run").arg("--dir").arg(&self.dir).args(args);
         for (k, v) in env {
             cmd.env(k, v);
@@ -322,7 +343,7 @@ impl Cloud {
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let (child, line) = spawn_server(
             "outpost-cloud",
-            TokioCommand::new(bin("outpost-cloud")),
+            TokioCommand::from(command("outpost-cloud")),
             &args,
             &self.dir.join("cloud.log"),
             env,
@@ -388,7 +409,7 @@ impl Cloud {
     /// `outpost-cloud enroll-relay` with `--cloud-addr` once for each of `cloud_addrs`.
     pub fn enroll_relay_at_all(&self, id: &str, cloud_addrs: &[&str]) -> anyhow::Result<PathBuf> {
         let bundle = self.dir.join(format!("{id}.bundle.json"));
-        let mut cmd = Command::new(bin("outpost-cloud"));
+        let mut cmd = command("outpost-cloud");
         cmd.arg("enroll-relay").arg("--dir").arg(&self.dir).args(["--relay", id]);
         for a in cloud_addrs {
             cmd.args(["--cloud-addr", a]);

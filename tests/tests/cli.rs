@@ -1,13 +1,11 @@
 //! The command lines users and scripts depend on: provisioning, configuration errors
 //! (exit 64, every problem listed), environment overrides, graceful shutdown.
 
-use std::process::Command;
-
 use outpost_tests::client::chat;
-use outpost_tests::{Cloud, World, bin};
+use outpost_tests::{Cloud, World, command};
 
 fn relay(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(bin("outpost-relay"));
+    let mut cmd = command("outpost-relay");
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
@@ -19,12 +17,12 @@ fn relay(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 fn token_and_enrollment_commands_write_what_they_promise() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let cloud = Cloud::init(&tmp.path().join("c"))?;
-    let again = Command::new(bin("outpost-cloud")).args(["init", "--dir"]).arg(&cloud.dir).output()?;
+    let again = command("outpost-cloud").args(["init", "--dir"]).arg(&cloud.dir).output()?;
     assert!(!again.status.success(), "init refuses to overwrite a cloud");
     assert!(String::from_utf8_lossy(&again.stderr).contains("already"));
     let tok = cloud.token("amina", "worker", &["clinic", "maternity"], "30d")?;
     assert_eq!(tok.split('.').count(), 3, "a JWT: {tok}");
-    let bad_role = Command::new(bin("outpost-cloud"))
+    let bad_role = command("outpost-cloud")
         .args(["token", "--dir"])
         .arg(&cloud.dir)
         .args(["--user", "x", "--role", "wizard", "--room", "r"])

@@ -203,7 +203,7 @@ async fn an_sqlite_cloud_moved_into_postgres_carries_on_without_a_resync() -> an
     let at = half.run(CHUNK, Some(300_000)).await?;
     assert_eq!(lite.terminate().await?, Some(0));
 
-    let out = std::process::Command::new(outpost_tests::bin("outpost-cloud"))
+    let out = outpost_tests::command("outpost-cloud")
         .args(["migrate", "--dir"])
         .arg(tmp.path().join("cloud"))
         .args(["--database", &url])
@@ -307,7 +307,7 @@ async fn a_revocation_made_once_is_enforced_by_every_node_and_audited_in_one_log
     on_b.hello(&stolen, "okello-phone", None, None).await?;
 
     // One command, against the database the nodes share (named in cloud.toml).
-    let out = std::process::Command::new(outpost_tests::bin("outpost-cloud"))
+    let out = outpost_tests::command("outpost-cloud")
         .args(["revoke", "--dir"])
         .arg(&cloud.dir)
         .args(["--token", &stolen, "--reason", "laptop stolen"])
@@ -323,10 +323,7 @@ async fn a_revocation_made_once_is_enforced_by_every_node_and_audited_in_one_log
         assert!(again.hello(&stolen, "okello-laptop", None, None).await.is_err(), "every node refuses the token");
     }
     // One audit log: the revocation and both nodes' refusals are in it.
-    let out = std::process::Command::new(outpost_tests::bin("outpost-cloud"))
-        .args(["audit", "--dir"])
-        .arg(&cloud.dir)
-        .output()?;
+    let out = outpost_tests::command("outpost-cloud").args(["audit", "--dir"]).arg(&cloud.dir).output()?;
     let log = String::from_utf8_lossy(&out.stdout);
     let events: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();

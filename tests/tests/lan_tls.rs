@@ -175,7 +175,7 @@ async fn the_cloud_serves_doctors_over_wss_with_a_certificate() -> anyhow::Resul
     doctor.send_stored(chat("clinic", "send the patient in")).await?;
 
     // Half a setting is refused before anything binds.
-    let out = std::process::Command::new(outpost_tests::bin("outpost-cloud"))
+    let out = outpost_tests::command("outpost-cloud")
         .arg("run")
         .arg("--dir")
         .arg(&s.cloud.dir)

@@ -9,7 +9,7 @@
 //! installed it sets `QEMU_SMOKE_SKIP` to the reason instead, and this test prints that it
 //! was skipped and why. Run outside the script (plain `cargo test`), the test uses the
 //! default cross-build output if it exists, and otherwise says how to build it; under CI
-//! (`CI` set) a missing binary without a skip reason is a failure.
+//! (`CI` set) a missing binary is a failure, and so is a skip unless `ALLOW_QEMU_SKIP=1`.
 
 use std::path::PathBuf;
 
@@ -23,6 +23,12 @@ const DEFAULT_WRAPPER: &str = "qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBR
 /// The emulated relay, or None (after saying so) when the test must be skipped.
 fn emulated_relay() -> anyhow::Result<Option<RelayCmd>> {
     if let Ok(reason) = std::env::var("QEMU_SMOKE_SKIP") {
+        // Under CI a skip is a failure unless the run says it accepts one.
+        if std::env::var_os("CI").is_some() && std::env::var("ALLOW_QEMU_SKIP").as_deref() != Ok("1") {
+            bail!(
+                "the qemu smoke test cannot run ({reason}); under CI that is a failure (ALLOW_QEMU_SKIP=1 accepts it)"
+            );
+        }
         let msg = format!("SKIPPED: qemu smoke test not run: {reason}");
         println!("{msg}");
         eprintln!("{msg}");

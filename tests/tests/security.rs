@@ -1,11 +1,9 @@
 //! Authorization, revocation and the audit log, against real hub and cloud processes.
 
-use std::process::Command;
-
 use outpost_tests::World;
 use outpost_tests::client::{Device, chat};
 use outpost_tests::http::request;
-use outpost_tests::proc::{Cloud, bin};
+use outpost_tests::proc::{Cloud, command};
 use serde_json::{Value, json};
 
 async fn signed_in(url: &str, token: &str, device: &str) -> anyhow::Result<Device> {
@@ -135,7 +133,7 @@ async fn emergency_rules_are_configurable_per_role_and_room() -> anyhow::Result<
 }
 
 fn cli(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(bin(program)).args(args).output()?;
+    let out = command(program).args(args).output()?;
     anyhow::ensure!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -23,8 +23,10 @@ pub struct ConfigError {
 pub struct Layers<'a> {
     /// The settings file; a missing one is no error (the defaults apply).
     pub file: PathBuf,
-    /// Variables named `PREFIX_...` are configuration, every one of them (case does not
-    /// matter, as for the `config` crate).
+    /// Variables named `PREFIX_SECTION__KEY` are configuration (case does not matter, as
+    /// for the `config` crate), and `PREFIX_KEY` for a key of `top_keys`. Other names
+    /// under the prefix (`OUTPOST_BIN_DIR` in an operator's shell) are not settings and
+    /// are left alone; a misspelt section or key in the settings' shape is a problem.
     pub env_prefix: &'a str,
     /// Variables under `env_prefix` that belong to another program and are skipped.
     pub env_skip: &'a [&'a str],
@@ -65,6 +67,10 @@ impl Layers<'_> {
             let Ok(key) = key.into_string() else { continue };
             let lower = key.to_lowercase();
             if !lower.starts_with(&ours) || skip.iter().any(|p| lower.starts_with(p.as_str())) {
+                continue;
+            }
+            let rest = &lower[ours.len()..];
+            if !rest.contains("__") && !self.top_keys.contains(&rest) {
                 continue;
             }
             let value = value.into_string().map_err(|v| ConfigError {

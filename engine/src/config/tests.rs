@@ -83,10 +83,21 @@ fn the_environment_overrides_the_file_and_a_misspelt_variable_is_an_error() {
     assert_eq!(cfg.limits.max_body_bytes, 2000);
     assert_eq!(cfg.policy.emergency_roles, [outpost_shared::Role::Doctor, outpost_shared::Role::Supervisor]);
 
-    let vars = env(&[("OUTPOST_LIMITS__MAX_BODDY_BYTES", "5"), ("OUTPOST_LOG", "debug")]);
+    let vars = env(&[("OUTPOST_LIMITS__MAX_BODDY_BYTES", "5"), ("OUTPOST_LOGGING__LEVEL", "debug")]);
     let all = RelayConfig::load_from(dir.path(), vars, |_| {}).err().map(|e| e.problems.join("\n"));
     let all = all.unwrap_or_default();
-    assert!(all.contains("max_boddy_bytes") && all.contains("unknown section `log`"), "{all}");
+    assert!(all.contains("max_boddy_bytes") && all.contains("unknown section `logging`"), "{all}");
+}
+
+#[test]
+fn variables_not_shaped_as_settings_are_left_alone() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join(CONFIG_FILE), with_identity("")).unwrap_or_else(|e| panic!("{e}"));
+    // An operator's shell or a wrapper script may hold OUTPOST_ names of its own: without
+    // the SECTION__KEY shape they are not settings, and the hub starts.
+    let vars = env(&[("OUTPOST_BIN_DIR", "/opt/outpost/bin"), ("OUTPOST_LOG", "debug"), ("OUTPOST_", "x")]);
+    let cfg = RelayConfig::load_from(dir.path(), vars, |_| {});
+    assert!(cfg.is_ok(), "{:?}", cfg.err().map(|e| e.problems));
 }
 
 #[test]
