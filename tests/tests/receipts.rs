@@ -28,16 +28,40 @@ async fn ack_and_read_turn_into_delivered_and_read_receipts_for_the_sender() -> 
     let r = a.expect("receipt").await?;
     assert_eq!((r["state"].as_str(), r["by"].as_str()), (Some("read"), Some("baraka")));
 
-    // Acking again (or a second device of B) makes no second receipt; C's is its own.
+    // Acking again, or acking and reading on baraka's second device, makes no second
+    // receipt. Barrier: a message baraka's second device sends after those frames; the
+    // first ack was taken before it, and amina gets receipts and messages in cursor
+    // order, so a second receipt would arrive before that message.
     b.send_json(&json!({"v":1,"type":"ack","cursor":got["cursor"]})).await?;
+    b.sync().await?;
+    let mut b2 = w.device("baraka", "b2", &["clinic"]).await;
+    let on_b2 = b2.expect("message").await?;
+    assert_eq!(on_b2["msg"]["id"], id.as_str());
+    b2.send_json(&json!({"v":1,"type":"ack","cursor":on_b2["cursor"]})).await?;
+    b2.send_json(&json!({"v":1,"type":"read","room":"clinic","id":id})).await?;
+    let barrier = b2.send_stored(chat("clinic", "noted")).await?;
+    assert_eq!(receipts_before(&mut a, &barrier).await?, Vec::<serde_json::Value>::new());
+
+    // C's receipt is its own.
     let got_c = c.expect("message").await?;
     c.send_json(&json!({"v":1,"type":"ack","cursor":got_c["cursor"]})).await?;
     let r = a.expect("receipt").await?;
     assert_eq!((r["state"].as_str(), r["by"].as_str()), (Some("delivered"), Some("chausiku")));
-    a.no_frame_of("receipt", Duration::from_millis(300)).await?;
-    // Receipts go to the sender only.
-    b.no_frame_of("receipt", Duration::from_millis(50)).await?;
+    // Receipts go to the sender only. Barrier: a later message in the room, which baraka
+    // gets after anything logged before it.
+    let barrier = a.send_stored(chat("clinic", "thank you both")).await?;
+    assert_eq!(b.expect("message").await?["msg"]["body"]["text"], "noted", "from baraka's other device");
+    assert_eq!(receipts_before(&mut b, &barrier).await?, Vec::<serde_json::Value>::new());
     Ok(())
+}
+
+/// The receipts `d` gets before the message `barrier` (its `stored` frame): messages and
+/// receipts reach a device in cursor order, so these are all that were logged for it
+/// before the barrier. Any other message on the way fails the call.
+async fn receipts_before(d: &mut Device, barrier: &serde_json::Value) -> anyhow::Result<Vec<serde_json::Value>> {
+    let m = d.expect("message").await?;
+    anyhow::ensure!(m["cursor"] == barrier["cursor"], "expected the barrier {barrier}, got {m}");
+    Ok(d.take("receipt"))
 }
 
 #[tokio::test]
@@ -76,8 +100,14 @@ async fn typing_reaches_the_room_only_and_is_never_stored() -> anyhow::Result<()
         (t["room"].as_str(), t["user"].as_str(), t["active"].as_bool()),
         (Some("clinic"), Some("amina"), Some(true))
     );
-    other.no_frame_of("typing", Duration::from_millis(200)).await?;
-    a.no_frame_of("typing", Duration::from_millis(50)).await?;
+    // Barriers: typing that must arrive, sent after amina's was passed on. Typing reaches
+    // each connection in the order it was passed on, so had daudi (in another room) or
+    // amina herself been sent hers, it would have come first.
+    let mut e = w.device("esther", "e", &["maternity"]).await;
+    e.send_json(&json!({"v":1,"type":"typing","room":"maternity","active":true})).await?;
+    assert_eq!(other.expect("typing").await?["user"], "esther", "typing leaked to another room");
+    b.send_json(&json!({"v":1,"type":"typing","room":"clinic","active":true})).await?;
+    assert_eq!(a.expect("typing").await?["user"], "baraka", "amina got her own typing back");
     // A newcomer's replay holds no typing event.
     let mut late = w.device("chausiku", "c", &["clinic"]).await;
     late.sync().await?;
