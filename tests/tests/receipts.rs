@@ -173,6 +173,34 @@ async fn history_pages_back_through_a_room() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn history_gives_fifty_by_default_and_never_more_than_two_hundred() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let mut a = w.device("amina", "a", &["clinic"]).await;
+    const N: usize = 210;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        ids.push(a.send_msg(chat("clinic", &format!("m{i}"))).await?);
+    }
+    let mut cursors = Vec::new();
+    for id in &ids {
+        cursors.push(a.expect_stored(id).await?["cursor"].as_u64().unwrap_or(0));
+    }
+    let mut b = w.device("baraka", "b", &["clinic"]).await;
+    for (frame, newest) in [
+        (json!({"v":1,"type":"history","room":"clinic"}), 50),
+        (json!({"v":1,"type":"history","room":"clinic","before":null,"limit":u32::MAX}), 200),
+    ] {
+        b.send_json(&frame).await?;
+        let page = b.expect("history").await?;
+        let got: Vec<u64> =
+            page["messages"].as_array().into_iter().flatten().map(|m| m["cursor"].as_u64().unwrap_or(0)).collect();
+        assert_eq!(got, cursors[N - newest..].to_vec(), "the newest {newest}, oldest first, for {frame}");
+        assert_eq!(page["more"], true);
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_large_ack_is_worked_off_oldest_first_within_the_cap() -> anyhow::Result<()> {
     let w = World::start_with(&[("OUTPOST_LIMITS__MAX_RECEIPTS_PER_ACK", "2")]).await?;
     let mut a = w.device("amina", "a", &["clinic"]).await;
