@@ -212,16 +212,42 @@ async fn a_large_ack_is_worked_off_oldest_first_within_the_cap() -> anyhow::Resu
     let got = b.messages(5).await?;
     let last = got[4]["cursor"].clone();
     let mut receipts = Vec::new();
-    // Each ack of the same cursor yields at most two more receipts, oldest first.
-    for expected in [2usize, 2, 1] {
+    // Each ack of the same cursor yields at most two more receipts, oldest first; the
+    // fourth yields none. Barrier after each: a message baraka sends next.
+    for (round, expected) in [2usize, 2, 1, 0].into_iter().enumerate() {
         b.send_json(&json!({"v":1,"type":"ack","cursor":last})).await?;
-        for _ in 0..expected {
-            receipts.push(a.expect("receipt").await?["id"].clone());
-        }
+        let barrier = b.send_stored(chat("clinic", &format!("ack {round} sent"))).await?;
+        let these = receipts_before(&mut a, &barrier).await?;
+        assert_eq!(these.len(), expected, "receipts for ack {round}: {these:#?}");
+        assert!(these.iter().all(|r| r["state"] == "delivered" && r["by"] == "baraka"));
+        receipts.extend(these.into_iter().map(|r| r["id"].clone()));
     }
     assert_eq!(receipts, ids);
-    b.send_json(&json!({"v":1,"type":"ack","cursor":last})).await?;
-    a.no_frame_of("receipt", Duration::from_millis(300)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_large_read_is_worked_off_oldest_first_within_the_cap() -> anyhow::Result<()> {
+    let w = World::start_with(&[("OUTPOST_LIMITS__MAX_RECEIPTS_PER_ACK", "2")]).await?;
+    let mut a = w.device("amina", "a", &["clinic"]).await;
+    let mut b = w.device("baraka", "b", &["clinic"]).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(a.send_stored(chat("clinic", &format!("m{i}"))).await?["id"].clone());
+    }
+    b.messages(5).await?;
+    let mut receipts = Vec::new();
+    // Reading up to the newest covers all five: each `read` of it yields at most two more
+    // `read` receipts, oldest first; the fourth yields none. (No ack: no `delivered`.)
+    for (round, expected) in [2usize, 2, 1, 0].into_iter().enumerate() {
+        b.send_json(&json!({"v":1,"type":"read","room":"clinic","id":ids[4]})).await?;
+        let barrier = b.send_stored(chat("clinic", &format!("read {round} sent"))).await?;
+        let these = receipts_before(&mut a, &barrier).await?;
+        assert_eq!(these.len(), expected, "receipts for read {round}: {these:#?}");
+        assert!(these.iter().all(|r| r["state"] == "read" && r["by"] == "baraka"));
+        receipts.extend(these.into_iter().map(|r| r["id"].clone()));
+    }
+    assert_eq!(receipts, ids);
     Ok(())
 }
 
