@@ -1,7 +1,5 @@
 //! Custody receipts, typing, presence and history as a user sees them.
 
-use std::time::Duration;
-
 use outpost_tests::client::chat;
 use outpost_tests::{Device, World};
 use serde_json::json;
@@ -271,17 +269,67 @@ async fn an_emergency_overtakes_a_slow_readers_backlog_marked_ahead() -> anyhow:
     alert["priority"] = json!("emergency");
     alert["kind"] = json!("alert");
     let stored = a.send_stored(alert).await?;
-    // Now B reads everything.
-    let got = b.messages(N + 1).await?;
-    let pos = got.iter().position(|f| f["cursor"] == stored["cursor"]).unwrap_or(usize::MAX);
+    // Now B reads up to the emergency, which arrives ahead of part of the backlog.
+    let mut got = Vec::new();
+    while got.last().is_none_or(|f: &serde_json::Value| f["ahead"].is_null()) {
+        got.push(b.expect("message").await?);
+    }
+    let pos = got.len() - 1;
     assert!(pos < N, "the emergency arrived before the end of the backlog (at {pos})");
-    assert_eq!(got[pos]["ahead"], true, "an overtaking frame is marked");
+    assert_eq!(got[pos]["cursor"], stored["cursor"], "an overtaking frame is marked");
+    // B acks the emergency's cursor at once, before it has the messages it overtook. The
+    // hub counts only what it wrote to B in order, and nothing after the emergency was
+    // written in order yet: that ack must not deliver the emergency. Barrier: a message B
+    // sends right after the ack.
+    b.send_json(&json!({"v":1,"type":"ack","cursor":stored["cursor"]})).await?;
+    let barrier = b.send_msg(chat("clinic", "on my way")).await?;
+    // B reads on: the rest of the backlog follows, and the emergency is not sent again.
+    got.extend(b.messages(N - pos).await?);
     assert!(got.iter().enumerate().all(|(i, f)| i == pos || f["ahead"].is_null()));
     let mut cursors: Vec<u64> = got.iter().map(|f| f["cursor"].as_u64().unwrap_or(0)).collect();
     cursors.sort_unstable();
     cursors.dedup();
     assert_eq!(cursors.len(), N + 1, "every message exactly once");
-    b.no_frame_of("message", Duration::from_millis(300)).await?;
+
+    let m = a.expect("message").await?;
+    assert_eq!(m["msg"]["id"], barrier.as_str());
+    let first = a.take("receipt");
+    assert!(!first.is_empty(), "the messages B held in order are delivered");
+    assert!(
+        first.iter().all(|r| r["state"] == "delivered" && r["by"] == "baraka" && r["id"] != stored["id"]),
+        "an ack of a cursor written ahead delivered the emergency: {first:#?}"
+    );
+
+    // The emergency is delivered once B acks a cursor past it that came in order: A's
+    // next message. Every message then has exactly one `delivered` receipt.
+    let next = a.send_stored(chat("clinic", "is it there yet?")).await?;
+    let m = b.expect("message").await?;
+    assert_eq!((&m["cursor"], &m["ahead"]), (&next["cursor"], &serde_json::Value::Null));
+    b.send_json(&json!({"v":1,"type":"ack","cursor":m["cursor"]})).await?;
+    let barrier = b.send_msg(chat("clinic", "arrived")).await?;
+    let m = a.expect("message").await?;
+    assert_eq!(m["msg"]["id"], barrier.as_str());
+    let mut delivered: Vec<String> =
+        first.iter().chain(&a.take("receipt")).map(|r| r["id"].as_str().unwrap_or_default().to_owned()).collect();
+    assert!(delivered.iter().any(|id| stored["id"] == id.as_str()), "the emergency is delivered");
+    delivered.sort();
+    let all = delivered.len();
+    delivered.dedup();
+    assert_eq!((all, delivered.len()), (N + 2, N + 2), "one delivered receipt for each message");
+
+    // Had B dropped off right after the emergency, resuming from the last cursor it then
+    // held in order brings back everything the emergency overtook (and the emergency,
+    // which a replay may repeat).
+    let safe = if pos == 0 { b.welcome["cursor"].as_u64() } else { got[pos - 1]["cursor"].as_u64() };
+    let (epoch, tok) = (b.welcome["epoch"].clone(), w.token("baraka", "worker", &["clinic"]));
+    b.close_and_wait().await?;
+    let mut b = Device::connect(&w.relay.ws_url()).await?;
+    b.hello(&tok, "b", safe, epoch.as_str()).await?;
+    let mut expected: Vec<u64> = cursors.into_iter().filter(|c| Some(*c) > safe).collect();
+    expected.extend(next["cursor"].as_u64());
+    let replay = b.settle("message").await?;
+    let replayed: Vec<u64> = replay.iter().map(|f| f["cursor"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(replayed, expected);
     Ok(())
 }
 
