@@ -42,6 +42,20 @@ pub async fn request(
     Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
 }
 
+/// `GET path` with the body as text (for pages that are not JSON): (status, body).
+pub async fn get_text(base: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let host = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.with_context(|| format!("connecting {host}"))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(crate::EVENT_TIMEOUT, s.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+    anyhow::ensure!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "chunked body: {head}");
+    let status: u16 = head.split(' ').nth(1).context("no status")?.parse()?;
+    Ok((status, body.to_owned()))
+}
+
 /// Posts a message to `room` over the HTTP API; returns its (cursor, id).
 pub async fn post_message(base: &str, token: &str, room: &str, text: &str) -> anyhow::Result<(u64, String)> {
     let id = crate::new_id();

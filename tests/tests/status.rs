@@ -2,7 +2,7 @@
 //! down that clears once it is back.
 
 use outpost_tests::client::chat;
-use outpost_tests::http::request;
+use outpost_tests::http::{get_text, request};
 use outpost_tests::{Cloud, Device, free_udp_addr};
 use serde_json::Value;
 
@@ -39,8 +39,19 @@ async fn the_status_shows_a_backlog_while_the_cloud_is_down_and_clears_after() -
     assert!(s["backlog"]["oldest_emergency_at"].is_u64());
     assert!(s["storage"]["used_bytes"].as_u64() > Some(0));
     assert_eq!(s["devices"]["connected"], 1);
-    let (code, html) = request(&base, "GET", "/status", None, None).await.map(|(c, _)| (c, ()))?;
-    assert_eq!((code, html), (200, ()));
+    // The page for people says the same as status.json.
+    let (code, html) = get_text(&base, "/status").await?;
+    assert_eq!(code, 200);
+    for shown in [
+        "<title>Outpost hub status</title>",
+        "<h1>Outpost hub village-7</h1>",
+        "<th>Uplink</th><td><b class=bad>not connected</b>",
+        "<th>Waiting for the cloud</th><td>21 messages (",
+        "<th>Oldest waiting emergency</th><td><b class=bad>",
+        "<th>Connected devices</th><td>1</td>",
+    ] {
+        assert!(html.contains(shown), "{shown:?} missing from:\n{html}");
+    }
 
     // The cloud comes up; every message gets `forwarded` once it is acknowledged, and
     // then the backlog is empty.
