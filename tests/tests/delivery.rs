@@ -89,6 +89,25 @@ async fn a_message_carries_what_the_sender_wrote_plus_server_fields() -> anyhow:
 }
 
 #[tokio::test]
+async fn a_sender_cannot_write_as_someone_else() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let mut a = w.device("amina", "phone-1", &["clinic"]).await;
+    let mut b = w.device("baraka", "phone-2", &["clinic"]).await;
+    // Who sent it and from which device come from the token and the connection; fields
+    // of the frame that claim otherwise change nothing.
+    let mut forged = chat("clinic", "take 10 tablets at once");
+    forged["from"] = json!("dr-okafor");
+    forged["device"] = json!("hospital-desk");
+    forged["msg"] = json!({"from": "dr-okafor"});
+    let stored = a.send_stored(forged).await?;
+    let got = b.expect("message").await?;
+    assert_eq!(got["cursor"], stored["cursor"]);
+    assert_eq!(got["msg"]["from"], "amina", "the sender is the token's user: {got}");
+    assert_eq!(got["msg"]["device"], "phone-1", "the device is the connection's: {got}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_resent_id_is_deduplicated_with_the_same_cursor() -> anyhow::Result<()> {
     let w = World::start().await?;
     let mut a = w.device("amina", "phone-1", &["clinic"]).await;
