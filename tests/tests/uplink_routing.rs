@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use outpost_tests::client::chat;
 use outpost_tests::http::request;
 use outpost_tests::{Cloud, Device};
@@ -87,14 +89,14 @@ async fn two_hubs_sharing_a_room_hear_each_other_once_through_the_cloud() -> any
 
     // A message on hub A reaches baraka on hub B live, by way of the cloud.
     let q = amina.send_stored(chat("district", "measles case, who has vaccine?")).await?;
-    let got = baraka.expect("message").await?;
+    let got = baraka.expect("message").await.context("amina's message on hub B")?;
     assert_eq!((&got["msg"]["id"], &got["msg"]["from"]), (&q["id"], &json!("amina")));
 
     // His reply reaches amina on hub A.
     let mut reply = chat("district", "we have 40 doses");
     reply["reply_to"] = q["id"].clone();
     let r = baraka.send_stored(reply).await?;
-    let back = amina.expect("message").await?;
+    let back = amina.expect("message").await.context("baraka's reply on hub A")?;
     assert_eq!((&back["msg"]["id"], &back["msg"]["from"]), (&r["id"], &json!("baraka")));
 
     // Each hub's replay holds both messages exactly once: the message that went out and
@@ -228,7 +230,7 @@ async fn a_doctors_post_to_a_room_no_hub_serves_yet_reaches_the_first_worker_to_
 
     // Zawadi, whose token names maternity, signs in on the hub: the post reaches her.
     let mut zawadi = phone(&cloud, &relay.ws_url(), "zawadi", &["maternity"]).await?;
-    let got = zawadi.expect("message").await?;
+    let got = zawadi.expect("message").await.context("the post, once the hub serves maternity")?;
     assert_eq!((&got["msg"]["id"], &got["msg"]["room"]), (&json!(id), &json!("maternity")));
     assert_eq!(got["msg"]["body"]["text"], "ANC clinic moves to Thursday");
     Ok(())
@@ -256,7 +258,7 @@ async fn a_workers_delivered_and_read_receipts_reach_the_doctor() -> anyhow::Res
     // On the doctor's laptop: delivered to amina, then read by amina.
     let mut states: Vec<Value> = Vec::new();
     while !states.iter().any(|r| r["state"] == "read") {
-        let r = dr.expect("receipt").await?;
+        let r = dr.expect("receipt").await.with_context(|| format!("amina's receipts; so far {states:?}"))?;
         if r["id"] == advice["id"] && r["state"] != "forwarded" {
             states.push(r);
         }
