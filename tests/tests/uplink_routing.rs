@@ -213,7 +213,7 @@ async fn a_doctors_post_to_a_room_no_hub_serves_yet_reaches_the_first_worker_to_
     // and has passed the post below when the new room appears.
     let mut amina = phone(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
     let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic", "maternity"]).await?;
-    let m = amina.send_stored(chat("clinic", "link check")).await?;
+    amina.send_stored(chat("clinic", "link check")).await?;
     dr.expect("message").await?;
 
     let his = cloud.token("his", "doctor", &["maternity"], "1h")?;
@@ -226,7 +226,7 @@ async fn a_doctors_post_to_a_room_no_hub_serves_yet_reaches_the_first_worker_to_
     // hub's sender once this arrives.
     let later = dr.send_stored(chat("clinic", "thanks")).await?;
     let got = amina.expect("message").await?;
-    assert_eq!(got["msg"]["id"], later["id"], "not {m}");
+    assert_eq!(got["msg"]["id"], later["id"], "the doctor's later message in clinic");
 
     // Zawadi, whose token names maternity, signs in on the hub: the post reaches her.
     let mut zawadi = phone(&cloud, &relay.ws_url(), "zawadi", &["maternity"]).await?;
