@@ -1,0 +1,269 @@
+//! What the cloud sends each hub, and what survives a replaced database, with real
+//! `outpost-relay` and `outpost-cloud` processes over real QUIC: two hubs sharing a room,
+//! a database replaced at either end, a post to a room no hub serves yet, and a worker's
+//! receipts travelling back to the doctor.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use outpost_tests::client::chat;
+use outpost_tests::http::request;
+use outpost_tests::{Cloud, Device};
+use serde_json::{Value, json};
+
+/// Test hubs retry the cloud within 2 s (the default cap of 30 s would only slow the
+/// tests down; the backoff policy itself is tested in the protocol crate).
+const FAST_RETRY: &[(&str, &str)] = &[("OUTPOST_UPLINK__RETRY_MAX_SECS", "2")];
+
+/// `user`'s phone on the hub at `url`, replaying `rooms` from the beginning.
+async fn phone(cloud: &Cloud, url: &str, user: &str, rooms: &[&str]) -> anyhow::Result<Device> {
+    let tok = cloud.token(user, "worker", rooms, "1h")?;
+    let mut d = Device::connect(url).await?;
+    d.hello(&tok, &format!("{user}-phone"), None, None).await?;
+    Ok(d)
+}
+
+/// How many times each message id reaches a device that replays `rooms` from the
+/// beginning (a fresh sign-in as `user` on `device`), once the replay is complete.
+async fn replay_counts(cloud: &Cloud, url: &str, user: &str, rooms: &[&str]) -> anyhow::Result<HashMap<String, usize>> {
+    let mut d = phone(cloud, url, user, rooms).await?;
+    let mut counts = HashMap::new();
+    for f in d.settle("message").await? {
+        *counts.entry(f["msg"]["id"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+    }
+    d.close().await;
+    Ok(counts)
+}
+
+/// Polls a device's replay until it holds every id in `want` (a resend over the link
+/// takes a moment); returns the last counts, each id with how often it came.
+async fn replay_until_complete(
+    cloud: &Cloud,
+    url: &str,
+    user: &str,
+    rooms: &[&str],
+    want: &[String],
+) -> anyhow::Result<HashMap<String, usize>> {
+    let deadline = tokio::time::Instant::now() + outpost_tests::EVENT_TIMEOUT;
+    loop {
+        let counts = replay_counts(cloud, url, user, rooms).await?;
+        if want.iter().all(|id| counts.contains_key(id)) {
+            return Ok(counts);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the replay never held every message: {} of {} ({counts:?})",
+            want.iter().filter(|id| counts.contains_key(*id)).count(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Removes a stopped server's SQLite database (and its WAL), as a replaced disk would.
+fn remove_db(db: &Path) -> anyhow::Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_sharing_a_room_hear_each_other_once_through_the_cloud() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let cloud_proc = cloud.start("127.0.0.1:0").await?;
+    let quic = cloud_proc.quic_addr();
+    let hub_a = cloud.provision_relay_at("village-7", &tmp.path().join("a"), &quic)?.start(FAST_RETRY).await?;
+    let hub_b = cloud.provision_relay_at("village-9", &tmp.path().join("b"), &quic)?.start(FAST_RETRY).await?;
+    let mut amina = phone(&cloud, &hub_a.ws_url(), "amina", &["district"]).await?;
+    let mut baraka = phone(&cloud, &hub_b.ws_url(), "baraka", &["district"]).await?;
+
+    // A message on hub A reaches baraka on hub B live, by way of the cloud.
+    let q = amina.send_stored(chat("district", "measles case, who has vaccine?")).await?;
+    let got = baraka.expect("message").await.context("amina's message on hub B")?;
+    assert_eq!((&got["msg"]["id"], &got["msg"]["from"]), (&q["id"], &json!("amina")));
+
+    // His reply reaches amina on hub A.
+    let mut reply = chat("district", "we have 40 doses");
+    reply["reply_to"] = q["id"].clone();
+    let r = baraka.send_stored(reply).await?;
+    let back = amina.expect("message").await.context("baraka's reply on hub A")?;
+    assert_eq!((&back["msg"]["id"], &back["msg"]["from"]), (&r["id"], &json!("baraka")));
+
+    // Each hub's replay holds both messages exactly once: the message that went out and
+    // came back (or would, without the cloud's origin filter) is not doubled.
+    let want = [q["id"].as_str().unwrap_or_default().to_owned(), r["id"].as_str().unwrap_or_default().to_owned()];
+    for (hub, user) in [(&hub_b, "baraka"), (&hub_a, "amina")] {
+        let counts = replay_counts(&cloud, &hub.ws_url(), user, &["district"]).await?;
+        let expected: HashMap<String, usize> = want.iter().map(|id| (id.clone(), 1)).collect();
+        assert_eq!(counts, expected, "{user}'s replay on their hub: each message once");
+    }
+    // Neither live session saw a message twice.
+    amina.no_frame_of("message", Duration::from_millis(500)).await?;
+    baraka.no_frame_of("message", Duration::from_millis(500)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_whose_database_was_replaced_gets_its_rooms_back_from_the_cloud_once() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let cloud_proc = cloud.start("127.0.0.1:0").await?;
+    let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &cloud_proc.quic_addr())?;
+    let mut relay = relay_dir.start(FAST_RETRY).await?;
+    let mut amina = phone(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
+    let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?;
+
+    // The doctor's three messages reach the hub (amina has them), then the hub's disk
+    // is replaced: a new, empty database with a new epoch.
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        sent.push(
+            dr.send_stored(chat("clinic", &format!("instruction {n}"))).await?["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    amina.messages(3).await?;
+    let old_epoch = amina.welcome["epoch"].clone();
+    amina.close().await;
+    relay.terminate().await?;
+    remove_db(&relay_dir.db())?;
+    relay = relay_dir.start(FAST_RETRY).await?;
+
+    // The cloud resends the room, and the new database holds each message once.
+    let counts = replay_until_complete(&cloud, &relay.ws_url(), "amina", &["clinic"], &sent).await?;
+    let once: HashMap<String, usize> = sent.iter().map(|id| (id.clone(), 1)).collect();
+    assert_eq!(counts, once, "each of the doctor's messages once on the new database");
+    let fresh = phone(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
+    assert_ne!(fresh.welcome["epoch"], old_epoch, "the replaced database has a new epoch");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_whose_database_was_replaced_gets_the_hubs_log_again_once() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let mut cloud_proc = cloud.start("127.0.0.1:0").await?;
+    let quic = cloud_proc.quic_addr();
+    let relay = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &quic)?.start(FAST_RETRY).await?;
+    let mut amina = phone(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
+    let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?;
+
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        sent.push(
+            amina.send_stored(chat("clinic", &format!("visit {n}"))).await?["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    dr.messages(5).await?;
+    dr.close().await;
+
+    // The cloud's database is replaced; the cloud comes back on the same address.
+    cloud_proc.terminate().await?;
+    remove_db(&cloud.db())?;
+    cloud_proc = cloud.start(&quic).await?;
+
+    // The hub resends its log: a doctor signing in replays each message once.
+    let deadline = tokio::time::Instant::now() + outpost_tests::EVENT_TIMEOUT;
+    let counts = loop {
+        let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?;
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for f in dr.settle("message").await? {
+            *counts.entry(f["msg"]["id"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+        }
+        dr.close().await;
+        if sent.iter().all(|id| counts.contains_key(id)) {
+            break counts;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the new cloud database never got the hub's log: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let once: HashMap<String, usize> = sent.iter().map(|id| (id.clone(), 1)).collect();
+    assert_eq!(counts, once, "each of the hub's messages once on the new cloud database");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doctors_post_to_a_room_no_hub_serves_yet_reaches_the_first_worker_to_join_it() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let cloud_proc = cloud.start("127.0.0.1:0").await?;
+    let relay = cloud
+        .provision_relay_at("village-7", &tmp.path().join("relay"), &cloud_proc.quic_addr())?
+        .start(FAST_RETRY)
+        .await?;
+    // The hub is connected and already serves another room, so its sender is running
+    // and has passed the post below when the new room appears.
+    let mut amina = phone(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
+    let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic", "maternity"]).await?;
+    amina.send_stored(chat("clinic", "link check")).await?;
+    dr.expect("message").await?;
+
+    let his = cloud.token("his", "doctor", &["maternity"], "1h")?;
+    let id = outpost_tests::new_id();
+    let post = json!({"id": id, "kind": "chat", "body": {"text": "ANC clinic moves to Thursday"}});
+    let (status, created) =
+        request(&cloud_proc.http_base(), "POST", "/api/rooms/maternity/messages", Some(&his), Some(&post)).await?;
+    assert_eq!(status, 201, "{created}");
+    // Something newer in a room the hub serves crosses first: the post is behind the
+    // hub's sender once this arrives.
+    let later = dr.send_stored(chat("clinic", "thanks")).await?;
+    let got = amina.expect("message").await?;
+    assert_eq!(got["msg"]["id"], later["id"], "the doctor's later message in clinic");
+
+    // Zawadi, whose token names maternity, signs in on the hub: the post reaches her.
+    let mut zawadi = phone(&cloud, &relay.ws_url(), "zawadi", &["maternity"]).await?;
+    let got = zawadi.expect("message").await.context("the post, once the hub serves maternity")?;
+    assert_eq!((&got["msg"]["id"], &got["msg"]["room"]), (&json!(id), &json!("maternity")));
+    assert_eq!(got["msg"]["body"]["text"], "ANC clinic moves to Thursday");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_delivered_and_read_receipts_reach_the_doctor() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let cloud_proc = cloud.start("127.0.0.1:0").await?;
+    let relay = cloud
+        .provision_relay_at("village-7", &tmp.path().join("relay"), &cloud_proc.quic_addr())?
+        .start(FAST_RETRY)
+        .await?;
+    let mut amina = phone(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
+    let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?;
+
+    let advice = dr.send_stored(chat("clinic", "bring her in tomorrow")).await?;
+    let got = amina.expect("message").await?;
+    assert_eq!(got["msg"]["id"], advice["id"]);
+    // Amina's phone acks it (it is on her phone) and she opens it.
+    amina.send_json(&json!({"v":1,"type":"ack","cursor":got["cursor"]})).await?;
+    amina.send_json(&json!({"v":1,"type":"read","room":"clinic","id":advice["id"]})).await?;
+
+    // On the doctor's laptop: delivered to amina, then read by amina.
+    let mut states: Vec<Value> = Vec::new();
+    while !states.iter().any(|r| r["state"] == "read") {
+        let r = dr.expect("receipt").await.with_context(|| format!("amina's receipts; so far {states:?}"))?;
+        if r["id"] == advice["id"] && r["state"] != "forwarded" {
+            states.push(r);
+        }
+    }
+    let seen: Vec<(&Value, &Value)> = states.iter().map(|r| (&r["state"], &r["by"])).collect();
+    assert_eq!(seen, [(&json!("delivered"), &json!("amina")), (&json!("read"), &json!("amina"))]);
+    Ok(())
+}
