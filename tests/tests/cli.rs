@@ -35,12 +35,33 @@ fn token_and_enrollment_commands_write_what_they_promise() -> anyhow::Result<()>
     let cfg = std::fs::read_to_string(dir.join("relay.toml"))?;
     assert!(cfg.contains("relay_id = \"hub-7\"") && cfg.contains("127.0.0.1:4433"));
     assert!(dir.join("identity/relay.key").exists() && r.db().exists());
+    let bundle = cloud.dir.join("hub-7.bundle.json");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(std::fs::metadata(dir.join("identity/relay.key"))?.permissions().mode() & 0o777, 0o600);
+        // In octal, as `ls -l` and `chmod` speak of modes.
+        let mode = |p: &std::path::Path| -> anyhow::Result<String> {
+            Ok(format!("{:o}", std::fs::metadata(p)?.permissions().mode() & 0o777))
+        };
+        // Private keys and the enrollment bundle (which holds the relay's key) are for
+        // their owner's eyes only; anyone else on the machine could sign tokens or pose
+        // as the cloud or the relay.
+        let keys = cloud.dir.join("keys");
+        for private in
+            [dir.join("identity/relay.key"), keys.join("token.key"), keys.join("relay-ca.key"), keys.join("server.key")]
+        {
+            assert_eq!(mode(&private)?, "600", "{}", private.display());
+        }
+        assert_eq!(mode(&bundle)?, "600", "{}", bundle.display());
+        // A file already where the bundle goes (an older one, one made by hand) does not
+        // pass its wider mode on to the new key.
+        let stale = cloud.dir.join("hub-8.bundle.json");
+        std::fs::write(&stale, "an older bundle")?;
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644))?;
+        assert_eq!(cloud.enroll_relay("hub-8", "127.0.0.1:4433")?, stale);
+        assert!(std::fs::read_to_string(&stale)?.contains("hub-8"), "the bundle was written over the old file");
+        assert_eq!(mode(&stale)?, "600", "a bundle written over a 0644 file");
     }
-    let bundle = cloud.dir.join("hub-7.bundle.json");
     let out = relay(
         &["init", "--dir", dir.to_str().unwrap_or_default(), "--bundle", bundle.to_str().unwrap_or_default()],
         &[],

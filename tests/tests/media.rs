@@ -159,23 +159,37 @@ async fn over_edge_the_preview_comes_first_and_an_emergency_overtakes_the_remain
     assert_eq!(v["available"], false, "the preview arrived before the full photo: {v}");
 
     // Mid-transfer, an emergency.
-    info_until(&base, &neema, &up.sha, POLL, Duration::from_secs(60), |v| v["received"].as_u64() > Some(64 << 10))
-        .await?;
+    let v =
+        info_until(&base, &neema, &up.sha, POLL, Duration::from_secs(60), |v| v["received"].as_u64() > Some(64 << 10))
+            .await?;
+    let before = v["received"].as_u64().unwrap_or(0);
     let mut alert = chat("clinic", "postpartum haemorrhage, house 12");
     alert["priority"] = json!("emergency");
     alert["kind"] = json!("alert");
     let id = a.send_msg(alert).await?;
+    // Waited for longer than one event may take: a hub that let the photo go first would
+    // deliver the emergency after the rest of it (half a minute), and the count below
+    // says so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let f = dr.expect("message").await?;
-        if f["msg"]["id"] == id.as_str() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let f = dr.next_wire(left).await?.ok_or_else(|| anyhow::anyhow!("the emergency never arrived"))?;
+        if f["type"] == "message" && f["msg"]["id"] == id.as_str() {
             break;
         }
     }
     let (_, v) = info(&base, &neema, &up.sha).await?;
     let received = v["received"].as_u64().unwrap_or(0);
+    // Only the photo's bytes already on their way may arrive ahead of the emergency: the
+    // bulk lane keeps at most media.link_window chunks of media.link_chunk_bytes
+    // unconfirmed (4 × 64 KiB by default), and every chunk behind them waits for it.
+    let window = 4 * (64 << 10);
+    let overtaken = received.saturating_sub(before);
     assert!(
-        v["available"] == false && received < img.len() as u64,
-        "the emergency arrived while chunks were still to come ({received} of {} bytes)",
+        v["available"] == false && overtaken <= window,
+        "{} photo bytes arrived between the emergency's sending and its arrival ({before} → {received} of {}); \
+         at most {window} may be ahead of it",
+        overtaken,
         img.len()
     );
     info_until(&base, &neema, &up.sha, POLL, Duration::from_secs(120), |v| v["available"] == true).await?;
@@ -385,4 +399,130 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
     }
     out
+}
+
+/// Asks for `sha` with `token` until the answer is no longer 200 (the hub applies a
+/// revocation made on the command line within `security.revocation_poll_ms`); the last
+/// answer, a 200 if it never changed within [`outpost_tests::EVENT_TIMEOUT`].
+async fn download_until_refused(base: &str, token: &str, sha: &str) -> anyhow::Result<outpost_tests::media::Resp> {
+    let deadline = tokio::time::Instant::now() + outpost_tests::EVENT_TIMEOUT;
+    loop {
+        let r = download(base, token, sha).await?;
+        if r.status != 200 || tokio::time::Instant::now() > deadline {
+            return Ok(r);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_refuses_an_expired_token_and_a_revoked_one_of_the_user_who_uploaded_it() -> anyhow::Result<()> {
+    let w = World::start_with(&[("OUTPOST_SECURITY__REVOCATION_POLL_MS", "100")]).await?;
+    let base = w.relay.http_base();
+    let amina = w.token("amina", "worker", &["clinic"]);
+    let short = w.cloud.token("amina", "worker", &["clinic"], "2s")?;
+    let stolen = w.token("amina", "worker", &["clinic"]);
+    let img = photo(100_000, 21);
+    let mut up = Upload::new(&base, &amina, &img);
+    up.create().await?;
+    up.run(CHUNK, None).await?;
+    // Each token is good to begin with: the refusals below are about the token alone.
+    for t in [&amina, &short, &stolen] {
+        assert_eq!(download(&base, t, &up.sha).await?.status, 200);
+    }
+
+    // Expiry is about time passing; nothing else to wait on.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = download(&base, &short, &up.sha).await?;
+    assert_eq!((r.status, r.code()), (401, "token_expired".into()), "an expired token");
+    let r = Upload::new(&base, &short, &photo(50_000, 25)).create().await?;
+    assert_eq!((r.status, r.code()), (401, "token_expired".into()), "an upload with an expired token");
+
+    // The phone with this token was stolen: revoked on the hub, it no longer fetches the
+    // user's files, nor uploads.
+    let dir = w.relay_dir.dir.display().to_string();
+    let out = std::process::Command::new(outpost_tests::bin("outpost-relay"))
+        .args(["revoke", "--dir", &dir, "--token", &stolen, "--reason", "phone stolen"])
+        .output()?;
+    assert!(out.status.success(), "revoke: {}", String::from_utf8_lossy(&out.stderr));
+    let r = download_until_refused(&base, &stolen, &up.sha).await?;
+    assert_eq!((r.status, r.code()), (401, "unauthenticated".into()), "a revoked token");
+    let r = Upload::new(&base, &stolen, &photo(50_000, 27)).create().await?;
+    assert_eq!((r.status, r.code()), (401, "unauthenticated".into()), "an upload with a revoked token");
+
+    // The user's other token still works.
+    assert_eq!(sha256_hex(&download(&base, &amina, &up.sha).await?.body), up.sha);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_tell_browsers_not_to_guess_another_type() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let base = w.relay.http_base();
+    let amina = w.token("amina", "worker", &["clinic"]);
+    let img = photo(100_000, 29);
+    let mut up = Upload::new(&base, &amina, &img);
+    up.create().await?;
+    up.run(CHUNK, None).await?;
+    // The type was checked by content; a browser that sniffed could still run a file as
+    // a page. Whole files and ranges both say so.
+    let whole = download(&base, &amina, &up.sha).await?;
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.header("x-content-type-options"), Some("nosniff"), "{:?}", whole.headers);
+    let range = [("Range", "bytes=0-99".to_owned())];
+    let part = call(&base, "GET", &format!("/api/media/{}", up.sha), Some(&amina), &range, &[]).await?;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("x-content-type-options"), Some("nosniff"), "{:?}", part.headers);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_uploads_past_media_max_pending_uploads_are_refused() -> anyhow::Result<()> {
+    let w = World::start_with(&[("OUTPOST_MEDIA__MAX_PENDING_UPLOADS", "2")]).await?;
+    let base = w.relay.http_base();
+    let amina = w.token("amina", "worker", &["clinic"]);
+    // Three different photos (`photo` draws the same one for seeds 2n and 2n + 1).
+    let photos: Vec<Vec<u8>> = (0..3).map(|i| photo(50_000, 31 + 2 * i)).collect();
+    let [first, second, third] = [0, 1, 2].map(|i| Upload::new(&base, &amina, &photos[i]));
+    assert_eq!(first.create().await?.status, 201);
+    assert_eq!(second.create().await?.status, 201);
+    // Small files, far from any byte limit: the count of unfinished ones is what refuses.
+    let r = third.create().await?;
+    assert_eq!((r.status, r.code()), (413, "quota_exceeded".into()), "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("media.max_pending_uploads"), "the refusal names the setting");
+    // Another user is not held back by amina's.
+    let baraka = w.token("baraka", "worker", &["clinic"]);
+    assert_eq!(Upload::new(&base, &baraka, &photos[2]).create().await?.status, 201);
+    // Once one of hers is finished, she may start the next.
+    let mut first = first;
+    first.run(CHUNK, None).await?;
+    assert_eq!(third.create().await?.status, 201, "a finished upload no longer counts");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_past_the_storage_quota_is_refused_with_507_storage_full() -> anyhow::Result<()> {
+    // 8 MB of which 1 MB is kept for emergencies: room for 7 MB of files and messages.
+    let w = World::start_with(&[
+        ("OUTPOST_STORAGE__QUOTA_BYTES", "8000000"),
+        ("OUTPOST_STORAGE__EMERGENCY_RESERVE_BYTES", "1000000"),
+    ])
+    .await?;
+    let base = w.relay.http_base();
+    let amina = w.token("amina", "worker", &["clinic"]);
+    let create = |len: u64, seed: &'static str| {
+        let (base, amina) = (base.clone(), amina.clone());
+        async move {
+            let h = [("Upload-Length", len.to_string()), ("Upload-Sha256", sha256_hex(seed.as_bytes()))];
+            call(&base, "POST", "/api/media", Some(&amina), &h, &[]).await
+        }
+    };
+    // Both are within media.max_blob_bytes (16 MiB) and the user's quota (256 MiB).
+    assert_eq!(create(1_000_000, "fits").await?.status, 201, "a 1 MB upload fits");
+    let r = create(7_500_000, "too big for the disk").await?;
+    assert_eq!((r.status, r.code()), (507, "storage_full".into()), "{}", String::from_utf8_lossy(&r.body));
+    // The messages' share of the disk is still there.
+    let mut a = w.device("amina", "amina-phone", &["clinic"]).await;
+    a.send_stored(chat("clinic", "the photo did not fit")).await?;
+    Ok(())
 }

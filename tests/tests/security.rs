@@ -357,3 +357,158 @@ async fn an_encrypted_room_carries_only_ciphertext_through_hub_and_cloud() -> an
     assert_eq!((status, e["code"].as_str()), (400, Some("bad_frame")));
     Ok(())
 }
+
+/// The `jti` claim of a token (the id `revoke --jti` names), read as an operator would
+/// from the token's payload.
+fn jti_of(token: &str) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).ok_or_else(|| anyhow::anyhow!("not a JWT: {token}"))?;
+    let claims: Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?;
+    claims["jti"].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("no jti in {claims}"))
+}
+
+#[tokio::test]
+async fn revoking_one_token_by_its_jti_on_the_hub_leaves_the_users_other_tokens_working() -> anyhow::Result<()> {
+    let w = World::start_with(&[("OUTPOST_SECURITY__REVOCATION_POLL_MS", "100")]).await?;
+    let url = w.relay.ws_url();
+    let lost = w.token("amina", "worker", &["clinic"]);
+    let tablet = w.token("amina", "worker", &["clinic"]);
+    let jti = jti_of(&lost)?;
+    assert_ne!(jti, jti_of(&tablet)?, "each token has its own id");
+    let mut phone = signed_in(&url, &lost, "amina-phone").await?;
+    phone.send_stored(chat("clinic", "before the phone was lost")).await?;
+
+    let dir = w.relay_dir.dir.display().to_string();
+    let said = cli("outpost-relay", &["revoke", "--dir", &dir, "--jti", &jti, "--reason", "phone lost"])?;
+    assert!(said.contains(&format!("revoked token {jti}")), "{said}");
+    // The live session with that token ends...
+    let (code, e) = phone.expect_error().await?;
+    assert_eq!(code, "unauthenticated", "{e}");
+    assert_eq!(phone.expect_close().await?, Some(4001));
+    // ...and it cannot sign in again.
+    let mut again = Device::connect(&url).await?;
+    assert!(again.hello(&lost, "amina-phone", None, None).await.is_err(), "the revoked token signed in");
+    assert_eq!(again.expect_close().await?, Some(4001));
+    // The same user's other token is untouched.
+    signed_in(&url, &tablet, "amina-tablet").await?.send_stored(chat("clinic", "from the tablet")).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flood_of_refusals_fills_the_audit_log_only_at_its_rate_and_says_how_many_were_left_out() -> anyhow::Result<()>
+{
+    const PER_SEC: u32 = 3;
+    let w = World::start_with(&[("OUTPOST_SECURITY__AUDIT_REFUSALS_PER_SEC", &PER_SEC.to_string())]).await?;
+    let base = w.relay.http_base();
+    let admin = w.token("root", "admin", &[]);
+    let refusals = |page: &Value| -> Vec<Value> {
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        events.into_iter().filter(|e| e["event"] == "login_refused").collect()
+    };
+    // Audit rows are written behind the answers. A read of the log is itself recorded and
+    // committed, after what was queued before it, before its page is handed out: so the
+    // second of two reads holds every refusal answered before the first.
+    let audit = || async {
+        let mut page = Value::Null;
+        for _ in 0..2 {
+            let (status, p) = request(&base, "GET", "/api/audit?limit=1000", Some(&admin), None).await?;
+            anyhow::ensure!(status == 200, "audit: {status} {p}");
+            page = p;
+        }
+        anyhow::Ok(page)
+    };
+    let refuse = || async {
+        let (status, _) = request(&base, "GET", "/api/audit", Some("not-a-token"), None).await?;
+        anyhow::ensure!(status == 401, "a bad token answered {status}");
+        anyhow::Ok(())
+    };
+
+    // Someone tries bad tokens as fast as the hub answers.
+    const FLOOD: usize = 60;
+    let started = tokio::time::Instant::now();
+    for _ in 0..FLOOD {
+        refuse().await?;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let recorded = refusals(&audit().await?).len();
+    // A full bucket (one second's worth) plus what it refilled while the flood lasted.
+    let allowed = (f64::from(PER_SEC) * (1.0 + took)).floor() as usize;
+    assert!(recorded >= 1, "the first refusal is recorded");
+    assert!(
+        recorded <= allowed && recorded < FLOOD,
+        "{recorded} of {FLOOD} refusals in {took:.2} s were recorded; at {PER_SEC}/s at most {allowed}"
+    );
+
+    // Once the rate allows again, the next recorded refusal says how many were left out.
+    // (The bucket refills with time, so this asks until it has.)
+    let mut sent = FLOOD;
+    let deadline = tokio::time::Instant::now() + outpost_tests::EVENT_TIMEOUT;
+    let rows = loop {
+        refuse().await?;
+        sent += 1;
+        let rows = refusals(&audit().await?);
+        if rows.iter().any(|e| e["detail"].as_str().is_some_and(|d| d.contains("earlier refusals not recorded"))) {
+            break rows;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no row says refusals were left out: {rows:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // Every refusal of the flood is accounted for: recorded, or counted in the row that
+    // says how many were left out. (Rows are written in order; the ones after that row
+    // are not needed for the count.)
+    let upto = rows.iter().position(|e| e["detail"].as_str().is_some_and(|d| d.contains("not recorded"))).unwrap_or(0);
+    let said = rows[upto]["detail"].as_str().unwrap_or_default();
+    let left_out: usize = said
+        .split_once(" (")
+        .and_then(|(_, n)| n.strip_suffix(" earlier refusals not recorded: over the audit rate)")?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no count in {said:?}"))?;
+    let accounted = upto + 1 + left_out;
+    assert!(
+        FLOOD < accounted && accounted <= sent,
+        "{} rows and {left_out} left out account for {accounted} of the first {sent} refusals: {rows:?}",
+        upto + 1
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_relay_configured_with_another_relays_id_is_refused_and_the_cloud_audits_it() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let proc = cloud.start("127.0.0.1:0").await?;
+    let relay_dir = cloud.provision_relay_at("village-1", &tmp.path().join("relay"), &proc.quic_addr())?;
+    // Its certificate says village-1; its settings claim village-2 (a copied relay.toml,
+    // or a relay posing as another to read that one's rooms).
+    let relay = relay_dir
+        .start(&[("OUTPOST_IDENTITY__RELAY_ID", "village-2"), ("OUTPOST_UPLINK__RETRY_INITIAL_MS", "100")])
+        .await?;
+
+    // The hub's status page shows why its uplink is down.
+    let deadline = tokio::time::Instant::now() + outpost_tests::EVENT_TIMEOUT;
+    let uplink = loop {
+        let (_, s) = request(&relay.http_base(), "GET", "/status.json", None, None).await?;
+        let uplink = s["uplink"].clone();
+        if uplink["last_error"].as_str().is_some_and(|e| e.contains("identity_mismatch")) {
+            break uplink;
+        }
+        anyhow::ensure!(uplink["connected"] != true, "the cloud accepted the relay under another id: {uplink}");
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the uplink was not refused: {uplink}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(uplink["connected"], false, "{uplink}");
+
+    // The cloud's audit log holds the refusal, naming the id that was claimed.
+    let admin = cloud.token("root", "admin", &[], "1h")?;
+    let (status, page) = request(&proc.http_base(), "GET", "/api/audit?limit=1000", Some(&admin), None).await?;
+    assert_eq!(status, 200, "{page}");
+    let events = page["events"].as_array().cloned().unwrap_or_default();
+    let kinds: Vec<String> = events.iter().map(|e| format!("{}/{}", e["event"], e["actor"])).collect();
+    let refused = events
+        .iter()
+        .find(|e| e["event"] == "relay_refused")
+        .ok_or_else(|| anyhow::anyhow!("no relay_refused in {kinds:?}"))?;
+    let detail = refused["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("identity_mismatch") && detail.contains("village-2"), "{refused}");
+    assert!(!events.iter().any(|e| e["event"] == "relay_connected"), "{kinds:?}");
+    Ok(())
+}
