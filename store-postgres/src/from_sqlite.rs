@@ -27,7 +27,7 @@ use tokio_postgres::types::ToSql;
 use crate::{OpenError, connect, describe, parse_url, schema};
 
 /// The SQLite schema version this copies from (store-sqlite's current one).
-const SQLITE_VERSION: i64 = 5;
+const SQLITE_VERSION: i64 = 6;
 /// Rows per INSERT.
 const CHUNK: usize = 5000;
 
@@ -102,6 +102,7 @@ const TABLES: &[Table] = &[
             ("sent_hwm", "sent_hwm", Int),
             ("recv_hwm", "recv_hwm", Int),
             ("last_contact", "last_contact", Int),
+            ("own_until", "own_until", Int),
         ],
     },
     Table { name: "peer_rooms", columns: &[("peer", "peer", Text), ("room", "room", Text)] },

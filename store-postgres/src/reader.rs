@@ -298,12 +298,15 @@ impl PgStore {
             Lane::Normal => {
                 "UNION ALL
                  SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state, target, FALSE
-                   FROM receipts WHERE cursor > $1 AND cursor <= $4 AND msg_peer = $2 AND coalesce(origin_peer, '') <> $2"
+                   FROM receipts WHERE cursor > $1 AND cursor <= $4
+                    AND (msg_peer = $2 AND coalesce(origin_peer, '') <> $2
+                         OR origin_peer = $2 AND cursor <= (SELECT own_until FROM peers WHERE peer = $2))"
             }
         };
         let sql = format!(
             "SELECT 0, {MESSAGE_COLUMNS}, NULL, NULL, origin_peer IS NULL FROM messages
-               WHERE cursor > $1 AND cursor <= $4 AND coalesce(origin_peer, '') <> $2 AND {lane_cond} {room_cond}
+               WHERE cursor > $1 AND cursor <= $4 AND {lane_cond} {room_cond}
+                 AND (coalesce(origin_peer, '') <> $2 OR cursor <= (SELECT own_until FROM peers WHERE peer = $2))
              {receipts}
              ORDER BY 2 LIMIT $3"
         );

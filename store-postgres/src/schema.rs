@@ -236,6 +236,12 @@ pub const MIGRATIONS: &[&str] = &[
         started  TIMESTAMPTZ NOT NULL
     );
     ",
+    // 5: what a peer sent us that it lost with its database (the SQLite store's version
+    // 6): after a hub comes back with a new epoch, what came from it up to this cursor
+    // goes back to it too.
+    r"
+    ALTER TABLE peers ADD COLUMN own_until BIGINT NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// The schema version this build writes.

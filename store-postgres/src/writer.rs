@@ -907,7 +907,9 @@ impl State {
     }
 
     /// Records a peer's handshake. A different epoch means the peer's database is new:
-    /// what we sent it before is gone, so we start over from the beginning of our log.
+    /// what we sent it before is gone, so we start over from the beginning of our log,
+    /// and what it sent us before goes back to it too (`own_until`, up to the head; this
+    /// transaction holds `log_head`).
     async fn peer_hello(
         &mut self,
         tx: &Transaction<'_>,
@@ -920,6 +922,8 @@ impl State {
             Some((old, sent, recv)) if old == epoch || old.is_empty() => (sent, recv),
             Some((old, _, _)) => {
                 tracing::warn!(peer, old_epoch = %old, new_epoch = epoch, "peer has a new database; resending everything");
+                self.exec(tx, "UPDATE peers SET own_until = (SELECT head FROM log_head) WHERE peer = $1", &[&peer])
+                    .await?;
                 (0, 0)
             }
             None => (0, 0),

@@ -195,12 +195,15 @@ impl Readers {
                 Lane::Emergency => String::new(),
                 Lane::Normal => "UNION ALL
                  SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state, target, 0
-                   FROM receipts WHERE cursor > ?1 AND cursor <= ?4 AND msg_peer = ?2 AND coalesce(origin_peer, '') <> ?2"
+                   FROM receipts WHERE cursor > ?1 AND cursor <= ?4
+                    AND (msg_peer = ?2 AND coalesce(origin_peer, '') <> ?2
+                         OR origin_peer = ?2 AND cursor <= (SELECT own_until FROM peers WHERE peer = ?2))"
                     .to_owned(),
             };
             let sql = format!(
                 "SELECT 0, {MESSAGE_COLUMNS}, NULL, NULL, origin_peer IS NULL FROM messages
-                   WHERE cursor > ?1 AND cursor <= ?4 AND coalesce(origin_peer, '') <> ?2 AND {lane_cond} {room_cond}
+                   WHERE cursor > ?1 AND cursor <= ?4 AND {lane_cond} {room_cond}
+                     AND (coalesce(origin_peer, '') <> ?2 OR cursor <= (SELECT own_until FROM peers WHERE peer = ?2))
                  {receipts}
                  ORDER BY 2 LIMIT ?3"
             );

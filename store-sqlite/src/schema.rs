@@ -207,6 +207,12 @@ pub const MIGRATIONS: &[&str] = &[
         lease_until  INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
     ",
+    // 6: what a peer sent us that it lost with its database. Our sending leaves out what
+    // came from the peer itself, except, after it came back with a new epoch, what came
+    // from it up to this cursor: the messages of its old database, which it no longer holds.
+    r"
+    ALTER TABLE peers ADD COLUMN own_until INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// The schema version this build writes.

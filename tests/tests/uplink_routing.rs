@@ -123,9 +123,18 @@ async fn a_hub_whose_database_was_replaced_gets_its_rooms_back_from_the_cloud_on
     let mut amina = phone(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
     let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?;
 
-    // The doctor's three messages reach the hub (amina has them), then the hub's disk
-    // is replaced: a new, empty database with a new epoch.
+    // Amina's two messages reach the doctor and the doctor's three reach the hub (amina
+    // has them), then the hub's disk is replaced: a new, empty database with a new epoch.
     let mut sent = Vec::new();
+    for n in 0..2 {
+        sent.push(
+            amina.send_stored(chat("clinic", &format!("visit {n}"))).await?["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    dr.messages(2).await?;
     for n in 0..3 {
         sent.push(
             dr.send_stored(chat("clinic", &format!("instruction {n}"))).await?["id"]
@@ -141,10 +150,11 @@ async fn a_hub_whose_database_was_replaced_gets_its_rooms_back_from_the_cloud_on
     remove_db(&relay_dir.db())?;
     relay = relay_dir.start(FAST_RETRY).await?;
 
-    // The cloud resends the room, and the new database holds each message once.
+    // The cloud resends the room — the village's own earlier messages too, which only
+    // the cloud still holds — and the new database holds each message once.
     let counts = replay_until_complete(&cloud, &relay.ws_url(), "amina", &["clinic"], &sent).await?;
     let once: HashMap<String, usize> = sent.iter().map(|id| (id.clone(), 1)).collect();
-    assert_eq!(counts, once, "each of the doctor's messages once on the new database");
+    assert_eq!(counts, once, "each of amina's and the doctor's messages once on the new database");
     let fresh = phone(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
     assert_ne!(fresh.welcome["epoch"], old_epoch, "the replaced database has a new epoch");
     Ok(())
@@ -170,6 +180,10 @@ async fn a_cloud_whose_database_was_replaced_gets_the_hubs_log_again_once() -> a
         );
     }
     dr.messages(5).await?;
+    // The doctor's own answer reaches the hub before the cloud's database is lost: only
+    // the hub holds it afterwards.
+    sent.push(dr.send_stored(chat("clinic", "seen, all fine")).await?["id"].as_str().unwrap_or_default().to_owned());
+    amina.messages(1).await?;
     dr.close().await;
 
     // The cloud's database is replaced; the cloud comes back on the same address.
@@ -196,7 +210,7 @@ async fn a_cloud_whose_database_was_replaced_gets_the_hubs_log_again_once() -> a
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let once: HashMap<String, usize> = sent.iter().map(|id| (id.clone(), 1)).collect();
-    assert_eq!(counts, once, "each of the hub's messages once on the new cloud database");
+    assert_eq!(counts, once, "each of the hub's messages, and the doctor's own, once on the new cloud database");
     Ok(())
 }
 

@@ -93,7 +93,9 @@ impl Writer {
     }
 
     /// Records a peer's handshake. A different epoch means the peer's database is new:
-    /// what we sent it before is gone, so we start over from the beginning of our log.
+    /// what we sent it before is gone, so we start over from the beginning of our log,
+    /// and what it sent us before is gone from it too, so that goes back to it as well
+    /// (`own_until`: everything of ours up to now).
     pub(super) fn peer_hello(&mut self, peer: &str, epoch: &str, rooms: &[RoomId]) -> Result<PeerState, StoreError> {
         let known: Option<(String, i64, i64)> = self
             .conn
@@ -104,6 +106,10 @@ impl Writer {
             Some((old, sent, recv)) if old == epoch || old.is_empty() => (sent, recv),
             Some((old, _, _)) => {
                 tracing::warn!(peer, old_epoch = %old, new_epoch = epoch, "peer has a new database; resending everything");
+                let head = to_sql(self.next_cursor.saturating_sub(1));
+                self.conn
+                    .prepare_cached("UPDATE peers SET own_until = ?2 WHERE peer = ?1")?
+                    .execute(params![peer, head])?;
                 (0, 0)
             }
             None => (0, 0),
