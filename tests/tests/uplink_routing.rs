@@ -167,6 +167,42 @@ async fn a_hub_whose_database_was_replaced_gets_its_rooms_back_from_the_cloud_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_card_swap_a_fresh_phone_sees_the_whole_room_again() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let cloud_proc = cloud.start("127.0.0.1:0").await?;
+    let quic = cloud_proc.quic_addr();
+    let mut relay = cloud.provision_relay_at("village-7", &tmp.path().join("card-1"), &quic)?.start(FAST_RETRY).await?;
+    let mut amina = phone(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
+    let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?;
+
+    // 200 of the village's messages and 20 replies, all carried across the link.
+    let mut room = Vec::new();
+    for n in 0..200 {
+        let id = amina.send_stored(chat("clinic", &format!("register entry {n}"))).await?["id"].clone();
+        room.push(id.as_str().unwrap_or_default().to_owned());
+    }
+    dr.messages(200).await?;
+    for n in 0..20 {
+        let id = dr.send_stored(chat("clinic", &format!("advice {n}"))).await?["id"].clone();
+        room.push(id.as_str().unwrap_or_default().to_owned());
+    }
+    amina.messages(20).await?;
+    amina.close().await;
+
+    // The card dies; the hub is enrolled again under the same relay id on a new one.
+    relay.terminate().await?;
+    relay = cloud.provision_relay_at("village-7", &tmp.path().join("card-2"), &quic)?.start(FAST_RETRY).await?;
+
+    // A fresh phone gets the whole room back, each message once.
+    let counts = replay_until_complete(&cloud, &relay.ws_url(), "baraka", &["clinic"], &room).await?;
+    let once: HashMap<String, usize> = room.iter().map(|id| (id.clone(), 1)).collect();
+    assert_eq!(counts.len(), 220);
+    assert_eq!(counts, once, "each of the room's 220 messages once on the new card");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_whose_database_was_replaced_gets_the_hubs_log_again_once() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let cloud = Cloud::init(&tmp.path().join("cloud"))?;
