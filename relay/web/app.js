@@ -112,7 +112,7 @@ async function drain() {
           maybeRead();
           requestFirstHistory();
           Media.kick({ signedIn: true });
-        } else if (ev.type === 'alert') ring();
+        } else if (ev.type === 'alert') ring(S.msgs.get(ev.id));
       }
       transmit(proto.ack(link()));
       render();

@@ -1,6 +1,6 @@
 // Keeps the app shell on the device so the page opens with no hub reachable.
 // Bump VERSION when the files change: browsers check this file on every visit.
-const VERSION = 'outpost-shell-4';
+const VERSION = 'outpost-shell-5';
 const SHELL = ['/', '/index.html', '/app.js', '/protocol.js', '/alerts.js', '/presence.js', '/roomkeys.js', '/view.js', '/e2e.js', '/conn.js', '/db.js', '/uuid.js', '/media.js', '/attach.js', '/sha256.js', '/style.css', '/manifest.json', '/icon.svg'];
 
 self.addEventListener('install', (event) => {
@@ -18,6 +18,17 @@ self.addEventListener('activate', (event) => {
       .keys()
       .then((keys) => Promise.all(keys.filter((k) => k.startsWith('outpost-shell-') && k !== VERSION).map((k) => caches.delete(k))))
       .then(() => self.clients.claim()),
+  );
+});
+
+// A tap on an emergency's notification brings the app forward (or opens it).
+self.addEventListener('notificationclick', (event) => {
+  event.notification.close();
+  event.waitUntil(
+    self.clients.matchAll({ type: 'window', includeUncontrolled: true }).then((all) => {
+      const open = all.find((c) => new URL(c.url).origin === self.location.origin);
+      return open ? open.focus() : self.clients.openWindow('/');
+    }),
   );
 });
 

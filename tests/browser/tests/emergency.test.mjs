@@ -16,6 +16,8 @@ test('an emergency reaches the other worker and the doctor on the cloud', { time
 
   await signInWithLink(amina.page, stack.hubUrl, stack.token('amina', 'worker', ['clinic']));
   await signInWithLink(baraka.page, stack.hubUrl, stack.token('baraka', 'worker', ['clinic']));
+  // Baraka allowed notifications (the app asks on the first touch); the doctor did not.
+  await baraka.context.grantPermissions(['notifications'], { origin: new URL(stack.hubUrl).origin });
   // The doctor opens the same app at the cloud's address.
   await signInWithLink(neema.page, stack.cloudUrl, stack.token('dr-neema', 'doctor', ['clinic']));
   assert.match(await neema.page.locator('#whoami').innerText(), /dr-neema \(doctor\)/);
@@ -50,6 +52,25 @@ test('an emergency reaches the other worker and the doctor on the cloud', { time
   await waitState(amina.page, details, 'delivered');
   // The sender's own screen shows no alarm.
   assert.equal(await amina.page.locator('#alerts').isVisible(), false);
+
+  // Shown as a system notification too, through the service worker, so it reaches a phone
+  // whose screen is off while the app is open in the background.
+  const shown = async (b) =>
+    b.page.evaluate(async () => {
+      const reg = await navigator.serviceWorker.getRegistration();
+      return reg ? (await reg.getNotifications()).map((n) => ({ title: n.title, body: n.body, tag: n.tag })) : [];
+    });
+  let notes = [];
+  for (const deadline = Date.now() + 30_000; notes.length === 0 && Date.now() < deadline; ) {
+    notes = await shown(baraka);
+    if (notes.length === 0) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal(notes.length, 1, `one notification for the emergency: ${JSON.stringify(notes)}`);
+  assert.equal(notes[0].title, 'EMERGENCY: amina in clinic');
+  assert.equal(notes[0].body, details);
+  assert.match(notes[0].tag, /^emergency-/);
+  // The chat message before it raised none, and nobody who did not allow them gets one.
+  assert.deepEqual(await shown(neema), []);
 
   for (const b of [baraka, neema]) {
     const banner = b.page.getByRole('alert').filter({ hasText: 'EMERGENCY' });
