@@ -208,6 +208,8 @@ export class Protocol {
         if (rec) {
           if (RANK[rec.local ?? 'stored'] < RANK.stored) rec.local = 'stored';
           rec.cursor = f.cursor;
+          // Where it sorts in the room (an older server does not say).
+          if (typeof f.hlc === 'number') rec.hlc = f.hlc;
           rec.trail = { ...rec.trail, stored: rec.trail?.stored ?? now };
           ops.push(['messages', 'put', rec]);
         }
@@ -450,10 +452,21 @@ export class Protocol {
 
   // ---------- what the screens show ----------
 
+  /**
+   * A room's messages in the room's order (docs/protocol.md, "The order of a room"): by
+   * HLC stamp, which the message keeps on every server, then by id; so the hub, the cloud
+   * and every device list a room alike, whatever order the messages reached each in.
+   * Messages without a stamp (not yet stored; or from a server that sent none) follow by
+   * cursor, then by when they were written.
+   */
   roomMessages(room) {
     const list = [];
     for (const m of this.s.msgs.values()) if (m.room === room) list.push(m);
     list.sort((a, b) => {
+      const ah = a.hlc ?? Infinity;
+      const bh = b.hlc ?? Infinity;
+      if (ah !== bh) return ah < bh ? -1 : 1;
+      if (ah !== Infinity) return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
       const ac = a.cursor ?? Infinity;
       const bc = b.cursor ?? Infinity;
       if (ac !== bc) return ac - bc;

@@ -266,6 +266,11 @@ pub struct Welcome {
 pub struct Stored {
     pub id: MessageId,
     pub cursor: Cursor,
+    /// The message's stamp, as every other member receives it: where the message sorts
+    /// in its room (docs/protocol.md, "The order of a room"). Added within v1, so a
+    /// reader takes its absence (an older server) as unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hlc: Option<Hlc>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
 }

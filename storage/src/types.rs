@@ -66,6 +66,9 @@ impl From<rusqlite::Error> for StoreError {
 pub struct Appended {
     pub id: MessageId,
     pub cursor: Cursor,
+    /// The message's stamp: where it sorts in its room, on every server (the sender has
+    /// no other way to learn it; see `Stored::hlc`).
+    pub hlc: outpost_shared::Hlc,
     pub duplicate: bool,
 }
 

@@ -430,9 +430,15 @@ impl State {
         Ok(())
     }
 
-    async fn message_cursor(&mut self, tx: &Transaction<'_>, id: MessageId) -> Result<Option<Cursor>, StoreError> {
-        let row = self.query_opt(tx, "SELECT cursor FROM messages WHERE id = $1", &[&id.as_bytes().as_slice()]).await?;
-        Ok(row.map(|r| Cursor(from_sql(r.get(0)))))
+    /// The cursor and stamp of the message with `id`, if it is held.
+    async fn message_position(
+        &mut self,
+        tx: &Transaction<'_>,
+        id: MessageId,
+    ) -> Result<Option<(Cursor, Hlc)>, StoreError> {
+        let row =
+            self.query_opt(tx, "SELECT cursor, hlc FROM messages WHERE id = $1", &[&id.as_bytes().as_slice()]).await?;
+        Ok(row.map(|r| (Cursor(from_sql(r.get(0))), Hlc(from_sql(r.get(1))))))
     }
 
     async fn append(
@@ -447,8 +453,8 @@ impl State {
         let m = &req.msg;
         let used = self.shared.used_bytes.load(Ordering::Relaxed);
         if used >= limit {
-            if let Some(cursor) = self.message_cursor(tx, m.id).await? {
-                return Ok(Ok(Appended { id: m.id, cursor, duplicate: true }));
+            if let Some((cursor, hlc)) = self.message_position(tx, m.id).await? {
+                return Ok(Ok(Appended { id: m.id, cursor, hlc, duplicate: true }));
             }
             return Ok(Err(StoreError::StorageFull { used, quota }));
         }
@@ -469,17 +475,17 @@ impl State {
         let (user, dev, seq) = (req.from.clone(), req.device.clone(), req.msg.seq.0);
         let (body, alert) = req.into_stored(hlc);
         let Some(cursor) = self.insert_message(tx, body, None, entries, new_rooms).await? else {
-            let cursor = self
-                .message_cursor(tx, id)
+            let (cursor, hlc) = self
+                .message_position(tx, id)
                 .await?
                 .ok_or_else(|| StoreError::Database("a duplicate id has no row".into()))?;
-            return Ok(Ok(Appended { id, cursor, duplicate: true }));
+            return Ok(Ok(Appended { id, cursor, hlc, duplicate: true }));
         };
         if let Some(event) = alert {
             self.insert_audit(tx, at, &event).await?;
         }
         self.check_seq(&user, &dev, seq);
-        Ok(Ok(Appended { id, cursor, duplicate: false }))
+        Ok(Ok(Appended { id, cursor, hlc, duplicate: false }))
     }
 
     /// Inserts one message; None, with nothing written, when its id is held already.

@@ -336,8 +336,8 @@ impl Writer {
         let used = self.used_bytes + self.gauges.blob_bytes.load(Ordering::Relaxed);
         if used >= limit {
             // A re-send is answered as the duplicate it is even when storage is full.
-            if let Some(cursor) = self.message_cursor(m.id)? {
-                return Ok(Ok(Appended { id: m.id, cursor, duplicate: true }));
+            if let Some((cursor, hlc)) = self.message_position(m.id)? {
+                return Ok(Ok(Appended { id: m.id, cursor, hlc, duplicate: true }));
             }
             return Ok(Err(StoreError::StorageFull { used, quota: self.opts.quota_bytes }));
         }
@@ -361,16 +361,16 @@ impl Writer {
         let (body, alert) = req.into_stored(hlc);
         let Some(cursor) = self.insert_message(body, None, origin, entries, new_rooms)? else {
             // A re-send: the insert found the id and did nothing.
-            let cursor =
-                self.message_cursor(id)?.ok_or_else(|| StoreError::Database("a duplicate id has no row".into()))?;
-            return Ok(Ok(Appended { id, cursor, duplicate: true }));
+            let (cursor, hlc) =
+                self.message_position(id)?.ok_or_else(|| StoreError::Database("a duplicate id has no row".into()))?;
+            return Ok(Ok(Appended { id, cursor, hlc, duplicate: true }));
         };
         if let Some(event) = alert {
             // In the same transaction as the message: the audit row exists iff the alert does.
             super::security::insert_audit(&self.conn, at, &event)?;
         }
         self.check_seq(&user, &dev, seq);
-        Ok(Ok(Appended { id, cursor, duplicate: false }))
+        Ok(Ok(Appended { id, cursor, hlc, duplicate: false }))
     }
 
     /// Inserts a message, queues it for fan-out and returns its cursor; None, with nothing
@@ -433,13 +433,14 @@ impl Writer {
     }
 
     /// The cursor of message `id`, if this server has it.
-    pub(super) fn message_cursor(&self, id: MessageId) -> Result<Option<Cursor>, StoreError> {
-        let c: Option<i64> = self
+    /// The cursor and stamp of the message with `id`, if it is held.
+    pub(super) fn message_position(&self, id: MessageId) -> Result<Option<(Cursor, Hlc)>, StoreError> {
+        let c: Option<(i64, i64)> = self
             .conn
-            .prepare_cached("SELECT cursor FROM messages WHERE id = ?1")?
-            .query_row([id.as_bytes().as_slice()], |r| r.get(0))
+            .prepare_cached("SELECT cursor, hlc FROM messages WHERE id = ?1")?
+            .query_row([id.as_bytes().as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        Ok(c.map(|c| Cursor(u64::try_from(c).unwrap_or(0))))
+        Ok(c.map(|(c, h)| (Cursor(u64::try_from(c).unwrap_or(0)), Hlc(u64::try_from(h).unwrap_or(0)))))
     }
 
     /// Gaps are reported, never filled in: the missing messages may still arrive from the

@@ -202,6 +202,53 @@ async fn after_a_card_swap_a_fresh_phone_sees_the_whole_room_again() -> anyhow::
     Ok(())
 }
 
+/// `(hlc, id)` of every message a fresh sign-in replays, in cursor order.
+async fn stamps(d: &mut Device) -> anyhow::Result<Vec<(u64, String)>> {
+    Ok(d.settle("message")
+        .await?
+        .iter()
+        .map(|f| (f["msg"]["hlc"].as_u64().unwrap_or(0), f["msg"]["id"].as_str().unwrap_or_default().to_owned()))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_and_the_cloud_list_a_room_in_one_order_by_stamp() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let cloud_proc = cloud.start("127.0.0.1:0").await?;
+    let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &cloud_proc.quic_addr())?;
+    // The hub starts with its uplink pointing nowhere: the village and the hospital
+    // write while they cannot reach each other.
+    let nowhere = outpost_tests::free_udp_addr()?;
+    let mut relay = relay_dir.start(&[("OUTPOST_UPLINK__CLOUD", nowhere.as_str())]).await?;
+    let mut amina = phone(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
+    let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?;
+    let a = amina.send_stored(chat("clinic", "written first, in the village")).await?;
+    let b = dr.send_stored(chat("clinic", "written second, at the hospital")).await?;
+    assert!(a["hlc"].as_u64() < b["hlc"].as_u64(), "stored says each message's stamp: {a} {b}");
+
+    // The link comes up: each side receives the other's message after its own.
+    amina.close().await;
+    relay.terminate().await?;
+    relay = relay_dir.start(FAST_RETRY).await?;
+    let got = dr.expect("message").await.context("the village's message at the cloud")?;
+    assert_eq!(got["msg"]["hlc"], a["hlc"], "a message keeps its stamp across the link");
+
+    let at_hub = stamps(&mut phone(&cloud, &relay.ws_url(), "baraka", &["clinic"]).await?).await?;
+    let at_cloud = stamps(&mut cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?).await?;
+    let ids = |v: &[(u64, String)]| v.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>();
+    let (first, second) = (a["id"].as_str().unwrap_or_default(), b["id"].as_str().unwrap_or_default());
+    assert_eq!(ids(&at_hub), [first, second], "the hub holds them in the order they reached it");
+    assert_eq!(ids(&at_cloud), [second, first], "the cloud holds them in the order they reached it");
+    // The room's order, by stamp then id, is one on both (what every client shows).
+    let (mut hub_order, mut cloud_order) = (at_hub.clone(), at_cloud.clone());
+    hub_order.sort();
+    cloud_order.sort();
+    assert_eq!(hub_order, cloud_order, "one order of the room on the hub and on the cloud");
+    assert_eq!(ids(&hub_order), [first, second]);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_whose_database_was_replaced_gets_the_hubs_log_again_once() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;

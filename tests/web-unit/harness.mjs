@@ -54,13 +54,13 @@ export function connect(p, { gen = 1, ...w } = {}) {
 }
 
 /** A `message` frame from `from` at `cursor`. */
-export function message(cursor, { id = newId(), from = 'baraka', room = 'clinic', text = `m${cursor}`, priority = 'normal', at = NOW - 1000, ahead = false } = {}) {
-  const f = { v: 1, type: 'message', cursor, msg: { id, room, kind: 'chat', priority, body: { text }, seq: cursor, from, device: `${from}-phone`, hlc: cursor, at } };
+export function message(cursor, { id = newId(), from = 'baraka', room = 'clinic', text = `m${cursor}`, priority = 'normal', at = NOW - 1000, ahead = false, hlc = cursor } = {}) {
+  const f = { v: 1, type: 'message', cursor, msg: { id, room, kind: 'chat', priority, body: { text }, seq: cursor, from, device: `${from}-phone`, hlc, at } };
   return ahead ? { ahead: true, ...f } : f;
 }
 
 export const receipt = (id, cursor, state, by = 'baraka', at = NOW) => ({ v: 1, type: 'receipt', id, state, by, at, room: 'clinic', cursor });
-export const stored = (id, cursor, duplicate = false) => ({ v: 1, type: 'stored', id, cursor, ...(duplicate ? { duplicate: true } : {}) });
+export const stored = (id, cursor, duplicate = false, hlc = undefined) => ({ v: 1, type: 'stored', id, cursor, ...(hlc === undefined ? {} : { hlc }), ...(duplicate ? { duplicate: true } : {}) });
 export const error = (code, id, message = `refused: ${code}`) => ({ v: 1, type: 'error', code, message, ...(id ? { id } : {}) });
 
 /** Writes a text message the way the page does: drafted, queued (durable first), then flushed. */

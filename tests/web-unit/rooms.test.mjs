@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ALERT_MAX_AGE_MS, HISTORY_PAGE } from '../../relay/web/protocol.js';
-import { NOW, connect, deliver, device, link, message, write } from './harness.mjs';
+import { NOW, connect, deliver, device, link, message, stored, write } from './harness.mjs';
 
 const page = (room, frames, more) => ({ v: 1, type: 'history', room, messages: frames.map((f) => ({ cursor: f.cursor, msg: f.msg })), more });
 const canRead = () => true;
@@ -113,6 +113,25 @@ test('an emergency that arrives ahead still rings', () => {
   connect(p);
   const alarm = message(9, { priority: 'emergency', ahead: true });
   assert.deepEqual(deliver(p, [alarm]).after, [{ type: 'alert', id: alarm.msg.id }]);
+});
+
+test('a room is listed by HLC stamp, not by the order messages reached this server', () => {
+  const p = device();
+  connect(p);
+  // The doctor's reply (stamp 50) reached this hub before a village message written
+  // earlier elsewhere (stamp 40) came in over the link: cursors 7 and 8.
+  const reply = message(7, { hlc: 50, from: 'dr-neema', text: 'reply' });
+  const earlier = message(8, { hlc: 40, text: 'earlier' });
+  deliver(p, [reply, earlier]);
+  // Our own message, stored as cursor 9 with stamp 45, sorts between them.
+  const mine = write(p, 'mine');
+  deliver(p, [stored(mine.id, 9, false, 45)]);
+  const waiting = write(p, 'not yet stored').id;
+  assert.deepEqual(
+    p.roomMessages('clinic').map((m) => m.body.text),
+    ['earlier', 'mine', 'reply', 'not yet stored'],
+  );
+  assert.equal(p.state.msgs.get(waiting).hlc, undefined);
 });
 
 test('messages of a room are listed by cursor, those not yet on the server last', () => {

@@ -184,7 +184,12 @@ impl<S: Storage> Session<S> {
                 req,
                 Box::new(move |result| {
                     let frame = match result {
-                        Ok(a) => ServerFrame::Stored(Stored { id: a.id, cursor: a.cursor, duplicate: a.duplicate }),
+                        Ok(a) => ServerFrame::Stored(Stored {
+                            id: a.id,
+                            cursor: a.cursor,
+                            hlc: Some(a.hlc),
+                            duplicate: a.duplicate,
+                        }),
                         Err(e) => ServerFrame::Error(ErrorFrame::new(e.code(), e.to_string()).with_id(id)),
                     };
                     permit.send(Utf8Bytes::from(frame.encode()));

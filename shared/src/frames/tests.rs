@@ -121,11 +121,9 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 encrypted: vec![],
             })
         ),
-        (mid(), any::<u64>(), any::<bool>()).prop_map(|(id, c, duplicate)| ServerFrame::Stored(Stored {
-            id,
-            cursor: Cursor(c),
-            duplicate
-        })),
+        (mid(), any::<u64>(), proptest::option::of(any::<u64>()), any::<bool>()).prop_map(|(id, c, h, duplicate)| {
+            ServerFrame::Stored(Stored { id, cursor: Cursor(c), hlc: h.map(crate::hlc::Hlc), duplicate })
+        }),
         positioned().prop_map(ServerFrame::Message),
         (mid(), state, proptest::option::of(user()), any::<u64>(), proptest::option::of(any::<u64>())).prop_map(
             |(id, state, by, at, cursor)| ServerFrame::Receipt(Receipt {
