@@ -214,7 +214,9 @@ fn a_bad_outpost_cloud_variable_exits_64_listing_every_problem() -> anyhow::Resu
         ("OUTPOST_CLOUD_STORAGE__QUOTA_BYTESS", "2147483648"),
         ("OUTPOST_CLOUD_MEDIA__RETENTION_DAYS", "soon"),
         ("OUTPOST_CLOUD_LIMITS__MAX_DEVICES", "0"),
-        ("OUTPOST_CLOUD_BACKUP", "yes"),
+        ("OUTPOST_CLOUD_BACKUP__ENABLED", "yes"),
+        // Not a setting's shape: someone else's variable, left alone.
+        ("OUTPOST_CLOUD_BIN_DIR", "/opt/outpost/bin"),
     ];
     let out = cloud.run_output(&["--ws", "127.0.0.1:0", "--quic", "127.0.0.1:0"], &env)?;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -227,6 +229,7 @@ fn a_bad_outpost_cloud_variable_exits_64_listing_every_problem() -> anyhow::Resu
     ] {
         assert!(err.contains(needle), "{needle:?} not reported in:\n{err}");
     }
+    assert!(!err.contains("bin_dir"), "a variable that is not a setting was reported:\n{err}");
     // Without --ws and --quic, and none in cloud.toml, the cloud says where to set them.
     let out = cloud.run_output(&[], &[])?;
     let err = String::from_utf8_lossy(&out.stderr);

@@ -24,9 +24,10 @@ pub struct Layers<'a> {
     /// The settings file; a missing one is no error (the defaults apply).
     pub file: PathBuf,
     /// Variables named `PREFIX_SECTION__KEY` are configuration (case does not matter, as
-    /// for the `config` crate), and `PREFIX_KEY` for a key of `top_keys`. Other names
-    /// under the prefix (`OUTPOST_BIN_DIR` in an operator's shell) are not settings and
-    /// are left alone; a misspelt section or key in the settings' shape is a problem.
+    /// for the `config` crate), and `PREFIX_KEY` for a key of `top_keys`; `PREFIX_SECTION`
+    /// alone is read too, to be reported as the mistake it is. Other names under the
+    /// prefix (`OUTPOST_BIN_DIR` in an operator's shell) are not settings and are left
+    /// alone; a misspelt section or key in the settings' shape is a problem.
     pub env_prefix: &'a str,
     /// Variables under `env_prefix` that belong to another program and are skipped.
     pub env_skip: &'a [&'a str],
@@ -69,8 +70,10 @@ impl Layers<'_> {
             if !lower.starts_with(&ours) || skip.iter().any(|p| lower.starts_with(p.as_str())) {
                 continue;
             }
+            // Not a setting's shape and not a section's or top key's name (which would be a
+            // setting written wrong, and is reported): someone else's variable.
             let rest = &lower[ours.len()..];
-            if !rest.contains("__") && !self.top_keys.contains(&rest) {
+            if !rest.contains("__") && !self.top_keys.contains(&rest) && !self.sections.contains(&rest) {
                 continue;
             }
             let value = value.into_string().map_err(|v| ConfigError {
