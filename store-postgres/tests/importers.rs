@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use outpost_shared::frames::OutgoingMsg;
 use outpost_shared::frames::ReceiptState;
 use outpost_shared::uplink::batch::{Entry, WireMessage, WireReceipt};
-use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
+use outpost_shared::{Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
 use outpost_storage::{AppendRequest, LinkStore, LogStore};
 use outpost_store_postgres::testing::TestCluster;
 use outpost_store_postgres::{PgOptions, PgStore};
@@ -109,21 +108,7 @@ async fn stored(url: &str) -> (Vec<u64>, HashMap<String, u64>) {
 }
 
 fn append(room: &RoomId, n: u64) -> AppendRequest {
-    AppendRequest {
-        msg: OutgoingMsg {
-            id: MessageId(uuid::Uuid::now_v7()),
-            room: room.clone(),
-            kind: ok(MessageKind::new("chat")),
-            priority: Priority::Normal,
-            body: ok(Body::from_json(&format!("{{\"text\":\"doctor {n}\"}}"))),
-            seq: Seq(n),
-            reply_to: None,
-        },
-        from: ok(UserId::new("dr-okafor")),
-        device: ok(DeviceId::new("desk")),
-        at: 1_700_000_000_000 + n,
-        origin: None,
-    }
+    common::chat_from("dr-okafor", "desk", room, &format!("doctor {n}"), n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

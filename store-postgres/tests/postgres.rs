@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use outpost_shared::frames::OutgoingMsg;
 use outpost_shared::uplink::batch::{Entry, WireMessage};
-use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
+use outpost_shared::{Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
 use outpost_storage::conformance::Published;
 use outpost_storage::{AppendRequest, LinkStore, LogStore, Publisher};
 use outpost_store_postgres::testing::TestCluster;
@@ -53,21 +52,7 @@ fn room(s: &str) -> RoomId {
 }
 
 fn msg(room: &RoomId, n: u64) -> AppendRequest {
-    AppendRequest {
-        msg: OutgoingMsg {
-            id: MessageId(uuid::Uuid::now_v7()),
-            room: room.clone(),
-            kind: ok(MessageKind::new("chat")),
-            priority: Priority::Normal,
-            body: ok(Body::from_json(&format!("{{\"text\":\"message {n}\"}}"))),
-            seq: Seq(n),
-            reply_to: None,
-        },
-        from: ok(UserId::new("amina")),
-        device: ok(DeviceId::new("phone-1")),
-        at: 1_700_000_000_000 + n,
-        origin: None,
-    }
+    common::chat_from("amina", "phone-1", room, &format!("message {n}"), n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

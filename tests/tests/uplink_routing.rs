@@ -63,6 +63,17 @@ async fn replay_until_complete(
     }
 }
 
+/// Sends `n` chat messages "`text` 0", "`text` 1", ... to `room` from `d`, each once it
+/// was stored; returns their ids.
+async fn send_all(d: &mut Device, room: &str, text: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let stored = d.send_stored(chat(room, &format!("{text} {i}"))).await?;
+        ids.push(stored["id"].as_str().unwrap_or_default().to_owned());
+    }
+    Ok(ids)
+}
+
 /// Removes a stopped server's SQLite database (and its WAL), as a replaced disk would.
 fn remove_db(db: &Path) -> anyhow::Result<()> {
     for suffix in ["", "-wal", "-shm"] {
@@ -131,24 +142,9 @@ async fn a_hub_whose_database_was_replaced_gets_its_rooms_back_from_the_cloud_on
 
     // Amina's two messages reach the doctor and the doctor's three reach the hub (amina
     // has them), then the hub's disk is replaced: a new, empty database with a new epoch.
-    let mut sent = Vec::new();
-    for n in 0..2 {
-        sent.push(
-            amina.send_stored(chat("clinic", &format!("visit {n}"))).await?["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
-    }
+    let mut sent = send_all(&mut amina, "clinic", "visit", 2).await?;
     dr.messages(2).await?;
-    for n in 0..3 {
-        sent.push(
-            dr.send_stored(chat("clinic", &format!("instruction {n}"))).await?["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
-    }
+    sent.extend(send_all(&mut dr, "clinic", "instruction", 3).await?);
     amina.messages(3).await?;
     let old_epoch = amina.welcome["epoch"].clone();
     amina.close().await;
@@ -177,16 +173,9 @@ async fn after_a_card_swap_a_fresh_phone_sees_the_whole_room_again() -> anyhow::
     let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?;
 
     // 200 of the village's messages and 20 replies, all carried across the link.
-    let mut room = Vec::new();
-    for n in 0..200 {
-        let id = amina.send_stored(chat("clinic", &format!("register entry {n}"))).await?["id"].clone();
-        room.push(id.as_str().unwrap_or_default().to_owned());
-    }
+    let mut room = send_all(&mut amina, "clinic", "register entry", 200).await?;
     dr.messages(200).await?;
-    for n in 0..20 {
-        let id = dr.send_stored(chat("clinic", &format!("advice {n}"))).await?["id"].clone();
-        room.push(id.as_str().unwrap_or_default().to_owned());
-    }
+    room.extend(send_all(&mut dr, "clinic", "advice", 20).await?);
     amina.messages(20).await?;
     amina.close().await;
 
@@ -259,15 +248,7 @@ async fn a_cloud_whose_database_was_replaced_gets_the_hubs_log_again_once() -> a
     let mut amina = phone(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
     let mut dr = cloud.doctor(&cloud_proc.ws_url(), &["clinic"]).await?;
 
-    let mut sent = Vec::new();
-    for n in 0..5 {
-        sent.push(
-            amina.send_stored(chat("clinic", &format!("visit {n}"))).await?["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
-    }
+    let mut sent = send_all(&mut amina, "clinic", "visit", 5).await?;
     dr.messages(5).await?;
     // The doctor's own answer reaches the hub before the cloud's database is lost: only
     // the hub holds it afterwards.

@@ -2,10 +2,33 @@
 
 use std::time::Duration;
 
-use outpost_storage::{LogEntry, Publisher};
+use outpost_shared::frames::OutgoingMsg;
+use outpost_shared::{Body, DeviceId, MessageId, MessageKind, Priority, RoomId, Seq, UserId};
+use outpost_storage::{AppendRequest, LogEntry, Publisher};
 
 pub fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A chat message `text` from `user` on `device` to `room`, as a device's `send` is
+/// handed to the store (`n` is its seq, and its time past a fixed start).
+pub fn chat_from(user: &str, device: &str, room: &RoomId, text: &str, n: u64) -> AppendRequest {
+    AppendRequest {
+        msg: OutgoingMsg {
+            id: MessageId(uuid::Uuid::now_v7()),
+            room: room.clone(),
+            kind: ok(MessageKind::new("chat")),
+            priority: Priority::Normal,
+            // `{:?}` quotes and escapes the plain texts the tests use as JSON would.
+            body: ok(Body::from_json(&format!("{{\"text\":{text:?}}}"))),
+            seq: Seq(n),
+            reply_to: None,
+        },
+        from: ok(UserId::new(user)),
+        device: ok(DeviceId::new(device)),
+        at: 1_700_000_000_000 + n,
+        origin: None,
+    }
 }
 
 /// What a node's router got, in order; wakes whoever waits for a cursor.
