@@ -153,17 +153,22 @@ impl Importer {
         let (base, through) = (first - 1, first - 1 + count.max(1) as u64);
         self.insert_in_flight(base);
         let outcome = self.write(first, batches).await;
-        let (entries, answers, rooms_or_err) = match outcome {
+        let (entries, answers) = match outcome {
             Outcome::Committed(entries, counts, rooms) => {
+                if !rooms.is_empty()
+                    && let Ok(mut known) = self.st.shared.known_rooms.write()
+                {
+                    known.extend(rooms);
+                }
                 metrics::counter!("outpost_messages_stored_total")
                     .increment(entries.iter().filter(|e| matches!(e.audience, Audience::Room { .. })).count() as u64);
                 metrics::histogram!("outpost_commit_seconds").record(started.elapsed().as_secs_f64());
-                (entries, counts.into_iter().map(Ok).collect::<Vec<_>>(), Ok(rooms))
+                (entries, counts.into_iter().map(Ok).collect::<Vec<_>>())
             }
             Outcome::Abandoned(e) => {
                 tracing::error!(error = %e, "hubs' batches were rolled back; they are told to retry");
                 metrics::counter!("outpost_commits_failed_total").increment(1);
-                (Vec::new(), vec![Err(e.clone()); replies.len()], Err(e))
+                (Vec::new(), vec![Err(e); replies.len()])
             }
             Outcome::Unknown(e) => {
                 tracing::error!(error = %e, "lost the database while committing hubs' batches; they are told to retry");
@@ -178,12 +183,6 @@ impl Importer {
                 return;
             }
         };
-        if let Ok(rooms) = rooms_or_err
-            && !rooms.is_empty()
-            && let Ok(mut known) = self.st.shared.known_rooms.write()
-        {
-            known.extend(rooms);
-        }
         let answer: Box<dyn FnOnce() + Send> = Box::new(move || {
             for (r, a) in replies.into_iter().zip(answers) {
                 let _ = r.send(a);
