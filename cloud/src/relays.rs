@@ -104,20 +104,21 @@ async fn serve<S: Storage>(
             return Err(e.map_or_else(|| LinkError::Protocol("no hello".into()), LinkError::from));
         }
     };
-    let Accepted { relay, epoch, rooms } = match acceptor.handle_control(hello, |relay| tls::peer_is(&conn, relay))? {
-        Decision::Accept(a) => a,
-        Decision::Refuse(refusal) => {
-            let _ = write_control(&mut send, &refusal).await;
-            let _ = send.finish();
-            let err = match refusal {
-                Control::Refused { code, message } => LinkError::Refused { code, message },
-                _ => LinkError::Shutdown,
-            };
-            // Give the refusal a moment to reach the relay before the connection closes.
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
-            return Err(err);
-        }
-    };
+    let Accepted { relay, epoch, rooms, v } =
+        match acceptor.handle_control(hello, |relay| tls::peer_is(&conn, relay))? {
+            Decision::Accept(a) => a,
+            Decision::Refuse(refusal) => {
+                let _ = write_control(&mut send, &refusal).await;
+                let _ = send.finish();
+                let err = match refusal {
+                    Control::Refused { code, message } => LinkError::Refused { code, message },
+                    _ => LinkError::Shutdown,
+                };
+                // Give the refusal a moment to reach the relay before the connection closes.
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+                return Err(err);
+            }
+        };
     // A reconnecting relay replaces its old connection.
     let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Ok(mut l) = live.lock()
@@ -126,7 +127,7 @@ async fn serve<S: Storage>(
         old.cancel();
     }
     let state = store.peer_hello(&relay, &epoch, rooms).await?;
-    write_control(&mut send, &Acceptor::welcome(cloud_id, store.epoch().0, state.recv_hwm)).await?;
+    write_control(&mut send, &Acceptor::welcome(cloud_id, store.epoch().0, state.recv_hwm, v)).await?;
     tracing::info!(%relay, resume_after = state.sent_hwm.0, rooms = state.rooms.len(), "relay connected");
     let detail = format!("epoch {epoch}, resuming after {}", state.sent_hwm.0);
     store
@@ -136,6 +137,7 @@ async fn serve<S: Storage>(
         name: relay.clone(),
         rooms: Some(Arc::new(Mutex::new(state.rooms.into_iter().collect::<HashSet<_>>()))),
         start: state.sent_hwm,
+        version: v,
     };
     let end =
         link::run(conn, send, recv, store, peer, LinkOptions { flow: FlowConfig::default(), blobs }, stop.clone())

@@ -84,6 +84,9 @@ pub struct Peer {
     pub rooms: Option<Arc<Mutex<HashSet<RoomId>>>>,
     /// Where our sender resumes (the peer holds our log up to here).
     pub start: Cursor,
+    /// The link version both ends speak: frames newer than it are never sent to this peer
+    /// (see `LINK_VERSION`).
+    pub version: u16,
 }
 
 /// How a link runs: the batch lanes' flow control and, when this server keeps media,
@@ -171,7 +174,7 @@ pub async fn run<S: Storage>(
                         Err(e) => return LinkError::Store(e),
                     }
                 }
-                Control::Hello { .. } | Control::Welcome { .. } => {
+                Control::Hello { .. } | Control::Welcome { .. } | Control::WelcomeV2 { .. } => {
                     return LinkError::Protocol("handshake frame after the handshake".into());
                 }
             }

@@ -180,10 +180,10 @@ async fn attempt<S: Storage>(
         Some(d) => d,
         None => dial(store, settings, endpoints, target, &AtomicBool::new(false)).await?,
     };
-    let Dialled { conn, send, recv, welcomed: Welcomed { cloud, epoch, hwm }, addr } = dialled;
+    let Dialled { conn, send, recv, welcomed: Welcomed { cloud, epoch, hwm, v }, addr } = dialled;
     let state = store.peer_hello(CLOUD_PEER, &epoch, Vec::new()).await?;
     let start = state.sent_hwm.max(hwm);
-    tracing::info!(%cloud, address = %target, %addr, resume_after = start.0, "uplink connected");
+    tracing::info!(%cloud, address = %target, %addr, resume_after = start.0, link_version = v, "uplink connected");
     if let Ok(mut s) = status.lock() {
         s.connected = true;
         s.address = Some(target.to_owned());
@@ -191,7 +191,7 @@ async fn attempt<S: Storage>(
         s.last_error = None;
     }
     store.peer_acked(CLOUD_PEER, start, Vec::new(), now_ms()).await;
-    let peer = Peer { name: CLOUD_PEER.to_owned(), rooms: None, start };
+    let peer = Peer { name: CLOUD_PEER.to_owned(), rooms: None, start, version: v };
     let opts = super::LinkOptions { flow: settings.flow.clone(), blobs };
     let stop = shutdown.child_token();
     let link = super::run(conn, send, recv, store.clone(), peer, opts, stop.clone());

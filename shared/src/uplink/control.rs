@@ -8,8 +8,15 @@ use crate::revocation::Revocation;
 /// Largest control frame either side accepts (a `Hello` listing many rooms fits easily).
 pub const MAX_CONTROL_LEN: usize = 256 * 1024;
 
-/// Version of the link protocol (`Hello.v`).
-pub const LINK_VERSION: u16 = 1;
+/// Version of the link protocol this build speaks (`Hello.v`).
+///
+/// Version 2 added frames after `Revocations` (postcard numbers variants in order, so old
+/// frames keep their encoding). A peer that speaks only version 1 cannot decode them: the
+/// cloud answers a version-1 hub with `Welcome` and never sends it a newer frame; it answers
+/// a version-2 hub with `WelcomeV2`, which tells the hub it may use them too.
+pub const LINK_VERSION: u16 = 2;
+/// Oldest link version a cloud still accepts.
+pub const MIN_LINK_VERSION: u16 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
@@ -31,6 +38,10 @@ pub enum Control {
     /// after every handshake (in frames of at most [`REVOCATIONS_PER_FRAME`] entries) and
     /// again when it changes; the hub merges idempotently. A hub never sends this.
     Revocations { entries: Vec<Revocation> },
+    // ---- link version 2: sent only to a peer that announced version 2 ----
+    /// The cloud's answer to a hub that said `Hello { v: 2.. }`: `Welcome`, plus the link
+    /// version both ends will speak.
+    WelcomeV2 { cloud: String, epoch: String, hwm: Cursor, v: u16 },
 }
 
 /// Entries per `Revocations` frame (each well under 200 bytes, so a frame stays far below
@@ -93,6 +104,8 @@ mod tests {
                 epoch,
                 hwm: Cursor(h)
             }),
+            ("\\PC{0,20}", "[a-f0-9-]{0,36}", any::<u64>(), any::<u16>())
+                .prop_map(|(cloud, epoch, h, v)| { Control::WelcomeV2 { cloud, epoch, hwm: Cursor(h), v } }),
             any::<u64>().prop_map(|batch| Control::Ack { batch }),
             prop::collection::vec(room, 0..5).prop_map(|rooms| Control::Rooms { rooms }),
             ("[a-z_]{1,10}", "\\PC{0,40}").prop_map(|(code, message)| Control::Refused { code, message }),

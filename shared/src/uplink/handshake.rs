@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use crate::ids::{Cursor, RelayId, RoomId};
-use crate::uplink::control::{Control, LINK_VERSION};
+use crate::uplink::control::{Control, LINK_VERSION, MIN_LINK_VERSION};
 
 /// Why a handshake did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +48,8 @@ pub struct Welcomed {
     pub epoch: String,
     /// The hub's log is durable at the cloud up to here.
     pub hwm: Cursor,
+    /// The link version both ends speak (1 with a cloud that answered plain `Welcome`).
+    pub v: u16,
 }
 
 /// The hub's side.
@@ -83,7 +85,10 @@ impl Dialer {
     pub fn handle_control(&mut self, frame: Option<Control>) -> Result<Welcomed, HandshakeError> {
         self.done = true;
         match frame {
-            Some(Control::Welcome { cloud, epoch, hwm }) => Ok(Welcomed { cloud, epoch, hwm }),
+            Some(Control::Welcome { cloud, epoch, hwm }) => Ok(Welcomed { cloud, epoch, hwm, v: 1 }),
+            Some(Control::WelcomeV2 { cloud, epoch, hwm, v }) => {
+                Ok(Welcomed { cloud, epoch, hwm, v: v.clamp(MIN_LINK_VERSION, LINK_VERSION) })
+            }
             Some(Control::Refused { code, message }) => Err(HandshakeError::Refused { code, message }),
             other => Err(HandshakeError::Protocol(format!("expected Welcome, got {other:?}"))),
         }
@@ -105,6 +110,8 @@ pub struct Accepted {
     pub relay: String,
     pub epoch: String,
     pub rooms: Vec<RoomId>,
+    /// The link version both ends will speak: the lower of the hub's and ours.
+    pub v: u16,
 }
 
 /// The cloud's decision on a `Hello`.
@@ -147,21 +154,23 @@ impl Acceptor {
         };
         let refuse =
             |code: &str, message: String| Ok(Decision::Refuse(Control::Refused { code: code.into(), message }));
-        if v != LINK_VERSION {
+        if v < MIN_LINK_VERSION {
             return refuse(
                 "unsupported_version",
-                format!("link version {v} is not supported; this cloud speaks {LINK_VERSION}"),
+                format!("link version {v} is not supported; this cloud speaks {MIN_LINK_VERSION} to {LINK_VERSION}"),
             );
         }
+        // A newer hub speaks our version: it keeps every older frame's encoding.
+        let v = v.min(LINK_VERSION);
         if RelayId::new(relay.clone()).is_err() || !certified(&relay) {
             return refuse("identity_mismatch", format!("the certificate was not issued to relay {relay:?}"));
         }
-        Ok(Decision::Accept(Accepted { relay, epoch, rooms }))
+        Ok(Decision::Accept(Accepted { relay, epoch, rooms, v }))
     }
 
-    /// The answer to an accepted hub.
-    pub fn welcome(cloud: String, epoch: String, hwm: Cursor) -> Control {
-        Control::Welcome { cloud, epoch, hwm }
+    /// The answer to an accepted hub that speaks link version `v`.
+    pub fn welcome(cloud: String, epoch: String, hwm: Cursor, v: u16) -> Control {
+        if v >= 2 { Control::WelcomeV2 { cloud, epoch, hwm, v } } else { Control::Welcome { cloud, epoch, hwm } }
     }
 
     /// The time is `now`: past the deadline without a `Hello`, the hub is dropped.
@@ -197,6 +206,8 @@ mod tests {
         /// The relay id the hub's certificate names.
         certificate: String,
         cloud_hwm: Cursor,
+        /// The link version the hub announces.
+        hub_version: u16,
     }
 
     #[derive(Debug, PartialEq)]
@@ -223,6 +234,7 @@ mod tests {
                 acceptor: Acceptor::new(Duration::ZERO, CLOUD_TIMEOUT),
                 certificate: "village-7".into(),
                 cloud_hwm: Cursor(41),
+                hub_version: LINK_VERSION,
             }
         }
 
@@ -230,7 +242,10 @@ mod tests {
         fn drive(mut self) -> Ends {
             let (mut hub, mut cloud) = (None, None);
             while hub.is_none() || cloud.is_none() {
-                if let Some(hello) = self.dialer.poll_transmit() {
+                if let Some(mut hello) = self.dialer.poll_transmit() {
+                    if let Control::Hello { v, .. } = &mut hello {
+                        *v = self.hub_version;
+                    }
                     if self.drop_hub_frames > 0 {
                         self.drop_hub_frames -= 1;
                     } else {
@@ -245,7 +260,7 @@ mod tests {
                     let certificate = self.certificate.clone();
                     cloud = Some(match self.acceptor.handle_control(frame, |r| r == certificate) {
                         Ok(Decision::Accept(a)) => {
-                            let w = Acceptor::welcome("cloud-1".into(), "cloud-epoch".into(), self.cloud_hwm);
+                            let w = Acceptor::welcome("cloud-1".into(), "cloud-epoch".into(), self.cloud_hwm, a.v);
                             self.to_hub.push_back((self.now + self.delay, w));
                             Ok(Some(a))
                         }
@@ -302,7 +317,9 @@ mod tests {
     #[test]
     fn a_certified_hub_is_welcomed_and_resumes_from_the_clouds_mark() {
         let ends = Pair::new("village-7").drive();
-        assert_eq!(ends.hub, Ok(Welcomed { cloud: "cloud-1".into(), epoch: "cloud-epoch".into(), hwm: Cursor(41) }));
+        let welcomed =
+            Welcomed { cloud: "cloud-1".into(), epoch: "cloud-epoch".into(), hwm: Cursor(41), v: LINK_VERSION };
+        assert_eq!(ends.hub, Ok(welcomed));
         let accepted = ends.cloud.ok().flatten().unwrap_or_else(|| panic!("the cloud accepted"));
         assert_eq!((accepted.relay.as_str(), accepted.epoch.as_str()), ("village-7", "hub-epoch"));
         assert_eq!(accepted.rooms.len(), 1);
@@ -330,10 +347,27 @@ mod tests {
     }
 
     #[test]
-    fn another_link_version_is_refused_with_its_code() {
+    fn a_version_1_hub_gets_the_plain_welcome_it_can_decode() {
+        let mut pair = Pair::new("village-7");
+        pair.hub_version = 1;
+        let ends = pair.drive();
+        assert_eq!(ends.hub.map(|w| w.v), Ok(1));
+        assert_eq!(ends.cloud.ok().flatten().map(|a| a.v), Some(1));
+    }
+
+    #[test]
+    fn a_newer_hub_is_welcomed_at_the_clouds_version() {
+        let mut pair = Pair::new("village-7");
+        pair.hub_version = LINK_VERSION + 1;
+        let ends = pair.drive();
+        assert_eq!(ends.hub.map(|w| w.v), Ok(LINK_VERSION));
+    }
+
+    #[test]
+    fn an_older_link_version_than_supported_is_refused_with_its_code() {
         let mut acceptor = Acceptor::new(Duration::ZERO, CLOUD_TIMEOUT);
         let hello = Control::Hello {
-            v: LINK_VERSION + 1,
+            v: MIN_LINK_VERSION - 1,
             relay: "village-7".into(),
             epoch: "e".into(),
             rooms: vec![],
