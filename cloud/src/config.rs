@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use outpost_engine::config::{
-    CLOUD_ENV_PREFIX, ConfigError, LIST_KEYS, Layers, LimitsConfig, MediaConfig, SecurityConfig, tls_pair_problem,
+    CLOUD_ENV_PREFIX, ConfigError, LIST_KEYS, Layers, LimitsConfig, MediaConfig, SecurityConfig, TestingConfig,
+    tls_pair_problem,
 };
 use outpost_engine::lan_tls::{LanTls, LanTlsError};
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::layout::Layout;
 
 /// The sections of `cloud.toml` (`webhooks` is a list of tables: `[[webhooks]]`).
-const SECTIONS: [&str; 7] = ["server", "storage", "limits", "media", "security", "policy", "webhooks"];
+const SECTIONS: [&str; 8] = ["server", "storage", "limits", "media", "security", "policy", "webhooks", "testing"];
 
 /// The top-level key that is the cloud's identity, not a setting.
 const CLOUD_ID: &str = "cloud_id";
@@ -48,6 +49,8 @@ pub struct CloudConfig {
     /// them (docs/integration.md). None by default. Only in `cloud.toml`: a list of
     /// tables has no form as environment variables.
     pub webhooks: Vec<WebhookConfig>,
+    /// Hooks for scenario tests; never set on a deployed cloud.
+    pub testing: TestingConfig,
 }
 
 impl Default for CloudConfig {
@@ -61,6 +64,7 @@ impl Default for CloudConfig {
             security: SecurityConfig::default(),
             policy: outpost_shared::Policy::default(),
             webhooks: Vec::new(),
+            testing: TestingConfig::default(),
         }
     }
 }
@@ -394,6 +398,7 @@ impl CloudConfig {
             security: layered.section("security"),
             policy: layered.section("policy"),
             webhooks: layered.section("webhooks"),
+            testing: layered.section("testing"),
         };
         let mut problems = std::mem::take(&mut layered.problems);
         if layered.from_env(CLOUD_ID) {

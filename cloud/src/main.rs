@@ -183,6 +183,7 @@ fn serve(
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    config.testing.apply();
     let (tls, quic_addr) = match (config.tls(&dir), config.quic_addr()) {
         (Ok(tls), Some(addr)) => (tls, addr),
         // Checked while loading; the files may have changed since.

@@ -69,6 +69,7 @@ pub fn engine_config(config: &CloudConfig, id: &CloudIdentity) -> RelayConfig {
             retention_basis: RetentionBasis::Received,
             ..config.media.clone()
         },
+        testing: config.testing.clone(),
     }
 }
 

@@ -118,6 +118,7 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Vec<String>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    config.testing.apply();
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let workers = config.server.effective_worker_threads(cores);
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {

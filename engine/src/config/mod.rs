@@ -51,7 +51,8 @@ pub const LIST_KEYS: [&str; 9] = [
 ];
 
 /// The sections of the configuration.
-const SECTIONS: [&str; 8] = ["server", "storage", "limits", "identity", "uplink", "policy", "security", "media"];
+const SECTIONS: [&str; 9] =
+    ["server", "storage", "limits", "identity", "uplink", "policy", "security", "media", "testing"];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,6 +68,33 @@ pub struct RelayConfig {
     pub security: SecurityConfig,
     /// Photos, voice notes and documents (docs/protocol.md, Media).
     pub media: MediaConfig,
+    /// Hooks for scenario tests; never set on a deployed server.
+    pub testing: TestingConfig,
+}
+
+/// Hooks that let scenario tests move through time without waiting for it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingConfig {
+    /// Seconds added to the wall clock this server reads for data decisions (token expiry,
+    /// retention ages, renewal times; `crate::clock::now_ms`). 0 by default. A test
+    /// restarts a server with, say, 31 days here instead of waiting 31 days. Timers and
+    /// the stores' own receive stamps are not moved.
+    pub clock_offset_secs: i64,
+}
+
+impl TestingConfig {
+    /// Applies the setting to this process's clock.
+    pub fn apply(&self) {
+        crate::clock::set_offset_secs(self.clock_offset_secs);
+        if self.clock_offset_secs != 0 {
+            // Before logging is set up: straight to stderr (the journal).
+            eprintln!(
+                "warning: testing.clock_offset_secs = {}: this server's wall clock is moved; never do this in production",
+                self.clock_offset_secs
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -603,6 +631,7 @@ impl RelayConfig {
             policy: layered.section("policy"),
             security: layered.section("security"),
             media: layered.section("media"),
+            testing: layered.section("testing"),
         };
         overrides(&mut cfg);
         let mut problems = layered.problems;
