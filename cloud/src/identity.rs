@@ -205,6 +205,9 @@ impl CloudIdentity {
             iat: now,
             iss: self.cloud_id.clone(),
             jti: jti.iter().map(|b| format!("{b:02x}")).collect(),
+            lin: None,
+            dlg: None,
+            org: None,
         };
         self.signer
             .sign(&claims)

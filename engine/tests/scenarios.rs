@@ -66,6 +66,9 @@ impl Scenario {
             iat: now,
             iss: CLOUD.into(),
             jti: format!("jti-{user}"),
+            lin: None,
+            dlg: None,
+            org: None,
         };
         self.signer.sign(&claims).unwrap_or_else(|e| panic!("{e}"))
     }

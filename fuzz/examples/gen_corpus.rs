@@ -203,6 +203,9 @@ fn claims(user: &str, rooms: &[&str], exp: u64) -> Claims {
         iat: NOW - 3_600,
         iss: ISSUER.into(),
         jti: "0190c3f2-1111-7222-8333-0123456789ab".into(),
+        lin: None,
+        dlg: None,
+        org: None,
     }
 }
 

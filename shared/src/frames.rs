@@ -288,6 +288,15 @@ pub struct Receipt {
     pub cursor: Option<Cursor>,
 }
 
+/// A renewed token for the device to keep in place of the one it signed in with (sent
+/// once per session, after the token passed half its life). `expires_at` is the new
+/// token's `exp`: seconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRenewed {
+    pub token: String,
+    pub expires_at: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Resync {
     pub epoch: Epoch,
@@ -346,6 +355,8 @@ pub enum ServerFrame {
     Presence(PresenceEvent),
     History(HistoryPage),
     Pong,
+    /// Protocol v1 extension: clients that predate it ignore an unknown server frame.
+    Token(TokenRenewed),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -526,6 +537,7 @@ impl ServerFrame {
             Self::Presence(_) => "presence",
             Self::History(_) => "history",
             Self::Pong => "pong",
+            Self::Token(_) => "token",
         }
     }
 
@@ -543,6 +555,7 @@ impl ServerFrame {
             Self::Presence(f) => encode_with(ty, f),
             Self::History(f) => encode_with(ty, f),
             Self::Pong => encode_with(ty, &Empty {}),
+            Self::Token(f) => encode_with(ty, f),
         }
     }
 
@@ -560,6 +573,7 @@ impl ServerFrame {
             "presence" => Self::Presence(body("presence", text)?),
             "history" => Self::History(body("history", text)?),
             "pong" => Self::Pong,
+            "token" => Self::Token(body("token", text)?),
             other => {
                 return Err(DecodeError::bad(format!("unknown server frame type {other:?}")));
             }

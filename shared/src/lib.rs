@@ -15,6 +15,7 @@ pub mod hlc;
 pub mod ids;
 pub mod media;
 pub mod policy;
+pub mod renewal;
 pub mod revocation;
 pub mod token;
 pub mod uplink;
@@ -25,7 +26,7 @@ pub use hlc::{Hlc, HlcClock};
 pub use ids::{Cursor, DeviceId, Epoch, IdError, MessageId, MessageKind, Priority, RelayId, RoomId, Seq, UserId};
 pub use policy::{Action, Denied, Policy};
 pub use revocation::{Revocation, RevocationList, Revoked};
-pub use token::{Claims, Role, TokenError, TokenSigner, TokenVerifier};
+pub use token::{Claims, Lineage, Role, TokenError, TokenSigner, TokenVerifier};
 
 /// The device protocol version this crate speaks (`"v": 1` in every frame).
 pub const PROTOCOL_VERSION: u64 = 1;

@@ -156,6 +156,9 @@ mod tests {
             iat: 1,
             iss: "c".into(),
             jti: "j".into(),
+            lin: None,
+            dlg: None,
+            org: None,
         }
     }
 

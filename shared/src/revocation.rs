@@ -103,11 +103,17 @@ impl RevocationList {
         }
     }
 
-    /// The entry that revokes these claims, if any.
+    /// The entry that revokes these claims, if any. A renewed token is revoked with its
+    /// line: by its own `jti`, its origin's, the delegation it was signed under, or a user
+    /// entry covering its origin's issue time (a renewal made after the user was revoked,
+    /// by a hub that had not heard yet, is still caught once it hears).
     pub fn revokes(&self, claims: &Claims) -> Option<&Revocation> {
+        let delegation = claims.delegation().map(|d| d.jti);
         self.tokens
             .get(&claims.jti)
-            .or_else(|| self.users.get(claims.sub.as_str()).filter(|e| claims.iat <= e.issued_before()))
+            .or_else(|| self.tokens.get(claims.origin_jti()))
+            .or_else(|| delegation.and_then(|d| self.tokens.get(&d)))
+            .or_else(|| self.users.get(claims.sub.as_str()).filter(|e| claims.origin_iat() <= e.issued_before()))
     }
 
     pub fn len(&self) -> usize {
@@ -133,15 +139,7 @@ mod tests {
     use crate::token::Role;
 
     fn claims(user: &str, jti: &str, iat: u64) -> Claims {
-        Claims {
-            sub: UserId::new(user).unwrap_or_else(|e| panic!("{e}")),
-            role: Role::Worker,
-            rooms: vec![],
-            exp: iat + 100,
-            iat,
-            iss: "c".into(),
-            jti: jti.into(),
-        }
+        Claims::new(UserId::new(user).unwrap_or_else(|e| panic!("{e}")), Role::Worker, vec![], iat, iat + 100, "c".into(), jti.into())
     }
 
     fn token(jti: &str) -> Revocation {
@@ -165,6 +163,16 @@ mod tests {
         assert!(list.revokes(&claims("amina", "old", 100)).is_some());
         assert!(list.revokes(&claims("amina", "new", 101)).is_none());
         assert!(list.revokes(&claims("baraka", "old", 50)).is_none());
+    }
+
+    #[test]
+    fn a_renewal_is_revoked_with_its_origin_and_its_user_entry_by_the_origins_time() {
+        let mut renewed = claims("amina", "r2", 500);
+        renewed.lin = Some(crate::token::Lineage { jti: "t1".into(), iat: 50 });
+        assert!(RevocationList::new([token("t1")]).revokes(&renewed).is_some());
+        // Renewed (iat 500) after the user was revoked (up to 100): still revoked.
+        assert!(RevocationList::new([user("amina", 100)]).revokes(&renewed).is_some());
+        assert!(RevocationList::new([user("amina", 40)]).revokes(&renewed).is_none());
     }
 
     proptest! {

@@ -6,6 +6,11 @@
 //! 32-byte public key, which every hub receives in its enrollment bundle, so a hub with no
 //! uplink can still authenticate its village. The caller passes `now`: this crate never
 //! reads a clock (jsonwebtoken's own expiry check is switched off and done here).
+//!
+//! A token may also be a renewal (see [`crate::renewal`]): signed by the cloud again, or
+//! by a hub under the cloud's delegation. Such a token names its lineage (`lin`) and, when
+//! a hub signed it, carries the delegation (`dlg`) and the cloud-signed ancestor it renews
+//! (`org`), so that a verifier holding only the cloud's public key checks the whole chain.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -61,11 +66,62 @@ pub struct Claims {
     pub iss: String,
     /// Unique token id, for revocation.
     pub jti: String,
+    /// On a renewed token: the cloud-issued token its line started from (revoking that one
+    /// revokes every renewal of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lin: Option<Lineage>,
+    /// On a token a hub renewed: the cloud's delegation to the hub's key (a compact JWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlg: Option<String>,
+    /// On a token a hub renewed: the cloud-signed token it renews (possibly expired), which
+    /// bounds what the hub may sign: same user, role and rooms, no longer a lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+}
+
+/// Where a renewed token's line started: the cloud-issued token's id and issue time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub jti: String,
+    pub iat: u64,
 }
 
 impl Claims {
+    /// Claims of a token the cloud issues (not a renewal).
+    pub fn new(sub: UserId, role: Role, rooms: Vec<RoomId>, iat: u64, exp: u64, iss: String, jti: String) -> Self {
+        Self { sub, role, rooms, exp, iat, iss, jti, lin: None, dlg: None, org: None }
+    }
+
     pub fn may_use_room(&self, room: &RoomId) -> bool {
         self.rooms.iter().any(|r| r == room)
+    }
+
+    /// The id of the cloud-issued token this line started from (this token's own if it is
+    /// not a renewal): what a per-token revocation names.
+    pub fn origin_jti(&self) -> &str {
+        self.lin.as_ref().map_or(&self.jti, |l| &l.jti)
+    }
+
+    /// When the line started: what a user revocation's `issued_before` is compared with,
+    /// so a renewal made after a user was revoked does not escape the revocation.
+    pub fn origin_iat(&self) -> u64 {
+        self.lin.as_ref().map_or(self.iat, |l| l.iat)
+    }
+
+    /// `exp - iat`, seconds.
+    pub fn lifetime(&self) -> u64 {
+        self.exp.saturating_sub(self.iat)
+    }
+
+    /// The moment half the token's life has gone (seconds): from then on it is renewed.
+    pub fn half_life(&self) -> u64 {
+        self.iat.saturating_add(self.lifetime() / 2)
+    }
+
+    /// The delegation this token was signed under, as read from it (the verifier has
+    /// checked it when these claims came out of [`TokenVerifier::verify`]).
+    pub fn delegation(&self) -> Option<crate::renewal::Delegation> {
+        self.dlg.as_deref().and_then(|d| jsonwebtoken::dangerous::insecure_decode_claims(d).ok())
     }
 }
 
@@ -81,6 +137,8 @@ pub enum TokenError {
     WrongIssuer { issuer: String },
     #[error("the signing key is invalid: {reason}")]
     BadKey { reason: String },
+    #[error("the token's renewal does not hold: {reason}")]
+    BadDelegation { reason: String },
 }
 
 /// PKCS#8 v1 prefix for a bare Ed25519 seed (RFC 8410): the DER header jsonwebtoken wants
@@ -89,6 +147,7 @@ const PKCS8_ED25519_PREFIX: [u8; 16] =
     [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 /// Issues tokens (the cloud holds one).
+#[derive(Clone)]
 pub struct TokenSigner {
     key: EncodingKey,
     public: [u8; 32],
@@ -121,8 +180,16 @@ impl TokenSigner {
 
     /// Signs `claims` (whose `iss` should be this signer's issuer).
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &self.key)
-            .map_err(|e| TokenError::BadKey { reason: e.to_string() })
+        self.sign_as(None, claims)
+    }
+
+    /// Signs any claims with header `typ` (`None`: a plain JWT).
+    pub(crate) fn sign_as<T: Serialize>(&self, typ: Option<&str>, claims: &T) -> Result<String, TokenError> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        if let Some(t) = typ {
+            header.typ = Some(t.to_owned());
+        }
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| TokenError::BadKey { reason: e.to_string() })
     }
 }
 
@@ -151,22 +218,95 @@ impl TokenVerifier {
         Self { key: DecodingKey::from_ed_der(public_key), issuer: issuer.into(), validation }
     }
 
-    /// Verifies signature, issuer and expiry; `now` is seconds since the Unix epoch.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Verifies signature, issuer and expiry; `now` is seconds since the Unix epoch. A
+    /// renewal signed by a hub is verified through its delegation (see
+    /// [`crate::renewal`]): delegation signed by this cloud's key, token signed by the
+    /// delegated key, no longer-lived than the delegation, and no wider than its
+    /// cloud-signed ancestor.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
-        use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            _ => TokenError::Malformed { reason: e.to_string() },
-        })?;
-        let claims = data.claims;
-        if claims.iss != self.issuer {
-            return Err(TokenError::WrongIssuer { issuer: claims.iss });
-        }
+        // Which key to check with depends on whether the token claims a delegation; the
+        // answer is only a choice of path: each path verifies every signature it relies on.
+        let peek: Peek = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|e| TokenError::Malformed { reason: e.to_string() })?;
+        let claims = match peek.dlg {
+            None => {
+                let c = self.signed_by_cloud(token)?;
+                if c.org.is_some() {
+                    return Err(TokenError::BadDelegation { reason: "an ancestor without a delegation".into() });
+                }
+                c
+            }
+            Some(dlg) => crate::renewal::verify_delegated(self, token, &dlg, now)?,
+        };
         if claims.exp <= now {
             return Err(TokenError::Expired { exp: claims.exp, now });
         }
         Ok(claims)
     }
+
+    /// A token signed by the cloud's own key, of this issuer, whatever its expiry.
+    pub(crate) fn signed_by_cloud(&self, token: &str) -> Result<Claims, TokenError> {
+        let c: Claims = decode_with(token, &self.key, &self.validation)?;
+        if c.dlg.is_some() {
+            return Err(TokenError::BadDelegation { reason: "a delegation on a cloud-signed token".into() });
+        }
+        self.check_issuer(c)
+    }
+
+    pub(crate) fn check_issuer<T: Issued>(&self, c: T) -> Result<T, TokenError> {
+        if c.iss() != self.issuer {
+            return Err(TokenError::WrongIssuer { issuer: c.iss().to_owned() });
+        }
+        Ok(c)
+    }
+
+    pub(crate) fn key(&self) -> &DecodingKey {
+        &self.key
+    }
+
+    pub(crate) fn validation(&self) -> &Validation {
+        &self.validation
+    }
+}
+
+/// Claims that name their issuer.
+pub(crate) trait Issued {
+    fn iss(&self) -> &str;
+}
+
+impl Issued for Claims {
+    fn iss(&self) -> &str {
+        &self.iss
+    }
+}
+
+/// The one claim read before verification: whether a delegation is claimed.
+#[derive(Deserialize)]
+struct Peek {
+    #[serde(default)]
+    dlg: Option<String>,
+}
+
+/// Decodes and checks the signature of `token` with `key`; only EdDSA is accepted.
+pub(crate) fn decode_with<T: serde::de::DeserializeOwned>(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<T, TokenError> {
+    use jsonwebtoken::errors::ErrorKind;
+    jsonwebtoken::decode::<T>(token, key, validation).map(|d| d.claims).map_err(|e| match e.kind() {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        _ => TokenError::Malformed { reason: e.to_string() },
+    })
+}
+
+/// The header `typ` of `token`, unverified.
+pub(crate) fn header_typ(token: &str) -> Result<Option<String>, TokenError> {
+    jsonwebtoken::decode_header(token).map(|h| h.typ).map_err(|e| TokenError::Malformed { reason: e.to_string() })
 }
 
 #[cfg(test)]
@@ -174,15 +314,15 @@ mod tests {
     use super::*;
 
     fn claims(exp: u64) -> Claims {
-        Claims {
-            sub: UserId::new("amina").unwrap_or_else(|e| panic!("{e}")),
-            role: Role::Worker,
-            rooms: vec![RoomId::new("clinic").unwrap_or_else(|e| panic!("{e}"))],
+        Claims::new(
+            UserId::new("amina").unwrap_or_else(|e| panic!("{e}")),
+            Role::Worker,
+            vec![RoomId::new("clinic").unwrap_or_else(|e| panic!("{e}"))],
+            100,
             exp,
-            iat: 100,
-            iss: "cloud-1".into(),
-            jti: "t1".into(),
-        }
+            "cloud-1".into(),
+            "t1".into(),
+        )
     }
 
     fn signer(seed: u8) -> TokenSigner {

@@ -101,6 +101,9 @@ fn main() -> anyhow::Result<()> {
                 iat: 1_700_000_000,
                 iss: "cloud-bench".into(),
                 jti: "bench-1".into(),
+                lin: None,
+                dlg: None,
+                org: None,
             };
             let token = signer.sign(&claims)?;
             for _ in 0..n {

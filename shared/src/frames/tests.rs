@@ -150,6 +150,8 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (room(), prop::collection::vec(positioned(), 0..3), any::<bool>())
             .prop_map(|(room, messages, more)| ServerFrame::History(HistoryPage { room, messages, more })),
         Just(ServerFrame::Pong),
+        ("[A-Za-z0-9._-]{0,80}", any::<u64>())
+            .prop_map(|(token, expires_at)| ServerFrame::Token(TokenRenewed { token, expires_at })),
     ]
 }
 

@@ -42,6 +42,13 @@ pub enum Control {
     /// The cloud's answer to a hub that said `Hello { v: 2.. }`: `Welcome`, plus the link
     /// version both ends will speak.
     WelcomeV2 { cloud: String, epoch: String, hwm: Cursor, v: u16 },
+    /// Hub → cloud: the hub's Ed25519 renewal public key, after every handshake and when
+    /// its delegation passes half its life. The cloud answers with `Delegation`.
+    RenewalKey { key: [u8; 32] },
+    /// Cloud → hub: the cloud's delegation to that key (a compact JWS, see
+    /// `outpost_shared::renewal`), which lets the hub renew its devices' tokens offline.
+    /// A hub never sends this.
+    Delegation { token: String },
 }
 
 /// Entries per `Revocations` frame (each well under 200 bytes, so a frame stays far below
@@ -106,6 +113,8 @@ mod tests {
             }),
             ("\\PC{0,20}", "[a-f0-9-]{0,36}", any::<u64>(), any::<u16>())
                 .prop_map(|(cloud, epoch, h, v)| { Control::WelcomeV2 { cloud, epoch, hwm: Cursor(h), v } }),
+            any::<[u8; 32]>().prop_map(|key| Control::RenewalKey { key }),
+            "[A-Za-z0-9._-]{0,200}".prop_map(|token| Control::Delegation { token }),
             any::<u64>().prop_map(|batch| Control::Ack { batch }),
             prop::collection::vec(room, 0..5).prop_map(|rooms| Control::Rooms { rooms }),
             ("[a-z_]{1,10}", "\\PC{0,40}").prop_map(|(code, message)| Control::Refused { code, message }),
