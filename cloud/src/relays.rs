@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use outpost_engine::link::{self, LinkError, LinkOptions, Peer, read_control, tls, write_control};
 use outpost_engine::media::Blobs;
+use outpost_engine::renewal::Renewal;
 use outpost_engine::ratelimit::TokenBucket;
 use outpost_shared::uplink::control::Control;
 use outpost_shared::uplink::flow::FlowConfig;
@@ -38,6 +39,7 @@ pub async fn accept<S: Storage>(
     endpoint: quinn::Endpoint,
     store: S,
     blobs: Option<Blobs<S>>,
+    renewal: Arc<Renewal>,
     cloud_id: String,
     shutdown: CancellationToken,
 ) {
@@ -56,10 +58,11 @@ pub async fn accept<S: Storage>(
         };
         let (store, blobs, cloud_id, live, stop) =
             (store.clone(), blobs.clone(), cloud_id.clone(), live.clone(), shutdown.child_token());
+        let renewal = renewal.clone();
         let refusals = refusals.clone();
         tracker.spawn(async move {
             let remote = incoming.remote_address();
-            match serve(incoming, store.clone(), blobs, cloud_id, live, stop).await {
+            match serve(incoming, store.clone(), blobs, renewal, cloud_id, live, stop).await {
                 Ok(end) => tracing::info!(%remote, reason = %end, "relay link ended"),
                 Err(e) => {
                     tracing::info!(%remote, error = %e, "relay refused");
@@ -80,6 +83,7 @@ async fn serve<S: Storage>(
     incoming: quinn::Incoming,
     store: S,
     blobs: Option<Blobs<S>>,
+    renewal: Arc<Renewal>,
     cloud_id: String,
     live: Live,
     stop: CancellationToken,
@@ -139,9 +143,8 @@ async fn serve<S: Storage>(
         start: state.sent_hwm,
         version: v,
     };
-    let end =
-        link::run(conn, send, recv, store, peer, LinkOptions { flow: FlowConfig::default(), blobs }, stop.clone())
-            .await;
+    let opts = LinkOptions { flow: FlowConfig::default(), blobs, renewal: Some(renewal) };
+    let end = link::run(conn, send, recv, store, peer, opts, stop.clone()).await;
     if let Ok(mut l) = live.lock()
         && l.get(&relay).is_some_and(|(g, _)| *g == generation)
     {

@@ -151,8 +151,17 @@ async fn serve<S: Storage>(
     if let Some(tls) = tls {
         core = core.with_tls(tls);
     }
-    let relays =
-        crate::relays::accept(quic, core.store.clone(), core.hub.blobs.clone(), id.cloud_id.clone(), core.stop_token());
+    // The cloud renews its doctors' tokens with its own key and delegates renewal to hubs.
+    let delegation_secs = config.security.delegation_days.saturating_mul(86_400);
+    core.hub.renewal.set_cloud(id.signer.clone(), delegation_secs);
+    let relays = crate::relays::accept(
+        quic,
+        core.store.clone(),
+        core.hub.blobs.clone(),
+        core.hub.renewal.clone(),
+        id.cloud_id.clone(),
+        core.stop_token(),
+    );
     core.spawn("relay endpoint", relays);
     if !config.webhooks.is_empty() {
         let holder = crate::webhooks::holder_id();

@@ -32,6 +32,8 @@ pub struct Hub<S: Storage> {
     pub uplink: Arc<Mutex<UplinkStatus>>,
     /// Media blobs (None only where a caller builds a hub without a blob store).
     pub blobs: Option<crate::media::Blobs<S>>,
+    /// What this server renews tokens with (nothing until set up; see [`crate::renewal`]).
+    pub renewal: Arc<crate::renewal::Renewal>,
     presence: Mutex<HashMap<UserId, TokenBucket>>,
     /// The HTTP API's send rate limit, one bucket per user (an API caller has no
     /// connection to hang a bucket on).
@@ -58,7 +60,9 @@ impl<S: Storage> Hub<S> {
         let conns = Arc::new(ConnTracker::new(config.limits.max_devices, config.limits.max_connections_per_ip));
         let per_sec = config.security.audit_refusals_per_sec;
         let refusals = Mutex::new((TokenBucket::new(per_sec, per_sec, std::time::Duration::ZERO), 0));
+        let renewal = Arc::new(crate::renewal::Renewal::new(verifier.clone()));
         Self {
+            renewal,
             refusals,
             config,
             store,
@@ -194,6 +198,34 @@ impl<S: Storage> Hub<S> {
         refusal.detail.push_str(&reason);
         self.audit_refusal(refusal).await;
         Err((code, reason))
+    }
+
+    /// A renewal of `claims` (the verified claims of `token`, held by `device`): only once
+    /// it passed half its life, never when the revocation list names it or its line
+    /// (revocation wins), and only if this server has something to renew with. Audited.
+    pub async fn renew_token(
+        &self,
+        token: &str,
+        claims: &Claims,
+        device: &str,
+    ) -> Option<outpost_shared::renewal::Renewed> {
+        if self.store.is_revoked(claims) {
+            return None;
+        }
+        let r = self.renewal.renew(token, claims, now_ms() / 1000)?;
+        let by = match r.claims.delegation() {
+            Some(d) => format!("relay {} under delegation {}", d.relay, d.jti),
+            None => "the cloud".to_owned(),
+        };
+        let detail = format!(
+            "token {} renewed from {} (line {}) by {by}, expires {}",
+            r.claims.jti,
+            claims.jti,
+            r.claims.origin_jti(),
+            r.claims.exp
+        );
+        self.store.audit(AuditEvent::new(outpost_storage::AuditKind::TokenIssued, detail).by(claims).device(device)).await;
+        Some(r)
     }
 
     /// Records a refusal in the audit log, at most `security.audit_refusals_per_sec`; the

@@ -248,6 +248,10 @@ pub async fn run(
     };
     let tls = config.lan_tls(&dir).map_err(|e| RunError::Config(e.to_string()))?;
     let mut core = Core::open(config.clone(), &config.db_path(&dir))?;
+    let uplink = match uplink {
+        Some(settings) => Some(setup_renewal(&core, &dir, settings).await?),
+        None => None,
+    };
     if let Some(tls) = tls {
         tracing::info!("serving devices over TLS");
         core = core.with_tls(tls);
@@ -266,6 +270,32 @@ pub async fn run(
     let result = core.serve(listeners.ws, app, shutdown, on_ready).await;
     tracing::info!("hub stopped");
     result
+}
+
+/// A hub with a cloud renews its devices' tokens with its own key under the cloud's
+/// delegation: the key is made at first start (`DIR/identity/renewal.key`, 0600), the
+/// last delegation comes from the store (one that expired is simply not used), and the
+/// uplink asks for fresh ones.
+async fn setup_renewal<S: Storage>(
+    core: &Core<S>,
+    dir: &Path,
+    mut settings: UplinkSettings,
+) -> Result<UplinkSettings, RunError> {
+    let path = dir.join("identity").join("renewal.key");
+    let seed = crate::renewal::load_or_create_key(&path)
+        .map_err(|e| RunError::Config(format!("cannot read or make the renewal key {}: {e}", path.display())))?;
+    let renewal = core.hub.renewal.clone();
+    renewal.set_hub_key(&seed, &core.hub.config.identity.relay_id);
+    match core.store.delegation().await {
+        Ok(Some(dlg)) => match renewal.install(&dlg, crate::clock::now_secs()) {
+            Ok(d) => tracing::info!(jti = %d.jti, exp = d.exp, "token renewal delegated by the cloud"),
+            Err(e) => tracing::info!(error = %e, "the kept delegation is not usable; no token renewal until the cloud sends one"),
+        },
+        Ok(None) => tracing::info!("no delegation from the cloud yet; no token renewal until it sends one"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the kept delegation"),
+    }
+    settings.renewal = Some(renewal);
+    Ok(settings)
 }
 
 async fn ws_upgrade<S: Storage>(

@@ -26,6 +26,8 @@ pub enum AuditKind {
     RelayRefused,
     /// Someone read the audit log.
     AuditRead,
+    /// The cloud delegated token renewal to a relay's key / a hub took a delegation.
+    Delegation,
 }
 
 impl AuditKind {
@@ -42,6 +44,7 @@ impl AuditKind {
             Self::RelayConnected => "relay_connected",
             Self::RelayRefused => "relay_refused",
             Self::AuditRead => "audit_read",
+            Self::Delegation => "delegation",
         }
     }
 }

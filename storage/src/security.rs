@@ -40,4 +40,9 @@ pub trait SecurityStore: Clone + Send + Sync + 'static {
         from: &str,
         entries: Vec<Revocation>,
     ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+    /// Keeps the delegation the cloud gave this hub's renewal key (a compact JWS, checked
+    /// by the caller), replacing the one kept before; resolves after the commit.
+    fn save_delegation(&self, token: String) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The delegation kept by [`SecurityStore::save_delegation`], if any.
+    fn delegation(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 }

@@ -134,6 +134,15 @@ impl SecurityStore for PgStore {
         let from = from.to_owned();
         async move { self.ask(|reply| Command::Revoke { from, entries, reply }).await }
     }
+    // Only a hub keeps a delegation (the cloud signs its own renewals and delegations
+    // on demand), and hubs run on SQLite: a cloud node has nothing to keep, and the link
+    // refuses a `Delegation` frame from a hub before it gets here.
+    async fn save_delegation(&self, _token: String) -> Result<(), StoreError> {
+        Err(StoreError::Database("a cloud keeps no delegation".into()))
+    }
+    async fn delegation(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 }
 
 impl LinkStore for PgStore {

@@ -317,6 +317,27 @@ impl Store {
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
+    /// Keeps the cloud's delegation to this hub's renewal key (replacing the last one).
+    pub async fn save_delegation(&self, token: String) -> Result<(), StoreError> {
+        let at = writer::now_ms();
+        self.exec(move |c| {
+            c.prepare_cached("INSERT OR REPLACE INTO delegation (id, token, at) VALUES (1, ?1, ?2)")
+                .and_then(|mut s| s.execute(rusqlite::params![token, i64::try_from(at).unwrap_or(i64::MAX)]))
+                .map(drop)
+                .map_err(StoreError::from)
+        })
+        .await
+    }
+
+    /// The delegation kept by [`Store::save_delegation`], if any.
+    pub async fn delegation(&self) -> Result<Option<String>, StoreError> {
+        self.read_with(|c| {
+            use rusqlite::OptionalExtension as _;
+            c.query_row("SELECT token FROM delegation WHERE id = 1", [], |r| r.get(0)).optional()
+        })
+        .await
+    }
+
     /// Whether the current revocation list names these claims.
     pub fn is_revoked(&self, claims: &outpost_shared::Claims) -> bool {
         self.revocations.borrow().revokes(claims).is_some()

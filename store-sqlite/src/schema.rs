@@ -213,6 +213,15 @@ pub const MIGRATIONS: &[&str] = &[
     r"
     ALTER TABLE peers ADD COLUMN own_until INTEGER NOT NULL DEFAULT 0;
     ",
+    // 7: the cloud's delegation to this hub's token-renewal key (one row: the latest
+    // received), so a hub cut off after a restart still renews its devices' tokens.
+    r"
+    CREATE TABLE delegation (
+        id     INTEGER PRIMARY KEY CHECK (id = 1),
+        token  TEXT NOT NULL,
+        at     INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

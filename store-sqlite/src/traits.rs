@@ -124,6 +124,12 @@ impl SecurityStore for Store {
     ) -> impl Future<Output = Result<usize, StoreError>> + Send {
         Store::apply_revocations(self, from, entries)
     }
+    fn save_delegation(&self, token: String) -> impl Future<Output = Result<(), StoreError>> + Send {
+        Store::save_delegation(self, token)
+    }
+    fn delegation(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send {
+        Store::delegation(self)
+    }
 }
 
 impl LinkStore for Store {

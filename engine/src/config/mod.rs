@@ -168,11 +168,16 @@ pub struct SecurityConfig {
     /// tokens must not fill the disk. The rest are counted and the count recorded with the
     /// next one that is.
     pub audit_refusals_per_sec: u32,
+    /// Cloud only (a hub ignores it): days a delegation to a hub's renewal key lasts, the
+    /// longest a cut-off hub can keep renewing its devices' tokens — and what a stolen
+    /// hub key is good for. Renewed on every connection, so a hub that reaches the cloud
+    /// now and then never runs out. 180: a village may be cut off for a season.
+    pub delegation_days: u64,
 }
 
 impl Default for SecurityConfig {
     fn default() -> Self {
-        Self { revocation_poll_ms: 1000, audit_refusals_per_sec: 10 }
+        Self { revocation_poll_ms: 1000, audit_refusals_per_sec: 10, delegation_days: 180 }
     }
 }
 
@@ -554,7 +559,16 @@ impl LimitsConfig {
 impl SecurityConfig {
     /// What is wrong with the values.
     pub fn problems(&self) -> Vec<String> {
-        zeros(&[("security.revocation_poll_ms", self.revocation_poll_ms)]).collect()
+        let mut p: Vec<String> = zeros(&[
+            ("security.revocation_poll_ms", self.revocation_poll_ms),
+            ("security.delegation_days", self.delegation_days),
+        ])
+        .collect();
+        // Beyond ten years is a mistake, not a policy (and keeps the seconds in range).
+        if self.delegation_days > 3650 {
+            p.push(format!("security.delegation_days is {}; at most 3650", self.delegation_days));
+        }
+        p
     }
 }
 

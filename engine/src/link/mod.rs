@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
+use crate::renewal::Renewal;
 use outpost_storage::{Forwarded, OutboundQuery, StoreError};
 
 /// Largest batch accepted from a peer, compressed (bounded read of a stream).
@@ -95,6 +96,9 @@ pub struct Peer {
 pub struct LinkOptions<S: Storage> {
     pub flow: FlowConfig,
     pub blobs: Option<crate::media::Blobs<S>>,
+    /// Token renewal: on a hub, its key asks the cloud for delegations and takes them; on
+    /// the cloud, it signs them (see [`crate::renewal`]). None: neither.
+    pub renewal: Option<Arc<Renewal>>,
 }
 
 /// Reads one length-prefixed control frame.
@@ -125,7 +129,7 @@ pub async fn run<S: Storage>(
     opts: LinkOptions<S>,
     shutdown: CancellationToken,
 ) -> LinkError {
-    let LinkOptions { flow, blobs } = opts;
+    let LinkOptions { flow, blobs, renewal } = opts;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(1024);
     let (ack_tx, ack_rx) = mpsc::channel::<u64>(4096);
     let (reset_tx, reset_rx) = mpsc::channel::<()>(4);
@@ -143,6 +147,8 @@ pub async fn run<S: Storage>(
     let reader_store = store.clone();
     let reader_peer = peer.clone();
     let reader_reset = reset_tx.clone();
+    let reader_ctl = ctl_tx.clone();
+    let reader_renewal = renewal.clone();
     tasks.spawn(async move {
         loop {
             let c = match read_control(&mut ctrl_recv).await {
@@ -174,6 +180,27 @@ pub async fn run<S: Storage>(
                         Err(e) => return LinkError::Store(e),
                     }
                 }
+                // Version 2 frames: only a peer that said it speaks version 2 sends them.
+                Control::RenewalKey { .. } | Control::Delegation { .. } if reader_peer.version < 2 => {
+                    return LinkError::Protocol("a version-2 frame from a version-1 peer".into());
+                }
+                Control::RenewalKey { key } if reader_peer.rooms.is_some() => {
+                    if let Err(e) = delegate(&reader_store, &reader_peer, reader_renewal.as_deref(), key, &reader_ctl).await
+                    {
+                        return e;
+                    }
+                }
+                Control::RenewalKey { .. } => return LinkError::Protocol("a cloud does not send renewal keys".into()),
+                // Only the cloud's key delegates: a hub's delegation would be refused by
+                // every verifier anyway, but a hub that tries is broken or hostile.
+                Control::Delegation { .. } if reader_peer.rooms.is_some() => {
+                    return LinkError::Protocol("a hub may not send delegations".into());
+                }
+                Control::Delegation { token } => {
+                    if let Err(e) = take_delegation(&reader_store, reader_renewal.as_deref(), token).await {
+                        return e;
+                    }
+                }
                 Control::Hello { .. } | Control::Welcome { .. } | Control::WelcomeV2 { .. } => {
                     return LinkError::Protocol("handshake frame after the handshake".into());
                 }
@@ -183,6 +210,13 @@ pub async fn run<S: Storage>(
 
     if peer.rooms.is_some() {
         tasks.spawn(publish_revocations(store.revocations(), ctl_tx.clone()));
+    }
+    if peer.rooms.is_none()
+        && peer.version >= 2
+        && let Some(renewal) = renewal.clone()
+        && let Some(key) = renewal.public_key()
+    {
+        tasks.spawn(ask_for_delegations(renewal, key, ctl_tx.clone()));
     }
     tasks.spawn(receive(conn.clone(), store.clone(), peer.clone(), ctl_tx.clone(), reset_tx));
     // The bulk lane: blobs both ways (engine/src/link/bulk.rs).
@@ -201,6 +235,58 @@ pub async fn run<S: Storage>(
     conn.close(0u32.into(), b"link ended");
     tasks.abort_all();
     end
+}
+
+/// Hub side: sends the hub's renewal key after the handshake, and again whenever the
+/// delegation the cloud answered with passes half its life (a wake-up at that instant).
+async fn ask_for_delegations(renewal: Arc<Renewal>, key: [u8; 32], ctl: mpsc::Sender<Control>) -> LinkError {
+    let mut installed = renewal.subscribe();
+    loop {
+        installed.borrow_and_update();
+        if ctl.send(Control::RenewalKey { key }).await.is_err() {
+            return LinkError::Shutdown;
+        }
+        // Wait for the answer, then for its half-life.
+        if installed.changed().await.is_err() {
+            return LinkError::Shutdown;
+        }
+        let Some(half) = renewal.delegation().map(|d| d.half_life()) else { continue };
+        let wait = Duration::from_secs(half.saturating_sub(now_ms() / 1000));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Cloud side: a hub's renewal key gets a delegation (audited), sent back at once.
+async fn delegate<S: Storage>(
+    store: &S,
+    peer: &Peer,
+    renewal: Option<&Renewal>,
+    key: [u8; 32],
+    ctl: &mpsc::Sender<Control>,
+) -> Result<(), LinkError> {
+    let Some((token, jti, exp)) = renewal.and_then(|r| r.delegate(&peer.name, &key, now_ms() / 1000)) else {
+        return Ok(());
+    };
+    let detail = format!("delegation {jti} to relay {}'s renewal key, expires {exp}", peer.name);
+    store.audit(outpost_storage::AuditEvent::new(outpost_storage::AuditKind::Delegation, detail).actor(peer.name.as_str())).await;
+    tracing::info!(relay = %peer.name, %jti, exp, "delegation sent");
+    ctl.send(Control::Delegation { token }).await.map_err(|_| LinkError::Shutdown)
+}
+
+/// Hub side: checks the cloud's delegation, renews with it from now on, and keeps it.
+async fn take_delegation<S: Storage>(store: &S, renewal: Option<&Renewal>, token: String) -> Result<(), LinkError> {
+    let Some(renewal) = renewal else { return Ok(()) };
+    match renewal.install(&token, now_ms() / 1000) {
+        Ok(d) => {
+            tracing::info!(jti = %d.jti, exp = d.exp, "delegation received; tokens are renewed here");
+            store.save_delegation(token).await?;
+            let detail = format!("delegation {} received, expires {}", d.jti, d.exp);
+            store.audit(outpost_storage::AuditEvent::new(outpost_storage::AuditKind::Delegation, detail).actor("cloud")).await;
+        }
+        // Not fatal: the hub serves as before, without renewing.
+        Err(e) => tracing::warn!(error = %e, "delegation from the cloud refused"),
+    }
+    Ok(())
 }
 
 /// Cloud side: sends the whole revocation list after the handshake and again whenever it

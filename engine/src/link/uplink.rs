@@ -62,6 +62,8 @@ pub struct UplinkSettings {
     pub backoff: Backoff,
     /// While on any address but the first, how often the first is tried again.
     pub primary_retry: Duration,
+    /// The hub's token renewal (asks the cloud for delegations over the link).
+    pub renewal: Option<Arc<crate::renewal::Renewal>>,
 }
 
 impl UplinkSettings {
@@ -84,6 +86,7 @@ impl UplinkSettings {
                 Duration::from_secs(uplink.retry_max_secs),
             ),
             primary_retry: Duration::from_secs(uplink.primary_retry_secs),
+            renewal: None,
         })
     }
 }
@@ -192,7 +195,7 @@ async fn attempt<S: Storage>(
     }
     store.peer_acked(CLOUD_PEER, start, Vec::new(), now_ms()).await;
     let peer = Peer { name: CLOUD_PEER.to_owned(), rooms: None, start, version: v };
-    let opts = super::LinkOptions { flow: settings.flow.clone(), blobs };
+    let opts = super::LinkOptions { flow: settings.flow.clone(), blobs, renewal: settings.renewal.clone() };
     let stop = shutdown.child_token();
     let link = super::run(conn, send, recv, store.clone(), peer, opts, stop.clone());
     tokio::pin!(link);

@@ -23,7 +23,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use outpost_shared::delivery::{self, Delivery};
 use outpost_shared::frames::{
     ErrorFrame, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, Hello, PresenceEvent, PresenceStatus, Resync, Stored,
-    TypingEvent, Welcome,
+    TokenRenewed, TypingEvent, Welcome,
 };
 use outpost_shared::{Action, Claims, ClientFrame, Cursor, ErrorCode, RoomId, ServerFrame};
 use tokio::time::Instant;
@@ -206,6 +206,16 @@ struct Session<S: Storage> {
     /// Set while a device's frame is handled during a replay: what the session writes in
     /// answer is held until the replay ends.
     holding: bool,
+    /// The token the device signed in with and the moment it passes half its life, until
+    /// the session has tried to renew it (once per session); None where this server
+    /// cannot renew. Boxed: a phone pays two pointers.
+    renewal: Option<Box<PendingRenewal>>,
+}
+
+/// A renewal the session will try when `at` comes.
+struct PendingRenewal {
+    token: String,
+    at: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 /// A replay page being read from the log (boxed: the session holds it between polls).
@@ -247,6 +257,7 @@ enum Event {
     Frame(Option<Result<Message, axum::Error>>),
     ReplayChunk,
     Page(Result<outpost_storage::Replay, outpost_storage::StoreError>),
+    Renew,
     Tick,
 }
 
@@ -281,6 +292,15 @@ impl<S: Storage> Session<S> {
         };
         let now = Instant::now();
         let bucket = TokenBucket::new(limits.rate_per_sec, limits.rate_burst, Duration::ZERO);
+        // Renewal is checked at sign-in (a token already past half its life: the timer
+        // fires at once) and at the half-life instant, not polled.
+        let renewal = hub.renewal.enabled().then(|| {
+            let wait = claims.half_life().saturating_sub(now_ms() / 1000);
+            Box::new(PendingRenewal {
+                token: hello.token.clone(),
+                at: Box::pin(tokio::time::sleep_until(now + Duration::from_secs(wait))),
+            })
+        });
         let mut s = Self {
             rooms,
             link,
@@ -293,6 +313,7 @@ impl<S: Storage> Session<S> {
             unflushed: 0,
             replay: Some(Box::default()),
             holding: false,
+            renewal,
             peer,
             ws,
             claims,
@@ -384,6 +405,7 @@ impl<S: Storage> Session<S> {
                 }
                 Event::ReplayChunk => Box::pin(self.replay_chunk()).await,
                 Event::Page(page) => Box::pin(self.replay_page(page)).await,
+                Event::Renew => Box::pin(self.renew()).await,
                 Event::Tick => {
                     if self.last_heard.elapsed() > idle {
                         close_with(&mut self.ws, close::IDLE, "no traffic for too long").await;
@@ -422,10 +444,30 @@ impl<S: Storage> Session<S> {
         {
             return Poll::Ready(Event::Page(p));
         }
+        if let Some(r) = self.renewal.as_mut()
+            && r.at.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Event::Renew);
+        }
         if ping.poll_tick(cx).is_ready() {
             return Poll::Ready(Event::Tick);
         }
         Poll::Pending
+    }
+
+    /// The token passed half its life: send the device a renewed one (if this server can
+    /// make one and the token is not revoked) and carry on under it. Tried once.
+    async fn renew(&mut self) -> Step {
+        let Some(pending) = self.renewal.take() else { return Ok(()) };
+        let device = self.link.device.clone();
+        let Some(r) = self.hub.renew_token(&pending.token, &self.claims, device.as_str()).await else {
+            tracing::debug!("token past half its life; no renewal here");
+            return Ok(());
+        };
+        tracing::info!(jti = %r.claims.jti, exp = r.claims.exp, "token renewed");
+        let frame = ServerFrame::Token(TokenRenewed { token: r.token, expires_at: r.claims.exp });
+        self.claims = r.claims;
+        self.feed(Utf8Bytes::from(frame.encode())).await
     }
 
     fn has_replay_frames(&self) -> bool {
