@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use outpost_engine::link::{self, LinkError, LinkOptions, Peer, read_control, tls, write_control};
 use outpost_engine::media::Blobs;
-use outpost_engine::renewal::Renewal;
 use outpost_engine::ratelimit::TokenBucket;
+use outpost_engine::renewal::Renewal;
 use outpost_shared::uplink::control::Control;
 use outpost_shared::uplink::flow::FlowConfig;
 use outpost_shared::uplink::handshake::{Accepted, Acceptor, Decision};

@@ -224,7 +224,9 @@ impl<S: Storage> Hub<S> {
             r.claims.origin_jti(),
             r.claims.exp
         );
-        self.store.audit(AuditEvent::new(outpost_storage::AuditKind::TokenIssued, detail).by(claims).device(device)).await;
+        self.store
+            .audit(AuditEvent::new(outpost_storage::AuditKind::TokenIssued, detail).by(claims).device(device))
+            .await;
         Some(r)
     }
 

@@ -289,7 +289,9 @@ async fn setup_renewal<S: Storage>(
     match core.store.delegation().await {
         Ok(Some(dlg)) => match renewal.install(&dlg, crate::clock::now_secs()) {
             Ok(d) => tracing::info!(jti = %d.jti, exp = d.exp, "token renewal delegated by the cloud"),
-            Err(e) => tracing::info!(error = %e, "the kept delegation is not usable; no token renewal until the cloud sends one"),
+            Err(e) => {
+                tracing::info!(error = %e, "the kept delegation is not usable; no token renewal until the cloud sends one")
+            }
         },
         Ok(None) => tracing::info!("no delegation from the cloud yet; no token renewal until it sends one"),
         Err(e) => tracing::warn!(error = %e, "cannot read the kept delegation"),

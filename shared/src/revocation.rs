@@ -139,7 +139,15 @@ mod tests {
     use crate::token::Role;
 
     fn claims(user: &str, jti: &str, iat: u64) -> Claims {
-        Claims::new(UserId::new(user).unwrap_or_else(|e| panic!("{e}")), Role::Worker, vec![], iat, iat + 100, "c".into(), jti.into())
+        Claims::new(
+            UserId::new(user).unwrap_or_else(|e| panic!("{e}")),
+            Role::Worker,
+            vec![],
+            iat,
+            iat + 100,
+            "c".into(),
+            jti.into(),
+        )
     }
 
     fn token(jti: &str) -> Revocation {

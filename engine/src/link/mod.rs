@@ -185,7 +185,8 @@ pub async fn run<S: Storage>(
                     return LinkError::Protocol("a version-2 frame from a version-1 peer".into());
                 }
                 Control::RenewalKey { key } if reader_peer.rooms.is_some() => {
-                    if let Err(e) = delegate(&reader_store, &reader_peer, reader_renewal.as_deref(), key, &reader_ctl).await
+                    if let Err(e) =
+                        delegate(&reader_store, &reader_peer, reader_renewal.as_deref(), key, &reader_ctl).await
                     {
                         return e;
                     }
@@ -268,7 +269,11 @@ async fn delegate<S: Storage>(
         return Ok(());
     };
     let detail = format!("delegation {jti} to relay {}'s renewal key, expires {exp}", peer.name);
-    store.audit(outpost_storage::AuditEvent::new(outpost_storage::AuditKind::Delegation, detail).actor(peer.name.as_str())).await;
+    store
+        .audit(
+            outpost_storage::AuditEvent::new(outpost_storage::AuditKind::Delegation, detail).actor(peer.name.as_str()),
+        )
+        .await;
     tracing::info!(relay = %peer.name, %jti, exp, "delegation sent");
     ctl.send(Control::Delegation { token }).await.map_err(|_| LinkError::Shutdown)
 }
@@ -281,7 +286,9 @@ async fn take_delegation<S: Storage>(store: &S, renewal: Option<&Renewal>, token
             tracing::info!(jti = %d.jti, exp = d.exp, "delegation received; tokens are renewed here");
             store.save_delegation(token).await?;
             let detail = format!("delegation {} received, expires {}", d.jti, d.exp);
-            store.audit(outpost_storage::AuditEvent::new(outpost_storage::AuditKind::Delegation, detail).actor("cloud")).await;
+            store
+                .audit(outpost_storage::AuditEvent::new(outpost_storage::AuditKind::Delegation, detail).actor("cloud"))
+                .await;
         }
         // Not fatal: the hub serves as before, without renewing.
         Err(e) => tracing::warn!(error = %e, "delegation from the cloud refused"),
