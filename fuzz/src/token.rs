@@ -42,18 +42,26 @@ pub fn check(data: &[u8]) {
             assert!(claims.exp > NOW, "expired token accepted: exp {} now {NOW}", claims.exp);
             assert_eq!(claims.iss, ISSUER, "token of another issuer accepted");
             // Ed25519 signatures are deterministic: a token that verifies must carry
-            // exactly the signature our key makes over its first two segments. Anything
-            // else means verification was bypassed (alg confusion, `none`, ...).
-            let (signed, sig) = token.rsplit_once('.').unwrap_or_else(|| panic!("verified token has no signature"));
+            // exactly the signature our key makes over its first two segments — or, for
+            // a hub's renewal, its delegation and its ancestor must. Anything else means
+            // verification was bypassed (alg confusion, `none`, ...).
+            let ours: Vec<&str> = match (&claims.dlg, &claims.org) {
+                (None, _) => vec![&token],
+                (Some(dlg), Some(org)) => vec![dlg, org],
+                (Some(_), None) => panic!("a renewal without its ancestor verified"),
+            };
             let key = ed25519_dalek::SigningKey::from_bytes(&SEED);
-            let expected = key.sign(signed.as_bytes()).to_bytes();
-            let got = LENIENT.decode(sig).unwrap_or_default();
-            assert_eq!(got.as_slice(), expected.as_slice(), "a token verified without our signature");
+            for jws in ours {
+                let (signed, sig) = jws.rsplit_once('.').unwrap_or_else(|| panic!("verified token has no signature"));
+                let expected = key.sign(signed.as_bytes()).to_bytes();
+                let got = LENIENT.decode(sig).unwrap_or_default();
+                assert_eq!(got.as_slice(), expected.as_slice(), "a token verified without our signature");
+            }
         }
         Err(TokenError::Expired { exp, now }) => assert!(*exp <= *now && *now == NOW),
         Err(TokenError::WrongIssuer { issuer }) => assert_ne!(issuer, ISSUER),
         Err(TokenError::BadKey { .. }) => panic!("verification reported a bad key"),
-        Err(TokenError::Malformed { .. } | TokenError::BadSignature) => {}
+        Err(TokenError::Malformed { .. } | TokenError::BadSignature | TokenError::BadDelegation { .. }) => {}
     }
     // Verification is a pure function of the token and `now`.
     assert_eq!(verifier().verify(&token, NOW), result, "verification is not deterministic");
