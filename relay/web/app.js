@@ -8,7 +8,7 @@ import { openDb, write, loadAll } from './db.js';
 import { uuid4, uuid7 } from './uuid.js';
 import { Connection, serverUrl } from './conn.js';
 import * as Media from './media.js';
-import { Protocol, initialState, isEmergency } from './protocol.js';
+import { Protocol, decodeClaims, initialState, isEmergency } from './protocol.js';
 import { bindAudio, ring } from './alerts.js';
 import { bindKeys, forgetKeys, keyFromLink, keys, loadKeys, initRoomKeys, opener, outgoing, sealQueued } from './roomkeys.js';
 import { clearPresence, clearTyping, initPresence, onEvent as presenceEvent, onTyping, sendPresence, stopTyping } from './presence.js';
@@ -18,7 +18,6 @@ const S = {
   ...initialState(), // protocol.js's part
   db: null,
   device: null,
-  token: null,
   presence: new Map(), // user -> { status, last_seen }
   typing: new Map(), // room -> Map(user -> expiry ms)
   room: null,
@@ -42,18 +41,7 @@ const transmit = (frames) => {
   for (const f of frames) conn.send(f);
 };
 
-export function decodeClaims(token) {
-  try {
-    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    const json = decodeURIComponent(
-      Array.from(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), '=')), (c) => '%' + c.charCodeAt(0).toString(16).padStart(2, '0')).join(''),
-    );
-    const c = JSON.parse(json);
-    return typeof c === 'object' && c ? c : null;
-  } catch {
-    return null;
-  }
-}
+export { decodeClaims };
 
 // ---------- durable state ----------
 
@@ -142,6 +130,10 @@ function onEvent(ev, batch) {
       break;
     case 'retry':
       setTimeout(flushOutbox, ev.ms);
+      break;
+    case 'token':
+      // The server renewed the sign-in: the next connection (and media requests) use it.
+      localStorage.setItem('outpost.token', ev.token);
       break;
   }
 }

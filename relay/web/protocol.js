@@ -26,6 +26,20 @@ export const ALERT_MAX_AGE_MS = 24 * 3600 * 1000;
 
 export const HISTORY_PAGE = 50;
 
+/** A token's claims as its holder can read them (no check: the server verifies). */
+export function decodeClaims(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const json = decodeURIComponent(
+      Array.from(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), '=')), (c) => '%' + c.charCodeAt(0).toString(16).padStart(2, '0')).join(''),
+    );
+    const c = JSON.parse(json);
+    return typeof c === 'object' && c ? c : null;
+  } catch {
+    return null;
+  }
+}
+
 /**
  * The state this module owns. app.js keeps it in the same object as the page's own state
  * (`window.outpost` in the browser tests), and reads it freely to draw the screens.
@@ -33,6 +47,7 @@ export const HISTORY_PAGE = 50;
  */
 export function initialState() {
   return {
+    token: null, // the sign-in token (app.js sets it at sign-in; a `token` frame replaces it)
     claims: null, // decoded from the token: who this is before `welcome` says so
     welcome: null, // { user, role, rooms, encrypted } of the last welcome; durable
     authError: null, // why the server refused the sign-in, in plain words
@@ -166,6 +181,7 @@ export class Protocol {
   //   { type: 'presence', user, status, last_seen }
   //   { type: 'notice', text }             tell the user
   //   { type: 'retry', ms }                flush the outbox again after `ms`
+  //   { type: 'token', token, expiresAt }  the server renewed the sign-in: keep `token` for next time
   // Events in `batch.after`, once the batch has committed:
   //   { type: 'session' }                  flush the outbox, send `read`, fetch history, ...
   //   { type: 'alert', id }                an emergency to ring for
@@ -252,6 +268,18 @@ export class Protocol {
       case 'error':
         this.#onError(f, ops, events);
         break;
+      case 'token': {
+        // A renewed token (protocol v1 extension), for the next connection. Only one for the
+        // person signed in here replaces the stored one: a server never sends another's,
+        // and a device must not switch people on its say-so.
+        const claims = typeof f.token === 'string' ? decodeClaims(f.token) : null;
+        const me = S.welcome?.user ?? S.claims?.sub;
+        if (!claims || !claims.sub || (me && claims.sub !== me)) break;
+        S.token = f.token;
+        S.claims = claims;
+        events.push({ type: 'token', token: f.token, expiresAt: f.expires_at ?? claims.exp ?? null });
+        break;
+      }
       default:
         break; // pong, and frames of later versions
     }
