@@ -51,6 +51,10 @@ pub struct RevokeArgs {
     /// A user: every token issued to them until now (tokens issued later are valid).
     #[arg(long)]
     pub user: Option<outpost_shared::UserId>,
+    /// A relay (a stolen or retired hub): every delegation it was given until now, so
+    /// every token it renewed; the cloud gives it no delegation again.
+    #[arg(long)]
+    pub relay: Option<outpost_shared::RelayId>,
     /// Why (kept in the audit log).
     #[arg(long, default_value = "")]
     pub reason: String,
@@ -76,16 +80,22 @@ pub fn revocation(
 ) -> anyhow::Result<outpost_shared::Revocation> {
     use outpost_shared::{Revocation, Revoked};
     let now_ms = crate::clock::now_ms();
-    let what = match (args.token, args.jti, args.user) {
-        (Some(token), None, None) => {
+    let what = match (args.token, args.jti, args.user, args.relay) {
+        (Some(token), None, None, None) => {
             // Expiry does not matter for revoking (0 = "any time"); the signature does:
             // a forged token must not be able to revoke someone else's.
             let claims = verifier.verify(token.trim(), 0).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
             Revoked::Token(claims.jti)
         }
-        (None, Some(jti), None) => Revoked::Token(jti),
-        (None, None, Some(user)) => Revoked::User { user: user.as_str().to_owned(), issued_before: now_ms / 1000 },
-        _ => anyhow::bail!("name exactly one thing to revoke: --token TOKEN, --jti ID or --user USER"),
+        (None, Some(jti), None, None) => Revoked::Token(jti),
+        (None, None, Some(user), None) => {
+            Revoked::User { user: user.as_str().to_owned(), issued_before: now_ms / 1000 }
+        }
+        (None, None, None, Some(relay)) => Revoked::User {
+            user: outpost_shared::revocation::relay_entry(relay.as_str()),
+            issued_before: now_ms / 1000,
+        },
+        _ => anyhow::bail!("name exactly one thing to revoke: --token TOKEN, --jti ID, --user USER or --relay RELAY"),
     };
     Ok(Revocation { what, reason: args.reason, at: now_ms })
 }
@@ -94,7 +104,10 @@ pub fn revocation(
 pub fn revoked(r: &outpost_shared::Revocation, fresh: usize) -> String {
     let what = match &r.what {
         outpost_shared::Revoked::Token(jti) => format!("token {jti}"),
-        outpost_shared::Revoked::User { user, .. } => format!("every token issued to {user} until now"),
+        outpost_shared::Revoked::User { user, .. } => match user.strip_prefix("relay/") {
+            Some(relay) => format!("relay {relay}'s delegations and every token it renewed"),
+            None => format!("every token issued to {user} until now"),
+        },
     };
     if fresh == 0 { format!("{what} was already revoked") } else { format!("revoked {what}") }
 }

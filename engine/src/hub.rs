@@ -213,6 +213,10 @@ impl<S: Storage> Hub<S> {
             return None;
         }
         let r = self.renewal.renew(token, claims, now_ms() / 1000)?;
+        // A renewal under a revoked delegation or relay would be refused at once.
+        if self.store.is_revoked(&r.claims) {
+            return None;
+        }
         let by = match r.claims.delegation() {
             Some(d) => format!("relay {} under delegation {}", d.relay, d.jti),
             None => "the cloud".to_owned(),

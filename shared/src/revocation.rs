@@ -9,6 +9,11 @@
 //! - a user, for every token issued up to a moment (`issued_before`, seconds): someone who
 //!   left the programme; tokens issued to them later are valid again.
 //!
+//! A relay (hub) is revoked with a user entry for `relay/RELAY` (a name no user can have:
+//! user ids never contain `/`, and hubs that predate relay entries store it harmlessly):
+//! every delegation the cloud gave that relay up to the moment is void, with every token a
+//! hub renewed under it, and the cloud gives that relay no delegation again.
+//!
 //! Entries are idempotent facts; applying the same list twice changes nothing, and
 //! receiving them in any order gives the same result (a user entry keeps the latest
 //! `issued_before`).
@@ -18,6 +23,11 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::token::Claims;
+
+/// The user-entry name that revokes a relay's delegations (see the module docs).
+pub fn relay_entry(relay: &str) -> String {
+    format!("relay/{relay}")
+}
 
 /// What an entry revokes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -108,12 +118,21 @@ impl RevocationList {
     /// entry covering its origin's issue time (a renewal made after the user was revoked,
     /// by a hub that had not heard yet, is still caught once it hears).
     pub fn revokes(&self, claims: &Claims) -> Option<&Revocation> {
-        let delegation = claims.delegation().map(|d| d.jti);
+        let delegation = claims.delegation();
         self.tokens
             .get(&claims.jti)
             .or_else(|| self.tokens.get(claims.origin_jti()))
-            .or_else(|| delegation.and_then(|d| self.tokens.get(&d)))
+            .or_else(|| delegation.as_ref().and_then(|d| self.tokens.get(&d.jti)))
             .or_else(|| self.users.get(claims.sub.as_str()).filter(|e| claims.origin_iat() <= e.issued_before()))
+            .or_else(|| {
+                let d = delegation.as_ref()?;
+                self.users.get(&relay_entry(&d.relay)).filter(|e| d.iat <= e.issued_before())
+            })
+    }
+
+    /// The entry that revokes `relay` (its delegations), if any.
+    pub fn relay_revoked(&self, relay: &str) -> Option<&Revocation> {
+        self.users.get(&relay_entry(relay))
     }
 
     pub fn len(&self) -> usize {
@@ -181,6 +200,23 @@ mod tests {
         // Renewed (iat 500) after the user was revoked (up to 100): still revoked.
         assert!(RevocationList::new([user("amina", 100)]).revokes(&renewed).is_some());
         assert!(RevocationList::new([user("amina", 40)]).revokes(&renewed).is_none());
+    }
+
+    #[test]
+    fn a_relay_entry_revokes_the_tokens_renewed_under_its_delegations_and_no_user() {
+        let cloud = crate::TokenSigner::from_seed(&[1; 32], "c");
+        let hub = crate::TokenSigner::from_seed(&[2; 32], "c");
+        let dlg = crate::renewal::delegate(&cloud, "village-1", &hub.public_key(), 100, 1_000, "d1".into())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut renewed = claims("amina", "r2", 500);
+        renewed.dlg = Some(dlg);
+        let list = RevocationList::new([user("relay/village-1", 200)]);
+        assert!(list.revokes(&renewed).is_some());
+        assert!(list.relay_revoked("village-1").is_some() && list.relay_revoked("village-2").is_none());
+        assert!(list.revokes(&claims("amina", "t1", 50)).is_none(), "a token the cloud signed is not touched");
+        assert!(crate::UserId::new(relay_entry("village-1")).is_err(), "no user can be named like a relay entry");
+        // By its delegation's id too.
+        assert!(RevocationList::new([token("d1")]).revokes(&renewed).is_some());
     }
 
     proptest! {

@@ -241,5 +241,20 @@ async fn every_verifier_accepts_a_hub_renewed_token_and_refuses_forged_ones_alik
         signed_in(&url, &fresh, "amina-again").await?;
     }
     on_cloud.send_stored(chat("clinic", "from the cloud")).await?;
+
+    // The hub is stolen: revoking the relay voids what it renewed, at the cloud and (over
+    // the uplink) at the hub; the sessions running under the renewal end there and then.
+    let dir = cloud.dir.display().to_string();
+    let said = cli("outpost-cloud", &["revoke", "--dir", &dir, "--relay", "village-1", "--reason", "hub stolen"])?;
+    assert!(said.contains("relay village-1"), "{said}");
+    for session in [&mut on_cloud, &mut phone] {
+        let (code, e) = session.expect_error().await?;
+        assert_eq!(code, "unauthenticated", "{e}");
+    }
+    for url in [relay.ws_url(), cloud_proc.ws_url()] {
+        assert_eq!(refused(&url, &fresh).await?, "unauthenticated", "{url}");
+    }
+    // Tokens the cloud signed itself are not touched.
+    signed_in(&cloud_proc.ws_url(), &token, "amina-laptop").await?;
     Ok(())
 }

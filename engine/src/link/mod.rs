@@ -265,6 +265,10 @@ async fn delegate<S: Storage>(
     key: [u8; 32],
     ctl: &mpsc::Sender<Control>,
 ) -> Result<(), LinkError> {
+    if store.revocations().borrow().relay_revoked(&peer.name).is_some() {
+        tracing::info!(relay = %peer.name, "the relay is revoked; no delegation");
+        return Ok(());
+    }
     let Some((token, jti, exp)) = renewal.and_then(|r| r.delegate(&peer.name, &key, now_ms() / 1000)) else {
         return Ok(());
     };
