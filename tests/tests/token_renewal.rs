@@ -116,6 +116,11 @@ async fn a_hub_cut_off_from_the_cloud_renews_a_token_that_then_outlives_the_orig
     // One contact with the cloud delivers the delegation; then the uplink is cut.
     let delegation = delegation_kept(&relay_dir).await?;
     assert_eq!(payload(&delegation)?["relay"], "village-1");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(relay_dir.dir.join("identity/renewal.key"))?.permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the hub's renewal key is readable by its owner only");
+    }
     let token = cloud.token("amina", "worker", &["clinic"], "60s")?;
     cloud_proc.terminate().await?;
     relay.terminate().await?;
