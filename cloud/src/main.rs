@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use outpost_cloud::database::Database;
@@ -116,8 +115,9 @@ enum Cmd {
     },
 }
 
+/// Token times come from the one wall clock every token decision reads.
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    outpost_engine::clock::now_secs()
 }
 
 fn main() -> ExitCode {

@@ -263,3 +263,17 @@ async fn every_verifier_accepts_a_hub_renewed_token_and_refuses_forged_ones_alik
     signed_in(&cloud_proc.ws_url(), &token, "amina-laptop").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_cloud_renews_a_doctors_token_with_its_own_key() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let token = cloud.token("dr-neema", "doctor", &["clinic"], "60s")?;
+    let proc = cloud.start_with_env("127.0.0.1:0", &[("OUTPOST_CLOUD_TESTING__CLOCK_OFFSET_SECS", "40")]).await?;
+    let mut laptop = signed_in(&proc.ws_url(), &token, "neema-laptop").await?;
+    let fresh = renewed(&mut laptop, &token).await?;
+    let claims = payload(&fresh)?;
+    assert!(claims.get("dlg").is_none() && claims.get("org").is_none(), "signed by the cloud itself: {claims}");
+    signed_in(&proc.ws_url(), &fresh, "neema-laptop").await?.send_stored(chat("clinic", "renewed")).await?;
+    Ok(())
+}
