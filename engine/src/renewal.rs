@@ -111,16 +111,6 @@ impl Renewal {
         self.state.lock().is_ok_and(|s| s.renewer.is_some() || s.hub.is_some())
     }
 
-    /// Whether this server can renew at all right now (a cloud, or a hub holding a
-    /// delegation not yet expired at `now`).
-    pub fn can_renew(&self, now: u64) -> bool {
-        match self.state.lock().ok().and_then(|s| s.renewer.clone()) {
-            Some(Renewer::Cloud(_)) => true,
-            Some(Renewer::Hub { claims, .. }) => claims.exp > now,
-            None => false,
-        }
-    }
-
     /// Renews `claims` (verified, not revoked: the caller checked) if it passed half its
     /// life at `now`. `None`: nothing to renew with, or nothing to gain.
     pub fn renew(&self, token: &str, claims: &Claims, now: u64) -> Option<Renewed> {
