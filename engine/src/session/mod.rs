@@ -208,7 +208,7 @@ struct Session<S: Storage> {
     holding: bool,
     /// The token the device signed in with and the moment it passes half its life, until
     /// the session has tried to renew it (once per session); None where this server
-    /// cannot renew. Boxed: a phone pays two pointers.
+    /// cannot renew. Boxed: in the session, one pointer.
     renewal: Option<Box<PendingRenewal>>,
 }
 
