@@ -138,6 +138,7 @@ async fn serve<S: Storage>(
         rooms: Some(Arc::new(Mutex::new(state.rooms.into_iter().collect::<HashSet<_>>()))),
         start: state.sent_hwm,
         version: v,
+        rebuild_until: state.own_until,
     };
     let end =
         link::run(conn, send, recv, store, peer, LinkOptions { flow: FlowConfig::default(), blobs }, stop.clone())
