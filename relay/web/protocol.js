@@ -64,6 +64,8 @@ export function plainError(code, message, where) {
       return 'You are not a member of that room.';
     case 'unknown_room':
       return `That room does not exist on the ${where}.`;
+    case 'invalid_event':
+      return `The form was not accepted: ${(message ?? '').replace(/^clinical\.\w+: /, '')}. Correct it and send it again.`;
     case 'too_large':
       return 'This message is too large to send.';
     case 'rate_limited':
