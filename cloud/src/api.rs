@@ -18,7 +18,7 @@
 //! resuming with `after = next` misses nothing and repeats nothing.
 //! Errors are `{"code", "message"}` with the protocol's codes: 400 `bad_frame`,
 //! 401 `unauthenticated`/`token_expired`, 403 `forbidden`, 404 `unknown_room`,
-//! 413 `too_large`, 429 `rate_limited`, 507 `storage_full`, 500 `internal`.
+//! 413 `too_large`, 422 `invalid_event`, 429 `rate_limited`, 507 `storage_full`, 500 `internal`.
 
 use outpost_storage::Storage;
 use std::sync::Arc;

@@ -142,6 +142,7 @@ async fn serve<S: Storage>(
         rooms: Some(Arc::new(Mutex::new(state.rooms.into_iter().collect::<HashSet<_>>()))),
         start: state.sent_hwm,
         version: v,
+        rebuild_until: state.own_until,
     };
     let opts = LinkOptions { flow: FlowConfig::default(), blobs, renewal: Some(renewal) };
     let end = link::run(conn, send, recv, store, peer, opts, stop.clone()).await;

@@ -8,7 +8,7 @@
 //!            "next": SEQ, "more": bool}
 //! ```
 //! Errors are `{"code", "message"}`: 401 `unauthenticated`/`token_expired`,
-//! 403 `forbidden`, 404 `unknown_room`, 400 `bad_frame`, 413 `too_large`,
+//! 403 `forbidden`, 404 `unknown_room`, 400 `bad_frame`, 413 `too_large`, 422 `invalid_event`,
 //! 429 `rate_limited`, 507 `storage_full`, 500 `internal`.
 
 use outpost_storage::Storage;
@@ -41,6 +41,7 @@ impl IntoResponse for ApiError {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::UnknownRoom => StatusCode::NOT_FOUND,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::InvalidEvent => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -71,6 +71,13 @@ pub async fn check<S: Storage>(
         return Err((code, m));
     }
     hub.check_body(&msg.room, &msg.body)?;
+    // A clinical event must match its kind's schema. In an end-to-end encrypted room the
+    // body is a sealed envelope: only the sending client can check it.
+    if !hub.config.policy.is_encrypted(&msg.room)
+        && let Err(e) = outpost_shared::clinical::validate(msg.kind.as_str(), msg.priority, msg.body.as_str(), now_ms())
+    {
+        return Err((ErrorCode::InvalidEvent, e.to_string()));
+    }
     msg.body = hub.attach_media(sender.claims, msg.body).await?;
     Ok(AppendRequest {
         msg,

@@ -13,6 +13,7 @@ import { bindAudio, ring } from './alerts.js';
 import { bindKeys, forgetKeys, keyFromLink, keys, loadKeys, initRoomKeys, opener, outgoing, sealQueued } from './roomkeys.js';
 import { clearPresence, clearTyping, initPresence, onEvent as presenceEvent, onTyping, sendPresence, stopTyping } from './presence.js';
 import { $, bindView, followLog, renderAlerts, renderRoom, renderRooms, stickToEnd } from './view.js';
+import { FORMS, KINDS, build } from './clinical.js';
 
 const S = {
   ...initialState(), // protocol.js's part
@@ -147,10 +148,14 @@ function flushOutbox() {
 }
 
 async function compose(room, text, emergency) {
+  return composeBody(room, { text }, { emergency });
+}
+
+/** Writes `body` (a message of `kind`) to the outbox: sealed in an encrypted room, then sent. */
+async function composeBody(room, body, { emergency = false, kind } = {}) {
   const id = uuid7();
   const seq = proto.nextSeq();
   const now = Date.now();
-  const body = { text };
   let sealed;
   try {
     sealed = await outgoing(room, id, body);
@@ -159,7 +164,7 @@ async function compose(room, text, emergency) {
     return false;
   }
   // The outbox (and the wire) get the sealed body; the record keeps the words for this screen.
-  const { msg, rec } = proto.draft({ id, seq, room, body, wire: sealed, emergency, device: S.device, now });
+  const { msg, rec } = proto.draft({ id, seq, room, body, wire: sealed, emergency, kind, device: S.device, now });
   await queueMessage(msg, rec);
   return true;
 }
@@ -438,6 +443,11 @@ function bindUi() {
     if (details && details === input.value.trim()) input.value = '';
     compose(S.room, details || 'Emergency: help needed now', true);
   });
+  bindEventForm();
+  $('patient-filter').addEventListener('input', (e) => {
+    S.patientFilter = e.target.value.trim();
+    render();
+  });
   followLog();
   bindKeys();
   window.addEventListener('hashchange', routeChanged);
@@ -456,6 +466,72 @@ function bindUi() {
     renderConn();
     if (S.room && S.typing.get(S.room)?.size) renderRoom();
   }, 1000);
+}
+
+// ---------- clinical events: a form per kind (docs/workflows.md) ----------
+
+function eventFields(kind) {
+  const fields = FORMS[kind] ?? [];
+  $('event-fields').replaceChildren(
+    ...fields.map((f) => {
+      const id = `ev-${f.path.replace(/\W/g, '-')}`;
+      const label = document.createElement('label');
+      label.htmlFor = id;
+      label.textContent = `${f.label}${f.unit ? ` (${f.unit})` : ''}${f.required ? '' : ' (optional)'}`;
+      let input;
+      if (f.type === 'choice') {
+        input = document.createElement('select');
+        input.append(new Option('', ''), ...f.options.map((o) => new Option(o, o)));
+      } else if (f.type === 'long') {
+        input = document.createElement('textarea');
+        input.rows = 2;
+      } else {
+        input = document.createElement('input');
+        input.type = 'text';
+        if (f.type === 'number') input.inputMode = 'decimal';
+        input.autocomplete = 'off';
+      }
+      input.id = id;
+      input.dataset.path = f.path;
+      const row = document.createElement('div');
+      row.className = 'field';
+      row.append(label, input);
+      return row;
+    }),
+  );
+}
+
+function bindEventForm() {
+  const dialog = $('event-dialog');
+  const kind = $('event-kind');
+  kind.replaceChildren(...Object.entries(KINDS).map(([k, title]) => new Option(title, k)));
+  kind.addEventListener('change', () => {
+    $('event-error').hidden = true;
+    eventFields(kind.value);
+  });
+  $('log-event').addEventListener('click', () => {
+    if (!S.room) return;
+    $('event-error').hidden = true;
+    eventFields(kind.value);
+    dialog.showModal();
+  });
+  $('event-cancel').addEventListener('click', () => dialog.close());
+  $('event-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    if (!S.room) return;
+    const values = {};
+    for (const input of $('event-fields').querySelectorAll('[data-path]')) values[input.dataset.path] = input.value;
+    const made = build(kind.value, values, { me: me(), now: Date.now() });
+    if (!made.body) {
+      const f = (FORMS[kind.value] ?? []).find((x) => x.path === made.field);
+      const err = $('event-error');
+      err.textContent = `${f?.label ?? made.field} ${made.problem}.`;
+      err.hidden = false;
+      return;
+    }
+    dialog.close();
+    composeBody(S.room, made.body, { kind: kind.value, emergency: kind.value === 'clinical.emergency' });
+  });
 }
 
 async function main() {

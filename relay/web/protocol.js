@@ -79,6 +79,8 @@ export function plainError(code, message, where) {
       return 'You are not a member of that room.';
     case 'unknown_room':
       return `That room does not exist on the ${where}.`;
+    case 'invalid_event':
+      return `The form was not accepted: ${(message ?? '').replace(/^clinical\.\w+: /, '')}. Correct it and send it again.`;
     case 'too_large':
       return 'This message is too large to send.';
     case 'rate_limited':
@@ -404,8 +406,8 @@ export class Protocol {
   }
 
   /** A text message: `wire` is the body as it leaves (sealed in an encrypted room), `body` the words kept here. */
-  draft({ id, seq, room, body, wire = body, emergency = false, device, now }) {
-    const msg = { id, room, kind: emergency ? 'alert' : 'chat', priority: emergency ? 'emergency' : 'normal', body: wire, seq };
+  draft({ id, seq, room, body, wire = body, emergency = false, kind, device, now }) {
+    const msg = { id, room, kind: kind ?? (emergency ? 'alert' : 'chat'), priority: emergency ? 'emergency' : 'normal', body: wire, seq };
     const rec = { ...msg, body, from: this.me(), device, mine: true, local: 'queued', cursor: null, created: now, at: now, trail: { queued: now } };
     return { msg, rec };
   }

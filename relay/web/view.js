@@ -3,6 +3,7 @@
 
 import { available } from './e2e.js';
 import { RANK } from './protocol.js';
+import { KINDS, isClinical, patientsOf, rows } from './clinical.js';
 
 export const $ = (id) => document.getElementById(id);
 
@@ -219,7 +220,9 @@ export function renderRoom() {
   older.textContent = A.loadingOlder.has(room) ? 'Loading\u2026' : 'Load older messages';
 
   const wrap = $('log-wrap');
-  const list = A.roomMessages(room);
+  // The patient filter keeps the clinical events about that patient.
+  const patient = S.patientFilter ?? '';
+  const list = A.roomMessages(room).filter((m) => !patient || patientsOf(m.kind, shown(m).body).includes(patient));
   const keep = new Set(list.map((m) => m.id));
   for (const [id, li] of items) {
     if (!keep.has(id) || li.dataset.room !== room) {
@@ -267,10 +270,11 @@ function updateItem(li, m) {
   const { text, locked, body } = shown(m);
   const media = locked ? null : mediaPart(m);
   const up = media?.view.upload ?? null;
-  const key = JSON.stringify([state, trail, m.cursor, m.error, text, m.at, media?.key]);
+  const card = !locked && !media && isClinical(m.kind) && body && typeof body === 'object' ? clinicalCard(m.kind, body) : null;
+  const key = JSON.stringify([state, trail, m.cursor, m.error, text, m.at, media?.key, card && m.kind]);
   if (li.dataset.key === key) return;
   li.dataset.key = key;
-  li.className = `msg ${m.mine ? 'mine' : 'theirs'}${A.isEmergency(m) ? ' emergency' : ''}${locked ? ' locked' : ''}${state ? ` s-${state}` : ''}${media ? ' has-media' : ''}${up ? ` up-${up.state}` : ''}`;
+  li.className = `msg ${m.mine ? 'mine' : 'theirs'}${card ? ' clinical' : ''}${A.isEmergency(m) ? ' emergency' : ''}${locked ? ' locked' : ''}${state ? ` s-${state}` : ''}${media ? ' has-media' : ''}${up ? ` up-${up.state}` : ''}`;
   if (state) li.dataset.state = state;
   if (up) li.dataset.upload = up.state;
   else delete li.dataset.upload;
@@ -283,7 +287,8 @@ function updateItem(li, m) {
   if (media) {
     parts.push(media.fig);
     if (body.text) parts.push(el('div', { class: 'text' }, body.text));
-  } else parts.push(el('div', { class: 'text' }, text));
+  } else if (card) parts.push(card);
+  else parts.push(el('div', { class: 'text' }, text));
   if (up) parts.push(uploadLine(m, up));
   else if (state) {
     const r = S.receipts.get(m.id);
@@ -303,6 +308,13 @@ function updateItem(li, m) {
     parts.push(el('div', { class: 'state file-state small' }, el('span', { 'aria-hidden': 'true' }, '\u2713\u2713 '), A.isWorker() ? 'Full file at the hospital' : 'Full file at the village hub'));
   }
   li.replaceChildren(...parts);
+}
+
+/** A clinical event as a card: its kind and its fields, label by label. */
+function clinicalCard(kind, body) {
+  const list = el('dl', {});
+  for (const [label, value] of rows(kind, body)) list.append(el('dt', {}, label), el('dd', {}, value));
+  return el('div', { class: 'card', 'data-kind': kind }, el('div', { class: 'card-title' }, KINDS[kind]), list);
 }
 
 // ---------- files: photos, voice notes, documents ----------

@@ -18,10 +18,12 @@ pub enum ErrorCode {
     StorageFull,
     UnknownRoom,
     Internal,
+    /// A clinical event whose body does not match its kind's schema (`clinical`).
+    InvalidEvent,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         Self::BadFrame,
         Self::UnsupportedVersion,
         Self::Unauthenticated,
@@ -32,6 +34,7 @@ impl ErrorCode {
         Self::StorageFull,
         Self::UnknownRoom,
         Self::Internal,
+        Self::InvalidEvent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +49,7 @@ impl ErrorCode {
             Self::StorageFull => "storage_full",
             Self::UnknownRoom => "unknown_room",
             Self::Internal => "internal",
+            Self::InvalidEvent => "invalid_event",
         }
     }
 
@@ -64,6 +68,7 @@ impl ErrorCode {
             Self::StorageFull => "the hub's storage is full; only emergency messages are accepted until space is freed",
             Self::UnknownRoom => "no such room; check the room name",
             Self::Internal => "the server failed to handle this; the message was not lost, try again",
+            Self::InvalidEvent => "the event does not match its form; correct the field named and send it again",
         }
     }
 

@@ -7,6 +7,7 @@
 //! tests and identical on every replica.
 
 pub mod bundle;
+pub mod clinical;
 pub mod delivery;
 pub mod e2e;
 pub mod error_code;

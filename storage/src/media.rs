@@ -130,6 +130,14 @@ pub trait MediaStore: Clone + Send + Sync + 'static {
         peer: &str,
         rooms: Option<Vec<RoomId>>,
     ) -> impl Future<Output = Result<Option<(BlobId, u64)>, StoreError>> + Send;
+    /// `blob`'s size if a peer serving `rooms` (None: any) may have it now: it is whole
+    /// and not evicted here, and a message in one of those rooms names it. For a peer
+    /// that asked for it (a rebuilt hub gets older files on demand).
+    fn blob_for_peer(
+        &self,
+        blob: BlobId,
+        rooms: Option<Vec<RoomId>>,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
     /// Blobs still whole whose retention period (by `basis`) started before `before` (ms).
     fn blobs_retained_since(
         &self,

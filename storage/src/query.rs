@@ -56,6 +56,10 @@ pub struct OutboundQuery {
     pub limit: usize,
     /// Stop adding entries past this many bytes of bodies (a batch-size target).
     pub max_bytes: usize,
+    /// The newest entries of the range first, messages only (a peer rebuilding its
+    /// database gets each room's latest messages before the rest; their receipts follow
+    /// with the ordinary pass). `scanned_to` means nothing for such a page.
+    pub newest_first: bool,
 }
 
 #[derive(Debug)]

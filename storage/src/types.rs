@@ -129,6 +129,9 @@ pub struct PeerState {
     pub recv_hwm: Cursor,
     /// Rooms the peer serves.
     pub rooms: Vec<RoomId>,
+    /// Our log up to here was there when the peer came back with a new database: a
+    /// sender whose peer holds less than this is rebuilding it (newest first, see the link).
+    pub own_until: Cursor,
 }
 
 /// A message of ours that a peer acknowledged: its sender gets `forwarded`.

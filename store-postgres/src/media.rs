@@ -220,6 +220,7 @@ impl MediaStore for PgStore {
                      WHERE r.cursor <= coalesce((SELECT sent_hwm FROM peers WHERE peer = $1), 0)
                        AND b.evicted IS NULL
                        AND ($2::text[] IS NULL OR r.room = ANY($2))
+                       AND ($2::text[] IS NULL OR r.cursor > coalesce((SELECT own_until FROM peers WHERE peer = $1), 0))
                        AND NOT EXISTS (SELECT 1 FROM blob_peers p WHERE p.sha256 = r.sha256 AND p.peer = $1)
                      ORDER BY r.cursor LIMIT 1",
                     &[&peer, &rooms],
@@ -227,6 +228,19 @@ impl MediaStore for PgStore {
                 .await?;
             Ok(rows.first().and_then(|r| Some((blob_id(r.get(0))?, from_sql(r.get(1))))))
         }
+    }
+
+    async fn blob_for_peer(&self, blob: BlobId, rooms: Option<Vec<RoomId>>) -> Result<Option<u64>, StoreError> {
+        let rooms: Option<Vec<String>> = rooms.map(|r| r.iter().map(|x| x.as_str().to_owned()).collect());
+        let rows = self
+            .rows(
+                "SELECT b.size FROM blobs b WHERE b.sha256 = $1 AND b.evicted IS NULL
+                   AND EXISTS (SELECT 1 FROM media_refs r WHERE r.sha256 = b.sha256
+                                 AND ($2::text[] IS NULL OR r.room = ANY($2)))",
+                &[&blob.0.as_slice(), &rooms],
+            )
+            .await?;
+        Ok(rows.first().map(|r| from_sql(r.get(0))))
     }
 
     async fn blobs_retained_since(&self, basis: RetentionBasis, before: u64) -> Result<Vec<(BlobId, u64)>, StoreError> {

@@ -294,6 +294,7 @@ impl PgStore {
         };
         let room_cond = if q.rooms.is_some() { "AND room = ANY($5)" } else { "AND $5::text[] IS NULL" };
         let receipts = match q.lane {
+            _ if q.newest_first => "",
             Lane::Emergency => "",
             Lane::Normal => {
                 "UNION ALL
@@ -308,7 +309,8 @@ impl PgStore {
                WHERE cursor > $1 AND cursor <= $4 AND {lane_cond} {room_cond}
                  AND (coalesce(origin_peer, '') <> $2 OR cursor <= (SELECT own_until FROM peers WHERE peer = $2))
              {receipts}
-             ORDER BY 2 LIMIT $3"
+             ORDER BY 2 {order} LIMIT $3",
+            order = if q.newest_first { "DESC" } else { "" }
         );
         let rooms: Option<Vec<&str>> = q.rooms.as_ref().map(|r| r.iter().map(RoomId::as_str).collect());
         let until = q.until.map_or(head, |u| u.0.min(head));

@@ -923,16 +923,28 @@ impl State {
         epoch: &str,
         rooms: &[RoomId],
     ) -> Result<PeerState, StoreError> {
-        let known = self.query_opt(tx, "SELECT epoch, sent_hwm, recv_hwm FROM peers WHERE peer = $1", &[&peer]).await?;
-        let (sent, recv): (i64, i64) = match known.map(|r| (r.get::<_, String>(0), r.get(1), r.get(2))) {
-            Some((old, sent, recv)) if old == epoch || old.is_empty() => (sent, recv),
-            Some((old, _, _)) => {
+        let known = self
+            .query_opt(tx, "SELECT epoch, sent_hwm, recv_hwm, own_until FROM peers WHERE peer = $1", &[&peer])
+            .await?;
+        let (sent, recv, own_until): (i64, i64, i64) = match known
+            .map(|r| (r.get::<_, String>(0), r.get(1), r.get(2), r.get(3)))
+        {
+            Some((old, sent, recv, own)) if old == epoch || old.is_empty() => (sent, recv, own),
+            Some((old, _, _, _)) => {
                 tracing::warn!(peer, old_epoch = %old, new_epoch = epoch, "peer has a new database; resending everything");
-                self.exec(tx, "UPDATE peers SET own_until = (SELECT head FROM log_head) WHERE peer = $1", &[&peer])
-                    .await?;
-                (0, 0)
+                let head: i64 = self
+                    .query_opt(
+                        tx,
+                        "UPDATE peers SET own_until = (SELECT head FROM log_head) WHERE peer = $1 RETURNING own_until",
+                        &[&peer],
+                    )
+                    .await?
+                    .map_or(0, |r| r.get(0));
+                // Its files went with its database: what it confirmed holding, it holds no more.
+                self.exec(tx, "DELETE FROM blob_peers WHERE peer = $1", &[&peer]).await?;
+                (0, 0, head)
             }
-            None => (0, 0),
+            None => (0, 0, 0),
         };
         self.exec(
             tx,
@@ -948,6 +960,7 @@ impl State {
             sent_hwm: Cursor(from_sql(sent)),
             recv_hwm: Cursor(from_sql(recv)),
             rooms: all.iter().filter_map(|r| RoomId::new(r.get::<_, String>(0)).ok()).collect(),
+            own_until: Cursor(from_sql(own_until)),
         })
     }
 

@@ -214,13 +214,24 @@ impl MediaStore for Store {
                 .query_row([&peer], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
+            // A hub being rebuilt gets the files of the history it lost on demand
+            // (`blob_for_peer`), not all at once: only files named after its return go
+            // eagerly. Our own history goes to a rebuilt cloud in full (rooms: None).
+            let eager_after: i64 = match rooms {
+                None => 0,
+                Some(_) => c
+                    .prepare_cached("SELECT own_until FROM peers WHERE peer = ?1")?
+                    .query_row([&peer], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0),
+            };
             let mut stmt = c.prepare_cached(
                 "SELECT r.sha256, b.size, r.room FROM media_refs r JOIN blobs b ON b.sha256 = r.sha256
-                 WHERE r.cursor <= ?1 AND b.evicted IS NULL
+                 WHERE r.cursor <= ?1 AND r.cursor > ?3 AND b.evicted IS NULL
                    AND NOT EXISTS (SELECT 1 FROM blob_peers p WHERE p.sha256 = r.sha256 AND p.peer = ?2)
                  ORDER BY r.cursor",
             )?;
-            let mut rows = stmt.query(params![hwm, peer])?;
+            let mut rows = stmt.query(params![hwm, peer, eager_after])?;
             while let Some(r) = rows.next()? {
                 let room: String = r.get(2)?;
                 if let Some(rooms) = &rooms
@@ -231,6 +242,27 @@ impl MediaStore for Store {
                 let sha: Vec<u8> = r.get(0)?;
                 if let Some(blob) = blob_id(&sha) {
                     return Ok(Some((blob, sql_u(r.get(1)?))));
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    fn blob_for_peer(
+        &self,
+        blob: BlobId,
+        rooms: Option<Vec<RoomId>>,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        self.read_with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT b.size, r.room FROM blobs b JOIN media_refs r ON r.sha256 = b.sha256
+                 WHERE b.sha256 = ?1 AND b.evicted IS NULL",
+            )?;
+            let mut rows = stmt.query([blob.0.as_slice()])?;
+            while let Some(r) = rows.next()? {
+                let room: String = r.get(1)?;
+                if rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|x| x.as_str() == room)) {
+                    return Ok(Some(sql_u(r.get(0)?)));
                 }
             }
             Ok(None)

@@ -192,6 +192,7 @@ impl Readers {
                 }
             };
             let receipts = match q.lane {
+                _ if q.newest_first => String::new(),
                 Lane::Emergency => String::new(),
                 Lane::Normal => "UNION ALL
                  SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state, target, 0
@@ -205,7 +206,8 @@ impl Readers {
                    WHERE cursor > ?1 AND cursor <= ?4 AND {lane_cond} {room_cond}
                      AND (coalesce(origin_peer, '') <> ?2 OR cursor <= (SELECT own_until FROM peers WHERE peer = ?2))
                  {receipts}
-                 ORDER BY 2 LIMIT ?3"
+                 ORDER BY 2 {order} LIMIT ?3",
+                order = if q.newest_first { "DESC" } else { "" }
             );
             let mut args: Vec<rusqlite::types::Value> = vec![
                 i64::try_from(q.after.0).unwrap_or(i64::MAX).into(),

@@ -261,6 +261,7 @@ async fn outbound_reads_a_lane_between_two_cursors() {
             lane: Lane::Emergency,
             limit: 100,
             max_bytes: usize::MAX,
+            newest_first: false,
         };
         let store = store.clone();
         async move { ok(store.outbound(q).await) }

@@ -1,9 +1,10 @@
 //! What the cloud sends each hub, and what survives a replaced database, with real
 //! `outpost-relay` and `outpost-cloud` processes over real QUIC: two hubs sharing a room,
-//! a database replaced at either end, a post to a room no hub serves yet, and a worker's
+//! a database replaced at either end (history newest first, files on demand), a post to a
+//! room no hub serves yet, and a worker's
 //! receipts travelling back to the doctor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -188,6 +189,76 @@ async fn after_a_card_swap_a_fresh_phone_sees_the_whole_room_again() -> anyhow::
     let once: HashMap<String, usize> = room.iter().map(|id| (id.clone(), 1)).collect();
     assert_eq!(counts.len(), 220);
     assert_eq!(counts, once, "each of the room's 220 messages once on the new card");
+
+    // Newest first: the room's latest 200 came back before the 20 oldest, so a phone that
+    // opened the room during the rebuild saw the recent conversation first. A phone's
+    // replay follows the order the hub stored them in.
+    let order = stamps(&mut phone(&cloud, &relay.ws_url(), "baraka", &["clinic"]).await?).await?;
+    let first: HashSet<&str> = order.iter().take(200).map(|(_, id)| id.as_str()).collect();
+    let latest: HashSet<&str> = room[20..].iter().map(String::as_str).collect();
+    assert_eq!(first, latest, "the first 200 stored on the new card are the room's latest 200");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_card_swap_a_photos_preview_is_back_at_once_and_its_file_on_demand() -> anyhow::Result<()> {
+    use outpost_tests::media::{Upload, download, info, info_until, photo, sha256_hex};
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let cloud_proc = cloud.start("127.0.0.1:0").await?;
+    let quic = cloud_proc.quic_addr();
+    let mut relay = cloud.provision_relay_at("village-7", &tmp.path().join("card-1"), &quic)?.start(FAST_RETRY).await?;
+    let amina = cloud.token("amina", "worker", &["clinic"], "1h")?;
+    let neema = cloud.token("dr-neema", "doctor", &["clinic"], "1h")?;
+
+    // A 5 MB photo, sent in the room and carried to the cloud, file and all.
+    let img = photo(5_000_000, 11);
+    let mut up = Upload::new(&relay.http_base(), &amina, &img);
+    up.create().await?;
+    up.run(256 << 10, None).await?;
+    let mut a = phone(&cloud, &relay.ws_url(), "amina", &["clinic"]).await?;
+    a.send_stored(up.message("clinic", "wound, day 5", "IMG_0500.jpg")).await?;
+    let poll = Duration::from_millis(100);
+    info_until(&cloud_proc.http_base(), &neema, &up.sha, poll, outpost_tests::EVENT_TIMEOUT, |v| {
+        v["available"] == true
+    })
+    .await?;
+    a.close().await;
+
+    // The card dies; the hub comes back on a new one under the same relay id.
+    relay.terminate().await?;
+    relay = cloud.provision_relay_at("village-7", &tmp.path().join("card-2"), &quic)?.start(FAST_RETRY).await?;
+    let hub = relay.http_base();
+
+    // A fresh phone sees the message with its preview as soon as the message is back.
+    let deadline = tokio::time::Instant::now() + outpost_tests::EVENT_TIMEOUT;
+    let msg = loop {
+        let mut b = phone(&cloud, &relay.ws_url(), "baraka", &["clinic"]).await?;
+        let frames = b.settle("message").await?;
+        b.close().await;
+        if let Some(m) = frames.into_iter().find(|f| f["msg"]["body"]["media"]["sha256"] == up.sha.as_str()) {
+            break m;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the photo's message never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let preview = &msg["msg"]["body"]["media"]["preview"];
+    assert!(preview["data"].as_str().is_some_and(|d| d.len() > 100), "the preview travels in the message: {preview}");
+
+    // The file itself is not pushed to the rebuilt hub: the first ask finds it missing
+    // and asks the cloud, and it arrives on that demand.
+    let baraka = cloud.token("baraka", "worker", &["clinic"], "1h")?;
+    let (status, first) = info(&hub, &baraka, &up.sha).await?;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!((first["available"].clone(), first["requested"].clone()), (json!(false), json!(true)), "{first}");
+    let r = download(&hub, &baraka, &up.sha).await?;
+    assert_eq!(r.status, 404, "not on the new card yet");
+    assert!(r.json()["message"].as_str().is_some_and(|m| m.contains("asked the cloud")), "{:?}", r.json());
+    info_until(&hub, &baraka, &up.sha, poll, Duration::from_secs(120), |v| v["available"] == true).await?;
+    let full = download(&hub, &baraka, &up.sha).await?;
+    assert_eq!(full.status, 200);
+    assert_eq!(sha256_hex(&full.body), up.sha, "the same bytes as the photo sent before the card died");
+    assert_eq!(full.body.len(), img.len());
     Ok(())
 }
 

@@ -77,21 +77,42 @@ pub(super) async fn sender<S: Storage>(
     blobs: Blobs<S>,
     peer: String,
     rooms: Option<std::sync::Arc<std::sync::Mutex<HashSet<RoomId>>>>,
+    mut wants: tokio::sync::mpsc::Receiver<BlobId>,
 ) -> LinkError {
     let mut head = blobs.store().subscribe_head();
     // Blobs the peer refused on this connection (storage full, too large): tried again
     // on the next one.
     let mut refused: HashSet<BlobId> = HashSet::new();
+    // Blobs the peer asked for (a device there wants them): before any other.
+    let mut asked: VecDeque<BlobId> = VecDeque::new();
     loop {
+        while let Ok(b) = wants.try_recv() {
+            if !asked.contains(&b) {
+                asked.push_back(b);
+            }
+        }
         let filter = rooms.as_ref().and_then(|r| r.lock().ok().map(|r| r.iter().cloned().collect::<Vec<_>>()));
-        let next = match blobs.next_for(&peer, filter).await {
-            Ok(n) => n.filter(|(b, _)| !refused.contains(b)),
-            Err(e) => return LinkError::Stream(e.to_string()),
+        let next = match asked.pop_front() {
+            // Sent even if the peer once confirmed it: it asks because it lost it.
+            Some(b) => match blobs.for_peer(b, filter).await {
+                Ok(Some(size)) => Some((b, size)),
+                Ok(None) => {
+                    tracing::info!(%peer, blob = %b, "the peer asked for a file this server cannot give it");
+                    continue;
+                }
+                Err(e) => return LinkError::Stream(e.to_string()),
+            },
+            None => match blobs.next_for(&peer, filter).await {
+                Ok(n) => n.filter(|(b, _)| !refused.contains(b)),
+                Err(e) => return LinkError::Stream(e.to_string()),
+            },
         };
         let Some((blob, size)) = next else {
-            // Wait for a commit (a message acked by the peer, a blob completed here).
+            // Wait for a commit (a message acked by the peer, a blob completed here), or
+            // for the peer to ask for a file.
             tokio::select! {
                 r = head.changed() => if r.is_err() { return LinkError::Shutdown },
+                Some(b) = wants.recv() => asked.push_back(b),
                 () = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
             continue;

@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use outpost_shared::media::BlobId;
 use outpost_shared::uplink::batch::{self, BatchHeader, Entry, Lane};
 use outpost_shared::uplink::control::Control;
 use outpost_shared::uplink::dict;
@@ -38,14 +39,25 @@ use outpost_storage::{Forwarded, OutboundQuery, StoreError};
 pub const MAX_BATCH_WIRE: usize = 4 << 20;
 /// Largest batch accepted from a peer, inflated.
 pub const MAX_BATCH_RAW: usize = 16 << 20;
+/// Files asked for by the peer and not yet sent, at most (it asks again if dropped).
+const WANTS_QUEUE: usize = 1024;
 /// Entries per emergency batch: emergencies are few; each goes out at once.
 const EMERGENCY_PAGE: usize = 64;
 /// Entries per normal batch at most.
 const NORMAL_PAGE: usize = 1024;
 /// Normal batches smaller than this wait up to `FlowConfig::linger` for more entries.
 const LINGER_BELOW: usize = 64;
+/// Messages per room sent newest first to a peer being rebuilt, before the ordinary pass.
+/// A screenful and then some: a phone opening the room sees its latest conversation at
+/// once, and 200 messages of ~250 B cost about a second per room on 3G.
+pub const REBUILD_RECENT_PER_ROOM: usize = 200;
 /// Stream priorities (quinn sends higher first).
 const PRIORITY_EMERGENCY: i32 = 100;
+/// The newest-first pass of a rebuild: before ordinary batches, after emergencies.
+const PRIORITY_RECENT: i32 = 10;
+/// Batch ids of the newest-first pass: a range the flow state never uses, so their acks
+/// are recognised as outside the window (they move no high-water mark).
+const RECENT_BATCH_IDS: u64 = 1 << 63;
 /// Emergencies that were waiting when the link came up: after fresh ones, before the rest.
 const PRIORITY_BACKLOG_EMERGENCY: i32 = 50;
 const PRIORITY_NORMAL: i32 = 0;
@@ -88,6 +100,10 @@ pub struct Peer {
     /// The link version both ends speak: frames newer than it are never sent to this peer
     /// (see `LINK_VERSION`).
     pub version: u16,
+    /// Our log up to here was there when the peer came back with a new database
+    /// (`PeerState::own_until`). While `start` is below it the peer is being rebuilt, and
+    /// each room's latest messages go first ([`recent_first`]).
+    pub rebuild_until: Cursor,
 }
 
 /// How a link runs: the batch lanes' flow control and, when this server keeps media,
@@ -133,6 +149,8 @@ pub async fn run<S: Storage>(
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(1024);
     let (ack_tx, ack_rx) = mpsc::channel::<u64>(4096);
     let (reset_tx, reset_rx) = mpsc::channel::<()>(4);
+    // Files the peer asked for (`WantBlobs`), for our bulk sender; full means it asks again.
+    let (want_tx, want_rx) = mpsc::channel::<BlobId>(WANTS_QUEUE);
     let mut tasks: JoinSet<LinkError> = JoinSet::new();
 
     tasks.spawn(async move {
@@ -180,6 +198,11 @@ pub async fn run<S: Storage>(
                         Err(e) => return LinkError::Store(e),
                     }
                 }
+                Control::WantBlobs { blobs } => {
+                    for b in blobs {
+                        let _ = want_tx.try_send(b);
+                    }
+                }
                 // Version 2 frames: only a peer that said it speaks version 2 sends them.
                 Control::RenewalKey { .. } | Control::Delegation { .. } if reader_peer.version < 2 => {
                     return LinkError::Protocol("a version-2 frame from a version-1 peer".into());
@@ -222,7 +245,12 @@ pub async fn run<S: Storage>(
     tasks.spawn(receive(conn.clone(), store.clone(), peer.clone(), ctl_tx.clone(), reset_tx));
     // The bulk lane: blobs both ways (engine/src/link/bulk.rs).
     if let Some(blobs) = blobs {
-        tasks.spawn(bulk::sender(conn.clone(), blobs.clone(), peer.name.clone(), peer.rooms.clone()));
+        // A hub asks the cloud for files its devices want and it lacks (a cloud that
+        // speaks version 1 would not understand the frame).
+        if peer.rooms.is_none() && peer.version >= 2 {
+            tasks.spawn(ask_for_wanted(blobs.clone(), ctl_tx.clone()));
+        }
+        tasks.spawn(bulk::sender(conn.clone(), blobs.clone(), peer.name.clone(), peer.rooms.clone(), want_rx));
         tasks.spawn(bulk::serve(conn.clone(), blobs, peer.name.clone()));
     }
     tasks.spawn(send(conn.clone(), store, peer, flow, ctl_tx, ack_rx, reset_rx));
@@ -236,6 +264,30 @@ pub async fn run<S: Storage>(
     conn.close(0u32.into(), b"link ended");
     tasks.abort_all();
     end
+}
+
+/// Hub side: asks the cloud for each file a device wants that is not here, once per
+/// connection (everything still wanted is asked again after a reconnect).
+async fn ask_for_wanted<S: Storage>(blobs: crate::media::Blobs<S>, ctl: mpsc::Sender<Control>) -> LinkError {
+    use outpost_shared::uplink::control::WANTS_PER_FRAME;
+    let mut changed = blobs.subscribe_wanted();
+    let mut asked: HashSet<BlobId> = HashSet::new();
+    loop {
+        changed.borrow_and_update();
+        let fresh: Vec<BlobId> = match blobs.wanted().await {
+            Ok(w) => w.into_iter().filter(|b| asked.insert(*b)).collect(),
+            Err(e) => return LinkError::Stream(e.to_string()),
+        };
+        for chunk in fresh.chunks(WANTS_PER_FRAME) {
+            tracing::info!(files = chunk.len(), "asking the cloud for files devices want");
+            if ctl.send(Control::WantBlobs { blobs: chunk.to_vec() }).await.is_err() {
+                return LinkError::Shutdown;
+            }
+        }
+        if changed.changed().await.is_err() {
+            return LinkError::Shutdown;
+        }
+    }
 }
 
 /// Hub side: sends the hub's renewal key after the handshake, and again whenever the
@@ -462,6 +514,11 @@ async fn send<S: LinkStore>(
     mut reset: mpsc::Receiver<()>,
 ) -> LinkError {
     let origin = tokio::time::Instant::now();
+    if peer.start < peer.rebuild_until
+        && let Err(e) = recent_first(&conn, &store, &peer).await
+    {
+        return e;
+    }
     let mut head = store.subscribe_head();
     let written = Cursor(*head.borrow_and_update());
     let mut state = SendState::new(peer.start, written, flow);
@@ -510,7 +567,16 @@ async fn send<S: LinkStore>(
                 Queue::Normal => (NORMAL_PAGE, state.batch_budget() as usize),
             };
             let (after, until) = state.read_range(queue);
-            let q = OutboundQuery { peer: peer.name.clone(), rooms, after, until, lane, limit, max_bytes };
+            let q = OutboundQuery {
+                peer: peer.name.clone(),
+                rooms,
+                after,
+                until,
+                lane,
+                limit,
+                max_bytes,
+                newest_first: false,
+            };
             let out = match store.outbound(q).await {
                 Ok(o) => o,
                 Err(e) => return e.into(),
@@ -600,6 +666,66 @@ async fn send<S: LinkStore>(
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
+}
+
+/// A peer rebuilding its database (it came back with a new one, and our log up to
+/// `rebuild_until` was there) gets each room's latest [`REBUILD_RECENT_PER_ROOM`]
+/// messages first, so a phone opening the room sees the recent conversation while the
+/// ordinary pass, oldest first, fills in the rest. Both passes send these messages; the
+/// peer imports by message id, so the second copy changes nothing. Queued on streams
+/// above ordinary batches (below emergencies) and outside the flow window: the pass is
+/// bounded by rooms × [`REBUILD_RECENT_PER_ROOM`]. Their acks move no mark: the ordinary
+/// pass is what records what the peer holds, so a cut link repeats this pass next time,
+/// and an idempotent import makes that harmless.
+async fn recent_first<S: LinkStore>(conn: &quinn::Connection, store: &S, peer: &Peer) -> Result<(), LinkError> {
+    let rooms: Vec<RoomId> = match &peer.rooms {
+        Some(r) => r.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default(),
+        None => store.rooms(),
+    };
+    let dictionary = dict::get(dict::CURRENT).map(|d| (dict::CURRENT, d));
+    let mut sent = 0usize;
+    for (i, room) in rooms.iter().enumerate() {
+        let mut entries = Vec::new();
+        for lane in [Lane::Emergency, Lane::Normal] {
+            let q = OutboundQuery {
+                peer: peer.name.clone(),
+                rooms: Some(Arc::from(vec![room.clone()])),
+                after: peer.start,
+                until: Some(peer.rebuild_until),
+                lane,
+                limit: REBUILD_RECENT_PER_ROOM,
+                max_bytes: usize::MAX,
+                newest_first: true,
+            };
+            entries.extend(store.outbound(q).await?.entries);
+        }
+        entries.sort_by_key(Entry::cursor);
+        let skip = entries.len().saturating_sub(REBUILD_RECENT_PER_ROOM);
+        let entries: Vec<Entry> = entries.into_iter().skip(skip).collect();
+        if entries.is_empty() {
+            continue;
+        }
+        sent += entries.len();
+        let id = RECENT_BATCH_IDS | i as u64;
+        let hwm = peer.start;
+        let bytes = tokio::task::spawn_blocking(move || batch::encode(id, Lane::Normal, hwm, &entries, dictionary))
+            .await
+            .map_err(|e| LinkError::Protocol(e.to_string()))?
+            .map_err(|e| LinkError::Protocol(e.to_string()))?;
+        // Opened here, in order, before the ordinary pass opens any: the peer applies
+        // normal-lane batches in the order their streams were opened. Written by a task
+        // of its own so the ordinary pass (and its emergencies) starts at once.
+        let mut s = conn.open_uni().await?;
+        let _ = s.set_priority(PRIORITY_RECENT);
+        tokio::spawn(async move {
+            // A failed write is the link failing; the link's own tasks report that.
+            if s.write_all(&bytes).await.is_ok() {
+                let _ = s.finish();
+            }
+        });
+    }
+    tracing::info!(peer = %peer.name, rooms = rooms.len(), messages = sent, "rebuilding the peer: latest messages of each room sent first");
+    Ok(())
 }
 
 fn on_received(peer: &Peer, state: &mut SendState, id: u64, now: Duration) {

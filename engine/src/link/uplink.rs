@@ -194,7 +194,7 @@ async fn attempt<S: Storage>(
         s.last_error = None;
     }
     store.peer_acked(CLOUD_PEER, start, Vec::new(), now_ms()).await;
-    let peer = Peer { name: CLOUD_PEER.to_owned(), rooms: None, start, version: v };
+    let peer = Peer { name: CLOUD_PEER.to_owned(), rooms: None, start, version: v, rebuild_until: state.own_until };
     let opts = super::LinkOptions { flow: settings.flow.clone(), blobs, renewal: settings.renewal.clone() };
     let stop = shutdown.child_token();
     let link = super::run(conn, send, recv, store.clone(), peer, opts, stop.clone());

@@ -257,6 +257,13 @@ async fn visible<S: Storage>(
     Ok((c.blob, c.blobs.info(c.blob).await.map_err(media_error)?))
 }
 
+/// A device wants `blob`, which this server knows only from a message: a hub with an
+/// uplink asks the cloud for it (a hub rebuilt from the cloud gets older files this way,
+/// on demand). Whether it is now asked for.
+fn ask_upstream<S: Storage>(hub: &Hub<S>, blobs: &Blobs<S>, blob: BlobId) -> bool {
+    !hub.config.uplink.cloud.is_empty() && blobs.want(blob)
+}
+
 async fn info<S: Storage>(
     State(hub): State<Arc<Hub<S>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -277,6 +284,7 @@ async fn info<S: Storage>(
                 "sha256": blob.hex(), "size": null, "type": null, "available": false,
                 "received": blobs.received(blob).await.map_err(media_error)?,
                 "custody": null, "preview": false, "evicted": false,
+                "requested": ask_upstream(&hub, blobs, blob),
             }),
         };
         Ok::<_, Fail>(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
@@ -325,7 +333,12 @@ async fn download<S: Storage>(
                 return Err(refuse(StatusCode::NOT_FOUND, "not_found", why));
             }
             None => {
-                return Err(refuse(StatusCode::NOT_FOUND, "not_found", "not arrived yet; see /info for progress"));
+                let why = if ask_upstream(&hub, blobs(&hub)?, blob) {
+                    "not on this hub yet; asked the cloud for it; see /info for progress"
+                } else {
+                    "not arrived yet; see /info for progress"
+                };
+                return Err(refuse(StatusCode::NOT_FOUND, "not_found", why));
             }
         };
         let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|r| parse_range(r, info.size));

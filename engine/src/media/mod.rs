@@ -130,7 +130,21 @@ struct Inner<S: MediaStore> {
     store: S,
     /// One writer per upload at a time (two tabs resuming the same upload).
     locks: Mutex<HashMap<(String, BlobId), UploadLock>>,
+    /// Files a device asked for that this server knows only from a message (a hub rebuilt
+    /// from the cloud gets older files on demand): the uplink asks the cloud for them.
+    /// Bounded by [`MAX_WANTED`]; forgotten once here, or [`WANT_FOR`] after the last
+    /// request (the cloud may not hold it either).
+    wanted: Mutex<HashMap<BlobId, tokio::time::Instant>>,
+    /// Bumped when `wanted` grows, for the uplink to wake on.
+    wanted_gen: tokio::sync::watch::Sender<u64>,
 }
+
+/// Most files asked of the cloud at once: each is a small request, and a phone scrolling
+/// back through a year of photos must not queue an unbounded list.
+pub const MAX_WANTED: usize = 256;
+/// How long a request for a file stays standing without a device asking again (the web
+/// client asks every few seconds while the message is on screen).
+const WANT_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl<S: Storage> std::fmt::Debug for Blobs<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,7 +164,63 @@ impl<S: Storage> Blobs<S> {
     pub fn open(store: S, db: &Path, cfg: MediaConfig, storage: &StorageConfig) -> Result<Self, MediaError> {
         let bytes = store.blob_bytes(db).map_err(|e| MediaError::Io(e.to_string()))?;
         let bulk_limit = storage.quota_bytes.saturating_sub(storage.emergency_reserve_bytes);
-        Ok(Self { inner: Arc::new(Inner { bytes, cfg, bulk_limit, store, locks: Mutex::default() }) })
+        let inner = Inner {
+            bytes,
+            cfg,
+            bulk_limit,
+            store,
+            locks: Mutex::default(),
+            wanted: Mutex::default(),
+            wanted_gen: tokio::sync::watch::Sender::new(0),
+        };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// A device asked for `blob`, which is not here: ask the peer that holds it (the
+    /// cloud) when the uplink is up. Returns false when [`MAX_WANTED`] files are already
+    /// asked for (the device asks again later).
+    pub fn want(&self, blob: BlobId) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut w = self.inner.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = w.get_mut(&blob) {
+            *at = now;
+            return true;
+        }
+        w.retain(|_, at| now.duration_since(*at) < WANT_FOR);
+        if w.len() >= MAX_WANTED {
+            return false;
+        }
+        w.insert(blob, now);
+        drop(w);
+        self.inner.wanted_gen.send_modify(|g| *g += 1);
+        true
+    }
+
+    /// The files asked for that are still not here (those that arrived are forgotten).
+    pub async fn wanted(&self) -> Result<Vec<BlobId>, MediaError> {
+        let asked: Vec<BlobId> =
+            self.inner.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).keys().copied().collect();
+        let mut still = Vec::with_capacity(asked.len());
+        for blob in asked {
+            match self.info(blob).await? {
+                Some(i) if !i.evicted => {
+                    self.inner.wanted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&blob);
+                }
+                _ => still.push(blob),
+            }
+        }
+        Ok(still)
+    }
+
+    /// Changes whenever a file is newly asked for.
+    pub fn subscribe_wanted(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.wanted_gen.subscribe()
+    }
+
+    /// `blob`'s size if a peer serving `rooms` (None: any) may be sent it now, on its
+    /// request: whole here and named by a message in one of those rooms.
+    pub async fn for_peer(&self, blob: BlobId, rooms: Option<Vec<RoomId>>) -> Result<Option<u64>, MediaError> {
+        Ok(self.inner.store.blob_for_peer(blob, rooms).await?)
     }
 
     pub fn config(&self) -> &MediaConfig {

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Cursor, RoomId};
+use crate::media::BlobId;
 use crate::revocation::Revocation;
 
 /// Largest control frame either side accepts (a `Hello` listing many rooms fits easily).
@@ -42,6 +43,11 @@ pub enum Control {
     /// The cloud's answer to a hub that said `Hello { v: 2.. }`: `Welcome`, plus the link
     /// version both ends will speak.
     WelcomeV2 { cloud: String, epoch: String, hwm: Cursor, v: u16 },
+    /// Files the sender needs now (a device asked for them) and knows only from messages:
+    /// the receiver sends each it holds and may share (named in the sender's rooms) on the
+    /// bulk lane ahead of its other files. A hub rebuilt from the cloud gets older files
+    /// this way, on demand. At most [`WANTS_PER_FRAME`] per frame; resent after a reconnect.
+    WantBlobs { blobs: Vec<BlobId> },
     /// Hub → cloud: the hub's Ed25519 renewal public key, after every handshake and when
     /// its delegation passes half its life. The cloud answers with `Delegation`.
     RenewalKey { key: [u8; 32] },
@@ -50,6 +56,9 @@ pub enum Control {
     /// A hub never sends this.
     Delegation { token: String },
 }
+
+/// Blobs per `WantBlobs` frame (33 bytes each).
+pub const WANTS_PER_FRAME: usize = 256;
 
 /// Entries per `Revocations` frame (each well under 200 bytes, so a frame stays far below
 /// [`MAX_CONTROL_LEN`]).
@@ -116,6 +125,8 @@ mod tests {
             any::<[u8; 32]>().prop_map(|key| Control::RenewalKey { key }),
             "[A-Za-z0-9._-]{0,200}".prop_map(|token| Control::Delegation { token }),
             any::<u64>().prop_map(|batch| Control::Ack { batch }),
+            prop::collection::vec(any::<[u8; 32]>(), 0..4)
+                .prop_map(|b| Control::WantBlobs { blobs: b.into_iter().map(BlobId).collect() }),
             prop::collection::vec(room, 0..5).prop_map(|rooms| Control::Rooms { rooms }),
             ("[a-z_]{1,10}", "\\PC{0,40}").prop_map(|(code, message)| Control::Refused { code, message }),
             prop::collection::vec(("\\PC{0,36}", any::<u64>(), any::<bool>()), 0..4).prop_map(|v| {

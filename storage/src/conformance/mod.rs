@@ -14,10 +14,10 @@ pub mod bytes;
 use std::sync::{Arc, Mutex};
 
 use outpost_shared::frames::OutgoingMsg;
-use outpost_shared::uplink::batch::{Entry, WireMessage};
+use outpost_shared::uplink::batch::{Entry, Lane, WireMessage};
 use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, Revocation, RoomId, Seq, UserId};
 
-use crate::{AppendRequest, AuditEvent, AuditKind, HookStore, LinkStore, LogEntry, Publisher};
+use crate::{AppendRequest, AuditEvent, AuditKind, HookStore, LinkStore, LogEntry, OutboundQuery, Publisher};
 
 /// Everything the backend published, in order.
 #[derive(Debug, Default)]
@@ -45,6 +45,7 @@ pub async fn check_all<S: LinkStore + HookStore>(open: impl Fn(Arc<Published>) -
     events_follow_the_log_across_rooms(&open).await;
     events_page_without_loss_or_repeats(&open).await;
     peer_imports_are_idempotent_and_the_resume_point_is_kept(&open).await;
+    a_peer_with_a_new_database_is_rebuilt_newest_first(&open).await;
     audit_events_are_kept_in_order(&open).await;
     revocations_are_recorded_once(&open).await;
     a_hook_position_moves_forward_for_its_holder_and_survives(&open).await;
@@ -274,6 +275,49 @@ pub async fn peer_imports_are_idempotent_and_the_resume_point_is_kept<S: LinkSto
     let later = store.peer_hello("cloud", "peer-epoch", vec![room]).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(later.sent_hwm, ours.cursor, "the peer's acknowledgement is where we resume");
     assert_eq!(later.recv_hwm, Cursor(2), "what we hold of the peer's log is kept");
+}
+
+/// A peer that comes back with a new database starts over at the beginning, with its own
+/// earlier messages (`own_until`), and a newest-first page gives a room's latest messages.
+pub async fn a_peer_with_a_new_database_is_rebuilt_newest_first<S: LinkStore>(open: &impl Fn(Arc<Published>) -> S) {
+    let store = open(Arc::new(Published::default()));
+    let room = id("ward");
+    let hello = |epoch: &'static str| store.peer_hello("village-7", epoch, vec![id("ward")]);
+    let first = hello("card-1").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.own_until, Cursor(0), "a new peer has nothing of its own to get back");
+    // Two of ours, three from the peer.
+    let mut ours = Vec::new();
+    for n in 1..=2 {
+        ours.push(store.append_wait(append(&room, n, new_id())).await.unwrap_or_else(|e| panic!("{e}")).cursor);
+    }
+    store
+        .import("village-7", vec![wire(&room, 1), wire(&room, 2), wire(&room, 3)], Cursor(3))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let head = store.head();
+    store.peer_acked("village-7", head, Vec::new(), 1_700_000_000_500).await;
+    let same = hello("card-1").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((same.sent_hwm, same.own_until), (head, Cursor(0)), "the same database resumes where it was");
+
+    let swapped = hello("card-2").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((swapped.sent_hwm, swapped.own_until), (Cursor(0), head), "a new database is rebuilt up to our head");
+    let page = |newest_first: bool, limit: usize| OutboundQuery {
+        peer: "village-7".into(),
+        rooms: Some(Arc::from(vec![room.clone()])),
+        after: Cursor(0),
+        until: Some(head),
+        lane: Lane::Normal,
+        limit,
+        max_bytes: usize::MAX,
+        newest_first,
+    };
+    let all = store.outbound(page(false, 100)).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(all.entries.len(), 5, "ours and the peer's own messages go back to it");
+    let newest = store.outbound(page(true, 2)).await.unwrap_or_else(|e| panic!("{e}"));
+    let cursors: Vec<Cursor> = newest.entries.iter().map(Entry::cursor).collect();
+    let mut expect: Vec<Cursor> = all.entries.iter().map(Entry::cursor).rev().take(2).collect();
+    expect.sort_by(|a, b| b.cmp(a));
+    assert_eq!(cursors, expect, "a newest-first page holds the latest entries, newest first");
 }
 
 /// The audit log keeps committed events in order.

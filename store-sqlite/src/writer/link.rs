@@ -97,22 +97,24 @@ impl Writer {
     /// and what it sent us before is gone from it too, so that goes back to it as well
     /// (`own_until`: everything of ours up to now).
     pub(super) fn peer_hello(&mut self, peer: &str, epoch: &str, rooms: &[RoomId]) -> Result<PeerState, StoreError> {
-        let known: Option<(String, i64, i64)> = self
+        let known: Option<(String, i64, i64, i64)> = self
             .conn
-            .prepare_cached("SELECT epoch, sent_hwm, recv_hwm FROM peers WHERE peer = ?1")?
-            .query_row([peer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .prepare_cached("SELECT epoch, sent_hwm, recv_hwm, own_until FROM peers WHERE peer = ?1")?
+            .query_row([peer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
-        let (sent, recv) = match known {
-            Some((old, sent, recv)) if old == epoch || old.is_empty() => (sent, recv),
-            Some((old, _, _)) => {
+        let (sent, recv, own_until) = match known {
+            Some((old, sent, recv, own)) if old == epoch || old.is_empty() => (sent, recv, own),
+            Some((old, _, _, _)) => {
                 tracing::warn!(peer, old_epoch = %old, new_epoch = epoch, "peer has a new database; resending everything");
                 let head = to_sql(self.next_cursor.saturating_sub(1));
                 self.conn
                     .prepare_cached("UPDATE peers SET own_until = ?2 WHERE peer = ?1")?
                     .execute(params![peer, head])?;
-                (0, 0)
+                // Its files went with its database: what it confirmed holding, it holds no more.
+                self.conn.prepare_cached("DELETE FROM blob_peers WHERE peer = ?1")?.execute([peer])?;
+                (0, 0, head)
             }
-            None => (0, 0),
+            None => (0, 0, 0),
         };
         self.conn
             .prepare_cached(
@@ -131,6 +133,7 @@ impl Writer {
             sent_hwm: Cursor(u64::try_from(sent).unwrap_or(0)),
             recv_hwm: Cursor(u64::try_from(recv).unwrap_or(0)),
             rooms: all,
+            own_until: Cursor(u64::try_from(own_until).unwrap_or(0)),
         })
     }
 
