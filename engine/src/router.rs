@@ -181,6 +181,17 @@ impl Router {
         }
     }
 
+    /// Sends an ephemeral frame to every session of `user` except `except` (what one of a
+    /// person's devices did that their others should show: a room read).
+    pub fn to_user(&self, user: &UserId, except: SessionId, text: Utf8Bytes) {
+        let Ok(inner) = self.inner.read() else { return };
+        for id in inner.users.get(user).into_iter().flatten().filter(|id| **id != except) {
+            if let Some(s) = inner.sessions.get(id) {
+                s.offer(Priority::Normal, Live::Ephemeral(text.clone()));
+            }
+        }
+    }
+
     /// Sends an ephemeral frame once to every other user's session sharing a room in `rooms`.
     pub fn to_co_members(&self, user: &UserId, rooms: &[RoomId], text: Utf8Bytes) {
         let Ok(inner) = self.inner.read() else { return };

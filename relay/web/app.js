@@ -201,6 +201,15 @@ function maybeRead() {
   transmit(send);
 }
 
+/** *Mark all read*: every room's unread count clears, here and on this person's other devices. */
+function markAllRead() {
+  const canRead = (m) => ['plain', 'open'].includes(opener.view(m).state);
+  const { ops, send } = proto.markAllRead({ canRead, link: link() });
+  if (ops.length) write(S.db, ops).catch(() => {});
+  transmit(send);
+  renderRooms();
+}
+
 function requestHistory(room) {
   const send = proto.history(room, link());
   if (!send) return;
@@ -444,6 +453,7 @@ function bindUi() {
     compose(S.room, details || 'Emergency: help needed now', true);
   });
   bindEventForm();
+  $('mark-all-read').addEventListener('click', markAllRead);
   $('patient-filter').addEventListener('input', (e) => {
     S.patientFilter = e.target.value.trim();
     render();

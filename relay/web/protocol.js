@@ -270,6 +270,15 @@ export class Protocol {
       case 'error':
         this.#onError(f, ops, events);
         break;
+      case 'read_mark': {
+        // Read on another of this person's devices (protocol v1 extension): their unread
+        // count clears here too. Marks only move forward.
+        if (typeof f.room === 'string' && Number.isSafeInteger(f.cursor) && f.cursor > (S.seen[f.room] ?? 0)) {
+          S.seen[f.room] = f.cursor;
+          ops.push(['kv', 'put', S.seen, 'seen']);
+        }
+        break;
+      }
       case 'token': {
         // A renewed token (protocol v1 extension), for the next connection. Only one for the
         // person signed in here replaces the stored one: a server never sends another's,
@@ -503,6 +512,20 @@ export class Protocol {
       return (a.created ?? a.at ?? 0) - (b.created ?? b.at ?? 0);
     });
     return list;
+  }
+
+  /**
+   * *Mark all read*: every room with unread messages is seen here, and (when connected)
+   * read on the server, which tells this person's other devices. Returns the ops that
+   * save it and the `read` frames to send.
+   */
+  markAllRead({ canRead, link }) {
+    const S = this.s;
+    const rooms = new Set();
+    for (const m of S.msgs.values()) if (!m.mine && m.cursor != null && m.cursor > (S.seen[m.room] ?? 0)) rooms.add(m.room);
+    const send = [];
+    for (const room of rooms) send.push(...this.read(room, { canRead, link }).send);
+    return { ops: rooms.size ? [['kv', 'put', S.seen, 'seen']] : [], send };
   }
 
   unread(room) {

@@ -288,6 +288,17 @@ pub struct Receipt {
     pub cursor: Option<Cursor>,
 }
 
+/// How far the signed-in user has read `room` on this server: every message up to
+/// `cursor` (this server's cursor) was read on one of their devices. Sent after `welcome`
+/// for each of the token's rooms with a mark, and live to the user's other connections
+/// when one of them sends `read`, so reading on one device clears the unread count on the
+/// others. A protocol v1 extension: older clients ignore it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadMark {
+    pub room: RoomId,
+    pub cursor: Cursor,
+}
+
 /// A renewed token for the device to keep in place of the one it signed in with (sent
 /// once per session, after the token passed half its life). `expires_at` is the new
 /// token's `exp`: seconds since the Unix epoch.
@@ -357,6 +368,8 @@ pub enum ServerFrame {
     Pong,
     /// Protocol v1 extension: clients that predate it ignore an unknown server frame.
     Token(TokenRenewed),
+    /// Protocol v1 extension, like `Token`.
+    ReadMark(ReadMark),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -538,6 +551,7 @@ impl ServerFrame {
             Self::History(_) => "history",
             Self::Pong => "pong",
             Self::Token(_) => "token",
+            Self::ReadMark(_) => "read_mark",
         }
     }
 
@@ -556,6 +570,7 @@ impl ServerFrame {
             Self::History(f) => encode_with(ty, f),
             Self::Pong => encode_with(ty, &Empty {}),
             Self::Token(f) => encode_with(ty, f),
+            Self::ReadMark(f) => encode_with(ty, f),
         }
     }
 
@@ -574,6 +589,7 @@ impl ServerFrame {
             "history" => Self::History(body("history", text)?),
             "pong" => Self::Pong,
             "token" => Self::Token(body("token", text)?),
+            "read_mark" => Self::ReadMark(body("read_mark", text)?),
             other => {
                 return Err(DecodeError::bad(format!("unknown server frame type {other:?}")));
             }

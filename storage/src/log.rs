@@ -46,6 +46,15 @@ pub trait LogStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send;
     /// `user` read message `id` of `room`.
     fn read(&self, user: UserId, room: RoomId, id: MessageId, at: u64) -> impl Future<Output = ()> + Send;
+    /// How far `user` has read each room (`read_marks`): this server's cursor of the last
+    /// message read there.
+    fn read_marks(&self, user: UserId) -> impl Future<Output = Result<Vec<(RoomId, Cursor)>, StoreError>> + Send;
+    /// This server's cursor of message `id` in `room`, if it holds it.
+    fn message_cursor(
+        &self,
+        room: RoomId,
+        id: MessageId,
+    ) -> impl Future<Output = Result<Option<Cursor>, StoreError>> + Send;
     /// The next page of what a device missed.
     fn replay(&self, q: ReplayQuery) -> impl Future<Output = Result<Replay, StoreError>> + Send;
     /// Messages of `room` before `before` (newest first within the page's limit).

@@ -180,6 +180,23 @@ impl PgStore {
         Ok(Replay { frames, scanned_to, done: count < q.limit })
     }
 
+    pub(crate) async fn read_marks(&self, user: UserId) -> Result<Vec<(RoomId, Cursor)>, StoreError> {
+        let (_permit, c) = self.reader(ReadLane::Devices).await?;
+        let stmt = c.prepare_cached("SELECT room, cursor FROM read_marks WHERE user_id = $1").await.map_err(db)?;
+        let rows = c.query(&stmt, &[&user.as_str()]).await.map_err(db)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((RoomId::new(r.get::<_, String>(0)).ok()?, Cursor(from_sql(r.get(1))))))
+            .collect())
+    }
+
+    pub(crate) async fn message_cursor(&self, room: RoomId, id: MessageId) -> Result<Option<Cursor>, StoreError> {
+        let (_permit, c) = self.reader(ReadLane::Devices).await?;
+        let stmt = c.prepare_cached("SELECT cursor FROM messages WHERE id = $1 AND room = $2").await.map_err(db)?;
+        let rows = c.query(&stmt, &[&id.as_bytes().as_slice(), &room.as_str()]).await.map_err(db)?;
+        Ok(rows.first().map(|r| Cursor(from_sql(r.get(0)))))
+    }
+
     pub(crate) async fn history(
         &self,
         room: RoomId,

@@ -63,6 +63,16 @@ impl LogStore for PgStore {
     async fn read(&self, user: UserId, room: RoomId, id: MessageId, at: u64) {
         self.send(Command::Read { user, room, id, at }).await;
     }
+    fn read_marks(&self, user: UserId) -> impl Future<Output = Result<Vec<(RoomId, Cursor)>, StoreError>> + Send {
+        PgStore::read_marks(self, user)
+    }
+    fn message_cursor(
+        &self,
+        room: RoomId,
+        id: MessageId,
+    ) -> impl Future<Output = Result<Option<Cursor>, StoreError>> + Send {
+        PgStore::message_cursor(self, room, id)
+    }
     fn replay(&self, q: ReplayQuery) -> impl Future<Output = Result<Replay, StoreError>> + Send {
         PgStore::replay(self, q)
     }

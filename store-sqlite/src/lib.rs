@@ -467,6 +467,16 @@ impl Store {
     }
 
     /// One page of a room's history, newest last.
+    /// How far `user` has read each room.
+    pub async fn read_marks(&self, user: UserId) -> Result<Vec<(RoomId, Cursor)>, StoreError> {
+        self.on_reader(ReadLane::Devices, move |r| r.read_marks(&user)).await
+    }
+
+    /// This store's cursor of message `id` in `room`.
+    pub async fn message_cursor(&self, room: RoomId, id: MessageId) -> Result<Option<Cursor>, StoreError> {
+        self.on_reader(ReadLane::Devices, move |r| r.message_cursor(&room, id)).await
+    }
+
     pub async fn history(&self, room: RoomId, before: Option<Cursor>, limit: u32) -> Result<HistoryPage, StoreError> {
         self.on_reader(ReadLane::Devices, move |r| r.history(room, before, limit)).await
     }

@@ -170,6 +170,32 @@ impl Readers {
 }
 
 impl Readers {
+    pub fn read_marks(&self, user: &UserId) -> Result<Vec<(RoomId, Cursor)>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT room, cursor FROM read_marks WHERE user = ?1")?;
+            let rows = stmt.query_map([user.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (room, cursor) = row?;
+                if let Ok(room) = RoomId::new(room) {
+                    out.push((room, Cursor(u64::try_from(cursor).unwrap_or(0))));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn message_cursor(&self, room: &RoomId, id: MessageId) -> Result<Option<Cursor>, StoreError> {
+        self.with(|conn| {
+            let c: Option<i64> = conn
+                .prepare_cached("SELECT cursor FROM messages WHERE id = ?1 AND room = ?2")?
+                .query_row(rusqlite::params![id.as_bytes().as_slice(), room.as_str()], |r| r.get(0))
+                .map(Some)
+                .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+            Ok(c.map(|c| Cursor(u64::try_from(c).unwrap_or(0))))
+        })
+    }
+
     pub fn outbound(&self, q: &OutboundQuery) -> Result<Outbound, StoreError> {
         self.with(|conn| {
             // One snapshot for the page and the head, so "nothing more up to the head"

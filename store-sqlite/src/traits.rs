@@ -55,6 +55,16 @@ impl LogStore for Store {
     fn read(&self, user: UserId, room: RoomId, id: MessageId, at: u64) -> impl Future<Output = ()> + Send {
         Store::read(self, user, room, id, at)
     }
+    fn read_marks(&self, user: UserId) -> impl Future<Output = Result<Vec<(RoomId, Cursor)>, StoreError>> + Send {
+        Store::read_marks(self, user)
+    }
+    fn message_cursor(
+        &self,
+        room: RoomId,
+        id: MessageId,
+    ) -> impl Future<Output = Result<Option<Cursor>, StoreError>> + Send {
+        Store::message_cursor(self, room, id)
+    }
     fn replay(&self, q: ReplayQuery) -> impl Future<Output = Result<Replay, StoreError>> + Send {
         Store::replay(self, q)
     }

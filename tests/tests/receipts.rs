@@ -352,3 +352,35 @@ async fn leave_stops_live_messages_of_a_room_and_join_resumes_them() -> anyhow::
     assert_eq!(b.expect_error().await?.0, "unknown_room");
     Ok(())
 }
+
+#[tokio::test]
+async fn reading_on_one_device_marks_the_room_read_on_the_persons_others() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let mut amina = w.device("amina", "a", &["clinic", "ward"]).await;
+    let mut phone = w.device("baraka", "baraka-phone", &["clinic", "ward"]).await;
+    let mut tablet = w.device("baraka", "baraka-tablet", &["clinic", "ward"]).await;
+    let mut other = w.device("chausiku", "c", &["clinic"]).await;
+    amina.send_stored(chat("clinic", "first")).await?;
+    let newest = amina.send_stored(chat("clinic", "second")).await?;
+    phone.messages(2).await?;
+    tablet.messages(2).await?;
+
+    // Read on the phone: the tablet is told how far, nobody else is.
+    phone.send_json(&json!({"v":1,"type":"read","room":"clinic","id":newest["id"]})).await?;
+    let mark = tablet.expect("read_mark").await?;
+    assert_eq!((mark["room"].as_str(), mark["cursor"].as_u64()), (Some("clinic"), newest["cursor"].as_u64()));
+    // Committed after the read (one writer, in order): the laptop below sees the mark.
+    amina.send_stored(chat("clinic", "after the read")).await?;
+    let seen = other.settle("read_mark").await?;
+    assert!(seen.is_empty(), "another person is not told: {seen:?}");
+    let phone_marks = phone.settle("read_mark").await?;
+    assert!(phone_marks.is_empty(), "the device that read is not told again: {phone_marks:?}");
+
+    // A device signing in later learns the mark right after welcome, for the rooms it has.
+    let mut laptop = w.device("baraka", "baraka-laptop", &["clinic", "ward"]).await;
+    let marks = laptop.settle("read_mark").await?;
+    let marks: Vec<(&str, Option<u64>)> =
+        marks.iter().map(|m| (m["room"].as_str().unwrap_or(""), m["cursor"].as_u64())).collect();
+    assert_eq!(marks, [("clinic", newest["cursor"].as_u64())], "one mark, for the room read");
+    Ok(())
+}

@@ -144,3 +144,29 @@ test('messages of a room are listed by cursor, those not yet on the server last'
     [2, 7, waiting],
   );
 });
+
+test('a read mark from another of my devices clears the unread count, and never moves back', () => {
+  const p = device({ rooms: ['clinic', 'ward'] });
+  connect(p, { rooms: ['clinic', 'ward'] });
+  deliver(p, [message(3), message(5), message(7, { room: 'ward' })]);
+  assert.equal(p.unread('clinic'), 2);
+  const batch = deliver(p, [{ v: 1, type: 'read_mark', room: 'clinic', cursor: 5 }]);
+  assert.equal(p.unread('clinic'), 0, 'read on the phone, cleared on the tablet');
+  assert.ok(batch.ops.some(([store, op, value, key]) => store === 'kv' && op === 'put' && key === 'seen' && value.clinic === 5), 'saved');
+  deliver(p, [{ v: 1, type: 'read_mark', room: 'clinic', cursor: 3 }]);
+  assert.equal(p.state.seen.clinic, 5, 'an older mark changes nothing');
+  assert.equal(p.unread('ward'), 1, 'other rooms keep their count');
+});
+
+test('mark all read clears every room and tells the server once per room', () => {
+  const p = device({ rooms: ['clinic', 'ward'] });
+  connect(p, { rooms: ['clinic', 'ward'] });
+  const [theirs, own, ward] = [message(3), message(4, { from: 'amina' }), message(6, { room: 'ward' })];
+  deliver(p, [theirs, own, ward]);
+  const { ops, send } = p.markAllRead({ canRead, link: link() });
+  assert.equal(p.unread('clinic') + p.unread('ward'), 0);
+  // `read` names each room's newest message, which vouches for everything before it.
+  assert.deepEqual(send.map((f) => [f.room, f.id]).sort(), [['clinic', own.msg.id], ['ward', ward.msg.id]]);
+  assert.equal(ops.length, 1);
+  assert.deepEqual(p.markAllRead({ canRead, link: link() }), { ops: [], send: [] }, 'nothing left to mark');
+});

@@ -107,7 +107,13 @@ impl<S: Storage> Session<S> {
             ClientFrame::Read(r) => match self.check_room(Action::Participate { room: &r.room }).await {
                 Err((code, m)) => self.feed(error_frame(code, m, Some(r.id))).await,
                 Ok(()) => {
-                    self.hub.store.read(self.claims.sub.clone(), r.room, r.id, now_ms()).await;
+                    let h = &self.hub;
+                    h.store.read(self.claims.sub.clone(), r.room.clone(), r.id, now_ms()).await;
+                    // The user's other devices clear their unread count for the room too.
+                    if let Ok(Some(cursor)) = h.store.message_cursor(r.room.clone(), r.id).await {
+                        let f = ServerFrame::ReadMark(outpost_shared::frames::ReadMark { room: r.room, cursor });
+                        h.router.to_user(&self.claims.sub, self.link.id, Utf8Bytes::from(f.encode()));
+                    }
                     Ok(())
                 }
             },

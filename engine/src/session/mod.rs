@@ -332,6 +332,19 @@ impl<S: Storage> Session<S> {
             tracing::info!(cursor = ?hello.cursor, epoch = ?hello.epoch, "device state is foreign; resync");
             s.feed(Utf8Bytes::from(ServerFrame::Resync(Resync { epoch, cursor: head }).encode())).await.ok();
         }
+        // How far this person has read each room, on whichever device.
+        match s.hub.store.read_marks(s.claims.sub.clone()).await {
+            Ok(marks) => {
+                let rooms = s.rooms.clone();
+                for (room, cursor) in marks.into_iter().filter(|(r, _)| rooms.contains(r)) {
+                    let f = ServerFrame::ReadMark(outpost_shared::frames::ReadMark { room, cursor });
+                    s.feed(Utf8Bytes::from(f.encode())).await.ok();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the user's read marks; unread counts start from this device's own")
+            }
+        }
         if came_online {
             let frame = presence(&s.claims, PresenceStatus::Online, None);
             s.hub.router.to_co_members(&s.claims.sub, &s.rooms, frame);
