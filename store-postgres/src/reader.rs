@@ -199,7 +199,7 @@ impl PgStore {
         let more = messages.len() > limit as usize;
         messages.truncate(limit as usize);
         messages.reverse();
-        Ok(HistoryPage { room, messages, more })
+        Ok(HistoryPage::local(room, messages, more))
     }
 
     pub(crate) async fn room_since(

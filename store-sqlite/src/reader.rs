@@ -164,7 +164,7 @@ impl Readers {
             let more = messages.len() > limit as usize;
             messages.truncate(limit as usize);
             messages.reverse();
-            Ok(HistoryPage { room, messages, more })
+            Ok(HistoryPage::local(room, messages, more))
         })
     }
 }

@@ -90,9 +90,18 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (room(), any::<bool>()).prop_map(|(room, active)| ClientFrame::Typing(Typing { room, active })),
         prop_oneof![Just(PresenceStatus::Online), Just(PresenceStatus::Away)]
             .prop_map(|status| ClientFrame::Presence(Presence { status })),
-        (room(), proptest::option::of(any::<u64>()), proptest::option::of(0u32..500)).prop_map(
-            |(room, before, limit)| ClientFrame::History(History { room, before: before.map(Cursor), limit })
-        ),
+        (
+            room(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(0u32..500),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(room, before, limit, before_hlc)| ClientFrame::History(History {
+                room,
+                before: before.map(Cursor),
+                limit,
+                before_hlc: before_hlc.map(Hlc),
+            })),
         room().prop_map(|room| ClientFrame::Join(RoomRef { room })),
         room().prop_map(|room| ClientFrame::Leave(RoomRef { room })),
         Just(ClientFrame::Ping),
@@ -147,8 +156,15 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (user(), proptest::option::of(any::<u64>())).prop_map(|(user, last_seen)| {
             ServerFrame::Presence(PresenceEvent { user, status: PresenceStatus::Offline, last_seen })
         }),
-        (room(), prop::collection::vec(positioned(), 0..3), any::<bool>())
-            .prop_map(|(room, messages, more)| ServerFrame::History(HistoryPage { room, messages, more })),
+        (room(), prop::collection::vec(positioned(), 0..3), any::<bool>(), 0u32..4, any::<bool>()).prop_map(
+            |(room, messages, more, from_cloud, gap)| ServerFrame::History(HistoryPage {
+                room,
+                messages,
+                more,
+                from_cloud,
+                unavailable: gap.then(HistoryGap::in_cloud),
+            })
+        ),
         Just(ServerFrame::Pong),
     ]
 }
