@@ -32,6 +32,8 @@ pub struct Hub<S: Storage> {
     pub uplink: Arc<Mutex<UplinkStatus>>,
     /// Media blobs (None only where a caller builds a hub without a blob store).
     pub blobs: Option<crate::media::Blobs<S>>,
+    /// History the hub asks of its cloud (unused on the cloud itself).
+    pub cloud_history: Arc<crate::link::history::CloudHistory>,
     presence: Mutex<HashMap<UserId, TokenBucket>>,
     /// The HTTP API's send rate limit, one bucket per user (an API caller has no
     /// connection to hang a bucket on).
@@ -68,6 +70,7 @@ impl<S: Storage> Hub<S> {
             conns,
             uplink: Arc::default(),
             blobs: None,
+            cloud_history: Arc::default(),
             presence: Mutex::new(HashMap::new()),
             api_sends: Mutex::new(HashMap::new()),
             started: tokio::time::Instant::now(),

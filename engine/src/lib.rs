@@ -24,6 +24,7 @@ pub mod link;
 mod mailbox;
 pub mod media;
 pub mod ratelimit;
+pub mod retention;
 pub mod router;
 pub mod server;
 mod session;

@@ -266,6 +266,12 @@ pub struct Welcome {
     /// envelopes, see `crate::e2e`). Omitted when none are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub encrypted: Vec<RoomId>,
+    /// Extension: retention removed confirmed messages at log positions up to here
+    /// (their rooms' older history is in the cloud). A device resuming below it gets what
+    /// is still held after its cursor and pages back with `history` for the rest
+    /// (docs/protocol.md, "History beyond the hub"). Omitted when nothing was removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_through: Option<Cursor>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,7 @@
 //! from their durable high-water marks.
 
 mod bulk;
+pub mod history;
 pub mod tls;
 pub mod uplink;
 
@@ -95,7 +96,14 @@ pub struct Peer {
 pub struct LinkOptions<S: Storage> {
     pub flow: FlowConfig,
     pub blobs: Option<crate::media::Blobs<S>>,
+    /// A hub's handle for history asked of the cloud (attached while this link, of
+    /// version 2 or later, is up); `None` on the cloud.
+    pub history: Option<Arc<history::CloudHistory>>,
 }
+
+/// History requests a cloud serves at once per hub link; more wait their turn (each is
+/// one bounded read).
+const HISTORY_ANSWERS_AT_ONCE: usize = 4;
 
 /// Reads one length-prefixed control frame.
 pub async fn read_control(recv: &mut quinn::RecvStream) -> Result<Option<Control>, LinkError> {
@@ -125,7 +133,7 @@ pub async fn run<S: Storage>(
     opts: LinkOptions<S>,
     shutdown: CancellationToken,
 ) -> LinkError {
-    let LinkOptions { flow, blobs } = opts;
+    let LinkOptions { flow, blobs, history } = opts;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(1024);
     let (ack_tx, ack_rx) = mpsc::channel::<u64>(4096);
     let (reset_tx, reset_rx) = mpsc::channel::<()>(4);
@@ -143,7 +151,17 @@ pub async fn run<S: Storage>(
     let reader_store = store.clone();
     let reader_peer = peer.clone();
     let reader_reset = reset_tx.clone();
+    // A hub asks its cloud for history only on a link that can carry the frames.
+    let history = history.filter(|_| peer.rooms.is_none() && peer.version >= 2);
+    if let Some(h) = &history {
+        h.attach(ctl_tx.clone());
+    }
+    let reader_history = history.clone();
+    let reader_ctl = ctl_tx.clone();
+    let answers = Arc::new(tokio::sync::Semaphore::new(HISTORY_ANSWERS_AT_ONCE));
     tasks.spawn(async move {
+        // Answers to history requests (cloud side); aborted with the link.
+        let mut answering: JoinSet<()> = JoinSet::new();
         loop {
             let c = match read_control(&mut ctrl_recv).await {
                 Ok(Some(c)) => c,
@@ -177,6 +195,23 @@ pub async fn run<S: Storage>(
                 Control::Hello { .. } | Control::Welcome { .. } | Control::WelcomeV2 { .. } => {
                     return LinkError::Protocol("handshake frame after the handshake".into());
                 }
+                Control::HistoryRequest { id, room, before_hlc, limit } => {
+                    let Some(rooms) = &reader_peer.rooms else {
+                        return LinkError::Protocol("a cloud may not ask a hub for history".into());
+                    };
+                    while answering.try_join_next().is_some() {}
+                    let allowed = rooms.lock().map(|r| r.contains(&room)).unwrap_or(false);
+                    let (store, ctl, permits) = (reader_store.clone(), reader_ctl.clone(), answers.clone());
+                    answering.spawn(async move {
+                        let Ok(_permit) = permits.acquire_owned().await else { return };
+                        let a = history::answer(&store, allowed, id, room, before_hlc, limit).await;
+                        let _ = ctl.send(a).await;
+                    });
+                }
+                Control::HistoryAnswer { id, messages, more, error } => match &reader_history {
+                    Some(h) => h.answered(id, error.map_or(Ok((messages, more)), Err)),
+                    None => return LinkError::Protocol("an unasked history answer".into()),
+                },
             }
         }
     });
@@ -200,6 +235,9 @@ pub async fn run<S: Storage>(
     };
     conn.close(0u32.into(), b"link ended");
     tasks.abort_all();
+    if let Some(h) = &history {
+        h.detach();
+    }
     end
 }
 

@@ -100,6 +100,7 @@ pub async fn run<S: Storage>(
     blobs: Option<crate::media::Blobs<S>>,
     settings: UplinkSettings,
     status: Arc<Mutex<UplinkStatus>>,
+    history: Arc<super::history::CloudHistory>,
     shutdown: CancellationToken,
 ) {
     let mut failover = Failover::new(settings.clouds.len(), settings.backoff.clone(), settings.primary_retry);
@@ -116,7 +117,7 @@ pub async fn run<S: Storage>(
         }
         let started = tokio::time::Instant::now();
         let attempt =
-            attempt(&store, blobs.clone(), &settings, &failover, &mut endpoints, ready.take(), &status, &shutdown);
+            attempt(&store, blobs.clone(), &settings, &failover, &mut endpoints, ready.take(), &status, &history, &shutdown);
         let result = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -173,6 +174,7 @@ async fn attempt<S: Storage>(
     endpoints: &mut Endpoints,
     ready: Option<Dialled>,
     status: &Mutex<UplinkStatus>,
+    history: &Arc<super::history::CloudHistory>,
     shutdown: &CancellationToken,
 ) -> Result<Ended, LinkError> {
     let target = settings.clouds.get(failover.current()).map_or("", String::as_str);
@@ -192,7 +194,7 @@ async fn attempt<S: Storage>(
     }
     store.peer_acked(CLOUD_PEER, start, Vec::new(), now_ms()).await;
     let peer = Peer { name: CLOUD_PEER.to_owned(), rooms: None, start, version: v };
-    let opts = super::LinkOptions { flow: settings.flow.clone(), blobs };
+    let opts = super::LinkOptions { flow: settings.flow.clone(), blobs, history: Some(history.clone()) };
     let stop = shutdown.child_token();
     let link = super::run(conn, send, recv, store.clone(), peer, opts, stop.clone());
     tokio::pin!(link);

@@ -128,6 +128,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 rooms,
                 role: Some(Role::Worker),
                 encrypted: vec![],
+                pruned_through: (cursor % 3 == 0).then_some(Cursor(cursor / 2)),
             })
         ),
         (mid(), any::<u64>(), proptest::option::of(any::<u64>()), any::<bool>()).prop_map(|(id, c, h, duplicate)| {
