@@ -26,6 +26,11 @@ pub enum AuditKind {
     RelayRefused,
     /// Someone read the audit log.
     AuditRead,
+    /// A room was put under legal hold / released from it.
+    Hold,
+    HoldReleased,
+    /// Messages were erased on request (not retention: an operator's deletion).
+    Deletion,
 }
 
 impl AuditKind {
@@ -42,6 +47,9 @@ impl AuditKind {
             Self::RelayConnected => "relay_connected",
             Self::RelayRefused => "relay_refused",
             Self::AuditRead => "audit_read",
+            Self::Hold => "legal_hold",
+            Self::HoldReleased => "hold_released",
+            Self::Deletion => "deletion",
         }
     }
 }

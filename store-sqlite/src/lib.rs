@@ -40,7 +40,7 @@ pub use outpost_storage::{
     LogEntry, LogStore, Outbound, OutboundQuery, PeerState, Publisher, Replay, ReplayQuery, Reply, SecurityStore,
     SessionId, StoreError,
 };
-pub use retention::{PruneReason, Pruned, RetentionPolicy};
+pub use retention::{EraseError, PruneReason, Pruned, RetentionPolicy, delete_offline, hold_offline};
 pub use schema::{MIGRATIONS, MigrateError, current_version as schema_version};
 
 #[derive(Debug, thiserror::Error)]

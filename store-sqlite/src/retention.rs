@@ -171,3 +171,128 @@ impl Store {
         .await
     }
 }
+
+/// Why an audited deletion did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum EraseError {
+    #[error("room {room} is under legal hold; release it first (outpost-cloud release)")]
+    Held { room: String },
+    #[error(transparent)]
+    Open(#[from] crate::OpenError),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Opens the database at `path` for a one-shot command (created and migrated if needed)
+/// with a busy timeout long enough to wait for a running server's writer.
+fn open_offline(path: &std::path::Path) -> Result<rusqlite::Connection, crate::OpenError> {
+    let open_err = |source| crate::OpenError::Open { path: path.to_path_buf(), source };
+    let mut conn = crate::connect(path, rusqlite::OpenFlags::default()).map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(120)).map_err(open_err)?;
+    crate::schema::migrate(&mut conn, &crate::new_epoch())?;
+    Ok(conn)
+}
+
+/// For `outpost-cloud hold` / `release`: puts `room` under legal hold (`on`) or releases
+/// it, with its audit row in the same transaction; answers whether anything changed.
+pub fn hold_offline(
+    path: &std::path::Path,
+    room: &RoomId,
+    on: bool,
+    actor: &str,
+    reason: &str,
+    at: u64,
+) -> Result<bool, EraseError> {
+    let mut conn = open_offline(path)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let at_sql = i64::try_from(at).unwrap_or(i64::MAX);
+    let changed = if on {
+        tx.execute(
+            "INSERT OR IGNORE INTO holds (room, at, actor, reason) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![room.as_str(), at_sql, actor, reason],
+        )?
+    } else {
+        tx.execute("DELETE FROM holds WHERE room = ?1", [room.as_str()])?
+    } > 0;
+    if changed {
+        let (kind, what) = if on {
+            (outpost_storage::AuditKind::Hold, format!("legal hold on room {room}: {reason}"))
+        } else {
+            (outpost_storage::AuditKind::HoldReleased, format!("legal hold on room {room} released: {reason}"))
+        };
+        let event = outpost_storage::AuditEvent::new(kind, what).actor(actor).room(room.as_str());
+        crate::security::insert_audit(&tx, at, &event)?;
+    }
+    tx.commit()?;
+    Ok(changed)
+}
+
+/// Messages an audited deletion removes per transaction (a running server's writer
+/// waits at most one such transaction).
+const ERASE_BATCH: i64 = 1000;
+
+/// For `outpost-cloud delete`: erases every message of `room` received before
+/// `before_ms`, with their receipts and media references, and records who did it and how
+/// many in the audit log. Refused while the room is under legal hold (checked in every
+/// transaction, so a hold placed meanwhile stops it). `secure_delete` overwrites the
+/// freed content in the database file, and the WAL is checkpointed and truncated at the
+/// end so no copy of the old pages stays there either (when a running server's readers
+/// keep the checkpoint from completing, the next one overwrites them). Returns how many
+/// messages were erased.
+pub fn delete_offline(
+    path: &std::path::Path,
+    room: &RoomId,
+    before_ms: u64,
+    actor: &str,
+    at: u64,
+) -> Result<usize, EraseError> {
+    let mut conn = open_offline(path)?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
+    let mut erased = 0usize;
+    loop {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let held: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM holds WHERE room = ?1)", [room.as_str()], |r| r.get(0))?;
+        if held {
+            return Err(EraseError::Held { room: room.to_string() });
+        }
+        let gone: Vec<(i64, Vec<u8>)> = {
+            let mut stmt = tx.prepare(
+                "DELETE FROM messages WHERE cursor IN
+                   (SELECT cursor FROM messages WHERE room = ?1 AND at < ?2 ORDER BY cursor LIMIT ?3)
+                 RETURNING cursor, id",
+            )?;
+            stmt.query_map(rusqlite::params![room.as_str(), before, ERASE_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        for (cursor, id) in &gone {
+            tx.execute("DELETE FROM receipts WHERE msg_id = ?1", [id])?;
+            tx.execute("DELETE FROM media_refs WHERE cursor = ?1", [cursor])?;
+        }
+        // Positions erased are never handed out again (see the writer's start-up).
+        if let Some(max) = gone.iter().map(|(c, _)| *c).max() {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('retention.pruned_through', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = CAST(max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)",
+                [max.to_string()],
+            )?;
+        }
+        erased += gone.len();
+        let last = (gone.len() as i64) < ERASE_BATCH;
+        if last {
+            let detail = format!("erased {erased} messages of room {room} received before {before_ms} (ms since epoch)");
+            let event = outpost_storage::AuditEvent::new(outpost_storage::AuditKind::Deletion, detail)
+                .actor(actor)
+                .room(room.as_str());
+            crate::security::insert_audit(&tx, at, &event)?;
+        }
+        tx.commit()?;
+        if last {
+            break;
+        }
+    }
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "the WAL could not be truncated now; the next checkpoint overwrites it");
+    }
+    Ok(erased)
+}

@@ -80,6 +80,8 @@ pub(crate) struct Writer {
     quota_idle: bool,
     /// What the current transaction pruned.
     tally: retention::Tally,
+    /// Turn on `secure_delete` after the current transaction (a pragma outside one).
+    secure_delete: bool,
 }
 
 /// A message that a receipt is about.
@@ -135,6 +137,7 @@ impl Writer {
             retention: None,
             quota_idle: false,
             tally: retention::Tally::default(),
+            secure_delete: false,
         };
         w.refresh_used_bytes();
         w.load_retention_totals();
@@ -285,6 +288,11 @@ impl Writer {
                         }
                     },
                     Command::Retention(policy) => {
+                        if policy.confirm_peer.is_none() {
+                            // A cloud: what it removes (retention) is overwritten, not
+                            // only unlinked. Takes effect once this transaction ends.
+                            self.secure_delete = true;
+                        }
                         self.retention = Some(policy);
                         self.quota_idle = false;
                     }
@@ -335,6 +343,11 @@ impl Writer {
                 let _ = self.head_tx.send(self.next_cursor - 1);
                 self.refresh_used_bytes();
                 self.publish_tally();
+                if std::mem::take(&mut self.secure_delete)
+                    && let Err(e) = self.conn.pragma_update(None, "secure_delete", "ON")
+                {
+                    tracing::warn!(error = %e, "cannot turn on secure_delete");
+                }
                 if self.gauges.oldest_at.load(Ordering::Relaxed) == 0 && start_cursor < self.next_cursor {
                     self.refresh_oldest();
                 }
