@@ -337,7 +337,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             let db = sqlite_only(&dir, "delete")?;
             let at = outpost_engine::clock::now_ms();
             match outpost_store_sqlite::delete_offline(&db, &room, before, &by, at) {
-                Ok(n) => println!("erased {n} messages of room {room} received before {before} ms; recorded in the audit log"),
+                Ok(n) => println!(
+                    "erased {n} messages of room {room} received before {before} ms; recorded in the audit log"
+                ),
                 Err(e @ outpost_store_sqlite::EraseError::Held { .. }) => anyhow::bail!("{e}"),
                 Err(e) => return Err(e.into()),
             }

@@ -139,9 +139,16 @@ async fn serve<S: Storage>(
         start: state.sent_hwm,
         version: v,
     };
-    let end =
-        link::run(conn, send, recv, store, peer, LinkOptions { flow: FlowConfig::default(), blobs, history: None }, stop.clone())
-            .await;
+    let end = link::run(
+        conn,
+        send,
+        recv,
+        store,
+        peer,
+        LinkOptions { flow: FlowConfig::default(), blobs, history: None },
+        stop.clone(),
+    )
+    .await;
     if let Ok(mut l) = live.lock()
         && l.get(&relay).is_some_and(|(g, _)| *g == generation)
     {

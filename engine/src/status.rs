@@ -142,7 +142,11 @@ async fn collect<S: Storage>(hub: &Hub<S>) -> Status {
             emergency_reserve_bytes: cfg.storage.emergency_reserve_bytes,
             bulk_limit_bytes: cfg.storage.quota_bytes.saturating_sub(cfg.storage.emergency_reserve_bytes),
         },
-        retention: hub.store.retention().await.map(|stats| RetentionView { retain_days: cfg.storage.retain_days, stats }),
+        retention: hub
+            .store
+            .retention()
+            .await
+            .map(|stats| RetentionView { retain_days: cfg.storage.retain_days, stats }),
         devices: DevicesView { connected: hub.router.session_count() },
     }
 }

@@ -344,9 +344,10 @@ pub struct HistoryPage {
     pub room: RoomId,
     pub messages: Vec<Positioned>,
     pub more: bool,
-    /// Extension (v1): how many of `messages` (the oldest ones) the hub fetched from the
-    /// cloud because retention removed them here. They carry `cursor: 0`; the next page
-    /// is asked for with `before_hlc`. Omitted when none.
+    /// Extension (v1): how many of `messages` the hub fetched from the cloud because
+    /// retention removed them here. Those carry `cursor: 0` (no position in the hub's
+    /// log); in a room retention pruned, the next page is asked for with `before_hlc`
+    /// (the oldest stamp of this page). Omitted when none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub from_cloud: u32,
     /// Extension (v1): older history of the room exists only in the cloud, which cannot

@@ -282,10 +282,8 @@ impl Store {
         let state = writer::State::load(&conn).map_err(open_err)?;
         let (mark, list) = security::load_revocations(&conn).map_err(open_err)?;
         let epoch = Epoch(state.epoch.clone());
-        let gauges = Arc::new(Gauges {
-            head: AtomicU64::new(state.next_cursor.saturating_sub(1)),
-            ..Gauges::default()
-        });
+        let gauges =
+            Arc::new(Gauges { head: AtomicU64::new(state.next_cursor.saturating_sub(1)), ..Gauges::default() });
         let known_rooms = Arc::new(RwLock::new(state.rooms.clone()));
         let (tx, rx) = mpsc::channel(opts.max_batch);
         let readers = opts.readers.max(1);

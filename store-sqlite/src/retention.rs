@@ -69,7 +69,12 @@ impl Store {
     /// Unix epoch), `now_ms` being the time recorded as the last prune. Candidates are
     /// found on a reader connection (a scan that may be long never holds the writer);
     /// the writer re-checks and removes each in one short transaction.
-    pub async fn prune_aged(&self, policy: &RetentionPolicy, cutoff_ms: u64, now_ms: u64) -> Result<Pruned, StoreError> {
+    pub async fn prune_aged(
+        &self,
+        policy: &RetentionPolicy,
+        cutoff_ms: u64,
+        now_ms: u64,
+    ) -> Result<Pruned, StoreError> {
         let policy = policy.clone();
         let batch = policy.batch;
         let cutoff = i64::try_from(cutoff_ms).unwrap_or(i64::MAX);
@@ -158,7 +163,8 @@ impl Store {
     pub async fn holds(&self) -> Result<Vec<(RoomId, u64, String)>, StoreError> {
         self.read_with(|c| {
             let mut stmt = c.prepare_cached("SELECT room, at, actor FROM holds ORDER BY room")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
             let mut out = Vec::new();
             for row in rows {
                 let (room, at, actor) = row?;
@@ -252,7 +258,8 @@ pub fn delete_offline(
     let mut erased = 0usize;
     loop {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let held: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM holds WHERE room = ?1)", [room.as_str()], |r| r.get(0))?;
+        let held: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM holds WHERE room = ?1)", [room.as_str()], |r| r.get(0))?;
         if held {
             return Err(EraseError::Held { room: room.to_string() });
         }
@@ -280,7 +287,8 @@ pub fn delete_offline(
         erased += gone.len();
         let last = (gone.len() as i64) < ERASE_BATCH;
         if last {
-            let detail = format!("erased {erased} messages of room {room} received before {before_ms} (ms since epoch)");
+            let detail =
+                format!("erased {erased} messages of room {room} received before {before_ms} (ms since epoch)");
             let event = outpost_storage::AuditEvent::new(outpost_storage::AuditKind::Deletion, detail)
                 .actor(actor)
                 .room(room.as_str());

@@ -398,7 +398,10 @@ impl Writer {
         let limit = req.storage_limit(self.opts.quota_bytes, self.opts.emergency_reserve_bytes);
         let m = &req.msg;
         let mut used = self.used_bytes + self.gauges.blob_bytes.load(Ordering::Relaxed);
-        if used >= limit && !self.quota_idle && self.retention.as_ref().is_some_and(|p| p.quota_high_water_bytes.is_some()) {
+        if used >= limit
+            && !self.quota_idle
+            && self.retention.as_ref().is_some_and(|p| p.quota_high_water_bytes.is_some())
+        {
             // Before refusing: confirmed messages go first (inside this transaction, so
             // a rollback keeps them).
             let now = self.retention_now();

@@ -142,7 +142,14 @@ impl CloudHistory {
 
 /// The cloud's side: answers a hub's `HistoryRequest` from `store`, for a room the hub
 /// serves (`allowed`), bounded in messages and bytes.
-pub async fn answer<S: LogStore>(store: &S, allowed: bool, id: u64, room: RoomId, before_hlc: Hlc, limit: u32) -> Control {
+pub async fn answer<S: LogStore>(
+    store: &S,
+    allowed: bool,
+    id: u64,
+    room: RoomId,
+    before_hlc: Hlc,
+    limit: u32,
+) -> Control {
     if !allowed {
         return Control::HistoryAnswer { id, messages: Vec::new(), more: false, error: Some("forbidden".into()) };
     }
@@ -159,10 +166,16 @@ pub async fn answer<S: LogStore>(store: &S, allowed: bool, id: u64, room: RoomId
     }
 }
 
-/// A device's `history` page on a hub: the hub's own messages, and where retention
-/// removed the room's older ones, the cloud's (while the uplink is up) or the marker
-/// saying they are in the cloud and out of reach now. `before_hlc` set: the device is
-/// already paging through what only the cloud holds.
+/// A device's `history` page on a hub.
+///
+/// In a room retention never touched, the hub's own page (by cursor) as always. In a
+/// room it pruned, held and removed messages may interleave (an undelivered emergency
+/// stays while younger confirmed messages go), so the page is made by stamp, the order
+/// every server shares: the hub's messages and the cloud's (while the uplink is up)
+/// stamped before the device's position, merged, each message once (the hub's copy,
+/// with its cursor, when it has one; the cloud's with `cursor: 0`), the newest `limit`
+/// of them. The device pages on with `before_hlc`. With the cloud out of reach the
+/// page is the hub's own with the `history_in_cloud` marker.
 pub async fn device_page<S: outpost_storage::Storage>(
     hub: &crate::hub::Hub<S>,
     room: RoomId,
@@ -171,40 +184,56 @@ pub async fn device_page<S: outpost_storage::Storage>(
     limit: u32,
 ) -> Result<HistoryPage, outpost_storage::StoreError> {
     let has_cloud = !hub.config.uplink.cloud.is_empty();
-    let (mut page, boundary) = match before_hlc {
-        Some(h) if has_cloud => (HistoryPage::local(room.clone(), Vec::new(), false), h),
-        Some(_) => return Ok(HistoryPage::local(room, Vec::new(), false)),
-        None => {
-            let page = hub.store.history(room.clone(), before, limit).await?;
-            if page.more || !has_cloud {
-                return Ok(page);
+    let store = &hub.store;
+    let pruned = if has_cloud { store.pruned_floor(room.clone()).await?.is_some() } else { false };
+    if !pruned {
+        return match before_hlc {
+            // Only a page that came (partly) from the cloud leads here.
+            Some(h) => {
+                let (messages, more) = store.history_before_hlc(room.clone(), h, limit, usize::MAX).await?;
+                Ok(HistoryPage::local(room, messages, more))
             }
-            let Some(floor) = hub.store.pruned_floor(room.clone()).await? else { return Ok(page) };
-            // Older than everything this page holds; with nothing held below `before`,
-            // older than everything removed.
-            let oldest = page.messages.iter().map(|m| m.msg.hlc).min();
-            (page, oldest.unwrap_or(Hlc(floor.0.saturating_add(1))))
+            None => store.history(room, before, limit).await,
+        };
+    }
+    // The device's position as a stamp: the stamp of the message at `before`.
+    let upper = match (before_hlc, before) {
+        (Some(h), _) => h,
+        (None, None) => Hlc(u64::MAX),
+        (None, Some(c)) => {
+            let (at, _) = store.room_since(room.clone(), Cursor(c.0.saturating_sub(1)), 1).await?;
+            match at.first() {
+                Some(m) if m.cursor == c => m.msg.hlc,
+                // Not a message of this room held here: keep to the hub's own page.
+                _ => return store.history(room, before, limit).await,
+            }
         }
     };
-    let want = limit.saturating_sub(u32::try_from(page.messages.len()).unwrap_or(u32::MAX));
-    if want == 0 {
-        // Full of the hub's own: the device asks again for the cloud's part.
-        page.more = true;
-        return Ok(page);
-    }
-    match hub.cloud_history.fetch(room, boundary, want).await {
-        Ok((older, more)) => {
-            page.from_cloud = u32::try_from(older.len()).unwrap_or(u32::MAX);
-            let mut messages = older;
-            messages.append(&mut page.messages);
-            page.messages = messages;
-            page.more = more;
-        }
+    let (mut local, local_more) = store.history_before_hlc(room.clone(), upper, limit, usize::MAX).await?;
+    let (cloud, cloud_more) = match hub.cloud_history.fetch(room.clone(), upper, limit).await {
+        Ok(page) => page,
         Err(e) => {
-            tracing::debug!(error = %e, room = %page.room, "older history is in the cloud and out of reach");
+            tracing::debug!(error = %e, room = %room, "older history is in the cloud and out of reach");
+            let mut page = match before_hlc {
+                Some(_) => HistoryPage::local(room, local, local_more),
+                None => store.history(room, before, limit).await?,
+            };
             page.unavailable = Some(HistoryGap::in_cloud());
             page.more = false;
+            return Ok(page);
         }
-    }
-    Ok(page)
+    };
+    let held: std::collections::HashSet<_> = local.iter().map(|m| m.msg.id).collect();
+    local.extend(cloud.into_iter().filter(|m| !held.contains(&m.msg.id)));
+    local.sort_by_key(|m| (m.msg.hlc, m.msg.id));
+    let cut = local.len().saturating_sub(limit as usize);
+    let messages = local.split_off(cut);
+    let from_cloud = messages.iter().filter(|m| m.cursor == Cursor(0)).count();
+    Ok(HistoryPage {
+        room,
+        messages,
+        more: cut > 0 || local_more || cloud_more,
+        from_cloud: u32::try_from(from_cloud).unwrap_or(u32::MAX),
+        unavailable: None,
+    })
 }

@@ -116,8 +116,17 @@ pub async fn run<S: Storage>(
             s.address = Some(target.clone());
         }
         let started = tokio::time::Instant::now();
-        let attempt =
-            attempt(&store, blobs.clone(), &settings, &failover, &mut endpoints, ready.take(), &status, &history, &shutdown);
+        let attempt = attempt(
+            &store,
+            blobs.clone(),
+            &settings,
+            &failover,
+            &mut endpoints,
+            ready.take(),
+            &status,
+            &history,
+            &shutdown,
+        );
         let result = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,

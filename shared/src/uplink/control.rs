@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::hlc::Hlc;
 use crate::ids::{Cursor, RoomId};
-use crate::uplink::batch::WireMessage;
 use crate::revocation::Revocation;
+use crate::uplink::batch::WireMessage;
 
 /// Largest control frame either side accepts (a `Hello` listing many rooms fits easily).
 pub const MAX_CONTROL_LEN: usize = 256 * 1024;
@@ -145,9 +145,8 @@ mod tests {
             ("\\PC{0,20}", "[a-f0-9-]{0,36}", any::<u64>(), any::<u16>())
                 .prop_map(|(cloud, epoch, h, v)| { Control::WelcomeV2 { cloud, epoch, hwm: Cursor(h), v } }),
             any::<u64>().prop_map(|batch| Control::Ack { batch }),
-            (any::<u64>(), room.clone(), any::<u64>(), any::<u32>()).prop_map(|(id, room, h, limit)| {
-                Control::HistoryRequest { id, room, before_hlc: Hlc(h), limit }
-            }),
+            (any::<u64>(), room.clone(), any::<u64>(), any::<u32>())
+                .prop_map(|(id, room, h, limit)| { Control::HistoryRequest { id, room, before_hlc: Hlc(h), limit } }),
             (any::<u64>(), prop::collection::vec(wire(), 0..3), any::<bool>(), prop::option::of("[a-z_]{1,20}"))
                 .prop_map(|(id, messages, more, error)| Control::HistoryAnswer { id, messages, more, error }),
             prop::collection::vec(room, 0..5).prop_map(|rooms| Control::Rooms { rooms }),

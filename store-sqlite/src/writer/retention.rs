@@ -33,12 +33,16 @@ pub(crate) fn prunable_sql(policy: &RetentionPolicy) -> String {
     let confirmed = match &policy.confirm_peer {
         // A hub: its cloud holds everything of ours up to its acknowledged mark, and
         // everything it sent us.
-        Some(_) => "(m.origin_peer IS NOT NULL
-                     OR m.cursor <= coalesce((SELECT sent_hwm FROM peers WHERE peer = ?2), 0))",
+        Some(_) => {
+            "(m.origin_peer IS NOT NULL
+                     OR m.cursor <= coalesce((SELECT sent_hwm FROM peers WHERE peer = ?2), 0))"
+        }
         // A cloud: every hub serving the room holds it (or sent it).
-        None => "NOT EXISTS (SELECT 1 FROM peer_rooms pr JOIN peers p ON p.peer = pr.peer
+        None => {
+            "NOT EXISTS (SELECT 1 FROM peer_rooms pr JOIN peers p ON p.peer = pr.peer
                               WHERE pr.room = m.room AND m.cursor > p.sent_hwm
-                                AND coalesce(m.origin_peer, '') <> pr.peer)",
+                                AND coalesce(m.origin_peer, '') <> pr.peer)"
+        }
     };
     let blob_peer = match &policy.confirm_peer {
         Some(_) => "AND NOT EXISTS (SELECT 1 FROM blob_peers bp WHERE bp.sha256 = x.sha256 AND bp.peer = ?2)",
@@ -58,11 +62,7 @@ pub(crate) fn prunable_sql(policy: &RetentionPolicy) -> String {
 }
 
 /// The statement's arguments for [`prunable_sql`], then `extra`.
-pub(crate) fn prunable_args(
-    policy: &RetentionPolicy,
-    cutoff: i64,
-    extra: &[i64],
-) -> Vec<rusqlite::types::Value> {
+pub(crate) fn prunable_args(policy: &RetentionPolicy, cutoff: i64, extra: &[i64]) -> Vec<rusqlite::types::Value> {
     let mut args: Vec<rusqlite::types::Value> = vec![cutoff.into()];
     match &policy.confirm_peer {
         Some(p) => args.push(p.clone().into()),
@@ -194,10 +194,8 @@ impl Writer {
 
     /// The receive time of the oldest message held (oldest by log position).
     pub(super) fn refresh_oldest(&self) {
-        let at: Option<i64> = self
-            .conn
-            .query_row("SELECT at FROM messages ORDER BY cursor LIMIT 1", [], |r| r.get(0))
-            .ok();
+        let at: Option<i64> =
+            self.conn.query_row("SELECT at FROM messages ORDER BY cursor LIMIT 1", [], |r| r.get(0)).ok();
         self.gauges.oldest_at.store(at.and_then(|a| u64::try_from(a).ok()).unwrap_or(0), Ordering::Relaxed);
     }
 
