@@ -200,6 +200,19 @@ pub async fn run<S: Storage>(
                         return LinkError::Protocol("a cloud may not ask a hub for history".into());
                     };
                     while answering.try_join_next().is_some() {}
+                    if answering.len() >= history::MAX_PENDING {
+                        // A hub asking faster than it could ever wait for: refuse at once.
+                        let busy = Control::HistoryAnswer {
+                            id,
+                            messages: Vec::new(),
+                            more: false,
+                            error: Some("busy".into()),
+                        };
+                        if reader_ctl.send(busy).await.is_err() {
+                            return LinkError::Shutdown;
+                        }
+                        continue;
+                    }
                     let allowed = rooms.lock().map(|r| r.contains(&room)).unwrap_or(false);
                     let (store, ctl, permits) = (reader_store.clone(), reader_ctl.clone(), answers.clone());
                     answering.spawn(async move {
