@@ -271,6 +271,11 @@ pub struct StorageConfig {
     pub import_writers: usize,
     /// On PostgreSQL: most entries of hubs' batches in one of those transactions.
     pub import_group_entries: usize,
+    /// Days messages are kept; 0 (the default) keeps everything forever. The cloud is
+    /// the long-term record: past this, a message goes only once every hub serving its
+    /// room holds it, never in a room under legal hold (`outpost-cloud hold`). SQLite
+    /// only for now; a PostgreSQL cloud keeps everything.
+    pub retain_days: u32,
 }
 
 /// Most `storage.import_writers`: each is a PostgreSQL connection holding a transaction,
@@ -296,6 +301,7 @@ impl Default for StorageConfig {
             blob_chunk_bytes: outpost_store_postgres::DEFAULT_BLOB_CHUNK_BYTES,
             import_writers: outpost_store_postgres::DEFAULT_IMPORT_WRITERS,
             import_group_entries: outpost_store_postgres::DEFAULT_IMPORT_GROUP_ENTRIES,
+            retain_days: 0,
         }
     }
 }
@@ -309,6 +315,10 @@ impl StorageConfig {
             emergency_reserve_bytes: self.emergency_reserve_bytes,
             max_batch: self.max_batch,
             readers: self.readers,
+            retain_days: self.retain_days,
+            // The cloud is the record of last resort: never pruned for space.
+            prune_above_percent: 0,
+            ..outpost_engine::config::StorageConfig::default()
         }
     }
 

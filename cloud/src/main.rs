@@ -103,6 +103,40 @@ enum Cmd {
         #[arg(long)]
         database: Option<String>,
     },
+    /// Put a room under legal hold: nothing of it is removed by retention or deleted
+    /// until it is released. Recorded in the audit log. SQLite clouds only for now.
+    Hold {
+        #[arg(long)]
+        dir: PathBuf,
+        room: RoomId,
+        /// Why (a case number, a request): kept in the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Release a room's legal hold (recorded in the audit log).
+    Release {
+        #[arg(long)]
+        dir: PathBuf,
+        room: RoomId,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Erase a room's messages received before a date, with their receipts, from the
+    /// cloud's database (overwritten, not only unlinked), and record who did it and how
+    /// many in the audit log. Refused while the room is under legal hold. Hubs keep
+    /// their copies until their own retention removes them.
+    Delete {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        room: RoomId,
+        /// YYYY-MM-DD (UTC): messages received before the start of this day go.
+        #[arg(long, value_parser = parse_date)]
+        before: u64,
+        /// Who asked (recorded in the audit log beside `cli`).
+        #[arg(long, default_value = "cli")]
+        by: String,
+    },
     /// Print the cloud's audit log as JSON lines (security events; no message contents).
     Audit {
         #[arg(long)]
@@ -297,6 +331,19 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             let fresh = Database::of(&dir, &id, database)?.record(std::slice::from_ref(&r), &[])?;
             println!("{}", outpost_engine::cli::revoked(&r, fresh));
         }
+        Cmd::Hold { dir, room, reason } => hold(&dir, &room, true, &reason)?,
+        Cmd::Release { dir, room, reason } => hold(&dir, &room, false, &reason)?,
+        Cmd::Delete { dir, room, before, by } => {
+            let db = sqlite_only(&dir, "delete")?;
+            let at = outpost_engine::clock::now_ms();
+            match outpost_store_sqlite::delete_offline(&db, &room, before, &by, at) {
+                Ok(n) => println!(
+                    "erased {n} messages of room {room} received before {before} ms; recorded in the audit log"
+                ),
+                Err(e @ outpost_store_sqlite::EraseError::Held { .. }) => anyhow::bail!("{e}"),
+                Err(e) => return Err(e.into()),
+            }
+        }
         Cmd::Audit { dir, page, database } => {
             let id = CloudIdentity::load(&dir)?;
             outpost_engine::cli::write_audit(Database::of(&dir, &id, database)?.audit_page(page.after, page.limit)?)?;
@@ -317,6 +364,49 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The SQLite database of the cloud in `dir`; retention commands do not reach a
+/// PostgreSQL cloud yet.
+fn sqlite_only(dir: &std::path::Path, what: &str) -> anyhow::Result<PathBuf> {
+    let id = CloudIdentity::load(dir)?;
+    match Database::of(dir, &id, None)? {
+        Database::Sqlite(db) => Ok(db),
+        Database::Postgres(_) => anyhow::bail!("`{what}` works on a SQLite cloud only; this cloud runs on PostgreSQL"),
+    }
+}
+
+fn hold(dir: &std::path::Path, room: &RoomId, on: bool, reason: &str) -> anyhow::Result<()> {
+    let db = sqlite_only(dir, if on { "hold" } else { "release" })?;
+    let changed = outpost_store_sqlite::hold_offline(&db, room, on, "cli", reason, outpost_engine::clock::now_ms())?;
+    match (on, changed) {
+        (true, true) => println!("room {room} is under legal hold"),
+        (true, false) => println!("room {room} was already under legal hold"),
+        (false, true) => println!("room {room} is released from legal hold"),
+        (false, false) => println!("room {room} was not under legal hold"),
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD` as ms since the Unix epoch at 00:00 UTC that day.
+fn parse_date(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a date; write YYYY-MM-DD");
+    let mut it = s.split('-');
+    let (Some(y), Some(m), Some(d), None) = (it.next(), it.next(), it.next(), it.next()) else { return Err(bad()) };
+    let (y, m, d): (i64, i64, i64) =
+        (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400_000).map_err(|_| bad())
 }
 
 /// `path` against the working directory (unchanged if that cannot be read).
@@ -353,4 +443,16 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_date_is_the_start_of_that_day_in_utc() {
+        assert_eq!(super::parse_date("1970-01-01"), Ok(0));
+        assert_eq!(super::parse_date("2026-12-07"), Ok(1_796_601_600_000));
+        assert_eq!(super::parse_date("2024-02-29"), Ok(1_709_164_800_000));
+        assert!(super::parse_date("2026-13-01").is_err());
+        assert!(super::parse_date("yesterday").is_err());
+    }
 }

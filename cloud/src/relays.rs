@@ -144,7 +144,7 @@ async fn serve<S: Storage>(
         version: v,
         rebuild_until: state.own_until,
     };
-    let opts = LinkOptions { flow: FlowConfig::default(), blobs, renewal: Some(renewal) };
+    let opts = LinkOptions { flow: FlowConfig::default(), blobs, renewal: Some(renewal), history: None };
     let end = link::run(conn, send, recv, store, peer, opts, stop.clone()).await;
     if let Ok(mut l) = live.lock()
         && l.get(&relay).is_some_and(|(g, _)| *g == generation)

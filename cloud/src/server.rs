@@ -108,7 +108,11 @@ pub async fn run(
     let engine = engine_config(config, id);
     let db = engine.storage.path.clone();
     match &config.storage.database {
-        None => serve(Core::open(engine, &db)?, id, config, ws, tls, quic, shutdown, on_ready).await,
+        None => {
+            let mut core = Core::open(engine, &db)?;
+            core.retain(None);
+            serve(core, id, config, ws, tls, quic, shutdown, on_ready).await
+        }
         Some(url) => {
             let router = std::sync::Arc::new(outpost_engine::router::Router::new());
             let store = PgStore::open(url, postgres_options(config), router.clone()).await?;

@@ -34,6 +34,8 @@ pub struct Hub<S: Storage> {
     pub blobs: Option<crate::media::Blobs<S>>,
     /// What this server renews tokens with (nothing until set up; see [`crate::renewal`]).
     pub renewal: Arc<crate::renewal::Renewal>,
+    /// History the hub asks of its cloud (unused on the cloud itself).
+    pub cloud_history: Arc<crate::link::history::CloudHistory>,
     presence: Mutex<HashMap<UserId, TokenBucket>>,
     /// The HTTP API's send rate limit, one bucket per user (an API caller has no
     /// connection to hang a bucket on).
@@ -72,6 +74,7 @@ impl<S: Storage> Hub<S> {
             conns,
             uplink: Arc::default(),
             blobs: None,
+            cloud_history: Arc::default(),
             presence: Mutex::new(HashMap::new()),
             api_sends: Mutex::new(HashMap::new()),
             started: tokio::time::Instant::now(),

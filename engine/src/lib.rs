@@ -25,6 +25,7 @@ mod mailbox;
 pub mod media;
 pub mod ratelimit;
 pub mod renewal;
+pub mod retention;
 pub mod router;
 pub mod server;
 mod session;

@@ -93,6 +93,15 @@ impl Core<Store> {
         tracing::info!(db = %db.display(), epoch = %store.epoch(), head = store.head().0, "store open");
         Self::new(config, store, router, db)
     }
+
+    /// Runs message retention for as long as the server serves: `confirm_peer` is the
+    /// peer whose acknowledgement confirms a message (a hub's cloud), `None` on a cloud.
+    pub fn retain(&mut self, confirm_peer: Option<String>) {
+        let cfg = self.hub.config.storage.clone();
+        let policy = crate::retention::policy(&cfg, confirm_peer, self.hub.config.testing.clock_offset_secs);
+        let task = crate::retention::run(self.store.clone(), cfg, policy, self.stop_token());
+        self.spawn("retention", task);
+    }
 }
 
 impl<S: Storage> Core<S> {
@@ -252,6 +261,7 @@ pub async fn run(
         Some(settings) => Some(setup_renewal(&core, &dir, settings).await?),
         None => None,
     };
+    core.retain(Some(crate::link::uplink::CLOUD_PEER.to_owned()));
     if let Some(tls) = tls {
         tracing::info!("serving devices over TLS");
         core = core.with_tls(tls);
@@ -262,6 +272,7 @@ pub async fn run(
             core.hub.blobs.clone(),
             settings,
             core.hub.uplink.clone(),
+            core.hub.cloud_history.clone(),
             core.stop_token(),
         );
         core.spawn("uplink", task);

@@ -20,7 +20,7 @@ use crate::clock::now_ms;
 use crate::hub::Hub;
 use crate::link::uplink::CLOUD_PEER;
 use crate::ws::AppState;
-use outpost_storage::Backlog;
+use outpost_storage::{Backlog, RetentionStats};
 
 static METRICS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -65,7 +65,17 @@ pub(crate) struct Status {
     /// What waits for the cloud (hubs with an uplink only).
     pub backlog: Option<Backlog>,
     pub storage: StorageView,
+    /// What retention removed (stores with retention only).
+    pub retention: Option<RetentionView>,
     pub devices: DevicesView,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct RetentionView {
+    /// `storage.retain_days` (0: forever).
+    pub retain_days: u32,
+    #[serde(flatten)]
+    pub stats: RetentionStats,
 }
 
 #[derive(Debug, Serialize)]
@@ -132,6 +142,11 @@ async fn collect<S: Storage>(hub: &Hub<S>) -> Status {
             emergency_reserve_bytes: cfg.storage.emergency_reserve_bytes,
             bulk_limit_bytes: cfg.storage.quota_bytes.saturating_sub(cfg.storage.emergency_reserve_bytes),
         },
+        retention: hub
+            .store
+            .retention()
+            .await
+            .map(|stats| RetentionView { retain_days: cfg.storage.retain_days, stats }),
         devices: DevicesView { connected: hub.router.session_count() },
     }
 }
@@ -198,6 +213,22 @@ pub(crate) async fn page<S: Storage>(State((hub, _)): State<AppState<S>>) -> Htm
             b.oldest_emergency_at.map_or_else(|| "none".to_owned(), |t| format!("<b class=bad>{}</b>", ago(Some(t))))
         ),
     };
+    let retention = match &s.retention {
+        None => String::new(),
+        Some(r) => format!(
+            "<tr><th>Retention</th><td>{}; removed {} by age, {} to stay under the quota (last {})</td></tr>\
+             <tr><th>Oldest message held</th><td>{}</td></tr>",
+            if r.retain_days == 0 {
+                "keeps messages forever".to_owned()
+            } else {
+                format!("confirmed messages kept {} days", r.retain_days)
+            },
+            r.stats.pruned_by_age,
+            r.stats.pruned_by_quota,
+            ago(r.stats.last_prune_at),
+            r.stats.oldest_held_at.map_or_else(|| "none".to_owned(), |t| ago(Some(t))),
+        ),
+    };
     let used_pct = s.storage.used_bytes as f64 * 100.0 / s.storage.quota_bytes.max(1) as f64;
     let disk_class = if s.storage.used_bytes >= s.storage.bulk_limit_bytes { "bad" } else { "ok" };
     Html(format!(
@@ -211,6 +242,7 @@ pub(crate) async fn page<S: Storage>(State((hub, _)): State<AppState<S>>) -> Htm
          <tr><th>Last contact with the cloud</th><td>{contact}</td></tr>\
          {backlog}\
          <tr><th>Disk</th><td class={disk_class}>{used} of {quota} ({used_pct:.1} %); only emergencies past {limit}</td></tr>\
+         {retention}\
          <tr><th>Connected devices</th><td>{devices}</td></tr>\
          <tr><th>Version</th><td>{version}</td></tr>\
          <tr><th>Up for</th><td>{uptime}</td></tr>\
@@ -245,6 +277,13 @@ pub(crate) async fn metrics<S: Storage>(State((hub, _)): State<AppState<S>>) -> 
             let on = s.uplink.connected && *address == s.uplink.cloud;
             metrics::gauge!("outpost_uplink_cloud", "address" => address.clone()).set(if on { 1.0 } else { 0.0 });
         }
+    }
+    if let Some(r) = &s.retention {
+        // The counters `outpost_retention_pruned_total{reason}` are kept by the store.
+        let oldest = r.stats.oldest_held_at.map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0);
+        metrics::gauge!("outpost_retention_oldest_held_age_seconds").set(oldest);
+        let last = r.stats.last_prune_at.map_or(0.0, |t| t as f64 / 1000.0);
+        metrics::gauge!("outpost_retention_last_prune_timestamp_seconds").set(last);
     }
     if let Some(b) = &s.backlog {
         metrics::gauge!("outpost_backlog_messages").set(b.messages as f64);

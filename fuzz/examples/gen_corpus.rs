@@ -128,11 +128,11 @@ fn device_frames(traffic: &mut Corpus) -> anyhow::Result<Vec<(String, Vec<u8>)>>
                 },
             });
             out.push((format!("send-{i:02}"), send.encode().into_bytes()));
-            let page = ServerFrame::History(frames::HistoryPage {
-                room: stored.room.clone(),
-                messages: vec![Positioned { cursor: Cursor(i as u64 + 1), msg: stored }],
-                more: true,
-            });
+            let page = ServerFrame::History(frames::HistoryPage::local(
+                stored.room.clone(),
+                vec![Positioned { cursor: Cursor(i as u64 + 1), msg: stored }],
+                true,
+            ));
             out.push((format!("history-{i:02}"), page.encode().into_bytes()));
         }
     }

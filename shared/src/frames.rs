@@ -217,6 +217,12 @@ pub struct History {
     /// At most [`HISTORY_MAX_LIMIT`]; larger values are clamped.
     #[serde(default)]
     pub limit: Option<u32>,
+    /// Extension (v1): page back through what only the cloud still holds: messages of the
+    /// room stamped before this `hlc` (the stamp of the oldest message the device has).
+    /// Takes the place of `before` once a page brought messages from the cloud (those
+    /// have no position in the hub's log; see docs/protocol.md, "History beyond the hub").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_hlc: Option<Hlc>,
 }
 
 /// The largest `history.limit` a server honours.
@@ -260,6 +266,12 @@ pub struct Welcome {
     /// envelopes, see `crate::e2e`). Omitted when none are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub encrypted: Vec<RoomId>,
+    /// Extension: retention removed confirmed messages at log positions up to here
+    /// (their rooms' older history is in the cloud). A device resuming below it gets what
+    /// is still held after its cursor and pages back with `history` for the rest
+    /// (docs/protocol.md, "History beyond the hub"). Omitted when nothing was removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_through: Option<Cursor>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -352,6 +364,52 @@ pub struct HistoryPage {
     pub room: RoomId,
     pub messages: Vec<Positioned>,
     pub more: bool,
+    /// Extension (v1): how many of `messages` the hub fetched from the cloud because
+    /// retention removed them here. Those carry `cursor: 0` (no position in the hub's
+    /// log); in a room retention pruned, the next page is asked for with `before_hlc`
+    /// (the oldest stamp of this page). Omitted when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub from_cloud: u32,
+    /// Extension (v1): older history of the room exists only in the cloud, which cannot
+    /// be reached now; the page holds what this server has. Omitted when nothing is
+    /// missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<HistoryGap>,
+}
+
+/// Why a history page stops short of the room's beginning (`HistoryPage::unavailable`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryGap {
+    /// Stable, snake_case: [`HISTORY_IN_CLOUD`].
+    pub code: String,
+    pub message: String,
+}
+
+/// `HistoryGap::code`: older messages were removed from the hub by retention after the
+/// cloud confirmed them, and the cloud is not reachable now.
+pub const HISTORY_IN_CLOUD: &str = "history_in_cloud";
+
+impl HistoryGap {
+    /// The gap a hub reports while its uplink is down (or the cloud did not answer).
+    pub fn in_cloud() -> Self {
+        Self {
+            code: HISTORY_IN_CLOUD.to_owned(),
+            message: "older messages of this room are kept in the cloud, which cannot be reached now; \
+                      ask again when the hub is connected"
+                .to_owned(),
+        }
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl HistoryPage {
+    /// A page of this server's own messages (no extension fields).
+    pub fn local(room: RoomId, messages: Vec<Positioned>, more: bool) -> Self {
+        Self { room, messages, more, from_cloud: 0, unavailable: None }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

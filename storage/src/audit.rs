@@ -28,6 +28,11 @@ pub enum AuditKind {
     AuditRead,
     /// The cloud delegated token renewal to a relay's key / a hub took a delegation.
     Delegation,
+    /// A room was put under legal hold / released from it.
+    Hold,
+    HoldReleased,
+    /// Messages were erased on request (not retention: an operator's deletion).
+    Deletion,
 }
 
 impl AuditKind {
@@ -45,6 +50,9 @@ impl AuditKind {
             Self::RelayRefused => "relay_refused",
             Self::AuditRead => "audit_read",
             Self::Delegation => "delegation",
+            Self::Hold => "legal_hold",
+            Self::HoldReleased => "hold_released",
+            Self::Deletion => "deletion",
         }
     }
 }

@@ -11,9 +11,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use outpost_shared::frames::{HistoryPage, Positioned};
-use outpost_shared::{Cursor, DeviceId, Epoch, MessageId, RoomId, UserId};
+use outpost_shared::{Cursor, DeviceId, Epoch, Hlc, MessageId, RoomId, UserId};
 
-use crate::{AppendRequest, Appended, Replay, ReplayQuery, Reply, StoreError};
+use crate::{AppendRequest, Appended, Replay, ReplayQuery, Reply, RetentionStats, StoreError};
 
 pub trait LogStore: Clone + Send + Sync + 'static {
     /// This database's epoch: devices resume only within it (contract 6).
@@ -84,6 +84,29 @@ pub trait LogStore: Clone + Send + Sync + 'static {
         after: Cursor,
         limit: u32,
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send;
+    /// Messages of `room` stamped before `before_hlc`, oldest first, at most `limit` and
+    /// about `max_bytes` of bodies (at least one message), and whether older ones remain:
+    /// what a hub asks its cloud for when retention removed a room's older history
+    /// there. The stamp orders a room the same on every server, so the hub and the
+    /// cloud agree on "before" though their cursors differ.
+    fn history_before_hlc(
+        &self,
+        room: RoomId,
+        before_hlc: Hlc,
+        limit: u32,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send;
+    /// The newest stamp retention removed from `room` on this server, if it removed any
+    /// (older history then lives with the peer that confirmed it). A store without
+    /// retention answers `None`.
+    fn pruned_floor(&self, room: RoomId) -> impl Future<Output = Result<Option<Hlc>, StoreError>> + Send {
+        let _ = room;
+        async { Ok(None) }
+    }
+    /// What retention removed here (status page, metrics); `None` for a store without it.
+    fn retention(&self) -> impl Future<Output = Option<RetentionStats>> + Send {
+        async { None }
+    }
     /// Resolves once the store has completed a transaction (a liveness check).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Commits everything queued and stops; later calls answer `StoreError::Closed`.

@@ -134,6 +134,23 @@ pub struct PeerState {
     pub own_until: Cursor,
 }
 
+/// What retention removed from a store, for the status page and metrics. Counts are
+/// totals since the database was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RetentionStats {
+    /// Messages removed because they were older than the retention period.
+    pub pruned_by_age: u64,
+    /// Messages removed early, oldest first, because storage neared its quota.
+    pub pruned_by_quota: u64,
+    /// When retention last removed anything (ms since the Unix epoch).
+    pub last_prune_at: Option<u64>,
+    /// Receive time of the oldest message still held.
+    pub oldest_held_at: Option<u64>,
+    /// Every log position up to here may have been removed: a device resuming below it
+    /// finds older history in the cloud.
+    pub pruned_through: u64,
+}
+
 /// A message of ours that a peer acknowledged: its sender gets `forwarded`.
 #[derive(Debug, Clone)]
 pub struct Forwarded {

@@ -26,8 +26,11 @@ use tokio_postgres::types::ToSql;
 
 use crate::{OpenError, connect, describe, parse_url, schema};
 
-/// The SQLite schema version this copies from (store-sqlite's current one).
-const SQLITE_VERSION: i64 = 6;
+/// The SQLite schema version this copies from (store-sqlite's current one). Version 7's
+/// `delegation` is a hub's (a cloud holds none); version 8's `retention_rooms` and
+/// `holds` are not copied: a cloud on PostgreSQL keeps every message (it neither prunes
+/// nor deletes), so there is nothing for them to guard (docs/scaling.md).
+const SQLITE_VERSION: i64 = 8;
 /// Rows per INSERT.
 const CHUNK: usize = 5000;
 

@@ -216,7 +216,41 @@ impl PgStore {
         let more = messages.len() > limit as usize;
         messages.truncate(limit as usize);
         messages.reverse();
-        Ok(HistoryPage { room, messages, more })
+        Ok(HistoryPage::local(room, messages, more))
+    }
+
+    /// Messages of `room` stamped before `before_hlc`, oldest first (see
+    /// `LogStore::history_before_hlc`).
+    pub(crate) async fn history_before_hlc(
+        &self,
+        room: RoomId,
+        before_hlc: outpost_shared::Hlc,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<(Vec<Positioned>, bool), StoreError> {
+        let (_permit, c) = self.reader(ReadLane::Devices).await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND hlc < $2 ORDER BY hlc DESC LIMIT $3"
+            ))
+            .await
+            .map_err(db)?;
+        let rows =
+            c.query(&stmt, &[&room.as_str(), &to_sql(before_hlc.0), &(i64::from(limit) + 1)]).await.map_err(db)?;
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = rows.len() > limit as usize;
+        for r in rows.iter().take(limit as usize) {
+            let m = message_from_row(r, 0)?;
+            bytes += m.msg.body.as_str().len();
+            if bytes > max_bytes && !messages.is_empty() {
+                more = true;
+                break;
+            }
+            messages.push(m);
+        }
+        messages.reverse();
+        Ok((messages, more))
     }
 
     pub(crate) async fn room_since(

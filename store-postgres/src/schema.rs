@@ -242,6 +242,11 @@ pub const MIGRATIONS: &[&str] = &[
     r"
     ALTER TABLE peers ADD COLUMN own_until BIGINT NOT NULL DEFAULT 0;
     ",
+    // 7: a hub whose retention removed a room's older messages asks the cloud for them
+    // by stamp (the order every server shares): `history_before_hlc`.
+    r"
+    CREATE INDEX messages_room_hlc ON messages (room, hlc);
+    ",
 ];
 
 /// The schema version this build writes.

@@ -84,6 +84,15 @@ impl LogStore for PgStore {
     ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send {
         PgStore::history(self, room, before, limit)
     }
+    fn history_before_hlc(
+        &self,
+        room: RoomId,
+        before_hlc: outpost_shared::Hlc,
+        limit: u32,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send {
+        PgStore::history_before_hlc(self, room, before_hlc, limit, max_bytes)
+    }
     fn room_since(
         &self,
         room: RoomId,

@@ -17,6 +17,7 @@ mod files;
 mod hook;
 mod media;
 mod reader;
+mod retention;
 mod schema;
 pub mod security;
 mod traits;
@@ -39,6 +40,7 @@ pub use outpost_storage::{
     LogEntry, LogStore, Outbound, OutboundQuery, PeerState, Publisher, Replay, ReplayQuery, Reply, SecurityStore,
     SessionId, StoreError,
 };
+pub use retention::{EraseError, PruneReason, Pruned, RetentionPolicy, delete_offline, hold_offline};
 pub use schema::{MIGRATIONS, MigrateError, current_version as schema_version};
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +105,18 @@ pub(crate) enum Command {
     /// Work of another module (media metadata) run inside the writer's transaction;
     /// answered after the commit.
     Exec(ExecFn, oneshot::Sender<Result<ExecValue, StoreError>>),
+    /// Sets the retention policy (see `retention`).
+    Retention(RetentionPolicy),
+    /// Removes those of `candidates` (cursors) that may go, received before `cutoff`;
+    /// answers how many went.
+    Prune {
+        cutoff: u64,
+        candidates: Vec<i64>,
+        at: u64,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    /// One batch of quota pruning (the writer queues it for itself).
+    QuotaPrune,
     /// Answered after the next commit: proves the writer is alive (watchdog).
     Ping(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
@@ -155,6 +169,13 @@ pub(crate) struct Gauges {
     /// Bytes of media files beside the database (complete and partial), kept by the
     /// media module.
     pub blob_bytes: AtomicU64,
+    /// Retention's totals (see `retention`), loaded at start and moved after commits.
+    pub pruned_age: AtomicU64,
+    pub pruned_quota: AtomicU64,
+    pub last_prune: AtomicU64,
+    pub pruned_through: AtomicU64,
+    /// Receive time of the oldest message held (0: none).
+    pub oldest_at: AtomicU64,
 }
 
 /// Storage tuning taken from the relay configuration.
@@ -261,11 +282,8 @@ impl Store {
         let state = writer::State::load(&conn).map_err(open_err)?;
         let (mark, list) = security::load_revocations(&conn).map_err(open_err)?;
         let epoch = Epoch(state.epoch.clone());
-        let gauges = Arc::new(Gauges {
-            head: AtomicU64::new(state.next_cursor.saturating_sub(1)),
-            used_bytes: AtomicU64::new(0),
-            blob_bytes: AtomicU64::new(0),
-        });
+        let gauges =
+            Arc::new(Gauges { head: AtomicU64::new(state.next_cursor.saturating_sub(1)), ..Gauges::default() });
         let known_rooms = Arc::new(RwLock::new(state.rooms.clone()));
         let (tx, rx) = mpsc::channel(opts.max_batch);
         let readers = opts.readers.max(1);

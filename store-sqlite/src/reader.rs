@@ -164,7 +164,7 @@ impl Readers {
             let more = messages.len() > limit as usize;
             messages.truncate(limit as usize);
             messages.reverse();
-            Ok(HistoryPage { room, messages, more })
+            Ok(HistoryPage::local(room, messages, more))
         })
     }
 }
@@ -193,6 +193,41 @@ impl Readers {
                 .map(Some)
                 .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
             Ok(c.map(|c| Cursor(u64::try_from(c).unwrap_or(0))))
+        })
+    }
+
+    /// Messages of `room` stamped before `before_hlc`, oldest first (`messages_room_hlc`).
+    pub fn history_before_hlc(
+        &self,
+        room: &RoomId,
+        before_hlc: Hlc,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<(Vec<Positioned>, bool), StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = ?1 AND hlc < ?2 ORDER BY hlc DESC LIMIT ?3"
+            ))?;
+            let before = i64::try_from(before_hlc.0).unwrap_or(i64::MAX);
+            let mut rows = stmt.query(rusqlite::params![room.as_str(), before, i64::from(limit) + 1])?;
+            let mut messages = Vec::new();
+            let mut bytes = 0usize;
+            let mut more = false;
+            while let Some(r) = rows.next()? {
+                if messages.len() >= limit as usize {
+                    more = true;
+                    break;
+                }
+                let m = message_from_row(r, 0)?;
+                bytes += m.msg.body.as_str().len();
+                if bytes > max_bytes && !messages.is_empty() {
+                    more = true;
+                    break;
+                }
+                messages.push(m);
+            }
+            messages.reverse();
+            Ok((messages, more))
         })
     }
 

@@ -222,6 +222,25 @@ pub const MIGRATIONS: &[&str] = &[
         at     INTEGER NOT NULL
     );
     ",
+    // 8: retention. Confirmed messages may be removed (store-sqlite/src/retention.rs);
+    // what was removed of each room is remembered so history past it is asked of the
+    // peer that holds it, by stamp (the order every server shares), hence the index.
+    // Rooms under legal hold (the cloud's) are never pruned or deleted.
+    r"
+    CREATE INDEX messages_room_hlc ON messages (room, hlc);
+    CREATE TABLE retention_rooms (
+        room           TEXT PRIMARY KEY,
+        -- The newest stamp and log position removed from the room.
+        pruned_hlc     INTEGER NOT NULL,
+        pruned_cursor  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE holds (
+        room    TEXT PRIMARY KEY,
+        at      INTEGER NOT NULL,
+        actor   TEXT NOT NULL DEFAULT '',
+        reason  TEXT NOT NULL DEFAULT ''
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

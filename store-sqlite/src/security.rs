@@ -21,7 +21,7 @@ fn from_sql(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-pub(super) fn insert_audit(conn: &Connection, at: u64, e: &AuditEvent) -> rusqlite::Result<()> {
+pub(crate) fn insert_audit(conn: &Connection, at: u64, e: &AuditEvent) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO audit (at, event, actor, role, device, peer, room, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?

@@ -600,3 +600,109 @@ async fn hook_positions_and_leases_survive_a_restart() {
     assert!(ok(store.hook_lease("his", "node-b", now + 30_000, 30_000).await));
     store.shutdown().await;
 }
+
+mod retention {
+    use super::*;
+
+    fn policy(high_water: Option<u64>) -> RetentionPolicy {
+        RetentionPolicy {
+            confirm_peer: Some("cloud".into()),
+            quota_high_water_bytes: high_water,
+            batch: 1000,
+            clock_offset_ms: 0,
+        }
+    }
+
+    async fn count(store: &Store) -> i64 {
+        ok(store.read_with(|c| c.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))).await)
+    }
+
+    #[tokio::test]
+    async fn only_what_the_cloud_confirmed_goes_and_cursors_are_never_reused() {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("r.db");
+        let store = ok(Store::open(&path, opts(), Arc::new(Collect::default())));
+        let p = policy(None);
+        ok(store.set_retention(p.clone()).await);
+        let mut last = Cursor(0);
+        for seq in 1..=10 {
+            last = ok(store.append_wait(req("ward", Priority::Normal, seq)).await).cursor;
+        }
+        let cutoff = u64::MAX / 2;
+        assert_eq!(ok(store.prune_aged(&p, cutoff, 1).await).removed, 0, "nothing is confirmed yet");
+        store.peer_acked("cloud", Cursor(6), Vec::new(), 1).await;
+        ok(store.ping().await);
+        assert_eq!(ok(store.prune_aged(&p, cutoff, 1).await).removed, 6);
+        assert_eq!(count(&store).await, 4, "the unconfirmed four stay");
+        let stats = store.retention_stats();
+        assert_eq!((stats.pruned_by_age, stats.pruned_through), (6, 6));
+        assert!(ok(store.pruned_floor(id("ward")).await).is_some());
+        // Everything confirmed and removed: a reopened store still continues after it.
+        store.peer_acked("cloud", last, Vec::new(), 1).await;
+        ok(store.ping().await);
+        assert_eq!(ok(store.prune_aged(&p, cutoff, 1).await).removed, 4);
+        store.shutdown().await;
+        let store = ok(Store::open(&path, opts(), Arc::new(Collect::default())));
+        let next = ok(store.append_wait(req("ward", Priority::Normal, 11)).await).cursor;
+        assert!(next > last, "position {next:?} after {last:?}");
+        assert_eq!(store.retention_stats().pruned_by_age, 10, "totals survive a restart");
+        store.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_undelivered_emergency_stays_and_goes_once_delivered() {
+        let dir = ok(tempfile::tempdir());
+        let store = ok(Store::open(&dir.path().join("r.db"), opts(), Arc::new(Collect::default())));
+        let p = policy(None);
+        ok(store.set_retention(p.clone()).await);
+        let alert = ok(store.append_wait(req("ward", Priority::Emergency, 1)).await).cursor;
+        store.peer_acked("cloud", alert, Vec::new(), 1).await;
+        ok(store.ping().await);
+        assert_eq!(ok(store.prune_aged(&p, u64::MAX / 2, 1).await).removed, 0);
+        let rooms: Arc<[RoomId]> = Arc::from(vec![id("ward")]);
+        let nurse = UserId::new("nurse").unwrap_or_else(|e| panic!("{e}"));
+        store.ack(DeviceId::new("tab").unwrap_or_else(|e| panic!("{e}")), nurse, rooms, alert, 2).await;
+        ok(store.ping().await);
+        // The receipt it made is ours to send only if the message came from the cloud.
+        assert_eq!(ok(store.prune_aged(&p, u64::MAX / 2, 1).await).removed, 1);
+        store.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn quota_prunes_confirmed_messages_before_refusing() {
+        let dir = ok(tempfile::tempdir());
+        let o = StoreOptions { quota_bytes: 600_000, emergency_reserve_bytes: 150_000, ..opts() };
+        let store = ok(Store::open(&dir.path().join("r.db"), o, Arc::new(Collect::default())));
+        ok(store.set_retention(policy(Some(400_000))).await);
+        let mut refused_at = None;
+        for seq in 0..400u64 {
+            let mut r = req("ward", Priority::Bulk, seq);
+            r.msg.body = ok(Body::from_value(&"x".repeat(4000)));
+            match store.append_wait(r).await {
+                Ok(a) => store.peer_acked("cloud", a.cursor, Vec::new(), 1).await,
+                Err(StoreError::StorageFull { .. }) => {
+                    refused_at = Some(seq);
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(refused_at, None, "confirmed messages made room for every send");
+        assert!(store.retention_stats().pruned_by_quota > 0);
+        assert!(store.used_bytes() < 600_000 - 150_000);
+        // Nothing confirmed any more: the quota refuses again, and the reserve still
+        // takes an emergency.
+        let mut refused = false;
+        for seq in 400..800u64 {
+            let mut r = req("ward", Priority::Bulk, seq);
+            r.msg.body = ok(Body::from_value(&"x".repeat(4000)));
+            if let Err(StoreError::StorageFull { .. }) = store.append_wait(r).await {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "unconfirmed messages are never pruned");
+        assert!(store.append_wait(req("ward", Priority::Emergency, 900)).await.is_ok());
+        store.shutdown().await;
+    }
+}

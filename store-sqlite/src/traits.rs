@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use outpost_shared::frames::{HistoryPage, Positioned};
 use outpost_shared::uplink::batch::Entry;
-use outpost_shared::{Claims, Cursor, DeviceId, Epoch, MessageId, Revocation, RevocationList, RoomId, UserId};
+use outpost_shared::{Claims, Cursor, DeviceId, Epoch, Hlc, MessageId, Revocation, RevocationList, RoomId, UserId};
 use outpost_storage::{
     AppendRequest, Appended, AuditEvent, AuditRecord, Backlog, Forwarded, LinkStore, LogStore, Outbound, OutboundQuery,
-    PeerState, Replay, ReplayQuery, Reply, SecurityStore, StoreError,
+    PeerState, Replay, ReplayQuery, Reply, RetentionStats, SecurityStore, StoreError,
 };
 
 use crate::Store;
@@ -91,6 +91,22 @@ impl LogStore for Store {
         limit: u32,
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send {
         Store::events(self, rooms, after, limit)
+    }
+    fn history_before_hlc(
+        &self,
+        room: RoomId,
+        before_hlc: Hlc,
+        limit: u32,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send {
+        Store::history_before_hlc(self, room, before_hlc, limit, max_bytes)
+    }
+    fn pruned_floor(&self, room: RoomId) -> impl Future<Output = Result<Option<Hlc>, StoreError>> + Send {
+        Store::pruned_floor(self, room)
+    }
+    fn retention(&self) -> impl Future<Output = Option<RetentionStats>> + Send {
+        let stats = self.retention_stats();
+        async move { Some(stats) }
     }
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         Store::ping(self)

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use super::{AppendRequest, Appended, Audience, Command, LogEntry, Pending, Publisher, StoreError, StoreOptions};
 
 mod link;
+pub(crate) mod retention;
 
 /// What the writer restores from the database at start-up.
 pub(crate) struct State {
@@ -31,8 +32,11 @@ pub(crate) struct State {
 impl State {
     pub fn load(conn: &Connection) -> Result<Self, rusqlite::Error> {
         let epoch: String = conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))?;
+        // Positions removed by retention or deletion are never given out again: devices
+        // hold cursors up to them.
         let max_cursor: i64 = conn.query_row(
-            "SELECT max(coalesce((SELECT max(cursor) FROM messages), 0), coalesce((SELECT max(cursor) FROM receipts), 0))",
+            "SELECT max(coalesce((SELECT max(cursor) FROM messages), 0), coalesce((SELECT max(cursor) FROM receipts), 0),
+                        coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'retention.pruned_through'), 0))",
             [],
             |r| r.get(0),
         )?;
@@ -69,6 +73,15 @@ pub(crate) struct Writer {
     acks: HashMap<(UserId, DeviceId), u64>,
     /// Last seq seen per (user, device) in this run, to report gaps.
     last_seq: HashMap<(UserId, DeviceId), u64>,
+    /// Retention, once the application set it.
+    retention: Option<crate::RetentionPolicy>,
+    /// The last quota prune found nothing to remove, and nothing has been confirmed
+    /// since: looking again would only rescan the unconfirmed rows.
+    quota_idle: bool,
+    /// What the current transaction pruned.
+    tally: retention::Tally,
+    /// Turn on `secure_delete` after the current transaction (a pragma outside one).
+    secure_delete: bool,
 }
 
 /// A message that a receipt is about.
@@ -121,8 +134,13 @@ impl Writer {
             used_bytes: 0,
             acks: HashMap::new(),
             last_seq: HashMap::new(),
+            retention: None,
+            quota_idle: false,
+            tally: retention::Tally::default(),
+            secure_delete: false,
         };
         w.refresh_used_bytes();
+        w.load_retention_totals();
         w
     }
 
@@ -168,6 +186,11 @@ impl Writer {
             if !rest.is_empty() {
                 self.commit_group(rest);
             }
+            // Quota pruning: one bounded batch between groups of other work, so the
+            // oldest confirmed messages go before a send would be refused.
+            if stop.is_none() && !self.quota_idle && self.over_high_water() {
+                self.commit_group(vec![Command::QuotaPrune]);
+            }
         }
         self.rx.close();
         while let Ok(c) = self.rx.try_recv() {
@@ -191,6 +214,7 @@ impl Writer {
         let mut pending: Vec<Pending> = Vec::new();
         let mut entries: Vec<LogEntry> = Vec::new();
         let mut new_rooms: Vec<RoomId> = Vec::new();
+        self.tally = retention::Tally::default();
         let outcome = (|| -> Result<(), StoreError> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             for cmd in cmds {
@@ -206,6 +230,8 @@ impl Writer {
                         }
                     }
                     Command::Ack { device, user, rooms, cursor, at } => {
+                        // A `delivered` receipt may make an emergency prunable.
+                        self.quota_idle = false;
                         self.ack(&device, &user, &rooms, cursor, at, &mut entries)?;
                     }
                     Command::Read { user, room, id, at } => self.read(&user, &room, id, at, &mut entries)?,
@@ -215,6 +241,7 @@ impl Writer {
                         }
                     }
                     Command::Import { peer, entries: batch, peer_hwm, reply } => {
+                        self.quota_idle = false;
                         match self.import(&peer, batch, peer_hwm, &mut entries, &mut new_rooms) {
                             Ok(n) => pending.push(Pending::Import(reply, n)),
                             Err(e) => {
@@ -224,6 +251,7 @@ impl Writer {
                         }
                     }
                     Command::PeerAcked { peer, sent_hwm, forwarded, at } => {
+                        self.quota_idle = false;
                         self.peer_acked(&peer, sent_hwm, forwarded, at, &mut entries)?;
                     }
                     Command::PeerHello { peer, epoch, rooms, reply } => match self.peer_hello(&peer, &epoch, &rooms) {
@@ -259,6 +287,31 @@ impl Writer {
                             return Err(e);
                         }
                     },
+                    Command::Retention(policy) => {
+                        if policy.confirm_peer.is_none() {
+                            // A cloud: what it removes (retention) is overwritten, not
+                            // only unlinked. Takes effect once this transaction ends.
+                            self.secure_delete = true;
+                        }
+                        self.retention = Some(policy);
+                        self.quota_idle = false;
+                    }
+                    Command::Prune { cutoff, candidates, at, reply } => {
+                        self.quota_idle = false;
+                        match self.prune(cutoff, crate::PruneReason::Age, Some(candidates), at) {
+                            Ok(n) => pending.push(Pending::Import(reply, n)),
+                            Err(e) => {
+                                pending.push(Pending::Import(reply, 0));
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Command::QuotaPrune => {
+                        let now = self.retention_now();
+                        if self.prune(u64::MAX, crate::PruneReason::Quota, None, now)? == 0 {
+                            self.quota_idle = true;
+                        }
+                    }
                     Command::Ping(tx) => pending.push(Pending::Ping(tx)),
                     Command::Stop(_) => {}
                 }
@@ -289,11 +342,22 @@ impl Writer {
                 metrics::histogram!("outpost_commit_commands").record(n as f64);
                 let _ = self.head_tx.send(self.next_cursor - 1);
                 self.refresh_used_bytes();
+                self.publish_tally();
+                if std::mem::take(&mut self.secure_delete)
+                    && let Err(e) = self.conn.pragma_update(None, "secure_delete", "ON")
+                {
+                    tracing::warn!(error = %e, "cannot turn on secure_delete");
+                }
+                if self.gauges.oldest_at.load(Ordering::Relaxed) == 0 && start_cursor < self.next_cursor {
+                    self.refresh_oldest();
+                }
             }
             Err(err) => {
                 tracing::error!(error = %err, "transaction failed and was rolled back; senders are told to retry");
                 metrics::counter!("outpost_commits_failed_total").increment(1);
                 let _ = self.conn.execute_batch("ROLLBACK");
+                self.tally = retention::Tally::default();
+                self.refresh_used_bytes();
                 self.next_cursor = start_cursor;
                 // Acks reloaded lazily: the in-memory view may be ahead of the rolled-back rows.
                 self.acks.clear();
@@ -333,7 +397,20 @@ impl Writer {
     ) -> Result<Result<Appended, StoreError>, StoreError> {
         let limit = req.storage_limit(self.opts.quota_bytes, self.opts.emergency_reserve_bytes);
         let m = &req.msg;
-        let used = self.used_bytes + self.gauges.blob_bytes.load(Ordering::Relaxed);
+        let mut used = self.used_bytes + self.gauges.blob_bytes.load(Ordering::Relaxed);
+        if used >= limit
+            && !self.quota_idle
+            && self.retention.as_ref().is_some_and(|p| p.quota_high_water_bytes.is_some())
+        {
+            // Before refusing: confirmed messages go first (inside this transaction, so
+            // a rollback keeps them).
+            let now = self.retention_now();
+            if self.prune(u64::MAX, crate::PruneReason::Quota, None, now)? == 0 {
+                self.quota_idle = true;
+            }
+            self.refresh_used_bytes();
+            used = self.used_bytes + self.gauges.blob_bytes.load(Ordering::Relaxed);
+        }
         if used >= limit {
             // A re-send is answered as the duplicate it is even when storage is full.
             if let Some((cursor, hlc)) = self.message_position(m.id)? {

@@ -263,6 +263,21 @@ pub struct StorageConfig {
     /// more wait their turn in order. A village reconnecting at once costs this many
     /// connections, not one per phone.
     pub readers: usize,
+    /// Days a message stays on this server once another keeps it (on a hub: the cloud
+    /// confirmed it; emergencies also delivered). 0 keeps everything forever. 90: a
+    /// season of a village's traffic stays on the hub for phones that were away, while
+    /// at the busiest hub measured (about 40,000 messages a day) that is about 2 GiB, a
+    /// quarter of the default quota. Older history is fetched from the cloud.
+    pub retain_days: u32,
+    /// Storage in use, in percent of what ordinary sends may use (`quota_bytes -
+    /// emergency_reserve_bytes`), past which confirmed messages go oldest first, whatever
+    /// their age, so sends are not refused while anything confirmed is left. 0: never.
+    pub prune_above_percent: u32,
+    /// How often retention looks for messages past `retain_days`.
+    pub prune_interval_secs: u64,
+    /// Most messages removed in one transaction: the single writer is never held long
+    /// (a thousand rows take a few tens of milliseconds on a Pi's SD card).
+    pub prune_batch: usize,
 }
 
 impl Default for StorageConfig {
@@ -273,7 +288,20 @@ impl Default for StorageConfig {
             emergency_reserve_bytes: 64 << 20,
             max_batch: 4096,
             readers: 4,
+            retain_days: 90,
+            prune_above_percent: 90,
+            prune_interval_secs: 600,
+            prune_batch: 1000,
         }
+    }
+}
+
+impl StorageConfig {
+    /// Storage in use past which confirmed messages go for the quota, if ever.
+    pub fn prune_high_water_bytes(&self) -> Option<u64> {
+        let bulk = self.quota_bytes.saturating_sub(self.emergency_reserve_bytes);
+        (self.prune_above_percent > 0)
+            .then(|| u64::try_from(u128::from(bulk) * u128::from(self.prune_above_percent) / 100).unwrap_or(bulk))
     }
 }
 
@@ -509,8 +537,13 @@ impl StorageConfig {
             ("storage.max_batch", self.max_batch as u64),
             ("storage.readers", self.readers as u64),
             ("storage.quota_bytes", self.quota_bytes),
+            ("storage.prune_interval_secs", self.prune_interval_secs),
+            ("storage.prune_batch", self.prune_batch as u64),
         ])
         .collect();
+        if self.prune_above_percent > 100 {
+            p.push(format!("storage.prune_above_percent = {} must be at most 100", self.prune_above_percent));
+        }
         if self.emergency_reserve_bytes >= self.quota_bytes {
             p.push("storage.emergency_reserve_bytes must be smaller than storage.quota_bytes".into());
         }

@@ -10,6 +10,7 @@
 //! from their durable high-water marks.
 
 mod bulk;
+pub mod history;
 pub mod tls;
 pub mod uplink;
 
@@ -115,7 +116,14 @@ pub struct LinkOptions<S: Storage> {
     /// Token renewal: on a hub, its key asks the cloud for delegations and takes them; on
     /// the cloud, it signs them (see [`crate::renewal`]). None: neither.
     pub renewal: Option<Arc<Renewal>>,
+    /// A hub's handle for history asked of the cloud (attached while this link, of
+    /// version 2 or later, is up); `None` on the cloud.
+    pub history: Option<Arc<history::CloudHistory>>,
 }
+
+/// History requests a cloud serves at once per hub link; more wait their turn (each is
+/// one bounded read).
+const HISTORY_ANSWERS_AT_ONCE: usize = 4;
 
 /// Reads one length-prefixed control frame.
 pub async fn read_control(recv: &mut quinn::RecvStream) -> Result<Option<Control>, LinkError> {
@@ -145,7 +153,7 @@ pub async fn run<S: Storage>(
     opts: LinkOptions<S>,
     shutdown: CancellationToken,
 ) -> LinkError {
-    let LinkOptions { flow, blobs, renewal } = opts;
+    let LinkOptions { flow, blobs, renewal, history } = opts;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(1024);
     let (ack_tx, ack_rx) = mpsc::channel::<u64>(4096);
     let (reset_tx, reset_rx) = mpsc::channel::<()>(4);
@@ -165,9 +173,18 @@ pub async fn run<S: Storage>(
     let reader_store = store.clone();
     let reader_peer = peer.clone();
     let reader_reset = reset_tx.clone();
+    // A hub asks its cloud for history only on a link that can carry the frames.
+    let history = history.filter(|_| peer.rooms.is_none() && peer.version >= 2);
+    if let Some(h) = &history {
+        h.attach(ctl_tx.clone());
+    }
+    let reader_history = history.clone();
     let reader_ctl = ctl_tx.clone();
+    let answers = Arc::new(tokio::sync::Semaphore::new(HISTORY_ANSWERS_AT_ONCE));
     let reader_renewal = renewal.clone();
     tasks.spawn(async move {
+        // Answers to history requests (cloud side); aborted with the link.
+        let mut answering: JoinSet<()> = JoinSet::new();
         loop {
             let c = match read_control(&mut ctrl_recv).await {
                 Ok(Some(c)) => c,
@@ -228,6 +245,36 @@ pub async fn run<S: Storage>(
                 Control::Hello { .. } | Control::Welcome { .. } | Control::WelcomeV2 { .. } => {
                     return LinkError::Protocol("handshake frame after the handshake".into());
                 }
+                Control::HistoryRequest { id, room, before_hlc, limit } => {
+                    let Some(rooms) = &reader_peer.rooms else {
+                        return LinkError::Protocol("a cloud may not ask a hub for history".into());
+                    };
+                    while answering.try_join_next().is_some() {}
+                    if answering.len() >= history::MAX_PENDING {
+                        // A hub asking faster than it could ever wait for: refuse at once.
+                        let busy = Control::HistoryAnswer {
+                            id,
+                            messages: Vec::new(),
+                            more: false,
+                            error: Some("busy".into()),
+                        };
+                        if reader_ctl.send(busy).await.is_err() {
+                            return LinkError::Shutdown;
+                        }
+                        continue;
+                    }
+                    let allowed = rooms.lock().map(|r| r.contains(&room)).unwrap_or(false);
+                    let (store, ctl, permits) = (reader_store.clone(), reader_ctl.clone(), answers.clone());
+                    answering.spawn(async move {
+                        let Ok(_permit) = permits.acquire_owned().await else { return };
+                        let a = history::answer(&store, allowed, id, room, before_hlc, limit).await;
+                        let _ = ctl.send(a).await;
+                    });
+                }
+                Control::HistoryAnswer { id, messages, more, error } => match &reader_history {
+                    Some(h) => h.answered(id, error.map_or(Ok((messages, more)), Err)),
+                    None => return LinkError::Protocol("an unasked history answer".into()),
+                },
             }
         }
     });
@@ -263,6 +310,9 @@ pub async fn run<S: Storage>(
     };
     conn.close(0u32.into(), b"link ended");
     tasks.abort_all();
+    if let Some(h) = &history {
+        h.detach();
+    }
     end
 }
 

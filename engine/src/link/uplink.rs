@@ -103,6 +103,7 @@ pub async fn run<S: Storage>(
     blobs: Option<crate::media::Blobs<S>>,
     settings: UplinkSettings,
     status: Arc<Mutex<UplinkStatus>>,
+    history: Arc<super::history::CloudHistory>,
     shutdown: CancellationToken,
 ) {
     let mut failover = Failover::new(settings.clouds.len(), settings.backoff.clone(), settings.primary_retry);
@@ -118,8 +119,17 @@ pub async fn run<S: Storage>(
             s.address = Some(target.clone());
         }
         let started = tokio::time::Instant::now();
-        let attempt =
-            attempt(&store, blobs.clone(), &settings, &failover, &mut endpoints, ready.take(), &status, &shutdown);
+        let attempt = attempt(
+            &store,
+            blobs.clone(),
+            &settings,
+            &failover,
+            &mut endpoints,
+            ready.take(),
+            &status,
+            &history,
+            &shutdown,
+        );
         let result = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -176,6 +186,7 @@ async fn attempt<S: Storage>(
     endpoints: &mut Endpoints,
     ready: Option<Dialled>,
     status: &Mutex<UplinkStatus>,
+    history: &Arc<super::history::CloudHistory>,
     shutdown: &CancellationToken,
 ) -> Result<Ended, LinkError> {
     let target = settings.clouds.get(failover.current()).map_or("", String::as_str);
@@ -195,7 +206,12 @@ async fn attempt<S: Storage>(
     }
     store.peer_acked(CLOUD_PEER, start, Vec::new(), now_ms()).await;
     let peer = Peer { name: CLOUD_PEER.to_owned(), rooms: None, start, version: v, rebuild_until: state.own_until };
-    let opts = super::LinkOptions { flow: settings.flow.clone(), blobs, renewal: settings.renewal.clone() };
+    let opts = super::LinkOptions {
+        flow: settings.flow.clone(),
+        blobs,
+        renewal: settings.renewal.clone(),
+        history: Some(history.clone()),
+    };
     let stop = shutdown.child_token();
     let link = super::run(conn, send, recv, store.clone(), peer, opts, stop.clone());
     tokio::pin!(link);

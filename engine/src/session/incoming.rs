@@ -143,7 +143,7 @@ impl<S: Storage> Session<S> {
                 Err((code, m)) => self.feed(error_frame(code, m, None)).await,
                 Ok(()) => {
                     let limit = h.limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
-                    match self.hub.store.history(h.room, h.before, limit).await {
+                    match crate::link::history::device_page(&self.hub, h.room, h.before, h.before_hlc, limit).await {
                         Ok(page) => self.feed(Utf8Bytes::from(ServerFrame::History(page).encode())).await,
                         Err(e) => self.feed(error_frame(e.code(), e.to_string(), None)).await,
                     }

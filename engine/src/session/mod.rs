@@ -326,6 +326,7 @@ impl<S: Storage> Session<S> {
             rooms: s.rooms.to_vec(),
             role: Some(s.claims.role),
             encrypted: s.rooms.iter().filter(|r| s.hub.config.policy.is_encrypted(r)).cloned().collect(),
+            pruned_through: s.hub.store.retention().await.map(|r| Cursor(r.pruned_through)).filter(|c| c.0 > 0),
         });
         s.feed(Utf8Bytes::from(welcome.encode())).await.ok();
         if resync {

@@ -90,9 +90,18 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (room(), any::<bool>()).prop_map(|(room, active)| ClientFrame::Typing(Typing { room, active })),
         prop_oneof![Just(PresenceStatus::Online), Just(PresenceStatus::Away)]
             .prop_map(|status| ClientFrame::Presence(Presence { status })),
-        (room(), proptest::option::of(any::<u64>()), proptest::option::of(0u32..500)).prop_map(
-            |(room, before, limit)| ClientFrame::History(History { room, before: before.map(Cursor), limit })
-        ),
+        (
+            room(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(0u32..500),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(room, before, limit, before_hlc)| ClientFrame::History(History {
+                room,
+                before: before.map(Cursor),
+                limit,
+                before_hlc: before_hlc.map(Hlc),
+            })),
         room().prop_map(|room| ClientFrame::Join(RoomRef { room })),
         room().prop_map(|room| ClientFrame::Leave(RoomRef { room })),
         Just(ClientFrame::Ping),
@@ -119,6 +128,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 rooms,
                 role: Some(Role::Worker),
                 encrypted: vec![],
+                pruned_through: (cursor % 3 == 0).then_some(Cursor(cursor / 2)),
             })
         ),
         (mid(), any::<u64>(), proptest::option::of(any::<u64>()), any::<bool>()).prop_map(|(id, c, h, duplicate)| {
@@ -147,8 +157,15 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (user(), proptest::option::of(any::<u64>())).prop_map(|(user, last_seen)| {
             ServerFrame::Presence(PresenceEvent { user, status: PresenceStatus::Offline, last_seen })
         }),
-        (room(), prop::collection::vec(positioned(), 0..3), any::<bool>())
-            .prop_map(|(room, messages, more)| ServerFrame::History(HistoryPage { room, messages, more })),
+        (room(), prop::collection::vec(positioned(), 0..3), any::<bool>(), 0u32..4, any::<bool>()).prop_map(
+            |(room, messages, more, from_cloud, gap)| ServerFrame::History(HistoryPage {
+                room,
+                messages,
+                more,
+                from_cloud,
+                unavailable: gap.then(HistoryGap::in_cloud),
+            })
+        ),
         Just(ServerFrame::Pong),
         ("[A-Za-z0-9._-]{0,80}", any::<u64>())
             .prop_map(|(token, expires_at)| ServerFrame::Token(TokenRenewed { token, expires_at })),

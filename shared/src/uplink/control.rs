@@ -2,9 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::hlc::Hlc;
 use crate::ids::{Cursor, RoomId};
 use crate::media::BlobId;
 use crate::revocation::Revocation;
+use crate::uplink::batch::WireMessage;
 
 /// Largest control frame either side accepts (a `Hello` listing many rooms fits easily).
 pub const MAX_CONTROL_LEN: usize = 256 * 1024;
@@ -55,7 +57,24 @@ pub enum Control {
     /// `outpost_shared::renewal`), which lets the hub renew its devices' tokens offline.
     /// A hub never sends this.
     Delegation { token: String },
+    /// Hub → cloud (version 2): a device asked for history the hub no longer holds
+    /// (retention removed it after the cloud confirmed it). Messages of `room` stamped
+    /// before `before_hlc`, newest first, at most `limit` (≤ [`HISTORY_REQUEST_MAX`]).
+    /// `id` pairs the answer with the request; the hub has checked the device may read
+    /// the room, and the cloud answers only for rooms the hub serves.
+    HistoryRequest { id: u64, room: RoomId, before_hlc: Hlc, limit: u32 },
+    /// Cloud → hub (version 2): the answer to `HistoryRequest { id }`, oldest first;
+    /// `more`: older messages remain. `error` (a stable code) instead when the cloud
+    /// refuses or cannot read; `messages` is then empty.
+    HistoryAnswer { id: u64, messages: Vec<WireMessage>, more: bool, error: Option<String> },
 }
+
+/// Most messages one `HistoryRequest` may ask for (the devices' own page limit).
+pub const HISTORY_REQUEST_MAX: u32 = 200;
+/// Bytes of message bodies the cloud puts in one `HistoryAnswer` at most: with the other
+/// fields of up to [`HISTORY_REQUEST_MAX`] messages the frame stays below
+/// [`MAX_CONTROL_LEN`]; a page cut short says `more`.
+pub const HISTORY_ANSWER_BODY_BYTES: usize = 160 * 1024;
 
 /// Blobs per `WantBlobs` frame (33 bytes each).
 pub const WANTS_PER_FRAME: usize = 256;
@@ -98,6 +117,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn wire() -> impl Strategy<Value = WireMessage> {
+        (any::<u64>(), any::<u128>(), "[a-z][a-z0-9-]{0,12}", "\\PC{0,30}", any::<u64>(), any::<u64>()).prop_map(
+            |(cursor, id, room, text, hlc, at)| WireMessage {
+                cursor: Cursor(cursor),
+                id: crate::ids::MessageId::from_bytes(id.to_be_bytes()),
+                room: RoomId::new(room).unwrap_or_else(|e| panic!("{e}")),
+                kind: crate::ids::MessageKind::new("chat").unwrap_or_else(|e| panic!("{e}")),
+                priority: crate::ids::Priority::Normal,
+                body: serde_json::json!({ "text": text }).to_string(),
+                seq: crate::ids::Seq(hlc % 1000),
+                reply_to: None,
+                from: crate::ids::UserId::new("amina").unwrap_or_else(|e| panic!("{e}")),
+                device: crate::ids::DeviceId::new("phone-1").unwrap_or_else(|e| panic!("{e}")),
+                hlc: Hlc(hlc),
+                at,
+            },
+        )
+    }
+
     fn control() -> impl Strategy<Value = Control> {
         let room = "[a-z][a-z0-9-]{0,12}".prop_map(|s| RoomId::new(s).unwrap_or_else(|e| panic!("{e}")));
         prop_oneof![
@@ -127,6 +165,10 @@ mod tests {
             any::<u64>().prop_map(|batch| Control::Ack { batch }),
             prop::collection::vec(any::<[u8; 32]>(), 0..4)
                 .prop_map(|b| Control::WantBlobs { blobs: b.into_iter().map(BlobId).collect() }),
+            (any::<u64>(), room.clone(), any::<u64>(), any::<u32>())
+                .prop_map(|(id, room, h, limit)| { Control::HistoryRequest { id, room, before_hlc: Hlc(h), limit } }),
+            (any::<u64>(), prop::collection::vec(wire(), 0..3), any::<bool>(), prop::option::of("[a-z_]{1,20}"))
+                .prop_map(|(id, messages, more, error)| Control::HistoryAnswer { id, messages, more, error }),
             prop::collection::vec(room, 0..5).prop_map(|rooms| Control::Rooms { rooms }),
             ("[a-z_]{1,10}", "\\PC{0,40}").prop_map(|(code, message)| Control::Refused { code, message }),
             prop::collection::vec(("\\PC{0,36}", any::<u64>(), any::<bool>()), 0..4).prop_map(|v| {

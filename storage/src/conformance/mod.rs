@@ -42,6 +42,7 @@ pub async fn check_all<S: LinkStore + HookStore>(open: impl Fn(Arc<Published>) -
     appends_are_read_back_in_order_and_published(&open).await;
     a_message_id_is_stored_once_forever(&open).await;
     history_pages_back_from_a_cursor(&open).await;
+    history_pages_back_by_stamp(&open).await;
     events_follow_the_log_across_rooms(&open).await;
     events_page_without_loss_or_repeats(&open).await;
     peer_imports_are_idempotent_and_the_resume_point_is_kept(&open).await;
@@ -136,6 +137,33 @@ pub async fn history_pages_back_from_a_cursor<S: LinkStore>(open: &impl Fn(Arc<P
     let older = store.history(room.clone(), Some(cursors[3]), 10).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(older.messages.iter().map(|p| p.cursor).collect::<Vec<_>>(), cursors[..3]);
     assert!(!older.more, "nothing before the first message");
+}
+
+/// `history_before_hlc` (what a hub asks its cloud for past its retention): messages
+/// stamped before the given stamp, oldest first, at most `limit`, and whether more
+/// remain; another room's never.
+pub async fn history_pages_back_by_stamp<S: LinkStore>(open: &impl Fn(Arc<Published>) -> S) {
+    let store = open(Arc::new(Published::default()));
+    let (room, other) = (id("clinic"), id("ward"));
+    let mut stamps = Vec::new();
+    for n in 1..=5 {
+        stamps.push(store.append_wait(append(&room, n, new_id())).await.unwrap_or_else(|e| panic!("{e}")).hlc);
+        store.append_wait(append(&other, n, new_id())).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let (page, more) =
+        store.history_before_hlc(room.clone(), stamps[4], 2, usize::MAX).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(page.iter().map(|p| p.msg.hlc).collect::<Vec<_>>(), stamps[2..4], "the two before, oldest first");
+    assert!(more, "two older remain");
+    let (page, more) = store
+        .history_before_hlc(room.clone(), Hlc(u64::MAX >> 1), 10, usize::MAX)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(page.iter().map(|p| p.msg.hlc).collect::<Vec<_>>(), stamps);
+    assert!(!more);
+    assert!(page.iter().all(|p| p.msg.room == room), "only the room asked for");
+    let (page, more) =
+        store.history_before_hlc(room, Hlc(u64::MAX >> 1), 10, 1).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((page.len(), more), (1, true), "a byte budget cuts the page short but never empty");
 }
 
 /// Every page of `events` from `after` with `limit`, until one says there is no more.
