@@ -273,8 +273,8 @@ pub struct StorageConfig {
     pub import_group_entries: usize,
     /// Days messages are kept; 0 (the default) keeps everything forever. The cloud is
     /// the long-term record: past this, a message goes only once every hub serving its
-    /// room holds it, never in a room under legal hold (`outpost-cloud hold`). SQLite
-    /// only for now; a PostgreSQL cloud keeps everything.
+    /// room holds it, never in a room under legal hold (`outpost-cloud hold`), on SQLite
+    /// and on PostgreSQL alike.
     pub retain_days: u32,
 }
 

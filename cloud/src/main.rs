@@ -104,7 +104,7 @@ enum Cmd {
         database: Option<String>,
     },
     /// Put a room under legal hold: nothing of it is removed by retention or deleted
-    /// until it is released. Recorded in the audit log. SQLite clouds only for now.
+    /// until it is released. Recorded in the audit log.
     Hold {
         #[arg(long)]
         dir: PathBuf,
@@ -112,6 +112,9 @@ enum Cmd {
         /// Why (a case number, a request): kept in the audit log.
         #[arg(long, default_value = "")]
         reason: String,
+        /// The cloud's PostgreSQL database, if it runs on one (else `[storage] database`).
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Release a room's legal hold (recorded in the audit log).
     Release {
@@ -120,6 +123,9 @@ enum Cmd {
         room: RoomId,
         #[arg(long, default_value = "")]
         reason: String,
+        /// The cloud's PostgreSQL database, if it runs on one (else `[storage] database`).
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Erase a room's messages received before a date, with their receipts, from the
     /// cloud's database (overwritten, not only unlinked), and record who did it and how
@@ -136,6 +142,14 @@ enum Cmd {
         /// Who asked (recorded in the audit log beside `cli`).
         #[arg(long, default_value = "cli")]
         by: String,
+        /// PostgreSQL only: rewrite the tables afterwards (`VACUUM FULL`) so the erased
+        /// rows' old versions leave the disk now; the tables are locked while it runs. A
+        /// SQLite cloud overwrites erased content as it deletes (`secure_delete`).
+        #[arg(long)]
+        vacuum_full: bool,
+        /// The cloud's PostgreSQL database, if it runs on one (else `[storage] database`).
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Print the cloud's audit log as JSON lines (security events; no message contents).
     Audit {
@@ -331,18 +345,25 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             let fresh = Database::of(&dir, &id, database)?.record(std::slice::from_ref(&r), &[])?;
             println!("{}", outpost_engine::cli::revoked(&r, fresh));
         }
-        Cmd::Hold { dir, room, reason } => hold(&dir, &room, true, &reason)?,
-        Cmd::Release { dir, room, reason } => hold(&dir, &room, false, &reason)?,
-        Cmd::Delete { dir, room, before, by } => {
-            let db = sqlite_only(&dir, "delete")?;
+        Cmd::Hold { dir, room, reason, database } => hold(&dir, database, &room, true, &reason)?,
+        Cmd::Release { dir, room, reason, database } => hold(&dir, database, &room, false, &reason)?,
+        Cmd::Delete { dir, room, before, by, vacuum_full, database } => {
+            let id = CloudIdentity::load(&dir)?;
             let at = outpost_engine::clock::now_ms();
-            match outpost_store_sqlite::delete_offline(&db, &room, before, &by, at) {
-                Ok(n) => println!(
-                    "erased {n} messages of room {room} received before {before} ms; recorded in the audit log"
-                ),
-                Err(e @ outpost_store_sqlite::EraseError::Held { .. }) => anyhow::bail!("{e}"),
-                Err(e) => return Err(e.into()),
-            }
+            let n = match Database::of(&dir, &id, database)? {
+                Database::Sqlite(db) => outpost_store_sqlite::delete_offline(&db, &room, before, &by, at)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+                Database::Postgres(url) => Database::block_on(outpost_store_postgres::retention::delete_offline(
+                    &url,
+                    &room,
+                    before,
+                    &by,
+                    at,
+                    vacuum_full,
+                ))?
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            };
+            println!("erased {n} messages of room {room} received before {before} ms; recorded in the audit log");
         }
         Cmd::Audit { dir, page, database } => {
             let id = CloudIdentity::load(&dir)?;
@@ -366,19 +387,15 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The SQLite database of the cloud in `dir`; retention commands do not reach a
-/// PostgreSQL cloud yet.
-fn sqlite_only(dir: &std::path::Path, what: &str) -> anyhow::Result<PathBuf> {
+fn hold(dir: &std::path::Path, database: Option<String>, room: &RoomId, on: bool, reason: &str) -> anyhow::Result<()> {
     let id = CloudIdentity::load(dir)?;
-    match Database::of(dir, &id, None)? {
-        Database::Sqlite(db) => Ok(db),
-        Database::Postgres(_) => anyhow::bail!("`{what}` works on a SQLite cloud only; this cloud runs on PostgreSQL"),
-    }
-}
-
-fn hold(dir: &std::path::Path, room: &RoomId, on: bool, reason: &str) -> anyhow::Result<()> {
-    let db = sqlite_only(dir, if on { "hold" } else { "release" })?;
-    let changed = outpost_store_sqlite::hold_offline(&db, room, on, "cli", reason, outpost_engine::clock::now_ms())?;
+    let at = outpost_engine::clock::now_ms();
+    let changed = match Database::of(dir, &id, database)? {
+        Database::Sqlite(db) => outpost_store_sqlite::hold_offline(&db, room, on, "cli", reason, at)?,
+        Database::Postgres(url) => {
+            Database::block_on(outpost_store_postgres::retention::hold_offline(&url, room, on, "cli", reason, at))??
+        }
+    };
     match (on, changed) {
         (true, true) => println!("room {room} is under legal hold"),
         (true, false) => println!("room {room} was already under legal hold"),

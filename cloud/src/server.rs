@@ -116,9 +116,55 @@ pub async fn run(
         Some(url) => {
             let router = std::sync::Arc::new(outpost_engine::router::Router::new());
             let store = PgStore::open(url, postgres_options(config), router.clone()).await?;
+            let storage = engine.storage.clone();
             // Media bytes are in the database too (PgStore's `BlobBytes`): nothing of the
             // node's own goes in `DIR/data`, so nodes may run on copies of DIR.
-            serve(Core::new(engine, store, router, &db)?, id, config, ws, tls, quic, shutdown, on_ready).await
+            let mut core = Core::new(engine, store.clone(), router, &db)?;
+            if storage.retain_days > 0 {
+                let stop = core.stop_token();
+                core.spawn("retention", pg_retention(store, storage, stop));
+            }
+            serve(core, id, config, ws, tls, quic, shutdown, on_ready).await
+        }
+    }
+}
+
+/// Retention on a PostgreSQL cloud: every `storage.prune_interval_secs` (and at start),
+/// batches of messages past `storage.retain_days` that every hub of their room holds go
+/// (`outpost_store_postgres::retention`), until none is left or `stop`. Each node runs it;
+/// the batches re-check their conditions, so nodes pruning at once only share the work.
+async fn pg_retention(store: PgStore, cfg: outpost_engine::config::StorageConfig, stop: CancellationToken) {
+    const DAY_MS: u64 = 86_400_000;
+    let every = std::time::Duration::from_secs(cfg.prune_interval_secs.max(1));
+    let batch = i64::try_from(cfg.prune_batch.max(1)).unwrap_or(i64::MAX);
+    tracing::info!(retain_days = cfg.retain_days, "retention on");
+    loop {
+        let cutoff = outpost_engine::clock::now_ms().saturating_sub(u64::from(cfg.retain_days) * DAY_MS);
+        let mut removed = 0usize;
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            match store.prune_aged(cutoff, batch).await {
+                Ok(n) => {
+                    removed += n;
+                    metrics::counter!("outpost_retention_pruned_total", "reason" => "age").increment(n as u64);
+                    if (n as i64) < batch {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention pass failed; will retry at the next one");
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, retain_days = cfg.retain_days, "retention removed messages every hub holds");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod from_sqlite;
 mod import;
 mod media;
 mod reader;
+pub mod retention;
 mod schema;
 pub mod security;
 mod tail;

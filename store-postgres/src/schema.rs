@@ -247,6 +247,16 @@ pub const MIGRATIONS: &[&str] = &[
     r"
     CREATE INDEX messages_room_hlc ON messages (room, hlc);
     ",
+    // Rooms under legal hold (`outpost-cloud hold`): never pruned by retention nor
+    // erased by `delete` (store-postgres/src/retention.rs), as on a SQLite cloud.
+    r"
+    CREATE TABLE holds (
+        room    TEXT PRIMARY KEY,
+        at      BIGINT NOT NULL,
+        actor   TEXT NOT NULL DEFAULT '',
+        reason  TEXT NOT NULL DEFAULT ''
+    );
+    ",
 ];
 
 /// The schema version this build writes.

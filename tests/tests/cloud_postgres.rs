@@ -451,3 +451,75 @@ async fn a_photo_a_hub_sends_to_one_node_is_downloaded_through_another() -> anyh
     info_until(&hub, &amina, &up.sha, every, Duration::from_secs(30), |v| v["custody"] == "forwarded").await?;
     Ok(())
 }
+
+/// Messages of `room` the cloud at `base` still holds, read through the HTTP API.
+async fn room_count(base: &str, token: &str, room: &str) -> anyhow::Result<usize> {
+    let (status, v) = outpost_tests::http::request(
+        base,
+        "GET",
+        &format!("/api/rooms/{room}/messages?after=0&limit=500"),
+        Some(token),
+        None,
+    )
+    .await?;
+    anyhow::ensure!(status == 200, "{room}: {status} {v}");
+    Ok(v["messages"].as_array().map_or(0, Vec::len))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_retention_spares_held_rooms_and_an_audited_delete_erases() -> anyhow::Result<()> {
+    let (_pg, url) = cluster()?;
+    let tmp = tempfile::tempdir()?;
+    let cloud = cloud_on(&tmp.path().join("cloud"), &url)?;
+    let env = [("OUTPOST_CLOUD_STORAGE__RETAIN_DAYS", "30")];
+    let node = cloud.start_with_env("127.0.0.1:0", &env).await?;
+    let tok = cloud.token("dr-neema", "doctor", &["clinic", "inquest"], "90d")?;
+    let mut dr = Device::connect(&node.ws_url()).await?;
+    dr.hello(&tok, "neema-laptop", None, None).await?;
+    for room in ["clinic", "inquest"] {
+        for i in 0..5 {
+            dr.send_stored(chat(room, &format!("case note {room} {i}"))).await?;
+        }
+    }
+    dr.close().await;
+    let cli = |args: &[&str]| {
+        let mut cmd = outpost_tests::command("outpost-cloud");
+        cmd.args(args).arg("--dir").arg(&cloud.dir);
+        cmd.output()
+    };
+    let held = cli(&["hold", "inquest", "--reason", "coroner case 12"])?;
+    assert!(held.status.success(), "{held:?}");
+    drop(node);
+
+    // A month later, a node's retention (which looks once at start) removes the old
+    // room's messages and none of the held room's.
+    let mut later = env.to_vec();
+    later.push(("OUTPOST_CLOUD_TESTING__CLOCK_OFFSET_SECS", "2678400"));
+    let node = cloud.start_with_env("127.0.0.1:0", &later).await?;
+    let base = node.http_base();
+    let deadline = tokio::time::Instant::now() + outpost_tests::EVENT_TIMEOUT;
+    while room_count(&base, &tok, "clinic").await? > 0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the month-old room was never pruned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(room_count(&base, &tok, "inquest").await?, 5, "the held room keeps everything");
+
+    // Deletion is refused under hold; released, it erases and says so in the audit log.
+    let refused = cli(&["delete", "--room", "inquest", "--before", "2999-01-01", "--by", "records-officer"])?;
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("legal hold"), "{refused:?}");
+    assert_eq!(room_count(&base, &tok, "inquest").await?, 5);
+    assert!(cli(&["release", "inquest", "--reason", "case closed"])?.status.success());
+    let deleted =
+        cli(&["delete", "--room", "inquest", "--before", "2999-01-01", "--by", "records-officer", "--vacuum-full"])?;
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert!(String::from_utf8_lossy(&deleted.stdout).contains("erased 5 messages"), "{deleted:?}");
+    assert_eq!(room_count(&base, &tok, "inquest").await?, 0);
+    let log = String::from_utf8_lossy(&cli(&["audit"])?.stdout).into_owned();
+    assert!(log.contains("legal_hold") && log.contains("hold_released"), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("\"deletion\"") && l.contains("erased 5 messages") && l.contains("VACUUM FULL")),
+        "{log}"
+    );
+    Ok(())
+}
