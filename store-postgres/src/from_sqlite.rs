@@ -27,9 +27,9 @@ use tokio_postgres::types::ToSql;
 use crate::{OpenError, connect, describe, parse_url, schema};
 
 /// The SQLite schema version this copies from (store-sqlite's current one). Version 7's
-/// `delegation` is a hub's (a cloud holds none); version 8's `retention_rooms` and
-/// `holds` are not copied: a cloud on PostgreSQL keeps every message (it neither prunes
-/// nor deletes), so there is nothing for them to guard (docs/scaling.md).
+/// `delegation` is a hub's (a cloud holds none); of version 8, `holds` moves and
+/// `retention_rooms` does not (it guides a hub's history requests to its cloud; a cloud
+/// asks no one).
 const SQLITE_VERSION: i64 = 8;
 /// Rows per INSERT.
 const CHUNK: usize = 5000;
@@ -109,6 +109,11 @@ const TABLES: &[Table] = &[
         ],
     },
     Table { name: "peer_rooms", columns: &[("peer", "peer", Text), ("room", "room", Text)] },
+    // Legal holds move with the cloud: retention and `delete` honour them on PostgreSQL too.
+    Table {
+        name: "holds",
+        columns: &[("room", "room", Text), ("at", "at", Int), ("actor", "actor", Text), ("reason", "reason", Text)],
+    },
     Table {
         name: "audit",
         columns: &[
