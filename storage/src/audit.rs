@@ -87,6 +87,17 @@ impl AuditEvent {
         Self::new(AuditKind::Revocation, format!("revoked {what}: {}", r.reason)).actor(actor)
     }
 
+    /// The audit row for a legal hold placed on `room` (`on`) or released, by `actor`
+    /// (every backend writes this with the change, in the same transaction).
+    pub fn hold(room: &str, on: bool, reason: &str, actor: &str) -> Self {
+        let (kind, what) = if on {
+            (AuditKind::Hold, format!("legal hold on room {room}: {reason}"))
+        } else {
+            (AuditKind::HoldReleased, format!("legal hold on room {room} released: {reason}"))
+        };
+        Self::new(kind, what).actor(actor).room(room)
+    }
+
     /// The token holder as actor, with their role.
     pub fn by(self, claims: &outpost_shared::Claims) -> Self {
         self.actor(claims.sub.as_str()).role(claims.role.as_str())

@@ -136,13 +136,8 @@ pub async fn hold_offline(
     .map_err(db)?
         > 0;
     if changed {
-        let (kind, what) = if on {
-            (AuditKind::Hold, format!("legal hold on room {room}: {reason}"))
-        } else {
-            (AuditKind::HoldReleased, format!("legal hold on room {room} released: {reason}"))
-        };
         let stmt = tx.prepare(INSERT_AUDIT).await.map_err(db)?;
-        insert_audit(&tx, &stmt, at, &AuditEvent::new(kind, what).actor(actor).room(room.as_str())).await?;
+        insert_audit(&tx, &stmt, at, &AuditEvent::hold(room.as_str(), on, reason, actor)).await?;
     }
     tx.commit().await.map_err(db)?;
     Ok(changed)

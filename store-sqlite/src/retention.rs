@@ -221,12 +221,7 @@ pub fn hold_offline(
         tx.execute("DELETE FROM holds WHERE room = ?1", [room.as_str()])?
     } > 0;
     if changed {
-        let (kind, what) = if on {
-            (outpost_storage::AuditKind::Hold, format!("legal hold on room {room}: {reason}"))
-        } else {
-            (outpost_storage::AuditKind::HoldReleased, format!("legal hold on room {room} released: {reason}"))
-        };
-        let event = outpost_storage::AuditEvent::new(kind, what).actor(actor).room(room.as_str());
+        let event = outpost_storage::AuditEvent::hold(room.as_str(), on, reason, actor);
         crate::security::insert_audit(&tx, at, &event)?;
     }
     tx.commit()?;
