@@ -187,9 +187,13 @@ impl MediaStore for PgStore {
             BlobSource::User(u) => {
                 ("INSERT INTO blob_owners (sha256, user_id, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", u.as_str())
             }
-            BlobSource::Peer(p) => {
-                ("INSERT INTO blob_peers (sha256, peer, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", p.as_str())
-            }
+            // The sender holds it as of now (as in the SQLite store: a file fetched back
+            // after retention starts a new retention period).
+            BlobSource::Peer(p) => (
+                "INSERT INTO blob_peers (sha256, peer, at) VALUES ($1, $2, $3)
+                 ON CONFLICT (sha256, peer) DO UPDATE SET at = greatest(blob_peers.at, excluded.at)",
+                p.as_str(),
+            ),
         };
         tx.execute(sql, &[&sha, &who, &at]).await.map_err(db)?;
         tx.commit().await.map_err(db)

@@ -185,8 +185,14 @@ impl MediaStore for Store {
                 BlobSource::User(u) => c
                     .prepare_cached("INSERT OR IGNORE INTO blob_owners (sha256, user, at) VALUES (?1, ?2, ?3)")?
                     .execute(params![b.blob.0.as_slice(), u.as_str(), at])?,
+                // The peer that sent it holds it as of now: a file fetched back after
+                // retention removed it stays here another retention period (with the old
+                // confirmation time the next sweep would remove it again at once).
                 BlobSource::Peer(p) => c
-                    .prepare_cached("INSERT OR IGNORE INTO blob_peers (sha256, peer, at) VALUES (?1, ?2, ?3)")?
+                    .prepare_cached(
+                        "INSERT INTO blob_peers (sha256, peer, at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (sha256, peer) DO UPDATE SET at = max(blob_peers.at, excluded.at)",
+                    )?
                     .execute(params![b.blob.0.as_slice(), p, at])?,
             };
             Ok(())

@@ -526,3 +526,52 @@ async fn an_upload_past_the_storage_quota_is_refused_with_507_storage_full() -> 
     a.send_stored(chat("clinic", "the photo did not fit")).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_retention_removed_from_the_hub_is_fetched_back_from_the_cloud_when_opened() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let quic = free_udp_addr()?;
+    let _cloud_proc = cloud.start(&quic).await?;
+    let relay_dir = cloud.provision_relay_at("village-1", &tmp.path().join("relay"), &quic)?;
+    let mut relay = relay_dir.start_via(&quic, FAST_RETRY).await?;
+    let amina = cloud.token("amina", "worker", &["clinic"], "90d")?;
+    let img = photo(400_000, 21);
+    let mut up = Upload::new(&relay.http_base(), &amina, &img);
+    up.create().await?;
+    up.run(CHUNK, None).await?;
+    let mut a = device(&relay.ws_url(), &amina, "amina-phone").await?;
+    a.send_stored(up.message("clinic", "rash, day 1", "IMG_0001.jpg")).await?;
+    a.close().await;
+    // The hospital has the full photo: from now on the hub's media retention may remove it.
+    info_until(&relay.http_base(), &amina, &up.sha, POLL, Duration::from_secs(60), |v| v["custody"] == "forwarded")
+        .await?;
+    relay.terminate().await?;
+
+    // 31 days later (media.retention_days is 30) the hub's sweep, run at start, removes it.
+    let month_later: &[(&str, &str)] =
+        &[("OUTPOST_UPLINK__RETRY_MAX_SECS", "2"), ("OUTPOST_TESTING__CLOCK_OFFSET_SECS", "2678400")];
+    relay = relay_dir.start_via(&quic, month_later).await?;
+    let hub = relay.http_base();
+    info_until(&hub, &amina, &up.sha, POLL, Duration::from_secs(60), |v| v["evicted"] == true).await?;
+
+    // Someone opens it: the hub asks the cloud, and it is back, the same bytes.
+    let r = download(&hub, &amina, &up.sha).await?;
+    assert_eq!(r.status, 404, "not here at the moment it is asked for");
+    assert!(r.json()["message"].as_str().is_some_and(|m| m.contains("asked the cloud")), "{:?}", r.json());
+    info_until(&hub, &amina, &up.sha, POLL, Duration::from_secs(120), |v| v["available"] == true).await?;
+    let back = download(&hub, &amina, &up.sha).await?;
+    assert_eq!((back.status, sha256_hex(&back.body)), (200, up.sha.clone()));
+
+    // And it stays for another retention period: the sweep at the next start keeps it.
+    relay.terminate().await?;
+    relay = relay_dir.start_via(&quic, month_later).await?;
+    let deadline = tokio::time::Instant::now() + outpost_tests::EVENT_TIMEOUT;
+    while metric(&relay.http_base(), "outpost_media_sweeps_total").await? < 1.0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the sweep at start never ran");
+        tokio::time::sleep(POLL).await;
+    }
+    let (_, v) = info(&relay.http_base(), &amina, &up.sha).await?;
+    assert_eq!((v["available"].as_bool(), v["evicted"].as_bool()), (Some(true), Some(false)), "{v}");
+    Ok(())
+}

@@ -274,11 +274,19 @@ async fn info<S: Storage>(
         let (blob, info) = visible(&hub, &headers, peer, &sha).await?;
         let blobs = blobs(&hub)?;
         let body = match info {
-            Some(i) => json!({
-                "sha256": blob.hex(), "size": i.size, "type": i.mime, "available": !i.evicted,
-                "received": if i.evicted { 0 } else { i.size },
+            Some(i) if i.evicted => json!({
+                "sha256": blob.hex(), "size": i.size, "type": i.mime, "available": false,
+                "received": blobs.received(blob).await.map_err(media_error)?,
                 "custody": if i.peers.is_empty() { "stored" } else { "forwarded" },
-                "preview": i.preview.is_some(), "evicted": i.evicted,
+                "preview": i.preview.is_some(), "evicted": true,
+                "requested": hub.config.media.retention_basis == RetentionBasis::PeerConfirmed
+                    && ask_upstream(&hub, blobs, blob),
+            }),
+            Some(i) => json!({
+                "sha256": blob.hex(), "size": i.size, "type": i.mime, "available": true,
+                "received": i.size,
+                "custody": if i.peers.is_empty() { "stored" } else { "forwarded" },
+                "preview": i.preview.is_some(), "evicted": false,
             }),
             None => json!({
                 "sha256": blob.hex(), "size": null, "type": null, "available": false,
@@ -323,6 +331,10 @@ async fn download<S: Storage>(
             Some(i) if !i.evicted => i,
             Some(_) => {
                 let why = match hub.config.media.retention_basis {
+                    // A hub asks its cloud for it again (a device wants it now).
+                    RetentionBasis::PeerConfirmed if ask_upstream(&hub, blobs(&hub)?, blob) => {
+                        "removed from this hub by retention after the cloud confirmed it; asked the cloud for it again; see /info for progress"
+                    }
                     RetentionBasis::PeerConfirmed => {
                         "removed from this server by retention after the other side confirmed it; fetch it there"
                     }

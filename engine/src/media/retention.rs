@@ -63,8 +63,10 @@ impl<S: Storage> Blobs<S> {
     /// Runs [`Blobs::sweep`] every `every` until `stop`.
     pub async fn sweep_every(self, every: std::time::Duration, stop: tokio_util::sync::CancellationToken) {
         loop {
-            if let Err(e) = self.sweep().await {
-                tracing::warn!(error = %e, "media sweep failed; will retry");
+            match self.sweep().await {
+                // Counted so an operator (and a test) can tell the sweep has run.
+                Ok(_) => metrics::counter!("outpost_media_sweeps_total").increment(1),
+                Err(e) => tracing::warn!(error = %e, "media sweep failed; will retry"),
             }
             tokio::select! {
                 () = stop.cancelled() => return,
