@@ -166,6 +166,12 @@ pub async fn answer<S: LogStore>(
     }
 }
 
+/// Whether a device's page of `room` may need the cloud (a hub with an uplink whose
+/// retention pruned the room); a store error counts as no.
+pub async fn may_ask_cloud<S: outpost_storage::Storage>(hub: &crate::hub::Hub<S>, room: &RoomId) -> bool {
+    !hub.config.uplink.cloud.is_empty() && matches!(hub.store.pruned_floor(room.clone()).await, Ok(Some(_)))
+}
+
 /// A device's `history` page on a hub.
 ///
 /// In a room retention never touched, the hub's own page (by cursor) as always. In a

@@ -143,9 +143,26 @@ impl<S: Storage> Session<S> {
                 Err((code, m)) => self.feed(error_frame(code, m, None)).await,
                 Ok(()) => {
                     let limit = h.limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
-                    match crate::link::history::device_page(&self.hub, h.room, h.before, h.before_hlc, limit).await {
-                        Ok(page) => self.feed(Utf8Bytes::from(ServerFrame::History(page).encode())).await,
-                        Err(e) => self.feed(error_frame(e.code(), e.to_string(), None)).await,
+                    let pruned = crate::link::history::may_ask_cloud(&self.hub, &h.room).await;
+                    let page = move |hub: Arc<crate::hub::Hub<S>>| async move {
+                        match crate::link::history::device_page(&hub, h.room, h.before, h.before_hlc, limit).await {
+                            Ok(page) => Utf8Bytes::from(ServerFrame::History(page).encode()),
+                            Err(e) => error_frame(e.code(), e.to_string(), None),
+                        }
+                    };
+                    // A page of a room retention pruned may wait for the cloud (up to
+                    // `history::ANSWER_TIMEOUT`): it is made off this loop and queued as
+                    // a direct answer, so the device's sends and live messages do not wait.
+                    match pruned.then(|| self.mailbox.try_reserve()).flatten() {
+                        Some(permit) => {
+                            let hub = self.hub.clone();
+                            tokio::spawn(async move { permit.send(page(hub).await) });
+                            Ok(())
+                        }
+                        None => {
+                            let text = page(self.hub.clone()).await;
+                            self.feed(text).await
+                        }
                     }
                 }
             },
