@@ -440,26 +440,8 @@ fn record(id: &CloudIdentity, events: &[AuditEvent]) -> anyhow::Result<()> {
 
 /// The bundle holds the relay's private key: make it readable by its owner only.
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let cannot = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", path.display());
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(cannot)?;
-    // The mode above applies only to a new file; one already at `path` (an older bundle,
-    // a file made by hand) keeps its own. Narrow it before the key is written into it.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(cannot)?;
-    }
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+    outpost_engine::private::write(path, text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod lan_tls;
 pub mod link;
 mod mailbox;
 pub mod media;
+pub mod private;
 pub mod ratelimit;
 pub mod renewal;
 pub mod retention;

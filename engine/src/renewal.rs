@@ -152,32 +152,9 @@ pub fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed).map_err(|e| std::io::Error::other(e.to_string()))?;
-            write_private(path, &seed)?;
+            crate::private::write(path, &seed)?;
             Ok(seed)
         }
         Err(e) => Err(e),
     }
-}
-
-/// Writes a secret readable by its owner only (a file already there is narrowed first).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    f.write_all(bytes)?;
-    f.sync_all()
 }
