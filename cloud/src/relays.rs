@@ -40,6 +40,7 @@ pub async fn accept<S: Storage>(
     store: S,
     blobs: Option<Blobs<S>>,
     renewal: Arc<Renewal>,
+    flow: FlowConfig,
     cloud_id: String,
     shutdown: CancellationToken,
 ) {
@@ -58,11 +59,11 @@ pub async fn accept<S: Storage>(
         };
         let (store, blobs, cloud_id, live, stop) =
             (store.clone(), blobs.clone(), cloud_id.clone(), live.clone(), shutdown.child_token());
-        let renewal = renewal.clone();
+        let (renewal, flow) = (renewal.clone(), flow.clone());
         let refusals = refusals.clone();
         tracker.spawn(async move {
             let remote = incoming.remote_address();
-            match serve(incoming, store.clone(), blobs, renewal, cloud_id, live, stop).await {
+            match serve(incoming, store.clone(), blobs, renewal, flow, cloud_id, live, stop).await {
                 Ok(end) => tracing::info!(%remote, reason = %end, "relay link ended"),
                 Err(e) => {
                     tracing::info!(%remote, error = %e, "relay refused");
@@ -84,6 +85,7 @@ async fn serve<S: Storage>(
     store: S,
     blobs: Option<Blobs<S>>,
     renewal: Arc<Renewal>,
+    flow: FlowConfig,
     cloud_id: String,
     live: Live,
     stop: CancellationToken,
@@ -144,7 +146,7 @@ async fn serve<S: Storage>(
         version: v,
         rebuild_until: state.own_until,
     };
-    let opts = LinkOptions { flow: FlowConfig::default(), blobs, renewal: Some(renewal), history: None };
+    let opts = LinkOptions { flow, blobs, renewal: Some(renewal), history: None };
     let end = link::run(conn, send, recv, store, peer, opts, stop.clone()).await;
     if let Ok(mut l) = live.lock()
         && l.get(&relay).is_some_and(|(g, _)| *g == generation)

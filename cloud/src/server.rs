@@ -15,6 +15,7 @@ use outpost_engine::lan_tls::LanTls;
 use outpost_engine::link::tls;
 use outpost_engine::server::{Core, RunError};
 use outpost_shared::bundle::encode_key;
+use outpost_shared::uplink::flow::FlowConfig;
 use outpost_storage::Storage;
 use outpost_store_postgres::{PgOptions, PgStore};
 use tokio::net::TcpListener;
@@ -209,6 +210,7 @@ async fn serve<S: Storage>(
         core.store.clone(),
         core.hub.blobs.clone(),
         core.hub.renewal.clone(),
+        FlowConfig { rebuild_recent_per_room: config.limits.rebuild_recent_per_room, ..FlowConfig::default() },
         id.cloud_id.clone(),
         core.stop_token(),
     );

@@ -253,7 +253,10 @@ pub async fn run(
         tracing::info!("no cloud configured; serving the village only");
         None
     } else {
-        Some(UplinkSettings::from_dir(&dir, &config.identity.relay_id, &config.uplink).map_err(RunError::Config)?)
+        let mut settings =
+            UplinkSettings::from_dir(&dir, &config.identity.relay_id, &config.uplink).map_err(RunError::Config)?;
+        settings.flow.rebuild_recent_per_room = config.limits.rebuild_recent_per_room;
+        Some(settings)
     };
     let tls = config.lan_tls(&dir).map_err(|e| RunError::Config(e.to_string()))?;
     let mut core = Core::open(config.clone(), &config.db_path(&dir))?;

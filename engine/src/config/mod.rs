@@ -351,6 +351,11 @@ pub struct LimitsConfig {
     /// Most `delivered`/`read` receipts one `ack` or `read` frame can generate; a device
     /// resyncing years of history must not flood senders with receipts.
     pub max_receipts_per_ack: usize,
+    /// Messages per room sent newest first, before the rest, to a peer rebuilding its
+    /// database (a hub on a new SD card, a cloud restored empty): a phone opening a room
+    /// sees its latest conversation at once instead of after the whole history. 0: the
+    /// history goes oldest first only.
+    pub rebuild_recent_per_room: usize,
 }
 
 impl Default for LimitsConfig {
@@ -373,6 +378,7 @@ impl Default for LimitsConfig {
             idle_timeout_secs: 90,
             presence_per_sec: 2,
             max_receipts_per_ack: 1000,
+            rebuild_recent_per_room: 200,
         }
     }
 }

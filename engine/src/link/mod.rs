@@ -48,10 +48,6 @@ const EMERGENCY_PAGE: usize = 64;
 const NORMAL_PAGE: usize = 1024;
 /// Normal batches smaller than this wait up to `FlowConfig::linger` for more entries.
 const LINGER_BELOW: usize = 64;
-/// Messages per room sent newest first to a peer being rebuilt, before the ordinary pass.
-/// A screenful and then some: a phone opening the room sees its latest conversation at
-/// once, and 200 messages of ~250 B cost about a second per room on 3G.
-pub const REBUILD_RECENT_PER_ROOM: usize = 200;
 /// Stream priorities (quinn sends higher first).
 const PRIORITY_EMERGENCY: i32 = 100;
 /// The newest-first pass of a rebuild: before ordinary batches, after emergencies.
@@ -565,7 +561,8 @@ async fn send<S: LinkStore>(
 ) -> LinkError {
     let origin = tokio::time::Instant::now();
     if peer.start < peer.rebuild_until
-        && let Err(e) = recent_first(&conn, &store, &peer).await
+        && flow.rebuild_recent_per_room > 0
+        && let Err(e) = recent_first(&conn, &store, &peer, flow.rebuild_recent_per_room).await
     {
         return e;
     }
@@ -719,15 +716,21 @@ async fn send<S: LinkStore>(
 }
 
 /// A peer rebuilding its database (it came back with a new one, and our log up to
-/// `rebuild_until` was there) gets each room's latest [`REBUILD_RECENT_PER_ROOM`]
-/// messages first, so a phone opening the room sees the recent conversation while the
+/// `rebuild_until` was there) gets each room's latest `per_room` messages
+/// (`limits.rebuild_recent_per_room`, 200: a screenful and then some, about a second per
+/// room on 3G) first, so a phone opening the room sees the recent conversation while the
 /// ordinary pass, oldest first, fills in the rest. Both passes send these messages; the
 /// peer imports by message id, so the second copy changes nothing. Queued on streams
 /// above ordinary batches (below emergencies) and outside the flow window: the pass is
-/// bounded by rooms × [`REBUILD_RECENT_PER_ROOM`]. Their acks move no mark: the ordinary
+/// bounded by rooms × `per_room`. Their acks move no mark: the ordinary
 /// pass is what records what the peer holds, so a cut link repeats this pass next time,
 /// and an idempotent import makes that harmless.
-async fn recent_first<S: LinkStore>(conn: &quinn::Connection, store: &S, peer: &Peer) -> Result<(), LinkError> {
+async fn recent_first<S: LinkStore>(
+    conn: &quinn::Connection,
+    store: &S,
+    peer: &Peer,
+    per_room: usize,
+) -> Result<(), LinkError> {
     let rooms: Vec<RoomId> = match &peer.rooms {
         Some(r) => r.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default(),
         None => store.rooms(),
@@ -743,14 +746,14 @@ async fn recent_first<S: LinkStore>(conn: &quinn::Connection, store: &S, peer: &
                 after: peer.start,
                 until: Some(peer.rebuild_until),
                 lane,
-                limit: REBUILD_RECENT_PER_ROOM,
+                limit: per_room,
                 max_bytes: usize::MAX,
                 newest_first: true,
             };
             entries.extend(store.outbound(q).await?.entries);
         }
         entries.sort_by_key(Entry::cursor);
-        let skip = entries.len().saturating_sub(REBUILD_RECENT_PER_ROOM);
+        let skip = entries.len().saturating_sub(per_room);
         let entries: Vec<Entry> = entries.into_iter().skip(skip).collect();
         if entries.is_empty() {
             continue;

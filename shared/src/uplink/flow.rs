@@ -44,6 +44,9 @@ pub struct FlowConfig {
     /// The window before any measurement, and its floor: small enough not to build a
     /// standing queue on a 2G/EDGE link (EDGE's BDP is about 21 KB).
     pub min_window_bytes: u64,
+    /// Messages per room sent newest first to a peer being rebuilt, before the ordinary
+    /// oldest-first pass (`limits.rebuild_recent_per_room`); 0: none.
+    pub rebuild_recent_per_room: usize,
 }
 
 impl Default for FlowConfig {
@@ -54,6 +57,7 @@ impl Default for FlowConfig {
             max_inflight_emergency: 64,
             linger: Duration::from_millis(500),
             min_window_bytes: 16 * 1024,
+            rebuild_recent_per_room: 200,
         }
     }
 }
