@@ -34,16 +34,19 @@ const REFUSALS_AUDITED_PER_SEC: u32 = 5;
 /// How long a relay has to open its control stream and say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What every relay link of this cloud runs with.
+#[derive(Clone)]
+pub struct Links<S: Storage> {
+    pub store: S,
+    pub blobs: Option<Blobs<S>>,
+    /// Signs hubs' delegations.
+    pub renewal: Arc<Renewal>,
+    pub flow: FlowConfig,
+    pub cloud_id: String,
+}
+
 /// Accepts relay connections until `shutdown`.
-pub async fn accept<S: Storage>(
-    endpoint: quinn::Endpoint,
-    store: S,
-    blobs: Option<Blobs<S>>,
-    renewal: Arc<Renewal>,
-    flow: FlowConfig,
-    cloud_id: String,
-    shutdown: CancellationToken,
-) {
+pub async fn accept<S: Storage>(endpoint: quinn::Endpoint, links: Links<S>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let live: Live = Arc::default();
     // Refusals are audited at most this often: an address scanning the QUIC port must not
@@ -57,13 +60,12 @@ pub async fn accept<S: Storage>(
             () = shutdown.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
-        let (store, blobs, cloud_id, live, stop) =
-            (store.clone(), blobs.clone(), cloud_id.clone(), live.clone(), shutdown.child_token());
-        let (renewal, flow) = (renewal.clone(), flow.clone());
+        let (links, live, stop) = (links.clone(), live.clone(), shutdown.child_token());
         let refusals = refusals.clone();
         tracker.spawn(async move {
             let remote = incoming.remote_address();
-            match serve(incoming, store.clone(), blobs, renewal, flow, cloud_id, live, stop).await {
+            let store = links.store.clone();
+            match serve(incoming, links, live, stop).await {
                 Ok(end) => tracing::info!(%remote, reason = %end, "relay link ended"),
                 Err(e) => {
                     tracing::info!(%remote, error = %e, "relay refused");
@@ -82,14 +84,11 @@ pub async fn accept<S: Storage>(
 
 async fn serve<S: Storage>(
     incoming: quinn::Incoming,
-    store: S,
-    blobs: Option<Blobs<S>>,
-    renewal: Arc<Renewal>,
-    flow: FlowConfig,
-    cloud_id: String,
+    links: Links<S>,
     live: Live,
     stop: CancellationToken,
 ) -> Result<LinkError, LinkError> {
+    let Links { store, blobs, renewal, flow, cloud_id } = links;
     let conn = incoming.await?;
     // The handshake's rules are shared::uplink::handshake's; this only carries its frames
     // and its deadline (the relay has HELLO_TIMEOUT to open its control stream and say

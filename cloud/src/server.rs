@@ -205,15 +205,14 @@ async fn serve<S: Storage>(
     // The cloud renews its doctors' tokens with its own key and delegates renewal to hubs.
     let delegation_secs = config.security.delegation_days.saturating_mul(86_400);
     core.hub.renewal.set_cloud(id.signer.clone(), delegation_secs);
-    let relays = crate::relays::accept(
-        quic,
-        core.store.clone(),
-        core.hub.blobs.clone(),
-        core.hub.renewal.clone(),
-        FlowConfig { rebuild_recent_per_room: config.limits.rebuild_recent_per_room, ..FlowConfig::default() },
-        id.cloud_id.clone(),
-        core.stop_token(),
-    );
+    let links = crate::relays::Links {
+        store: core.store.clone(),
+        blobs: core.hub.blobs.clone(),
+        renewal: core.hub.renewal.clone(),
+        flow: FlowConfig { rebuild_recent_per_room: config.limits.rebuild_recent_per_room, ..FlowConfig::default() },
+        cloud_id: id.cloud_id.clone(),
+    };
+    let relays = crate::relays::accept(quic, links, core.stop_token());
     core.spawn("relay endpoint", relays);
     if !config.webhooks.is_empty() {
         let holder = crate::webhooks::holder_id();
