@@ -12,6 +12,8 @@
 //! a hub signed it, carries the delegation (`dlg`) and the cloud-signed ancestor it renews
 //! (`org`), so that a verifier holding only the cloud's public key checks the whole chain.
 
+pub mod renewal;
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -120,7 +122,7 @@ impl Claims {
 
     /// The delegation this token was signed under, as read from it (the verifier has
     /// checked it when these claims came out of [`TokenVerifier::verify`]).
-    pub fn delegation(&self) -> Option<crate::renewal::Delegation> {
+    pub fn delegation(&self) -> Option<renewal::Delegation> {
         self.dlg.as_deref().and_then(|d| jsonwebtoken::dangerous::insecure_decode_claims(d).ok())
     }
 }
@@ -240,7 +242,7 @@ impl TokenVerifier {
                 }
                 c
             }
-            Some(dlg) => crate::renewal::verify_delegated(self, token, &dlg, now)?,
+            Some(dlg) => renewal::verify_delegated(self, token, &dlg, now)?,
         };
         if claims.exp <= now {
             return Err(TokenError::Expired { exp: claims.exp, now });

@@ -21,7 +21,6 @@ use outpost_shared::{Hlc, RoomId};
 use outpost_storage::{RetentionStats, StoreError};
 use tokio::sync::oneshot;
 
-use crate::writer::retention::{prunable_args, prunable_sql};
 use crate::{Command, ReadLane, Store};
 
 /// Why a message was removed (counted separately on the status page).
@@ -298,4 +297,49 @@ pub fn delete_offline(
         tracing::warn!(error = %e, "the WAL could not be truncated now; the next checkpoint overwrites it");
     }
     Ok(erased)
+}
+
+/// The condition a message `m` must meet to be removed; `?1` is the receive-time cutoff
+/// (ms), `?2` the confirming peer (hub mode only).
+pub(crate) fn prunable_sql(policy: &RetentionPolicy) -> String {
+    let confirmed = match &policy.confirm_peer {
+        // A hub: its cloud holds everything of ours up to its acknowledged mark, and
+        // everything it sent us.
+        Some(_) => {
+            "(m.origin_peer IS NOT NULL
+                     OR m.cursor <= coalesce((SELECT sent_hwm FROM peers WHERE peer = ?2), 0))"
+        }
+        // A cloud: every hub serving the room holds it (or sent it).
+        None => {
+            "NOT EXISTS (SELECT 1 FROM peer_rooms pr JOIN peers p ON p.peer = pr.peer
+                              WHERE pr.room = m.room AND m.cursor > p.sent_hwm
+                                AND coalesce(m.origin_peer, '') <> pr.peer)"
+        }
+    };
+    let blob_peer = match &policy.confirm_peer {
+        Some(_) => "AND NOT EXISTS (SELECT 1 FROM blob_peers bp WHERE bp.sha256 = x.sha256 AND bp.peer = ?2)",
+        None => "AND 0",
+    };
+    format!(
+        "m.at < ?1 AND {confirmed}
+         AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.room = m.room)
+         AND (m.priority < 3 OR EXISTS (SELECT 1 FROM receipts r
+                                         WHERE r.msg_id = m.id AND r.state IN ('delivered', 'read')))
+         AND NOT EXISTS (SELECT 1 FROM receipts r JOIN peers p ON p.peer = r.msg_peer
+                          WHERE r.msg_id = m.id AND r.cursor > p.sent_hwm
+                            AND coalesce(r.origin_peer, '') <> r.msg_peer)
+         AND NOT EXISTS (SELECT 1 FROM media_refs x JOIN blobs b ON b.sha256 = x.sha256
+                          WHERE x.cursor = m.cursor AND m.origin_peer IS NULL AND b.evicted IS NULL {blob_peer})"
+    )
+}
+
+/// The statement's arguments for [`prunable_sql`], then `extra`.
+pub(crate) fn prunable_args(policy: &RetentionPolicy, cutoff: i64, extra: &[i64]) -> Vec<rusqlite::types::Value> {
+    let mut args: Vec<rusqlite::types::Value> = vec![cutoff.into()];
+    match &policy.confirm_peer {
+        Some(p) => args.push(p.clone().into()),
+        None => args.push(rusqlite::types::Value::Null),
+    }
+    args.extend(extra.iter().map(|v| rusqlite::types::Value::from(*v)));
+    args
 }

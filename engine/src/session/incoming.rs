@@ -143,9 +143,9 @@ impl<S: Storage> Session<S> {
                 Err((code, m)) => self.feed(error_frame(code, m, None)).await,
                 Ok(()) => {
                     let limit = h.limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
-                    let pruned = crate::link::history::may_ask_cloud(&self.hub, &h.room).await;
+                    let pruned = super::history::may_ask_cloud(&self.hub, &h.room).await;
                     let page = move |hub: Arc<crate::hub::Hub<S>>| async move {
-                        match crate::link::history::device_page(&hub, h.room, h.before, h.before_hlc, limit).await {
+                        match super::history::device_page(&hub, h.room, h.before, h.before_hlc, limit).await {
                             Ok(page) => Utf8Bytes::from(ServerFrame::History(page).encode()),
                             Err(e) => error_frame(e.code(), e.to_string(), None),
                         }

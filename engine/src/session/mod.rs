@@ -38,6 +38,7 @@ use crate::submit::{self, Sender};
 use outpost_storage::{AuditEvent, AuditKind, ReplayQuery};
 
 /// WebSocket close codes used by the hub.
+mod history;
 mod incoming;
 
 pub(crate) mod close {

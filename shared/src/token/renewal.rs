@@ -24,7 +24,7 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::token::{Claims, Issued, Lineage, TokenError, TokenSigner, TokenVerifier, decode_with, header_typ};
+use super::{Claims, Issued, Lineage, TokenError, TokenSigner, TokenVerifier, decode_with, header_typ};
 
 /// The JWS header `typ` of a delegation (a device token has none): keeps the two kinds of
 /// statement the cloud's key signs apart.
