@@ -24,6 +24,9 @@
 //! `--phases media` sends a 5 MB photo from hub to cloud over the `--presets` links
 //! (module `media`).
 //!
+//! `--phases rebuild` rebuilds a hub on a new SD card from the cloud over the `--presets`
+//! links, with and without the newest-first pass (module `rebuild`).
+//!
 //! `--phases all` runs every one of them and opens the report with one table of every goal
 //! measured (module `goals`): the full run BENCHMARKS.md records.
 //!
@@ -38,6 +41,7 @@ mod media;
 mod peers;
 mod phases;
 mod procfs;
+mod rebuild;
 mod report;
 mod stats;
 mod uplink;
@@ -159,6 +163,10 @@ pub struct Args {
     /// Cloud: batches per hub and repetition (default 4, or 1 with --quick).
     #[arg(long)]
     pub cloud_batches: Option<usize>,
+    /// Messages of history the `rebuild` phase puts at the cloud (default 20,000; 2,000
+    /// with `--quick`).
+    #[arg(long)]
+    pub rebuild_messages: Option<usize>,
     /// Also write the report to FILE.
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
@@ -185,6 +193,10 @@ pub enum Phase {
     /// A 5 MB photo hub → cloud over the `--presets` links: time to preview and to the
     /// full photo, bytes on the link (module `media`). Not in the default set.
     Media,
+    /// A hub on a new SD card rebuilt from the cloud over the `--presets` links: time until
+    /// a phone holds every room's newest message, and the whole history, with the
+    /// newest-first pass and without (module `rebuild`). Only when named (not in `all`).
+    Rebuild,
     /// The cloud's ingest on PostgreSQL (one node, two nodes) against SQLite and raw
     /// batched INSERTs, and delivery to a doctor on another node at `--rate` (module
     /// `cloud`; starts a private PostgreSQL cluster). Only when named (not in `all`).
@@ -266,6 +278,10 @@ async fn main() -> anyhow::Result<()> {
         sections.push(goals::Section { text: media::markdown(&args, &command, &machine, &runs), rows: Vec::new() });
     }
     // Only when named: `all` keeps to the hub's and the link's goals (and its time).
+    if args.phases.contains(&Phase::Rebuild) {
+        let runs = rebuild::run(&args, &tmp).await?;
+        sections.push(goals::Section { text: rebuild::markdown(&args, &command, &machine, &runs), rows: Vec::new() });
+    }
     if args.phases.contains(&Phase::Cloud) {
         let run = cloud::run(&args, &tmp).await?;
         sections.push(cloud::markdown(&args, &command, &machine, &run));
