@@ -155,13 +155,7 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<Vec<MediaRun>> {
 pub fn markdown(args: &Args, command: &str, machine: &MachineInfo, runs: &[MediaRun]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "## Media: a 5 MB photo from the village to the hospital\n");
-    let _ = writeln!(o, "- Command: `{command}`");
-    let _ = writeln!(o, "- Commit: `{}`; relay binary: {}", machine.commit, machine.relay_built);
-    let _ = writeln!(
-        o,
-        "- Machine: {} CPUs ({}), {} RAM, {}",
-        machine.cpus, machine.cpu_model, machine.memory, machine.kernel
-    );
+    o.push_str(&machine.header(command));
     let _ = writeln!(
         o,
         "- Each repetition: fresh hub and cloud, the photo uploaded to the hub over the LAN first; timed from the worker's `send`. Link presets as in the uplink section (userspace emulator: rate, delay, jitter, loss). Default `[media]` settings: chunks of at most 64 KiB, at most 4 in flight, bytes in flight near the measured bandwidth-delay product."

@@ -138,6 +138,17 @@ pub struct MachineInfo {
     pub relay_built: String,
 }
 
+impl MachineInfo {
+    /// The lines every section of the report opens with: the command, the commit and the
+    /// relay binary measured, the machine (Markdown list items).
+    pub fn header(&self, command: &str) -> String {
+        format!(
+            "- Command: `{command}`\n- Commit: `{}`; relay binary: {}\n- Machine: {} CPUs ({}), {} RAM, {}\n",
+            self.commit, self.relay_built, self.cpus, self.cpu_model, self.memory, self.kernel
+        )
+    }
+}
+
 fn shell(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
         .args(args)

@@ -169,13 +169,7 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<Vec<RebuildRun>> {
 pub fn markdown(args: &Args, command: &str, machine: &MachineInfo, runs: &[RebuildRun]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "## Rebuild: a hub on a new SD card gets its rooms back from the cloud\n");
-    let _ = writeln!(o, "- Command: `{command}`");
-    let _ = writeln!(o, "- Commit: `{}`; relay binary: {}", machine.commit, machine.relay_built);
-    let _ = writeln!(
-        o,
-        "- Machine: {} CPUs ({}), {} RAM, {}",
-        machine.cpus, machine.cpu_model, machine.memory, machine.kernel
-    );
+    o.push_str(&machine.header(command));
     let _ = writeln!(
         o,
         "- Each repetition: fresh cloud; the hub connected once, stopped; a doctor posts the history ({ROOMS} rooms, ~90-byte notes) at the cloud; the hub enrolled again on an empty directory behind the link emulator, a phone signed in at once. Timed from the hub's start. Same build, `limits.rebuild_recent_per_room` = 200 (default) against 0 (oldest first only: the same-run baseline), alternating."

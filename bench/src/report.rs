@@ -57,10 +57,7 @@ impl Report<'_> {
         let t = &self.timing;
         let topo = &self.topology;
         let _ = writeln!(o, "## Run\n");
-        let _ = writeln!(o, "- Command: `{}`", self.command);
-        let _ = writeln!(o, "- Commit: `{}`", m.commit);
-        let _ = writeln!(o, "- Relay binary: {}", m.relay_built);
-        let _ = writeln!(o, "- Machine: {} CPUs ({}), {} RAM, {}", m.cpus, m.cpu_model, m.memory, m.kernel);
+        o.push_str(&m.header(&self.command));
         let _ = writeln!(o, "- Disk under the databases (`df`): {}", m.disk);
         let _ = writeln!(
             o,

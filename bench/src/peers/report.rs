@@ -25,13 +25,7 @@ pub fn markdown(
     let t = args.timing();
     let mut o = String::new();
     let _ = writeln!(o, "## Peers run\n");
-    let _ = writeln!(o, "- Command: `{command}`");
-    let _ = writeln!(o, "- Commit: `{}`; relay binary: {}", machine.commit, machine.relay_built);
-    let _ = writeln!(
-        o,
-        "- Machine: {} CPUs ({}), {} RAM, {}",
-        machine.cpus, machine.cpu_model, machine.memory, machine.kernel
-    );
+    o.push_str(&machine.header(command));
     let _ = writeln!(o, "- Disk under the data directories (`df`): {}", machine.disk);
     let _ = writeln!(o, "- Peers: {} (Debian package); {} (Debian package)", v.mosquitto, v.nats);
     let _ = writeln!(

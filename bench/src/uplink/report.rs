@@ -45,10 +45,7 @@ pub fn markdown(args: &Args, command: &str, machine: &MachineInfo, run: &UplinkR
 fn header(o: &mut String, args: &Args, command: &str, m: &MachineInfo, run: &UplinkRun) {
     let s = &run.mix_spec;
     let _ = writeln!(o, "## Uplink run\n");
-    let _ = writeln!(o, "- Command: `{command}`");
-    let _ = writeln!(o, "- Commit: `{}`", m.commit);
-    let _ = writeln!(o, "- Relay binary: {}", m.relay_built);
-    let _ = writeln!(o, "- Machine: {} CPUs ({}), {} RAM, {}", m.cpus, m.cpu_model, m.memory, m.kernel);
+    o.push_str(&m.header(command));
     let _ = writeln!(
         o,
         "- Mode: {}; whole uplink phase {:.0} s",
