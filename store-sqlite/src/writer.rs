@@ -333,6 +333,9 @@ impl Writer {
                 for e in entries {
                     self.publisher.publish(e);
                 }
+                // What retention removed counts before anyone is answered: a caller told a
+                // prune is done reads totals that include it.
+                self.publish_tally();
                 let stored = pending.iter().filter(|p| matches!(p, Pending::Append(_, Ok(a)) if !a.duplicate)).count();
                 for p in pending {
                     p.finish(None);
@@ -342,7 +345,6 @@ impl Writer {
                 metrics::histogram!("outpost_commit_commands").record(n as f64);
                 let _ = self.head_tx.send(self.next_cursor - 1);
                 self.refresh_used_bytes();
-                self.publish_tally();
                 if std::mem::take(&mut self.secure_delete)
                     && let Err(e) = self.conn.pragma_update(None, "secure_delete", "ON")
                 {
