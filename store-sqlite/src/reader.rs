@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use outpost_shared::frames::{HistoryPage, MessageBody, Positioned, Receipt, ReceiptState};
 use outpost_shared::uplink::batch::{Entry, Lane, WireMessage, WireReceipt};
 use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, RoomId, Seq, ServerFrame, UserId};
-use rusqlite::{Connection, OpenFlags, Row};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, Row};
 
 use super::{Backlog, Forwarded, Outbound, OutboundQuery, Replay, ReplayQuery, StoreError, connect};
 
@@ -190,8 +190,7 @@ impl Readers {
             let c: Option<i64> = conn
                 .prepare_cached("SELECT cursor FROM messages WHERE id = ?1 AND room = ?2")?
                 .query_row(rusqlite::params![id.as_bytes().as_slice(), room.as_str()], |r| r.get(0))
-                .map(Some)
-                .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+                .optional()?;
             Ok(c.map(|c| Cursor(u64::try_from(c).unwrap_or(0))))
         })
     }

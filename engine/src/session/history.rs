@@ -4,10 +4,16 @@
 use outpost_shared::frames::{HistoryGap, HistoryPage};
 use outpost_shared::{Cursor, Hlc, RoomId};
 
-/// Whether a device's page of `room` may need the cloud (a hub with an uplink whose
-/// retention pruned the room); a store error counts as no.
-pub(super) async fn may_ask_cloud<S: outpost_storage::Storage>(hub: &crate::hub::Hub<S>, room: &RoomId) -> bool {
-    !hub.config.uplink.cloud.is_empty() && matches!(hub.store.pruned_floor(room.clone()).await, Ok(Some(_)))
+/// Whether a device's page of `room` may need the cloud: a hub with an uplink whose
+/// retention pruned the room. Asked once per `history`; [`device_page`] takes the answer.
+pub(super) async fn may_ask_cloud<S: outpost_storage::Storage>(
+    hub: &crate::hub::Hub<S>,
+    room: &RoomId,
+) -> Result<bool, outpost_storage::StoreError> {
+    if hub.config.uplink.cloud.is_empty() {
+        return Ok(false);
+    }
+    Ok(hub.store.pruned_floor(room.clone()).await?.is_some())
 }
 
 /// A device's `history` page on a hub.
@@ -26,10 +32,9 @@ pub(super) async fn device_page<S: outpost_storage::Storage>(
     before: Option<Cursor>,
     before_hlc: Option<Hlc>,
     limit: u32,
+    pruned: bool,
 ) -> Result<HistoryPage, outpost_storage::StoreError> {
-    let has_cloud = !hub.config.uplink.cloud.is_empty();
     let store = &hub.store;
-    let pruned = if has_cloud { store.pruned_floor(room.clone()).await?.is_some() } else { false };
     if !pruned {
         return match before_hlc {
             // Only a page that came (partly) from the cloud leads here.

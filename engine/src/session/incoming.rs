@@ -143,9 +143,12 @@ impl<S: Storage> Session<S> {
                 Err((code, m)) => self.feed(error_frame(code, m, None)).await,
                 Ok(()) => {
                     let limit = h.limit.unwrap_or(HISTORY_DEFAULT_LIMIT).clamp(1, HISTORY_MAX_LIMIT);
-                    let pruned = super::history::may_ask_cloud(&self.hub, &h.room).await;
+                    let pruned = match super::history::may_ask_cloud(&self.hub, &h.room).await {
+                        Ok(p) => p,
+                        Err(e) => return self.feed(error_frame(e.code(), e.to_string(), None)).await,
+                    };
                     let page = move |hub: Arc<crate::hub::Hub<S>>| async move {
-                        match super::history::device_page(&hub, h.room, h.before, h.before_hlc, limit).await {
+                        match super::history::device_page(&hub, h.room, h.before, h.before_hlc, limit, pruned).await {
                             Ok(page) => Utf8Bytes::from(ServerFrame::History(page).encode()),
                             Err(e) => error_frame(e.code(), e.to_string(), None),
                         }
