@@ -17,6 +17,21 @@
 //! still open, where nothing can commit late any more. A group that fails is rolled back
 //! and its range deleted (the cursors stay unused, as skipped duplicates' do); a range
 //! whose backend died with the node is deleted by any node's tail (`crate::RECLAIM`).
+//!
+//! **One hub's imports one at a time.** A link applies its hub's batches one after the
+//! other, but a batch can outlive its link: when the link ends while the batch waits for
+//! an importer (the database was away, say), the batch is still committed later, while
+//! the hub, reconnected, sends the same messages again cut into other batches, through
+//! another importer or node. Two imports of one hub then overlap, and since an import
+//! takes its cursors before it writes and skips the messages already there, the one
+//! with the lower range could write the hub's later messages after the other wrote the
+//! earlier ones above it: a sender's messages out of the order they were acked in. So
+//! each importer holds a session advisory lock per hub of its group (`hub_key`), on
+//! every node alike, from before it reserves until its rows are written: the next
+//! import of that hub then reserves above it and, for the messages both hold, waits for
+//! its commit and skips them (or, should it roll back, writes them itself, above). The
+//! locks go with the statement that sends the notification, so they cost no round trip
+//! and no idle connection ever holds one past its commit. Normally nobody waits.
 
 use std::sync::Arc;
 
@@ -36,6 +51,18 @@ use crate::{Shared, db};
 /// reader of every node below its range. A healthy importer is never idle in a
 /// transaction for more than a round trip.
 const STUCK_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The first key of the advisory locks that keep one hub's imports one at a time (the
+/// second is [`hub_key`]): any constant of Outpost's own ("oi", outpost import). The
+/// two-key space does not overlap the one-key space of the migration lock.
+const HUB_LOCK_CLASS: i32 = 0x6f69;
+
+/// A hub's lock key: FNV-1a of its name, the same on every node and every build (a
+/// collision only makes two hubs wait for each other now and then).
+fn hub_key(peer: &str) -> i32 {
+    let hash = peer.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    i32::from_ne_bytes(hash.to_ne_bytes())
+}
 
 /// One hub's batch, as `LinkStore::import` hands it over.
 pub(crate) struct Batch {
@@ -136,23 +163,34 @@ impl Importer {
         let started = tokio::time::Instant::now();
         let count: usize = group.iter().map(|b| b.entries.len()).sum();
         let (mut batches, mut replies) = (Vec::with_capacity(group.len()), Vec::with_capacity(group.len()));
+        let mut hubs = Vec::with_capacity(group.len());
         for b in group {
+            hubs.push(hub_key(&b.peer));
             batches.push((b.peer, b.entries, b.peer_hwm));
             replies.push(b.reply);
         }
-        let first = match self.reserve(count.max(1)).await {
+        // Ascending, so that two importers waiting for each other's hubs cannot deadlock.
+        hubs.sort_unstable();
+        hubs.dedup();
+        let first = match self.reserve(count.max(1), &hubs).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot reserve cursors for hubs' batches; they are told to retry");
                 for r in replies {
                     let _ = r.send(Err(e.clone()));
                 }
+                // The reservation's transaction may be left open and failed, holding locks.
+                self.release("ROLLBACK; SELECT pg_advisory_unlock_all()").await;
                 return;
             }
         };
         let (base, through) = (first - 1, first - 1 + count.max(1) as u64);
         self.insert_in_flight(base);
         let outcome = self.write(first, batches).await;
+        // Rolled back before the locks went with the notification (a rollback keeps
+        // session locks): given up once the senders are answered. After an unknown
+        // outcome the connection is gone, and its locks with its backend.
+        let locked = !matches!(outcome, Outcome::Committed(..));
         let (entries, answers) = match outcome {
             Outcome::Committed(entries, counts, rooms) => {
                 if !rooms.is_empty()
@@ -180,6 +218,7 @@ impl Importer {
                 for r in replies {
                     let _ = r.send(Err(e.clone()));
                 }
+                self.release("SELECT pg_advisory_unlock_all()").await;
                 return;
             }
         };
@@ -194,12 +233,19 @@ impl Importer {
         if let Err(mpsc::error::SendError(c)) = self.local.send(commit).await {
             (c.answer)();
         }
+        if locked {
+            self.release("SELECT pg_advisory_unlock_all()").await;
+        }
     }
 
-    /// Step 1: reserves `n` cursors; returns the first. One round trip.
-    async fn reserve(&self, n: usize) -> Result<u64, StoreError> {
+    /// Step 1: takes the locks of `hubs` (see the module documentation), then reserves
+    /// `n` cursors; returns the first. One round trip, and a wait only while another
+    /// import of one of these hubs is under way.
+    async fn reserve(&self, n: usize, hubs: &[i32]) -> Result<u64, StoreError> {
+        // Each in a statement of its own, so that they are taken in this order.
+        let locks: String = hubs.iter().map(|h| format!("SELECT pg_advisory_lock({HUB_LOCK_CLASS}, {h});\n")).collect();
         let sql = format!(
-            "BEGIN;
+            "{locks}BEGIN;
              SET LOCAL synchronous_commit = off;
              WITH h AS (UPDATE log_head SET head = head + {n} RETURNING head)
              INSERT INTO open_ranges (first, last, pid, started)
@@ -210,12 +256,31 @@ impl Importer {
              COMMIT"
         );
         let out = self.client.simple_query(&sql).await.map_err(db)?;
+        // The range is the last row (the locks' rows come first).
         out.iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse::<u64>().ok()),
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r),
                 _ => None,
             })
+            .last()
+            .and_then(|r| r.get(0).and_then(|v| v.parse::<u64>().ok()))
             .ok_or_else(|| StoreError::Database("reserving cursors returned no range".into()))
+    }
+
+    /// Gives up this connection's hub locks with `sql`. Should that fail on a connection
+    /// still open, the connection is replaced: ending its backend is what frees them.
+    async fn release(&mut self, sql: &str) {
+        if self.client.is_closed() {
+            return;
+        }
+        if let Err(e) = self.client.batch_execute(sql).await {
+            tracing::warn!(error = %e, "cannot release an importer's hub locks; reconnecting");
+            self.client = reconnect(&self.cfg, "importer").await;
+            self.st.stmts.clear();
+            if let Err(e) = self.prepare().await {
+                tracing::warn!(error = %e, "cannot set up an importer's database session");
+            }
+        }
     }
 
     /// Step 2: the rows and the end of the range, in one transaction.
@@ -230,8 +295,9 @@ impl Importer {
             tx.execute("DELETE FROM open_ranges WHERE first = $1", &[&crate::to_sql(first)])
                 .await
                 .map_err(|e| Fail::Before(db(e)))?;
-            // Delivered to the listening nodes when (and only if) this commits.
-            tx.execute("SELECT pg_notify('outpost_log', $1)", &[&first.to_string()])
+            // Delivered to the listening nodes when (and only if) this commits. The rows
+            // are written: the hubs' next imports may reserve (see the module docs).
+            tx.execute("SELECT pg_notify('outpost_log', $1), pg_advisory_unlock_all()", &[&first.to_string()])
                 .await
                 .map_err(|e| Fail::Before(db(e)))?;
             tx.commit().await.map_err(Fail::Commit)?;

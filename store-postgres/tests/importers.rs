@@ -265,3 +265,82 @@ async fn an_import_still_committing_holds_readers_back_and_a_dead_ones_range_is_
     assert!(got.iter().all(|c| !(gone as u64..gone as u64 + 10).contains(c)), "nothing from the dead range");
     node.shutdown().await;
 }
+
+/// Waits (at most 20 s) until `probe` finds a row for `sql`, a count.
+async fn until_counted(probe: &tokio_postgres::Client, sql: &str) {
+    let wait = async {
+        loop {
+            if ok(probe.query_one(sql, &[]).await).get::<_, i64>(0) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    ok(tokio::time::timeout(Duration::from_secs(20), wait).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hubs_batch_left_by_its_link_and_the_resend_do_not_interleave() {
+    // A link that ends while its batch waits for an importer (the database was away)
+    // leaves the batch to be committed later, while the hub, reconnected, sends the same
+    // messages again cut into other batches. Both copies are in importers at once; the
+    // hub's order must still be the cloud's.
+    let c = ok(TestCluster::start());
+    let url = fresh_db(&c);
+    let node = ok(PgStore::open(&url, opts(), Arc::new(Seen::default())).await);
+    let ward = room("ward-9");
+    let log: Vec<Entry> = (1..=30).map(|n| wire_message(9, n, &ward)).collect();
+    let id_of = |n: usize| match &log[n - 1] {
+        Entry::Message(m) => m.id,
+        Entry::Receipt(_) => unreachable!("only messages"),
+    };
+    let hwm = |n: u64| Cursor(n);
+    ok(node.import("hub-9", log[..9].to_vec(), hwm(9)).await);
+
+    // Message 10 is being written by another transaction (it stands for any commit the
+    // left batch waits behind): the left batch, 10 to 30, reserves its cursors and then
+    // waits at message 10.
+    let blocker = client(&url).await;
+    ok(blocker
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO messages (cursor, id, room, kind, priority, body, seq, sender, device, hlc, at, origin_peer)
+               VALUES (1000000, '\\x{id}', 'ward-9', 'chat', 1, '{{}}', 10, 'worker-9', 'phone-1', 10, 10, 'hub-9')",
+            id = id_of(10).0.simple()
+        ))
+        .await);
+    let left = {
+        let (node, batch) = (node.clone(), log[9..].to_vec());
+        tokio::spawn(async move { node.import("hub-9", batch, hwm(30)).await })
+    };
+    let probe = client(&url).await;
+    until_counted(
+        &probe,
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO messages%'",
+    )
+    .await;
+
+    // The resend's second batch, 11 to 20, arrives meanwhile. It must not commit ahead
+    // of the batch holding 21 to 30 with cursors that batch reserved below it.
+    let resent = {
+        let (node, batch) = (node.clone(), log[10..20].to_vec());
+        tokio::spawn(async move { node.import("hub-9", batch, hwm(20)).await })
+    };
+    until_counted(
+        &probe,
+        &format!(
+            "SELECT (SELECT count(*) FROM messages WHERE id = '\\x{id}')
+                  + (SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory')",
+            id = id_of(11).0.simple()
+        ),
+    )
+    .await;
+    ok(blocker.batch_execute("ROLLBACK").await);
+    ok(ok(ok(tokio::time::timeout(Duration::from_secs(20), left).await)));
+    ok(ok(ok(tokio::time::timeout(Duration::from_secs(20), resent).await)));
+
+    let (_, by_text) = stored(&url).await;
+    let cursors: Vec<u64> = (1..=30).map(|n| by_text[&format!("hub 9 entry {n}")]).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "the hub's messages are in its order: {cursors:?}");
+    node.shutdown().await;
+}
