@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::layout::Layout;
 
 /// The sections of `cloud.toml` (`webhooks` is a list of tables: `[[webhooks]]`).
-const SECTIONS: [&str; 8] = ["server", "storage", "limits", "media", "security", "policy", "webhooks", "testing"];
+const SECTIONS: [&str; 9] =
+    ["server", "storage", "limits", "media", "security", "policy", "webhooks", "acme", "testing"];
 
 /// The top-level key that is the cloud's identity, not a setting.
 const CLOUD_ID: &str = "cloud_id";
@@ -49,6 +50,9 @@ pub struct CloudConfig {
     /// them (docs/integration.md). None by default. Only in `cloud.toml`: a list of
     /// tables has no form as environment variables.
     pub webhooks: Vec<WebhookConfig>,
+    /// LAN certificates for the hubs from an ACME CA (docs/operations.md, "HTTPS on the
+    /// LAN"). Off by default.
+    pub acme: crate::acme::AcmeConfig,
     /// Hooks for scenario tests; never set on a deployed cloud.
     pub testing: TestingConfig,
 }
@@ -64,6 +68,7 @@ impl Default for CloudConfig {
             security: SecurityConfig::default(),
             policy: outpost_shared::Policy::default(),
             webhooks: Vec::new(),
+            acme: crate::acme::AcmeConfig::default(),
             testing: TestingConfig::default(),
         }
     }
@@ -408,6 +413,7 @@ impl CloudConfig {
             security: layered.section("security"),
             policy: layered.section("policy"),
             webhooks: layered.section("webhooks"),
+            acme: layered.section("acme"),
             testing: layered.section("testing"),
         };
         let mut problems = std::mem::take(&mut layered.problems);
@@ -462,6 +468,7 @@ impl CloudConfig {
         p.extend(self.limits.problems());
         p.extend(self.security.problems());
         p.extend(self.media.problems());
+        p.extend(self.acme.problems());
         for (i, hook) in self.webhooks.iter().enumerate() {
             p.extend(hook.problems(i));
             if self.webhooks[..i].iter().any(|h| h.name == hook.name) {

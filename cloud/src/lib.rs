@@ -4,6 +4,7 @@
 //! relays), its settings ([`config`]), token issue and relay enrollment. The QUIC ingest
 //! and the doctors' WebSocket endpoint build on the same directory layout (see [`layout`]).
 
+pub mod acme;
 pub mod api;
 pub mod config;
 pub mod database;

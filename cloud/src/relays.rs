@@ -43,6 +43,8 @@ pub struct Links<S: Storage> {
     pub renewal: Arc<Renewal>,
     pub flow: FlowConfig,
     pub cloud_id: String,
+    /// Issues the hubs' LAN certificates (`[acme]`), when configured.
+    pub issuer: Option<Arc<dyn outpost_engine::link::certs::CertIssuer>>,
 }
 
 /// Accepts relay connections until `shutdown`.
@@ -88,7 +90,7 @@ async fn serve<S: Storage>(
     live: Live,
     stop: CancellationToken,
 ) -> Result<LinkError, LinkError> {
-    let Links { store, blobs, renewal, flow, cloud_id } = links;
+    let Links { store, blobs, renewal, flow, cloud_id, issuer } = links;
     let conn = incoming.await?;
     // The handshake's rules are shared::uplink::handshake's; this only carries its frames
     // and its deadline (the relay has HELLO_TIMEOUT to open its control stream and say
@@ -145,7 +147,7 @@ async fn serve<S: Storage>(
         version: v,
         rebuild_until: state.own_until,
     };
-    let opts = LinkOptions { flow, blobs, renewal: Some(renewal), history: None };
+    let opts = LinkOptions { flow, blobs, renewal: Some(renewal), history: None, lan: None, issuer };
     let end = link::run(conn, send, recv, store, peer, opts, stop.clone()).await;
     if let Ok(mut l) = live.lock()
         && l.get(&relay).is_some_and(|(g, _)| *g == generation)

@@ -70,6 +70,8 @@ pub fn engine_config(config: &CloudConfig, id: &CloudIdentity) -> RelayConfig {
             retention_basis: RetentionBasis::Received,
             ..config.media.clone()
         },
+        // The cloud has no village network: its hubs' names are its `[acme]` business.
+        lan_https: outpost_engine::config::LanHttpsConfig { enabled: false, ..Default::default() },
         testing: config.testing.clone(),
     }
 }
@@ -211,6 +213,12 @@ async fn serve<S: Storage>(
         renewal: core.hub.renewal.clone(),
         flow: FlowConfig { rebuild_recent_per_room: config.limits.rebuild_recent_per_room, ..FlowConfig::default() },
         cloud_id: id.cloud_id.clone(),
+        issuer: config.acme.enabled().then(|| {
+            tracing::info!(directory = %config.acme.directory, domain = %config.acme.domain, "LAN certificates for hubs from ACME");
+            let issuer: std::sync::Arc<dyn outpost_engine::link::certs::CertIssuer> =
+                crate::acme::AcmeIssuer::new(&config.acme, &id.layout.dir, id.layout.keys().join("acme-account.json"));
+            issuer
+        }),
     };
     let relays = crate::relays::accept(quic, links, core.stop_token());
     core.spawn("relay endpoint", relays);

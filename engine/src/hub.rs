@@ -36,6 +36,8 @@ pub struct Hub<S: Storage> {
     pub renewal: Arc<crate::renewal::Renewal>,
     /// History the hub asks of its cloud (unused on the cloud itself).
     pub cloud_history: Arc<crate::link::history::CloudHistory>,
+    /// The hub's LAN HTTPS (set once at start when it serves under its own name).
+    pub lan: std::sync::OnceLock<crate::lan_cert::LanHttps>,
     presence: Mutex<HashMap<UserId, TokenBucket>>,
     /// The HTTP API's send rate limit, one bucket per user (an API caller has no
     /// connection to hang a bucket on).
@@ -75,6 +77,7 @@ impl<S: Storage> Hub<S> {
             uplink: Arc::default(),
             blobs: None,
             cloud_history: Arc::default(),
+            lan: std::sync::OnceLock::new(),
             presence: Mutex::new(HashMap::new()),
             api_sends: Mutex::new(HashMap::new()),
             started: tokio::time::Instant::now(),

@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::serve::Listener;
+use rustls::server::ResolvesServerCert;
 use rustls_pki_types::pem::{self, PemObject as _};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -64,22 +65,37 @@ impl LanTls {
     pub fn load(cert: &Path, key: &Path, handshake_timeout: Duration) -> Result<Self, LanTlsError> {
         let chain = read_chain(cert)?;
         let private = read_key(key)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mismatch = |e: rustls::Error| LanTlsError::Mismatch {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             reason: e.to_string(),
         };
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(mismatch)?
-            .with_no_client_auth()
-            .with_single_cert(chain, private)
-            .map_err(mismatch)?;
+        let config = builder().map_err(mismatch)?.with_single_cert(chain, private).map_err(mismatch)?;
+        Ok(Self::from_config(config, handshake_timeout))
+    }
+
+    /// TLS whose certificate `resolver` picks at each handshake (the hub's LAN
+    /// certificate, renewed while the hub runs: [`crate::lan_cert`]).
+    pub fn with_resolver(
+        resolver: Arc<dyn ResolvesServerCert>,
+        handshake_timeout: Duration,
+    ) -> Result<Self, rustls::Error> {
+        Ok(Self::from_config(builder()?.with_cert_resolver(resolver), handshake_timeout))
+    }
+
+    fn from_config(mut config: rustls::ServerConfig, handshake_timeout: Duration) -> Self {
         // Only HTTP/1.1 is served; WebSocket upgrades need it.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Self { acceptor: TlsAcceptor::from(Arc::new(config)), handshake_timeout })
+        Self { acceptor: TlsAcceptor::from(Arc::new(config)), handshake_timeout }
     }
+}
+
+/// TLS 1.2 and 1.3 with the `ring` provider, no client certificates.
+fn builder() -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth())
 }
 
 fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, LanTlsError> {

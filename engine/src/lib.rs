@@ -19,6 +19,7 @@ pub mod clock;
 pub mod config;
 mod echo;
 pub mod hub;
+pub mod lan_cert;
 pub mod lan_tls;
 pub mod link;
 mod mailbox;

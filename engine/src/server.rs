@@ -34,7 +34,14 @@ use outpost_store_sqlite::{OpenError, Store, StoreOptions};
 #[derive(Debug)]
 pub struct Listeners {
     pub ws: TcpListener,
+    /// The LAN HTTPS listener; `None`: the hub binds `lan_https.listen` itself when it
+    /// serves HTTPS under its own name.
+    pub https: Option<TcpListener>,
 }
+
+/// A listener that is bound only once it is wanted (the hub's HTTPS listener, once the
+/// cloud named the hub); `None`: never.
+pub type BindLater = std::pin::Pin<Box<dyn std::future::Future<Output = Option<TcpListener>> + Send>>;
 
 /// Called once the store is open and the listener is about to be served: what tells
 /// systemd (`READY=1`), scripts and tests that the server can take requests. A line
@@ -65,6 +72,9 @@ pub struct Core<S: Storage> {
     tasks: Supervisor,
     grace: Duration,
     tls: Option<LanTls>,
+    /// A second listener, always TLS (the hub's LAN HTTPS), bound when its future
+    /// yields it (never, if it yields `None`).
+    also: Option<(BindLater, LanTls, axum::Router)>,
 }
 
 impl<S: Storage> std::fmt::Debug for Core<S> {
@@ -128,7 +138,7 @@ impl<S: Storage> Core<S> {
         let mut hub = Hub::new(config, store.clone(), router, verifier, sessions_stop.clone());
         hub.blobs = Some(blobs);
         let hub = Arc::new(hub);
-        Ok(Self { hub, store, tracker: TaskTracker::new(), sessions_stop, tasks, grace, tls: None })
+        Ok(Self { hub, store, tracker: TaskTracker::new(), sessions_stop, tasks, grace, tls: None, also: None })
     }
 
     /// Runs `task` for as long as the server serves (the hub's uplink, the cloud's relay
@@ -171,6 +181,13 @@ impl<S: Storage> Core<S> {
         self
     }
 
+    /// Also serves `app` over `tls` on the listener `listener` yields once it is wanted,
+    /// with the same lifecycle.
+    pub fn also_serve(mut self, listener: BindLater, tls: LanTls, app: axum::Router) -> Self {
+        self.also = Some((listener, tls, app));
+        self
+    }
+
     /// Serves `app` on `listener` (over TLS after [`Core::with_tls`]) until `shutdown`,
     /// or until a task of the server ends before its time. Then, in order: stop
     /// accepting, close sessions (bounded by the grace period), stop the server's tasks
@@ -186,19 +203,29 @@ impl<S: Storage> Core<S> {
         // TCP_NODELAY a `stored` waits for the phone's delayed ACK (Nagle), tens of ms.
         // `tap_io` also gives handlers `ConnectInfo<SocketAddr>` (axum implements it for
         // any tapped listener whose address is a `SocketAddr`).
-        let listener = LanListener::new(listener, self.tls.clone()).tap_io(|stream| {
-            if let Err(e) = stream.tcp().set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let main = serve_on(listener, self.tls.clone(), app, &shutdown);
+        let also = self.also.take();
+        let stop = shutdown.clone();
+        let serve = async move {
+            let (main, also) = tokio::join!(main, async move {
+                let Some((listener, tls, app)) = also else { return Ok(()) };
+                let listener = tokio::select! {
+                    l = listener => l,
+                    () = stop.cancelled() => None,
+                };
+                match listener {
+                    Some(l) => serve_on(l, Some(tls), app, &stop).await,
+                    None => Ok(()),
+                }
+            });
+            main.and(also)
+        };
         if let Some(watchdog) = crate::systemd::watchdog(self.store.clone(), self.tasks.stop_token()) {
             self.tasks.spawn("watchdog", watchdog);
         }
         crate::systemd::ready();
         on_ready();
-        let mut serve = std::pin::pin!(serve.into_future());
+        let mut serve = std::pin::pin!(serve);
         let (result, ended) = tokio::select! {
             biased;
             r = &mut serve => (r, None),
@@ -221,6 +248,27 @@ impl<S: Storage> Core<S> {
         result.map_err(RunError::Serve)?;
         ended.map_or(Ok(()), Err)
     }
+}
+
+/// Serves `app` on `listener` (TLS with `tls`) until `shutdown`.
+fn serve_on(
+    listener: TcpListener,
+    tls: Option<LanTls>,
+    app: axum::Router,
+    shutdown: &CancellationToken,
+) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'static {
+    // Frames are small and latency matters (an ack is one short frame): without
+    // TCP_NODELAY a `stored` waits for the phone's delayed ACK (Nagle), tens of ms.
+    // `tap_io` also gives handlers `ConnectInfo<SocketAddr>` (axum implements it for
+    // any tapped listener whose address is a `SocketAddr`).
+    let listener = LanListener::new(listener, tls).tap_io(|stream| {
+        if let Err(e) = stream.tcp().set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future()
 }
 
 /// Each new revocation list reaches every session through its mailbox: one task for the
@@ -265,9 +313,19 @@ pub async fn run(
         None => None,
     };
     core.retain(Some(crate::link::uplink::CLOUD_PEER.to_owned()));
+    let lan = match (&tls, &uplink) {
+        // An operator's own certificate wins; without a cloud nobody could issue one.
+        (None, Some(_)) if config.lan_https.enabled => Some(lan_https(&config, &dir, listeners.https).await?),
+        _ => None,
+    };
     if let Some(tls) = tls {
         tracing::info!("serving devices over TLS");
         core = core.with_tls(tls);
+    }
+    let mut uplink = uplink;
+    if let (Some(settings), Some((lan, _, _))) = (uplink.as_mut(), &lan) {
+        settings.lan = Some(lan.cert.clone());
+        let _ = core.hub.lan.set(lan.clone());
     }
     if let Some(settings) = uplink {
         let task = crate::link::uplink::run(
@@ -280,10 +338,64 @@ pub async fn run(
         );
         core.spawn("uplink", task);
     }
-    let app = core.routes();
+    let mut app = core.routes();
+    if let Some((lan, listener, tls)) = lan {
+        // Phones that open the plain address are sent to the name while its certificate
+        // is valid; the HTTPS side serves the same routes.
+        core = core.also_serve(listener, tls, app.clone());
+        app = app.layer(axum::middleware::from_fn_with_state(lan, crate::lan_cert::redirect));
+    }
     let result = core.serve(listeners.ws, app, shutdown, on_ready).await;
     tracing::info!("hub stopped");
     result
+}
+
+/// The hub's LAN HTTPS: its name and certificate (`DIR/lan`), and its listener, bound
+/// once the hub has a name (a hub whose cloud issues no certificates binds no HTTPS port).
+async fn lan_https(
+    config: &RelayConfig,
+    dir: &Path,
+    bound: Option<TcpListener>,
+) -> Result<(crate::lan_cert::LanHttps, BindLater, LanTls), RunError> {
+    let cfg = &config.lan_https;
+    let cert = crate::lan_cert::LanCert::open(crate::lan_cert::LanCertSettings {
+        dir: crate::lan_cert::dir(dir),
+        interface: cfg.interface.clone(),
+        renew_before_secs: cfg.renew_before_days.saturating_mul(86_400),
+        retry_secs: cfg.retry_secs,
+    });
+    let configured =
+        cfg.listen.parse::<SocketAddr>().map_err(|e| RunError::Config(format!("lan_https.listen: {e}")))?;
+    let port = match &bound {
+        Some(l) => l.local_addr().map_err(RunError::Serve)?.port(),
+        None => configured.port(),
+    };
+    let lan = crate::lan_cert::LanHttps { cert: cert.clone(), port: Arc::new(port.into()) };
+    let timeout = Duration::from_secs(config.limits.tls_handshake_timeout_secs);
+    let tls = LanTls::with_resolver(cert.resolver(), timeout).map_err(|e| RunError::Config(e.to_string()))?;
+    let port_of = lan.port.clone();
+    let listener: BindLater = Box::pin(async move {
+        let mut named = cert.subscribe();
+        while cert.status(0).name.is_none() {
+            named.changed().await.ok()?;
+        }
+        let listener = match bound {
+            Some(l) => l,
+            None => match TcpListener::bind(configured).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(address = %configured, error = %e, "cannot listen for HTTPS (lan_https.listen); phones stay on plain HTTP");
+                    cert.refused("listen_failed", &format!("cannot listen on {configured}: {e}"));
+                    return None;
+                }
+            },
+        };
+        let addr = listener.local_addr().ok()?;
+        port_of.store(addr.port(), std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(%addr, "serving devices over HTTPS under the hub's LAN name");
+        Some(listener)
+    });
+    Ok((lan, listener, tls))
 }
 
 /// A hub with a cloud renews its devices' tokens with its own key under the cloud's

@@ -68,6 +68,16 @@ pub(crate) struct Status {
     /// What retention removed (stores with retention only).
     pub retention: Option<RetentionView>,
     pub devices: DevicesView,
+    /// HTTPS under the hub's own name (hubs that serve it only).
+    pub lan_https: Option<LanHttpsView>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct LanHttpsView {
+    #[serde(flatten)]
+    pub cert: crate::lan_cert::LanStatus,
+    /// Where phones are sent (while the certificate is valid).
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,6 +158,10 @@ async fn collect<S: Storage>(hub: &Hub<S>) -> Status {
             .await
             .map(|stats| RetentionView { retain_days: cfg.storage.retain_days, stats }),
         devices: DevicesView { connected: hub.router.session_count() },
+        lan_https: hub.lan.get().map(|l| {
+            let now = crate::clock::now_secs();
+            LanHttpsView { cert: l.cert.status(now), url: l.origin(now) }
+        }),
     }
 }
 
@@ -172,6 +186,27 @@ fn ago(ms: Option<u64>) -> String {
             }
         }
     }
+}
+
+/// A Unix time as a UTC date and time (the status page is read by people).
+fn date(secs: Option<u64>) -> String {
+    let Some(secs) = secs else { return "—".into() };
+    let days = secs / 86_400;
+    let (y, m, d) = civil(i64::try_from(days).unwrap_or(0));
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", secs % 86_400 / 3600, secs % 3600 / 60)
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 fn mib(b: u64) -> String {
@@ -229,6 +264,29 @@ pub(crate) async fn page<S: Storage>(State((hub, _)): State<AppState<S>>) -> Htm
             r.stats.oldest_held_at.map_or_else(|| "none".to_owned(), |t| ago(Some(t))),
         ),
     };
+    let lan = match &s.lan_https {
+        None => String::new(),
+        Some(l) => {
+            let insecure = "phones use plain HTTP: no offline use, no encrypted rooms";
+            let state = match (l.cert.state, &l.url) {
+                ("valid", Some(url)) => format!(
+                    "<b class=ok>valid</b> for {name} until {until}; phones are sent to <a href='{url}/'>{url}/</a>",
+                    name = esc(l.cert.name.as_deref().unwrap_or_default()),
+                    until = date(l.cert.not_after),
+                    url = esc(url),
+                ),
+                ("expired", _) => format!("<b class=bad>expired</b> on {}; {insecure}", date(l.cert.not_after)),
+                _ if l.cert.name.is_none() => format!("<b class=bad>no name from the cloud yet</b>; {insecure}"),
+                _ => format!("<b class=bad>no certificate yet</b>; {insecure}"),
+            };
+            format!(
+                "<tr><th>LAN HTTPS</th><td>{state}{error}</td></tr><tr><th>Last certificate renewal</th><td>{renewed}</td></tr>",
+                error =
+                    l.cert.last_error.as_deref().map(|e| format!(" — last request: {}", esc(e))).unwrap_or_default(),
+                renewed = ago(l.cert.last_renewal.map(|t| t * 1000)),
+            )
+        }
+    };
     let used_pct = s.storage.used_bytes as f64 * 100.0 / s.storage.quota_bytes.max(1) as f64;
     let disk_class = if s.storage.used_bytes >= s.storage.bulk_limit_bytes { "bad" } else { "ok" };
     Html(format!(
@@ -240,6 +298,7 @@ pub(crate) async fn page<S: Storage>(State((hub, _)): State<AppState<S>>) -> Htm
          <h1>Outpost hub {relay}</h1><table>\
          <tr><th>Uplink</th><td>{uplink}</td></tr>\
          <tr><th>Last contact with the cloud</th><td>{contact}</td></tr>\
+         {lan}\
          {backlog}\
          <tr><th>Disk</th><td class={disk_class}>{used} of {quota} ({used_pct:.1} %); only emergencies past {limit}</td></tr>\
          {retention}\
@@ -267,6 +326,10 @@ pub(crate) async fn metrics<S: Storage>(State((hub, _)): State<AppState<S>>) -> 
     };
     let s = collect(&hub).await;
     metrics::gauge!("outpost_connections").set(s.devices.connected as f64);
+    if let Some(l) = &s.lan_https {
+        // Alert on this: expiry minus now below a few days means renewal keeps failing.
+        metrics::gauge!("outpost_lan_cert_not_after_seconds").set(l.cert.not_after.unwrap_or(0) as f64);
+    }
     metrics::gauge!("outpost_storage_used_bytes").set(s.storage.used_bytes as f64);
     metrics::gauge!("outpost_storage_quota_bytes").set(s.storage.quota_bytes as f64);
     metrics::gauge!("outpost_log_head").set(s.head as f64);

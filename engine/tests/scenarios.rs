@@ -46,7 +46,7 @@ impl Scenario {
         let server = tokio::spawn(outpost_engine::run(
             config,
             dir.path().to_path_buf(),
-            Listeners { ws: listener },
+            Listeners { ws: listener, https: None },
             shutdown.clone(),
             Box::new(move || {
                 let _ = ready_tx.send(());

@@ -39,6 +39,10 @@ enum Cmd {
         /// Device listener address (overrides server.listen), e.g. 0.0.0.0:8080.
         #[arg(long)]
         ws: Option<String>,
+        /// HTTPS listener under the hub's own LAN name (overrides lan_https.listen), e.g.
+        /// 0.0.0.0:443.
+        #[arg(long)]
+        https: Option<String>,
         /// The cloud's QUIC address, HOST:PORT; repeat it for a cloud of several nodes,
         /// tried in this order (replaces uplink.cloud).
         #[arg(long, value_name = "HOST:PORT")]
@@ -75,7 +79,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Cmd::Run { dir, ws, cloud } => run_hub(dir, ws, cloud),
+        Cmd::Run { dir, ws, https, cloud } => run_hub(dir, ws, https, cloud),
         Cmd::Revoke { dir, what } => one_shot(&dir, |config, db| {
             let key = outpost_shared::bundle::decode_public_key(&config.identity.token_public_key)
                 .map_err(anyhow::Error::msg)?;
@@ -105,10 +109,13 @@ fn one_shot(dir: &std::path::Path, f: impl FnOnce(&RelayConfig, &std::path::Path
     }
 }
 
-fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Vec<String>) -> ExitCode {
+fn run_hub(dir: PathBuf, ws: Option<String>, https: Option<String>, cloud: Vec<String>) -> ExitCode {
     let config = match RelayConfig::load_with(&dir, |c| {
         if let Some(ws) = ws {
             c.server.listen = ws;
+        }
+        if let Some(https) = https {
+            c.lan_https.listen = https;
         }
         c.uplink.override_clouds(cloud);
     }) {
@@ -146,7 +153,7 @@ fn run_hub(dir: PathBuf, ws: Option<String>, cloud: Vec<String>) -> ExitCode {
             Err(e) => eprintln!("outpost-relay: {e}"),
         });
         let shutdown = CancellationToken::new();
-        let hub = run(config, dir, Listeners { ws: listener }, shutdown.clone(), announce);
+        let hub = run(config, dir, Listeners { ws: listener, https: None }, shutdown.clone(), announce);
         match outpost_engine::cli::until_signal(shutdown, hub).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -51,8 +51,8 @@ pub const LIST_KEYS: [&str; 9] = [
 ];
 
 /// The sections of the configuration.
-const SECTIONS: [&str; 9] =
-    ["server", "storage", "limits", "identity", "uplink", "policy", "security", "media", "testing"];
+const SECTIONS: [&str; 10] =
+    ["server", "storage", "limits", "identity", "uplink", "policy", "security", "media", "lan_https", "testing"];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,8 +68,61 @@ pub struct RelayConfig {
     pub security: SecurityConfig,
     /// Photos, voice notes and documents (docs/protocol.md, Media).
     pub media: MediaConfig,
+    /// HTTPS for phones under the hub's own name, with a certificate the cloud obtains
+    /// (docs/operations.md, "HTTPS on the LAN").
+    pub lan_https: LanHttpsConfig,
     /// Hooks for scenario tests; never set on a deployed server.
     pub testing: TestingConfig,
+}
+
+/// HTTPS on the village network under the hub's own name (`<relay id>.<domain>`), with a
+/// certificate from a CA phones already trust, obtained for the hub by its cloud. Used
+/// when the cloud has an `[acme]` section and `server.tls_cert` is not set (an operator's
+/// own certificate wins).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LanHttpsConfig {
+    /// On by default. `false`: the hub asks for no certificate and serves plain HTTP only.
+    pub enabled: bool,
+    /// Address of the HTTPS listener (`--https` overrides it). Plain HTTP on
+    /// `server.listen` redirects pages here while the certificate is valid.
+    pub listen: String,
+    /// The network interface phones reach the hub on: the name resolves to its address
+    /// (the dnsmasq line in `lan/dnsmasq.conf`).
+    pub interface: String,
+    /// Ask for a new certificate this many days before the current one expires (public
+    /// CAs issue for 90 days or less; 30 leaves weeks of retries for a flaky uplink).
+    pub renew_before_days: u64,
+    /// Seconds to wait for the cloud's answer, or after a refusal, before asking again.
+    pub retry_secs: u64,
+}
+
+impl Default for LanHttpsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "0.0.0.0:8443".into(),
+            interface: "wlan0".into(),
+            renew_before_days: 30,
+            retry_secs: 3600,
+        }
+    }
+}
+
+impl LanHttpsConfig {
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            p.push(format!("lan_https.listen = {:?} is not an address like 0.0.0.0:8443", self.listen));
+        }
+        if self.interface.is_empty() || self.interface.contains([',', '\n', ' ']) {
+            p.push(format!("lan_https.interface = {:?} is not a network interface name like wlan0", self.interface));
+        }
+        if self.retry_secs == 0 {
+            p.push("lan_https.retry_secs must be at least 1".into());
+        }
+        p
+    }
 }
 
 /// Hooks that let scenario tests move through time without waiting for it.
@@ -684,6 +737,7 @@ impl RelayConfig {
             policy: layered.section("policy"),
             security: layered.section("security"),
             media: layered.section("media"),
+            lan_https: layered.section("lan_https"),
             testing: layered.section("testing"),
         };
         overrides(&mut cfg);
@@ -708,6 +762,7 @@ impl RelayConfig {
         p.extend(self.uplink.problems());
         p.extend(self.security.problems());
         p.extend(self.media.problems());
+        p.extend(self.lan_https.problems());
         if self.server.worker_threads > MAX_WORKER_THREADS {
             p.push(format!(
                 "server.worker_threads = {} is more than {MAX_WORKER_THREADS}; use 0 (one per core, less one) or the number of cores",

@@ -10,6 +10,7 @@
 //! from their durable high-water marks.
 
 mod bulk;
+pub mod certs;
 pub mod history;
 pub mod tls;
 pub mod uplink;
@@ -115,6 +116,10 @@ pub struct LinkOptions<S: Storage> {
     /// A hub's handle for history asked of the cloud (attached while this link, of
     /// version 2 or later, is up); `None` on the cloud.
     pub history: Option<Arc<history::CloudHistory>>,
+    /// A hub's LAN certificate, named and renewed through this link (version 3).
+    pub lan: Option<Arc<crate::lan_cert::LanCert>>,
+    /// The cloud's issuer of its hubs' LAN certificates (its `[acme]` section).
+    pub issuer: Option<Arc<dyn certs::CertIssuer>>,
 }
 
 /// History requests a cloud serves at once per hub link; more wait their turn (each is
@@ -149,7 +154,9 @@ pub async fn run<S: Storage>(
     opts: LinkOptions<S>,
     shutdown: CancellationToken,
 ) -> LinkError {
-    let LinkOptions { flow, blobs, renewal, history } = opts;
+    let LinkOptions { flow, blobs, renewal, history, lan, issuer } = opts;
+    // Certificates travel only on a link of version 3 or later.
+    let certs = if peer.version >= 3 { certs::Certs::new(lan, issuer) } else { certs::Certs::None };
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(1024);
     let (ack_tx, ack_rx) = mpsc::channel::<u64>(4096);
     let (reset_tx, reset_rx) = mpsc::channel::<()>(4);
@@ -178,6 +185,7 @@ pub async fn run<S: Storage>(
     let reader_ctl = ctl_tx.clone();
     let answers = Arc::new(tokio::sync::Semaphore::new(HISTORY_ANSWERS_AT_ONCE));
     let reader_renewal = renewal.clone();
+    let reader_certs = certs.clone();
     tasks.spawn(async move {
         // Answers to history requests (cloud side); aborted with the link.
         let mut answering: JoinSet<()> = JoinSet::new();
@@ -267,6 +275,18 @@ pub async fn run<S: Storage>(
                         let _ = ctl.send(a).await;
                     });
                 }
+                c @ (Control::LanName { .. }
+                | Control::CertRequest { .. }
+                | Control::CertIssued { .. }
+                | Control::CertRefused { .. }) => {
+                    if reader_peer.version < 3 {
+                        return LinkError::Protocol("a version-3 frame on an older link".into());
+                    }
+                    let hub_peer = reader_peer.rooms.is_some();
+                    if let Err(e) = reader_certs.on_frame(c, hub_peer, &reader_peer.name, &reader_ctl) {
+                        return e;
+                    }
+                }
                 Control::HistoryAnswer { id, messages, more, error } => match &reader_history {
                     Some(h) => h.answered(id, error.map_or(Ok((messages, more)), Err)),
                     None => return LinkError::Protocol("an unasked history answer".into()),
@@ -277,6 +297,12 @@ pub async fn run<S: Storage>(
 
     if peer.rooms.is_some() {
         tasks.spawn(publish_revocations(store.revocations(), ctl_tx.clone()));
+        if let Some(named) = certs.name_frame(&peer.name) {
+            let _ = ctl_tx.send(named).await;
+        }
+    }
+    if let certs::Certs::Hub(lan) = &certs {
+        tasks.spawn(certs::ask(lan.clone(), ctl_tx.clone()));
     }
     if peer.rooms.is_none()
         && peer.version >= 2

@@ -64,6 +64,9 @@ pub struct UplinkSettings {
     pub primary_retry: Duration,
     /// The hub's token renewal (asks the cloud for delegations over the link).
     pub renewal: Option<Arc<crate::renewal::Renewal>>,
+    /// The hub's LAN certificate (named and renewed over the link), when `[lan_https]`
+    /// is on.
+    pub lan: Option<Arc<crate::lan_cert::LanCert>>,
 }
 
 impl UplinkSettings {
@@ -87,6 +90,7 @@ impl UplinkSettings {
             ),
             primary_retry: Duration::from_secs(uplink.primary_retry_secs),
             renewal: None,
+            lan: None,
         })
     }
 }
@@ -211,6 +215,8 @@ async fn attempt<S: Storage>(
         blobs,
         renewal: settings.renewal.clone(),
         history: Some(history.clone()),
+        lan: settings.lan.clone(),
+        issuer: None,
     };
     let stop = shutdown.child_token();
     let link = super::run(conn, send, recv, store.clone(), peer, opts, stop.clone());

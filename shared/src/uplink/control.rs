@@ -16,8 +16,9 @@ pub const MAX_CONTROL_LEN: usize = 256 * 1024;
 /// Version 2 added frames after `Revocations` (postcard numbers variants in order, so old
 /// frames keep their encoding). A peer that speaks only version 1 cannot decode them: the
 /// cloud answers a version-1 hub with `Welcome` and never sends it a newer frame; it answers
-/// a version-2 hub with `WelcomeV2`, which tells the hub it may use them too.
-pub const LINK_VERSION: u16 = 2;
+/// a version-2 hub with `WelcomeV2`, which tells the hub it may use them too. Version 3
+/// added the LAN certificate frames (`LanName` onwards), sent only when both ends speak 3.
+pub const LINK_VERSION: u16 = 3;
 /// Oldest link version a cloud still accepts.
 pub const MIN_LINK_VERSION: u16 = 1;
 
@@ -67,7 +68,26 @@ pub enum Control {
     /// `more`: older messages remain. `error` (a stable code) instead when the cloud
     /// refuses or cannot read; `messages` is then empty.
     HistoryAnswer { id: u64, messages: Vec<WireMessage>, more: bool, error: Option<String> },
+    // ---- link version 3 ----
+    /// Cloud → hub: the hub's own name on its village network (`<relay id>.<domain>`),
+    /// sent after the handshake when the cloud obtains LAN certificates (an `[acme]`
+    /// section). The hub asks for a certificate for it with `CertRequest` when it has none
+    /// for that name or its certificate is due for renewal.
+    LanName { name: String },
+    /// Hub → cloud: a PKCS#10 certificate signing request (DER) for the name `LanName`
+    /// gave, made with a key that never leaves the hub. The cloud has its CA issue the
+    /// certificate (ACME DNS-01) and answers `CertIssued` or `CertRefused`.
+    CertRequest { csr: Vec<u8> },
+    /// Cloud → hub: the certificate chain for the hub's last request (PEM, the hub's
+    /// certificate first).
+    CertIssued { chain_pem: String },
+    /// Cloud → hub: the last request could not be served now (`code` is stable, `message`
+    /// says why); the hub keeps its current certificate and asks again later.
+    CertRefused { code: String, message: String },
 }
+
+/// Largest CSR a hub may send (an ECDSA P-256 request for one name is about 300 bytes).
+pub const MAX_CSR_LEN: usize = 16 * 1024;
 
 /// Most messages one `HistoryRequest` may ask for (the devices' own page limit).
 pub const HISTORY_REQUEST_MAX: u32 = 200;
@@ -170,6 +190,10 @@ mod tests {
             (any::<u64>(), prop::collection::vec(wire(), 0..3), any::<bool>(), prop::option::of("[a-z_]{1,20}"))
                 .prop_map(|(id, messages, more, error)| Control::HistoryAnswer { id, messages, more, error }),
             prop::collection::vec(room, 0..5).prop_map(|rooms| Control::Rooms { rooms }),
+            "[a-z0-9.-]{0,60}".prop_map(|name| Control::LanName { name }),
+            prop::collection::vec(any::<u8>(), 0..400).prop_map(|csr| Control::CertRequest { csr }),
+            "\\PC{0,400}".prop_map(|chain_pem| Control::CertIssued { chain_pem }),
+            ("[a-z_]{1,10}", "\\PC{0,40}").prop_map(|(code, message)| Control::CertRefused { code, message }),
             ("[a-z_]{1,10}", "\\PC{0,40}").prop_map(|(code, message)| Control::Refused { code, message }),
             prop::collection::vec(("\\PC{0,36}", any::<u64>(), any::<bool>()), 0..4).prop_map(|v| {
                 let entries = v
