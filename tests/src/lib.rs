@@ -6,6 +6,7 @@
 //! first (the project's test script does it). Every wait is on an event (a line on a
 //! pipe, a frame on a socket) with a timeout that only bounds a failing test.
 
+pub mod acme;
 pub mod client;
 pub mod corpus;
 pub mod http;
