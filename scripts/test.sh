@@ -53,6 +53,14 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq postgresql >/dev/null
 fi
 
+# LAN HTTPS is tested against a real ACME CA: Debian's pebble and its DNS test server
+# (tests/src/acme.rs; the browser scenarios start their own).
+if [[ ! -x /usr/bin/pebble || ! -x /usr/bin/pebble-challtestsrv ]]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq pebble >/dev/null
+fi
+
 status=0
 
 # The web client's protocol rules (relay/web/protocol.js: cursor, outbox, resync, receipts)

@@ -369,3 +369,45 @@ impl CertIssuer for AcmeIssuer {
         Box::pin(async move { self.issue_for(relay, csr).await })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled() -> AcmeConfig {
+        AcmeConfig {
+            directory: "https://acme.example.org/dir".into(),
+            domain: "hubs.example.org".into(),
+            dns_hook: Some("dns-hook".into()),
+            ..AcmeConfig::default()
+        }
+    }
+
+    #[test]
+    fn off_by_default_and_every_missing_piece_is_named() {
+        assert!(!AcmeConfig::default().enabled());
+        assert!(AcmeConfig::default().problems().is_empty());
+        assert!(enabled().problems().is_empty(), "{:?}", enabled().problems());
+        let bad = AcmeConfig {
+            directory: "http://acme.example.org/dir".into(),
+            domain: "not a domain".into(),
+            dns_hook: None,
+            ..AcmeConfig::default()
+        };
+        let p = bad.problems().join("\n");
+        for expected in ["must be an https:// URL", "is not a DNS domain", "needs acme.dns_hook"] {
+            assert!(p.contains(expected), "{p}");
+        }
+        let other = AcmeConfig { dns: "route53".into(), ..enabled() };
+        assert!(other.problems().join("").contains("is not a DNS provider"));
+    }
+
+    #[test]
+    fn a_hub_is_named_under_the_domain_only_when_its_id_is_one_dns_label() {
+        let issuer = AcmeIssuer::new(&enabled(), Path::new("/tmp"), PathBuf::from("/tmp/account.json"));
+        assert_eq!(issuer.name_for("village-7").as_deref(), Some("village-7.hubs.example.org"));
+        assert_eq!(issuer.name_for("a.b"), None, "a dot would claim a deeper name");
+        assert_eq!(issuer.name_for("Village 7"), None);
+        assert_eq!(issuer.name_for("-x"), None);
+    }
+}

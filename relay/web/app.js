@@ -567,6 +567,9 @@ async function main() {
     },
   });
   Media.initMedia({ S, render, notice, queueMessage, me, serverName, isEncrypted, stopTyping });
+  // Opened by a LAN address over plain HTTP (no certificate yet, or it expired): say
+  // plainly what does not work here; 127.0.0.1 and localhost count as secure.
+  $('insecure').hidden = window.isSecureContext;
   bindUi();
   Media.bindComposer();
   try {
