@@ -74,7 +74,8 @@ pub struct Core<S: Storage> {
     tls: Option<LanTls>,
     /// A second listener, always TLS (the hub's LAN HTTPS), bound when its future
     /// yields it (never, if it yields `None`).
-    also: Option<(BindLater, LanTls, axum::Router)>,
+    /// (In a mutex only to keep `Core` `Sync`: it is taken once, by `serve`.)
+    also: Option<std::sync::Mutex<(BindLater, LanTls, axum::Router)>>,
 }
 
 impl<S: Storage> std::fmt::Debug for Core<S> {
@@ -184,7 +185,7 @@ impl<S: Storage> Core<S> {
     /// Also serves `app` over `tls` on the listener `listener` yields once it is wanted,
     /// with the same lifecycle.
     pub fn also_serve(mut self, listener: BindLater, tls: LanTls, app: axum::Router) -> Self {
-        self.also = Some((listener, tls, app));
+        self.also = Some(std::sync::Mutex::new((listener, tls, app)));
         self
     }
 
@@ -204,7 +205,7 @@ impl<S: Storage> Core<S> {
         // `tap_io` also gives handlers `ConnectInfo<SocketAddr>` (axum implements it for
         // any tapped listener whose address is a `SocketAddr`).
         let main = serve_on(listener, self.tls.clone(), app, &shutdown);
-        let also = self.also.take();
+        let also = self.also.take().map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
         let stop = shutdown.clone();
         let serve = async move {
             let (main, also) = tokio::join!(main, async move {
@@ -322,8 +323,12 @@ pub async fn run(
         tracing::info!("serving devices over TLS");
         core = core.with_tls(tls);
     }
+    let (lan, lan_listener) = match lan {
+        Some((lan, bind, tls)) => (Some(lan), Some((bind, tls))),
+        None => (None, None),
+    };
     let mut uplink = uplink;
-    if let (Some(settings), Some((lan, _, _))) = (uplink.as_mut(), &lan) {
+    if let (Some(settings), Some(lan)) = (uplink.as_mut(), &lan) {
         settings.lan = Some(lan.cert.clone());
         let _ = core.hub.lan.set(lan.clone());
     }
@@ -339,7 +344,7 @@ pub async fn run(
         core.spawn("uplink", task);
     }
     let mut app = core.routes();
-    if let Some((lan, listener, tls)) = lan {
+    if let (Some(lan), Some((listener, tls))) = (lan, lan_listener) {
         // Phones that open the plain address are sent to the name while its certificate
         // is valid; the HTTPS side serves the same routes.
         core = core.also_serve(listener, tls, app.clone());
