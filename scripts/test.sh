@@ -53,12 +53,13 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq postgresql >/dev/null
 fi
 
-# LAN HTTPS is tested against a real ACME CA: Debian's pebble and its DNS test server
-# (tests/src/acme.rs; the browser scenarios start their own).
-if [[ ! -x /usr/bin/pebble || ! -x /usr/bin/pebble-challtestsrv ]]; then
+# LAN HTTPS is tested against a real ACME CA, Debian's pebble and its DNS test server
+# (tests/src/acme.rs; the browser scenarios start their own), and the hub's name is
+# resolved by the dnsmasq a Pi serves its Wi-Fi with (dnsmasq-base: the program, no service).
+if [[ ! -x /usr/bin/pebble || ! -x /usr/bin/pebble-challtestsrv || ! -x /usr/sbin/dnsmasq ]]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq pebble >/dev/null
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq pebble dnsmasq-base >/dev/null
 fi
 
 status=0

@@ -79,6 +79,81 @@ async fn plain_get(base: &str, path: &str) -> anyhow::Result<(u16, Option<String
     Ok((status, location))
 }
 
+/// Starts dnsmasq with only `conf` (no upstream servers, no /etc/hosts) on a free port
+/// and asks it for `name`'s IPv4 address.
+async fn resolve_with_dnsmasq(conf: &std::path::Path, name: &str) -> anyhow::Result<Option<std::net::Ipv4Addr>> {
+    let program = std::path::Path::new("/usr/sbin/dnsmasq");
+    if !program.exists() {
+        bail!("/usr/sbin/dnsmasq is missing: install Debian's dnsmasq-base (scripts/test.sh does)");
+    }
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut dnsmasq = tokio::process::Command::new(program)
+        .arg("--keep-in-foreground")
+        .arg(format!("--conf-file={}", conf.display()))
+        .args(["--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1", "--pid-file="])
+        .arg(format!("--port={port}"))
+        .kill_on_drop(true)
+        .spawn()?;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let query = dns_query(0x0a17, name);
+    // dnsmasq is ready when it answers; ask again until then.
+    let mut answer = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + outpost_tests::EVENT_TIMEOUT;
+    let n = loop {
+        socket.send_to(&query, ("127.0.0.1", port)).await?;
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(200), socket.recv(&mut answer)).await {
+            break r?;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("dnsmasq did not answer");
+        }
+    };
+    dnsmasq.kill().await?;
+    Ok(first_a_record(&answer[..n]))
+}
+
+/// A DNS query (RFC 1035) for the A record of `name`, recursion desired.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(u8::try_from(label.len()).unwrap_or(63));
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// The first A record of a DNS answer to a one-question query.
+fn first_a_record(msg: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let answers = u16::from_be_bytes([*msg.get(6)?, *msg.get(7)?]);
+    // Skip the header and the question (its name, type and class).
+    let mut at = 12;
+    while *msg.get(at)? != 0 {
+        at += usize::from(*msg.get(at)?) + 1;
+    }
+    at += 5;
+    for _ in 0..answers {
+        // A compressed name (a pointer) or labels, then type, class, TTL, length.
+        if msg.get(at)? & 0xc0 == 0xc0 {
+            at += 2;
+        } else {
+            while *msg.get(at)? != 0 {
+                at += usize::from(*msg.get(at)?) + 1;
+            }
+            at += 1;
+        }
+        let kind = u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]);
+        let len = usize::from(u16::from_be_bytes([*msg.get(at + 8)?, *msg.get(at + 9)?]));
+        at += 10;
+        if kind == 1 && len == 4 {
+            return Some(std::net::Ipv4Addr::new(msg[at], msg[at + 1], msg[at + 2], msg[at + 3]));
+        }
+        at += len;
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_is_certified_for_its_name_renews_while_running_and_falls_back_to_http_when_expired() -> anyhow::Result<()>
 {
@@ -92,7 +167,8 @@ async fn a_hub_is_certified_for_its_name_renews_while_running_and_falls_back_to_
     let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &quic)?;
     let https = free_tcp_addr()?;
     let port = https.rsplit(':').next().unwrap_or_default().to_owned();
-    let env = [("OUTPOST_LAN_HTTPS__LISTEN", https.as_str())];
+    // The name resolves to the loopback interface's address here (wlan0 on a Pi).
+    let env = [("OUTPOST_LAN_HTTPS__LISTEN", https.as_str()), ("OUTPOST_LAN_HTTPS__INTERFACE", "lo")];
     let mut relay = relay_dir.start(&env).await?;
 
     // Connected once, the hub is named and certified.
@@ -111,9 +187,12 @@ async fn a_hub_is_certified_for_its_name_renews_while_running_and_falls_back_to_
     assert_eq!(plain_get(&relay.http_base(), "/status").await?.0, 307);
     let (page, _) = https_get(&https, &root, "/status").await?;
     assert!(page.contains(NAME) && page.contains("valid"), "{page}");
-    // The name resolves on the village network through dnsmasq.
-    let dnsmasq = std::fs::read_to_string(relay_dir.dir.join("lan/dnsmasq.conf"))?;
-    assert!(dnsmasq.contains(&format!("interface-name={NAME},wlan0\n")), "{dnsmasq}");
+    // The name resolves on the village network: Debian's dnsmasq, given the hub's line
+    // and no upstream, answers for it with the interface's address.
+    let conf = relay_dir.dir.join("lan/dnsmasq.conf");
+    let line = std::fs::read_to_string(&conf)?;
+    assert!(line.contains(&format!("interface-name={NAME},lo\n")), "{line}");
+    assert_eq!(resolve_with_dnsmasq(&conf, NAME).await?, Some(std::net::Ipv4Addr::LOCALHOST));
     relay.terminate().await?;
 
     // Months without uplink: the certificate expires. The village keeps being served,
