@@ -9,10 +9,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
+import { HUB_MODE, HUB_NAME, issue, testCa } from './tls.mjs';
 
 export const ROOT = path.resolve(import.meta.dirname, '../../..');
 export const BIN = process.env.HARNESS_BIN_DIR ?? path.join(ROOT, 'target/debug');
-export const ARTIFACTS = path.resolve(import.meta.dirname, '../artifacts');
+// Each mode keeps its own screenshots and logs: the same scenario names run in both.
+export const ARTIFACTS = path.resolve(import.meta.dirname, HUB_MODE === 'name' ? '../artifacts/by-name' : '../artifacts');
 
 const EVENT_TIMEOUT_MS = 30_000;
 const live = new Set();
@@ -87,6 +89,9 @@ export class Stack {
   /**
    * `opts.encryptedRooms`: rooms whose bodies must be end-to-end encrypted, on the hub
    * (OUTPOST_POLICY__ENCRYPTED_ROOMS) and on the cloud (`[policy]` in cloud.toml).
+   * `opts.hub`: 'address' (plain HTTP, `hubUrl` = http://127.0.0.1:PORT) or 'name' (HTTPS
+   * with a certificate for HUB_NAME from the run's test CA, `hubUrl` = https://HUB_NAME:PORT);
+   * defaults to the run's mode (OUTPOST_BROWSER_HUB).
    */
   static async start(name, opts = {}) {
     const s = new Stack();
@@ -98,13 +103,21 @@ export class Stack {
     }
   }
 
-  async #start(name, { encryptedRooms = [] } = {}) {
+  async #start(name, { encryptedRooms = [], hub = HUB_MODE } = {}) {
     const s = this;
     s.name = name;
     s.hubEnv = encryptedRooms.length ? { OUTPOST_POLICY__ENCRYPTED_ROOMS: encryptedRooms.join(',') } : {};
     s.dir = fs.mkdtempSync(path.join(os.tmpdir(), `outpost-browser-${name}-`));
     s.cloudDir = path.join(s.dir, 'cloud');
     s.relayDir = path.join(s.dir, 'relay');
+    if (hub === 'name') {
+      const tls = issue(testCa(), path.join(s.dir, 'tls', 'hub'), [HUB_NAME]);
+      s.hubEnv.OUTPOST_SERVER__TLS_CERT = tls.cert;
+      s.hubEnv.OUTPOST_SERVER__TLS_KEY = tls.key;
+      s.hubHost = HUB_NAME;
+    } else if (hub !== 'address') {
+      throw new Error(`Stack.start: hub must be 'address' or 'name', not ${hub}`);
+    }
     run('outpost-cloud', ['init', '--dir', s.cloudDir]);
     if (encryptedRooms.length) {
       const file = path.join(s.cloudDir, 'cloud.toml');
@@ -131,11 +144,18 @@ export class Stack {
   /** Starts the hub; `addr` defaults to the address it had before (so open pages find it again). */
   async startHub(addr = this.hubAddr) {
     const hub = await server('outpost-relay', ['run', '--dir', this.relayDir, '--ws', addr, '--cloud', this.quic], path.join(this.dir, 'hub.log'), this.hubEnv);
+    // "outpost-relay listening on ws://A/ws" (wss:// when it serves TLS)
     const url = hub.line.split(' ').pop();
-    if (!url.startsWith('ws://')) throw new Error(`unexpected first line from the hub: ${hub.line}`);
+    const want = this.hubHost ? 'wss://' : 'ws://';
+    if (!url.startsWith(want)) throw new Error(`unexpected first line from the hub (expected ${want}): ${hub.line}`);
     this.hub = hub.child;
-    this.hubAddr = url.replace('ws://', '').replace(/\/ws$/, '');
-    this.hubUrl = `http://${this.hubAddr}`;
+    this.hubAddr = url.replace(want, '').replace(/\/ws$/, '');
+    this.hubUrl = this.hubHost ? `https://${this.hubHost}:${this.hubPort}` : `http://${this.hubAddr}`;
+  }
+
+  /** The port of the hub's listener. */
+  get hubPort() {
+    return Number(this.hubAddr.split(':').pop());
   }
 
   /** SIGTERM to the hub, as systemd stops it; resolves with its exit code. */
