@@ -22,8 +22,10 @@ for b in outpost-relay outpost-cloud; do
 done
 
 # Debian's Chromium (playwright's own browser downloads are not used); openssl makes the
-# test CA and certificates, certutil (libnss3-tools) the NSS database Chromium trusts them from.
+# test CA and certificates, certutil (libnss3-tools) the NSS database Chromium trusts them
+# from; pebble is the ACME CA (and its test DNS server) the cloud gets hubs' certificates from.
 missing=()
+command -v pebble-challtestsrv >/dev/null || missing+=(pebble)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v certutil >/dev/null || missing+=(libnss3-tools)
