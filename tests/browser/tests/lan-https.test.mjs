@@ -18,7 +18,7 @@ import { openBrowser, signInWithLink, openRoom, send, bubbles, waitState, servic
 const ROOM = 'hiv-clinic';
 
 /** The answer to a plain GET of `url`, not following redirects. */
-function head(url) {
+function plainGet(url) {
   return new Promise((resolve, reject) => {
     http.get(url, (res) => {
       res.resume();
@@ -60,7 +60,7 @@ test('a hub with an ACME certificate: phones use it by name, offline and encrypt
   // The plain address sends pages to the name (temporarily: a phone must still reach
   // the plain address if the certificate expires while the village is offline).
   const plain = `http://${stack.hubAddr}`;
-  const redirect = await head(`${plain}/`);
+  const redirect = await plainGet(`${plain}/`);
   assert.ok([307, 308].includes(redirect.status), `GET / on the plain address: ${redirect.status}`);
   assert.equal(redirect.location, `${stack.lanUrl}/`);
 
