@@ -77,6 +77,7 @@ test('a hub with an ACME certificate: phones use it by name, offline and encrypt
   assert.equal(new URL(baraka.page.url()).origin, stack.lanUrl);
   for (const b of [amina, baraka]) {
     assert.deepEqual(await b.page.evaluate(() => [window.isSecureContext, typeof crypto.subtle?.encrypt]), [true, 'function'], b.name);
+    assert.equal(await b.page.getByText('Not a secure connection').isVisible(), false, `${b.name}: the page says it is not secure`);
   }
   await serviceWorkerReady(amina.page);
   await shot(amina.page, 'lan-https-360');
