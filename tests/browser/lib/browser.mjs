@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { ARTIFACTS } from './stack.mjs';
+import { HUB_MODE, HUB_NAME, nssHome, testCa } from './tls.mjs';
 
 export const MOBILE = { width: 360, height: 740 };
 export const DESKTOP = { width: 1280, height: 800 };
@@ -27,12 +28,24 @@ const ARGS = [
 ];
 
 /**
- * `opts.hosts`: extra names resolved to 127.0.0.1 (such a name is not a secure context).
+ * `opts.hosts`: extra names resolved to 127.0.0.1 (over plain http such a name is not a
+ * secure context; over https with a trusted certificate it is).
+ * `opts.trust`: CA certificates (PEM paths) this browser trusts for HTTPS, as an operator
+ * installs an NGO's CA on its phones.
+ * When the run opens hubs by name (OUTPOST_BROWSER_HUB=name) every browser also resolves
+ * HUB_NAME and trusts the run's test CA.
  * `opts.serviceWorkers`: 'block' keeps the service worker out, so that page.route sees
  * every request the page makes.
  */
-export async function openBrowser(name, viewport = MOBILE, { hosts = [], serviceWorkers = 'allow' } = {}) {
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), `outpost-chromium-${name}-`));
+export async function openBrowser(name, viewport = MOBILE, { hosts = [], trust = [], serviceWorkers = 'allow' } = {}) {
+  if (HUB_MODE === 'name') {
+    hosts = [...new Set([HUB_NAME, ...hosts])];
+    trust = [...new Set([testCa().cert, ...trust])];
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `outpost-chromium-${name}-`));
+  const profile = path.join(dir, 'profile');
+  // A HOME of its own: Chromium reads the roots it trusts from $HOME/.pki/nssdb.
+  const env = trust.length ? { ...process.env, HOME: nssHome(path.join(dir, 'home'), trust) } : undefined;
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
@@ -40,6 +53,7 @@ export async function openBrowser(name, viewport = MOBILE, { hosts = [], service
     viewport,
     serviceWorkers,
     timeout: WAIT_MS,
+    env,
   });
   context.setDefaultTimeout(WAIT_MS);
   // Record vibrations (headless Chromium has no motor to ask).
@@ -63,7 +77,7 @@ export async function openBrowser(name, viewport = MOBILE, { hosts = [], service
     errors,
     async close() {
       await context.close().catch(() => {});
-      fs.rmSync(profile, { recursive: true, force: true });
+      fs.rmSync(dir, { recursive: true, force: true });
     },
   };
 }
