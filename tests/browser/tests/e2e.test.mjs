@@ -197,6 +197,8 @@ test('on a page that is not a secure context the room explains itself instead of
   const base = `http://hub.village:${stack.hubAddr.split(':').pop()}`;
   await signInWithLink(zawadi.page, base, stack.token('zawadi', 'worker', ['clinic', ROOM]));
   assert.equal(await zawadi.page.evaluate(() => window.isSecureContext), false);
+  // The page says what does not work here, before anything fails.
+  await zawadi.page.getByRole('note').filter({ hasText: 'Not a secure connection' }).waitFor();
   await openRoom(zawadi.page, ROOM);
   await zawadi.page.getByText("Open the hub's HTTPS address").waitFor();
   assert.equal(await zawadi.page.getByRole('textbox', { name: 'Message' }).isDisabled(), true);
