@@ -223,6 +223,10 @@ pub struct ServerConfig {
     /// The QUIC endpoint relays connect to (UDP), `IP:PORT`. Not set by default: set it
     /// here or give `--quic`, which overrides it.
     pub quic_listen: String,
+    /// The relays' TCP path, for hubs whose network drops UDP (TLS on TCP carrying the
+    /// same link), `IP:PORT`. Empty (the default): `quic_listen`'s address, on TCP; `off`:
+    /// none. `--tcp` overrides it.
+    pub tcp_listen: String,
     /// Serve `listen` over TLS (HTTPS, `wss://`) with this certificate (PEM chain, the
     /// server's certificate first); relative paths are inside the cloud directory. Set
     /// both `tls_cert` and `tls_key`, or neither. `--tls-cert`/`--tls-key` override both.
@@ -241,6 +245,7 @@ impl Default for ServerConfig {
         Self {
             listen: String::new(),
             quic_listen: String::new(),
+            tcp_listen: String::new(),
             tls_cert: None,
             tls_key: None,
             shutdown_grace_secs: 10,
@@ -462,6 +467,9 @@ impl CloudConfig {
         } else if s.quic_listen.parse::<SocketAddr>().is_err() {
             p.push(format!("server.quic_listen = {:?} is not an address like 0.0.0.0:4433", s.quic_listen));
         }
+        if !matches!(s.tcp_listen.as_str(), "" | "off") && s.tcp_listen.parse::<SocketAddr>().is_err() {
+            p.push(format!("server.tcp_listen = {:?} is not an address like 0.0.0.0:4433 (or \"off\")", s.tcp_listen));
+        }
         p.extend(tls_pair_problem(s.tls_cert.is_some(), s.tls_key.is_some()));
         p.extend(self.storage.engine(PathBuf::new()).problems());
         p.extend(self.storage.database_problems());
@@ -481,6 +489,16 @@ impl CloudConfig {
     /// The QUIC address, once [`CloudConfig::problems`] found none.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
         self.server.quic_listen.parse().ok()
+    }
+
+    /// The relays' TCP path address: `tcp_listen`, `quic_listen`'s when empty, none when
+    /// `off`.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self.server.tcp_listen.as_str() {
+            "off" => None,
+            "" => self.quic_addr(),
+            a => a.parse().ok(),
+        }
     }
 
     /// The listener's TLS from `server.tls_cert`/`tls_key` (relative to `dir`), or `None`

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod layout;
 pub mod relays;
 pub mod server;
+pub mod tcp;
 pub mod webhooks;
 
 pub use config::CloudConfig;

@@ -36,6 +36,10 @@ enum Cmd {
         /// QUIC listener for relays, e.g. 0.0.0.0:4433 (replaces `[server] quic_listen`).
         #[arg(long)]
         quic: Option<String>,
+        /// TCP listener for relays whose network drops UDP, e.g. 0.0.0.0:4433, or `off`
+        /// (replaces `[server] tcp_listen`; by default the --quic address, on TCP).
+        #[arg(long)]
+        tcp: Option<String>,
         /// Serve the WebSocket/HTTP listener over TLS with this certificate (PEM chain,
         /// the server's certificate first); needs --tls-key. Replaces `[server] tls_cert`.
         #[arg(long)]
@@ -171,8 +175,8 @@ fn now_secs() -> u64 {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cmd = match cli.cmd {
-        Cmd::Run { dir, ws, quic, tls_cert, tls_key, database } => {
-            return serve(dir, ws, quic, tls_cert, tls_key, database);
+        Cmd::Run { dir, ws, quic, tcp, tls_cert, tls_key, database } => {
+            return serve(dir, ServeFlags { ws, quic, tcp, tls_cert, tls_key, database });
         }
         other => other,
     };
@@ -188,14 +192,18 @@ fn main() -> ExitCode {
 /// Exit code for bad configuration or usage of `run` (as the relay's).
 const EXIT_CONFIG: u8 = 64;
 
-fn serve(
-    dir: PathBuf,
+/// The flags of `run` that override `cloud.toml`.
+struct ServeFlags {
     ws: Option<String>,
     quic: Option<String>,
+    tcp: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     database: Option<String>,
-) -> ExitCode {
+}
+
+fn serve(dir: PathBuf, flags: ServeFlags) -> ExitCode {
+    let ServeFlags { ws, quic, tcp, tls_cert, tls_key, database } = flags;
     outpost_engine::cli::init_tracing();
     let tls_flags = match (tls_cert, tls_key) {
         (None, None) => None,
@@ -212,6 +220,9 @@ fn serve(
         }
         if let Some(quic) = quic {
             c.server.quic_listen = quic;
+        }
+        if let Some(tcp) = tcp {
+            c.server.tcp_listen = tcp;
         }
         if let Some((cert, key)) = tls_flags {
             c.server.tls_cert = Some(cert);
@@ -270,13 +281,39 @@ fn serve(
         };
         // Tests and scripts read this line to learn the bound ports; it comes once the
         // store is open (see `outpost_engine::server::OnReady`).
+        let tcp = match (config.server.tcp_listen.as_str(), config.tcp_addr(), endpoint.local_addr()) {
+            ("off", ..) => None,
+            // By default: the QUIC endpoint's own port (as bound, if it was given as 0),
+            // on TCP, which is where hubs look. Taken by something else, the cloud runs
+            // without the TCP path rather than not at all.
+            ("", _, Ok(quic)) => match outpost_cloud::tcp::bind(quic) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(address = %quic, error = %e, "no TCP path for relays (the QUIC address's port is taken on TCP); set server.tcp_listen or --tcp");
+                    None
+                }
+            },
+            (_, Some(addr), _) => match outpost_cloud::tcp::bind(addr) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("outpost-cloud: cannot listen on {addr} (TCP, the relays' path when UDP is blocked; server.tcp_listen or --tcp): {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            _ => None,
+        };
+        let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
         let addrs = (listener.local_addr(), endpoint.local_addr());
         let announce = Box::new(move || match addrs {
-            (Ok(w), Ok(q)) => println!("outpost-cloud listening on {scheme}://{w}/ws quic={q}"),
+            (Ok(w), Ok(q)) => {
+                let tcp = tcp_addr.map(|t| format!(" tcp={t}")).unwrap_or_default();
+                println!("outpost-cloud listening on {scheme}://{w}/ws quic={q}{tcp}");
+            }
             (Err(e), _) | (_, Err(e)) => eprintln!("outpost-cloud: {e}"),
         });
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let cloud = outpost_cloud::server::run(&id, &config, listener, tls, endpoint, shutdown.clone(), announce);
+        let relays = outpost_cloud::server::RelayListeners { quic: endpoint, tcp };
+        let cloud = outpost_cloud::server::run(&id, &config, listener, tls, relays, shutdown.clone(), announce);
         match outpost_engine::cli::until_signal(shutdown, cloud).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -47,8 +47,10 @@ pub struct Links<S: Storage> {
     pub issuer: Option<Arc<dyn outpost_engine::link::certs::CertIssuer>>,
 }
 
-/// Accepts relay connections until `shutdown`.
-pub async fn accept<S: Storage>(endpoint: quinn::Endpoint, links: Links<S>, shutdown: CancellationToken) {
+/// Accepts relay connections on every endpoint (the UDP one, and the TCP path's) until
+/// `shutdown`. A relay's connections share one table whichever endpoint they came in on,
+/// so a relay that moves between QUIC and TCP replaces its older connection.
+pub async fn accept<S: Storage>(endpoints: Vec<quinn::Endpoint>, links: Links<S>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let live: Live = Arc::default();
     // Refusals are audited at most this often: an address scanning the QUIC port must not
@@ -56,32 +58,45 @@ pub async fn accept<S: Storage>(endpoint: quinn::Endpoint, links: Links<S>, shut
     let refusals =
         Arc::new(Mutex::new(TokenBucket::new(REFUSALS_AUDITED_PER_SEC, REFUSALS_AUDITED_PER_SEC, Duration::ZERO)));
     let started = tokio::time::Instant::now();
-    loop {
-        let incoming = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            i = endpoint.accept() => match i { Some(i) => i, None => break },
-        };
-        let (links, live, stop) = (links.clone(), live.clone(), shutdown.child_token());
+    let mut loops = tokio::task::JoinSet::new();
+    for endpoint in &endpoints {
+        let (endpoint, tracker, links, live, shutdown) =
+            (endpoint.clone(), tracker.clone(), links.clone(), live.clone(), shutdown.clone());
         let refusals = refusals.clone();
-        tracker.spawn(async move {
-            let remote = incoming.remote_address();
-            let store = links.store.clone();
-            match serve(incoming, links, live, stop).await {
-                Ok(end) => tracing::info!(%remote, reason = %end, "relay link ended"),
-                Err(e) => {
-                    tracing::info!(%remote, error = %e, "relay refused");
-                    if refusals.lock().is_ok_and(|mut b| b.try_take(started.elapsed())) {
-                        store.audit(AuditEvent::new(AuditKind::RelayRefused, e.to_string()).peer(remote)).await;
+        loops.spawn(async move {
+            loop {
+                let incoming = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    i = endpoint.accept() => match i { Some(i) => i, None => break },
+                };
+                let (links, live, stop) = (links.clone(), live.clone(), shutdown.child_token());
+                let refusals = refusals.clone();
+                tracker.spawn(async move {
+                    let remote = incoming.remote_address();
+                    let store = links.store.clone();
+                    match serve(incoming, links, live, stop).await {
+                        Ok(end) => tracing::info!(%remote, reason = %end, "relay link ended"),
+                        Err(e) => {
+                            tracing::info!(%remote, error = %e, "relay refused");
+                            if refusals.lock().is_ok_and(|mut b| b.try_take(started.elapsed())) {
+                                store.audit(AuditEvent::new(AuditKind::RelayRefused, e.to_string()).peer(remote)).await;
+                            }
+                        }
                     }
-                }
+                });
             }
         });
     }
+    while loops.join_next().await.is_some() {}
     tracker.close();
-    endpoint.close(0u32.into(), b"cloud stopping");
+    for endpoint in &endpoints {
+        endpoint.close(0u32.into(), b"cloud stopping");
+    }
     tracker.wait().await;
-    endpoint.wait_idle().await;
+    for endpoint in &endpoints {
+        endpoint.wait_idle().await;
+    }
 }
 
 async fn serve<S: Storage>(

@@ -78,23 +78,58 @@ pub fn engine_config(config: &CloudConfig, id: &CloudIdentity) -> RelayConfig {
 
 /// Binds the QUIC endpoint (so the caller can print its address before serving).
 pub fn bind_quic(id: &CloudIdentity, addr: SocketAddr) -> Result<quinn::Endpoint, CloudRunError> {
-    let read = |p: std::path::PathBuf| {
-        std::fs::read_to_string(&p).map_err(|source| IdentityError::Io { path: p.clone(), source })
-    };
-    let cfg = tls::server_config(&id.ca_cert_pem, &read(id.layout.server_cert())?, &read(id.layout.server_key())?)?;
-    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &id.stateless_reset_secret());
-    let mut endpoint_cfg = quinn::EndpointConfig::new(std::sync::Arc::new(reset_key));
-    // Connection ids must also validate after a restart, or the new process drops the
-    // relays' packets silently instead of answering with the reset.
-    let secret = id.stateless_reset_secret();
-    let cid_key =
-        u64::from_le_bytes([secret[0], secret[1], secret[2], secret[3], secret[4], secret[5], secret[6], secret[7]]);
-    endpoint_cfg.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    let cfg = relay_server_config(id)?;
     let quic_err = |source| CloudRunError::Quic { addr, source };
     let socket = std::net::UdpSocket::bind(addr).map_err(quic_err)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| quic_err(std::io::Error::other("no async runtime for the QUIC endpoint")))?;
-    quinn::Endpoint::new(endpoint_cfg, Some(cfg), socket, runtime).map_err(quic_err)
+    quinn::Endpoint::new(endpoint_config(id), Some(cfg), socket, runtime).map_err(quic_err)
+}
+
+fn read_identity_file(p: std::path::PathBuf) -> Result<String, IdentityError> {
+    std::fs::read_to_string(&p).map_err(|source| IdentityError::Io { path: p.clone(), source })
+}
+
+fn relay_server_config(id: &CloudIdentity) -> Result<quinn::ServerConfig, CloudRunError> {
+    let (cert, key) = (read_identity_file(id.layout.server_cert())?, read_identity_file(id.layout.server_key())?);
+    Ok(tls::server_config(&id.ca_cert_pem, &cert, &key)?)
+}
+
+/// Stateless resets and connection ids that still validate after a restart, or the new
+/// process drops the relays' packets silently instead of answering with the reset. The
+/// same for the UDP and the TCP path.
+fn endpoint_config(id: &CloudIdentity) -> quinn::EndpointConfig {
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &id.stateless_reset_secret());
+    let mut endpoint_cfg = quinn::EndpointConfig::new(std::sync::Arc::new(reset_key));
+    let secret = id.stateless_reset_secret();
+    let cid_key =
+        u64::from_le_bytes([secret[0], secret[1], secret[2], secret[3], secret[4], secret[5], secret[6], secret[7]]);
+    endpoint_cfg.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    endpoint_cfg
+}
+
+/// Where relays connect: the QUIC endpoint, and the TCP path's listener (UDP blocked).
+#[derive(Debug)]
+pub struct RelayListeners {
+    pub quic: quinn::Endpoint,
+    pub tcp: Option<TcpListener>,
+}
+
+/// The TCP path: a QUIC endpoint on a tunnel socket fed by `listener`'s connections.
+fn tcp_path(
+    id: &CloudIdentity,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> Result<(quinn::Endpoint, impl std::future::Future<Output = ()> + Send + 'static), CloudRunError> {
+    let addr =
+        listener.local_addr().map_err(|source| CloudRunError::Quic { addr: ([0, 0, 0, 0], 0).into(), source })?;
+    let (cert, key) = (read_identity_file(id.layout.server_cert())?, read_identity_file(id.layout.server_key())?);
+    let tls = tls::tcp_server_config(&id.ca_cert_pem, &cert, &key)?;
+    let socket = outpost_engine::link::tunnel::TunnelSocket::new(addr);
+    let endpoint =
+        outpost_engine::link::tunnel::endpoint(endpoint_config(id), Some(relay_server_config(id)?), socket.clone())
+            .map_err(|source| CloudRunError::Quic { addr, source })?;
+    Ok((endpoint, crate::tcp::serve(listener, tls, socket, stop)))
 }
 
 /// Runs the cloud until `shutdown`; with `tls`, doctors' browsers and hospital systems
@@ -104,7 +139,7 @@ pub async fn run(
     config: &CloudConfig,
     ws: TcpListener,
     tls: Option<LanTls>,
-    quic: quinn::Endpoint,
+    quic: RelayListeners,
     shutdown: CancellationToken,
     on_ready: outpost_engine::server::OnReady,
 ) -> Result<(), CloudRunError> {
@@ -197,7 +232,7 @@ async fn serve<S: Storage>(
     config: &CloudConfig,
     ws: TcpListener,
     tls: Option<LanTls>,
-    quic: quinn::Endpoint,
+    relays: RelayListeners,
     shutdown: CancellationToken,
     on_ready: outpost_engine::server::OnReady,
 ) -> Result<(), CloudRunError> {
@@ -220,7 +255,13 @@ async fn serve<S: Storage>(
             issuer
         }),
     };
-    let relays = crate::relays::accept(quic, links, core.stop_token());
+    let mut endpoints = vec![relays.quic];
+    if let Some(listener) = relays.tcp {
+        let (endpoint, accept) = tcp_path(id, listener, core.stop_token())?;
+        core.spawn("relays' TCP path", accept);
+        endpoints.push(endpoint);
+    }
+    let relays = crate::relays::accept(endpoints, links, core.stop_token());
     core.spawn("relay endpoint", relays);
     if !config.webhooks.is_empty() {
         let holder = crate::webhooks::holder_id();

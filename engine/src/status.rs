@@ -96,6 +96,8 @@ pub(crate) struct UplinkView {
     /// Every configured address, in the order the hub tries them.
     pub clouds: Vec<String>,
     pub connected: bool,
+    /// `quic`, or `tcp` (UDP blocked: the link over TLS on TCP).
+    pub transport: &'static str,
     /// Last time a connection to the cloud was established (ms since the Unix epoch).
     pub last_contact: Option<u64>,
     pub last_error: Option<String>,
@@ -142,6 +144,7 @@ async fn collect<S: Storage>(hub: &Hub<S>) -> Status {
             cloud: uplink.address.or_else(|| cfg.uplink.cloud.first().cloned()).unwrap_or_default(),
             clouds: cfg.uplink.cloud.clone(),
             connected: uplink.connected,
+            transport: if uplink.transport.is_empty() { "quic" } else { uplink.transport },
             last_contact: uplink.last_contact,
             last_error: uplink.last_error,
         },
@@ -225,7 +228,8 @@ pub(crate) async fn page<S: Storage>(State((hub, _)): State<AppState<S>>) -> Htm
     let uplink = if !s.uplink.configured {
         "no cloud configured".to_owned()
     } else if s.uplink.connected {
-        format!("<b class=ok>connected</b> to {}{of}", esc(&s.uplink.cloud))
+        let over = if s.uplink.transport == "tcp" { " over TCP (UDP does not pass; QUIC is tried again)" } else { "" };
+        format!("<b class=ok>connected</b> to {}{of}{over}", esc(&s.uplink.cloud))
     } else {
         format!(
             "<b class=bad>not connected</b> to {}{of}{}",

@@ -13,6 +13,7 @@ pub mod http;
 pub mod linkemu;
 pub mod media;
 pub mod proc;
+pub mod proxy;
 pub mod tls;
 
 pub use client::{Device, Frame};

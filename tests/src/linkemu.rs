@@ -279,3 +279,70 @@ mod tests {
         Ok(())
     }
 }
+
+/// The TCP side of an emulated link: a forwarder on the emulator's own port number (a
+/// hub's TCP path goes to the same `HOST:PORT` as its QUIC), to the cloud's TCP path.
+/// Cutting the emulator's UDP leaves this open: a network that drops UDP only.
+pub struct TcpForward {
+    task: tokio::task::JoinHandle<()>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicU64>,
+}
+
+impl TcpForward {
+    /// Forwards TCP connections to `listen` (normally `LinkEmu::addr()`) to `target`.
+    pub async fn start(listen: SocketAddr, target: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with_rate(listen, target, 0).await
+    }
+
+    /// As [`TcpForward::start`], each direction paced to `rate_bps` (0: unlimited).
+    pub async fn start_with_rate(listen: SocketAddr, target: SocketAddr, rate_bps: u64) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let connections = Arc::new(AtomicU64::new(0));
+        let count = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::select! {
+                        _ = paced(ri, wo, rate_bps) => {}
+                        _ = paced(ro, wi, rate_bps) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { task, connections })
+    }
+}
+
+/// Copies `from` to `to`, at most `rate_bps` on average (0: as fast as they go).
+async fn paced(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    rate_bps: u64,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 4096];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        sent += n as u64;
+        if rate_bps > 0 {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(sent as f64 * 8.0 / rate_bps as f64)).await;
+        }
+    }
+}
+
+impl Drop for TcpForward {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -269,9 +269,15 @@ pub struct CloudProc {
     pub child: Child,
     ws: String,
     quic: String,
+    tcp: Option<String>,
 }
 
 impl CloudProc {
+    /// The relays' TCP path (UDP blocked), when the cloud has one.
+    pub fn tcp_addr(&self) -> Option<String> {
+        self.tcp.clone()
+    }
+
     pub fn ws_url(&self) -> String {
         self.ws.clone()
     }
@@ -349,20 +355,23 @@ impl Cloud {
             env,
         )
         .await?;
-        // "outpost-cloud listening on ws://A/ws quic=B" (wss:// with TLS)
+        // "outpost-cloud listening on ws://A/ws quic=B [tcp=C]" (wss:// with TLS)
         let mut ws = String::new();
         let mut q = String::new();
+        let mut tcp = None;
         for word in line.split(' ') {
             if word.starts_with("ws://") || word.starts_with("wss://") {
                 ws = word.to_owned();
             } else if let Some(a) = word.strip_prefix("quic=") {
                 q = a.to_owned();
+            } else if let Some(a) = word.strip_prefix("tcp=") {
+                tcp = Some(a.to_owned());
             }
         }
         if ws.is_empty() || q.is_empty() {
             bail!("unexpected first line from cloud: {line:?}");
         }
-        Ok(CloudProc { child, ws, quic: q })
+        Ok(CloudProc { child, ws, quic: q, tcp })
     }
 
     pub fn log(&self) -> String {

@@ -477,6 +477,14 @@ pub struct UplinkConfig {
     /// one address, 6 s with several ([`UplinkConfig::idle_timeout`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout_secs: Option<u64>,
+    /// When QUIC cannot reach an address (UDP dropped on the way), carry the same link
+    /// over TLS on TCP to the same `HOST:PORT` (docs/uplink.md, "When UDP is blocked").
+    /// The hub keeps trying QUIC every `primary_retry_secs` and moves back when it works.
+    pub tcp_fallback: bool,
+    /// An HTTP proxy for the TCP path, `http://[user:password@]host:port` (`CONNECT`).
+    /// Not set: the `HTTPS_PROXY` (or `https_proxy`) environment variable, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 /// The idle timeout with one cloud address: a 2G stall of a few seconds must not cost a
@@ -500,6 +508,8 @@ impl Default for UplinkConfig {
             linger_ms: 500,
             primary_retry_secs: 300,
             idle_timeout_secs: None,
+            tcp_fallback: true,
+            proxy: None,
         }
     }
 }
@@ -537,7 +547,27 @@ impl UplinkConfig {
                 p.push(format!("uplink.cloud lists {a:?} twice"));
             }
         }
+        if let Some(Err(e)) = self.proxy.as_deref().map(crate::link::tunnel::Proxy::parse) {
+            p.push(format!("uplink.proxy = {e}"));
+        }
         p
+    }
+
+    /// The proxy for the TCP path: `proxy`, else `HTTPS_PROXY`/`https_proxy` (a bad
+    /// environment value is reported and ignored: it is not the hub's own setting).
+    pub fn effective_proxy(&self) -> Option<crate::link::tunnel::Proxy> {
+        use crate::link::tunnel::Proxy;
+        if let Some(p) = &self.proxy {
+            return Proxy::parse(p).ok();
+        }
+        let env = std::env::var("HTTPS_PROXY").or_else(|_| std::env::var("https_proxy")).ok()?;
+        match Proxy::parse(&env) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTPS_PROXY is not used");
+                None
+            }
+        }
     }
 }
 

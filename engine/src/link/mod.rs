@@ -13,6 +13,7 @@ mod bulk;
 pub mod certs;
 pub mod history;
 pub mod tls;
+pub mod tunnel;
 pub mod uplink;
 
 pub use outpost_storage::LinkStore;

@@ -87,20 +87,43 @@ pub fn transport_with_idle(idle: Duration) -> Arc<quinn::TransportConfig> {
 
 /// The hub's side: its client certificate, and trust in the cloud's CA only.
 pub fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<quinn::ClientConfig, TlsError> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(ca_pem)?)
-        .with_client_auth_cert(certs(cert_pem, "the relay certificate")?, key(key_pem, "the relay key")?)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let tls = rustls_client(ca_pem, cert_pem, key_pem, ALPN)?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(transport());
     Ok(cfg)
 }
 
+/// The hub's side of the TCP path's outer TLS ([`super::tunnel`]): the same identities.
+pub fn tcp_client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    Ok(Arc::new(rustls_client(ca_pem, cert_pem, key_pem, super::tunnel::TCP_ALPN)?))
+}
+
+fn rustls_client(ca_pem: &str, cert_pem: &str, key_pem: &str, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(certs(cert_pem, "the relay certificate")?, key(key_pem, "the relay key")?)?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
 /// The cloud's side: its server certificate, and client certificates required under the
 /// relay CA.
 pub fn server_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<quinn::ServerConfig, TlsError> {
+    let tls = rustls_server(ca_pem, cert_pem, key_pem, ALPN)?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// The cloud's side of the TCP path's outer TLS: the same identities as QUIC.
+pub fn tcp_server_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    Ok(Arc::new(rustls_server(ca_pem, cert_pem, key_pem, super::tunnel::TCP_ALPN)?))
+}
+
+fn rustls_server(ca_pem: &str, cert_pem: &str, key_pem: &str, alpn: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
@@ -108,11 +131,8 @@ pub fn server_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<quin
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(cert_pem, "the server certificate")?, key(key_pem, "the server key")?)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(transport());
-    Ok(cfg)
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
 }
 
 /// Whether the peer's (already verified) certificate was issued for `name`.

@@ -46,6 +46,8 @@ pub struct UplinkStatus {
     pub connected: bool,
     /// The cloud address connected to, or being dialled (none before the first attempt).
     pub address: Option<String>,
+    /// `quic`, or `tcp` when UDP does not pass and the link goes over TLS on TCP.
+    pub transport: &'static str,
     /// Last time a connection was established (ms since the Unix epoch).
     pub last_contact: Option<u64>,
     pub last_error: Option<String>,
@@ -67,6 +69,40 @@ pub struct UplinkSettings {
     /// The hub's LAN certificate (named and renewed over the link), when `[lan_https]`
     /// is on.
     pub lan: Option<Arc<crate::lan_cert::LanCert>>,
+    /// The TCP path's outer TLS (`None`: no TCP fallback, `uplink.tcp_fallback = false`).
+    pub tcp: Option<Arc<rustls::ClientConfig>>,
+    /// The HTTP proxy the TCP path goes through, if any.
+    pub proxy: Option<super::tunnel::Proxy>,
+}
+
+/// Where and how the hub dials: a cloud address over QUIC, or over the TCP path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub address: String,
+    pub tcp: bool,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tcp { write!(f, "{} (tcp)", self.address) } else { f.write_str(&self.address) }
+    }
+}
+
+impl UplinkSettings {
+    /// What the failover policy walks through: each address over QUIC, followed at once
+    /// by the same address over TCP when the fallback is on. A blocked UDP path costs one
+    /// QUIC attempt ([`CONNECT_TIMEOUT`]) before TCP is tried, and QUIC on the first
+    /// address stays the "first" the hub keeps trying to return to.
+    pub fn targets(&self) -> Vec<Target> {
+        let mut t = Vec::new();
+        for a in &self.clouds {
+            t.push(Target { address: a.clone(), tcp: false });
+            if self.tcp.is_some() {
+                t.push(Target { address: a.clone(), tcp: true });
+            }
+        }
+        t
+    }
 }
 
 impl UplinkSettings {
@@ -75,8 +111,13 @@ impl UplinkSettings {
     pub fn from_dir(dir: &Path, relay_id: &str, uplink: &UplinkConfig) -> Result<Self, String> {
         let read =
             |f: &str| std::fs::read_to_string(dir.join("identity").join(f)).map_err(|e| format!("identity/{f}: {e}"));
-        let mut client = tls::client_config(&read("ca.crt")?, &read("relay.crt")?, &read("relay.key")?)
-            .map_err(|e| e.to_string())?;
+        let (ca, cert, key) = (read("ca.crt")?, read("relay.crt")?, read("relay.key")?);
+        let mut client = tls::client_config(&ca, &cert, &key).map_err(|e| e.to_string())?;
+        let tcp = if uplink.tcp_fallback {
+            Some(tls::tcp_client_config(&ca, &cert, &key).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
         client.transport_config(tls::transport_with_idle(uplink.idle_timeout()));
         let flow = FlowConfig { linger: Duration::from_millis(uplink.linger_ms), ..FlowConfig::default() };
         Ok(Self {
@@ -91,6 +132,8 @@ impl UplinkSettings {
             primary_retry: Duration::from_secs(uplink.primary_retry_secs),
             renewal: None,
             lan: None,
+            tcp,
+            proxy: uplink.effective_proxy(),
         })
     }
 }
@@ -110,23 +153,26 @@ pub async fn run<S: Storage>(
     history: Arc<super::history::CloudHistory>,
     shutdown: CancellationToken,
 ) {
-    let mut failover = Failover::new(settings.clouds.len(), settings.backoff.clone(), settings.primary_retry);
+    let targets = settings.targets();
+    let mut failover = Failover::new(targets.len(), settings.backoff.clone(), settings.primary_retry);
     let mut endpoints = Endpoints::default();
     // A connection to the first address, made while the hub was on another.
     let mut ready: Option<Dialled> = None;
     loop {
-        let Some(target) = settings.clouds.get(failover.current()).cloned() else {
+        let Some(target) = targets.get(failover.current()).cloned() else {
             tracing::error!("no cloud address to dial");
             break;
         };
         if let Ok(mut s) = status.lock() {
-            s.address = Some(target.clone());
+            s.address = Some(target.address.clone());
+            s.transport = if target.tcp { "tcp" } else { "quic" };
         }
         let started = tokio::time::Instant::now();
         let attempt = attempt(
             &store,
             blobs.clone(),
             &settings,
+            &targets,
             &failover,
             &mut endpoints,
             ready.take(),
@@ -157,7 +203,7 @@ pub async fn run<S: Storage>(
             break;
         }
         let next = failover.ended(lasted, random());
-        let next_address = settings.clouds.get(next.index).map_or("", String::as_str);
+        let next_address = targets.get(next.index).map_or_else(String::new, ToString::to_string);
         tracing::info!(error = %msg, address = %target, next = %next_address, retry_in_ms = next.delay.as_millis() as u64, "uplink down");
         tokio::select! {
             biased;
@@ -186,6 +232,7 @@ async fn attempt<S: Storage>(
     store: &S,
     blobs: Option<crate::media::Blobs<S>>,
     settings: &UplinkSettings,
+    targets: &[Target],
     failover: &Failover,
     endpoints: &mut Endpoints,
     ready: Option<Dialled>,
@@ -193,18 +240,20 @@ async fn attempt<S: Storage>(
     history: &Arc<super::history::CloudHistory>,
     shutdown: &CancellationToken,
 ) -> Result<Ended, LinkError> {
-    let target = settings.clouds.get(failover.current()).map_or("", String::as_str);
+    let Some(target) = targets.get(failover.current()) else { return Err(LinkError::Shutdown) };
     let dialled = match ready {
         Some(d) => d,
         None => dial(store, settings, endpoints, target, &AtomicBool::new(false)).await?,
     };
-    let Dialled { conn, send, recv, welcomed: Welcomed { cloud, epoch, hwm, v }, addr } = dialled;
+    let Dialled { conn, send, recv, welcomed: Welcomed { cloud, epoch, hwm, v }, addr, tunnel: _tunnel } = dialled;
     let state = store.peer_hello(CLOUD_PEER, &epoch, Vec::new()).await?;
     let start = state.sent_hwm.max(hwm);
-    tracing::info!(%cloud, address = %target, %addr, resume_after = start.0, link_version = v, "uplink connected");
+    let transport = if target.tcp { "tcp" } else { "quic" };
+    tracing::info!(%cloud, address = %target.address, %addr, transport, resume_after = start.0, link_version = v, "uplink connected");
     if let Ok(mut s) = status.lock() {
         s.connected = true;
-        s.address = Some(target.to_owned());
+        s.address = Some(target.address.clone());
+        s.transport = transport;
         s.last_contact = Some(now_ms());
         s.last_error = None;
     }
@@ -221,7 +270,7 @@ async fn attempt<S: Storage>(
     let stop = shutdown.child_token();
     let link = super::run(conn, send, recv, store.clone(), peer, opts, stop.clone());
     tokio::pin!(link);
-    let (Some(every), Some(first)) = (failover.primary_retry(), settings.clouds.first()) else {
+    let (Some(every), Some(first)) = (failover.primary_retry(), targets.first()) else {
         return Ok(Ended::Link(link.await));
     };
     loop {
@@ -270,6 +319,8 @@ async fn attempt<S: Storage>(
 
 /// A connection to the cloud whose handshake completed.
 struct Dialled {
+    /// The TCP path's tunnel: closed when this is dropped (with the link).
+    tunnel: Option<Tunnel>,
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -285,15 +336,15 @@ async fn dial<S: Storage>(
     store: &S,
     settings: &UplinkSettings,
     endpoints: &mut Endpoints,
-    target: &str,
+    target: &Target,
     reached: &AtomicBool,
 ) -> Result<Dialled, LinkError> {
-    let addr: SocketAddr = tokio::net::lookup_host(target)
+    let host_port = target.address.as_str();
+    let addr: SocketAddr = tokio::net::lookup_host(host_port)
         .await
-        .map_err(|e| LinkError::Stream(format!("cannot resolve {target}: {e}")))?
+        .map_err(|e| LinkError::Stream(format!("cannot resolve {host_port}: {e}")))?
         .next()
-        .ok_or_else(|| LinkError::Stream(format!("{target} has no address")))?;
-    let ep = endpoints.for_addr(addr, &settings.client)?;
+        .ok_or_else(|| LinkError::Stream(format!("{host_port} has no address")))?;
     // The handshake's rules are shared::uplink::handshake's; this only carries its frames
     // and its deadline.
     let origin = tokio::time::Instant::now();
@@ -305,7 +356,17 @@ async fn dial<S: Storage>(
     };
     let mut dialer = Dialer::new(params, Duration::ZERO, CONNECT_TIMEOUT);
     let deadline = origin + dialer.poll_timeout().unwrap_or(CONNECT_TIMEOUT);
+    let mut tunnel = None;
     let handshake = async {
+        let ep = match (&settings.tcp, target.tcp) {
+            (Some(tls), true) => {
+                let t = Tunnel::open(addr, host_port, tls, settings.proxy.as_ref(), &settings.client).await?;
+                let ep = t.endpoint.clone();
+                tunnel = Some(t);
+                ep
+            }
+            _ => endpoints.for_addr(addr, &settings.client)?,
+        };
         let conn = ep.connect(addr, SERVER_NAME).map_err(|e| LinkError::Stream(e.to_string()))?.await?;
         reached.store(true, Ordering::Relaxed);
         let (mut send, mut recv) = conn.open_bi().await?;
@@ -316,11 +377,51 @@ async fn dial<S: Storage>(
         Ok::<_, LinkError>((conn, send, recv, welcomed))
     };
     match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(r) => r.map(|(conn, send, recv, welcomed)| Dialled { conn, send, recv, welcomed, addr }),
+        Ok(r) => r.map(|(conn, send, recv, welcomed)| Dialled { tunnel, conn, send, recv, welcomed, addr }),
         Err(_) => {
             let e = dialer.handle_timeout(origin.elapsed());
             Err(e.map_or_else(|| LinkError::Stream("connect timed out".into()), LinkError::from))
         }
+    }
+}
+
+/// The TCP path to one cloud address: a TLS stream carrying a QUIC endpoint of its own
+/// ([`super::tunnel`]). Dropping it closes the stream; the stream closing (the cloud or
+/// a proxy cut it) closes the endpoint, so the link ends at once instead of idling out.
+struct Tunnel {
+    endpoint: quinn::Endpoint,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Tunnel {
+    async fn open(
+        addr: SocketAddr,
+        host_port: &str,
+        tls: &Arc<rustls::ClientConfig>,
+        proxy: Option<&super::tunnel::Proxy>,
+        client: &quinn::ClientConfig,
+    ) -> Result<Self, LinkError> {
+        let failed = |what: &str, e: std::io::Error| LinkError::Stream(format!("TCP path to {host_port}: {what}: {e}"));
+        let tcp = super::tunnel::connect_tcp(addr, host_port, proxy).await.map_err(|e| failed("cannot connect", e))?;
+        let local = tcp.local_addr().map_err(|e| failed("no local address", e))?;
+        let name = rustls_pki_types::ServerName::try_from(SERVER_NAME)
+            .map_err(|e| LinkError::Stream(format!("server name: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| failed("TLS handshake", e))?;
+        let socket = super::tunnel::TunnelSocket::new(local);
+        let stop = CancellationToken::new();
+        let ended = socket.attach(addr, stream, stop.clone());
+        let mut endpoint = super::tunnel::endpoint(quinn::EndpointConfig::default(), None, socket)
+            .map_err(|e| failed("cannot make an endpoint", e))?;
+        endpoint.set_default_client_config(client.clone());
+        let ep = endpoint.clone();
+        tokio::spawn(async move {
+            ended.cancelled().await;
+            ep.close(0u32.into(), b"tcp path closed");
+        });
+        Ok(Self { endpoint, _stop: stop.drop_guard() })
     }
 }
 
