@@ -339,6 +339,8 @@ pub(crate) async fn metrics<S: Storage>(State((hub, _)): State<AppState<S>>) -> 
     metrics::gauge!("outpost_log_head").set(s.head as f64);
     if s.uplink.configured {
         metrics::gauge!("outpost_uplink_connected").set(if s.uplink.connected { 1.0 } else { 0.0 });
+        let tcp = s.uplink.connected && s.uplink.transport == "tcp";
+        metrics::gauge!("outpost_uplink_tcp").set(if tcp { 1.0 } else { 0.0 });
         // One series per configured address: 1 for the one connected to.
         for address in &s.uplink.clouds {
             let on = s.uplink.connected && *address == s.uplink.cloud;
