@@ -239,47 +239,6 @@ impl Shaper {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn shapes_rate_and_delay_and_can_be_cut() -> anyhow::Result<()> {
-        let server = UdpSocket::bind("127.0.0.1:0").await?;
-        // 80 kbit/s = 10 kB/s, 200 ms RTT, no loss.
-        let preset = Preset { up: Profile::new(80_000, 200, 0.0), down: Profile::new(80_000, 200, 0.0) };
-        let emu = LinkEmu::start(server.local_addr()?, preset).await?;
-        let client = UdpSocket::bind("127.0.0.1:0").await?;
-        client.connect(emu.addr()).await?;
-        let started = Instant::now();
-        for _ in 0..10 {
-            client.send(&[7u8; 1000]).await?;
-        }
-        let mut buf = [0u8; 2000];
-        let mut got = 0;
-        let mut from = None;
-        while got < 10 {
-            let (n, f) = server.recv_from(&mut buf).await?;
-            assert_eq!(n, 1000);
-            from = Some(f);
-            got += 1;
-        }
-        // 10 kB at 10 kB/s plus 100 ms one-way: the emulator must have held them ~1.1 s.
-        let took = started.elapsed();
-        assert!(took >= Duration::from_millis(1000), "took only {took:?}");
-        assert_eq!(emu.up.bytes.load(Ordering::Relaxed), 10_000);
-        // Replies find their way back to the client.
-        server.send_to(b"pong", from.unwrap_or(emu.addr())).await?;
-        let n = client.recv(&mut buf).await?;
-        assert_eq!(&buf[..n], b"pong");
-        emu.cut();
-        client.send(&[1u8; 10]).await?;
-        assert!(tokio::time::timeout(Duration::from_millis(500), server.recv_from(&mut buf)).await.is_err());
-        assert_eq!(emu.up.dropped.load(Ordering::Relaxed), 1);
-        Ok(())
-    }
-}
-
 /// The TCP side of an emulated link: a forwarder on the emulator's own port number (a
 /// hub's TCP path goes to the same `HOST:PORT` as its QUIC), to the cloud's TCP path.
 /// Cutting the emulator's UDP leaves this open: a network that drops UDP only.
@@ -344,5 +303,46 @@ async fn paced(
 impl Drop for TcpForward {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shapes_rate_and_delay_and_can_be_cut() -> anyhow::Result<()> {
+        let server = UdpSocket::bind("127.0.0.1:0").await?;
+        // 80 kbit/s = 10 kB/s, 200 ms RTT, no loss.
+        let preset = Preset { up: Profile::new(80_000, 200, 0.0), down: Profile::new(80_000, 200, 0.0) };
+        let emu = LinkEmu::start(server.local_addr()?, preset).await?;
+        let client = UdpSocket::bind("127.0.0.1:0").await?;
+        client.connect(emu.addr()).await?;
+        let started = Instant::now();
+        for _ in 0..10 {
+            client.send(&[7u8; 1000]).await?;
+        }
+        let mut buf = [0u8; 2000];
+        let mut got = 0;
+        let mut from = None;
+        while got < 10 {
+            let (n, f) = server.recv_from(&mut buf).await?;
+            assert_eq!(n, 1000);
+            from = Some(f);
+            got += 1;
+        }
+        // 10 kB at 10 kB/s plus 100 ms one-way: the emulator must have held them ~1.1 s.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(1000), "took only {took:?}");
+        assert_eq!(emu.up.bytes.load(Ordering::Relaxed), 10_000);
+        // Replies find their way back to the client.
+        server.send_to(b"pong", from.unwrap_or(emu.addr())).await?;
+        let n = client.recv(&mut buf).await?;
+        assert_eq!(&buf[..n], b"pong");
+        emu.cut();
+        client.send(&[1u8; 10]).await?;
+        assert!(tokio::time::timeout(Duration::from_millis(500), server.recv_from(&mut buf)).await.is_err());
+        assert_eq!(emu.up.dropped.load(Ordering::Relaxed), 1);
+        Ok(())
     }
 }
