@@ -131,16 +131,20 @@ impl PgStore {
         let rooms: Vec<&str> = q.rooms.iter().map(RoomId::as_str).collect();
         let stmt = c
             .prepare_cached(&format!(
-                "SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages WHERE cursor > $1 AND room = ANY($4)
+                "SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages WHERE cursor > $1 AND cursor <= $5 AND room = ANY($4)
                  UNION ALL
                  SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state
-                   FROM receipts WHERE cursor > $1 AND target = $2
+                   FROM receipts WHERE cursor > $1 AND cursor <= $5 AND target = $2
                  ORDER BY 2 LIMIT $3"
             ))
             .await
             .map_err(db)?;
+        // Nothing past what this node published (itself below the stable head): an
+        // import still committing below a later cursor would otherwise be passed over,
+        // and the session's cursor would then be ahead of it when it is published live.
+        let head = to_sql(*self.head_rx.borrow());
         let rows = c
-            .query(&stmt, &[&to_sql(q.after.0), &q.user.as_str(), &to_sql(q.limit as u64), &rooms])
+            .query(&stmt, &[&to_sql(q.after.0), &q.user.as_str(), &to_sql(q.limit as u64), &rooms, &head])
             .await
             .map_err(db)?;
         let mut frames: Vec<(Cursor, String)> = Vec::new();

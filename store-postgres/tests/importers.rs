@@ -344,3 +344,73 @@ async fn a_hubs_batch_left_by_its_link_and_the_resend_do_not_interleave() {
     assert!(cursors.windows(2).all(|w| w[0] < w[1]), "the hub's messages are in its order: {cursors:?}");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_replay_never_passes_an_import_still_committing() {
+    // Another connection has reserved cursors 10 to 20 for an import (as an importer does
+    // before it writes the rows) and not finished; hub 8's batch, later, has committed at
+    // 21 onwards. A doctor resuming now must not be handed 21 onwards: its cursor would
+    // pass 10 to 20, which can still commit and would then never reach it.
+    let c = ok(TestCluster::start());
+    let url = fresh_db(&c);
+    let node = ok(PgStore::open(&url, opts(), Arc::new(Seen::default())).await);
+    let ward = room("ward-9");
+    let nine: Vec<Entry> = (1..=9).map(|n| wire_message(9, n, &ward)).collect();
+    let eight: Vec<Entry> = (1..=10).map(|n| wire_message(8, n, &ward)).collect();
+    ok(node.import("hub-9", nine, Cursor(9)).await);
+    let importer = client(&url).await;
+    ok(importer
+        .batch_execute(
+            "WITH h AS (UPDATE log_head SET head = head + 11 RETURNING head)
+             INSERT INTO open_ranges (first, last, pid, started)
+               SELECT head - 10, head, pg_backend_pid(),
+                      (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())
+                 FROM h",
+        )
+        .await);
+    // Its answer waits for everything below it (the hub is told only what is in order);
+    // its rows are committed meanwhile.
+    let later = {
+        let node = node.clone();
+        tokio::spawn(async move { node.import("hub-8", eight, Cursor(10)).await })
+    };
+    until_counted(&importer, "SELECT count(*) FROM messages WHERE cursor = 30").await;
+
+    let replay = |after: Cursor| {
+        let (node, ward) = (node.clone(), ward.clone());
+        async move {
+            ok(node
+                .replay(outpost_storage::ReplayQuery {
+                    after,
+                    rooms: Arc::from(vec![ward]),
+                    user: ok(UserId::new("dr-neema")),
+                    own_device: ok(DeviceId::new("laptop")),
+                    own_visible_until: Cursor(0),
+                    limit: 1000,
+                    max_bytes: 1 << 20,
+                })
+                .await)
+        }
+    };
+    let cursors = |r: &outpost_storage::Replay| -> Vec<u64> { r.frames.iter().map(|(c, _)| c.0).collect() };
+    let first = replay(Cursor(0)).await;
+    assert_eq!(cursors(&first), (1..=9).collect::<Vec<_>>(), "nothing past the open range");
+
+    // The range closes (its import finished); resuming where the page ended gives the
+    // rest, each once.
+    ok(importer.batch_execute("DELETE FROM open_ranges").await);
+    ok(ok(ok(tokio::time::timeout(Duration::from_secs(20), later).await)));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let rest = loop {
+        let r = replay(first.scanned_to).await;
+        if !r.frames.is_empty() {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "hub 8's messages never came");
+        // The node's tail publishes them when the notification arrives; a replay is
+        // what a reconnecting doctor would do.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(cursors(&rest), (21..=30).collect::<Vec<_>>());
+    node.shutdown().await;
+}
