@@ -57,6 +57,9 @@ pub trait LogStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Cursor>, StoreError>> + Send;
     /// The next page of what a device missed.
     fn replay(&self, q: ReplayQuery) -> impl Future<Output = Result<Replay, StoreError>> + Send;
+    /// The cursor below `room`'s `keep` latest messages: those after it are exactly the
+    /// latest `keep` (0 when the room holds no more than `keep`). A new device's window.
+    fn room_floor(&self, room: RoomId, keep: u32) -> impl Future<Output = Result<Cursor, StoreError>> + Send;
     /// Messages of `room` before `before` (newest first within the page's limit).
     fn history(
         &self,

@@ -26,6 +26,10 @@ pub struct ReplayQuery {
     /// always returned). A device that stops reading holds one page in the hub's memory,
     /// so this, not `limit`, is what a few hundred stalled replays cost.
     pub max_bytes: usize,
+    /// A new device's window (docs/protocol.md, "What a new device gets"): each listed
+    /// room's messages only after its floor, the rooms not listed not at all. `None`: every
+    /// message of `rooms` after `after`. Receipts are not affected.
+    pub floors: Option<Arc<[(RoomId, Cursor)]>>,
 }
 
 /// One page of replay.

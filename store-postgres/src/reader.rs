@@ -129,9 +129,14 @@ impl PgStore {
     pub(crate) async fn replay(&self, q: ReplayQuery) -> Result<Replay, StoreError> {
         let (_permit, c) = self.reader(ReadLane::Devices).await?;
         let rooms: Vec<&str> = q.rooms.iter().map(RoomId::as_str).collect();
+        // With a new device's floors ($6 rooms, $7 floors) each room is read from its own
+        // floor; without, $6 and $7 are NULL and every room from `after`.
         let stmt = c
             .prepare_cached(&format!(
-                "SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages WHERE cursor > $1 AND cursor <= $5 AND room = ANY($4)
+                "SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages
+                   LEFT JOIN unnest($6::text[], $7::bigint[]) AS f(froom, ffloor) ON room = froom
+                  WHERE cursor > $1 AND cursor <= $5 AND room = ANY($4)
+                    AND ($6::text[] IS NULL OR (froom IS NOT NULL AND cursor > ffloor))
                  UNION ALL
                  SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state
                    FROM receipts WHERE cursor > $1 AND cursor <= $5 AND target = $2
@@ -143,8 +148,17 @@ impl PgStore {
         // import still committing below a later cursor would otherwise be passed over,
         // and the session's cursor would then be ahead of it when it is published live.
         let head = to_sql(*self.head_rx.borrow());
+        let (floor_rooms, floors): (Option<Vec<&str>>, Option<Vec<i64>>) = match q.floors.as_deref() {
+            Some(f) => {
+                (Some(f.iter().map(|(r, _)| r.as_str()).collect()), Some(f.iter().map(|(_, c)| to_sql(c.0)).collect()))
+            }
+            None => (None, None),
+        };
         let rows = c
-            .query(&stmt, &[&to_sql(q.after.0), &q.user.as_str(), &to_sql(q.limit as u64), &rooms, &head])
+            .query(
+                &stmt,
+                &[&to_sql(q.after.0), &q.user.as_str(), &to_sql(q.limit as u64), &rooms, &head, &floor_rooms, &floors],
+            )
             .await
             .map_err(db)?;
         let mut frames: Vec<(Cursor, String)> = Vec::new();
@@ -192,6 +206,17 @@ impl PgStore {
             .iter()
             .filter_map(|r| Some((RoomId::new(r.get::<_, String>(0)).ok()?, Cursor(from_sql(r.get(1))))))
             .collect())
+    }
+
+    /// The cursor below `room`'s `keep` latest messages.
+    pub(crate) async fn room_floor(&self, room: RoomId, keep: u32) -> Result<Cursor, StoreError> {
+        let (_permit, c) = self.reader(ReadLane::Devices).await?;
+        let stmt = c
+            .prepare_cached("SELECT cursor FROM messages WHERE room = $1 ORDER BY cursor DESC LIMIT 1 OFFSET $2")
+            .await
+            .map_err(db)?;
+        let rows = c.query(&stmt, &[&room.as_str(), &i64::from(keep)]).await.map_err(db)?;
+        Ok(Cursor(rows.first().map_or(0, |r| from_sql(r.get(0)))))
     }
 
     pub(crate) async fn message_cursor(&self, room: RoomId, id: MessageId) -> Result<Option<Cursor>, StoreError> {

@@ -76,6 +76,9 @@ impl LogStore for PgStore {
     fn replay(&self, q: ReplayQuery) -> impl Future<Output = Result<Replay, StoreError>> + Send {
         PgStore::replay(self, q)
     }
+    fn room_floor(&self, room: RoomId, keep: u32) -> impl Future<Output = Result<Cursor, StoreError>> + Send {
+        PgStore::room_floor(self, room, keep)
+    }
     fn history(
         &self,
         room: RoomId,

@@ -388,6 +388,7 @@ async fn a_device_replay_never_passes_an_import_still_committing() {
                     own_visible_until: Cursor(0),
                     limit: 1000,
                     max_bytes: 1 << 20,
+                    floors: None,
                 })
                 .await)
         }
@@ -412,5 +413,53 @@ async fn a_device_replay_never_passes_an_import_still_committing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(cursors(&rest), (21..=30).collect::<Vec<_>>());
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_devices_window_takes_each_rooms_latest_from_its_own_floor() {
+    let c = ok(TestCluster::start());
+    let url = fresh_db(&c);
+    let node = ok(PgStore::open(&url, opts(), Arc::new(Seen::default())).await);
+    let (quiet, busy) = (room("village"), room("clinic"));
+    let mut log: Vec<Entry> = (1..=5).map(|n| wire_message(1, n, &quiet)).collect();
+    log.extend((6..=305).map(|n| wire_message(1, n, &busy)));
+    ok(node.import("hub-1", log, Cursor(305)).await);
+    let floors: Vec<(RoomId, Cursor)> = vec![
+        (busy.clone(), ok(node.room_floor(busy.clone(), 200).await)),
+        (quiet.clone(), ok(node.room_floor(quiet.clone(), 200).await)),
+    ];
+    assert_eq!(floors[0].1, Cursor(105), "below the latest 200");
+    assert_eq!(floors[1].1, Cursor(0), "a room with fewer: all of it");
+    let floors: Arc<[(RoomId, Cursor)]> = Arc::from(floors);
+    let mut got = Vec::new();
+    let mut after = Cursor(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = ok(node
+            .replay(outpost_storage::ReplayQuery {
+                after,
+                rooms: Arc::from(vec![busy.clone(), quiet.clone()]),
+                user: ok(UserId::new("zawadi")),
+                own_device: ok(DeviceId::new("new-phone")),
+                own_visible_until: Cursor(0),
+                limit: 64,
+                max_bytes: usize::MAX,
+                floors: Some(floors.clone()),
+            })
+            .await);
+        got.extend(page.frames.iter().map(|(c, _)| c.0));
+        after = page.scanned_to;
+        if page.done && got.len() >= 205 {
+            break;
+        }
+        // Until the node has published the import, its replay stops below it.
+        assert!(tokio::time::Instant::now() < deadline, "replayed {got:?}");
+        if page.done {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let want: Vec<u64> = (1..=5).chain(106..=305).collect();
+    assert_eq!(got, want);
     node.shutdown().await;
 }

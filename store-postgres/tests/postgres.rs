@@ -249,6 +249,7 @@ async fn what_everyone_sees<S: LinkStore>(s: &S, r: &RoomId) -> Seen2 {
                 own_visible_until: Cursor(u64::MAX),
                 limit: 100,
                 max_bytes: 1 << 20,
+                floors: None,
             })
             .await);
         replay.extend(page.frames.iter().map(|(c, f)| (c.0, f.clone())));

@@ -490,6 +490,11 @@ impl Store {
         self.on_reader(ReadLane::Devices, move |r| r.read_marks(&user)).await
     }
 
+    /// The cursor below `room`'s `keep` latest messages.
+    pub async fn room_floor(&self, room: RoomId, keep: u32) -> Result<Cursor, StoreError> {
+        self.on_reader(ReadLane::Devices, move |r| r.room_floor(&room, keep)).await
+    }
+
     /// This store's cursor of message `id` in `room`.
     pub async fn message_cursor(&self, room: RoomId, id: MessageId) -> Result<Option<Cursor>, StoreError> {
         self.on_reader(ReadLane::Devices, move |r| r.message_cursor(&room, id)).await

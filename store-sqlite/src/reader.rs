@@ -88,25 +88,50 @@ impl Readers {
 
     pub fn replay(&self, q: &ReplayQuery) -> Result<Replay, StoreError> {
         self.with(|conn| {
-            // ?1 after, ?2 user, ?3 limit, then one parameter per room (?4, ?5, ...).
-            let rooms_list: Vec<String> = (0..q.rooms.len().max(1)).map(|i| format!("?{}", i + 4)).collect();
-            let rooms_list = rooms_list.join(",");
-            let sql = format!(
-                "SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages WHERE cursor > ?1 AND room IN ({rooms_list})
-                 UNION ALL
-                 SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state
-                   FROM receipts WHERE cursor > ?1 AND target = ?2
-                 ORDER BY 2 LIMIT ?3"
-            );
+            // ?1 after, ?2 user, ?3 limit, then one parameter per room (?4, ?5, ...), or
+            // with floors two per room (room, floor).
             let mut args: Vec<rusqlite::types::Value> = vec![
                 i64::try_from(q.after.0).unwrap_or(i64::MAX).into(),
                 q.user.as_str().to_owned().into(),
                 i64::try_from(q.limit).unwrap_or(i64::MAX).into(),
             ];
-            if q.rooms.is_empty() {
-                args.push(rusqlite::types::Value::Null);
-            }
-            args.extend(q.rooms.iter().map(|r| rusqlite::types::Value::from(r.as_str().to_owned())));
+            let messages = match q.floors.as_deref() {
+                // Each room's index from its own floor on (`messages_room`): a quiet room's
+                // old floor does not make the busy rooms' history be read.
+                Some(floors) if !floors.is_empty() => {
+                    let values: Vec<String> =
+                        (0..floors.len()).map(|i| format!("(?{}, ?{})", 2 * i + 4, 2 * i + 5)).collect();
+                    for (room, floor) in floors {
+                        args.push(room.as_str().to_owned().into());
+                        args.push(i64::try_from(floor.0).unwrap_or(i64::MAX).into());
+                    }
+                    format!(
+                        "SELECT 0, {MESSAGE_COLUMNS}, NULL FROM (VALUES {}) AS f JOIN messages
+                           ON room = f.column1 AND cursor > max(?1, f.column2)",
+                        values.join(",")
+                    )
+                }
+                // No room to read: receipts only.
+                Some(_) => format!("SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages WHERE 0"),
+                None => {
+                    let rooms_list: Vec<String> = (0..q.rooms.len().max(1)).map(|i| format!("?{}", i + 4)).collect();
+                    if q.rooms.is_empty() {
+                        args.push(rusqlite::types::Value::Null);
+                    }
+                    args.extend(q.rooms.iter().map(|r| rusqlite::types::Value::from(r.as_str().to_owned())));
+                    format!(
+                        "SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages WHERE cursor > ?1 AND room IN ({})",
+                        rooms_list.join(",")
+                    )
+                }
+            };
+            let sql = format!(
+                "{messages}
+                 UNION ALL
+                 SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state
+                   FROM receipts WHERE cursor > ?1 AND target = ?2
+                 ORDER BY 2 LIMIT ?3"
+            );
             let mut stmt = conn.prepare_cached(&sql)?;
             let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
             let mut frames: Vec<(Cursor, String)> = Vec::new();
@@ -182,6 +207,17 @@ impl Readers {
                 }
             }
             Ok(out)
+        })
+    }
+
+    /// The cursor below `room`'s `keep` latest messages (index only, `messages_room`).
+    pub fn room_floor(&self, room: &RoomId, keep: u32) -> Result<Cursor, StoreError> {
+        self.with(|conn| {
+            let c: Option<i64> = conn
+                .prepare_cached("SELECT cursor FROM messages WHERE room = ?1 ORDER BY cursor DESC LIMIT 1 OFFSET ?2")?
+                .query_row(rusqlite::params![room.as_str(), i64::from(keep)], |r| r.get(0))
+                .optional()?;
+            Ok(Cursor(c.map_or(0, |c| u64::try_from(c).unwrap_or(0))))
         })
     }
 

@@ -188,6 +188,7 @@ async fn replay_filters_rooms_and_the_devices_own_messages() {
         own_visible_until,
         limit: 10,
         max_bytes: usize::MAX,
+        floors: None,
     };
     let resume = ok(store.replay(q(Cursor(0))).await);
     assert_eq!(resume.frames.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![theirs.cursor]);
@@ -216,6 +217,7 @@ async fn a_replay_page_ends_at_its_byte_bound_and_the_next_page_goes_on() {
             own_visible_until: Cursor(0),
             limit: 100,
             max_bytes,
+            floors: None,
         };
         let store = store.clone();
         async move { ok(store.replay(q).await) }
@@ -405,6 +407,7 @@ async fn a_version_1_database_upgrades_and_keeps_its_data() {
         own_visible_until: Cursor(0),
         limit: 10,
         max_bytes: usize::MAX,
+        floors: None,
     };
     let replay = ok(store.replay(q).await);
     assert_eq!(replay.frames.len(), 2, "the old message and its receipt replay");
@@ -705,4 +708,49 @@ mod retention {
         assert!(store.append_wait(req("ward", Priority::Emergency, 900)).await.is_ok());
         store.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn a_new_devices_window_takes_each_rooms_latest_from_its_own_floor() {
+    // A quiet room's few old messages, then a busy room's many: the window is the busy
+    // room's latest and all of the quiet one, in cursor order, read page by page.
+    let dir = ok(tempfile::tempdir());
+    let store = ok(Store::open(&dir.path().join("w.db"), opts(), Arc::new(Collect::default())));
+    let mut quiet = Vec::new();
+    for seq in 1..=5 {
+        quiet.push(ok(store.append_wait(req("village", Priority::Normal, seq)).await).cursor);
+    }
+    let mut busy = Vec::new();
+    for seq in 6..=305 {
+        busy.push(ok(store.append_wait(req("clinic", Priority::Normal, seq)).await).cursor);
+    }
+    let floors: Vec<(RoomId, Cursor)> = vec![
+        (id("clinic"), ok(store.room_floor(id("clinic"), 200).await)),
+        (id("village"), ok(store.room_floor(id("village"), 200).await)),
+    ];
+    assert_eq!(floors[0].1, busy[99], "below the latest 200");
+    assert_eq!(floors[1].1, Cursor(0), "a room with fewer: all of it");
+    let floors: Arc<[(RoomId, Cursor)]> = Arc::from(floors);
+    let mut got = Vec::new();
+    let mut after = Cursor(0);
+    loop {
+        let q = ReplayQuery {
+            after,
+            rooms: Arc::from(vec![id("clinic"), id("village")]),
+            user: ok(UserId::new("zawadi")),
+            own_device: ok(DeviceId::new("new-phone")),
+            own_visible_until: Cursor(0),
+            limit: 64,
+            max_bytes: usize::MAX,
+            floors: Some(floors.clone()),
+        };
+        let page = ok(store.replay(q).await);
+        got.extend(page.frames.iter().map(|(c, _)| *c));
+        after = page.scanned_to;
+        if page.done {
+            break;
+        }
+    }
+    let want: Vec<Cursor> = quiet.iter().chain(&busy[100..]).copied().collect();
+    assert_eq!(got, want);
 }

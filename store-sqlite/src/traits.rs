@@ -68,6 +68,9 @@ impl LogStore for Store {
     fn replay(&self, q: ReplayQuery) -> impl Future<Output = Result<Replay, StoreError>> + Send {
         Store::replay(self, q)
     }
+    fn room_floor(&self, room: RoomId, keep: u32) -> impl Future<Output = Result<Cursor, StoreError>> + Send {
+        Store::room_floor(self, room, keep)
+    }
     fn history(
         &self,
         room: RoomId,

@@ -149,7 +149,8 @@ async fn postgres_restarted_during_a_drain_loses_and_doubles_nothing() -> anyhow
     let node_b = cloud.start("127.0.0.1:0").await?;
     let token = cloud.token("dr-neema", "doctor", &["clinic"], "1h")?;
     let mut dr = Device::connect(&node_b.ws_url()).await?;
-    dr.hello(&token, "neema-laptop", None, None).await?;
+    // From cursor 0: every message of the drain (no cursor would give the latest window).
+    dr.hello(&token, "neema-laptop", Some(0), None).await?;
     let mut got = dr.messages(500).await?;
 
     pg.stop_immediately().map_err(anyhow::Error::msg)?;

@@ -19,7 +19,10 @@ use serde_json::Value;
 async fn connect(cloud: &Cloud, url: &str, user: &str, role: &str, device: &str) -> anyhow::Result<Device> {
     let tok = cloud.token(user, role, &["clinic"], "1h")?;
     let mut d = Device::connect(url).await?;
-    d.hello(&tok, device, None, None).await?;
+    // Doctors read the whole log (cursor 0: an exact resume from the start), to count
+    // every message; a sign-in with no cursor gets each room's latest window only.
+    let cursor = (role == "doctor").then_some(0);
+    d.hello(&tok, device, cursor, None).await?;
     Ok(d)
 }
 

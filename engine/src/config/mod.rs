@@ -409,6 +409,14 @@ pub struct LimitsConfig {
     /// sees its latest conversation at once instead of after the whole history. 0: the
     /// history goes oldest first only.
     pub rebuild_recent_per_room: usize,
+    /// What a new device (`hello` with no cursor) is sent of each of its rooms: the latest
+    /// this many messages, then live traffic; older ones come with `history` when asked
+    /// (docs/protocol.md, "What a new device gets"). 0: every message the room ever had.
+    /// A phone signing in to a room of a year's traffic gets a screenful, not the year.
+    pub signin_recent_per_room: u32,
+    /// How far back a new device's window reaches for what its user has not read yet
+    /// (after their read mark in the room, from any device), in messages per room.
+    pub signin_unread_per_room: u32,
 }
 
 impl Default for LimitsConfig {
@@ -432,6 +440,8 @@ impl Default for LimitsConfig {
             presence_per_sec: 2,
             max_receipts_per_ack: 1000,
             rebuild_recent_per_room: 200,
+            signin_recent_per_room: 200,
+            signin_unread_per_room: 1000,
         }
     }
 }

@@ -204,6 +204,8 @@ struct Session<S: Storage> {
     unflushed: usize,
     /// The log replay in progress, if any (boxed: a caught-up phone pays one pointer).
     replay: Option<Box<Replaying>>,
+    /// A new device's window for its first replay: each room from its floor (None: all).
+    floors: Option<Arc<[(RoomId, Cursor)]>>,
     /// Set while a device's frame is handled during a replay: what the session writes in
     /// answer is held until the replay ends.
     holding: bool,
@@ -313,6 +315,7 @@ impl<S: Storage> Session<S> {
             last_heard: now,
             unflushed: 0,
             replay: Some(Box::default()),
+            floors: None,
             holding: false,
             renewal,
             peer,
@@ -335,17 +338,20 @@ impl<S: Storage> Session<S> {
             s.feed(Utf8Bytes::from(ServerFrame::Resync(Resync { epoch, cursor: head }).encode())).await.ok();
         }
         // How far this person has read each room, on whichever device.
-        match s.hub.store.read_marks(s.claims.sub.clone()).await {
-            Ok(marks) => {
-                let rooms = s.rooms.clone();
-                for (room, cursor) in marks.into_iter().filter(|(r, _)| rooms.contains(r)) {
-                    let f = ServerFrame::ReadMark(outpost_shared::frames::ReadMark { room, cursor });
-                    s.feed(Utf8Bytes::from(f.encode())).await.ok();
-                }
-            }
+        let marks = match s.hub.store.read_marks(s.claims.sub.clone()).await {
+            Ok(marks) => marks.into_iter().filter(|(r, _)| s.rooms.contains(r)).collect(),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the user's read marks; unread counts start from this device's own")
+                tracing::warn!(error = %e, "cannot read the user's read marks; unread counts start from this device's own");
+                Vec::new()
             }
+        };
+        for (room, cursor) in &marks {
+            let f = ServerFrame::ReadMark(outpost_shared::frames::ReadMark { room: room.clone(), cursor: *cursor });
+            s.feed(Utf8Bytes::from(f.encode())).await.ok();
+        }
+        // A new device gets a window of each room, not its whole history.
+        if hello.cursor.is_none() && !resync {
+            s.floors = window(&s.hub, &s.rooms, &marks).await;
         }
         if came_online {
             let frame = presence(&s.claims, PresenceStatus::Online, None);
@@ -501,6 +507,7 @@ impl<S: Storage> Session<S> {
         if r.done {
             let held = std::mem::take(&mut r.held);
             self.replay = None;
+            self.floors = None;
             self.delivery.caught_up();
             return Some(held);
         }
@@ -512,6 +519,7 @@ impl<S: Storage> Session<S> {
             own_visible_until: self.own_visible_until,
             limit: REPLAY_PAGE,
             max_bytes: self.hub.config.limits.replay_page_bytes,
+            floors: self.floors.clone(),
         };
         let store = self.hub.store.clone();
         r.page = Some(Box::pin(async move { store.replay(q).await }));
@@ -612,6 +620,40 @@ impl<S: Storage> Session<S> {
             }
         }
     }
+}
+
+/// A new device's window: for each room, the floor below its latest
+/// `limits.signin_recent_per_room` messages, reaching further back to the user's read mark
+/// (what they have not read yet) by at most `limits.signin_unread_per_room`. `None`
+/// (every message) when the window is off or the store cannot say.
+async fn window<S: Storage>(
+    hub: &Hub<S>,
+    rooms: &[RoomId],
+    marks: &[(RoomId, Cursor)],
+) -> Option<Arc<[(RoomId, Cursor)]>> {
+    let limits = &hub.config.limits;
+    if limits.signin_recent_per_room == 0 || rooms.is_empty() {
+        return None;
+    }
+    let mut floors = Vec::with_capacity(rooms.len());
+    for room in rooms {
+        let recent = hub.store.room_floor(room.clone(), limits.signin_recent_per_room).await;
+        let floor = match (recent, marks.iter().find(|(r, _)| r == room)) {
+            (Err(e), _) => {
+                tracing::warn!(error = %e, "cannot find a room's window; sending the whole room");
+                return None;
+            }
+            (Ok(recent), Some((_, mark))) if *mark < recent => {
+                match hub.store.room_floor(room.clone(), limits.signin_unread_per_room).await {
+                    Ok(reach) => recent.min((*mark).max(reach)),
+                    Err(_) => recent,
+                }
+            }
+            (Ok(recent), _) => recent,
+        };
+        floors.push((room.clone(), floor));
+    }
+    Some(Arc::from(floors))
 }
 
 /// Adds `"ahead":true` to an encoded frame (`{"v":1,...}`).
