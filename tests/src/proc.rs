@@ -119,6 +119,34 @@ impl Cloud {
         Ok(d)
     }
 
+    /// A device of `user` with `role` in the room `clinic`, signed in at `url`. Doctors
+    /// read the whole log (cursor 0: an exact resume from the start), as tests that count
+    /// every message of a drain need; others sign in as a new device (each room's latest
+    /// window only, docs/protocol.md).
+    pub async fn clinic_device(
+        &self,
+        url: &str,
+        user: &str,
+        role: &str,
+        device: &str,
+    ) -> anyhow::Result<crate::Device> {
+        let tok = self.token(user, role, &["clinic"], "1h")?;
+        let mut d = crate::Device::connect(url).await?;
+        let cursor = (role == "doctor").then_some(0);
+        d.hello(&tok, device, cursor, None).await?;
+        Ok(d)
+    }
+
+    /// How many messages this cloud's SQLite database holds (read beside the running
+    /// cloud, or after it died: what it holds durably).
+    pub fn messages_held(&self) -> anyhow::Result<usize> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let db = rusqlite::Connection::open_with_flags(self.db(), flags)?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        let n: i64 = db.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?;
+        Ok(usize::try_from(n)?)
+    }
+
     /// `user`'s phone, signed in at `url` with a worker's token for `rooms`.
     pub async fn worker(&self, url: &str, user: &str, rooms: &[&str]) -> anyhow::Result<crate::Device> {
         let tok = self.token(user, "worker", rooms, "1h")?;

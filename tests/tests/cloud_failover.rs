@@ -65,16 +65,6 @@ async fn connected_to(base: &str, addr: &str, since: Instant, limit: Duration) -
     }
 }
 
-async fn connect(cloud: &Cloud, url: &str, user: &str, role: &str, device: &str) -> anyhow::Result<Device> {
-    let tok = cloud.token(user, role, &["clinic"], "1h")?;
-    let mut d = Device::connect(url).await?;
-    // Doctors read the whole log (cursor 0: an exact resume from the start), to count
-    // every message; a sign-in with no cursor gets each room's latest window only.
-    let cursor = (role == "doctor").then_some(0);
-    d.hello(&tok, device, cursor, None).await?;
-    Ok(d)
-}
-
 /// A worker who keeps sending on the hub, whatever the uplink does.
 struct Sender {
     stop: oneshot::Sender<()>,
@@ -121,7 +111,7 @@ impl Sender {
 /// A fresh doctor's device on the cloud at `url` replays the room: every id in `want`
 /// must be there exactly once, and nothing else may follow.
 async fn exactly_once_at(cloud: &Cloud, url: &str, device: &str, want: &HashSet<String>) -> anyhow::Result<()> {
-    let mut dr = connect(cloud, url, "dr-neema", "doctor", device).await?;
+    let mut dr = cloud.clinic_device(url, "dr-neema", "doctor", device).await?;
     let mut seen = HashSet::new();
     while !want.is_subset(&seen) {
         let f = dr.expect("message").await.map_err(|e| {
@@ -148,8 +138,8 @@ async fn a_hub_fails_over_to_the_next_node_within_10_s_and_back_to_the_first() -
     assert_eq!(s["uplink"]["clouds"], serde_json::json!([a, b]), "both addresses from the bundle, in order");
 
     // Messages flow through the first node.
-    let mut amina = connect(&cloud, &relay.ws_url(), "amina", "worker", "amina-phone").await?;
-    let mut dr = connect(&cloud, &node.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    let mut amina = cloud.clinic_device(&relay.ws_url(), "amina", "worker", "amina-phone").await?;
+    let mut dr = cloud.clinic_device(&node.ws_url(), "dr-neema", "doctor", "laptop").await?;
     let mut sent = HashSet::new();
     for i in 0..5 {
         let m = amina.send_stored(chat("clinic", &format!("before {i}"))).await?;
@@ -220,7 +210,7 @@ async fn a_hub_on_another_address_moves_back_to_the_first_once_it_answers() -> a
     eprintln!("with the first address down, the hub was on the second after {took:?}");
     let downs = relay_dir.log().matches("uplink down").count();
 
-    let amina = connect(&cloud, &relay.ws_url(), "amina", "worker", "amina-phone").await?;
+    let amina = cloud.clinic_device(&relay.ws_url(), "amina", "worker", "amina-phone").await?;
     let sender = Sender::start(amina, "while moving back");
     let restored = Instant::now();
     first.restore();

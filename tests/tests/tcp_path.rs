@@ -16,16 +16,6 @@ use outpost_tests::proxy::ConnectProxy;
 use outpost_tests::{Cloud, Device, free_udp_addr};
 use serde_json::Value;
 
-async fn connect(cloud: &Cloud, url: &str, user: &str, role: &str, device: &str) -> anyhow::Result<Device> {
-    let tok = cloud.token(user, role, &["clinic"], "1h")?;
-    let mut d = Device::connect(url).await?;
-    // Doctors read the whole log (cursor 0: an exact resume from the start), to count
-    // every message; a sign-in with no cursor gets each room's latest window only.
-    let cursor = (role == "doctor").then_some(0);
-    d.hello(&tok, device, cursor, None).await?;
-    Ok(d)
-}
-
 /// `senders × per_sender` messages stored on the hub (acked); their ids in sending order
 /// per sender.
 async fn fill(cloud: &Cloud, relay: &Relay, senders: usize, per_sender: usize) -> anyhow::Result<Vec<Vec<String>>> {
@@ -44,7 +34,7 @@ async fn fill_padded(
     let mut all = Vec::new();
     for s in 0..senders {
         let user = format!("worker{s}");
-        let mut d = connect(cloud, &relay.ws_url(), &user, "worker", &format!("{user}-phone")).await?;
+        let mut d = cloud.clinic_device(&relay.ws_url(), &user, "worker", &format!("{user}-phone")).await?;
         let mut ids = Vec::new();
         for n in 0..per_sender {
             let noise: String = (0..pad).map(|_| char::from(b'a' + rng.below(26) as u8)).collect();
@@ -138,7 +128,7 @@ async fn with_udp_dropped_2000_messages_cross_over_tcp_once_in_order_and_the_lin
     let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &emu.addr().to_string())?;
     let env = env_with(&[]);
     let mut relay = relay_dir.start(&as_refs(&env)).await?;
-    let mut dr = connect(&cloud, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    let mut dr = cloud.clinic_device(&cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
 
     let started = tokio::time::Instant::now();
     let status = uplink(&relay, |u| u["connected"] == true).await?;
@@ -148,7 +138,7 @@ async fn with_udp_dropped_2000_messages_cross_over_tcp_once_in_order_and_the_lin
 
     let senders = fill_padded(&cloud, &relay, 4, 500, 600).await?;
     // An emergency raised while that backlog (~1.3 MB) crosses goes ahead of it.
-    let mut w = connect(&cloud, &relay.ws_url(), "amina", "worker", "amina-phone").await?;
+    let mut w = cloud.clinic_device(&relay.ws_url(), "amina", "worker", "amina-phone").await?;
     let mut alert = chat("clinic", "child not breathing");
     alert["kind"] = serde_json::json!("alert");
     alert["priority"] = serde_json::json!("emergency");
@@ -174,23 +164,14 @@ async fn with_udp_dropped_2000_messages_cross_over_tcp_once_in_order_and_the_lin
     Ok(())
 }
 
-/// How many messages the cloud's database holds (read beside the running cloud).
-fn cloud_holds(cloud: &Cloud) -> anyhow::Result<usize> {
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let db = rusqlite::Connection::open_with_flags(cloud.db(), flags)?;
-    db.busy_timeout(Duration::from_secs(5))?;
-    let n: i64 = db.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?;
-    Ok(usize::try_from(n)?)
-}
-
 /// Waits until the cloud holds at least `mark` messages.
 async fn until_cloud_holds(cloud: &Cloud, mark: usize) -> anyhow::Result<()> {
     let start = tokio::time::Instant::now();
-    while cloud_holds(cloud)? < mark {
+    while cloud.messages_held()? < mark {
         anyhow::ensure!(
             start.elapsed() < Duration::from_secs(90),
             "the drain stalled below {mark}: {}",
-            cloud_holds(cloud)?
+            cloud.messages_held()?
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -217,19 +198,19 @@ async fn a_kill_9_of_hub_and_cloud_during_a_drain_over_tcp_loses_and_repeats_not
     let mut cloud_proc = cloud.start(&quic).await?;
     until_cloud_holds(&cloud, total / 4).await?;
     relay.kill9().await?;
-    let held = cloud_holds(&cloud)?;
+    let held = cloud.messages_held()?;
     assert!(held < total, "the hub was killed inside the drain: {held} of {total}");
     relay = relay_dir.start(&as_refs(&env)).await?;
     until_cloud_holds(&cloud, held + total / 4).await?;
     cloud_proc.kill9().await?;
-    let held = cloud_holds(&cloud)?;
+    let held = cloud.messages_held()?;
     assert!(held < total, "the cloud was killed inside the drain: {held} of {total}");
     let cloud_proc = cloud.start(&quic).await?;
     let status = uplink(&relay, |u| u["connected"] == true).await?;
     assert_eq!(status["transport"], "tcp");
-    let mut dr = connect(&cloud, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    let mut dr = cloud.clinic_device(&cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
     collect_in_order(&mut dr, &senders).await?;
-    assert_eq!(cloud_holds(&cloud)?, total, "each message stored once");
+    assert_eq!(cloud.messages_held()?, total, "each message stored once");
     relay.terminate().await?;
     Ok(())
 }
@@ -248,7 +229,7 @@ async fn through_an_http_proxy_with_credentials_the_link_gets_out() -> anyhow::R
     let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &emu.addr().to_string())?;
     let env = env_with(&[("OUTPOST_UPLINK__PROXY", proxy.url(Some("hub:s3cret")))]);
     let relay = relay_dir.start(&as_refs(&env)).await?;
-    let mut dr = connect(&cloud, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    let mut dr = cloud.clinic_device(&cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
 
     let status = uplink(&relay, |u| u["connected"] == true).await?;
     assert_eq!(status["transport"], "tcp");

@@ -17,16 +17,6 @@ const FAST_RETRY: &[(&str, &str)] = &[("OUTPOST_UPLINK__RETRY_MAX_SECS", "2")];
 
 use serde_json::json;
 
-async fn connect(cloud: &Cloud, url: &str, user: &str, role: &str, device: &str) -> anyhow::Result<Device> {
-    let tok = cloud.token(user, role, &["clinic"], "1h")?;
-    let mut d = Device::connect(url).await?;
-    // Doctors read the whole log (cursor 0: an exact resume from the start), to count
-    // every message; a sign-in with no cursor gets each room's latest window only.
-    let cursor = (role == "doctor").then_some(0);
-    d.hello(&tok, device, cursor, None).await?;
-    Ok(d)
-}
-
 /// Fills the hub with `senders × per_sender` messages; returns their ids.
 async fn fill(
     cloud: &Cloud,
@@ -39,7 +29,7 @@ async fn fill(
     let mut all = Vec::new();
     for s in 0..senders {
         let user = format!("worker{s}");
-        let mut d = connect(cloud, relay_url, &user, "worker", &format!("{user}-phone")).await?;
+        let mut d = cloud.clinic_device(relay_url, &user, "worker", &format!("{user}-phone")).await?;
         let mut ids = Vec::new();
         for n in 0..per_sender {
             // Random text: the compressor cannot make the backlog small.
@@ -52,16 +42,6 @@ async fn fill(
         all.extend(ids);
     }
     Ok(all)
-}
-
-/// How many messages the cloud's database holds (read beside the running cloud, or
-/// after it died: what it holds durably).
-fn cloud_holds(cloud: &Cloud) -> anyhow::Result<usize> {
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let db = rusqlite::Connection::open_with_flags(cloud.db(), flags)?;
-    db.busy_timeout(Duration::from_secs(5))?;
-    let n: i64 = db.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?;
-    Ok(usize::try_from(n)?)
 }
 
 /// Reads `message` frames until every id in `want` was seen; fails on a duplicate.
@@ -94,11 +74,11 @@ async fn kill_9_of_relay_and_cloud_during_a_drain_over_edge_loses_and_duplicates
     for fault in 1..=6 {
         let mark = total * fault / 10;
         let start = tokio::time::Instant::now();
-        while cloud_holds(&cloud)? < mark {
+        while cloud.messages_held()? < mark {
             anyhow::ensure!(
                 start.elapsed() < Duration::from_secs(60),
                 "the drain stalled below {mark} of {total} before fault {fault}: {}",
-                cloud_holds(&cloud)?
+                cloud.messages_held()?
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -111,7 +91,7 @@ async fn kill_9_of_relay_and_cloud_during_a_drain_over_edge_loses_and_duplicates
         };
         // Read after the kill: the count never falls, so below the total now means the
         // drain was unfinished when the process died.
-        let held = cloud_holds(&cloud)?;
+        let held = cloud.messages_held()?;
         eprintln!("fault {fault}: kill -9 of the {which} with {held} of {total} at the cloud");
         assert!(held >= mark && held < total, "fault {fault} ({which}) inside the drain: {held} of {total}");
         if which == "hub" {
@@ -120,7 +100,7 @@ async fn kill_9_of_relay_and_cloud_during_a_drain_over_edge_loses_and_duplicates
             cloud_proc = cloud.start(&quic).await?;
         }
     }
-    let mut dr = connect(&cloud, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    let mut dr = cloud.clinic_device(&cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
     if let Err(e) = collect_all(&mut dr, &ids).await {
         eprintln!("--- cloud log\n{}\n--- relay log\n{}", cloud.log(), relay_dir.log());
         return Err(e);
@@ -137,14 +117,14 @@ async fn a_cut_edge_link_resumes_and_delivers_everything_once() -> anyhow::Resul
     let emu = LinkEmu::start(cloud_proc.quic_addr().parse()?, Preset::EDGE).await?;
     let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &cloud_proc.quic_addr())?;
     let relay = relay_dir.start_via(&emu.addr().to_string(), FAST_RETRY).await?;
-    let mut dr = connect(&cloud, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    let mut dr = cloud.clinic_device(&cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
     let ids: HashSet<String> = fill(&cloud, &relay.ws_url(), 3, 1000, 16).await?.into_iter().collect();
     // Let the drain start, then cut the link for a few seconds mid-way.
     dr.expect("message").await?;
     emu.cut();
     tokio::time::sleep(Duration::from_secs(4)).await;
     emu.restore();
-    let mut again = connect(&cloud, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop-2").await?;
+    let mut again = cloud.clinic_device(&cloud_proc.ws_url(), "dr-neema", "doctor", "laptop-2").await?;
     collect_all(&mut again, &ids).await?;
     again.no_frame_of("message", Duration::from_millis(500)).await?;
     assert!(emu.up.dropped.load(std::sync::atomic::Ordering::Relaxed) > 0, "the cut dropped traffic");
@@ -161,10 +141,10 @@ async fn an_emergency_overtakes_a_large_drain_over_3g() -> anyhow::Result<()> {
     let relay = relay_dir.start_via(&emu.addr().to_string(), FAST_RETRY).await?;
     // About 1.2 MB of incompressible backlog: some 12 s of 3G uplink.
     let backlog: HashSet<String> = fill(&cloud, &relay.ws_url(), 2, 1000, 600).await?.into_iter().collect();
-    let mut sender = connect(&cloud, &relay.ws_url(), "amina", "worker", "amina-phone").await?;
+    let mut sender = cloud.clinic_device(&relay.ws_url(), "amina", "worker", "amina-phone").await?;
 
     let cloud_proc = cloud.start(&quic).await?;
-    let mut dr = connect(&cloud, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    let mut dr = cloud.clinic_device(&cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
     // The drain is under way once the first backlog message arrives.
     dr.expect("message").await?;
     let mut alert = chat("clinic", "postpartum haemorrhage, house 12");
@@ -209,9 +189,9 @@ async fn a_relay_enrolled_by_another_cloud_is_refused() -> anyhow::Result<()> {
     // Even trusting our CA (so only our check can stop it), its certificate is foreign.
     std::fs::copy(ours.dir.join("keys/relay-ca.crt"), intruder.dir.join("identity/ca.crt"))?;
     let relay = intruder.start(FAST_RETRY).await?;
-    let mut w = connect(&theirs, &relay.ws_url(), "mallory", "worker", "m-phone").await?;
+    let mut w = theirs.clinic_device(&relay.ws_url(), "mallory", "worker", "m-phone").await?;
     w.send_stored(chat("clinic", "let me in")).await?;
-    let mut dr = connect(&ours, &cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    let mut dr = ours.clinic_device(&cloud_proc.ws_url(), "dr-neema", "doctor", "laptop").await?;
     // Wait for the relay to have tried (and failed) at least twice.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while intruder.log().matches("uplink down").count() < 2 {
