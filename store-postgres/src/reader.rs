@@ -129,38 +129,46 @@ impl PgStore {
     pub(crate) async fn replay(&self, q: ReplayQuery) -> Result<Replay, StoreError> {
         let (_permit, c) = self.reader(ReadLane::Devices).await?;
         let rooms: Vec<&str> = q.rooms.iter().map(RoomId::as_str).collect();
-        // With a new device's floors ($6 rooms, $7 floors) each room is read from its own
-        // floor; without, $6 and $7 are NULL and every room from `after`.
-        let stmt = c
-            .prepare_cached(&format!(
-                "SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages
-                   LEFT JOIN unnest($6::text[], $7::bigint[]) AS f(froom, ffloor) ON room = froom
-                  WHERE cursor > $1 AND cursor <= $5 AND room = ANY($4)
-                    AND ($6::text[] IS NULL OR (froom IS NOT NULL AND cursor > ffloor))
-                 UNION ALL
-                 SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state
-                   FROM receipts WHERE cursor > $1 AND cursor <= $5 AND target = $2
-                 ORDER BY 2 LIMIT $3"
-            ))
-            .await
-            .map_err(db)?;
         // Nothing past what this node published (itself below the stable head): an
         // import still committing below a later cursor would otherwise be passed over,
         // and the session's cursor would then be ahead of it when it is published live.
         let head = to_sql(*self.head_rx.borrow());
-        let (floor_rooms, floors): (Option<Vec<&str>>, Option<Vec<i64>>) = match q.floors.as_deref() {
-            Some(f) => {
-                (Some(f.iter().map(|(r, _)| r.as_str()).collect()), Some(f.iter().map(|(_, c)| to_sql(c.0)).collect()))
+        let (after, user, limit) = (to_sql(q.after.0), q.user.as_str(), to_sql(q.limit as u64));
+        const RECEIPTS: &str =
+            "SELECT 1, cursor, msg_id, room, NULL, NULL, NULL, NULL, NULL, by_user, NULL, NULL, at, state
+                   FROM receipts WHERE cursor > $1 AND cursor <= $4 AND target = $2";
+        let rows = match q.floors.as_deref() {
+            // A new device's window: each room read on its own index from its own floor,
+            // at most a page each, then merged ($5 rooms, $6 floors).
+            Some(floors) => {
+                let stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT 0, m.*, NULL FROM unnest($5::text[], $6::bigint[]) AS f(froom, ffloor)
+                           CROSS JOIN LATERAL (SELECT {MESSAGE_COLUMNS} FROM messages
+                                WHERE room = f.froom AND cursor > greatest($1, f.ffloor) AND cursor <= $4
+                                ORDER BY cursor LIMIT $3) m
+                         UNION ALL {RECEIPTS}
+                         ORDER BY 2 LIMIT $3"
+                    ))
+                    .await
+                    .map_err(db)?;
+                let rooms: Vec<&str> = floors.iter().map(|(r, _)| r.as_str()).collect();
+                let floors: Vec<i64> = floors.iter().map(|(_, c)| to_sql(c.0)).collect();
+                c.query(&stmt, &[&after, &user, &limit, &head, &rooms, &floors]).await.map_err(db)?
             }
-            None => (None, None),
+            None => {
+                let stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages
+                          WHERE cursor > $1 AND cursor <= $4 AND room = ANY($5)
+                         UNION ALL {RECEIPTS}
+                         ORDER BY 2 LIMIT $3"
+                    ))
+                    .await
+                    .map_err(db)?;
+                c.query(&stmt, &[&after, &user, &limit, &head, &rooms]).await.map_err(db)?
+            }
         };
-        let rows = c
-            .query(
-                &stmt,
-                &[&to_sql(q.after.0), &q.user.as_str(), &to_sql(q.limit as u64), &rooms, &head, &floor_rooms, &floors],
-            )
-            .await
-            .map_err(db)?;
         let mut frames: Vec<(Cursor, String)> = Vec::new();
         let mut scanned_to = q.after;
         let mut count = 0usize;

@@ -96,20 +96,21 @@ impl Readers {
                 i64::try_from(q.limit).unwrap_or(i64::MAX).into(),
             ];
             let messages = match q.floors.as_deref() {
-                // Each room's index from its own floor on (`messages_room`): a quiet room's
-                // old floor does not make the busy rooms' history be read.
+                // Each room on its own index (`messages_room`) from its own floor, at most
+                // a page each: a quiet room's old floor does not make the busy rooms'
+                // history be read.
                 Some(floors) if !floors.is_empty() => {
-                    let values: Vec<String> =
-                        (0..floors.len()).map(|i| format!("(?{}, ?{})", 2 * i + 4, 2 * i + 5)).collect();
-                    for (room, floor) in floors {
+                    let mut parts = Vec::with_capacity(floors.len());
+                    for (i, (room, floor)) in floors.iter().enumerate() {
+                        let (r, f) = (2 * i + 4, 2 * i + 5);
+                        parts.push(format!(
+                            "SELECT * FROM (SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages
+                               WHERE room = ?{r} AND cursor > max(?1, ?{f}) ORDER BY cursor LIMIT ?3)"
+                        ));
                         args.push(room.as_str().to_owned().into());
                         args.push(i64::try_from(floor.0).unwrap_or(i64::MAX).into());
                     }
-                    format!(
-                        "SELECT 0, {MESSAGE_COLUMNS}, NULL FROM (VALUES {}) AS f JOIN messages
-                           ON room = f.column1 AND cursor > max(?1, f.column2)",
-                        values.join(",")
-                    )
+                    parts.join("\n UNION ALL ")
                 }
                 // No room to read: receipts only.
                 Some(_) => format!("SELECT 0, {MESSAGE_COLUMNS}, NULL FROM messages WHERE 0"),
