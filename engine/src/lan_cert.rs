@@ -240,7 +240,12 @@ impl LanCert {
         }
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| LanCertError::Key(e.to_string()))?;
-        let params = rcgen::CertificateParams::new(vec![name.clone()]).map_err(|e| LanCertError::Key(e.to_string()))?;
+        let mut params =
+            rcgen::CertificateParams::new(vec![name.clone()]).map_err(|e| LanCertError::Key(e.to_string()))?;
+        // The subject names the hub, not rcgen's placeholder: a public CA checks that every
+        // name in the request (the common name too) is one it was asked to certify.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name.clone());
         let csr = params.serialize_request(&key).map_err(|e| LanCertError::Key(e.to_string()))?.der().to_vec();
         s.pending = Some(Pending { name, key, csr: csr.clone() });
         s.next_try = now.saturating_add(self.retry_secs);
@@ -506,7 +511,18 @@ mod tests {
         l.set_name("Village-7.hubs.example.org.").unwrap_or_else(|e| panic!("{e}"));
         let conf = std::fs::read_to_string(tmp.path().join("dnsmasq.conf")).unwrap_or_default();
         assert!(conf.contains("interface-name=village-7.hubs.example.org,wlan0\n"), "{conf}");
-        assert!(l.request_if_due(NOW).unwrap_or_else(|e| panic!("{e}")).is_some_and(|csr| !csr.is_empty()));
+        let csr = l.request_if_due(NOW).unwrap_or_else(|e| panic!("{e}")).unwrap_or_default();
+        // The request names the hub and nothing else, subject included (a public CA refuses
+        // a name it was not asked for).
+        let (_, req) = <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<_>>::from_der(&csr)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cn: Vec<String> = req
+            .certification_request_info
+            .subject
+            .iter_common_name()
+            .filter_map(|c| c.as_str().ok().map(str::to_owned))
+            .collect();
+        assert_eq!(cn, vec!["village-7.hubs.example.org".to_owned()]);
         assert!(l.request_if_due(NOW + 1).ok().flatten().is_none(), "one request at a time");
         let (chain, start) = sign(&l, &["village-7.hubs.example.org"], 90);
         assert_eq!(start + DAY, NOW);
