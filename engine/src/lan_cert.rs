@@ -252,9 +252,14 @@ impl LanCert {
         Ok(Some(csr))
     }
 
-    /// The request still waiting for its answer, if any.
-    pub fn pending_csr(&self) -> Option<Vec<u8>> {
-        self.lock().pending.as_ref().map(|p| p.csr.clone())
+    /// The request still waiting for its answer, if any, to be sent again at `now` (on a
+    /// new link): it waits `retry_secs` again before a new request replaces it, so the
+    /// answer to it still finds its key.
+    pub fn resend_pending(&self, now: u64) -> Option<Vec<u8>> {
+        let mut s = self.lock();
+        let csr = s.pending.as_ref().map(|p| p.csr.clone())?;
+        s.next_try = now.saturating_add(self.retry_secs);
+        Some(csr)
     }
 
     fn due(&self, s: &State, name: &str, now: u64) -> bool {
@@ -524,6 +529,10 @@ mod tests {
             .collect();
         assert_eq!(cn, vec!["village-7.hubs.example.org".to_owned()]);
         assert!(l.request_if_due(NOW + 1).ok().flatten().is_none(), "one request at a time");
+        // A new link hours later sends the same request again; it is not replaced by a new
+        // one (whose key the answer to the first would not fit).
+        assert_eq!(l.resend_pending(NOW + 7200), Some(csr.clone()));
+        assert!(l.request_if_due(NOW + 7201).ok().flatten().is_none());
         let (chain, start) = sign(&l, &["village-7.hubs.example.org"], 90);
         assert_eq!(start + DAY, NOW);
         l.install(&chain, NOW).unwrap_or_else(|e| panic!("{e}"));

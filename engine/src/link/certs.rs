@@ -164,7 +164,7 @@ impl Certs {
 /// is due (no certificate for the name, renewal time, retry after a refusal).
 pub(super) async fn ask(lan: Arc<LanCert>, ctl: mpsc::Sender<Control>) -> LinkError {
     let mut changed = lan.subscribe();
-    if let Some(csr) = lan.pending_csr()
+    if let Some(csr) = lan.resend_pending(now_secs())
         && ctl.send(Control::CertRequest { csr }).await.is_err()
     {
         return LinkError::Shutdown;
