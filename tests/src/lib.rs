@@ -65,6 +65,15 @@ impl World {
         d
     }
 
+    /// A device of `user` that reads the whole log (cursor 0: an exact resume from the
+    /// start), as an auditor counting every message does; `device` sends nothing.
+    pub async fn reader(&self, user: &str, device: &str, rooms: &[&str]) -> Device {
+        let tok = self.token(user, "worker", rooms);
+        let mut d = Device::connect(&self.relay.ws_url()).await.unwrap_or_else(|e| panic!("connect: {e}"));
+        d.hello(&tok, device, Some(0), None).await.unwrap_or_else(|e| panic!("hello: {e}"));
+        d
+    }
+
     /// Restarts the relay process after it stopped or was killed.
     pub async fn restart_relay(&mut self) -> anyhow::Result<()> {
         self.relay = self.relay_dir.start(&[]).await?;

@@ -61,7 +61,7 @@ async fn kill_9_mid_burst_loses_nothing_that_was_acknowledged() -> anyhow::Resul
     assert!(acked.len() < total, "the kill interrupted the burst ({} of {total} acked)", acked.len());
 
     w.restart_relay().await?;
-    let mut reader = w.device("auditor", "audit-tab", &["ward"]).await;
+    let mut reader = w.reader("auditor", "audit-tab", &["ward"]).await;
     let replay = reader.settle("message").await?;
     let mut seen: HashMap<String, u64> = HashMap::new();
     for f in &replay {
