@@ -116,7 +116,11 @@ pub struct Args {
     /// Uplink: link presets to drain over (3g, edge, 2g, clear).
     #[arg(long, value_delimiter = ',', default_value = "3g,edge")]
     pub presets: Vec<String>,
-    /// Uplink: drains per preset (default 3, or 1 with --quick).
+    /// Uplink: transports each drain runs over: quic, and tcp (every UDP datagram
+    /// dropped, so the hub takes its TCP path through a forwarder shaped like the preset).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "quic,tcp")]
+    pub transports: Vec<uplink::world::Transport>,
+    /// Uplink: drains per preset and transport (default 3, or 1 with --quick).
     #[arg(long)]
     pub drain_reps: Option<usize>,
     /// Uplink: emergencies sent during each drain (default 30, or 5 with --quick).

@@ -9,13 +9,16 @@
 //! when the queue already holds more than `queue` worth of sending time (a modem's
 //! buffer). While the link is cut every packet is dropped. Byte counters give the UDP
 //! payload that crossed, for bytes-per-message measurements.
+//!
+//! [`TcpForward`] is the same network for TCP (the uplink's path when UDP is dropped):
+//! the same rate, delay, jitter and queue per direction, but no loss (see there).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
+use tokio::net::{TcpSocket, UdpSocket};
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 
@@ -218,35 +221,82 @@ impl Shaper {
             return None;
         }
         let now = Instant::now();
-        let start = self.link_free_at.max(now);
-        if start.duration_since(now) > self.p.queue {
+        if self.queued(now) > self.p.queue {
             return None;
         }
-        let tx = (n as u64 * 8)
-            .saturating_mul(1_000_000_000)
-            .checked_div(self.p.rate_bps)
-            .map_or(Duration::ZERO, Duration::from_nanos);
-        self.link_free_at = start + tx;
+        self.occupy(n, now);
         // A lost packet still used the link.
         if self.p.loss > 0.0 && (self.rng.below(1_000_000) as f64) < self.p.loss * 1_000_000.0 {
             return None;
         }
+        Some(self.arrival())
+    }
+
+    /// Sending time already queued ahead of a packet offered `now`.
+    fn queued(&self, now: Instant) -> Duration {
+        self.link_free_at.saturating_duration_since(now)
+    }
+
+    /// Puts `n` bytes on the link after what is queued.
+    fn occupy(&mut self, n: usize, now: Instant) {
+        let tx = (n as u64 * 8)
+            .saturating_mul(1_000_000_000)
+            .checked_div(self.p.rate_bps)
+            .map_or(Duration::ZERO, Duration::from_nanos);
+        self.link_free_at = self.link_free_at.max(now) + tx;
+    }
+
+    /// When what was last put on the link arrives: `delay` plus jitter after it left,
+    /// never before what went ahead of it.
+    fn arrival(&mut self) -> Instant {
         let jitter_ns = self.p.jitter.as_nanos() as u64;
         let jitter = Duration::from_nanos(if jitter_ns == 0 { 0 } else { self.rng.below(jitter_ns + 1) });
         let arrival = (self.link_free_at + self.p.delay + jitter).max(self.last_arrival);
         self.last_arrival = arrival;
-        Some(arrival)
+        arrival
     }
 }
 
 /// The TCP side of an emulated link: a forwarder on the emulator's own port number (a
 /// hub's TCP path goes to the same `HOST:PORT` as its QUIC), to the cloud's TCP path.
 /// Cutting the emulator's UDP leaves this open: a network that drops UDP only.
+///
+/// Each direction is shaped like [`LinkEmu`]'s, with the same [`Profile`]: bytes leave at
+/// `rate` (one FIFO serialisation queue per direction, in chunks of at most [`SEGMENT`]
+/// bytes), each chunk arrives `delay ± jitter` after it left, never before the chunk ahead
+/// of it. The modem's buffer is `queue`: while more than that much sending time waits,
+/// the forwarder stops reading from the sender, and TCP's flow control pushes back to it
+/// (its receive buffer is kept small, [`RECV_BUFFER`], so the kernel does not add a
+/// second, larger buffer of its own).
+///
+/// What it cannot emulate: loss. A byte stream has no packets to lose; a real link's
+/// losses would show on TCP as retransmission delays (and a smaller congestion window),
+/// not as missing data. The forwarder also ends TCP on both sides, so each side's TCP
+/// sees a loopback peer: no slow start or loss recovery over the emulated delay. TCP
+/// through it is the best case TCP can do on such a link; QUIC carried inside it still
+/// sees the whole delay, end to end.
 pub struct TcpForward {
+    addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
     /// Connections accepted so far.
     pub connections: Arc<AtomicU64>,
+    /// TCP payload that crossed towards `target`: bytes, and chunks as `packets`
+    /// (nothing is ever `dropped`).
+    pub up: Arc<Counters>,
+    /// TCP payload that crossed back from `target`.
+    pub down: Arc<Counters>,
 }
+
+/// Largest chunk read and put on the emulated link at once: one Ethernet-sized TCP
+/// segment, so a chunk's serialisation stays short (15 ms at 768 kbit/s) as a packet's.
+pub const SEGMENT: usize = 1460;
+/// Kernel receive buffer of the forwarder's sockets (Linux doubles it). Enough for the
+/// loopback hop, small next to any `queue`, so data waits in the emulated modem buffer
+/// or at the sender, not in the forwarder's kernel.
+pub const RECV_BUFFER: u32 = 16 * 1024;
+/// Chunks on their way (queued or in flight) per direction at most; far above what
+/// `queue` and `delay` allow at the presets' rates, so only a stalled receiver reaches it.
+const IN_FLIGHT: usize = 8192;
 
 impl TcpForward {
     /// Forwards TCP connections to `listen` (normally `LinkEmu::addr()`) to `target`.
@@ -254,50 +304,115 @@ impl TcpForward {
         Self::start_with_rate(listen, target, 0).await
     }
 
-    /// As [`TcpForward::start`], each direction paced to `rate_bps` (0: unlimited).
+    /// As [`TcpForward::start`], each direction paced to `rate_bps` (0: unlimited), with
+    /// no delay and no queue beyond the chunk being sent.
     pub async fn start_with_rate(listen: SocketAddr, target: SocketAddr, rate_bps: u64) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let p = Profile { rate_bps, delay: Duration::ZERO, jitter: Duration::ZERO, loss: 0.0, queue: Duration::ZERO };
+        Self::start_shaped(listen, target, Preset { up: p, down: p }).await
+    }
+
+    /// As [`TcpForward::start`], each direction shaped like [`LinkEmu`]'s with the same
+    /// preset, except for loss (see the type's documentation). `listen` may have port 0;
+    /// [`TcpForward::addr`] says where it listens.
+    pub async fn start_shaped(listen: SocketAddr, target: SocketAddr, preset: Preset) -> anyhow::Result<Self> {
+        let socket = if listen.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        // Set before listening: accepted sockets inherit it, and the window they
+        // advertise from their first segment follows it.
+        socket.set_recv_buffer_size(RECV_BUFFER)?;
+        socket.bind(listen)?;
+        let listener = socket.listen(1024)?;
+        let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicU64::new(0));
-        let count = connections.clone();
+        let (up, down) = (Arc::new(Counters::default()), Arc::new(Counters::default()));
+        let (count, up_c, down_c) = (connections.clone(), up.clone(), down.clone());
         let task = tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
+            // Owned here, so stopping the forwarder ends its connections too.
+            let mut conns = tokio::task::JoinSet::new();
+            let mut seed = 0x7c90_0000u64;
+            loop {
+                let inbound = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((s, _)) => s,
+                        Err(_) => return,
+                    },
+                    Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+                };
                 count.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                seed += 2;
+                let (up_c, down_c) = (up_c.clone(), down_c.clone());
+                conns.spawn(async move {
+                    let Ok(outbound) = connect_small(target).await else { return };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
                     let (ri, wi) = inbound.into_split();
                     let (ro, wo) = outbound.into_split();
-                    tokio::select! {
-                        _ = paced(ri, wo, rate_bps) => {}
-                        _ = paced(ro, wi, rate_bps) => {}
-                    }
+                    // Each direction passes its end on once all before it arrived; the
+                    // connection is done when both have.
+                    tokio::join!(
+                        shaped(ri, wo, Shaper::new(preset.up, seed), up_c),
+                        shaped(ro, wi, Shaper::new(preset.down, seed + 1), down_c),
+                    );
                 });
             }
         });
-        Ok(Self { task, connections })
+        Ok(Self { addr, task, connections, up, down })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 }
 
-/// Copies `from` to `to`, at most `rate_bps` on average (0: as fast as they go).
-async fn paced(
+/// A connection to `target` with the forwarder's small receive buffer.
+async fn connect_small(target: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_recv_buffer_size(RECV_BUFFER)?;
+    socket.connect(target).await
+}
+
+/// One direction of a forwarded connection: reads `from` while the emulated queue has
+/// room, delivers each chunk to `to` at its arrival time, and passes on the end of the
+/// stream once everything before it has arrived.
+async fn shaped(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    rate_bps: u64,
-) -> std::io::Result<()> {
+    mut shaper: Shaper,
+    counters: Arc<Counters>,
+) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut buf = vec![0u8; 4096];
-    let start = Instant::now();
-    let mut sent = 0u64;
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            return to.shutdown().await;
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(IN_FLIGHT);
+    let read = async move {
+        let mut buf = vec![0u8; SEGMENT];
+        loop {
+            // The modem's buffer is full: stop reading until it drains to `queue`.
+            let now = Instant::now();
+            let over = shaper.queued(now).saturating_sub(shaper.p.queue);
+            if !over.is_zero() {
+                tokio::time::sleep_until(now + over).await;
+            }
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            shaper.occupy(n, Instant::now());
+            counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            counters.packets.fetch_add(1, Ordering::Relaxed);
+            if tx.send((shaper.arrival(), buf[..n].to_vec())).await.is_err() {
+                return;
+            }
         }
-        to.write_all(&buf[..n]).await?;
-        sent += n as u64;
-        if rate_bps > 0 {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(sent as f64 * 8.0 / rate_bps as f64)).await;
+    };
+    let write = async move {
+        while let Some((at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
         }
-    }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
 }
 
 impl Drop for TcpForward {
@@ -343,6 +458,40 @@ mod tests {
         client.send(&[1u8; 10]).await?;
         assert!(tokio::time::timeout(Duration::from_millis(500), server.recv_from(&mut buf)).await.is_err());
         assert_eq!(emu.up.dropped.load(Ordering::Relaxed), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn tcp_is_shaped_in_rate_and_delay_and_counted() -> anyhow::Result<()> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        // 80 kbit/s = 10 kB/s, 200 ms RTT, a queue of 0.5 s: the sender is held back.
+        let mut p = Profile::new(80_000, 200, 0.0);
+        p.queue = Duration::from_millis(500);
+        let fwd =
+            TcpForward::start_shaped("127.0.0.1:0".parse()?, server.local_addr()?, Preset { up: p, down: p }).await?;
+        let started = Instant::now();
+        let mut client = tokio::net::TcpStream::connect(fwd.addr()).await?;
+        let (mut peer, _) = server.accept().await?;
+        let sender = tokio::spawn(async move {
+            client.write_all(&[7u8; 10_000]).await?;
+            client.shutdown().await?;
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await?;
+            anyhow::Ok(back)
+        });
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await?;
+        // 10 kB at 10 kB/s plus 100 ms one-way.
+        let took = started.elapsed();
+        assert_eq!(got.len(), 10_000);
+        assert!(took >= Duration::from_millis(1000), "took only {took:?}");
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        assert_eq!(fwd.up.bytes.load(Ordering::Relaxed), 10_000);
+        peer.write_all(b"pong").await?;
+        drop(peer);
+        assert_eq!(sender.await??, b"pong");
+        assert_eq!(fwd.down.bytes.load(Ordering::Relaxed), 4);
         Ok(())
     }
 }

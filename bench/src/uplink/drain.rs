@@ -7,7 +7,12 @@
 //! first backlog message reaches the doctor, so the drain is under way) and the doctor
 //! notes when each arrives. Afterwards the same number of bytes the relay put into its
 //! batches goes through a fresh emulator with the same preset as one bare QUIC stream:
-//! the baseline. From before the cloud starts to the end, 500 more phones are signed in
+//! the baseline.
+//!
+//! On the TCP path ([`Transport::Tcp`]) the emulator drops every UDP datagram and the hub
+//! reaches the cloud through a TCP forwarder shaped with the same preset; bytes are the
+//! TCP payload through it, and the baseline is one plain TCP connection through a fresh
+//! forwarder ([`tcp_base`]). From before the cloud starts to the end, 500 more phones are signed in
 //! and idle, so the hub's memory is read in the situation the memory goal names.
 
 use std::collections::{HashMap, HashSet};
@@ -21,14 +26,16 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use super::model::{self, ModelRun};
 use super::quic_base::{self, Transfer};
+use super::tcp_base;
 use super::village::{self, Doctor, DoctorSeen, FillPlan, Phone};
-use super::world::{Batches, Bytes, CpuMark, CpuShare, LogTail, Site, Village, watch_connect};
+use super::world::{Batches, Bytes, CpuMark, CpuShare, LogTail, Site, Transport, Village, watch_connect};
 use crate::stats::{self, Latency};
 
 /// What to run.
 #[derive(Debug, Clone, Copy)]
 pub struct DrainSpec {
     pub preset: Preset,
+    pub transport: Transport,
     pub messages: usize,
     pub emergencies: usize,
     pub interval: Duration,
@@ -53,6 +60,8 @@ pub struct DrainResult {
     pub send_json_bytes: u64,
     /// Cloud listening → relay log says `uplink connected`.
     pub connect_wait: Duration,
+    /// The transport that `uplink connected` line named (`quic`, `tcp`).
+    pub connected_over: String,
     /// Cloud listening → first backlog message at the doctor.
     pub first_arrival: Duration,
     /// Cloud listening → every backlog message at the doctor.
@@ -62,7 +71,7 @@ pub struct DrainResult {
     pub drain: Duration,
     pub arrived: usize,
     pub duplicates: u64,
-    /// UDP payload from cloud start to the last arrival.
+    /// Link payload (UDP, or TCP on the TCP path) from cloud start to the last arrival.
     pub bytes: Bytes,
     /// Of it, from cloud start to `uplink connected` (handshake and hello).
     pub connect_bytes: Bytes,
@@ -107,7 +116,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(20 * 60);
 const EMERGENCY_GRACE: Duration = Duration::from_secs(15);
 
 pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
-    let mut site = Site::create(root, spec.preset).await?;
+    let mut site = Site::create_on(root, spec.preset, spec.transport).await?;
     let village = Village::generate(spec.seed, spec.messages);
     let (tokens, doctor_token) = village.tokens(&site.cloud)?;
 
@@ -156,9 +165,10 @@ pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
     let mut seen = DoctorSeen::default();
     seen.set_watch(ids);
     let seen = std::sync::Arc::new(std::sync::Mutex::new(seen));
-    let connected = watch_connect(LogTail::from_end(&site.relay_log()), site.emu.up.clone(), site.emu.down.clone());
+    let (up, down) = site.counters();
+    let connected = watch_connect(LogTail::from_end(&site.relay_log()), up, down);
     let cpu0 = CpuMark::take(relay_pid, None);
-    let b0 = Bytes::read(&site.emu);
+    let b0 = site.bytes();
     let mut cloud = site.cloud.start(&site.quic).await.context("starting outpost-cloud")?;
     let listening = Instant::now();
     let cloud_pid = cloud.child.id();
@@ -189,7 +199,7 @@ pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
         }
     }
     let all_in = doctor.wait_until(listening + DRAIN_LIMIT, |s| s.watched_done_at.is_some()).await;
-    let b1 = Bytes::read(&site.emu);
+    let b1 = site.bytes();
     let cpu = CpuMark::since(&cpu0, relay_pid, cloud_pid);
     let emergency_ids: HashSet<u128> = sent_at.iter().map(|(id, _)| *id).collect();
     doctor
@@ -211,7 +221,10 @@ pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
         connected.abort();
         None
     };
-    let (conn_at, conn_bytes) = connected.unwrap_or((listening, b0));
+    let (conn_at, conn_bytes, connected_over) = connected.unwrap_or((listening, b0, String::new()));
+    if connected_over != spec.transport.label() {
+        eprintln!("warning: the uplink connected over {connected_over:?}, not {}", spec.transport.label());
+    }
     if !all_in {
         eprintln!("warning: only {arrived} of {} backlog messages reached the cloud in time", spec.messages);
     }
@@ -237,6 +250,7 @@ pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
         fill_secs,
         send_json_bytes,
         connect_wait: conn_at.saturating_duration_since(listening),
+        connected_over,
         first_arrival: first_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(listening)),
         total: done_at.saturating_duration_since(listening),
         drain: done_at.saturating_duration_since(conn_at),
@@ -249,8 +263,8 @@ pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
             bytes: 0,
             handshake: Duration::ZERO,
             transfer: Duration::ZERO,
-            up_udp_bytes: 0,
-            down_udp_bytes: 0,
+            up_link_bytes: 0,
+            down_link_bytes: 0,
             up_dropped_packets: 0,
         },
         emergency: Latency::of(&h),
@@ -264,7 +278,7 @@ pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
         rss_drained_kib,
     };
     eprintln!(
-        "    drained in {:.1} s after connecting ({:.1} s from cloud start; connect {:.1} s); {} batches, {} B in batches, {} B UDP up; emergencies p50 {:.0} ms p99 {:.0} ms max {:.0} ms ({} of {}); relay CPU {:.0} %, cloud {:.0} %",
+        "    drained in {:.1} s after connecting ({:.1} s from cloud start; connect {:.1} s); {} batches, {} B in batches, {} B up; emergencies p50 {:.0} ms p99 {:.0} ms max {:.0} ms ({} of {}); relay CPU {:.0} %, cloud {:.0} %",
         r.drain.as_secs_f64(),
         r.total.as_secs_f64(),
         r.connect_wait.as_secs_f64(),
@@ -282,15 +296,24 @@ pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
     // Give the machine a moment between the drain and its baseline.
     sleep(Duration::from_millis(500)).await;
     let bytes = r.batches.bytes().max(1);
-    eprintln!("    baseline: {bytes} B on one QUIC stream through the same preset…");
-    let baseline = quic_base::transfer(spec.preset, bytes).await.context("the QUIC baseline")?;
+    let baseline = match spec.transport {
+        Transport::Quic => {
+            eprintln!("    baseline: {bytes} B on one QUIC stream through the same preset…");
+            quic_base::transfer(spec.preset, bytes).await.context("the QUIC baseline")?
+        }
+        Transport::Tcp => {
+            eprintln!("    baseline: {bytes} B on one plain TCP connection through the same preset…");
+            tcp_base::transfer(spec.preset, bytes).await.context("the TCP baseline")?
+        }
+    };
     eprintln!(
         "    baseline took {:.1} s ({:.0} kbit/s); ratio baseline/uplink {:.2}",
         baseline.transfer.as_secs_f64(),
         baseline.goodput_kbit(),
         baseline.transfer.as_secs_f64() / r.drain.as_secs_f64().max(1e-9)
     );
-    let model = if spec.model && r.batches.normal > 0 {
+    // The model replays the link on bare QUIC over UDP: a diagnosis of the QUIC path only.
+    let model = if spec.model && spec.transport == Transport::Quic && r.batches.normal > 0 {
         let size = r.batches.normal_bytes / r.batches.normal;
         let n = MODEL_BATCHES.min(r.batches.normal as usize).max(2);
         let fair = model::run(spec.preset, n, size, MODEL_WINDOW, true).await?;

@@ -5,7 +5,9 @@
 //! * [`mix`]: uplink bytes per message on a realistic mix, live and as a backlog (3G);
 //! * [`drain`]: time to drain a large backlog over 3G and EDGE against a bare QUIC
 //!   transfer of the same bytes through the same emulator ([`quic_base`]), and the
-//!   latency of emergencies sent while it drains.
+//!   latency of emergencies sent while it drains; the same on the link's TCP path (UDP
+//!   dropped) against a plain TCP transfer through the same shaped forwarder
+//!   ([`tcp_base`]).
 //!
 //! With `--link-model`, each drain is followed by [`model`]: the link's windowing of
 //! batches replayed on bare QUIC, with and without quinn's fair stream scheduling.
@@ -18,6 +20,7 @@ pub mod mix;
 pub mod model;
 pub mod quic_base;
 pub mod report;
+pub mod tcp_base;
 pub mod village;
 pub mod world;
 
@@ -33,7 +36,7 @@ use crate::Args;
 pub struct UplinkRun {
     pub mix: Vec<(mix::MixResult, mix::MixResult)>,
     pub mix_spec: mix::MixSpec,
-    /// Every drain, repetitions of a preset next to each other.
+    /// Every drain: per preset, repetitions in turn, each over every transport in turn.
     pub drains: Vec<(String, drain::DrainSpec, drain::DrainResult)>,
     pub elapsed: Duration,
 }
@@ -69,9 +72,12 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<UplinkRun> {
     }
     let mut drains = Vec::new();
     let drain_reps = args.drain_reps.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let mut transports = args.transports.clone();
+    transports.dedup();
     for (name, preset) in presets {
         let spec = drain::DrainSpec {
             preset,
+            transport: world::Transport::Quic,
             messages: args.drain_messages.unwrap_or(if args.quick { 5_000 } else { 100_000 }),
             emergencies: args.emergencies.unwrap_or(if args.quick { 5 } else { 30 }),
             interval: Duration::from_millis(args.emergency_interval_ms.max(1)),
@@ -80,10 +86,20 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<UplinkRun> {
             model: args.link_model,
             idle_replay: args.idle_replay,
         };
+        // Transports alternate within a repetition, so a busy spell of the machine falls
+        // on both rather than on one.
         for r in 0..drain_reps {
-            eprintln!("uplink drain of {} messages over {name}, repetition {} of {drain_reps}", spec.messages, r + 1);
-            let result = drain::run(&tmp.join(format!("drain-{name}-{r}")), spec).await?;
-            drains.push((name.clone(), spec, result));
+            for &transport in &transports {
+                let t = transport.label();
+                eprintln!(
+                    "uplink drain of {} messages over {name} on {t}, repetition {} of {drain_reps}",
+                    spec.messages,
+                    r + 1
+                );
+                let spec = drain::DrainSpec { transport, ..spec };
+                let result = drain::run(&tmp.join(format!("drain-{name}-{t}-{r}")), spec).await?;
+                drains.push((name.clone(), spec, result));
+            }
         }
     }
     Ok(UplinkRun { mix: mixes, mix_spec, drains, elapsed: started.elapsed() })

@@ -31,8 +31,10 @@ pub struct Transfer {
     pub handshake: Duration,
     /// Handshake done → the server has read everything.
     pub transfer: Duration,
-    pub up_udp_bytes: u64,
-    pub down_udp_bytes: u64,
+    /// Payload that crossed the emulated link up and down: UDP datagrams for QUIC, the
+    /// TCP stream's bytes on the TCP path.
+    pub up_link_bytes: u64,
+    pub down_link_bytes: u64,
     pub up_dropped_packets: u64,
 }
 
@@ -121,8 +123,8 @@ pub async fn transfer(preset: Preset, bytes: u64) -> anyhow::Result<Transfer> {
         bytes,
         handshake: established - started,
         transfer: done.saturating_duration_since(established),
-        up_udp_bytes: emu.up.bytes.load(Ordering::Relaxed),
-        down_udp_bytes: emu.down.bytes.load(Ordering::Relaxed),
+        up_link_bytes: emu.up.bytes.load(Ordering::Relaxed),
+        down_link_bytes: emu.down.bytes.load(Ordering::Relaxed),
         up_dropped_packets: emu.up.dropped.load(Ordering::Relaxed),
     })
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::UplinkRun;
 use super::drain::{DrainResult, DrainSpec};
 use super::mix::{MixResult, Mode};
-use super::world::RELAY_ENV;
+use super::world::{RELAY_ENV, Transport};
 use crate::Args;
 use crate::goals::{Row, Section, table};
 use crate::procfs::MachineInfo;
@@ -56,20 +56,29 @@ fn header(o: &mut String, args: &Args, command: &str, m: &MachineInfo, run: &Upl
         o,
         "- Link emulator (`tests/src/linkemu.rs`, userspace UDP proxy): 3G = 768 kbit/s up, 1.5 Mbit/s down, 300 ms RTT, 0.5 % loss; EDGE = 200 kbit/s each way, 840 ms RTT, 1 % loss; tail-drop queue of 2 s of sending time"
     );
-    let _ = writeln!(
-        o,
-        "- Bytes per message (3G, {} repetition(s), corpus seeds {}…): {} corpus messages from {} phones (every phone in every room), the doctor's {} posts acked and read by every phone (one `delivered` and one `read` receipt each, going up); live at {} msg/s with the cloud up, and as a backlog sent while the cloud was down (kill -9) then drained at once",
-        run.mix.len(),
-        s.seed,
-        s.messages,
-        run.mix.first().map_or(0, |m| m.0.phones),
-        run.mix.first().map_or(0, |m| m.0.posts),
-        s.rate,
-    );
-    let _ = writeln!(
-        o,
-        "- Bytes are UDP payload through the emulator (QUIC headers, TLS tags, acknowledgements, retransmissions, keep-alives and our control frames all included), from just before the village traffic until 1 s after the doctor's device had every message and receipt"
-    );
+    if run.drains.iter().any(|(_, d, _)| d.transport == Transport::Tcp) {
+        let _ = writeln!(
+            o,
+            "- TCP path (drains marked TCP): the emulator drops every UDP datagram, so the hub's QUIC attempt times out (10 s) and it carries the same QUIC link over TLS on TCP to the same address, through a forwarder on the emulator's port (`TcpForward`) shaped with the same preset: same rate, delay and jitter per direction, in chunks of at most 1,460 bytes, and the same 2 s queue, which pushes back on the sender through TCP's flow control instead of dropping. No loss: a byte stream has no packets to lose, and the forwarder ends TCP on both sides, so neither side's TCP runs slow start or loss recovery over the emulated delay. The TCP numbers are the best case for TCP on such a link; QUIC inside the tunnel still sees the whole delay. Bytes are the TCP payload through the forwarder (outer TLS records, the 2-byte datagram framing, and the QUIC datagrams inside)"
+        );
+    }
+    // Without the bytes-per-message runs (`--mix-reps 0`) there is nothing to describe.
+    if !run.mix.is_empty() {
+        let _ = writeln!(
+            o,
+            "- Bytes per message (3G, {} repetition(s), corpus seeds {}…): {} corpus messages from {} phones (every phone in every room), the doctor's {} posts acked and read by every phone (one `delivered` and one `read` receipt each, going up); live at {} msg/s with the cloud up, and as a backlog sent while the cloud was down (kill -9) then drained at once",
+            run.mix.len(),
+            s.seed,
+            s.messages,
+            run.mix.first().map_or(0, |m| m.0.phones),
+            run.mix.first().map_or(0, |m| m.0.posts),
+            s.rate,
+        );
+        let _ = writeln!(
+            o,
+            "- Bytes are UDP payload through the emulator (QUIC headers, TLS tags, acknowledgements, retransmissions, keep-alives and our control frames all included), from just before the village traffic until 1 s after the doctor's device had every message and receipt"
+        );
+    }
     if let Some((_, d, _)) = run.drains.first() {
         let _ = writeln!(
             o,
@@ -88,6 +97,12 @@ fn header(o: &mut String, args: &Args, command: &str, m: &MachineInfo, run: &Upl
         o,
         "- Baseline: a bare quinn transfer of the bytes the relay put into batches (sum of its `batch sent` sizes) on one unidirectional stream through a fresh emulator with the same preset, the link's own transport settings, self-signed certificate; timed from the end of the handshake to the receiver reading the end of the stream. Ratio = baseline time ÷ uplink drain time (connected → all arrived)"
     );
+    if run.drains.iter().any(|(_, d, _)| d.transport == Transport::Tcp) {
+        let _ = writeln!(
+            o,
+            "- Baseline on the TCP path: the same number of bytes on one plain TCP connection (no TLS, no tunnel) through a fresh forwarder with the same preset; timed from the connection being open to the receiver reading the end of the stream. Same ratio"
+        );
+    }
     let env: Vec<String> = crate::hub::relay_env(RELAY_ENV).iter().map(|(k, v)| format!("`{k}={v}`")).collect();
     let _ = writeln!(o, "- Relay environment: {}\n", env.join(", "));
 }
@@ -117,10 +132,19 @@ fn rows(run: &UplinkRun) -> Vec<Row> {
             per_msg.median <= GOAL_BYTES_PER_MSG && ratio.median >= GOAL_JSON_RATIO,
         ));
     }
-    for name in preset_names(run) {
-        let ds: Vec<&DrainResult> = run.drains.iter().filter(|(n, _, _)| *n == name).map(|(_, _, d)| d).collect();
+    for (name, transport) in drain_groups(run) {
+        let ds: Vec<&DrainResult> = run
+            .drains
+            .iter()
+            .filter(|(n, spec, _)| *n == name && spec.transport == transport)
+            .map(|(_, _, d)| d)
+            .collect();
         let Some(first) = ds.first() else { continue };
         let s = |f: &dyn Fn(&DrainResult) -> f64| sum(ds.iter().map(|d| f(d)));
+        if transport == Transport::Tcp {
+            rows.extend(tcp_rows(run, &name, &ds));
+            continue;
+        }
         let label = name.to_uppercase();
         let (goal_secs, goal_p99) = goals(&name).unwrap_or((f64::NAN, f64::NAN));
         let all_arrived = ds.iter().all(|d| d.arrived == d.messages);
@@ -203,18 +227,130 @@ fn rows(run: &UplinkRun) -> Vec<Row> {
     rows
 }
 
-/// Preset names in the order they ran.
-fn preset_names(run: &UplinkRun) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for (n, _, _) in &run.drains {
-        if !names.contains(n) {
-            names.push(n.clone());
+/// (Preset name, transport) of the drains, in the order they first ran.
+fn drain_groups(run: &UplinkRun) -> Vec<(String, Transport)> {
+    let mut groups: Vec<(String, Transport)> = Vec::new();
+    for (n, spec, _) in &run.drains {
+        let g = (n.clone(), spec.transport);
+        if !groups.contains(&g) {
+            groups.push(g);
         }
     }
-    names
+    groups
+}
+
+/// The TCP path's rows for one preset: the same measurements as QUIC's, for information
+/// (the goals are the QUIC link's), and how they compare with the same preset's QUIC
+/// drains of this run.
+fn tcp_rows(run: &UplinkRun, name: &str, ds: &[&DrainResult]) -> Vec<Row> {
+    let Some(first) = ds.first() else { return Vec::new() };
+    let s = |f: &dyn Fn(&DrainResult) -> f64| sum(ds.iter().map(|d| f(d)));
+    let quic: Vec<&DrainResult> = run
+        .drains
+        .iter()
+        .filter(|(n, spec, _)| n == name && spec.transport == Transport::Quic)
+        .map(|(_, _, d)| d)
+        .collect();
+    let q = |f: &dyn Fn(&DrainResult) -> f64| sum(quic.iter().map(|d| f(d)));
+    let label = format!("{} on TCP", name.to_uppercase());
+    let (goal_secs, goal_p99) = goals(name).unwrap_or((f64::NAN, f64::NAN));
+    let versus = |tcp: &Summary, quic: &Summary| {
+        if quic.median > 0.0 { format!("{:.2}× QUIC's", tcp.median / quic.median) } else { String::new() }
+    };
+    let mut rows = Vec::new();
+    let total = s(&|d| d.total.as_secs_f64());
+    rows.push(Row::info(
+        format!(
+            "drain of {} messages, {label}: cloud listening → all at the cloud (s; {} drain(s))",
+            group(first.messages as f64),
+            ds.len()
+        ),
+        format!("{} (link up after {})", total.show(1), s(&|d| d.connect_wait.as_secs_f64()).show(1)),
+        if quic.is_empty() { String::new() } else { format!("QUIC: {}", q(&|d| d.total.as_secs_f64()).show(1)) },
+        versus(&total, &q(&|d| d.total.as_secs_f64())),
+        format!("(QUIC's goal ≤ {goal_secs:.0} s)"),
+    ));
+    let drain = s(&|d| d.drain.as_secs_f64());
+    rows.push(Row::info(
+        format!("drain, {label}: uplink connected → all at the cloud (s)"),
+        drain.show(1),
+        format!(
+            "plain TCP, the same bytes ({}) through the same shaped forwarder: {} s",
+            group(first.baseline.bytes as f64),
+            s(&|d| d.baseline.transfer.as_secs_f64()).show(1)
+        ),
+        format!(
+            "{}{}",
+            s(&|d| d.ratio()).show(2),
+            if quic.is_empty() {
+                String::new()
+            } else {
+                format!("; drain {}", versus(&drain, &q(&|d| d.drain.as_secs_f64())))
+            }
+        ),
+        format!("(QUIC's goal ≥ {GOAL_BASELINE_RATIO}× baseline)"),
+    ));
+    let (sent, arrived): (usize, usize) =
+        ds.iter().fold((0, 0), |(s, a), d| (s + d.emergency_sent, a + d.emergency_arrived));
+    rows.push(Row::info(
+        format!("emergency to the cloud during the {label} drain, p50 / p99 / max (ms; {arrived} of {sent} arrived)"),
+        format!(
+            "{} / {} / {}",
+            s(&|d| d.emergency.p50_ms).show(0),
+            s(&|d| d.emergency.p99_ms).show(0),
+            s(&|d| d.emergency.max_ms).show(0)
+        ),
+        if quic.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "QUIC: {} / {} / {}",
+                q(&|d| d.emergency.p50_ms).show(0),
+                q(&|d| d.emergency.p99_ms).show(0),
+                q(&|d| d.emergency.max_ms).show(0)
+            )
+        },
+        "",
+        format!("(QUIC's goal p99 ≤ {goal_p99:.0} ms)"),
+    ));
+    rows.push(Row::info(
+        format!(
+            "hub memory, {} idle phones + {} messages waiting, {label}; after the drain (MiB, VmRSS)",
+            first.idle_phones,
+            group(first.messages as f64)
+        ),
+        format!(
+            "{}; {}",
+            s(&|d| d.rss_waiting_kib as f64 / 1024.0).show(1),
+            s(&|d| d.rss_drained_kib as f64 / 1024.0).show(1)
+        ),
+        "",
+        "",
+        "(information)",
+    ));
+    let per_msg = s(&|d| d.bytes.up as f64 / d.arrived.max(1) as f64);
+    rows.push(Row::info(
+        format!("uplink bytes per message in the {label} drain (TCP payload; messages only, big batches)"),
+        per_msg.show(1),
+        format!(
+            "raw JSON (send frames): {:.0} B/msg{}",
+            first.send_json_bytes as f64 / first.messages.max(1) as f64,
+            if quic.is_empty() {
+                String::new()
+            } else {
+                format!("; QUIC (UDP payload): {} B/msg", q(&|d| d.bytes.up as f64 / d.arrived.max(1) as f64).show(1))
+            }
+        ),
+        format!("{}×", s(&|d| d.send_json_bytes as f64 / d.bytes.up.max(1) as f64).show(2)),
+        "(information)",
+    ));
+    rows
 }
 
 fn mix_table(o: &mut String, run: &UplinkRun) {
+    if run.mix.is_empty() {
+        return;
+    }
     let _ = writeln!(o, "### Bytes per message, every run (3G)\n");
     let _ = writeln!(
         o,
@@ -254,14 +390,19 @@ fn mix_table(o: &mut String, run: &UplinkRun) {
 
 /// Column heads of the drain table: the preset, and the repetition where there are several.
 fn drain_labels(run: &UplinkRun) -> Vec<String> {
-    let mut seen: Vec<&str> = Vec::new();
+    let mut seen: Vec<(&str, Transport)> = Vec::new();
     run.drains
         .iter()
-        .map(|(n, _, _)| {
-            seen.push(n);
-            let reps = run.drains.iter().filter(|(m, _, _)| m == n).count();
-            let k = seen.iter().filter(|m| **m == n).count();
-            if reps > 1 { format!("{} #{k}", n.to_uppercase()) } else { n.to_uppercase() }
+        .map(|(n, spec, _)| {
+            let key = (n.as_str(), spec.transport);
+            seen.push(key);
+            let reps = run.drains.iter().filter(|(m, t, _)| (m.as_str(), t.transport) == key).count();
+            let k = seen.iter().filter(|m| **m == key).count();
+            let name = match spec.transport {
+                Transport::Quic => n.to_uppercase(),
+                Transport::Tcp => format!("{} TCP", n.to_uppercase()),
+            };
+            if reps > 1 { format!("{name} #{k}") } else { name }
         })
         .collect()
 }
@@ -293,9 +434,10 @@ fn drain_table(o: &mut String, run: &UplinkRun) {
     row(o, "arrived / duplicates at the doctor", &|_, d| format!("{} / {}", d.arrived, d.duplicates));
     row(o, "batches normal / emergency", &|_, d| format!("{} / {}", d.batches.normal, d.batches.emergency));
     row(o, "bytes in batches (normal + emergency)", &|_, d| group(d.batches.bytes() as f64));
-    row(o, "UDP up / down (B), up packets dropped by the emulator", &|_, d| {
+    row(o, "link up / down (B: UDP payload, TCP payload on TCP), up packets dropped by the emulator", &|_, d| {
         format!("{} / {}, {}", group(d.bytes.up as f64), group(d.bytes.down as f64), d.bytes.up_dropped)
     });
+    row(o, "link up over", &|_, d| d.connected_over.clone());
     row(o, "of it before the link was up (handshake, Hello)", &|_, d| {
         format!("{} / {}", group(d.connect_bytes.up as f64), group(d.connect_bytes.down as f64))
     });
@@ -315,11 +457,15 @@ fn drain_table(o: &mut String, run: &UplinkRun) {
             d.baseline.goodput_kbit()
         )
     });
-    row(o, "baseline UDP up / down (B), up packets dropped", &|_, d| {
+    row(o, "baseline: bare QUIC, or plain TCP on TCP", &|s, _| match s.transport {
+        Transport::Quic => "QUIC".to_owned(),
+        Transport::Tcp => "TCP".to_owned(),
+    });
+    row(o, "baseline link up / down (B), up packets dropped", &|_, d| {
         format!(
             "{} / {}, {}",
-            group(d.baseline.up_udp_bytes as f64),
-            group(d.baseline.down_udp_bytes as f64),
+            group(d.baseline.up_link_bytes as f64),
+            group(d.baseline.down_link_bytes as f64),
             d.baseline.up_dropped_packets
         )
     });

@@ -1,7 +1,7 @@
 //! The pieces every uplink scenario sets up the same way: a cloud identity, a relay whose
-//! uplink goes through the link emulator, the village's people and tokens, the relay's
-//! log (where the link says when it connected and what each batch weighed), and CPU use
-//! of both processes.
+//! uplink goes through the link emulator (over QUIC, or over TCP with UDP dropped), the
+//! village's people and tokens, the relay's log (where the link says when it connected
+//! and what each batch weighed), and CPU use of both processes.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use outpost_shared::uplink::batch::{Entry, WireMessage};
 use outpost_tests::corpus::Corpus;
-use outpost_tests::linkemu::{Counters, LinkEmu, Preset};
+use outpost_tests::linkemu::{Counters, LinkEmu, Preset, TcpForward};
 use outpost_tests::{Cloud, Relay, RelayDir};
 use tokio::time::Instant;
 
@@ -37,12 +37,35 @@ pub const RELAY_ENV: &[(&str, &str)] = &[
 /// The user id of the doctor on the cloud (phones treat `dr-*` senders as the doctor).
 pub const DOCTOR: &str = "dr-neema";
 
-/// A cloud identity and a relay provisioned for it, whose uplink goes through `emu`.
+/// How the uplink crosses the emulated link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// QUIC on UDP through the link emulator (the link's normal path).
+    Quic,
+    /// The link's TCP path: the emulator drops every UDP datagram, so after its QUIC
+    /// attempt times out the hub carries the same QUIC link over TLS on TCP, through a
+    /// forwarder shaped with the same preset (`TcpForward`, no loss).
+    Tcp,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Quic => "quic",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// A cloud identity and a relay provisioned for it, whose uplink goes through `emu`
+/// (and, on the TCP path, through `tcp` on the emulator's port number).
 pub struct Site {
     pub root: PathBuf,
     pub cloud: Cloud,
     pub quic: String,
     pub emu: LinkEmu,
+    /// The shaped TCP forwarder, on the TCP path only (UDP is then cut).
+    pub tcp: Option<TcpForward>,
     pub relay_dir: RelayDir,
     pub relay: Relay,
 }
@@ -50,16 +73,47 @@ pub struct Site {
 impl Site {
     /// The cloud's QUIC port is chosen now but the cloud is not started.
     pub async fn create(root: &Path, preset: Preset) -> anyhow::Result<Self> {
+        Self::create_on(root, preset, Transport::Quic).await
+    }
+
+    /// As [`Site::create`], the uplink on `transport`. On TCP the forwarder goes to the
+    /// cloud's QUIC port number, where the cloud opens its TCP path by default.
+    pub async fn create_on(root: &Path, preset: Preset, transport: Transport) -> anyhow::Result<Self> {
         std::fs::create_dir_all(root)?;
         let cloud = Cloud::init(&root.join("cloud")).context("outpost-cloud init")?;
         let quic = outpost_tests::free_udp_addr()?;
         let emu = LinkEmu::start(quic.parse()?, preset).await?;
+        let tcp = match transport {
+            Transport::Quic => None,
+            Transport::Tcp => {
+                emu.cut();
+                let fwd = TcpForward::start_shaped(emu.addr(), quic.parse()?, preset)
+                    .await
+                    .context("the TCP forwarder on the emulator's port")?;
+                Some(fwd)
+            }
+        };
         let relay_dir = cloud.provision_relay_at("village-1", &root.join("relay"), &quic)?;
         let relay = relay_dir
             .start_via(&emu.addr().to_string(), &crate::hub::relay_env(RELAY_ENV))
             .await
             .context("starting outpost-relay")?;
-        Ok(Self { root: root.to_path_buf(), cloud, quic, emu, relay_dir, relay })
+        Ok(Self { root: root.to_path_buf(), cloud, quic, emu, tcp, relay_dir, relay })
+    }
+
+    /// The counters of the path the uplink takes: UDP through the emulator, or TCP
+    /// payload through the forwarder.
+    pub fn counters(&self) -> (Arc<Counters>, Arc<Counters>) {
+        match &self.tcp {
+            Some(f) => (f.up.clone(), f.down.clone()),
+            None => (self.emu.up.clone(), self.emu.down.clone()),
+        }
+    }
+
+    /// [`Site::counters`] now.
+    pub fn bytes(&self) -> Bytes {
+        let (up, down) = self.counters();
+        Bytes::of(&up, &down)
     }
 
     pub fn relay_log(&self) -> PathBuf {
@@ -176,16 +230,21 @@ impl LogTail {
 }
 
 /// The moment the relay's log says `uplink connected` after `tail`'s position, with the
-/// link's byte counters at that moment.
+/// link's byte counters at that moment and the transport the line names.
 pub fn watch_connect(
     mut tail: LogTail,
     up: Arc<Counters>,
     down: Arc<Counters>,
-) -> tokio::task::JoinHandle<(Instant, Bytes)> {
+) -> tokio::task::JoinHandle<(Instant, Bytes, String)> {
     tokio::spawn(async move {
         loop {
-            if tail.new_lines().iter().any(|l| l.contains("uplink connected")) {
-                return (Instant::now(), Bytes::of(&up, &down));
+            if let Some(l) = tail.new_lines().iter().find(|l| l.contains("uplink connected")) {
+                let transport = l
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("transport="))
+                    .map(|v| v.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned())
+                    .unwrap_or_default();
+                return (Instant::now(), Bytes::of(&up, &down), transport);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
