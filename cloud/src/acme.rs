@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
     RetryPolicy,
@@ -27,6 +26,8 @@ use outpost_engine::link::certs::{CertIssuer, Issuing, Refusal};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
+
+use crate::webhooks::client::{Client, Outcome};
 
 /// `[acme]` in cloud.toml. Off while `directory` is empty.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -128,16 +129,22 @@ impl AcmeConfig {
 #[derive(Debug)]
 enum Dns {
     Exec(PathBuf),
-    ChallTestSrv(String),
+    /// challtestsrv's `/set-txt` and `/clear-txt` (the webhooks' JSON client: timeouts).
+    ChallTestSrv {
+        set: Box<Client>,
+        clear: Box<Client>,
+    },
 }
+
+/// How long challtestsrv has to answer.
+const CHALLTESTSRV_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Dns {
     async fn set(&self, name: &str, value: &str) -> Result<(), String> {
         match self {
             Self::Exec(hook) => run_hook(hook, "set", name, value).await,
-            Self::ChallTestSrv(url) => {
-                let body = serde_json::json!({ "host": format!("{name}."), "value": value });
-                post(&format!("{url}/set-txt"), &body).await
+            Self::ChallTestSrv { set, .. } => {
+                post(set, &serde_json::json!({ "host": format!("{name}."), "value": value })).await
             }
         }
     }
@@ -145,9 +152,7 @@ impl Dns {
     async fn clear(&self, name: &str, value: &str) -> Result<(), String> {
         match self {
             Self::Exec(hook) => run_hook(hook, "clear", name, value).await,
-            Self::ChallTestSrv(url) => {
-                post(&format!("{url}/clear-txt"), &serde_json::json!({ "host": format!("{name}.") })).await
-            }
+            Self::ChallTestSrv { clear, .. } => post(clear, &serde_json::json!({ "host": format!("{name}.") })).await,
         }
     }
 }
@@ -167,16 +172,11 @@ async fn run_hook(hook: &Path, verb: &str, name: &str, value: &str) -> Result<()
     }
 }
 
-async fn post(url: &str, body: &serde_json::Value) -> Result<(), String> {
-    use hyper_util::client::legacy::Client;
-    let client: Client<_, Full<Bytes>> = Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let req = hyper::Request::post(url)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| format!("{url}: {e}"))?;
-    if resp.status().is_success() { Ok(()) } else { Err(format!("{url}: {}", resp.status())) }
+async fn post(client: &Client, body: &serde_json::Value) -> Result<(), String> {
+    match client.post(&[], Bytes::from(body.to_string())).await {
+        Outcome::Delivered(_) => Ok(()),
+        other => Err(format!("challtestsrv: {other}")),
+    }
 }
 
 /// The last certificate a hub got: a repeated request (the answer was lost with a link)
@@ -212,12 +212,21 @@ impl std::fmt::Debug for AcmeIssuer {
 
 impl AcmeIssuer {
     /// The issuer of `cfg` (which must be enabled and valid), for the cloud in `dir`.
-    pub fn new(cfg: &AcmeConfig, dir: &Path, account_file: PathBuf) -> Arc<Self> {
+    pub fn new(cfg: &AcmeConfig, dir: &Path, account_file: PathBuf) -> Result<Arc<Self>, String> {
         let dns = match cfg.dns.as_str() {
-            "challtestsrv" => Dns::ChallTestSrv(cfg.challtestsrv_url.trim_end_matches('/').to_owned()),
+            "challtestsrv" => {
+                let base = cfg.challtestsrv_url.trim_end_matches('/');
+                let client = |path: &str| {
+                    let uri = format!("{base}/{path}")
+                        .parse()
+                        .map_err(|e| format!("acme.challtestsrv_url = {:?}: {e}", cfg.challtestsrv_url))?;
+                    Client::new(uri, None, CHALLTESTSRV_TIMEOUT, CHALLTESTSRV_TIMEOUT)
+                };
+                Dns::ChallTestSrv { set: Box::new(client("set-txt")?), clear: Box::new(client("clear-txt")?) }
+            }
             _ => Dns::Exec(dir.join(cfg.dns_hook.clone().unwrap_or_default())),
         };
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             cfg: cfg.clone(),
             directory_ca: cfg.directory_ca.as_ref().map(|p| dir.join(p)),
             account_file,
@@ -225,7 +234,7 @@ impl AcmeIssuer {
             dns,
             slots: Semaphore::new(cfg.concurrent.max(1)),
             hubs: Mutex::new(HashMap::new()),
-        })
+        }))
     }
 
     fn builder(&self) -> Result<instant_acme::AccountBuilder, String> {
@@ -404,7 +413,8 @@ mod tests {
 
     #[test]
     fn a_hub_is_named_under_the_domain_only_when_its_id_is_one_dns_label() {
-        let issuer = AcmeIssuer::new(&enabled(), Path::new("/tmp"), PathBuf::from("/tmp/account.json"));
+        let issuer = AcmeIssuer::new(&enabled(), Path::new("/tmp"), PathBuf::from("/tmp/account.json"))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(issuer.name_for("village-7").as_deref(), Some("village-7.hubs.example.org"));
         assert_eq!(issuer.name_for("a.b"), None, "a dot would claim a deeper name");
         assert_eq!(issuer.name_for("Village 7"), None);

@@ -38,6 +38,8 @@ pub enum CloudRunError {
     Postgres(#[from] outpost_store_postgres::OpenError),
     #[error("{0}")]
     Webhook(String),
+    #[error("[acme]: {0}")]
+    Acme(String),
 }
 
 /// What the engine runs with on the cloud: the settings of `cloud.toml` (defaults, file,
@@ -106,6 +108,20 @@ fn endpoint_config(id: &CloudIdentity) -> quinn::EndpointConfig {
         u64::from_le_bytes([secret[0], secret[1], secret[2], secret[3], secret[4], secret[5], secret[6], secret[7]]);
     endpoint_cfg.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
     endpoint_cfg
+}
+
+/// The hubs' LAN certificate issuer, when `[acme]` is set.
+fn acme_issuer(
+    config: &CloudConfig,
+    id: &CloudIdentity,
+) -> Result<Option<std::sync::Arc<dyn outpost_engine::link::certs::CertIssuer>>, CloudRunError> {
+    if !config.acme.enabled() {
+        return Ok(None);
+    }
+    tracing::info!(directory = %config.acme.directory, domain = %config.acme.domain, "LAN certificates for hubs from ACME");
+    let account = id.layout.keys().join("acme-account.json");
+    let issuer = crate::acme::AcmeIssuer::new(&config.acme, &id.layout.dir, account).map_err(CloudRunError::Acme)?;
+    Ok(Some(issuer))
 }
 
 /// Where relays connect: the QUIC endpoint, and the TCP path's listener (UDP blocked).
@@ -248,12 +264,7 @@ async fn serve<S: Storage>(
         renewal: core.hub.renewal.clone(),
         flow: FlowConfig { rebuild_recent_per_room: config.limits.rebuild_recent_per_room, ..FlowConfig::default() },
         cloud_id: id.cloud_id.clone(),
-        issuer: config.acme.enabled().then(|| {
-            tracing::info!(directory = %config.acme.directory, domain = %config.acme.domain, "LAN certificates for hubs from ACME");
-            let issuer: std::sync::Arc<dyn outpost_engine::link::certs::CertIssuer> =
-                crate::acme::AcmeIssuer::new(&config.acme, &id.layout.dir, id.layout.keys().join("acme-account.json"));
-            issuer
-        }),
+        issuer: acme_issuer(config, id)?,
     };
     let mut endpoints = vec![relays.quic];
     if let Some(listener) = relays.tcp {

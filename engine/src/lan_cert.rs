@@ -187,6 +187,11 @@ impl LanCert {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether the cloud has named the hub (now or on an earlier run).
+    pub fn has_name(&self) -> bool {
+        self.lock().name.is_some()
+    }
+
     /// Takes the name the cloud gave: kept in `DIR/lan/name`, with the dnsmasq line
     /// `interface-name=<name>,<interface>` in `DIR/lan/dnsmasq.conf` (dnsmasq then answers
     /// for the name with the interface's own address, whatever DHCP gave it).

@@ -381,7 +381,7 @@ async fn lan_https(
     let port_of = lan.port.clone();
     let listener: BindLater = Box::pin(async move {
         let mut named = cert.subscribe();
-        while cert.status(0).name.is_none() {
+        while !cert.has_name() {
             named.changed().await.ok()?;
         }
         let listener = match bound {

@@ -22,7 +22,20 @@ use tokio::time::Instant;
 
 const ALPN: &[u8] = b"outpost-bench";
 /// Read buffer of the server side.
-const CHUNK: usize = 64 * 1024;
+pub(super) const CHUNK: usize = 64 * 1024;
+
+/// Writes `bytes` of filler to `w`, a chunk at a time (the baselines' payload).
+pub(super) async fn send_filler<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, bytes: u64) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let chunk = vec![0x5au8; CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        w.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
+}
 
 /// What one baseline transfer took.
 #[derive(Debug, Clone, Copy)]
@@ -107,13 +120,7 @@ pub async fn transfer(preset: Preset, bytes: u64) -> anyhow::Result<Transfer> {
     let conn = client.connect(emu.addr(), "bench.invalid")?.await.context("baseline handshake")?;
     let established = Instant::now();
     let mut s = conn.open_uni().await?;
-    let chunk = vec![0x5au8; CHUNK];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        s.write_all(&chunk[..n]).await?;
-        left -= n as u64;
-    }
+    send_filler(&mut s, bytes).await?;
     s.finish()?;
     let (got, done) = done_rx.await.context("the baseline receiver failed")?;
     conn.close(0u32.into(), b"done");

@@ -18,10 +18,7 @@ use outpost_tests::linkemu::{Preset, TcpForward};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
-use super::quic_base::Transfer;
-
-/// Write and read size.
-const CHUNK: usize = 64 * 1024;
+use super::quic_base::{CHUNK, Transfer, send_filler};
 
 /// Sends `bytes` bytes on one TCP connection through a fresh forwarder with `preset`,
 /// and times it.
@@ -45,13 +42,7 @@ pub async fn transfer(preset: Preset, bytes: u64) -> anyhow::Result<Transfer> {
     let started = Instant::now();
     let mut s = tokio::net::TcpStream::connect(fwd.addr()).await.context("baseline connect")?;
     let established = Instant::now();
-    let chunk = vec![0x5au8; CHUNK];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        s.write_all(&chunk[..n]).await?;
-        left -= n as u64;
-    }
+    send_filler(&mut s, bytes).await?;
     s.shutdown().await?;
     let (got, done) = receiver.await.context("the baseline receiver panicked")??;
     drop(s);

@@ -267,7 +267,10 @@ impl Proxy {
             .ok_or_else(|| format!("{url:?}: a proxy is given as http://[user:password@]host:port"))?;
         let rest = rest.trim_end_matches('/');
         let (auth, host_port) = match rest.rsplit_once('@') {
-            Some((auth, hp)) => (Some(base64::engine::general_purpose::STANDARD.encode(percent_decode(auth))), hp),
+            Some((auth, hp)) => {
+                let auth: Vec<u8> = percent_encoding::percent_decode_str(auth).collect();
+                (Some(base64::engine::general_purpose::STANDARD.encode(auth)), hp)
+            }
             None => (None, rest),
         };
         match host_port.rsplit_once(':') {
@@ -276,28 +279,6 @@ impl Proxy {
         }
         Ok(Self { host_port: host_port.to_owned(), basic_auth: auth })
     }
-}
-
-/// `%XX` escapes in a proxy's user and password (as in URLs).
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(v) = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 #[cfg(test)]
