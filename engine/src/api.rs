@@ -1,11 +1,15 @@
 //! HTTP API pieces shared by the hub and the cloud: bearer-token checks with the same
 //! rules as the WebSocket (signature, expiry, revocation, role), JSON errors with the
-//! protocol's codes, and the audit log.
+//! protocol's codes, the audit log, and the doctors' queues derived from a room.
 //!
 //! ```text
 //! GET /api/audit?after=SEQ&limit=N      (admin tokens; limit ≤ 1000, default 100)
 //!     → 200 {"events": [{"seq", "at", "event", "actor", "role", "device", "peer", "room", "detail"}...],
 //!            "next": SEQ, "more": bool}
+//!
+//! GET /api/rooms/{room}/queues          (tokens that may read the room)
+//!     → 200 {"room", "queues": [{"queue", "entries": [...]}], "finished": [...]}
+//!       (docs/workflows.md, "Reading a queue")
 //! ```
 //! Errors are `{"code", "message"}`: 401 `unauthenticated`/`token_expired`,
 //! 403 `forbidden`, 404 `unknown_room`, 400 `bad_frame`, 413 `too_large`, 422 `invalid_event`,
@@ -122,4 +126,51 @@ pub async fn audit<S: Storage>(
         }
         Err(e) => err(e.code(), e.to_string()).into_response(),
     }
+}
+
+/// `GET /api/rooms/{room}/queues`: the room's doctors' queues, derived from its queue
+/// messages of the last `limits.queue_days` days (docs/workflows.md).
+pub async fn queues<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Path(room): axum::extract::Path<String>,
+) -> Response {
+    let claims = match bearer(&hub, &headers, peer).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let room = match outpost_shared::RoomId::new(room) {
+        Ok(r) => r,
+        Err(e) => return err(ErrorCode::BadFrame, e.to_string()).into_response(),
+    };
+    if let Err(e) = authorize(&hub, &claims, Action::History { room: &room }, peer).await {
+        return e.into_response();
+    }
+    let limits = &hub.config.limits;
+    let since_ms = crate::clock::now_ms().saturating_sub(u64::from(limits.queue_days) * 86_400_000);
+    let since = outpost_shared::Hlc::new(since_ms, 0);
+    let (events, more) = match hub.store.queue_events(room.clone(), since, limits.queue_max_events).await {
+        Ok(page) => page,
+        Err(e) => return err(e.code(), e.to_string()).into_response(),
+    };
+    if more {
+        let m = format!(
+            "the room holds more than {} queue messages in the last {} days; lower limits.queue_days or raise limits.queue_max_events",
+            limits.queue_max_events, limits.queue_days
+        );
+        return err(ErrorCode::TooLarge, m).into_response();
+    }
+    let events: Vec<outpost_shared::queue::QueueEvent<'_>> = events
+        .iter()
+        .map(|p| outpost_shared::queue::QueueEvent {
+            id: p.msg.id,
+            hlc: p.msg.hlc.0,
+            from: p.msg.from.as_str(),
+            kind: p.msg.kind.as_str(),
+            body: p.msg.body.as_str(),
+        })
+        .collect();
+    let q = outpost_shared::queue::derive(&events);
+    Json(json!({"room": room, "queues": q.queues, "finished": q.finished})).into_response()
 }

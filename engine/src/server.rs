@@ -172,7 +172,12 @@ impl<S: Storage> Core<S> {
             .route("/metrics", get(crate::status::metrics))
             .fallback(get(crate::web::asset))
             .with_state((self.hub.clone(), self.tracker.clone()))
-            .merge(axum::Router::new().route("/api/audit", get(crate::api::audit)).with_state(self.hub.clone()))
+            .merge(
+                axum::Router::new()
+                    .route("/api/audit", get(crate::api::audit))
+                    .route("/api/rooms/{room}/queues", get(crate::api::queues))
+                    .with_state(self.hub.clone()),
+            )
             .merge(crate::media::http::routes(self.hub.clone()))
     }
 

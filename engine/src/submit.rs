@@ -78,6 +78,20 @@ pub async fn check<S: Storage>(
     {
         return Err((ErrorCode::InvalidEvent, e.to_string()));
     }
+    // A queue's entries are its doctor's to change; the booker may only cancel, which is
+    // judged against the booking when the queue is derived (outpost_shared::queue).
+    if let Some(queue) = outpost_shared::queue::owner_required(msg.kind.as_str(), msg.body.as_str())
+        && queue != sender.claims.sub.as_str()
+    {
+        let m = format!("only {queue} changes entries of the queue {queue}; whoever booked an entry may cancel it");
+        let event = AuditEvent::new(AuditKind::Forbidden, m.clone())
+            .by(sender.claims)
+            .device(sender.device.as_str())
+            .peer(sender.peer)
+            .room(msg.room.as_str());
+        hub.audit_refusal(event).await;
+        return Err((ErrorCode::Forbidden, m));
+    }
     msg.body = hub.attach_media(sender.claims, msg.body).await?;
     Ok(AppendRequest {
         msg,

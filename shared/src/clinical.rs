@@ -17,9 +17,17 @@ use serde_json::{Map, Value};
 
 use crate::ids::Priority;
 
-/// The kinds this module knows, each with its schema.
-pub const KINDS: [&str; 5] =
-    ["clinical.emergency", "clinical.vitals", "clinical.medication", "clinical.handoff", "clinical.referral"];
+/// The kinds this module knows, each with its schema: the clinical events, and the
+/// bookings and changes a doctor's queue is derived from ([`crate::queue`]).
+pub const KINDS: [&str; 7] = [
+    "clinical.emergency",
+    "clinical.vitals",
+    "clinical.medication",
+    "clinical.handoff",
+    "clinical.referral",
+    crate::queue::BOOK,
+    crate::queue::UPDATE,
+];
 
 /// A patient id: 1 to 64 of letters, digits and `. _ - :`, chosen by the deployment (a
 /// register number, a card number). A name with a space is refused, which keeps the most
@@ -31,6 +39,8 @@ pub const MAX_TEXT: usize = 2000;
 pub const MAX_SHORT: usize = 200;
 /// Most open tasks in one hand-off.
 pub const MAX_TASKS: usize = 100;
+/// How far ahead a rescheduled appointment may be set, ms (a year).
+pub const MAX_DUE_AHEAD_MS: u64 = 366 * 86_400_000;
 
 /// Why a clinical event's body was refused: the field (a dotted path such as
 /// `bp.systolic`) and what is wrong with it.
@@ -65,7 +75,9 @@ pub fn validate(kind: &str, priority: Priority, body: &str, now_ms: u64) -> Resu
         "clinical.vitals" => vitals(&mut c),
         "clinical.medication" => medication(&mut c),
         "clinical.handoff" => handoff(&mut c),
-        _ => referral(&mut c),
+        "clinical.referral" => referral(&mut c),
+        crate::queue::BOOK => book(&mut c),
+        _ => update(&mut c),
     };
     checked.and_then(|()| c.no_others()).map_err(|(field, problem)| err(&field, problem))
 }
@@ -148,6 +160,11 @@ impl<'a> Checker<'a> {
 
     /// A time in ms since the Unix epoch, not more than a day ahead of `now`.
     fn time(&mut self, name: &'static str, required: bool) -> Check {
+        self.time_ahead(name, required, 86_400_000)
+    }
+
+    /// A time in ms since the Unix epoch, at most `ahead_ms` after `now`.
+    fn time_ahead(&mut self, name: &'static str, required: bool, ahead_ms: u64) -> Check {
         let v = if required { Some(self.required(name)?) } else { self.get(name) };
         let Some(v) = v else { return Ok(()) };
         let Some(t) = v.as_u64() else {
@@ -157,8 +174,16 @@ impl<'a> Checker<'a> {
         if t < 1_000_000_000_000 {
             return self.fail(name, "must be in milliseconds since 1970, not seconds");
         }
-        if t > self.now_ms.saturating_add(86_400_000) {
-            return self.fail(name, "is more than a day in the future");
+        if t > self.now_ms.saturating_add(ahead_ms) {
+            let days = ahead_ms / 86_400_000;
+            return self.fail(
+                name,
+                if days == 1 {
+                    "is more than a day in the future".to_owned()
+                } else {
+                    format!("is more than {days} days in the future")
+                },
+            );
         }
         Ok(())
     }
@@ -315,6 +340,31 @@ fn referral(c: &mut Checker<'_>) -> Check {
     Ok(())
 }
 
+fn book(c: &mut Checker<'_>) -> Check {
+    c.common()?;
+    c.user("queue")?;
+    c.patient("patient", true)?;
+    c.text("reason", MAX_TEXT, true)?;
+    c.one_of("urgency", &crate::queue::URGENCIES, true)
+}
+
+fn update(c: &mut Checker<'_>) -> Check {
+    c.common()?;
+    c.user("queue")?;
+    let booking = c.text("booking", 64, true)?.unwrap_or_default();
+    if uuid::Uuid::parse_str(booking).is_err() {
+        return c.fail("booking", "must be the booking's message id (a UUID)");
+    }
+    c.one_of("status", &crate::queue::STATUSES, false)?;
+    c.one_of("urgency", &crate::queue::URGENCIES, false)?;
+    let status = c.obj.get("status").and_then(Value::as_str);
+    c.time_ahead("due_at", status == Some("rescheduled"), MAX_DUE_AHEAD_MS)?;
+    if status.is_none() && c.obj.get("urgency").is_none_or(Value::is_null) {
+        return c.fail("status", "or urgency is required");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,5 +512,44 @@ mod tests {
             e.map(|e| e.to_string()).as_deref(),
             Some("clinical.vitals: field `bp.systolic` must be between 40 and 300 mmHg (got 400)")
         );
+    }
+
+    #[test]
+    fn a_booking_names_the_doctors_queue_the_patient_why_and_how_urgent() {
+        let book =
+            json!({"queue": "dr-neema", "patient": "KJ-0042", "reason": "cough for three weeks", "urgency": "soon"});
+        assert_eq!(field("queue.book", book.clone()), "accepted");
+        for f in ["queue", "patient", "reason", "urgency"] {
+            assert_eq!(field("queue.book", without(book.clone(), &[f])), f);
+        }
+        assert_eq!(field("queue.book", with(book.clone(), &["queue"], json!("Dr Neema"))), "queue");
+        assert_eq!(field("queue.book", with(book.clone(), &["patient"], json!("Mama Asha"))), "patient");
+        assert_eq!(field("queue.book", with(book.clone(), &["urgency"], json!("emergency"))), "urgency");
+        assert_eq!(field("queue.book", with(book, &["when"], json!(NOW))), "when");
+    }
+
+    #[test]
+    fn an_update_names_its_booking_and_a_status_or_urgency() {
+        let b = "0190a7c4-8f6e-7c3a-9a55-2b1d3c4e5f60";
+        let ok = |v: Value| field("queue.update", v);
+        assert_eq!(ok(json!({"queue": "dr-neema", "booking": b, "status": "completed"})), "accepted");
+        assert_eq!(ok(json!({"queue": "dr-neema", "booking": b, "urgency": "urgent"})), "accepted");
+        assert_eq!(ok(json!({"queue": "dr-neema", "booking": b})), "status");
+        assert_eq!(ok(json!({"queue": "dr-neema", "booking": "first one", "status": "confirmed"})), "booking");
+        assert_eq!(ok(json!({"queue": "dr-neema", "booking": b, "status": "booked"})), "status");
+        // A reschedule needs its time, which may be weeks ahead but not years.
+        assert_eq!(ok(json!({"queue": "dr-neema", "booking": b, "status": "rescheduled"})), "due_at");
+        let in_a_month = NOW + 30 * 86_400_000;
+        assert_eq!(
+            ok(json!({"queue": "dr-neema", "booking": b, "status": "rescheduled", "due_at": in_a_month})),
+            "accepted"
+        );
+        let refused = check(
+            "queue.update",
+            json!({"queue": "dr-neema", "booking": b, "status": "rescheduled", "due_at": NOW + 400 * 86_400_000}),
+        )
+        .err()
+        .map(|e| e.problem);
+        assert_eq!(refused.as_deref(), Some("is more than 366 days in the future"));
     }
 }

@@ -99,6 +99,16 @@ pub trait LogStore: Clone + Send + Sync + 'static {
         limit: u32,
         max_bytes: usize,
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send;
+    /// The `queue.book` and `queue.update` messages of `room` stamped at or after
+    /// `since_hlc`, in stamp order, at most `limit`, and whether more remain: what a
+    /// room's doctors' queues are derived from (`outpost_shared::queue`). Read through an
+    /// index of those kinds alone, so the cost follows the queue messages, not the room.
+    fn queue_events(
+        &self,
+        room: RoomId,
+        since_hlc: Hlc,
+        limit: u32,
+    ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send;
     /// The newest stamp retention removed from `room` on this server, if it removed any
     /// (older history then lives with the peer that confirmed it). A store without
     /// retention answers `None`.

@@ -29,8 +29,8 @@ use crate::{OpenError, connect, describe, parse_url, schema};
 /// The SQLite schema version this copies from (store-sqlite's current one). Version 7's
 /// `delegation` is a hub's (a cloud holds none); of version 8, `holds` moves and
 /// `retention_rooms` does not (it guides a hub's history requests to its cloud; a cloud
-/// asks no one).
-const SQLITE_VERSION: i64 = 8;
+/// asks no one); version 9 adds only an index (`messages_queue`, made by this schema too).
+const SQLITE_VERSION: i64 = 9;
 /// Rows per INSERT.
 const CHUNK: usize = 5000;
 

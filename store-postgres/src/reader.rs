@@ -256,6 +256,31 @@ impl PgStore {
         Ok(HistoryPage::local(room, messages, more))
     }
 
+    /// The queue messages of `room` from `since_hlc` on, in stamp order (see
+    /// `LogStore::queue_events`; the partial index `messages_queue`).
+    pub(crate) async fn queue_events(
+        &self,
+        room: RoomId,
+        since_hlc: outpost_shared::Hlc,
+        limit: u32,
+    ) -> Result<(Vec<Positioned>, bool), StoreError> {
+        let (_permit, c) = self.reader(ReadLane::Devices).await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND hlc >= $2 \
+                 AND kind IN ('queue.book', 'queue.update') ORDER BY hlc, id LIMIT $3"
+            ))
+            .await
+            .map_err(db)?;
+        let rows =
+            c.query(&stmt, &[&room.as_str(), &to_sql(since_hlc.0), &(i64::from(limit) + 1)]).await.map_err(db)?;
+        let mut messages =
+            rows.iter().take(limit as usize).map(|r| message_from_row(r, 0)).collect::<Result<Vec<_>, _>>()?;
+        let more = rows.len() > limit as usize;
+        messages.truncate(limit as usize);
+        Ok((messages, more))
+    }
+
     /// Messages of `room` stamped before `before_hlc`, oldest first (see
     /// `LogStore::history_before_hlc`).
     pub(crate) async fn history_before_hlc(

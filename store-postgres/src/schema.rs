@@ -257,6 +257,11 @@ pub const MIGRATIONS: &[&str] = &[
         reason  TEXT NOT NULL DEFAULT ''
     );
     ",
+    // Doctors' queues are derived from their bookings and updates on every read
+    // (outpost_shared::queue; the SQLite store's version 9).
+    r"
+    CREATE INDEX messages_queue ON messages (room, hlc) WHERE kind IN ('queue.book', 'queue.update');
+    ",
 ];
 
 /// The schema version this build writes.

@@ -504,6 +504,16 @@ impl Store {
         self.on_reader(ReadLane::Devices, move |r| r.history(room, before, limit)).await
     }
 
+    /// The queue messages of `room` from `since_hlc` on, in stamp order.
+    pub async fn queue_events(
+        &self,
+        room: RoomId,
+        since_hlc: outpost_shared::Hlc,
+        limit: u32,
+    ) -> Result<(Vec<Positioned>, bool), StoreError> {
+        self.on_reader(ReadLane::Devices, move |r| r.queue_events(&room, since_hlc, limit)).await
+    }
+
     /// Messages of `room` after `after`, oldest first, and whether there are more.
     pub async fn room_since(
         &self,

@@ -232,6 +232,31 @@ impl Readers {
         })
     }
 
+    /// The queue messages of `room` from `since_hlc` on, in stamp order (`messages_queue`;
+    /// the kinds are written out as in the index so that SQLite uses it).
+    pub fn queue_events(
+        &self,
+        room: &RoomId,
+        since_hlc: Hlc,
+        limit: u32,
+    ) -> Result<(Vec<Positioned>, bool), StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = ?1 AND hlc >= ?2 \
+                 AND kind IN ('queue.book', 'queue.update') ORDER BY hlc, id LIMIT ?3"
+            ))?;
+            let since = i64::try_from(since_hlc.0).unwrap_or(i64::MAX);
+            let mut rows = stmt.query(rusqlite::params![room.as_str(), since, i64::from(limit) + 1])?;
+            let mut messages = Vec::new();
+            while let Some(r) = rows.next()? {
+                messages.push(message_from_row(r, 0)?);
+            }
+            let more = messages.len() > limit as usize;
+            messages.truncate(limit as usize);
+            Ok((messages, more))
+        })
+    }
+
     /// Messages of `room` stamped before `before_hlc`, oldest first (`messages_room_hlc`).
     pub fn history_before_hlc(
         &self,

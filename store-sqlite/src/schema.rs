@@ -241,6 +241,12 @@ pub const MIGRATIONS: &[&str] = &[
         reason  TEXT NOT NULL DEFAULT ''
     ) WITHOUT ROWID;
     ",
+    // 9: doctors' queues are derived from their bookings and updates on every read
+    // (outpost_shared::queue): an index of those kinds alone keeps that read small in a
+    // room of hundreds of thousands of messages, and costs nothing on other messages.
+    r"
+    CREATE INDEX messages_queue ON messages (room, hlc) WHERE kind IN ('queue.book', 'queue.update');
+    ",
 ];
 
 /// The schema version this build writes.

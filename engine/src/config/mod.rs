@@ -417,6 +417,13 @@ pub struct LimitsConfig {
     /// How far back a new device's window reaches for what its user has not read yet
     /// (after their read mark in the room, from any device), in messages per room.
     pub signin_unread_per_room: u32,
+    /// Days of bookings a room's doctors' queues are derived from (docs/workflows.md):
+    /// an entry booked longer ago and still open no longer shows. A month covers any
+    /// appointment a health post books; it bounds every read of the queue.
+    pub queue_days: u32,
+    /// Most queue messages (bookings and updates) one read of a room's queues folds; a
+    /// room past it in `queue_days` gets `too_large` instead of a queue missing entries.
+    pub queue_max_events: u32,
 }
 
 impl Default for LimitsConfig {
@@ -442,6 +449,8 @@ impl Default for LimitsConfig {
             rebuild_recent_per_room: 200,
             signin_recent_per_room: 200,
             signin_unread_per_room: 1000,
+            queue_days: 30,
+            queue_max_events: 50_000,
         }
     }
 }
@@ -670,6 +679,8 @@ impl LimitsConfig {
             ("limits.idle_timeout_secs", l.idle_timeout_secs),
             ("limits.presence_per_sec", u64::from(l.presence_per_sec)),
             ("limits.max_receipts_per_ack", l.max_receipts_per_ack as u64),
+            ("limits.queue_days", u64::from(l.queue_days)),
+            ("limits.queue_max_events", u64::from(l.queue_max_events)),
         ])
         .collect();
         if l.max_body_bytes > l.max_frame_bytes {
