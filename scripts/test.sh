@@ -71,7 +71,12 @@ node --test tests/web-unit/ || status=$?
 # The web client in a real Chromium against real hub and cloud processes
 # (tests/browser/run.sh installs Debian's chromium and playwright-core when missing).
 # It runs before the Rust suite so that the suite's summary closes the output.
-tests/browser/run.sh || status=$?
+# Its output is kept so that a failure's details are repeated at the very end, where a
+# reader of a long CI log looks first.
+browser_log="$(mktemp)"
+browser_status=0
+tests/browser/run.sh 2>&1 | tee "$browser_log" || browser_status=$?
+[[ $browser_status -eq 0 ]] || status=$browser_status
 
 # WebSocket conformance: the Autobahn cases 1-10 (kosoku, from PyPI, in a venv under
 # target/) against the hub's test-only /echo route, which has /ws's settings and limits.
@@ -88,6 +93,11 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast || status=$?
 fi
+if [[ $browser_status -ne 0 ]]; then
+  echo "=== the browser scenarios failed; their failures again (full output above) ===" >&2
+  sed -n '/failing tests:/,$p' "$browser_log" | head -n 300 >&2
+fi
+rm -f "$browser_log"
 if [[ -n ${QEMU_SMOKE_SKIP:-} ]]; then
   echo "WARNING: the qemu smoke test was SKIPPED: $QEMU_SMOKE_SKIP" >&2
 fi
