@@ -78,3 +78,39 @@ export function ring(m) {
     /* no sound: the banner and vibration remain */
   }
 }
+
+/**
+ * A short, gentle tone for news that matters to this person but is no emergency (a doctor
+ * confirmed or completed their booking): two soft notes and a brief buzz, once. `label`
+ * says what it was for; the browser tests read it from `window.__tones` when they set one.
+ */
+export function chime(label = '') {
+  let sound = false;
+  try {
+    navigator.vibrate?.(120);
+  } catch {
+    /* not allowed without a gesture */
+  }
+  if (audio) {
+    try {
+      if (audio.state === 'suspended') audio.resume().catch(() => {});
+      const t0 = audio.currentTime + 0.05;
+      [660, 990].forEach((hz, i) => {
+        const o = audio.createOscillator();
+        const g = audio.createGain();
+        o.type = 'sine';
+        o.frequency.value = hz;
+        g.gain.setValueAtTime(0.0001, t0 + i * 0.18);
+        g.gain.exponentialRampToValueAtTime(0.2, t0 + i * 0.18 + 0.02);
+        g.gain.exponentialRampToValueAtTime(0.0001, t0 + i * 0.18 + 0.16);
+        o.connect(g).connect(audio.destination);
+        o.start(t0 + i * 0.18);
+        o.stop(t0 + i * 0.18 + 0.17);
+      });
+      sound = true;
+    } catch {
+      /* no sound: the notice and the buzz remain */
+    }
+  }
+  if (Array.isArray(window.__tones)) window.__tones.push({ label, sound, at: Date.now() });
+}

@@ -14,6 +14,7 @@ import { bindKeys, forgetKeys, keyFromLink, keys, loadKeys, initRoomKeys, opener
 import { clearPresence, clearTyping, initPresence, onEvent as presenceEvent, onTyping, sendPresence, stopTyping } from './presence.js';
 import { $, bindView, followLog, renderAlerts, renderRoom, renderRooms, stickToEnd } from './view.js';
 import { FORMS, KINDS, build } from './clinical.js';
+import * as Queues from './queuepanel.js';
 
 const S = {
   ...initialState(), // protocol.js's part
@@ -54,6 +55,7 @@ async function load() {
   const all = await loadAll(S.db);
   proto.load(all);
   loadKeys(all.kv);
+  Queues.loadQueues(all.kv);
   Media.loadUploads(all.uploads);
 }
 
@@ -62,6 +64,7 @@ function forgetPage(ops) {
   ops.push(['uploads', 'clear']);
   Media.reset();
   forgetKeys(ops);
+  Queues.forgetQueues(ops);
 }
 
 // ---------- incoming frames: applied in order, committed in batches, then acked ----------
@@ -80,8 +83,11 @@ async function drain() {
     while (inbox.length) {
       const frames = inbox.splice(0, 500);
       const batch = proto.batch();
+      const queues = []; // queue messages among them: the open queue is read again once they are saved
       for (const [f, gen] of frames) {
         try {
+          const q = Queues.watch(f);
+          if (q) queues.push(q);
           for (const ev of proto.receive(batch, f, gen, Date.now())) onEvent(ev, batch);
         } catch (e) {
           console.error('frame', f, e);
@@ -101,8 +107,10 @@ async function drain() {
           maybeRead();
           requestFirstHistory();
           Media.kick({ signedIn: true });
+          Queues.sessionStarted();
         } else if (ev.type === 'alert') ring(S.msgs.get(ev.id));
       }
+      if (queues.length) Queues.arrived(queues);
       transmit(proto.ack(link()));
       render();
       maybeRead();
@@ -151,8 +159,11 @@ async function compose(room, text, emergency) {
   return composeBody(room, { text }, { emergency });
 }
 
-/** Writes `body` (a message of `kind`) to the outbox: sealed in an encrypted room, then sent. */
-async function composeBody(room, body, { emergency = false, kind } = {}) {
+/**
+ * Writes `body` (a message of `kind`) to the outbox: sealed in an encrypted room, then sent.
+ * `replyTo`: the message it answers (a queue change names its booking).
+ */
+async function composeBody(room, body, { emergency = false, kind, replyTo } = {}) {
   const id = uuid7();
   const seq = proto.nextSeq();
   const now = Date.now();
@@ -164,7 +175,7 @@ async function composeBody(room, body, { emergency = false, kind } = {}) {
     return false;
   }
   // The outbox (and the wire) get the sealed body; the record keeps the words for this screen.
-  const { msg, rec } = proto.draft({ id, seq, room, body, wire: sealed, emergency, kind, device: S.device, now });
+  const { msg, rec } = proto.draft({ id, seq, room, body, wire: sealed, emergency, kind, replyTo, device: S.device, now });
   await queueMessage(msg, rec);
   return true;
 }
@@ -227,8 +238,10 @@ function dismissAlerts() {
 
 // ---------- notices ----------
 
-function notice(text) {
+/** Tells the user something: a problem by default; `info` for news (a booking confirmed). */
+function notice(text, kind = 'problem') {
   $('notice-text').textContent = text;
+  $('notice').classList.toggle('info', kind === 'info');
   $('notice').hidden = false;
 }
 
@@ -252,6 +265,7 @@ function render() {
   $('back').hidden = !S.room;
   renderRooms();
   renderRoom();
+  Queues.draw();
 }
 
 function renderConn() {
@@ -318,6 +332,7 @@ function routeChanged() {
     if (S.room) stopTyping(S.room);
     S.room = next;
     Media.roomChanged();
+    Queues.roomChanged();
     $('message').value = '';
     render();
     if (next) {
@@ -453,6 +468,7 @@ function bindUi() {
     compose(S.room, details || 'Emergency: help needed now', true);
   });
   bindEventForm();
+  Queues.bindQueue();
   $('mark-all-read').addEventListener('click', markAllRead);
   $('patient-filter').addEventListener('input', (e) => {
     S.patientFilter = e.target.value.trim();
@@ -567,6 +583,7 @@ async function main() {
     },
   });
   Media.initMedia({ S, render, notice, queueMessage, me, serverName, isEncrypted, stopTyping });
+  Queues.initQueue({ S, me, composeBody, notice, isEncrypted, serverName, opener });
   // Opened by a LAN address over plain HTTP (no certificate yet, or it expired): say
   // plainly what does not work here; 127.0.0.1 and localhost count as secure.
   $('insecure').hidden = window.isSecureContext;

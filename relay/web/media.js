@@ -36,7 +36,8 @@ export function initMedia(app) {
   initAttach(app);
 }
 
-const auth = () => ({ Authorization: `Bearer ${A.S.token}` });
+/** The headers of an authenticated request to the server that served the page (also the queues', queuepanel.js). */
+export const auth = () => ({ Authorization: `Bearer ${A.S.token}` });
 const base = (sha) => `/api/media/${sha}`;
 
 export function kindOf(type) {

@@ -76,11 +76,13 @@ export function plainError(code, message, where) {
     case 'token_expired':
       return 'Your sign-in has expired. Ask for a new sign-in link.';
     case 'forbidden':
+      // A queue's entries are changed only by its doctor (and cancelled by their booker): the server says which.
+      if (/\bqueue\b/.test(message ?? '') && !/member of room/.test(message)) return `Not allowed: ${message}.`;
       return 'You are not a member of that room.';
     case 'unknown_room':
       return `That room does not exist on the ${where}.`;
     case 'invalid_event':
-      return `The form was not accepted: ${(message ?? '').replace(/^clinical\.\w+: /, '')}. Correct it and send it again.`;
+      return `The form was not accepted: ${(message ?? '').replace(/^(?:clinical|queue)\.\w+: /, '')}. Correct it and send it again.`;
     case 'too_large':
       return 'This message is too large to send.';
     case 'rate_limited':
@@ -415,8 +417,10 @@ export class Protocol {
   }
 
   /** A text message: `wire` is the body as it leaves (sealed in an encrypted room), `body` the words kept here. */
-  draft({ id, seq, room, body, wire = body, emergency = false, kind, device, now }) {
+  draft({ id, seq, room, body, wire = body, emergency = false, kind, replyTo, device, now }) {
     const msg = { id, room, kind: kind ?? (emergency ? 'alert' : 'chat'), priority: emergency ? 'emergency' : 'normal', body: wire, seq };
+    // The message this one answers (a queue change names its booking): servers stamp it after that one.
+    if (replyTo) msg.reply_to = replyTo;
     const rec = { ...msg, body, from: this.me(), device, mine: true, local: 'queued', cursor: null, created: now, at: now, trail: { queued: now } };
     return { msg, rec };
   }

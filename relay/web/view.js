@@ -4,6 +4,7 @@
 import { available } from './e2e.js';
 import { RANK } from './protocol.js';
 import { KINDS, isClinical, patientsOf, rows } from './clinical.js';
+import * as Queue from './queue.js';
 
 export const $ = (id) => document.getElementById(id);
 
@@ -220,9 +221,10 @@ export function renderRoom() {
   older.textContent = A.loadingOlder.has(room) ? 'Loading\u2026' : 'Load older messages';
 
   const wrap = $('log-wrap');
-  // The patient filter keeps the clinical events about that patient.
+  // The patient filter keeps the clinical events and the bookings (and their changes) about that patient.
   const patient = S.patientFilter ?? '';
-  const list = A.roomMessages(room).filter((m) => !patient || patientsOf(m.kind, shown(m).body).includes(patient));
+  const about = (m) => (Queue.isQueue(m.kind) ? Queue.patientsOf(m.kind, shown(m).body, bookingBody) : patientsOf(m.kind, shown(m).body));
+  const list = A.roomMessages(room).filter((m) => !patient || about(m).includes(patient));
   const keep = new Set(list.map((m) => m.id));
   for (const [id, li] of items) {
     if (!keep.has(id) || li.dataset.room !== room) {
@@ -270,11 +272,12 @@ function updateItem(li, m) {
   const { text, locked, body } = shown(m);
   const media = locked ? null : mediaPart(m);
   const up = media?.view.upload ?? null;
-  const card = !locked && !media && isClinical(m.kind) && body && typeof body === 'object' ? clinicalCard(m.kind, body) : null;
-  const key = JSON.stringify([state, trail, m.cursor, m.error, text, m.at, media?.key, card && m.kind]);
+  const structured = !locked && !media && body && typeof body === 'object';
+  const card = structured && isClinical(m.kind) ? clinicalCard(m.kind, body) : structured && Queue.isQueue(m.kind) ? queueCard(m, body) : null;
+  const key = JSON.stringify([state, trail, m.cursor, m.error, text, m.at, media?.key, card && m.kind, card && card.textContent]);
   if (li.dataset.key === key) return;
   li.dataset.key = key;
-  li.className = `msg ${m.mine ? 'mine' : 'theirs'}${card ? ' clinical' : ''}${A.isEmergency(m) ? ' emergency' : ''}${locked ? ' locked' : ''}${state ? ` s-${state}` : ''}${media ? ' has-media' : ''}${up ? ` up-${up.state}` : ''}`;
+  li.className = `msg ${m.mine ? 'mine' : 'theirs'}${card ? ' clinical' : ''}${card && Queue.isQueue(m.kind) ? ' queue' : ''}${A.isEmergency(m) ? ' emergency' : ''}${locked ? ' locked' : ''}${state ? ` s-${state}` : ''}${media ? ' has-media' : ''}${up ? ` up-${up.state}` : ''}`;
   if (state) li.dataset.state = state;
   if (up) li.dataset.upload = up.state;
   else delete li.dataset.upload;
@@ -315,6 +318,24 @@ function clinicalCard(kind, body) {
   const list = el('dl', {});
   for (const [label, value] of rows(kind, body)) list.append(el('dt', {}, label), el('dd', {}, value));
   return el('div', { class: 'card', 'data-kind': kind }, el('div', { class: 'card-title' }, KINDS[kind]), list);
+}
+
+/** The body of a booking held on this device, by its message id (a queue change names it so). */
+function bookingBody(id) {
+  const rec = id ? S.msgs.get(id) : null;
+  return rec && rec.kind === Queue.BOOK ? (shown(rec).body ?? null) : null;
+}
+
+/**
+ * A booking or a change to one as a card, in words: "Booked KJ-0042 with dr-neema —
+ * urgent: cough…", "dr-neema completed the booking of KJ-0042".
+ */
+function queueCard(m, body) {
+  const { title, rows: lines } = Queue.card(m.kind, body, { from: m.from, lookup: bookingBody, time: clock });
+  const list = el('dl', {});
+  for (const [label, value] of lines) list.append(el('dt', {}, label), el('dd', {}, value));
+  const u = Queue.URGENCIES.includes(body.urgency) ? body.urgency : null;
+  return el('div', { class: 'card', 'data-kind': m.kind, 'data-urgency': u }, el('div', { class: 'card-title' }, title), lines.length ? list : null);
 }
 
 // ---------- files: photos, voice notes, documents ----------

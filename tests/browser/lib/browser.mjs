@@ -56,9 +56,11 @@ export async function openBrowser(name, viewport = MOBILE, { hosts = [], trust =
     env,
   });
   context.setDefaultTimeout(WAIT_MS);
-  // Record vibrations (headless Chromium has no motor to ask).
+  // Record vibrations (headless Chromium has no motor to ask), and the tones the app plays
+  // for news such as a booking confirmed (alerts.js chime() pushes to __tones when it exists).
   await context.addInitScript(() => {
     window.__vibrations = [];
+    window.__tones = [];
     navigator.vibrate = (p) => {
       window.__vibrations.push(p);
       return true;
