@@ -10,6 +10,10 @@
 //! GET /api/rooms/{room}/queues          (tokens that may read the room)
 //!     → 200 {"room", "queues": [{"queue", "entries": [...]}], "finished": [...]}
 //!       (docs/workflows.md, "Reading a queue")
+//!
+//! GET /api/rooms/{room}/records/{patient}   (tokens that may read the room)
+//!     → 200 {"patient", "fields": [{"field", "value", "version", ..., "conflict", "base"}], "history": [...]}
+//!       (docs/workflows.md, "Reading a record")
 //! ```
 //! Errors are `{"code", "message"}`: 401 `unauthenticated`/`token_expired`,
 //! 403 `forbidden`, 404 `unknown_room`, 400 `bad_frame`, 413 `too_large`, 422 `invalid_event`,
@@ -136,21 +140,18 @@ pub async fn queues<S: Storage>(
     headers: HeaderMap,
     axum::extract::Path(room): axum::extract::Path<String>,
 ) -> Response {
-    let claims = match bearer(&hub, &headers, peer).await {
-        Ok(c) => c,
+    let (room, _claims) = match room_reader(&hub, &headers, peer, room).await {
+        Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let room = match outpost_shared::RoomId::new(room) {
-        Ok(r) => r,
-        Err(e) => return err(ErrorCode::BadFrame, e.to_string()).into_response(),
-    };
-    if let Err(e) = authorize(&hub, &claims, Action::History { room: &room }, peer).await {
-        return e.into_response();
-    }
     let limits = &hub.config.limits;
     let since_ms = crate::clock::now_ms().saturating_sub(u64::from(limits.queue_days) * 86_400_000);
     let since = outpost_shared::Hlc::new(since_ms, 0);
-    let (events, more) = match hub.store.queue_events(room.clone(), since, limits.queue_max_events).await {
+    let (events, more) = match hub
+        .store
+        .workflow_events(room.clone(), outpost_storage::Workflow::Queue, since, limits.queue_max_events)
+        .await
+    {
         Ok(page) => page,
         Err(e) => return err(e.code(), e.to_string()).into_response(),
     };
@@ -173,4 +174,60 @@ pub async fn queues<S: Storage>(
         .collect();
     let q = outpost_shared::queue::derive(&events);
     Json(json!({"room": room, "queues": q.queues, "finished": q.finished})).into_response()
+}
+
+/// `GET /api/rooms/{room}/records/{patient}`: a patient's shared record, merged from every
+/// `record.edit` of the room naming them (docs/workflows.md).
+pub async fn record<S: Storage>(
+    State(hub): State<Arc<Hub<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::extract::Path((room, patient)): axum::extract::Path<(String, String)>,
+) -> Response {
+    let (room, _claims) = match room_reader(&hub, &headers, peer, room).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    if !outpost_shared::clinical::is_patient_id(&patient) {
+        let m = format!("{patient:?} is not a patient id ({})", outpost_shared::clinical::PATIENT_ID);
+        return err(ErrorCode::BadFrame, m).into_response();
+    }
+    let limit = hub.config.limits.record_max_events;
+    let (events, more) = match hub
+        .store
+        .workflow_events(room.clone(), outpost_storage::Workflow::Record, outpost_shared::Hlc(0), limit)
+        .await
+    {
+        Ok(page) => page,
+        Err(e) => return err(e.code(), e.to_string()).into_response(),
+    };
+    if more {
+        let m = format!(
+            "the room holds more than {limit} record edits; raise limits.record_max_events or keep patients' records in more rooms"
+        );
+        return err(ErrorCode::TooLarge, m).into_response();
+    }
+    let edits = outpost_shared::record::Edits::new(events.iter().filter_map(|p| {
+        outpost_shared::record::Edit::from_message(
+            p.msg.id,
+            p.msg.hlc.0,
+            p.msg.from.as_str(),
+            p.msg.kind.as_str(),
+            p.msg.body.as_str(),
+        )
+    }));
+    Json(edits.view(&patient, &hub.config.policy.record_doctor_fields)).into_response()
+}
+
+/// The bearer token's claims and the room, if that token may read the room.
+async fn room_reader<S: Storage>(
+    hub: &Hub<S>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    room: String,
+) -> Result<(outpost_shared::RoomId, Claims), ApiError> {
+    let claims = bearer(hub, headers, peer).await?;
+    let room = outpost_shared::RoomId::new(room).map_err(|e| err(ErrorCode::BadFrame, e.to_string()))?;
+    authorize(hub, &claims, Action::History { room: &room }, peer).await?;
+    Ok((room, claims))
 }

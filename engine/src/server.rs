@@ -176,6 +176,7 @@ impl<S: Storage> Core<S> {
                 axum::Router::new()
                     .route("/api/audit", get(crate::api::audit))
                     .route("/api/rooms/{room}/queues", get(crate::api::queues))
+                    .route("/api/rooms/{room}/records/{patient}", get(crate::api::record))
                     .with_state(self.hub.clone()),
             )
             .merge(crate::media::http::routes(self.hub.clone()))

@@ -78,6 +78,19 @@ pub async fn check<S: Storage>(
     {
         return Err((ErrorCode::InvalidEvent, e.to_string()));
     }
+    // A record edit carries its author's role, which decides a conflict in a doctor's
+    // field (outpost_shared::record): it must be the role this sender's token has.
+    if let Some(role) = outpost_shared::record::claimed_role(msg.kind.as_str(), msg.body.as_str())
+        && role != sender.claims.role.as_str()
+    {
+        return Err((
+            ErrorCode::InvalidEvent,
+            format!(
+                "record.edit: field `role` must be the sender's role, {} (got {role})",
+                sender.claims.role.as_str()
+            ),
+        ));
+    }
     // A queue's entries are its doctor's to change; the booker may only cancel, which is
     // judged against the booking when the queue is derived (outpost_shared::queue).
     if let Some(queue) = outpost_shared::queue::owner_required(msg.kind.as_str(), msg.body.as_str())

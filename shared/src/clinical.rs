@@ -19,7 +19,7 @@ use crate::ids::Priority;
 
 /// The kinds this module knows, each with its schema: the clinical events, and the
 /// bookings and changes a doctor's queue is derived from ([`crate::queue`]).
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "clinical.emergency",
     "clinical.vitals",
     "clinical.medication",
@@ -27,12 +27,18 @@ pub const KINDS: [&str; 7] = [
     "clinical.referral",
     crate::queue::BOOK,
     crate::queue::UPDATE,
+    crate::record::EDIT,
 ];
 
 /// A patient id: 1 to 64 of letters, digits and `. _ - :`, chosen by the deployment (a
 /// register number, a card number). A name with a space is refused, which keeps the most
 /// common slip (a name typed into the id field) out of the uplink.
 pub const PATIENT_ID: &str = "1 to 64 letters, digits or . _ - :";
+/// Whether `id` is a patient id ([`PATIENT_ID`]).
+pub fn is_patient_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+}
+
 /// Longest free-text field (what happened, a reason, a note), characters.
 pub const MAX_TEXT: usize = 2000;
 /// Longest short text field (a drug, a place, a facility), characters.
@@ -77,7 +83,8 @@ pub fn validate(kind: &str, priority: Priority, body: &str, now_ms: u64) -> Resu
         "clinical.handoff" => handoff(&mut c),
         "clinical.referral" => referral(&mut c),
         crate::queue::BOOK => book(&mut c),
-        _ => update(&mut c),
+        crate::queue::UPDATE => update(&mut c),
+        _ => record_edit(&mut c),
     };
     checked.and_then(|()| c.no_others()).map_err(|(field, problem)| err(&field, problem))
 }
@@ -143,7 +150,7 @@ impl<'a> Checker<'a> {
 
     fn patient(&mut self, name: &'static str, required: bool) -> Check {
         let Some(id) = self.text(name, 64, required)? else { return Ok(()) };
-        if id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')) {
+        if is_patient_id(id) {
             Ok(())
         } else {
             self.fail(name, format!("must be a patient id ({PATIENT_ID}), never a name"))
@@ -361,6 +368,57 @@ fn update(c: &mut Checker<'_>) -> Check {
     c.time_ahead("due_at", status == Some("rescheduled"), MAX_DUE_AHEAD_MS)?;
     if status.is_none() && c.obj.get("urgency").is_none_or(Value::is_null) {
         return c.fail("status", "or urgency is required");
+    }
+    Ok(())
+}
+
+fn record_edit(c: &mut Checker<'_>) -> Check {
+    c.common()?;
+    c.patient("patient", true)?;
+    c.one_of("role", &["worker", "doctor", "supervisor", "admin"], true)?;
+    let field = c.text("field", 64, true)?.unwrap_or_default();
+    let item = field.strip_prefix(crate::record::CARE_PLAN);
+    let key_ok = |k: &str| {
+        (1..=32).contains(&k.len())
+            && k.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_')
+    };
+    match item {
+        Some(key) if key_ok(key) => {}
+        None if crate::record::TEXT_FIELDS.contains(&field) => {}
+        _ => {
+            return c.fail(
+                "field",
+                format!(
+                    "must be problems, allergies or care_plan.<key> (key: 1 to 32 of a-z, 0-9, - and _); got {field}"
+                ),
+            );
+        }
+    }
+    // `value` must be present; `null` clears the field.
+    if !c.obj.contains_key("value") {
+        c.seen.push("value");
+        return c.fail("value", "is required (null clears the field)");
+    }
+    if item.is_some() {
+        c.object("value", |v| {
+            v.text("task", MAX_SHORT, true)?;
+            match v.get("done") {
+                None | Some(Value::Bool(_)) => Ok(()),
+                Some(_) => v.fail("done", "must be true or false"),
+            }
+        })?;
+    } else {
+        c.text("value", MAX_TEXT, false)?;
+    }
+    let Some(base) = c.get("base") else { return Ok(()) };
+    let Some(base) = base.as_array() else { return c.fail("base", "must be a list of version ids") };
+    if base.len() > crate::record::MAX_BASE {
+        return c.fail("base", format!("must name at most {} versions", crate::record::MAX_BASE));
+    }
+    for (i, v) in base.iter().enumerate() {
+        if v.as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()).is_none() {
+            return c.fail(&format!("base.{i}"), "must be a version id (the message id of an edit)");
+        }
     }
     Ok(())
 }

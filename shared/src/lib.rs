@@ -17,6 +17,7 @@ pub mod ids;
 pub mod media;
 pub mod policy;
 pub mod queue;
+pub mod record;
 pub mod revocation;
 pub mod token;
 // Renewal is the token's own business (it verifies through `token::TokenVerifier`);

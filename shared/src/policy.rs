@@ -77,6 +77,10 @@ pub struct Policy {
     /// Rooms whose message bodies must be end-to-end encrypted (see [`crate::e2e`]): the
     /// server accepts only encrypted envelopes there and cannot read them.
     pub encrypted_rooms: Vec<RoomId>,
+    /// Fields of a patient's record that are the doctor's (docs/workflows.md): there a
+    /// doctor's edit wins over a concurrent one by anyone else. Set the same on the cloud
+    /// and on every hub, or they show such a conflict differently.
+    pub record_doctor_fields: Vec<String>,
 }
 
 const MEMBERS: [Role; 3] = [Role::Worker, Role::Doctor, Role::Supervisor];
@@ -91,6 +95,7 @@ impl Default for Policy {
             participate_roles: MEMBERS.to_vec(),
             audit_roles: vec![Role::Admin],
             encrypted_rooms: Vec::new(),
+            record_doctor_fields: vec!["problems".to_owned()],
         }
     }
 }

@@ -37,5 +37,5 @@ pub use query::{Backlog, Outbound, OutboundQuery, Replay, ReplayQuery};
 pub use security::SecurityStore;
 pub use types::{
     AppendRequest, Appended, Audience, Forwarded, LogEntry, PeerState, Publisher, Reply, RetentionStats, SessionId,
-    StoreError,
+    StoreError, Workflow,
 };

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use outpost_shared::frames::{HistoryPage, Positioned};
 use outpost_shared::{Cursor, DeviceId, Epoch, Hlc, MessageId, RoomId, UserId};
 
-use crate::{AppendRequest, Appended, Replay, ReplayQuery, Reply, RetentionStats, StoreError};
+use crate::{AppendRequest, Appended, Replay, ReplayQuery, Reply, RetentionStats, StoreError, Workflow};
 
 pub trait LogStore: Clone + Send + Sync + 'static {
     /// This database's epoch: devices resume only within it (contract 6).
@@ -99,13 +99,14 @@ pub trait LogStore: Clone + Send + Sync + 'static {
         limit: u32,
         max_bytes: usize,
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send;
-    /// The `queue.book` and `queue.update` messages of `room` stamped at or after
-    /// `since_hlc`, in stamp order, at most `limit`, and whether more remain: what a
-    /// room's doctors' queues are derived from (`outpost_shared::queue`). Read through an
-    /// index of those kinds alone, so the cost follows the queue messages, not the room.
-    fn queue_events(
+    /// The messages of `room` that feed `workflow` (a doctor's queue, a patient's record),
+    /// stamped at or after `since_hlc`, in stamp order, at most `limit`, and whether more
+    /// remain: what the workflow's state is derived from. Read through an index of those
+    /// kinds alone, so the cost follows the workflow's messages, not the room's.
+    fn workflow_events(
         &self,
         room: RoomId,
+        workflow: Workflow,
         since_hlc: Hlc,
         limit: u32,
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send;

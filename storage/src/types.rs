@@ -170,3 +170,26 @@ mod tests {
         assert_eq!(StoreError::Database("disk I/O error".into()).code(), ErrorCode::Internal);
     }
 }
+
+/// A clinical workflow whose state is derived from its messages on every read: which
+/// message kinds feed it. Each has a partial index of those kinds alone in every backend
+/// (`messages_queue`, `messages_record`), so a read costs the workflow's messages, not
+/// the room's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workflow {
+    /// Doctors' queues: `queue.book` and `queue.update` (outpost_shared::queue).
+    Queue,
+    /// Patients' shared records: `record.edit` (outpost_shared::record).
+    Record,
+}
+
+impl Workflow {
+    /// The SQL condition on `kind`, written exactly as in the partial index's `WHERE`
+    /// (SQLite uses a partial index only for a query that repeats its condition).
+    pub fn kind_sql(self) -> &'static str {
+        match self {
+            Self::Queue => "kind IN ('queue.book', 'queue.update')",
+            Self::Record => "kind = 'record.edit'",
+        }
+    }
+}

@@ -256,19 +256,21 @@ impl PgStore {
         Ok(HistoryPage::local(room, messages, more))
     }
 
-    /// The queue messages of `room` from `since_hlc` on, in stamp order (see
-    /// `LogStore::queue_events`; the partial index `messages_queue`).
-    pub(crate) async fn queue_events(
+    /// The messages of `room` feeding `workflow` from `since_hlc` on, in stamp order (see
+    /// `LogStore::workflow_events`; through the workflow's partial index).
+    pub(crate) async fn workflow_events(
         &self,
         room: RoomId,
+        workflow: outpost_storage::Workflow,
         since_hlc: outpost_shared::Hlc,
         limit: u32,
     ) -> Result<(Vec<Positioned>, bool), StoreError> {
         let (_permit, c) = self.reader(ReadLane::Devices).await?;
         let stmt = c
             .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND hlc >= $2 \
-                 AND kind IN ('queue.book', 'queue.update') ORDER BY hlc, id LIMIT $3"
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND hlc >= $2 AND {} \
+                 ORDER BY hlc, id LIMIT $3",
+                workflow.kind_sql()
             ))
             .await
             .map_err(db)?;

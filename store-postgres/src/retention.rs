@@ -43,7 +43,9 @@ pub enum EraseError {
 }
 
 /// What a message `m` must meet to be removed by retention; `$1` is the receive-time cutoff.
+/// Record edits are never removed: a patient's record is derived from them.
 const PRUNABLE: &str = "m.at < $1
+    AND m.kind <> 'record.edit'
     AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.room = m.room)
     AND NOT EXISTS (SELECT 1 FROM peer_rooms pr JOIN peers p ON p.peer = pr.peer
                      WHERE pr.room = m.room AND m.cursor > p.sent_hwm

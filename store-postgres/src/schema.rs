@@ -257,10 +257,11 @@ pub const MIGRATIONS: &[&str] = &[
         reason  TEXT NOT NULL DEFAULT ''
     );
     ",
-    // Doctors' queues are derived from their bookings and updates on every read
-    // (outpost_shared::queue; the SQLite store's version 9).
+    // Doctors' queues and patients' records are derived from their messages on every
+    // read (outpost_shared::queue, ::record; the SQLite store's version 9).
     r"
     CREATE INDEX messages_queue ON messages (room, hlc) WHERE kind IN ('queue.book', 'queue.update');
+    CREATE INDEX messages_record ON messages (room, hlc) WHERE kind = 'record.edit';
     ",
 ];
 

@@ -96,13 +96,14 @@ impl LogStore for PgStore {
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send {
         PgStore::history_before_hlc(self, room, before_hlc, limit, max_bytes)
     }
-    fn queue_events(
+    fn workflow_events(
         &self,
         room: RoomId,
+        workflow: outpost_storage::Workflow,
         since_hlc: outpost_shared::Hlc,
         limit: u32,
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send {
-        PgStore::queue_events(self, room, since_hlc, limit)
+        PgStore::workflow_events(self, room, workflow, since_hlc, limit)
     }
     fn room_since(
         &self,

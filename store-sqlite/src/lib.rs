@@ -504,14 +504,15 @@ impl Store {
         self.on_reader(ReadLane::Devices, move |r| r.history(room, before, limit)).await
     }
 
-    /// The queue messages of `room` from `since_hlc` on, in stamp order.
-    pub async fn queue_events(
+    /// The messages of `room` feeding `workflow` from `since_hlc` on, in stamp order.
+    pub async fn workflow_events(
         &self,
         room: RoomId,
+        workflow: outpost_storage::Workflow,
         since_hlc: outpost_shared::Hlc,
         limit: u32,
     ) -> Result<(Vec<Positioned>, bool), StoreError> {
-        self.on_reader(ReadLane::Devices, move |r| r.queue_events(&room, since_hlc, limit)).await
+        self.on_reader(ReadLane::Devices, move |r| r.workflow_events(&room, workflow, since_hlc, limit)).await
     }
 
     /// Messages of `room` after `after`, oldest first, and whether there are more.

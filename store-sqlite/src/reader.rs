@@ -232,18 +232,20 @@ impl Readers {
         })
     }
 
-    /// The queue messages of `room` from `since_hlc` on, in stamp order (`messages_queue`;
-    /// the kinds are written out as in the index so that SQLite uses it).
-    pub fn queue_events(
+    /// The messages of `room` feeding `workflow` from `since_hlc` on, in stamp order
+    /// (through its partial index: `kind_sql` repeats the index's condition).
+    pub fn workflow_events(
         &self,
         room: &RoomId,
+        workflow: outpost_storage::Workflow,
         since_hlc: Hlc,
         limit: u32,
     ) -> Result<(Vec<Positioned>, bool), StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = ?1 AND hlc >= ?2 \
-                 AND kind IN ('queue.book', 'queue.update') ORDER BY hlc, id LIMIT ?3"
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = ?1 AND hlc >= ?2 AND {} \
+                 ORDER BY hlc, id LIMIT ?3",
+                workflow.kind_sql()
             ))?;
             let since = i64::try_from(since_hlc.0).unwrap_or(i64::MAX);
             let mut rows = stmt.query(rusqlite::params![room.as_str(), since, i64::from(limit) + 1])?;

@@ -320,8 +320,11 @@ pub(crate) fn prunable_sql(policy: &RetentionPolicy) -> String {
         Some(_) => "AND NOT EXISTS (SELECT 1 FROM blob_peers bp WHERE bp.sha256 = x.sha256 AND bp.peer = ?2)",
         None => "AND 0",
     };
+    // A patient's record is derived from its edits (outpost_shared::record), so they are
+    // never pruned: a record must read the same offline years later.
     format!(
         "m.at < ?1 AND {confirmed}
+         AND m.kind <> 'record.edit'
          AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.room = m.room)
          AND (m.priority < 3 OR EXISTS (SELECT 1 FROM receipts r
                                          WHERE r.msg_id = m.id AND r.state IN ('delivered', 'read')))

@@ -241,11 +241,13 @@ pub const MIGRATIONS: &[&str] = &[
         reason  TEXT NOT NULL DEFAULT ''
     ) WITHOUT ROWID;
     ",
-    // 9: doctors' queues are derived from their bookings and updates on every read
-    // (outpost_shared::queue): an index of those kinds alone keeps that read small in a
-    // room of hundreds of thousands of messages, and costs nothing on other messages.
+    // 9: doctors' queues and patients' records are derived from their messages on every
+    // read (outpost_shared::queue, ::record; Workflow::kind_sql): an index of those kinds
+    // alone keeps that read small in a room of hundreds of thousands of messages, and
+    // costs nothing on other messages.
     r"
     CREATE INDEX messages_queue ON messages (room, hlc) WHERE kind IN ('queue.book', 'queue.update');
+    CREATE INDEX messages_record ON messages (room, hlc) WHERE kind = 'record.edit';
     ",
 ];
 

@@ -652,6 +652,38 @@ mod retention {
         store.shutdown().await;
     }
 
+    /// A patient's record is derived from its edits (outpost_shared::record): they stay
+    /// however old and confirmed, by age and for the quota alike.
+    #[tokio::test]
+    async fn record_edits_are_never_pruned() {
+        let dir = ok(tempfile::tempdir());
+        let store = ok(Store::open(&dir.path().join("r.db"), opts(), Arc::new(Collect::default())));
+        let p = policy(Some(0));
+        ok(store.set_retention(p.clone()).await);
+        let mut last = Cursor(0);
+        for seq in 1..=6 {
+            let mut r = req("ward", Priority::Normal, seq);
+            if seq % 2 == 0 {
+                r.msg.kind = ok(MessageKind::new("record.edit"));
+            }
+            last = ok(store.append_wait(r).await).cursor;
+        }
+        store.peer_acked("cloud", last, Vec::new(), 1).await;
+        ok(store.ping().await);
+        // Over the quota's high-water mark from the start: every write is followed by quota
+        // pruning, which removes what is confirmed, bar the edits.
+        ok(store.append_wait(req("ward", Priority::Normal, 7)).await);
+        ok(store.ping().await);
+        assert!(ok(store.prune_aged(&p, u64::MAX / 2, 1).await).removed <= 3);
+        let stats = store.retention_stats();
+        assert_eq!(stats.pruned_by_age + stats.pruned_by_quota, 3, "the confirmed chat goes");
+        let (edits, _) =
+            ok(store.workflow_events(id("ward"), outpost_storage::Workflow::Record, outpost_shared::Hlc(0), 10).await);
+        assert_eq!(edits.len(), 3, "the record's edits stay");
+        assert_eq!(count(&store).await, 4, "the edits and the unconfirmed last message");
+        store.shutdown().await;
+    }
+
     #[tokio::test]
     async fn an_undelivered_emergency_stays_and_goes_once_delivered() {
         let dir = ok(tempfile::tempdir());

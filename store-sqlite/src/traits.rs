@@ -104,13 +104,14 @@ impl LogStore for Store {
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send {
         Store::history_before_hlc(self, room, before_hlc, limit, max_bytes)
     }
-    fn queue_events(
+    fn workflow_events(
         &self,
         room: RoomId,
+        workflow: outpost_storage::Workflow,
         since_hlc: Hlc,
         limit: u32,
     ) -> impl Future<Output = Result<(Vec<Positioned>, bool), StoreError>> + Send {
-        Store::queue_events(self, room, since_hlc, limit)
+        Store::workflow_events(self, room, workflow, since_hlc, limit)
     }
     fn pruned_floor(&self, room: RoomId) -> impl Future<Output = Result<Option<Hlc>, StoreError>> + Send {
         Store::pruned_floor(self, room)

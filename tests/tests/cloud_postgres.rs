@@ -14,7 +14,7 @@ use outpost_store_postgres::testing::TestCluster;
 use outpost_tests::client::chat;
 use outpost_tests::media::{Upload, call, download, info, info_until, photo, sha256_hex};
 use outpost_tests::{Cloud, Device, free_udp_addr};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Test hubs retry the cloud within 2 s, and take a backlog of thousands from one phone
 /// at once (the send rate limit is tested elsewhere).
@@ -482,6 +482,10 @@ async fn on_postgres_retention_spares_held_rooms_and_an_audited_delete_erases() 
             dr.send_stored(chat(room, &format!("case note {room} {i}"))).await?;
         }
     }
+    // A patient's record edit stays however old: the record is read from it.
+    let allergy = json!({"patient": "KJ-0042", "field": "allergies", "value": "penicillin", "role": "doctor"});
+    dr.send_stored(json!({"id": outpost_tests::new_id(), "room": "clinic", "kind": "record.edit", "body": allergy}))
+        .await?;
     dr.close().await;
     let cli = |args: &[&str]| {
         let mut cmd = outpost_tests::command("outpost-cloud");
@@ -499,10 +503,14 @@ async fn on_postgres_retention_spares_held_rooms_and_an_audited_delete_erases() 
     let node = cloud.start_with_env("127.0.0.1:0", &later).await?;
     let base = node.http_base();
     let deadline = tokio::time::Instant::now() + outpost_tests::EVENT_TIMEOUT;
-    while room_count(&base, &tok, "clinic").await? > 0 {
+    while room_count(&base, &tok, "clinic").await? > 1 {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "the month-old room was never pruned");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let (status, record) =
+        outpost_tests::http::request(&base, "GET", "/api/rooms/clinic/records/KJ-0042", Some(&tok), None).await?;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["fields"][0]["value"], "penicillin", "the record edit was kept: {record}");
     assert_eq!(room_count(&base, &tok, "inquest").await?, 5, "the held room keeps everything");
 
     // Deletion is refused under hold; released, it erases and says so in the audit log.

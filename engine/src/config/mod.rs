@@ -38,7 +38,7 @@ const ENV_PREFIX: &str = "OUTPOST";
 pub const CLOUD_ENV_PREFIX: &str = "OUTPOST_CLOUD";
 
 /// Configuration keys that hold lists (comma-separated when set in the environment).
-pub const LIST_KEYS: [&str; 9] = [
+pub const LIST_KEYS: [&str; 10] = [
     "uplink.cloud",
     "media.accepted_types",
     "policy.encrypted_rooms",
@@ -48,6 +48,7 @@ pub const LIST_KEYS: [&str; 9] = [
     "policy.history_roles",
     "policy.participate_roles",
     "policy.audit_roles",
+    "policy.record_doctor_fields",
 ];
 
 /// The sections of the configuration.
@@ -424,6 +425,10 @@ pub struct LimitsConfig {
     /// Most queue messages (bookings and updates) one read of a room's queues folds; a
     /// room past it in `queue_days` gets `too_large` instead of a queue missing entries.
     pub queue_max_events: u32,
+    /// Most record edits of one room a read of a patient's record folds (every patient's
+    /// in the room: edits are found by room, then by patient). A room past it gets
+    /// `too_large` instead of a record missing versions.
+    pub record_max_events: u32,
 }
 
 impl Default for LimitsConfig {
@@ -451,6 +456,7 @@ impl Default for LimitsConfig {
             signin_unread_per_room: 1000,
             queue_days: 30,
             queue_max_events: 50_000,
+            record_max_events: 100_000,
         }
     }
 }
@@ -681,6 +687,7 @@ impl LimitsConfig {
             ("limits.max_receipts_per_ack", l.max_receipts_per_ack as u64),
             ("limits.queue_days", u64::from(l.queue_days)),
             ("limits.queue_max_events", u64::from(l.queue_max_events)),
+            ("limits.record_max_events", u64::from(l.record_max_events)),
         ])
         .collect();
         if l.max_body_bytes > l.max_frame_bytes {

@@ -17,7 +17,7 @@ use outpost_shared::frames::OutgoingMsg;
 use outpost_shared::uplink::batch::{Entry, Lane, WireMessage};
 use outpost_shared::{Body, Cursor, DeviceId, Hlc, MessageId, MessageKind, Priority, Revocation, RoomId, Seq, UserId};
 
-use crate::{AppendRequest, AuditEvent, AuditKind, HookStore, LinkStore, LogEntry, OutboundQuery, Publisher};
+use crate::{AppendRequest, AuditEvent, AuditKind, HookStore, LinkStore, LogEntry, OutboundQuery, Publisher, Workflow};
 
 /// Everything the backend published, in order.
 #[derive(Debug, Default)]
@@ -43,7 +43,7 @@ pub async fn check_all<S: LinkStore + HookStore>(open: impl Fn(Arc<Published>) -
     a_message_id_is_stored_once_forever(&open).await;
     history_pages_back_from_a_cursor(&open).await;
     history_pages_back_by_stamp(&open).await;
-    queue_events_are_the_rooms_queue_messages_by_stamp(&open).await;
+    workflow_events_are_the_rooms_messages_of_those_kinds_by_stamp(&open).await;
     events_follow_the_log_across_rooms(&open).await;
     events_page_without_loss_or_repeats(&open).await;
     peer_imports_are_idempotent_and_the_resume_point_is_kept(&open).await;
@@ -167,29 +167,41 @@ pub async fn history_pages_back_by_stamp<S: LinkStore>(open: &impl Fn(Arc<Publis
     assert_eq!((page.len(), more), (1, true), "a byte budget cuts the page short but never empty");
 }
 
-/// `queue_events`: a room's `queue.book` and `queue.update` messages from a stamp on, in
-/// stamp order, at most `limit`; never another kind or another room's.
-pub async fn queue_events_are_the_rooms_queue_messages_by_stamp<S: LinkStore>(open: &impl Fn(Arc<Published>) -> S) {
+/// `workflow_events`: a room's messages of the workflow's kinds (`queue.book` and
+/// `queue.update`; `record.edit`) from a stamp on, in stamp order, at most `limit`; never
+/// another kind or another room's.
+pub async fn workflow_events_are_the_rooms_messages_of_those_kinds_by_stamp<S: LinkStore>(
+    open: &impl Fn(Arc<Published>) -> S,
+) {
     let store = open(Arc::new(Published::default()));
     let (room, other) = (id("clinic"), id("ward"));
-    let mut queue = Vec::new();
-    for n in 1..=9 {
-        let kind = ["chat", "queue.book", "queue.update"][(n % 3) as usize];
+    let (mut queue, mut record) = (Vec::new(), Vec::new());
+    for n in 1..=12 {
+        let kind = ["chat", "queue.book", "queue.update", "record.edit"][(n % 4) as usize];
         for r in [&room, &other] {
             let mut req = append(r, n, new_id());
             req.msg.kind = MessageKind::new(kind).unwrap_or_else(|e| panic!("{e}"));
             let a = store.append_wait(req).await.unwrap_or_else(|e| panic!("{e}"));
-            if r == &room && kind != "chat" {
-                queue.push((a.hlc, a.id));
+            match kind {
+                "queue.book" | "queue.update" if r == &room => queue.push((a.hlc, a.id)),
+                "record.edit" if r == &room => record.push((a.hlc, a.id)),
+                _ => {}
             }
         }
     }
-    let (all, more) = store.queue_events(room.clone(), Hlc(0), 100).await.unwrap_or_else(|e| panic!("{e}"));
+    let read = |workflow, since, limit| {
+        let (store, room) = (store.clone(), room.clone());
+        async move { store.workflow_events(room, workflow, since, limit).await.unwrap_or_else(|e| panic!("{e}")) }
+    };
+    let (all, more) = read(Workflow::Queue, Hlc(0), 100).await;
     assert!(!more);
     assert_eq!(all.iter().map(|p| (p.msg.hlc, p.msg.id)).collect::<Vec<_>>(), queue, "the room's, by stamp");
-    let (page, more) = store.queue_events(room.clone(), queue[2].0, 2).await.unwrap_or_else(|e| panic!("{e}"));
+    let (page, more) = read(Workflow::Queue, queue[2].0, 2).await;
     assert_eq!(page.iter().map(|p| p.msg.id).collect::<Vec<_>>(), [queue[2].1, queue[3].1], "from the stamp on");
     assert!(more, "two more remain");
+    let (all, more) = read(Workflow::Record, Hlc(0), 100).await;
+    assert!(!more);
+    assert_eq!(all.iter().map(|p| (p.msg.hlc, p.msg.id)).collect::<Vec<_>>(), record, "only record edits");
 }
 
 /// Every page of `events` from `after` with `limit`, until one says there is no more.
