@@ -192,6 +192,31 @@ impl Router {
         }
     }
 
+    /// Sends a call step to `user`'s sessions whose token holds `room` (only `device`'s,
+    /// when given), but `except`, in the emergency lane: a ring or an ICE candidate must
+    /// not wait behind a replay. Returns how many sessions it was offered to.
+    pub fn to_call_party(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        device: Option<&DeviceId>,
+        except: SessionId,
+        text: Utf8Bytes,
+    ) -> usize {
+        let Ok(inner) = self.inner.read() else { return 0 };
+        let mut n = 0;
+        for id in inner.users.get(user).into_iter().flatten().filter(|id| **id != except) {
+            if let Some(s) = inner.sessions.get(id)
+                && s.rooms.contains(room)
+                && device.is_none_or(|d| *d == s.device)
+            {
+                s.offer(Priority::Emergency, Live::Ephemeral(text.clone()));
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Sends an ephemeral frame once to every other user's session sharing a room in `rooms`.
     pub fn to_co_members(&self, user: &UserId, rooms: &[RoomId], text: Utf8Bytes) {
         let Ok(inner) = self.inner.read() else { return };

@@ -19,7 +19,7 @@ use crate::ids::Priority;
 
 /// The kinds this module knows, each with its schema: the clinical events, and the
 /// bookings and changes a doctor's queue is derived from ([`crate::queue`]).
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
     "clinical.emergency",
     "clinical.vitals",
     "clinical.medication",
@@ -28,12 +28,17 @@ pub const KINDS: [&str; 8] = [
     crate::queue::BOOK,
     crate::queue::UPDATE,
     crate::record::EDIT,
+    MISSED_CALL,
 ];
 
 /// A patient id: 1 to 64 of letters, digits and `. _ - :`, chosen by the deployment (a
 /// register number, a card number). A name with a space is refused, which keeps the most
 /// common slip (a name typed into the id field) out of the uplink.
 pub const PATIENT_ID: &str = "1 to 64 letters, digits or . _ - :";
+/// The kind of the message a caller leaves when a call was not answered (docs/protocol.md,
+/// "call").
+pub const MISSED_CALL: &str = "call.missed";
+
 /// Whether `id` is a patient id ([`PATIENT_ID`]).
 pub fn is_patient_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
@@ -84,7 +89,8 @@ pub fn validate(kind: &str, priority: Priority, body: &str, now_ms: u64) -> Resu
         "clinical.referral" => referral(&mut c),
         crate::queue::BOOK => book(&mut c),
         crate::queue::UPDATE => update(&mut c),
-        _ => record_edit(&mut c),
+        crate::record::EDIT => record_edit(&mut c),
+        _ => missed_call(&mut c),
     };
     checked.and_then(|()| c.no_others()).map_err(|(field, problem)| err(&field, problem))
 }
@@ -372,6 +378,19 @@ fn update(c: &mut Checker<'_>) -> Check {
     Ok(())
 }
 
+fn missed_call(c: &mut Checker<'_>) -> Check {
+    c.common()?;
+    c.user("to")?;
+    let call = c.text("call", 64, true)?.unwrap_or_default();
+    if uuid::Uuid::parse_str(call).is_err() {
+        return c.fail("call", "must be the call's id (a UUID)");
+    }
+    match c.get("video") {
+        None | Some(Value::Bool(_)) => Ok(()),
+        Some(_) => c.fail("video", "must be true or false"),
+    }
+}
+
 fn record_edit(c: &mut Checker<'_>) -> Check {
     c.common()?;
     c.patient("patient", true)?;
@@ -609,5 +628,54 @@ mod tests {
         .err()
         .map(|e| e.problem);
         assert_eq!(refused.as_deref(), Some("is more than 366 days in the future"));
+    }
+
+    #[test]
+    fn a_missed_call_names_the_callee_and_the_call() {
+        let call = "0190b2c4-8f6e-7c3a-9a55-2b1d3c4e5f60";
+        assert_eq!(field("call.missed", json!({"to": "baraka", "call": call, "video": true})), "accepted");
+        assert_eq!(field("call.missed", json!({"call": call})), "to");
+        assert_eq!(field("call.missed", json!({"to": "baraka", "call": "yesterday"})), "call");
+        assert_eq!(field("call.missed", json!({"to": "baraka", "call": call, "video": "yes"})), "video");
+    }
+
+    #[test]
+    fn a_record_edit_names_patient_field_value_and_role() {
+        let ok = |v: Value| field("record.edit", v);
+        let base = json!(["0190a7c4-8f6e-7c3a-9a55-2b1d3c4e5f60"]);
+        assert_eq!(
+            ok(
+                json!({"patient": "KJ-0042", "field": "allergies", "value": "penicillin", "base": base, "role": "worker"})
+            ),
+            "accepted"
+        );
+        assert_eq!(
+            ok(
+                json!({"patient": "KJ-0042", "field": "care_plan.bp-1", "value": {"task": "BP at 18:00", "done": true}, "role": "doctor"})
+            ),
+            "accepted"
+        );
+        assert_eq!(
+            ok(json!({"patient": "KJ-0042", "field": "care_plan.bp-1", "value": null, "role": "worker"})),
+            "accepted"
+        );
+        assert_eq!(ok(json!({"patient": "KJ-0042", "field": "allergies", "role": "worker"})), "value");
+        assert_eq!(ok(json!({"patient": "KJ-0042", "field": "weight", "value": "60", "role": "worker"})), "field");
+        assert_eq!(
+            ok(json!({"patient": "KJ-0042", "field": "care_plan.BP 1", "value": null, "role": "worker"})),
+            "field"
+        );
+        assert_eq!(
+            ok(
+                json!({"patient": "KJ-0042", "field": "care_plan.x", "value": {"task": "t", "done": "yes"}, "role": "worker"})
+            ),
+            "value.done"
+        );
+        assert_eq!(ok(json!({"patient": "KJ-0042", "field": "allergies", "value": 3, "role": "worker"})), "value");
+        assert_eq!(ok(json!({"patient": "KJ-0042", "field": "allergies", "value": "x", "role": "nurse"})), "role");
+        assert_eq!(
+            ok(json!({"patient": "KJ-0042", "field": "allergies", "value": "x", "base": ["v1"], "role": "worker"})),
+            "base.0"
+        );
     }
 }

@@ -230,6 +230,57 @@ pub const HISTORY_MAX_LIMIT: u32 = 200;
 /// The page size when `history.limit` is absent.
 pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
 
+/// One step of a call between two people on the same server (docs/protocol.md, "Calls").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallSignal {
+    /// The caller rings the callee's devices.
+    Invite,
+    /// A callee's device is ringing.
+    Ringing,
+    /// The callee answered on this device: the call goes on between the two devices.
+    Accept,
+    /// The callee declined.
+    Decline,
+    /// The callee is in another call.
+    Busy,
+    /// Either side ended the call (the caller before an answer: it was missed).
+    Hangup,
+    /// WebRTC session description from the caller.
+    Offer,
+    /// WebRTC session description from the callee.
+    Answer,
+    /// A WebRTC ICE candidate, either way.
+    Ice,
+    /// Server to caller only: no device of the callee is connected to this server with
+    /// the room.
+    Unavailable,
+}
+
+/// `call` (protocol v1 extension): a call step for `to`'s devices, relayed by the server
+/// and never stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    /// The call's id, made by the caller (a UUID), on every step of it.
+    pub call: MessageId,
+    /// A room both people are members of: a call is between members of a room.
+    pub room: RoomId,
+    pub to: UserId,
+    /// Once a device of `to` accepted: that device only. Otherwise every device of `to`
+    /// holding the room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
+    pub signal: CallSignal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<bool>,
+    /// The session description of `offer` and `answer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp: Option<String>,
+    /// The candidate of `ice`, as the browser gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<serde_json::Value>,
+}
+
 /// `join` / `leave`: start or stop live messages of one of the token's rooms on this
 /// connection (membership itself comes from the token).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,6 +300,7 @@ pub enum ClientFrame {
     Join(RoomRef),
     Leave(RoomRef),
     Ping,
+    Call(Call),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -351,6 +403,24 @@ pub struct TypingEvent {
     pub active: bool,
 }
 
+/// `call` from the server: a call step from `from`'s device `from_device`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallEvent {
+    pub call: MessageId,
+    pub room: RoomId,
+    pub from: UserId,
+    /// Absent on `unavailable`, which the server sends itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_device: Option<DeviceId>,
+    pub signal: CallSignal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<serde_json::Value>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PresenceEvent {
     pub user: UserId,
@@ -428,6 +498,8 @@ pub enum ServerFrame {
     Token(TokenRenewed),
     /// Protocol v1 extension, like `Token`.
     ReadMark(ReadMark),
+    /// Protocol v1 extension, like `Token`.
+    Call(CallEvent),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -554,6 +626,7 @@ impl ClientFrame {
             "join" => Self::Join(body("join", text)?),
             "leave" => Self::Leave(body("leave", text)?),
             "ping" => Self::Ping,
+            "call" => Self::Call(body("call", text)?),
             other => {
                 return Err(DecodeError::bad(format!(
                     "unknown frame type {:?}; see protocol v1 for the client frames",
@@ -575,6 +648,7 @@ impl ClientFrame {
             Self::Join(_) => "join",
             Self::Leave(_) => "leave",
             Self::Ping => "ping",
+            Self::Call(_) => "call",
         }
     }
 
@@ -591,6 +665,7 @@ impl ClientFrame {
             Self::History(f) => encode_with(ty, f),
             Self::Join(f) | Self::Leave(f) => encode_with(ty, f),
             Self::Ping => encode_with(ty, &Empty {}),
+            Self::Call(f) => encode_with(ty, f),
         }
     }
 }
@@ -610,6 +685,7 @@ impl ServerFrame {
             Self::Pong => "pong",
             Self::Token(_) => "token",
             Self::ReadMark(_) => "read_mark",
+            Self::Call(_) => "call",
         }
     }
 
@@ -629,6 +705,7 @@ impl ServerFrame {
             Self::Pong => encode_with(ty, &Empty {}),
             Self::Token(f) => encode_with(ty, f),
             Self::ReadMark(f) => encode_with(ty, f),
+            Self::Call(f) => encode_with(ty, f),
         }
     }
 
@@ -648,6 +725,7 @@ impl ServerFrame {
             "pong" => Self::Pong,
             "token" => Self::Token(body("token", text)?),
             "read_mark" => Self::ReadMark(body("read_mark", text)?),
+            "call" => Self::Call(body("call", text)?),
             other => {
                 return Err(DecodeError::bad(format!("unknown server frame type {other:?}")));
             }

@@ -91,6 +91,58 @@ impl<S: Storage> Session<S> {
         result
     }
 
+    /// Relays a call step to the callee's devices on this server (docs/protocol.md,
+    /// "Calls"). Nothing of a call is stored: a missed call is a message its caller sends.
+    async fn call(&mut self, c: outpost_shared::frames::Call) -> Step {
+        use outpost_shared::frames::{CallEvent, CallSignal};
+        if let Err((code, m)) = self.check_room(Action::Participate { room: &c.room }).await {
+            return self.feed(error_frame(code, m, None)).await;
+        }
+        if c.to == self.claims.sub || c.signal == CallSignal::Unavailable {
+            let m = "a call goes to another person, and `unavailable` is the server's to send";
+            return self.feed(error_frame(ErrorCode::BadFrame, m, None)).await;
+        }
+        // Calls share the device's message allowance. A refused step is said, not dropped:
+        // a lost ICE candidate or hang-up would leave the other side waiting.
+        if !self.bucket.try_take(self.started.elapsed()) {
+            let m = "too many frames; slow down and send this call step again";
+            return self.feed(error_frame(ErrorCode::RateLimited, m, None)).await;
+        }
+        let event = CallEvent {
+            call: c.call,
+            room: c.room.clone(),
+            from: self.claims.sub.clone(),
+            from_device: Some(self.link.device.clone()),
+            signal: c.signal,
+            video: c.video,
+            sdp: c.sdp,
+            candidate: c.candidate,
+        };
+        let text = Utf8Bytes::from(ServerFrame::Call(event).encode());
+        let router = &self.hub.router;
+        // The sender's own other devices learn it was answered or declined here, and stop
+        // ringing.
+        if matches!(c.signal, CallSignal::Accept | CallSignal::Decline) {
+            router.to_call_party(&self.claims.sub, &c.room, None, self.link.id, text.clone());
+        }
+        let reached = router.to_call_party(&c.to, &c.room, c.device.as_ref(), self.link.id, text);
+        if reached > 0 || c.signal != CallSignal::Invite {
+            return Ok(());
+        }
+        // Nobody to ring here: the caller hears so at once instead of ringing into nothing.
+        let none = CallEvent {
+            call: c.call,
+            room: c.room,
+            from: c.to,
+            from_device: None,
+            signal: CallSignal::Unavailable,
+            video: c.video,
+            sdp: None,
+            candidate: None,
+        };
+        self.feed(Utf8Bytes::from(ServerFrame::Call(none).encode())).await
+    }
+
     async fn handle(&mut self, frame: ClientFrame) -> Step {
         match frame {
             ClientFrame::Send(s) => self.send(s.msg).await,
@@ -132,6 +184,7 @@ impl<S: Storage> Session<S> {
                     Ok(())
                 }
             },
+            ClientFrame::Call(c) => self.call(c).await,
             ClientFrame::Presence(p) => {
                 if self.hub.presence_allowed(&self.claims.sub) {
                     let frame = presence(&self.claims, p.status, None);
