@@ -43,6 +43,28 @@ const CONNECT_PARALLEL: usize = 32;
 /// Filler that makes a message body about 100 bytes of JSON, a typical short chat line.
 const BODY_PAD: &str = "a short status line from the field, padded to a typical chat size.";
 
+/// The text every generated message carries (the hub's and the peers' alike): the
+/// 100-byte line, unless [`set_body_bytes`] made it longer.
+pub fn body_text() -> &'static str {
+    BODY_TEXT.get().map_or(BODY_PAD, String::as_str)
+}
+
+static BODY_TEXT: OnceLock<String> = OnceLock::new();
+
+/// A body as the generators write it (for its length).
+pub fn sample_body() -> String {
+    format!(r#"{{"t":{},"c":{},"text":"{}"}}"#, u64::MAX / 1000, 99, body_text())
+}
+
+/// Makes every generated body about `bytes` of JSON (the SD-card wear phase measures
+/// 1 KiB messages); call once, before any load runs.
+pub fn set_body_bytes(bytes: usize) {
+    // The body's other fields (`t`, `c` and the JSON around them) take about 35 bytes.
+    let len = bytes.saturating_sub(35).max(BODY_PAD.len());
+    let text: String = BODY_PAD.chars().cycle().take(len).collect();
+    let _ = BODY_TEXT.set(text);
+}
+
 /// The instant all body timestamps count from.
 pub fn base() -> Instant {
     static BASE: OnceLock<Instant> = OnceLock::new();
@@ -249,7 +271,8 @@ impl Device {
         let id = uuid::Uuid::now_v7();
         let priority = if emergency { "emergency" } else { "normal" };
         let frame = format!(
-            r#"{{"v":1,"type":"send","msg":{{"id":"{id}","room":"{room}","kind":"chat","priority":"{priority}","body":{{"t":{t},"c":{c},"text":"{BODY_PAD}"}},"seq":{seq}}}}}"#,
+            r#"{{"v":1,"type":"send","msg":{{"id":"{id}","room":"{room}","kind":"chat","priority":"{priority}","body":{{"t":{t},"c":{c},"text":"{text}"}},"seq":{seq}}}}}"#,
+            text = body_text(),
             room = c.room,
             t = nanos_since_base(at),
             c = c.idx,

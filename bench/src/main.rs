@@ -27,6 +27,9 @@
 //! `--phases rebuild` rebuilds a hub on a new SD card from the cloud over the `--presets`
 //! links, with and without the newest-first pass (module `rebuild`).
 //!
+//! `--phases wear` measures the bytes the hub, Mosquitto and JetStream write to storage
+//! per stored message, at 10 and 1,000 messages/s of `--body-bytes` (module `wear`).
+//!
 //! `--phases all` runs every one of them and opens the report with one table of every goal
 //! measured (module `goals`): the full run BENCHMARKS.md records.
 //!
@@ -45,6 +48,7 @@ mod rebuild;
 mod report;
 mod stats;
 mod uplink;
+mod wear;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -135,6 +139,10 @@ pub struct Args {
     /// Uplink: repetitions of the bytes-per-message runs (default 3, or 1 with --quick; 0 skips them).
     #[arg(long)]
     pub mix_reps: Option<usize>,
+    /// Wear: the size of each message body, bytes of JSON (the other phases keep their
+    /// ~100-byte chat lines).
+    #[arg(long, default_value_t = 1024)]
+    pub body_bytes: usize,
     /// Uplink: messages per second of the live bytes-per-message run, in total.
     #[arg(long, default_value_t = 40.0)]
     pub trickle_rate: f64,
@@ -205,6 +213,10 @@ pub enum Phase {
     /// batched INSERTs, and delivery to a doctor on another node at `--rate` (module
     /// `cloud`; starts a private PostgreSQL cluster). Only when named (not in `all`).
     Cloud,
+    /// SD-card wear: bytes the hub, Mosquitto and JetStream write to storage per stored
+    /// message at 10 and 1,000 messages/s with `--body-bytes` messages (module `wear`).
+    /// Only when named (not in `all`).
+    Wear,
     /// Every phase above, in the order hub, uplink, media, peers, and a first table with
     /// every goal measured (about 50 minutes; `--quick` for a smoke run of all of them).
     All,
@@ -289,6 +301,10 @@ async fn main() -> anyhow::Result<()> {
     if args.phases.contains(&Phase::Cloud) {
         let run = cloud::run(&args, &tmp).await?;
         sections.push(cloud::markdown(&args, &command, &machine, &run));
+    }
+    if args.phases.contains(&Phase::Wear) {
+        let run = wear::run(&args, &tmp).await?;
+        sections.push(wear::markdown(&args, &command, &machine, &run));
     }
     if args.runs(Phase::Peers) {
         let (reps, versions, elapsed) = peers::run(&args, &tmp).await?;

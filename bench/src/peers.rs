@@ -38,9 +38,6 @@ use crate::stats::{Latency, new_hist, record};
 mod report;
 pub use report::markdown;
 
-/// Filler that makes a payload about 100 bytes, like the hub's message bodies.
-const PAD: &str = "a short status line from the field, padded to a typical chat size.";
-
 /// Connections being set up at once (as in the hub's phases).
 const CONNECT_PARALLEL: usize = 32;
 
@@ -78,6 +75,10 @@ pub struct PeerResult {
     pub broker_cpu_pct: f64,
     pub generator_cpu_pct: f64,
     pub machine_busy_pct: f64,
+    /// Messages acknowledged in the measured window.
+    pub acked: u64,
+    /// Bytes the broker wrote to storage in the measured window (`/proc/PID/io`).
+    pub write_bytes: u64,
 }
 
 /// One repetition: Outpost's ingest phase and each peer.
@@ -148,10 +149,10 @@ fn measured(w: &Window, t: Instant) -> bool {
     t >= w.from && t < w.to
 }
 
-/// A ~100-byte JSON payload carrying its send time (ns since [`load::base`]).
+/// A JSON payload like the hub's message bodies (~100 bytes, or `--body-bytes`) carrying its send time (ns since [`load::base`]).
 fn payload(i: usize, at: Instant) -> String {
     let t = at.saturating_duration_since(load::base()).as_nanos() as u64;
-    format!(r#"{{"t":{t},"c":{i},"text":"{PAD}"}}"#)
+    format!(r#"{{"t":{t},"c":{i},"text":"{}"}}"#, load::body_text())
 }
 
 fn sent_at(payload: &[u8]) -> Option<Instant> {
@@ -188,14 +189,14 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<(Vec<PeersRep>, Vers
             phases::load_phase(&mut world, Drive::Closed { window: args.window }, &timing, "outpost ingest").await?;
         let dir = tmp.join(format!("peers-{r}"));
         let closed = Load::Closed { window: args.window };
-        let mosquitto = run_peer(Peer::Mosquitto, &dir.join("closed"), args, closed, &timing).await?;
-        let jetstream = run_peer(Peer::JetStream, &dir.join("closed"), args, closed, &timing).await?;
+        let mosquitto = run_peer(Peer::Mosquitto, &dir.join("closed"), args.clients, closed, &timing).await?;
+        let jetstream = run_peer(Peer::JetStream, &dir.join("closed"), args.clients, closed, &timing).await?;
         let steady_drive = Drive::Open { rate: args.rate, emergency_rate: 0.0 };
         let outpost_steady = phases::load_phase(&mut world, steady_drive, &timing, "outpost steady").await?;
         // Every client at rate ÷ clients, so the total is `--rate` as in the hub's phase.
         let open = Load::Open { every: Duration::from_secs_f64(args.clients as f64 / args.rate) };
-        let mosquitto_steady = run_peer(Peer::Mosquitto, &dir.join("open"), args, open, &timing).await?;
-        let jetstream_steady = run_peer(Peer::JetStream, &dir.join("open"), args, open, &timing).await?;
+        let mosquitto_steady = run_peer(Peer::Mosquitto, &dir.join("open"), args.clients, open, &timing).await?;
+        let jetstream_steady = run_peer(Peer::JetStream, &dir.join("open"), args.clients, open, &timing).await?;
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         reps.push(PeersRep {
             outpost,
@@ -208,7 +209,7 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<(Vec<PeersRep>, Vers
 }
 
 /// Installs Debian's `mosquitto` and `nats-server` if either is missing (root needed).
-async fn ensure_installed() -> anyhow::Result<()> {
+pub async fn ensure_installed() -> anyhow::Result<()> {
     if find_bin("mosquitto").is_some() && find_bin("nats-server").is_some() {
         return Ok(());
     }
@@ -362,29 +363,32 @@ impl Broker {
     }
 }
 
-/// CPU of the broker, this process and the machine over the measured window.
-async fn sample_cpu(pid: u32, w: Window) -> (f64, f64, f64) {
+/// CPU of the broker, this process and the machine over the measured window, and the
+/// bytes the broker wrote to storage in it.
+async fn sample_cpu(pid: u32, w: Window) -> (f64, f64, f64, u64) {
     sleep_until(w.from).await;
     let (b0, me0, m0, t0) =
         (ProcTimes::read(&pid.to_string()), ProcTimes::read("self"), MachineTimes::read(), Instant::now());
+    let written = crate::procfs::write_bytes(pid);
     sleep_until(w.to).await;
     let (b1, me1, m1, t1) =
         (ProcTimes::read(&pid.to_string()), ProcTimes::read("self"), MachineTimes::read(), Instant::now());
+    let written = crate::procfs::write_bytes(pid).saturating_sub(written);
     let ns = (t1 - t0).as_nanos().max(1) as f64;
     let total = m1.total.saturating_sub(m0.total).max(1) as f64;
     (
         b1.cpu_since(&b0, None) as f64 * 100.0 / ns,
         me1.cpu_since(&me0, None) as f64 * 100.0 / ns,
         m1.busy.saturating_sub(m0.busy) as f64 * 100.0 / total,
+        written,
     )
 }
 
-/// Starts `peer` fresh in `dir`, connects every client, runs `load`, stops it.
-async fn run_peer(peer: Peer, dir: &Path, args: &Args, load: Load, t: &Timing) -> anyhow::Result<PeerResult> {
+/// Starts `peer` fresh in `dir`, connects `clients`, runs `load`, stops it.
+pub async fn run_peer(peer: Peer, dir: &Path, clients: usize, load: Load, t: &Timing) -> anyhow::Result<PeerResult> {
     let dir = dir.join(format!("{peer:?}").to_lowercase());
     std::fs::create_dir_all(&dir)?;
     let broker = Broker::start(peer, &dir).await?;
-    let clients = args.clients;
     let result = measure(peer, &broker, clients, load, t).await;
     let log_tail = std::fs::read_to_string(&broker.log).unwrap_or_default();
     broker.stop().await;
@@ -442,7 +446,7 @@ async fn measure(peer: Peer, broker: &Broker, clients: usize, load: Load, t: &Ti
 
 async fn finish(
     tasks: Vec<tokio::task::JoinHandle<Obs>>,
-    cpu: tokio::task::JoinHandle<(f64, f64, f64)>,
+    cpu: tokio::task::JoinHandle<(f64, f64, f64, u64)>,
     w: Window,
     clients: usize,
 ) -> anyhow::Result<PeerResult> {
@@ -454,7 +458,7 @@ async fn finish(
         all.merge(o);
     }
     let expected = (0..clients).filter_map(|i| partner(i, clients).map(|_| sent_by[i])).sum();
-    let (broker_cpu_pct, generator_cpu_pct, machine_busy_pct) = cpu.await.unwrap_or_default();
+    let (broker_cpu_pct, generator_cpu_pct, machine_busy_pct, write_bytes) = cpu.await.unwrap_or_default();
     Ok(PeerResult {
         acked_per_sec: all.acked_in_window as f64 / w.secs(),
         ack: Latency::of(&all.ack),
@@ -466,6 +470,8 @@ async fn finish(
         broker_cpu_pct,
         generator_cpu_pct,
         machine_busy_pct,
+        acked: all.acked_in_window,
+        write_bytes,
     })
 }
 

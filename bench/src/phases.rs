@@ -94,6 +94,10 @@ pub struct PhaseResult {
     pub unanswered: u64,
     pub errors: Vec<(String, u64)>,
     pub cpu: CpuUse,
+    /// Messages acknowledged in the measured window.
+    pub acked: u64,
+    /// Bytes the relay wrote to storage in the measured window (`/proc/PID/io`).
+    pub write_bytes: u64,
 }
 
 impl PhaseResult {
@@ -113,10 +117,12 @@ impl PhaseResult {
             unanswered: 0,
             errors: Vec::new(),
             cpu: CpuUse::default(),
+            acked: 0,
+            write_bytes: 0,
         }
     }
 
-    fn of(o: &Observed, w: &Window, cpu: CpuUse) -> Self {
+    fn of(o: &Observed, w: &Window, cpu: CpuUse, write_bytes: u64) -> Self {
         let secs = w.secs();
         Self {
             acked_per_sec: o.acked_in_window as f64 / secs,
@@ -132,6 +138,8 @@ impl PhaseResult {
             unanswered: o.unanswered,
             errors: o.errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             cpu,
+            acked: o.acked_in_window,
+            write_bytes,
         }
     }
 }
@@ -191,14 +199,14 @@ pub async fn load_phase(world: &mut World, drive: Drive, t: &Timing, label: &str
     let w = Window::new(t.warmup, t.measure, t.drain);
     let sampler = tokio::spawn(async move {
         sleep_until(w.from).await;
-        let a = CpuSample::take(pid);
+        let (a, written) = (CpuSample::take(pid), crate::procfs::write_bytes(pid));
         sleep_until(w.to).await;
-        CpuSample::take(pid).since(&a)
+        (CpuSample::take(pid).since(&a), crate::procfs::write_bytes(pid).saturating_sub(written))
     });
     let observed = load::run(conns, drive, w, |i| topo.recipients_of(i)).await?;
-    let cpu = sampler.await.unwrap_or_default();
+    let (cpu, written) = sampler.await.unwrap_or_default();
     relay.stop().await?;
-    let r = PhaseResult::of(&observed, &w, cpu);
+    let r = PhaseResult::of(&observed, &w, cpu, written);
     eprintln!(
         "  {label}: acked {:.0}/s, ack p50 {:.2} ms p99 {:.2} ms, delivery p99 {:.2} ms, emergency delivery p99 {:.2} ms; relay CPU {:.0} %, store thread {:.0} %, generator {:.0} %, others {:.0} %, machine busy {:.0} %",
         r.acked_per_sec,

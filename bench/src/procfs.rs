@@ -13,6 +13,16 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
+/// Bytes `pid` caused to be written to storage so far (`write_bytes` of `/proc/PID/io`):
+/// what reaches the disk, WAL and checkpoints alike, not what sat in the page cache and
+/// was overwritten before writeback. 0 when unreadable.
+pub fn write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
 /// Resident set size of `pid` in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
