@@ -15,6 +15,7 @@ import { clearPresence, clearTyping, initPresence, onEvent as presenceEvent, onT
 import { $, bindView, followLog, renderAlerts, renderRoom, renderRooms, stickToEnd } from './view.js';
 import { FORMS, KINDS, build } from './clinical.js';
 import * as Queues from './queuepanel.js';
+import * as Records from './recordpanel.js';
 
 const S = {
   ...initialState(), // protocol.js's part
@@ -56,6 +57,7 @@ async function load() {
   proto.load(all);
   loadKeys(all.kv);
   Queues.loadQueues(all.kv);
+  Records.loadRecords(all.kv);
   Media.loadUploads(all.uploads);
 }
 
@@ -65,6 +67,7 @@ function forgetPage(ops) {
   Media.reset();
   forgetKeys(ops);
   Queues.forgetQueues(ops);
+  Records.forgetRecords(ops);
 }
 
 // ---------- incoming frames: applied in order, committed in batches, then acked ----------
@@ -84,10 +87,13 @@ async function drain() {
       const frames = inbox.splice(0, 500);
       const batch = proto.batch();
       const queues = []; // queue messages among them: the open queue is read again once they are saved
+      const records = []; // record edits among them: the open record likewise
       for (const [f, gen] of frames) {
         try {
           const q = Queues.watch(f);
           if (q) queues.push(q);
+          const r = Records.watch(f);
+          if (r) records.push(r);
           for (const ev of proto.receive(batch, f, gen, Date.now())) onEvent(ev, batch);
         } catch (e) {
           console.error('frame', f, e);
@@ -108,9 +114,11 @@ async function drain() {
           requestFirstHistory();
           Media.kick({ signedIn: true });
           Queues.sessionStarted();
+          Records.sessionStarted();
         } else if (ev.type === 'alert') ring(S.msgs.get(ev.id));
       }
       if (queues.length) Queues.arrived(queues);
+      if (records.length) Records.arrived(records);
       transmit(proto.ack(link()));
       render();
       maybeRead();
@@ -266,6 +274,7 @@ function render() {
   renderRooms();
   renderRoom();
   Queues.draw();
+  Records.draw();
 }
 
 function renderConn() {
@@ -333,6 +342,7 @@ function routeChanged() {
     S.room = next;
     Media.roomChanged();
     Queues.roomChanged();
+    Records.roomChanged();
     $('message').value = '';
     render();
     if (next) {
@@ -469,6 +479,7 @@ function bindUi() {
   });
   bindEventForm();
   Queues.bindQueue();
+  Records.bindRecord();
   $('mark-all-read').addEventListener('click', markAllRead);
   $('patient-filter').addEventListener('input', (e) => {
     S.patientFilter = e.target.value.trim();
@@ -568,7 +579,8 @@ async function main() {
   }
   const roomMessages = (room) => proto.roomMessages(room);
   const unread = (room) => proto.unread(room);
-  bindView({ S, me, rooms, isWorker, serverName, isEncrypted, isEmergency, roomMessages, unread, loadingOlder: S.loadingOlder, openRoom, dismissAlerts, keys, opener, media: Media });
+  const openRecord = (patient) => Records.openRecord(patient);
+  bindView({ S, me, rooms, isWorker, serverName, isEncrypted, isEmergency, roomMessages, unread, loadingOlder: S.loadingOlder, openRoom, dismissAlerts, keys, opener, media: Media, openRecord });
   initPresence(S, (f) => conn.send(f));
   initRoomKeys({
     S,
@@ -584,6 +596,7 @@ async function main() {
   });
   Media.initMedia({ S, render, notice, queueMessage, me, serverName, isEncrypted, stopTyping });
   Queues.initQueue({ S, me, composeBody, notice, isEncrypted, serverName, opener });
+  Records.initRecord({ S, me, role, composeBody, notice, isEncrypted, serverName, opener });
   // Opened by a LAN address over plain HTTP (no certificate yet, or it expired): say
   // plainly what does not work here; 127.0.0.1 and localhost count as secure.
   $('insecure').hidden = window.isSecureContext;

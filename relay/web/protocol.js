@@ -82,7 +82,7 @@ export function plainError(code, message, where) {
     case 'unknown_room':
       return `That room does not exist on the ${where}.`;
     case 'invalid_event':
-      return `The form was not accepted: ${(message ?? '').replace(/^(?:clinical|queue)\.\w+: /, '')}. Correct it and send it again.`;
+      return `The form was not accepted: ${(message ?? '').replace(/^(?:clinical|queue|record)\.\w+: /, '')}. Correct it and send it again.`;
     case 'too_large':
       return 'This message is too large to send.';
     case 'rate_limited':

@@ -9,12 +9,11 @@
 
 import { write } from './db.js';
 import { auth } from './media.js';
+import { Kept, readJson, readable, refusal, serial } from './derived.js';
 import { chime } from './alerts.js';
-import { $, clock, el } from './view.js';
+import { $, clock, el, patientLink } from './view.js';
 import { ALERT_MAX_AGE_MS } from './protocol.js';
 import { BOOK, BOOK_LABELS, UPDATE, URGENCIES, bookerOf, buildBook, buildUpdate, isQueue, noticeText, normalize, tellsBooker, waiting } from './queue.js';
-
-const REQUEST_TIMEOUT_MS = 15_000;
 
 let A = null; // what app.js shares: S, me, composeBody, notice, isEncrypted, serverName, opener
 
@@ -23,93 +22,54 @@ export function initQueue(app) {
 }
 
 let open = false; // the panel is shown (for whichever room is open)
-const last = new Map(); // room -> { data, at }: the last answer read, kept on the device
+const last = new Kept('queues', { normalize }); // room -> { data, at }: the last answer read, kept on the device (db.js kv `queues`)
 const status = new Map(); // room -> { state: 'loading'|'ok'|'offline'|'refused', text }
-const inflight = new Map(); // room -> { again }: one read at a time per room; `again` when one more is due
+const once = serial(); // one read at a time per room, and one more when due meanwhile
 
 /** What the device kept of earlier reads (db.js kv `queues`). */
 export function loadQueues(kv) {
-  last.clear();
-  const saved = kv.get('queues');
-  if (saved && typeof saved === 'object') for (const [room, v] of Object.entries(saved)) if (v?.data) last.set(room, { data: normalize(v.data), at: v.at ?? null });
+  last.load(kv);
 }
 
 /** Another person (or none) on this device: none of the queues read for the last one stay. */
 export function forgetQueues(ops) {
-  last.clear();
+  last.forget(ops);
   status.clear();
   open = false;
-  ops.push(['kv', 'delete', 'queues']);
 }
 
-const save = () => write(A.S.db, [['kv', 'put', Object.fromEntries([...last].map(([r, v]) => [r, v])), 'queues']]).catch(() => {});
+const save = () => write(A.S.db, [last.op()]).catch(() => {});
 
 /** The body of a message as this device can read it (an encrypted room's, once opened). */
-function bodyOf(rec) {
-  if (!rec) return null;
-  const v = A.opener.view(rec);
-  return ['plain', 'open'].includes(v.state) && v.body && typeof v.body === 'object' ? v.body : null;
-}
+const bodyOf = (rec) => readable(A.opener, rec);
 
 // ---------- reading the queues ----------
 
 /** Reads the room's queues now; while a read is on its way, one more follows it. */
 export async function refresh(room = A.S.room) {
   if (!room || !A.S.token) return;
-  const running = inflight.get(room);
-  if (running) {
-    running.again = true;
-    return;
-  }
-  const job = { again: true };
-  inflight.set(room, job);
-  try {
-    while (job.again) {
-      job.again = false;
-      await readOnce(room);
-      draw();
-    }
-  } finally {
-    inflight.delete(room);
-  }
+  await once(room, async () => {
+    await readOnce(room);
+    draw();
+  });
 }
 
 async function readOnce(room) {
   if (!status.get(room) || status.get(room).state !== 'ok') status.set(room, { state: 'loading' });
   draw();
-  const c = new AbortController();
-  const t = setTimeout(() => c.abort(), REQUEST_TIMEOUT_MS);
-  let res;
-  try {
-    res = await fetch(`/api/rooms/${encodeURIComponent(room)}/queues`, { headers: auth(), cache: 'no-store', signal: c.signal });
-  } catch {
+  const got = await readJson(`/api/rooms/${encodeURIComponent(room)}/queues`, { headers: auth });
+  if (got.state === 'ok') {
+    last.set(room, normalize(got.data));
+    status.set(room, { state: 'ok' });
+    save();
+  } else if (got.state === 'offline') {
     // Not reachable: what was read last stays on screen, marked as such.
     status.set(room, { state: 'offline' });
-    return;
-  } finally {
-    clearTimeout(t);
+  } else if (got.state === 'unreadable') {
+    status.set(room, { state: 'refused', text: `The ${A.serverName()} sent a queue this app cannot read.` });
+  } else {
+    status.set(room, { state: 'refused', text: refusal(got.status, got.why, { noun: 'queues', what: 'the queues', where: A.serverName() }) });
   }
-  if (res.ok) {
-    try {
-      last.set(room, { data: normalize(await res.json()), at: Date.now() });
-      status.set(room, { state: 'ok' });
-      save();
-    } catch {
-      status.set(room, { state: 'refused', text: `The ${A.serverName()} sent a queue this app cannot read.` });
-    }
-    return;
-  }
-  const why = await res.json().catch(() => null);
-  const where = A.serverName();
-  const text =
-    res.status === 401
-      ? 'Your sign-in is not accepted for queues. Ask for a new sign-in link.'
-      : res.status === 403
-        ? 'You may not see the queues of this room.'
-        : res.status === 404
-          ? `The ${where} does not keep queues (it may need an update).`
-          : `The ${where} could not read the queues (${why?.message ?? why?.error ?? `HTTP ${res.status}`}).`;
-  status.set(room, { state: 'refused', text });
 }
 
 /**
@@ -277,7 +237,7 @@ function entryItem(e, { pending = false, finished = false, changes }) {
       el(
         'div',
         { class: 'q-line' },
-        el('strong', { class: 'q-patient' }, e.patient ?? '?'),
+        el('strong', { class: 'q-patient' }, patientLink(e.patient)),
         ' ',
         urgency ? el('span', { class: `q-urgency u-${urgency}` }, urgency) : null,
         ' ',

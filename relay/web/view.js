@@ -5,6 +5,7 @@ import { available } from './e2e.js';
 import { RANK } from './protocol.js';
 import { KINDS, isClinical, patientsOf, rows } from './clinical.js';
 import * as Queue from './queue.js';
+import * as Rec from './record.js';
 
 export const $ = (id) => document.getElementById(id);
 
@@ -221,9 +222,10 @@ export function renderRoom() {
   older.textContent = A.loadingOlder.has(room) ? 'Loading\u2026' : 'Load older messages';
 
   const wrap = $('log-wrap');
-  // The patient filter keeps the clinical events and the bookings (and their changes) about that patient.
+  // The patient filter keeps the clinical events, the bookings (and their changes) and the record edits about that patient.
   const patient = S.patientFilter ?? '';
-  const about = (m) => (Queue.isQueue(m.kind) ? Queue.patientsOf(m.kind, shown(m).body, bookingBody) : patientsOf(m.kind, shown(m).body));
+  const about = (m) =>
+    Queue.isQueue(m.kind) ? Queue.patientsOf(m.kind, shown(m).body, bookingBody) : Rec.isRecord(m.kind) ? Rec.patientsOf(m.kind, shown(m).body) : patientsOf(m.kind, shown(m).body);
   const list = A.roomMessages(room).filter((m) => !patient || about(m).includes(patient));
   const keep = new Set(list.map((m) => m.id));
   for (const [id, li] of items) {
@@ -273,11 +275,11 @@ function updateItem(li, m) {
   const media = locked ? null : mediaPart(m);
   const up = media?.view.upload ?? null;
   const structured = !locked && !media && body && typeof body === 'object';
-  const card = structured && isClinical(m.kind) ? clinicalCard(m.kind, body) : structured && Queue.isQueue(m.kind) ? queueCard(m, body) : null;
+  const card = structured && isClinical(m.kind) ? clinicalCard(m.kind, body) : structured && Queue.isQueue(m.kind) ? queueCard(m, body) : structured && Rec.isRecord(m.kind) ? recordCard(m, body) : null;
   const key = JSON.stringify([state, trail, m.cursor, m.error, text, m.at, media?.key, card && m.kind, card && card.textContent]);
   if (li.dataset.key === key) return;
   li.dataset.key = key;
-  li.className = `msg ${m.mine ? 'mine' : 'theirs'}${card ? ' clinical' : ''}${card && Queue.isQueue(m.kind) ? ' queue' : ''}${A.isEmergency(m) ? ' emergency' : ''}${locked ? ' locked' : ''}${state ? ` s-${state}` : ''}${media ? ' has-media' : ''}${up ? ` up-${up.state}` : ''}`;
+  li.className = `msg ${m.mine ? 'mine' : 'theirs'}${card ? ' clinical' : ''}${card && Queue.isQueue(m.kind) ? ' queue' : ''}${card && Rec.isRecord(m.kind) ? ' record' : ''}${A.isEmergency(m) ? ' emergency' : ''}${locked ? ' locked' : ''}${state ? ` s-${state}` : ''}${media ? ' has-media' : ''}${up ? ` up-${up.state}` : ''}`;
   if (state) li.dataset.state = state;
   if (up) li.dataset.upload = up.state;
   else delete li.dataset.upload;
@@ -313,11 +315,54 @@ function updateItem(li, m) {
   li.replaceChildren(...parts);
 }
 
-/** A clinical event as a card: its kind and its fields, label by label. */
+/** A clinical event as a card: its kind and its fields, label by label (the patient opens their record). */
 function clinicalCard(kind, body) {
   const list = el('dl', {});
-  for (const [label, value] of rows(kind, body)) list.append(el('dt', {}, label), el('dd', {}, value));
+  for (const [label, value] of rows(kind, body)) list.append(el('dt', {}, label), el('dd', {}, label === 'Patient' ? patientLink(value) : value));
   return el('div', { class: 'card', 'data-kind': kind }, el('div', { class: 'card-title' }, KINDS[kind]), list);
+}
+
+/**
+ * A patient id that opens the patient's record in the open room (recordpanel.js): a link,
+ * so that it reads as the id it is; plain text for anything that is not a patient id.
+ */
+export function patientLink(id) {
+  if (!A?.openRecord || !Rec.isPatient(id)) return id ?? '?';
+  return el(
+    'a',
+    {
+      href: '#',
+      class: 'patient-link',
+      title: `Open the record of ${id}`,
+      onclick: (e) => {
+        e.preventDefault();
+        A.openRecord(id);
+      },
+    },
+    id,
+  );
+}
+
+/**
+ * A record edit as a card, in words: "amina changed the allergies of KJ-0042: penicillin,
+ * latex", with a link to the record.
+ */
+function recordCard(m, body) {
+  const { title, rows: lines } = Rec.card(body, { from: m.from });
+  const list = el('dl', {});
+  for (const [label, value] of lines) list.append(el('dt', {}, label), el('dd', {}, value));
+  const link = A?.openRecord && Rec.isPatient(body.patient) ? patientLink(body.patient) : null;
+  if (link) {
+    link.textContent = 'Open the record';
+    link.setAttribute('aria-label', `Open the record of ${body.patient}`);
+  }
+  return el(
+    'div',
+    { class: 'card', 'data-kind': m.kind, 'data-field': typeof body.field === 'string' ? body.field : null },
+    el('div', { class: 'card-title' }, title),
+    lines.length ? list : null,
+    link ? el('div', { class: 'small' }, link) : null,
+  );
 }
 
 /** The body of a booking held on this device, by its message id (a queue change names it so). */
