@@ -61,12 +61,7 @@ pub async fn check<S: Storage>(
     }
     if let Err((code, m)) = hub.authorize(sender.claims, Action::Send { room: &msg.room, priority: msg.priority }) {
         if code == ErrorCode::Forbidden {
-            let event = AuditEvent::new(AuditKind::Forbidden, m.clone())
-                .by(sender.claims)
-                .device(sender.device.as_str())
-                .peer(sender.peer)
-                .room(msg.room.as_str());
-            hub.audit_refusal(event).await;
+            return Err(forbidden(hub, sender, &msg.room, m).await);
         }
         return Err((code, m));
     }
@@ -97,13 +92,7 @@ pub async fn check<S: Storage>(
         && queue != sender.claims.sub.as_str()
     {
         let m = format!("only {queue} changes entries of the queue {queue}; whoever booked an entry may cancel it");
-        let event = AuditEvent::new(AuditKind::Forbidden, m.clone())
-            .by(sender.claims)
-            .device(sender.device.as_str())
-            .peer(sender.peer)
-            .room(msg.room.as_str());
-        hub.audit_refusal(event).await;
-        return Err((ErrorCode::Forbidden, m));
+        return Err(forbidden(hub, sender, &msg.room, m).await);
     }
     msg.body = hub.attach_media(sender.claims, msg.body).await?;
     Ok(AppendRequest {
@@ -113,4 +102,20 @@ pub async fn check<S: Storage>(
         at: now_ms(),
         origin: sender.origin,
     })
+}
+
+/// A `forbidden` refusal of `sender`'s send in `room`, audited (throttled) first.
+async fn forbidden<S: Storage>(
+    hub: &Hub<S>,
+    sender: &Sender<'_>,
+    room: &outpost_shared::RoomId,
+    m: String,
+) -> (ErrorCode, String) {
+    let event = AuditEvent::new(AuditKind::Forbidden, m.clone())
+        .by(sender.claims)
+        .device(sender.device.as_str())
+        .peer(sender.peer)
+        .room(room.as_str());
+    hub.audit_refusal(event).await;
+    (ErrorCode::Forbidden, m)
 }

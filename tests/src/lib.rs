@@ -8,6 +8,7 @@
 
 pub mod acme;
 pub mod client;
+pub mod clinic;
 pub mod corpus;
 pub mod http;
 pub mod linkemu;

@@ -4,12 +4,10 @@
 //! queue's doctor changes entries, a booker may cancel their own; the read is authorized
 //! like the room.
 
+use outpost_tests::clinic::{Clinic, message_of};
 use outpost_tests::http::request;
 use outpost_tests::{Cloud, Device};
 use serde_json::{Value, json};
-
-/// Test hubs retry the cloud within 2 s.
-const FAST_RETRY: &[(&str, &str)] = &[("OUTPOST_UPLINK__RETRY_MAX_SECS", "2")];
 
 fn msg(kind: &str, body: Value) -> Value {
     json!({"id": outpost_tests::new_id(), "room": "clinic", "kind": kind, "body": body})
@@ -50,64 +48,42 @@ fn p(patient: &str, position: u64) -> (String, u64) {
     (patient.to_owned(), position)
 }
 
-/// Waits for the `message` frame of `id`.
-async fn message_of(d: &mut Device, id: &Value) -> anyhow::Result<Value> {
-    loop {
-        let f = d.expect("message").await?;
-        if f["msg"]["id"] == *id {
-            return Ok(f);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookings_on_the_hub_are_worked_from_the_cloud_and_both_derive_the_same_queue_across_a_kill_9()
 -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
-    let cloud_proc = cloud.start("127.0.0.1:0").await?;
-    let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &cloud_proc.quic_addr())?;
-    let mut relay = relay_dir.start(FAST_RETRY).await?;
-    let amina_tok = cloud.token("amina", "worker", &["clinic"], "1h")?;
-    let baraka_tok = cloud.token("baraka", "worker", &["clinic"], "1h")?;
-    let neema_tok = cloud.token("dr-neema", "doctor", &["clinic"], "1h")?;
-    let mut amina = Device::connect(&relay.ws_url()).await?;
-    amina.hello(&amina_tok, "amina-phone", None, None).await?;
-    let mut baraka = Device::connect(&relay.ws_url()).await?;
-    baraka.hello(&baraka_tok, "baraka-phone", None, None).await?;
-    let mut neema = Device::connect(&cloud_proc.ws_url()).await?;
-    neema.hello(&neema_tok, "neema-laptop", None, None).await?;
+    let mut c = Clinic::start().await?;
+    let (amina_tok, baraka_tok, neema_tok) = (c.amina_tok.clone(), c.baraka_tok.clone(), c.neema_tok.clone());
 
     // Three bookings on the hub, in order; a body that misses its urgency is refused.
-    let id = amina.send_msg(msg("queue.book", json!({"queue": "dr-neema", "patient": "P1", "reason": "x"}))).await?;
-    let refused = amina.answer(&id).await?;
+    let id = c.amina.send_msg(msg("queue.book", json!({"queue": "dr-neema", "patient": "P1", "reason": "x"}))).await?;
+    let refused = c.amina.answer(&id).await?;
     assert_eq!(refused["code"], "invalid_event", "{refused}");
     assert!(refused["message"].as_str().is_some_and(|m| m.contains("`urgency`")), "{refused}");
     let mut bookings = Vec::new();
     for (by_amina, patient) in [(true, "P1"), (true, "P2"), (false, "P3")] {
         let m = book(patient, "routine");
         if by_amina {
-            amina.send_stored(m.clone()).await?
+            c.amina.send_stored(m.clone()).await?
         } else {
-            baraka.send_stored(m.clone()).await?
+            c.baraka.send_stored(m.clone()).await?
         };
         bookings.push(m["id"].clone());
     }
-    let hub = relay.http_base();
+    let hub = c.relay.http_base();
     assert_eq!(open(&queues(&hub, &baraka_tok).await?), [p("P1", 1), p("P2", 2), p("P3", 3)]);
 
     // A worker may not work the doctor's queue, not even through a token of the room.
-    let id = baraka.send_msg(update(&bookings[0], json!({"status": "completed"}))).await?;
-    let refused = baraka.answer(&id).await?;
+    let id = c.baraka.send_msg(update(&bookings[0], json!({"status": "completed"}))).await?;
+    let refused = c.baraka.answer(&id).await?;
     assert_eq!(refused["code"], "forbidden", "{refused}");
     assert!(refused["message"].as_str().is_some_and(|m| m.contains("only dr-neema")), "{refused}");
 
     // The doctor, at the cloud, completes P1 once the bookings came up the uplink; the
     // update comes down to the phones and P3 moves from 3 to 2 on the hub.
-    message_of(&mut neema, &bookings[2]).await?;
+    message_of(&mut c.neema, &bookings[2]).await?;
     let done = update(&bookings[0], json!({"status": "completed"}));
-    neema.send_stored(done.clone()).await?;
-    message_of(&mut amina, &done["id"]).await?;
+    c.neema.send_stored(done.clone()).await?;
+    message_of(&mut c.amina, &done["id"]).await?;
     let on_hub = queues(&hub, &amina_tok).await?;
     assert_eq!(open(&on_hub), [p("P2", 1), p("P3", 2)]);
     assert_eq!(on_hub["finished"][0]["patient"], "P1");
@@ -117,28 +93,27 @@ async fn bookings_on_the_hub_are_worked_from_the_cloud_and_both_derive_the_same_
     // An urgent booking goes first; a cancel by someone who neither booked nor owns the
     // entry is stored but changes nothing; the booker's own cancel takes P2 out.
     let urgent = book("P4", "urgent");
-    baraka.send_stored(urgent.clone()).await?;
+    c.baraka.send_stored(urgent.clone()).await?;
     let stray = update(&bookings[1], json!({"status": "cancelled"}));
-    baraka.send_stored(stray).await?;
+    c.baraka.send_stored(stray).await?;
     assert_eq!(open(&queues(&hub, &amina_tok).await?), [p("P4", 1), p("P2", 2), p("P3", 3)]);
     let cancel = update(&bookings[1], json!({"status": "cancelled"}));
-    amina.send_stored(cancel.clone()).await?;
+    c.amina.send_stored(cancel.clone()).await?;
     let before_kill = queues(&hub, &amina_tok).await?;
     assert_eq!(open(&before_kill), [p("P4", 1), p("P3", 2)]);
 
     // The queue is derived from the log: after a kill -9 the hub shows the same, and the
     // cloud, which got the same messages in another order, derives the same queue.
-    relay.kill9().await?;
-    relay = relay_dir.start(FAST_RETRY).await?;
-    let hub = relay.http_base();
+    c.kill9_hub().await?;
+    let hub = c.relay.http_base();
     assert_eq!(queues(&hub, &amina_tok).await?, before_kill);
-    message_of(&mut neema, &cancel["id"]).await?;
-    assert_eq!(queues(&cloud_proc.http_base(), &neema_tok).await?, before_kill);
+    message_of(&mut c.neema, &cancel["id"]).await?;
+    assert_eq!(queues(&c.cloud_proc.http_base(), &neema_tok).await?, before_kill);
 
     // The read is the room's: no token, or a token without the room, is refused.
     let (status, body) = request(&hub, "GET", "/api/rooms/clinic/queues", None, None).await?;
     assert_eq!((status, body["code"].as_str()), (401, Some("unauthenticated")), "{body}");
-    let ward = cloud.token("juma", "worker", &["ward"], "1h")?;
+    let ward = c.cloud.token("juma", "worker", &["ward"], "1h")?;
     let (status, body) = request(&hub, "GET", "/api/rooms/clinic/queues", Some(&ward), None).await?;
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "{body}");
     Ok(())

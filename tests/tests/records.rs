@@ -4,12 +4,9 @@
 //! doctor's field the doctor's edit stands; a record survives a kill -9 and is never
 //! pruned; an edit must carry its sender's role.
 
+use outpost_tests::clinic::{Clinic, message_of};
 use outpost_tests::http::request;
-use outpost_tests::{Cloud, Device};
 use serde_json::{Value, json};
-
-/// Test hubs retry the cloud within 2 s.
-const FAST_RETRY: &[(&str, &str)] = &[("OUTPOST_UPLINK__RETRY_MAX_SECS", "2")];
 
 fn edit(field: &str, value: Value, base: &Value, role: &str) -> Value {
     json!({"id": outpost_tests::new_id(), "room": "clinic", "kind": "record.edit",
@@ -33,37 +30,19 @@ fn conflict_values(f: &Value) -> Vec<String> {
     v
 }
 
-/// Waits for the `message` frame of `id`.
-async fn message_of(d: &mut Device, id: &Value) -> anyhow::Result<()> {
-    while d.expect("message").await?["msg"]["id"] != *id {}
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_edits_show_as_one_conflict_on_hub_and_cloud_until_resolved_and_the_doctors_field_is_the_doctors()
 -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
-    let cloud_proc = cloud.start("127.0.0.1:0").await?;
-    let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &cloud_proc.quic_addr())?;
-    let mut relay = relay_dir.start(FAST_RETRY).await?;
-    let amina_tok = cloud.token("amina", "worker", &["clinic"], "1h")?;
-    let baraka_tok = cloud.token("baraka", "worker", &["clinic"], "1h")?;
-    let neema_tok = cloud.token("dr-neema", "doctor", &["clinic"], "1h")?;
-    let mut amina = Device::connect(&relay.ws_url()).await?;
-    amina.hello(&amina_tok, "amina-phone", None, None).await?;
-    let mut baraka = Device::connect(&relay.ws_url()).await?;
-    baraka.hello(&baraka_tok, "baraka-phone", None, None).await?;
-    let mut neema = Device::connect(&cloud_proc.ws_url()).await?;
-    neema.hello(&neema_tok, "neema-laptop", None, None).await?;
-    let hub = relay.http_base();
+    let mut c = Clinic::start().await?;
+    let (amina_tok, baraka_tok, neema_tok) = (c.amina_tok.clone(), c.baraka_tok.clone(), c.neema_tok.clone());
+    let hub = c.relay.http_base();
 
     // A role other than the token's is refused by field; the first edit needs no base.
-    let id = amina.send_msg(edit("allergies", json!("penicillin"), &json!([]), "doctor")).await?;
-    let refused = amina.answer(&id).await?;
+    let id = c.amina.send_msg(edit("allergies", json!("penicillin"), &json!([]), "doctor")).await?;
+    let refused = c.amina.answer(&id).await?;
     assert_eq!(refused["code"], "invalid_event", "{refused}");
     assert!(refused["message"].as_str().is_some_and(|m| m.contains("`role`")), "{refused}");
-    amina.send_stored(edit("allergies", json!("penicillin"), &json!([]), "worker")).await?;
+    c.amina.send_stored(edit("allergies", json!("penicillin"), &json!([]), "worker")).await?;
     let rec = record(&hub, &baraka_tok).await?;
     let allergies = field(&rec, "allergies");
     assert_eq!((allergies["value"].as_str(), allergies["by"].as_str()), (Some("penicillin"), Some("amina")));
@@ -71,21 +50,21 @@ async fn concurrent_edits_show_as_one_conflict_on_hub_and_cloud_until_resolved_a
 
     // Both phones read the record, then edit the field without seeing each other's edit.
     let base = allergies["base"].clone();
-    amina.send_stored(edit("allergies", json!("penicillin, sulfa"), &base, "worker")).await?;
+    c.amina.send_stored(edit("allergies", json!("penicillin, sulfa"), &base, "worker")).await?;
     let last = edit("allergies", json!("penicillin, latex"), &base, "worker");
-    baraka.send_stored(last.clone()).await?;
+    c.baraka.send_stored(last.clone()).await?;
     let on_hub = record(&hub, &amina_tok).await?;
     let allergies = field(&on_hub, "allergies");
     assert_eq!(conflict_values(allergies), ["penicillin, latex", "penicillin, sulfa"], "{on_hub}");
     assert_eq!(allergies["value"], "penicillin, latex", "the newest is shown");
     // The cloud got the same edits over the uplink and shows the same record.
-    message_of(&mut neema, &last["id"]).await?;
-    assert_eq!(record(&cloud_proc.http_base(), &neema_tok).await?, on_hub);
+    message_of(&mut c.neema, &last["id"]).await?;
+    assert_eq!(record(&c.cloud_proc.http_base(), &neema_tok).await?, on_hub);
 
     // The doctor resolves it at the cloud; the phones' hub shows it resolved.
     let resolve = edit("allergies", json!("penicillin, sulfa, latex"), &allergies["base"], "doctor");
-    neema.send_stored(resolve.clone()).await?;
-    message_of(&mut amina, &resolve["id"]).await?;
+    c.neema.send_stored(resolve.clone()).await?;
+    message_of(&mut c.amina, &resolve["id"]).await?;
     let rec = record(&hub, &amina_tok).await?;
     let allergies = field(&rec, "allergies");
     assert_eq!(allergies["value"], "penicillin, sulfa, latex");
@@ -94,10 +73,10 @@ async fn concurrent_edits_show_as_one_conflict_on_hub_and_cloud_until_resolved_a
     // The problem list is the doctor's: a worker's concurrent edit neither wins nor
     // raises a conflict, though the worker's clock is later.
     let dx = edit("problems", json!("pre-eclampsia"), &json!([]), "doctor");
-    neema.send_stored(dx.clone()).await?;
+    c.neema.send_stored(dx.clone()).await?;
     let worker_dx = edit("problems", json!("high blood pressure"), &json!([]), "worker");
-    amina.send_stored(worker_dx.clone()).await?;
-    message_of(&mut amina, &dx["id"]).await?;
+    c.amina.send_stored(worker_dx.clone()).await?;
+    message_of(&mut c.amina, &dx["id"]).await?;
     let rec = record(&hub, &amina_tok).await?;
     let problems = field(&rec, "problems");
     assert_eq!((problems["value"].as_str(), problems["doctors"].as_bool()), (Some("pre-eclampsia"), Some(true)));
@@ -106,20 +85,19 @@ async fn concurrent_edits_show_as_one_conflict_on_hub_and_cloud_until_resolved_a
 
     // A kill -9 changes nothing: the record is read from the log.
     let before = record(&hub, &amina_tok).await?;
-    relay.kill9().await?;
-    relay = relay_dir.start(FAST_RETRY).await?;
-    assert_eq!(record(&relay.http_base(), &amina_tok).await?, before);
-    message_of(&mut neema, &worker_dx["id"]).await?;
-    assert_eq!(record(&cloud_proc.http_base(), &neema_tok).await?, before);
+    c.kill9_hub().await?;
+    assert_eq!(record(&c.relay.http_base(), &amina_tok).await?, before);
+    message_of(&mut c.neema, &worker_dx["id"]).await?;
+    assert_eq!(record(&c.cloud_proc.http_base(), &neema_tok).await?, before);
     assert_eq!(before["history"].as_array().map(Vec::len), Some(6), "every version kept: {before}");
 
     // Not a patient id, or a token without the room: refused.
     let (status, body) =
-        request(&relay.http_base(), "GET", "/api/rooms/clinic/records/Mama%20Asha", Some(&amina_tok), None).await?;
+        request(&c.relay.http_base(), "GET", "/api/rooms/clinic/records/Mama%20Asha", Some(&amina_tok), None).await?;
     assert_eq!((status, body["code"].as_str()), (400, Some("bad_frame")), "{body}");
-    let ward = cloud.token("juma", "worker", &["ward"], "1h")?;
+    let ward = c.cloud.token("juma", "worker", &["ward"], "1h")?;
     let (status, _) =
-        request(&relay.http_base(), "GET", "/api/rooms/clinic/records/KJ-0042", Some(&ward), None).await?;
+        request(&c.relay.http_base(), "GET", "/api/rooms/clinic/records/KJ-0042", Some(&ward), None).await?;
     assert_eq!(status, 403);
     Ok(())
 }
