@@ -5,6 +5,7 @@
 // one also asks for permission to notify (a notification shows on a locked phone's screen
 // and in its notification shade while the page is still open in the background; with the
 // page closed, nothing can reach the phone without a push service: docs/web-client.md).
+// The same sounds serve gentler news (chime) and an incoming call's ringtone (callpanel.js).
 
 import { renderAlerts } from './view.js';
 
@@ -33,12 +34,9 @@ export function bindAudio() {
   for (const ev of ['pointerdown', 'keydown']) window.addEventListener(ev, unlockAudio, { capture: true, passive: true });
 }
 
-/** A system notification for emergency `m` (one per message: its id is the tag). */
-async function notify(m) {
-  if (!m || !('Notification' in window) || Notification.permission !== 'granted') return;
-  const text = typeof m.body?.text === 'string' ? m.body.text : 'Emergency';
-  const title = `EMERGENCY: ${m.from ?? 'someone'} in ${m.room}`;
-  const options = { body: text, tag: `emergency-${m.id}`, renotify: true, requireInteraction: true, vibrate: [600, 200, 600, 200, 600], data: { room: m.room } };
+/** A system notification, through the service worker where there is one. */
+async function show(title, options) {
+  if (!('Notification' in window) || Notification.permission !== 'granted') return;
   try {
     // Through the service worker where there is one: its notifications outlive the tab
     // being in the background, and a tap on one brings the app back (sw.js).
@@ -47,6 +45,51 @@ async function notify(m) {
     else new Notification(title, options);
   } catch {
     /* the banner, sound and vibration remain */
+  }
+}
+
+async function closeNotification(tag) {
+  try {
+    const reg = await navigator.serviceWorker?.getRegistration();
+    for (const n of (await reg?.getNotifications({ tag })) ?? []) n.close();
+  } catch {
+    /* nothing to close */
+  }
+}
+
+/** A system notification for emergency `m` (one per message: its id is the tag). */
+function notify(m) {
+  if (!m) return;
+  const text = typeof m.body?.text === 'string' ? m.body.text : 'Emergency';
+  const title = `EMERGENCY: ${m.from ?? 'someone'} in ${m.room}`;
+  show(title, { body: text, tag: `emergency-${m.id}`, renotify: true, requireInteraction: true, vibrate: [600, 200, 600, 200, 600], data: { room: m.room } });
+}
+
+/**
+ * Plays `notes` on the audio context, if the page has one (made on the first touch):
+ * each `[hz, at, fade, stop]` in seconds from now, rising in 20 ms to `gain` and fading out
+ * by `fade`. Returns whether it could.
+ */
+function play(notes, { type = 'sine', gain = 0.2 } = {}) {
+  if (!audio) return false;
+  try {
+    if (audio.state === 'suspended') audio.resume().catch(() => {});
+    const t0 = audio.currentTime + 0.05;
+    for (const [hz, at, fade, stop] of notes) {
+      const o = audio.createOscillator();
+      const g = audio.createGain();
+      o.type = type;
+      o.frequency.value = hz;
+      g.gain.setValueAtTime(0.0001, t0 + at);
+      g.gain.exponentialRampToValueAtTime(gain, t0 + at + 0.02);
+      g.gain.exponentialRampToValueAtTime(0.0001, t0 + fade);
+      o.connect(g).connect(audio.destination);
+      o.start(t0 + at);
+      o.stop(t0 + stop);
+    }
+    return true;
+  } catch {
+    return false;
   }
 }
 
@@ -59,24 +102,11 @@ export function ring(m) {
     /* not allowed without a gesture */
   }
   notify(m);
-  if (!audio) return;
-  try {
-    const t0 = audio.currentTime + 0.05;
-    for (let i = 0; i < 3; i++) {
-      const o = audio.createOscillator();
-      const g = audio.createGain();
-      o.type = 'square';
-      o.frequency.value = i % 2 ? 660 : 880;
-      g.gain.setValueAtTime(0.0001, t0 + i * 0.5);
-      g.gain.exponentialRampToValueAtTime(0.3, t0 + i * 0.5 + 0.02);
-      g.gain.exponentialRampToValueAtTime(0.0001, t0 + i * 0.5 + 0.4);
-      o.connect(g).connect(audio.destination);
-      o.start(t0 + i * 0.5);
-      o.stop(t0 + i * 0.5 + 0.45);
-    }
-  } catch {
-    /* no sound: the banner and vibration remain */
-  }
+  // No sound without an audio context: the banner and vibration remain.
+  play(
+    [0, 1, 2].map((i) => [i % 2 ? 660 : 880, i * 0.5, i * 0.5 + 0.4, i * 0.5 + 0.45]),
+    { type: 'square', gain: 0.3 },
+  );
 }
 
 /**
@@ -85,32 +115,45 @@ export function ring(m) {
  * says what it was for; the browser tests read it from `window.__tones` when they set one.
  */
 export function chime(label = '') {
-  let sound = false;
   try {
     navigator.vibrate?.(120);
   } catch {
     /* not allowed without a gesture */
   }
-  if (audio) {
-    try {
-      if (audio.state === 'suspended') audio.resume().catch(() => {});
-      const t0 = audio.currentTime + 0.05;
-      [660, 990].forEach((hz, i) => {
-        const o = audio.createOscillator();
-        const g = audio.createGain();
-        o.type = 'sine';
-        o.frequency.value = hz;
-        g.gain.setValueAtTime(0.0001, t0 + i * 0.18);
-        g.gain.exponentialRampToValueAtTime(0.2, t0 + i * 0.18 + 0.02);
-        g.gain.exponentialRampToValueAtTime(0.0001, t0 + i * 0.18 + 0.16);
-        o.connect(g).connect(audio.destination);
-        o.start(t0 + i * 0.18);
-        o.stop(t0 + i * 0.18 + 0.17);
-      });
-      sound = true;
-    } catch {
-      /* no sound: the notice and the buzz remain */
-    }
-  }
+  // No sound without an audio context: the notice and the buzz remain.
+  const sound = play([660, 990].map((hz, i) => [hz, i * 0.18, i * 0.18 + 0.16, i * 0.18 + 0.17]));
   if (Array.isArray(window.__tones)) window.__tones.push({ label, sound, at: Date.now() });
+}
+
+/** How often a ringtone repeats, ms. */
+export const RINGTONE_EVERY_MS = 3000;
+
+/**
+ * The ringtone of an incoming call: a rising three-note phrase and a buzz, again every 3 s,
+ * until the returned function is called (answered, declined, given up). `title` and `body`
+ * also go to a system notification while the page is not in front (closed with the ring).
+ * Each ring is recorded in `window.__tones` as `label` when the browser tests set one.
+ */
+export function ringtone(label = 'call', { title = '', body = '', tag = 'call' } = {}) {
+  const once = () => {
+    try {
+      navigator.vibrate?.([400, 200, 400]);
+    } catch {
+      /* not allowed without a gesture */
+    }
+    const sound = play([523, 659, 784, 1047].map((hz, i) => [hz, i * 0.14, i * 0.14 + 0.3, i * 0.14 + 0.32]), { gain: 0.25 });
+    if (Array.isArray(window.__tones)) window.__tones.push({ label, sound, at: Date.now() });
+  };
+  once();
+  const timer = setInterval(once, RINGTONE_EVERY_MS);
+  if (title && document.visibilityState !== 'visible') show(title, { body, tag, renotify: true, requireInteraction: true, vibrate: [400, 200, 400] });
+  return () => {
+    clearInterval(timer);
+    try {
+      navigator.vibrate?.(0);
+    } catch {
+      /* nothing to stop */
+    }
+    if (title) closeNotification(tag);
+  };
 }

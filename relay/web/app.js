@@ -16,6 +16,7 @@ import { $, bindView, followLog, renderAlerts, renderRoom, renderRooms, stickToE
 import { FORMS, KINDS, build } from './clinical.js';
 import * as Queues from './queuepanel.js';
 import * as Records from './recordpanel.js';
+import * as Calls from './callpanel.js';
 
 const S = {
   ...initialState(), // protocol.js's part
@@ -63,6 +64,7 @@ async function load() {
 
 /** What the page holds beside protocol.js for a person, dropped when another one (or none) signs in. */
 function forgetPage(ops) {
+  Calls.reset();
   ops.push(['uploads', 'clear']);
   Media.reset();
   forgetKeys(ops);
@@ -151,6 +153,9 @@ function onEvent(ev, batch) {
     case 'token':
       // The server renewed the sign-in: the next connection (and media requests) use it.
       localStorage.setItem('outpost.token', ev.token);
+      break;
+    case 'call':
+      Calls.onFrame(ev.frame);
       break;
   }
 }
@@ -275,6 +280,7 @@ function render() {
   renderRoom();
   Queues.draw();
   Records.draw();
+  Calls.draw();
 }
 
 function renderConn() {
@@ -415,6 +421,7 @@ async function signIn(raw) {
 async function signOut() {
   const n = S.outbox.size + Media.pendingCount();
   if (n && !confirm(`${n} message${n > 1 ? 's have' : ' has'} not been sent yet and will be lost. Sign out anyway?`)) return;
+  Calls.reset(); // the other side hears the hang-up while the socket is still open
   conn?.stop();
   const ops = proto.forgetPerson();
   forgetPage(ops);
@@ -480,6 +487,7 @@ function bindUi() {
   bindEventForm();
   Queues.bindQueue();
   Records.bindRecord();
+  Calls.bindCalls();
   $('mark-all-read').addEventListener('click', markAllRead);
   $('patient-filter').addEventListener('input', (e) => {
     S.patientFilter = e.target.value.trim();
@@ -580,7 +588,8 @@ async function main() {
   const roomMessages = (room) => proto.roomMessages(room);
   const unread = (room) => proto.unread(room);
   const openRecord = (patient) => Records.openRecord(patient);
-  bindView({ S, me, rooms, isWorker, serverName, isEncrypted, isEmergency, roomMessages, unread, loadingOlder: S.loadingOlder, openRoom, dismissAlerts, keys, opener, media: Media, openRecord });
+  const call = (room, to, video) => Calls.place(room, to, video);
+  bindView({ S, me, rooms, isWorker, serverName, isEncrypted, isEmergency, roomMessages, unread, loadingOlder: S.loadingOlder, openRoom, dismissAlerts, keys, opener, media: Media, openRecord, call });
   initPresence(S, (f) => conn.send(f));
   initRoomKeys({
     S,
@@ -597,6 +606,7 @@ async function main() {
   Media.initMedia({ S, render, notice, queueMessage, me, serverName, isEncrypted, stopTyping });
   Queues.initQueue({ S, me, composeBody, notice, isEncrypted, serverName, opener });
   Records.initRecord({ S, me, role, composeBody, notice, isEncrypted, serverName, opener });
+  Calls.initCalls({ S, me, serverName, composeBody, notice, send: (f) => conn?.send(f) ?? false });
   // Opened by a LAN address over plain HTTP (no certificate yet, or it expired): say
   // plainly what does not work here; 127.0.0.1 and localhost count as secure.
   $('insecure').hidden = window.isSecureContext;

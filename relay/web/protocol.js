@@ -186,6 +186,7 @@ export class Protocol {
   //   { type: 'notice', text }             tell the user
   //   { type: 'retry', ms }                flush the outbox again after `ms`
   //   { type: 'token', token, expiresAt }  the server renewed the sign-in: keep `token` for next time
+  //   { type: 'call', frame }              a step of a call (callpanel.js; never stored, nothing to commit)
   // Events in `batch.after`, once the batch has committed:
   //   { type: 'session' }                  flush the outbox, send `read`, fetch history, ...
   //   { type: 'alert', id }                an emergency to ring for
@@ -291,6 +292,12 @@ export class Protocol {
         S.token = f.token;
         S.claims = claims;
         events.push({ type: 'token', token: f.token, expiresAt: f.expires_at ?? claims.exp ?? null });
+        break;
+      }
+      case 'call': {
+        // A call's step (protocol v1 extension): relayed live by the server, stored nowhere,
+        // so it moves no cursor; call.js decides what it means.
+        events.push({ type: 'call', frame: f });
         break;
       }
       default:

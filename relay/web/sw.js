@@ -1,7 +1,7 @@
 // Keeps the app shell on the device so the page opens with no hub reachable.
 // Bump VERSION when the files change: browsers check this file on every visit.
-const VERSION = 'outpost-shell-12';
-const SHELL = ['/', '/index.html', '/app.js', '/protocol.js', '/alerts.js', '/presence.js', '/roomkeys.js', '/view.js', '/e2e.js', '/conn.js', '/db.js', '/uuid.js', '/media.js', '/attach.js', '/sha256.js', '/clinical.js', '/queue.js', '/queuepanel.js', '/derived.js', '/record.js', '/recordpanel.js', '/style.css', '/manifest.json', '/icon.svg'];
+const VERSION = 'outpost-shell-13';
+const SHELL = ['/', '/index.html', '/app.js', '/protocol.js', '/alerts.js', '/presence.js', '/roomkeys.js', '/view.js', '/e2e.js', '/conn.js', '/db.js', '/uuid.js', '/media.js', '/attach.js', '/sha256.js', '/clinical.js', '/queue.js', '/queuepanel.js', '/derived.js', '/record.js', '/recordpanel.js', '/call.js', '/callpanel.js', '/style.css', '/manifest.json', '/icon.svg'];
 
 self.addEventListener('install', (event) => {
   event.waitUntil(

@@ -6,6 +6,7 @@ import { RANK } from './protocol.js';
 import { KINDS, isClinical, patientsOf, rows } from './clinical.js';
 import * as Queue from './queue.js';
 import * as Rec from './record.js';
+import * as Call from './call.js';
 
 export const $ = (id) => document.getElementById(id);
 
@@ -275,11 +276,20 @@ function updateItem(li, m) {
   const media = locked ? null : mediaPart(m);
   const up = media?.view.upload ?? null;
   const structured = !locked && !media && body && typeof body === 'object';
-  const card = structured && isClinical(m.kind) ? clinicalCard(m.kind, body) : structured && Queue.isQueue(m.kind) ? queueCard(m, body) : structured && Rec.isRecord(m.kind) ? recordCard(m, body) : null;
+  const missed = structured && Call.isMissed(m.kind, body);
+  const card = structured && isClinical(m.kind)
+    ? clinicalCard(m.kind, body)
+    : structured && Queue.isQueue(m.kind)
+      ? queueCard(m, body)
+      : structured && Rec.isRecord(m.kind)
+        ? recordCard(m, body)
+        : missed
+          ? missedCard(m, body)
+          : null;
   const key = JSON.stringify([state, trail, m.cursor, m.error, text, m.at, media?.key, card && m.kind, card && card.textContent]);
   if (li.dataset.key === key) return;
   li.dataset.key = key;
-  li.className = `msg ${m.mine ? 'mine' : 'theirs'}${card ? ' clinical' : ''}${card && Queue.isQueue(m.kind) ? ' queue' : ''}${card && Rec.isRecord(m.kind) ? ' record' : ''}${A.isEmergency(m) ? ' emergency' : ''}${locked ? ' locked' : ''}${state ? ` s-${state}` : ''}${media ? ' has-media' : ''}${up ? ` up-${up.state}` : ''}`;
+  li.className = `msg ${m.mine ? 'mine' : 'theirs'}${card ? ' clinical' : ''}${card && Queue.isQueue(m.kind) ? ' queue' : ''}${card && Rec.isRecord(m.kind) ? ' record' : ''}${card && missed ? ' call-missed' : ''}${A.isEmergency(m) ? ' emergency' : ''}${locked ? ' locked' : ''}${state ? ` s-${state}` : ''}${media ? ' has-media' : ''}${up ? ` up-${up.state}` : ''}`;
   if (state) li.dataset.state = state;
   if (up) li.dataset.upload = up.state;
   else delete li.dataset.upload;
@@ -362,6 +372,24 @@ function recordCard(m, body) {
     el('div', { class: 'card-title' }, title),
     lines.length ? list : null,
     link ? el('div', { class: 'small' }, link) : null,
+  );
+}
+
+/**
+ * A missed call as a card: "Missed video call from amina" for the callee, with Call back;
+ * "baraka did not answer your call" for the caller, with Call again.
+ */
+function missedCard(m, body) {
+  const { title, text, back, again } = Call.missedCard(body, { from: m.mine ? A.me() : m.from, me: A.me() });
+  const button = back && A.call
+    ? el('button', { type: 'button', class: 'call-back', 'aria-label': `${again ? 'Call again' : 'Call back'} ${back}`, onclick: () => A.call(m.room, back, !!body.video) }, again ? 'Call again' : 'Call back')
+    : null;
+  return el(
+    'div',
+    { class: 'card', 'data-kind': m.kind, 'data-video': body.video ? 'true' : 'false' },
+    el('div', { class: 'card-title' }, title),
+    text ? el('div', { class: 'small' }, text) : null,
+    button ? el('div', { class: 'row' }, button) : null,
   );
 }
 

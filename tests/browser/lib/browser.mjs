@@ -21,9 +21,13 @@ const ARGS = [
   '--disable-background-networking',
   '--disable-component-update',
   '--disable-sync',
-  // A microphone that plays a tone, granted without asking (voice notes).
+  // A microphone that plays a tone and a camera that shows a moving test pattern, granted
+  // without asking (voice notes, calls).
   '--use-fake-device-for-media-stream',
   '--use-fake-ui-for-media-stream',
+  // WebRTC host candidates with the machine's real addresses rather than mDNS (.local)
+  // names, which a test machine may not resolve (calls: two phones on a hub's LAN).
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
   '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
 ];
 
