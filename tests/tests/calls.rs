@@ -99,7 +99,8 @@ async fn a_callee_not_connected_is_unavailable_at_once_and_bad_steps_are_refused
     // A call to oneself, or an `unavailable` from a client: bad_frame; a room outside the
     // token: refused like typing there.
     amina.send_json(&step(&call, "amina", "invite", json!({}))).await?;
-    assert_eq!(amina.expect_error().await?.0, "bad_frame");
+    let (code, refusal) = amina.expect_error().await?;
+    assert_eq!((code.as_str(), refusal["id"].as_str()), ("bad_frame", Some(call.as_str())), "{refusal}");
     amina.send_json(&step(&call, "juma", "unavailable", json!({}))).await?;
     assert_eq!(amina.expect_error().await?.0, "bad_frame");
     let mut other_room = step(&call, "juma", "invite", json!({}));

@@ -95,18 +95,20 @@ impl<S: Storage> Session<S> {
     /// "Calls"). Nothing of a call is stored: a missed call is a message its caller sends.
     async fn call(&mut self, c: outpost_shared::frames::Call) -> Step {
         use outpost_shared::frames::{CallEvent, CallSignal};
+        // Refusals carry the call's id, so a client tells which call they are about.
+        let id = Some(c.call);
         if let Err((code, m)) = self.check_room(Action::Participate { room: &c.room }).await {
-            return self.feed(error_frame(code, m, None)).await;
+            return self.feed(error_frame(code, m, id)).await;
         }
         if c.to == self.claims.sub || c.signal == CallSignal::Unavailable {
             let m = "a call goes to another person, and `unavailable` is the server's to send";
-            return self.feed(error_frame(ErrorCode::BadFrame, m, None)).await;
+            return self.feed(error_frame(ErrorCode::BadFrame, m, id)).await;
         }
         // Calls share the device's message allowance. A refused step is said, not dropped:
         // a lost ICE candidate or hang-up would leave the other side waiting.
         if !self.bucket.try_take(self.started.elapsed()) {
             let m = "too many frames; slow down and send this call step again";
-            return self.feed(error_frame(ErrorCode::RateLimited, m, None)).await;
+            return self.feed(error_frame(ErrorCode::RateLimited, m, id)).await;
         }
         let event = CallEvent {
             call: c.call,
