@@ -48,6 +48,26 @@ pub fn set_malloc_arena_max(n: usize) {
     let _ = MALLOC_ARENA_MAX.set(Box::leak(n.to_string().into_boxed_str()));
 }
 
+/// The CPUs every server the benchmark starts is pinned to (`--server-cpus`, `taskset -c`
+/// syntax), if any: the relays and the peers' brokers alike, so that a race between them
+/// gives each the same core while the generator runs on another.
+static SERVER_CPUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Pins every server started from now on to `cpus` (the first call wins).
+pub fn set_server_cpus(cpus: Option<&str>) {
+    if let Some(c) = cpus {
+        let _ = SERVER_CPUS.set(c.to_owned());
+    }
+}
+
+/// The command a server is started with: `taskset -c CPUS binary` when pinned.
+pub fn server_command(binary: &Path) -> (std::ffi::OsString, Vec<std::ffi::OsString>) {
+    match SERVER_CPUS.get() {
+        Some(cpus) => ("taskset".into(), vec!["-c".into(), cpus.into(), binary.into()]),
+        None => (binary.into(), Vec::new()),
+    }
+}
+
 /// `base` plus the allocator setting: the environment a benchmark's relay gets. With `0`
 /// nothing is set, so glibc's default applies (unless the bench itself runs with one).
 pub fn relay_env(base: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
@@ -124,7 +144,16 @@ impl World {
             .cloud
             .provision_relay(&id, &self.root.join(&id))
             .with_context(|| format!("provisioning relay {id}"))?;
-        let relay = dir.start(&relay_env(RELAY_ENV)).await.context("starting outpost-relay")?;
+        let env = relay_env(RELAY_ENV);
+        let relay = match SERVER_CPUS.get() {
+            Some(cpus) => {
+                let wrapper = ["taskset".to_owned(), "-c".to_owned(), cpus.clone()];
+                let cmd = outpost_tests::RelayCmd::wrapped(&wrapper, &outpost_tests::bin("outpost-relay"));
+                dir.start_cmd(&cmd, "127.0.0.1:0", &env).await
+            }
+            None => dir.start(&env).await,
+        }
+        .context("starting outpost-relay")?;
         Ok(RunningRelay { relay, dir })
     }
 }

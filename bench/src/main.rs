@@ -139,6 +139,12 @@ pub struct Args {
     /// Uplink: repetitions of the bytes-per-message runs (default 3, or 1 with --quick; 0 skips them).
     #[arg(long)]
     pub mix_reps: Option<usize>,
+    /// Pin every server the benchmark starts (relays, Mosquitto, nats-server) to these CPUs
+    /// (`taskset -c` syntax, e.g. `1`). With the bench itself started under `taskset -c 0`
+    /// the generator and the servers each have a core of their own: the fair race, and the
+    /// hub on one core as a Pi's slow cores stand in for.
+    #[arg(long)]
+    pub server_cpus: Option<String>,
     /// Wear: the size of each message body, bytes of JSON (the other phases keep their
     /// ~100-byte chat lines).
     #[arg(long, default_value_t = 1024)]
@@ -267,6 +273,7 @@ pub fn unix_ms() -> i64 {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     hub::set_malloc_arena_max(args.malloc_arena_max);
+    hub::set_server_cpus(args.server_cpus.as_deref());
     if args.clients == 0 || args.rate <= 0.0 || args.window == 0 || args.groups.is_empty() {
         bail!("--clients, --rate, --window and --groups must be positive");
     }

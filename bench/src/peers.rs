@@ -12,8 +12,9 @@
 //! keeping `window` publishes awaiting their acknowledgement (PUBACK; JetStream PubAck),
 //! latency per message from publish to acknowledgement for messages sent in the measured
 //! window, acknowledgements per second counted over that window. Each client also
-//! receives its partner's messages (client `i` and `i ^ 1`), like a room of two in the
-//! hub: one delivery per message. What an acknowledgement *means* differs between the
+//! receives its room-mates' messages, like the hub's rooms: rooms of 2 (one delivery per
+//! message), and the closed loop once more with rooms of 10 (nine deliveries per message;
+//! one subscription per room-mate on MQTT and NATS). What an acknowledgement *means* differs between the
 //! three (fsync or not) and the report says so next to each number.
 
 use std::collections::{HashMap, VecDeque};
@@ -89,7 +90,12 @@ pub struct PeersRep {
     pub jetstream: PeerResult,
     /// The same three at a fixed total rate (`--rate`), below saturation.
     pub steady: (PhaseResult, PeerResult, PeerResult),
+    /// The closed loop again with rooms of [`ROOMS_OF`].
+    pub rooms: (PhaseResult, PeerResult, PeerResult),
 }
+
+/// The larger rooms of the comparison: nine deliveries per message.
+pub const ROOMS_OF: usize = 10;
 
 /// Per-client observations, merged at the end.
 struct Obs {
@@ -163,11 +169,25 @@ fn sent_at(payload: &[u8]) -> Option<Instant> {
     Some(load::base() + Duration::from_nanos(ns))
 }
 
-/// Client `i`'s partner, whose messages it receives (the last client of an odd count
-/// has none, like the last room of one in the hub).
-fn partner(i: usize, clients: usize) -> Option<usize> {
-    let p = i ^ 1;
-    (p < clients).then_some(p)
+/// The clients of one run and the rooms they make: clients `0..room_size` are the first
+/// room, and so on, as in the hub's phases (the last room may be smaller).
+#[derive(Debug, Clone, Copy)]
+pub struct Group {
+    pub clients: usize,
+    pub room_size: usize,
+}
+
+impl Group {
+    pub fn pairs(clients: usize) -> Self {
+        Self { clients, room_size: 2 }
+    }
+
+    /// The other members of client `i`'s room, whose messages it receives.
+    fn mates(self, i: usize) -> impl Iterator<Item = usize> {
+        let size = self.room_size.max(1);
+        let first = i / size * size;
+        (first..(first + size).min(self.clients)).filter(move |p| *p != i)
+    }
 }
 
 /// Every repetition: Outpost ingest, Mosquitto, JetStream, in that order.
@@ -181,6 +201,9 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<(Vec<PeersRep>, Vers
     eprintln!("issuing {} device tokens…", args.clients);
     let mut world =
         World::create(&tmp.join("peers-outpost"), topology, args.clients).context("setting up the cloud identity")?;
+    let rooms_topology = Topology { clients: args.clients, room_size: ROOMS_OF };
+    let mut rooms_world = World::create(&tmp.join("peers-outpost-rooms"), rooms_topology, args.clients)
+        .context("setting up the cloud identity")?;
     let started = Instant::now();
     let mut reps = Vec::new();
     for r in 0..args.reps() {
@@ -189,20 +212,28 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<(Vec<PeersRep>, Vers
             phases::load_phase(&mut world, Drive::Closed { window: args.window }, &timing, "outpost ingest").await?;
         let dir = tmp.join(format!("peers-{r}"));
         let closed = Load::Closed { window: args.window };
-        let mosquitto = run_peer(Peer::Mosquitto, &dir.join("closed"), args.clients, closed, &timing).await?;
-        let jetstream = run_peer(Peer::JetStream, &dir.join("closed"), args.clients, closed, &timing).await?;
+        let pairs = Group::pairs(args.clients);
+        let mosquitto = run_peer(Peer::Mosquitto, &dir.join("closed"), pairs, closed, &timing).await?;
+        let jetstream = run_peer(Peer::JetStream, &dir.join("closed"), pairs, closed, &timing).await?;
         let steady_drive = Drive::Open { rate: args.rate, emergency_rate: 0.0 };
         let outpost_steady = phases::load_phase(&mut world, steady_drive, &timing, "outpost steady").await?;
         // Every client at rate ÷ clients, so the total is `--rate` as in the hub's phase.
         let open = Load::Open { every: Duration::from_secs_f64(args.clients as f64 / args.rate) };
-        let mosquitto_steady = run_peer(Peer::Mosquitto, &dir.join("open"), args.clients, open, &timing).await?;
-        let jetstream_steady = run_peer(Peer::JetStream, &dir.join("open"), args.clients, open, &timing).await?;
+        let mosquitto_steady = run_peer(Peer::Mosquitto, &dir.join("open"), pairs, open, &timing).await?;
+        let jetstream_steady = run_peer(Peer::JetStream, &dir.join("open"), pairs, open, &timing).await?;
+        let label = format!("outpost ingest, rooms of {ROOMS_OF}");
+        let outpost_rooms =
+            phases::load_phase(&mut rooms_world, Drive::Closed { window: args.window }, &timing, &label).await?;
+        let rooms = Group { clients: args.clients, room_size: ROOMS_OF };
+        let mosquitto_rooms = run_peer(Peer::Mosquitto, &dir.join("rooms"), rooms, closed, &timing).await?;
+        let jetstream_rooms = run_peer(Peer::JetStream, &dir.join("rooms"), rooms, closed, &timing).await?;
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         reps.push(PeersRep {
             outpost,
             mosquitto,
             jetstream,
             steady: (outpost_steady, mosquitto_steady, jetstream_steady),
+            rooms: (outpost_rooms, mosquitto_rooms, jetstream_rooms),
         });
     }
     Ok((reps, versions, started.elapsed()))
@@ -326,7 +357,9 @@ impl Broker {
         let log = dir.join(format!("{name}.log"));
         let logf = std::fs::File::create(&log)?;
         let bin = find_bin(bin).with_context(|| format!("{bin} not found"))?;
-        let child = Command::new(bin)
+        let (program, pin) = crate::hub::server_command(&bin);
+        let child = Command::new(program)
+            .args(pin)
             .args(args)
             .arg(&conf_path)
             .stdin(Stdio::null())
@@ -385,11 +418,11 @@ async fn sample_cpu(pid: u32, w: Window) -> (f64, f64, f64, u64) {
 }
 
 /// Starts `peer` fresh in `dir`, connects `clients`, runs `load`, stops it.
-pub async fn run_peer(peer: Peer, dir: &Path, clients: usize, load: Load, t: &Timing) -> anyhow::Result<PeerResult> {
+pub async fn run_peer(peer: Peer, dir: &Path, group: Group, load: Load, t: &Timing) -> anyhow::Result<PeerResult> {
     let dir = dir.join(format!("{peer:?}").to_lowercase());
     std::fs::create_dir_all(&dir)?;
     let broker = Broker::start(peer, &dir).await?;
-    let result = measure(peer, &broker, clients, load, t).await;
+    let result = measure(peer, &broker, group, load, t).await;
     let log_tail = std::fs::read_to_string(&broker.log).unwrap_or_default();
     broker.stop().await;
     let r = result.with_context(|| format!("{peer:?} run; broker log:\n{}", tail(&log_tail, 20)))?;
@@ -412,10 +445,11 @@ pub async fn run_peer(peer: Peer, dir: &Path, clients: usize, load: Load, t: &Ti
 }
 
 /// Connects the clients to a running broker and runs one measurement.
-async fn measure(peer: Peer, broker: &Broker, clients: usize, load: Load, t: &Timing) -> anyhow::Result<PeerResult> {
+async fn measure(peer: Peer, broker: &Broker, group: Group, load: Load, t: &Timing) -> anyhow::Result<PeerResult> {
+    let clients = group.clients;
     let tasks = match peer {
         Peer::Mosquitto => {
-            let conns = mqtt::connect_all(broker.port, clients).await?;
+            let conns = mqtt::connect_all(broker.port, group).await?;
             let w = Window::new(t.warmup, t.measure, t.drain);
             let tasks = conns
                 .into_iter()
@@ -427,7 +461,7 @@ async fn measure(peer: Peer, broker: &Broker, clients: usize, load: Load, t: &Ti
             (tasks, w)
         }
         Peer::JetStream => {
-            let conns = nats::connect_all(broker.port, clients).await?;
+            let conns = nats::connect_all(broker.port, group).await?;
             let w = Window::new(t.warmup, t.measure, t.drain);
             let tasks = conns
                 .into_iter()
@@ -441,15 +475,16 @@ async fn measure(peer: Peer, broker: &Broker, clients: usize, load: Load, t: &Ti
     };
     let (tasks, w) = tasks;
     let cpu = tokio::spawn(sample_cpu(broker.pid(), w));
-    finish(tasks, cpu, w, clients).await
+    finish(tasks, cpu, w, group).await
 }
 
 async fn finish(
     tasks: Vec<tokio::task::JoinHandle<Obs>>,
     cpu: tokio::task::JoinHandle<(f64, f64, f64, u64)>,
     w: Window,
-    clients: usize,
+    group: Group,
 ) -> anyhow::Result<PeerResult> {
+    let clients = group.clients;
     let mut all = Obs::new();
     let mut sent_by = vec![0u64; clients];
     for (i, task) in tasks.into_iter().enumerate() {
@@ -457,7 +492,7 @@ async fn finish(
         sent_by[i] = o.sent_in_window;
         all.merge(o);
     }
-    let expected = (0..clients).filter_map(|i| partner(i, clients).map(|_| sent_by[i])).sum();
+    let expected = (0..clients).map(|i| sent_by[i] * group.mates(i).count() as u64).sum();
     let (broker_cpu_pct, generator_cpu_pct, machine_busy_pct, write_bytes) = cpu.await.unwrap_or_default();
     Ok(PeerResult {
         acked_per_sec: all.acked_in_window as f64 / w.secs(),
@@ -545,9 +580,9 @@ mod mqtt {
         events: EventLoop,
     }
 
-    pub async fn connect_all(port: u16, clients: usize) -> anyhow::Result<Vec<Conn>> {
-        futures_util::stream::iter(0..clients)
-            .map(|i| connect_one(port, i, clients))
+    pub async fn connect_all(port: u16, group: Group) -> anyhow::Result<Vec<Conn>> {
+        futures_util::stream::iter(0..group.clients)
+            .map(|i| connect_one(port, i, group))
             .buffered(CONNECT_PARALLEL)
             .collect::<Vec<_>>()
             .await
@@ -559,7 +594,7 @@ mod mqtt {
     /// loop's window, and enough for an open-loop client to ride out a stall of seconds.
     const OUTSTANDING: usize = 1024;
 
-    async fn connect_one(port: u16, idx: usize, clients: usize) -> anyhow::Result<Conn> {
+    async fn connect_one(port: u16, idx: usize, group: Group) -> anyhow::Result<Conn> {
         let mut o = MqttOptions::new(format!("bench{idx}"), "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(60)).set_clean_session(true);
         // rumqttc's own inflight cap must never be what binds.
@@ -569,18 +604,20 @@ mod mqtt {
         let mut net = NetworkOptions::new();
         net.set_tcp_nodelay(true);
         events.set_network_options(net);
-        if let Some(p) = partner(idx, clients) {
+        // One subscription per room-mate: each publishes on its own topic.
+        let mut unacked = 0;
+        for p in group.mates(idx) {
             client.try_subscribe(format!("d/{p}"), QoS::AtLeastOnce)?;
+            unacked += 1;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut connected = false;
-        let mut subscribed = partner(idx, clients).is_none();
-        while !(connected && subscribed) {
+        while !(connected && unacked == 0) {
             match timeout_at(deadline, events.poll()).await {
                 Err(_) => bail!("mqtt client {idx}: no CONNACK/SUBACK within 30 s"),
                 Ok(Err(e)) => bail!("mqtt client {idx}: {e}"),
                 Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => connected = true,
-                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => subscribed = true,
+                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => unacked -= 1,
                 Ok(Ok(_)) => {}
             }
         }
@@ -647,11 +684,11 @@ mod nats {
     pub struct Conn {
         pub idx: usize,
         js: jetstream::Context,
-        sub: Option<async_nats::Subscriber>,
+        sub: futures_util::stream::SelectAll<async_nats::Subscriber>,
         _client: async_nats::Client,
     }
 
-    pub async fn connect_all(port: u16, clients: usize) -> anyhow::Result<Vec<Conn>> {
+    pub async fn connect_all(port: u16, group: Group) -> anyhow::Result<Vec<Conn>> {
         let url = format!("nats://127.0.0.1:{port}");
         let admin = async_nats::connect(&url).await.context("nats connect")?;
         let js = jetstream::new(admin.clone());
@@ -663,7 +700,7 @@ mod nats {
         })
         .await
         .context("creating the JetStream stream")?;
-        futures_util::stream::iter(0..clients)
+        futures_util::stream::iter(0..group.clients)
             .map(|i| {
                 let url = url.clone();
                 async move {
@@ -672,10 +709,11 @@ mod nats {
                         .connect(&url)
                         .await
                         .with_context(|| format!("nats client {i}"))?;
-                    let sub = match partner(i, clients) {
-                        Some(p) => Some(client.subscribe(format!("d.{p}")).await?),
-                        None => None,
-                    };
+                    // One subscription per room-mate, read as one stream.
+                    let mut sub = futures_util::stream::SelectAll::new();
+                    for p in group.mates(i) {
+                        sub.push(client.subscribe(format!("d.{p}")).await?);
+                    }
                     client.flush().await?;
                     let mut js = jetstream::new(client.clone());
                     js.set_timeout(Duration::from_secs(30));
@@ -690,7 +728,7 @@ mod nats {
     }
 
     /// JetStream publishes as `pacer` says, each PubAck awaited, until the window closes;
-    /// then drains. Deliveries come through a plain subscription on the partner's subject
+    /// then drains. Deliveries come through plain subscriptions on the room-mates' subjects
     /// (at most once, not a JetStream consumer).
     pub async fn drive(mut c: Conn, mut pacer: Pacer, w: Window) -> Obs {
         let mut obs = Obs::new();
@@ -722,7 +760,7 @@ mod nats {
                     Ok(_) => obs.on_ack(&w, at),
                     Err(e) => obs.errors.push(e.to_string()),
                 },
-                Some(m) = async { match c.sub.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {
+                Some(m) = c.sub.next(), if !c.sub.is_empty() => {
                     obs.on_delivery(&w, &m.payload);
                 }
                 () = sleep_until(edge) => {}

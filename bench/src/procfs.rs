@@ -153,10 +153,25 @@ impl MachineInfo {
     /// relay binary measured, the machine (Markdown list items).
     pub fn header(&self, command: &str) -> String {
         format!(
-            "- Command: `{command}`\n- Commit: `{}`; relay binary: {}\n- Machine: {} CPUs ({}), {} RAM, {}\n",
-            self.commit, self.relay_built, self.cpus, self.cpu_model, self.memory, self.kernel
+            "- Command: `{command}`\n- Commit: `{}`; relay binary: {}\n- Machine: {} CPUs ({}), {} RAM, {}; the generator ran on CPUs {}\n",
+            self.commit,
+            self.relay_built,
+            self.cpus,
+            self.cpu_model,
+            self.memory,
+            self.kernel,
+            own_cpus()
         )
     }
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list`): all of them, or the ones
+/// `taskset` gave the benchmark.
+fn own_cpus() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|v| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn shell(cmd: &str, args: &[&str]) -> String {

@@ -26,7 +26,7 @@ use crate::Args;
 use crate::goals::{Row, Section, table};
 use crate::hub::{Topology, World};
 use crate::load::{self, Drive};
-use crate::peers::{self, Load, Peer, PeerResult};
+use crate::peers::{self, Group, Load, Peer, PeerResult};
 use crate::phases::{self, PhaseResult, Timing};
 use crate::procfs::MachineInfo;
 use crate::stats::{Summary, group};
@@ -105,8 +105,8 @@ pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<WearRun> {
             let mut world = World::create(&dir.join("outpost"), topology, clients).context("setting up the hub")?;
             let hub = phases::load_phase(&mut world, Drive::Open { rate, emergency_rate: 0.0 }, &t, "outpost").await?;
             let open = Load::Open { every: Duration::from_secs_f64(clients as f64 / rate) };
-            let mosquitto = peers::run_peer(Peer::Mosquitto, &dir, clients, open, &t).await?;
-            let jetstream = peers::run_peer(Peer::JetStream, &dir, clients, open, &t).await?;
+            let mosquitto = peers::run_peer(Peer::Mosquitto, &dir, Group::pairs(clients), open, &t).await?;
+            let jetstream = peers::run_peer(Peer::JetStream, &dir, Group::pairs(clients), open, &t).await?;
             let rep = WearRep { rate, servers: [(&hub).into(), (&mosquitto).into(), (&jetstream).into()] };
             for ((name, _), w) in SERVERS.iter().zip(rep.servers) {
                 eprintln!(

@@ -125,6 +125,44 @@ pub fn markdown(
         );
     }
     let _ = writeln!(o);
+    let _ =
+        writeln!(o, "## Rooms of {} (closed loop, {} deliveries per message)\n", super::ROOMS_OF, super::ROOMS_OF - 1);
+    let _ = writeln!(
+        o,
+        "| server | acked msg/s | msg/s per server core | Outpost ÷ this (per core) | ack p99 (ms) | delivery p99 (ms) | deliveries seen / expected | server CPU (% of a core) |"
+    );
+    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let outpost_per_core = |r: &PeersRep| per_core(r.rooms.0.acked_per_sec, r.rooms.0.cpu.relay_pct);
+    let _ = writeln!(
+        o,
+        "| Outpost relay | {} | {} | 1 | {} | {} | {} / {} | {} |",
+        s(&|r| r.rooms.0.acked_per_sec).show_int(),
+        s(&outpost_per_core).show_int(),
+        s(&|r| r.rooms.0.ack.p99_ms).show(1),
+        s(&|r| r.rooms.0.delivery.p99_ms).show(1),
+        s(&|r| r.rooms.0.deliveries as f64).show_int(),
+        s(&|r| r.rooms.0.deliveries_expected as f64).show_int(),
+        s(&|r| r.rooms.0.cpu.relay_pct).show(0),
+    );
+    let room_rows: [(&str, Pick); 2] = [("Mosquitto", |r| &r.rooms.1), ("JetStream", |r| &r.rooms.2)];
+    for (name, f) in room_rows {
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {} | {} | {} | {} | {} / {} | {} |",
+            s(&|r| f(r).acked_per_sec).show_int(),
+            s(&|r| per_core(f(r).acked_per_sec, f(r).broker_cpu_pct)).show_int(),
+            s(&|r| outpost_per_core(r) / per_core(f(r).acked_per_sec, f(r).broker_cpu_pct)).show(2),
+            s(&|r| f(r).ack.p99_ms).show(1),
+            s(&|r| f(r).delivery.p99_ms).show(1),
+            s(&|r| f(r).deliveries as f64).show_int(),
+            s(&|r| f(r).deliveries_expected as f64).show_int(),
+            s(&|r| f(r).broker_cpu_pct).show(0),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n\"Per server core\" divides the acknowledged rate by the server's own CPU over the window (its threads, in cores), so a server that used less than a core is not credited with the idle rest. With `--server-cpus` every server had the same single core.\n"
+    );
     let rows = goal_rows(reps, args.clients, &rate);
     let _ = writeln!(o, "## Against the goal (Outpost ahead on durable throughput and on p99)\n");
     table(&mut o, &rows);
@@ -181,6 +219,11 @@ pub fn markdown(
     Section { text: o, rows }
 }
 
+/// Acknowledged messages per second for each core's worth of the server's own CPU.
+fn per_core(acked_per_sec: f64, cpu_pct: f64) -> f64 {
+    acked_per_sec / (cpu_pct / 100.0).max(0.01)
+}
+
 /// The goal, per peer: Outpost acks more messages per second at saturation, and
 /// has the lower ack p99 at the fixed rate. Ratios are taken within each repetition.
 fn goal_rows(reps: &[PeersRep], clients: usize, rate: &str) -> Vec<Row> {
@@ -199,6 +242,42 @@ fn goal_rows(reps: &[PeersRep], clients: usize, rate: &str) -> Vec<Row> {
             rate_ratio.show(2),
             "Outpost ahead (> 1)",
             rate_ratio.median > 1.0,
+        ));
+        let pairs_ratio = s(&|r| {
+            per_core(r.outpost.acked_per_sec, r.outpost.cpu.relay_pct)
+                / per_core(saturated(r).acked_per_sec, saturated(r).broker_cpu_pct)
+        });
+        rows.push(Row::goal(
+            format!(
+                "durable throughput per server core vs {name}, rooms of 2 (Outpost msg/s per core; Outpost ÷ peer)"
+            ),
+            s(&|r| per_core(r.outpost.acked_per_sec, r.outpost.cpu.relay_pct)).show_int(),
+            format!(
+                "{name}: {} msg/s per core",
+                s(&|r| per_core(saturated(r).acked_per_sec, saturated(r).broker_cpu_pct)).show_int()
+            ),
+            pairs_ratio.show(2),
+            "Outpost ahead (> 1)",
+            pairs_ratio.median > 1.0,
+        ));
+        let rooms: Pick = if name.starts_with("Mosquitto") { |r| &r.rooms.1 } else { |r| &r.rooms.2 };
+        let per_core_ratio = s(&|r| {
+            per_core(r.rooms.0.acked_per_sec, r.rooms.0.cpu.relay_pct)
+                / per_core(rooms(r).acked_per_sec, rooms(r).broker_cpu_pct)
+        });
+        rows.push(Row::goal(
+            format!(
+                "durable throughput per server core vs {name}, rooms of {} (Outpost msg/s per core; Outpost ÷ peer)",
+                super::ROOMS_OF
+            ),
+            s(&|r| per_core(r.rooms.0.acked_per_sec, r.rooms.0.cpu.relay_pct)).show_int(),
+            format!(
+                "{name}: {} msg/s per core",
+                s(&|r| per_core(rooms(r).acked_per_sec, rooms(r).broker_cpu_pct)).show_int()
+            ),
+            per_core_ratio.show(2),
+            "Outpost ahead (> 1)",
+            per_core_ratio.median > 1.0,
         ));
         let p99_ratio = s(&|r| fixed(r).ack.p99_ms / r.steady.0.ack.p99_ms);
         rows.push(Row::goal(
