@@ -216,7 +216,7 @@ impl MachineInfo {
         let now = shell("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]);
         commit.push_str(&format!("; run at {now}"));
         Self {
-            cpus: shell("nproc", &[]),
+            cpus: shell("nproc", &["--all"]),
             cpu_model,
             memory,
             kernel: shell("uname", &["-sr"]),
