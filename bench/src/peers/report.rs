@@ -30,11 +30,12 @@ pub fn markdown(
     let _ = writeln!(o, "- Peers: {} (Debian package); {} (Debian package)", v.mosquitto, v.nats);
     let _ = writeln!(
         o,
-        "- Each row: fresh server and empty data directory, {} client connections, {} publishes awaiting acknowledgement per connection, ~100-byte payloads, {:.0} s warm-up, {:.0} s measured; every client also receives its partner's messages (1 delivery per message); {} repetition(s), whole run {:.0} s",
+        "- Each row: fresh server and empty data directory, {} client connections, {} publishes awaiting acknowledgement per connection, ~100-byte payloads, {:.0} s warm-up, {:.0} s measured; every client also receives its room-mates' messages (rooms of 2, 1 delivery per message; rooms of {} in their own table); {} repetition(s), whole run {:.0} s",
         args.clients,
         args.window,
         t.warmup.as_secs_f64(),
         t.measure.as_secs_f64(),
+        super::ROOMS_OF,
         reps.len(),
         elapsed.as_secs_f64()
     );
