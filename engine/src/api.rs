@@ -147,21 +147,16 @@ pub async fn queues<S: Storage>(
     let limits = &hub.config.limits;
     let since_ms = crate::clock::now_ms().saturating_sub(u64::from(limits.queue_days) * 86_400_000);
     let since = outpost_shared::Hlc::new(since_ms, 0);
-    let (events, more) = match hub
-        .store
-        .workflow_events(room.clone(), outpost_storage::Workflow::Queue, since, limits.queue_max_events)
-        .await
-    {
-        Ok(page) => page,
-        Err(e) => return err(e.code(), e.to_string()).into_response(),
-    };
-    if more {
-        let m = format!(
+    let read = workflow_events(&hub, &room, outpost_storage::Workflow::Queue, since, limits.queue_max_events, || {
+        format!(
             "the room holds more than {} queue messages in the last {} days; lower limits.queue_days or raise limits.queue_max_events",
             limits.queue_max_events, limits.queue_days
-        );
-        return err(ErrorCode::TooLarge, m).into_response();
-    }
+        )
+    });
+    let events = match read.await {
+        Ok(events) => events,
+        Err(e) => return e.into_response(),
+    };
     let events: Vec<outpost_shared::queue::QueueEvent<'_>> = events
         .iter()
         .map(|p| outpost_shared::queue::QueueEvent {
@@ -193,20 +188,15 @@ pub async fn record<S: Storage>(
         return err(ErrorCode::BadFrame, m).into_response();
     }
     let limit = hub.config.limits.record_max_events;
-    let (events, more) = match hub
-        .store
-        .workflow_events(room.clone(), outpost_storage::Workflow::Record, outpost_shared::Hlc(0), limit)
-        .await
-    {
-        Ok(page) => page,
-        Err(e) => return err(e.code(), e.to_string()).into_response(),
-    };
-    if more {
-        let m = format!(
+    let read = workflow_events(&hub, &room, outpost_storage::Workflow::Record, outpost_shared::Hlc(0), limit, || {
+        format!(
             "the room holds more than {limit} record edits; raise limits.record_max_events or keep patients' records in more rooms"
-        );
-        return err(ErrorCode::TooLarge, m).into_response();
-    }
+        )
+    });
+    let events = match read.await {
+        Ok(events) => events,
+        Err(e) => return e.into_response(),
+    };
     let edits = outpost_shared::record::Edits::new(events.iter().filter_map(|p| {
         outpost_shared::record::Edit::from_message(
             p.msg.id,
@@ -217,6 +207,24 @@ pub async fn record<S: Storage>(
         )
     }));
     Json(edits.view(&patient, &hub.config.policy.record_doctor_fields)).into_response()
+}
+
+/// Every message of `room` feeding `workflow` from `since` on, or `too_large` (saying
+/// `too_many()`) when there are more than `limit`: a workflow is derived from all of them
+/// or not shown.
+async fn workflow_events<S: Storage>(
+    hub: &Hub<S>,
+    room: &outpost_shared::RoomId,
+    workflow: outpost_storage::Workflow,
+    since: outpost_shared::Hlc,
+    limit: u32,
+    too_many: impl FnOnce() -> String,
+) -> Result<Vec<outpost_shared::frames::Positioned>, ApiError> {
+    match hub.store.workflow_events(room.clone(), workflow, since, limit).await {
+        Ok((events, false)) => Ok(events),
+        Ok((_, true)) => Err(err(ErrorCode::TooLarge, too_many())),
+        Err(e) => Err(err(e.code(), e.to_string())),
+    }
 }
 
 /// The bearer token's claims and the room, if that token may read the room.

@@ -214,11 +214,6 @@ fn apply(entry: &mut Entry, u: &Update, e: &QueueEvent<'_>) {
     entry.updated_at = Some(crate::Hlc(e.hlc).physical_ms());
 }
 
-/// Whether messages of `kind` feed the queues.
-pub fn is_queue_kind(kind: &str) -> bool {
-    kind == BOOK || kind == UPDATE
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
