@@ -178,6 +178,18 @@ impl CloudIdentity {
     }
 
     /// An issuer for certificates under the relay CA.
+    /// The keys of USB stick files: the relay CA's (hubs encrypt to it; answers are
+    /// signed with it).
+    pub fn mule_keys(&self) -> Result<outpost_engine::mule::CloudKeys, IdentityError> {
+        let key = outpost_engine::mule::seal::secret_key(&self.ca_key.serialize_pem())
+            .map_err(|e| IdentityError::Invalid { path: self.layout.ca_key(), reason: e.to_string() })?;
+        Ok(outpost_engine::mule::CloudKeys {
+            cloud_id: self.cloud_id.clone(),
+            ca_pem: self.ca_cert_pem.clone(),
+            ca_key: key,
+        })
+    }
+
     pub(crate) fn ca_issuer(&self) -> Result<Issuer<'_, &KeyPair>, IdentityError> {
         Ok(Issuer::new(ca_params(&self.cloud_id)?, &self.ca_key))
     }

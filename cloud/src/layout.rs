@@ -8,6 +8,7 @@
 //! DIR/keys/relay-ca.crt   the relay CA certificate (PEM)
 //! DIR/keys/server.key     the cloud's QUIC server key (PEM, mode 0600)
 //! DIR/keys/server.crt     the cloud's QUIC server certificate, issued by the relay CA
+//! DIR/relays/RELAY.crt    hubs' certificates, for their USB stick answers
 //! DIR/data/               the cloud's databases
 //! DIR/data/cloud.db       the cloud's database (messages, audit log, media metadata)
 //! DIR/data/media/         photos, voice notes and documents (on SQLite; on PostgreSQL
@@ -61,5 +62,10 @@ impl Layout {
     }
     pub fn server_cert(&self) -> PathBuf {
         self.keys().join("server.crt")
+    }
+    /// Hubs' certificates (`RELAY.crt`, kept at enrollment and from their sticks): what
+    /// the cloud's stick answers are encrypted to.
+    pub fn relays(&self) -> PathBuf {
+        self.dir.join("relays")
     }
 }

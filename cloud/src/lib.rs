@@ -11,6 +11,7 @@ pub mod database;
 pub mod enroll;
 pub mod identity;
 pub mod layout;
+pub mod mule;
 pub mod relays;
 pub mod server;
 pub mod tcp;

@@ -155,6 +155,37 @@ enum Cmd {
         #[arg(long)]
         database: Option<String>,
     },
+    /// Import hubs' USB sticks: every RELAY.to-cloud.outpost in PATH (a stick's folder)
+    /// or the file PATH, each exactly once however often it comes, each answered beside it
+    /// (RELAY.from-cloud.outpost: the cloud's receipt and its replies for that hub's
+    /// rooms; take it back and run `outpost-relay import`). Works while the cloud runs.
+    Import {
+        #[arg(long)]
+        dir: PathBuf,
+        path: PathBuf,
+        /// Largest answer file, in MiB (the rest waits for the next trip).
+        #[arg(long, default_value_t = outpost_engine::mule::DEFAULT_MAX_MB)]
+        max_mb: u64,
+        /// The cloud's PostgreSQL database, if it runs on one (else `[storage] database`).
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Write the answer for a hub on demand, without a stick from it: the cloud's receipt
+    /// and everything of its rooms it does not hold yet (RELAY.from-cloud.outpost in the
+    /// folder PATH, or the file PATH).
+    Export {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        relay: RelayId,
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, default_value_t = outpost_engine::mule::DEFAULT_MAX_MB)]
+        max_mb: u64,
+        /// The cloud's PostgreSQL database, if it runs on one (else `[storage] database`).
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// Print the cloud's audit log as JSON lines (security events; no message contents).
     Audit {
         #[arg(long)]
@@ -402,6 +433,15 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             };
             println!("erased {n} messages of room {room} received before {before} ms; recorded in the audit log");
         }
+        Cmd::Import { dir, path, max_mb, database } => {
+            for line in Database::block_on(outpost_cloud::mule::import(&dir, &path, max_mb, database))?? {
+                println!("{line}");
+            }
+        }
+        Cmd::Export { dir, relay, to, max_mb, database } => {
+            let line = Database::block_on(outpost_cloud::mule::export(&dir, relay.as_str(), &to, max_mb, database))??;
+            println!("{line}");
+        }
         Cmd::Audit { dir, page, database } => {
             let id = CloudIdentity::load(&dir)?;
             outpost_engine::cli::write_audit(Database::of(&dir, &id, database)?.audit_page(page.after, page.limit)?)?;
@@ -410,6 +450,8 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             let id = CloudIdentity::load(&dir)?;
             outpost_shared::bundle::check_addresses(&cloud_addrs).map_err(|e| anyhow::anyhow!("--cloud-addr: {e}"))?;
             let bundle = enroll_relay(&id, &relay, &cloud_addrs)?;
+            // Kept so the cloud can seal USB stick answers for this hub (`export --relay`).
+            outpost_engine::mule::keep_hub_cert(&id.layout.relays(), relay.as_str(), &bundle.relay_cert_pem);
             let json = serde_json::to_string_pretty(&bundle)?;
             write_private(&out, &json)?;
             let addrs = match cloud_addrs.as_slice() {

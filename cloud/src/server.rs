@@ -163,8 +163,20 @@ pub async fn run(
     let db = engine.storage.path.clone();
     match &config.storage.database {
         None => {
+            // One process per SQLite database (see `outpost_engine::mule::control`).
+            let data = id.layout.data();
+            let _lock = outpost_engine::mule::control::DataLock::take(&data).map_err(RunError::Locked)?;
             let mut core = Core::open(engine, &db)?;
             core.retain(None);
+            // USB sticks imported while the cloud runs (`outpost-cloud import|export`). A
+            // PostgreSQL cloud needs none: the commands write to its database beside it.
+            let handler = outpost_engine::mule::cloud_handler(
+                core.store.clone(),
+                std::sync::Arc::new(id.mule_keys()?),
+                id.layout.relays(),
+            );
+            let task = outpost_engine::mule::control::serve(data, handler, core.stop_token());
+            core.spawn("control socket", task);
             serve(core, id, config, ws, tls, quic, shutdown, on_ready).await
         }
         Some(url) => {

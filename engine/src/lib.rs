@@ -24,6 +24,7 @@ pub mod lan_tls;
 pub mod link;
 mod mailbox;
 pub mod media;
+pub mod mule;
 pub mod private;
 pub mod ratelimit;
 pub mod renewal;

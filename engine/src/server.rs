@@ -55,6 +55,8 @@ pub enum RunError {
     Config(String),
     #[error(transparent)]
     Store(#[from] OpenError),
+    #[error("{0}")]
+    Locked(String),
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
     #[error("the server's {task} stopped ({how}); the server stopped with it and should be restarted")]
@@ -93,6 +95,12 @@ fn sqlite_options(config: &RelayConfig) -> StoreOptions {
         max_receipts_per_ack: config.limits.max_receipts_per_ack,
         readers: config.storage.readers,
     }
+}
+
+/// Opens the hub's SQLite store on its own, for a one-shot command run while no server
+/// does (the caller holds the data directory's lock, `crate::mule::control::DataLock`).
+pub fn open_store(config: &RelayConfig, db: &Path) -> Result<Store, OpenError> {
+    Store::open(db, sqlite_options(config), Arc::new(Router::new()))
 }
 
 impl Core<Store> {
@@ -314,7 +322,12 @@ pub async fn run(
         Some(settings)
     };
     let tls = config.lan_tls(&dir).map_err(|e| RunError::Config(e.to_string()))?;
-    let mut core = Core::open(config.clone(), &config.db_path(&dir))?;
+    let db = config.db_path(&dir);
+    let data = db.parent().map_or_else(|| dir.clone(), Path::to_path_buf);
+    // One process per database: a second hub, or a stick command working on a stopped
+    // hub, would otherwise write beside this one.
+    let _lock = crate::mule::control::DataLock::take(&data).map_err(RunError::Locked)?;
+    let mut core = Core::open(config.clone(), &db)?;
     let uplink = match uplink {
         Some(settings) => Some(setup_renewal(&core, &dir, settings).await?),
         None => None,
@@ -337,6 +350,17 @@ pub async fn run(
     if let (Some(settings), Some(lan)) = (uplink.as_mut(), &lan) {
         settings.lan = Some(lan.cert.clone());
         let _ = core.hub.lan.set(lan.clone());
+    }
+    if uplink.is_some() {
+        // Stick export and import while the hub serves (`outpost-relay export|import`).
+        match crate::mule::hub_keys(&dir, &config) {
+            Ok(keys) => {
+                let handler = crate::mule::hub_handler(core.store.clone(), Arc::new(keys));
+                let task = crate::mule::control::serve(data.clone(), handler, core.stop_token());
+                core.spawn("control socket", task);
+            }
+            Err(e) => tracing::warn!(error = %e, "no stick export or import while the hub runs"),
+        }
     }
     if let Some(settings) = uplink {
         let task = crate::link::uplink::run(

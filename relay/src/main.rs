@@ -56,6 +56,29 @@ enum Cmd {
         #[command(flatten)]
         what: outpost_engine::cli::RevokeArgs,
     },
+    /// Write what the cloud has not confirmed (messages, receipts) to a USB stick, for a
+    /// village without a network: encrypted to the cloud, signed by this hub. Works while
+    /// the hub runs. Take the stick to the cloud (`outpost-cloud import`), and its answer
+    /// back (`outpost-relay import`).
+    Export {
+        #[arg(long)]
+        dir: PathBuf,
+        /// A folder on the stick (the file is named RELAY.to-cloud.outpost) or a file.
+        #[arg(long)]
+        to: PathBuf,
+        /// Largest file to write, in MiB: past it the oldest entries go and the rest wait
+        /// for the next trip (the command says so).
+        #[arg(long, default_value_t = outpost_engine::mule::DEFAULT_MAX_MB)]
+        max_mb: u64,
+    },
+    /// Apply the cloud's answer from a stick: its receipt (senders see `forwarded`) and
+    /// the doctors' replies for this hub's rooms. Importing it twice changes nothing.
+    Import {
+        #[arg(long)]
+        dir: PathBuf,
+        /// A folder on the stick (holding RELAY.from-cloud.outpost) or the file.
+        path: PathBuf,
+    },
     /// Print the hub's audit log as JSON lines (security events; no message contents).
     Audit {
         #[arg(long)]
@@ -87,7 +110,30 @@ fn main() -> ExitCode {
             println!("{}", outpost_engine::cli::revoke(db, &verifier, what)?);
             Ok(())
         }),
+        Cmd::Export { dir, to, max_mb } => stick(outpost_engine::mule::cli::hub_export(&dir, &to, max_mb)),
+        Cmd::Import { dir, path } => stick(outpost_engine::mule::cli::hub_import(&dir, &path)),
         Cmd::Audit { dir, page } => one_shot(&dir, |_, db| outpost_engine::cli::print_audit(db, &page)),
+    }
+}
+
+/// Runs a stick command (`export`, `import`) and prints what it did.
+fn stick(f: impl std::future::Future<Output = anyhow::Result<String>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outpost-relay: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("outpost-relay: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

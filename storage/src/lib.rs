@@ -36,6 +36,6 @@ pub use media::{BlobRecord, BlobSource, CompleteBlob, MediaStore, MediaUsage, Pe
 pub use query::{Backlog, Outbound, OutboundQuery, Replay, ReplayQuery};
 pub use security::SecurityStore;
 pub use types::{
-    AppendRequest, Appended, Audience, Forwarded, LogEntry, PeerState, Publisher, Reply, RetentionStats, SessionId,
-    StoreError, Workflow,
+    AppendRequest, Appended, Audience, Forwarded, KnownPeer, LogEntry, PeerState, Publisher, Reply, RetentionStats,
+    SessionId, StoreError, Workflow,
 };

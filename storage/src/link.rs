@@ -11,7 +11,7 @@ use std::future::Future;
 use outpost_shared::uplink::batch::Entry;
 use outpost_shared::{Cursor, RoomId};
 
-use crate::{Backlog, Forwarded, LogStore, Outbound, OutboundQuery, PeerState, SecurityStore, StoreError};
+use crate::{Backlog, Forwarded, KnownPeer, LogStore, Outbound, OutboundQuery, PeerState, SecurityStore, StoreError};
 
 /// A peer link's storage: the log and the security store, plus the peers' bookkeeping.
 pub trait LinkStore: LogStore + SecurityStore {
@@ -41,6 +41,9 @@ pub trait LinkStore: LogStore + SecurityStore {
     fn peer_rooms(&self, peer: &str, rooms: Vec<RoomId>) -> impl Future<Output = Result<usize, StoreError>> + Send;
     /// The next page of our log for a peer.
     fn outbound(&self, q: OutboundQuery) -> impl Future<Output = Result<Outbound, StoreError>> + Send;
+    /// What we know of `peer` (its epoch and both marks), without recording anything;
+    /// `None` if it never spoke to us.
+    fn peer_known(&self, peer: &str) -> impl Future<Output = Result<Option<KnownPeer>, StoreError>> + Send;
     /// What waits to go to a peer (status page, metrics).
     fn backlog(&self, peer: &str) -> impl Future<Output = Result<Backlog, StoreError>> + Send;
 }

@@ -134,6 +134,20 @@ pub struct PeerState {
     pub own_until: Cursor,
 }
 
+/// What a store knows of a peer without a handshake (read only; see
+/// [`crate::LinkStore::peer_known`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KnownPeer {
+    /// The peer's database epoch at its last handshake ("" before any).
+    pub epoch: String,
+    /// Our log up to here the peer holds durably.
+    pub sent_hwm: Cursor,
+    /// The peer's log up to here we hold.
+    pub recv_hwm: Cursor,
+    /// Rooms the peer serves.
+    pub rooms: Vec<RoomId>,
+}
+
 /// What retention removed from a store, for the status page and metrics. Counts are
 /// totals since the database was created.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

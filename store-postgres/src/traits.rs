@@ -225,6 +225,23 @@ impl LinkStore for PgStore {
     fn outbound(&self, q: OutboundQuery) -> impl Future<Output = Result<Outbound, StoreError>> + Send {
         PgStore::outbound(self, q)
     }
+    fn peer_known(
+        &self,
+        peer: &str,
+    ) -> impl Future<Output = Result<Option<outpost_storage::KnownPeer>, StoreError>> + Send {
+        let peer = peer.to_owned();
+        async move {
+            let rows = self.rows("SELECT epoch, sent_hwm, recv_hwm FROM peers WHERE peer = $1", &[&peer]).await?;
+            let Some(r) = rows.first() else { return Ok(None) };
+            let rooms = self.rows("SELECT room FROM peer_rooms WHERE peer = $1 ORDER BY room", &[&peer]).await?;
+            Ok(Some(outpost_storage::KnownPeer {
+                epoch: r.get(0),
+                sent_hwm: Cursor(crate::from_sql(r.get(1))),
+                recv_hwm: Cursor(crate::from_sql(r.get(2))),
+                rooms: rooms.iter().filter_map(|r| RoomId::new(r.get::<_, String>(0)).ok()).collect(),
+            }))
+        }
+    }
     fn backlog(&self, peer: &str) -> impl Future<Output = Result<Backlog, StoreError>> + Send {
         let peer = peer.to_owned();
         async move { PgStore::backlog(self, &peer).await }

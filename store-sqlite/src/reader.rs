@@ -518,6 +518,32 @@ impl Readers {
 }
 
 impl Readers {
+    pub fn peer_known(&self, peer: &str) -> Result<Option<outpost_storage::KnownPeer>, StoreError> {
+        self.with(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let known = tx
+                .prepare_cached("SELECT epoch, sent_hwm, recv_hwm FROM peers WHERE peer = ?1")?
+                .query_row([peer], |r| {
+                    Ok(outpost_storage::KnownPeer {
+                        epoch: r.get(0)?,
+                        sent_hwm: Cursor(u(r.get(1)?)),
+                        recv_hwm: Cursor(u(r.get(2)?)),
+                        rooms: Vec::new(),
+                    })
+                })
+                .optional()?;
+            let Some(mut known) = known else { return Ok(None) };
+            let mut stmt = tx.prepare_cached("SELECT room FROM peer_rooms WHERE peer = ?1 ORDER BY room")?;
+            let mut rows = stmt.query([peer])?;
+            while let Some(r) = rows.next()? {
+                if let Ok(room) = RoomId::new(r.get::<_, String>(0)?) {
+                    known.rooms.push(room);
+                }
+            }
+            Ok(Some(known))
+        })
+    }
+
     pub fn backlog(&self, peer: &str) -> Result<Backlog, StoreError> {
         self.with(|conn| {
             let tx = conn.unchecked_transaction()?;

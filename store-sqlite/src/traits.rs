@@ -196,6 +196,13 @@ impl LinkStore for Store {
     ) -> impl Future<Output = Result<PeerState, StoreError>> + Send {
         Store::peer_hello(self, peer, epoch, rooms)
     }
+    fn peer_known(
+        &self,
+        peer: &str,
+    ) -> impl Future<Output = Result<Option<outpost_storage::KnownPeer>, StoreError>> + Send {
+        let peer = peer.to_owned();
+        async move { self.on_reader(crate::ReadLane::Peers, move |r| r.peer_known(&peer)).await }
+    }
     fn peer_rooms(&self, peer: &str, rooms: Vec<RoomId>) -> impl Future<Output = Result<usize, StoreError>> + Send {
         Store::peer_rooms(self, peer, rooms)
     }

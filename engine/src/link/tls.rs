@@ -144,3 +144,20 @@ pub fn peer_is(conn: &quinn::Connection, name: &str) -> bool {
     let Ok(server_name) = ServerName::try_from(name) else { return false };
     cert.verify_is_valid_for_subject_name(&server_name).is_ok()
 }
+
+/// Whether `cert_pem` is a hub certificate this cloud issued (under its relay CA
+/// `ca_pem`) for `relay_id`: the check the link's TLS makes, for a hub that is not on the
+/// line (its USB stick's file, `crate::mule`).
+pub fn verify_relay_cert(ca_pem: &str, cert_pem: &str, relay_id: &str) -> Result<(), TlsError> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let chain = certs(cert_pem, "the hub's certificate")?;
+    let (leaf, rest) =
+        chain.split_first().ok_or(TlsError::Pem { what: "the hub's certificate", reason: "empty".into() })?;
+    verifier.verify_client_cert(leaf, rest, rustls_pki_types::UnixTime::now())?;
+    let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let name = ServerName::try_from(relay_id).map_err(|e| TlsError::Verifier(e.to_string()))?;
+    cert.verify_is_valid_for_subject_name(&name)
+        .map_err(|_| TlsError::Verifier(format!("the certificate is not for relay {relay_id}")))
+}
