@@ -227,10 +227,10 @@ async fn until_open(pid: u32, file: &Path) -> anyhow::Result<()> {
     let file = std::fs::canonicalize(file)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-            if fds.filter_map(Result::ok).any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == file)) {
-                return Ok(());
-            }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            && fds.filter_map(Result::ok).any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == file))
+        {
+            return Ok(());
         }
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "process {pid} never opened {}", file.display());
         tokio::time::sleep(Duration::from_millis(1)).await;
