@@ -5,10 +5,11 @@
 
 use std::path::Path;
 
+use outpost_engine::media::Blobs;
 use outpost_engine::mule::cli::{self as stick, FROM_CLOUD};
-use outpost_engine::mule::control::Op;
-use outpost_engine::mule::{self, MuleError, Summary};
-use outpost_storage::{LinkStore, LogStore as _};
+use outpost_engine::mule::control::{Op, Request};
+use outpost_engine::mule::{self, Summary};
+use outpost_storage::LogStore as _;
 
 use crate::database::Database;
 use crate::{CloudConfig, CloudIdentity};
@@ -38,12 +39,14 @@ async fn on_cloud(
 ) -> anyhow::Result<(Summary, Vec<u8>)> {
     let keys = id.mule_keys()?;
     let certs = id.layout.relays();
+    let req = Request { op: op.clone(), relay: relay.clone(), max_bytes, len: 0 };
     match Database::of(&id.layout.dir, id, database)? {
         Database::Sqlite(db) => {
-            stick::on_server(&id.layout.data(), op.clone(), relay.clone(), max_bytes, body, |body| async move {
+            stick::on_server(&id.layout.data(), op, relay, max_bytes, body, |body| async move {
                 let engine = crate::server::engine_config(&config(&id.layout.dir)?, id);
                 let store = outpost_engine::server::open_store(&engine, &db)?;
-                let r = run(&store, &keys, &certs, op, relay, max_bytes, &body).await;
+                let blobs = Blobs::open(store.clone(), &db, engine.media.clone(), &engine.storage)?;
+                let r = mule::cloud_request(&store, Some(&blobs), &keys, &certs, req, &body).await;
                 store.shutdown().await;
                 Ok(r)
             })
@@ -51,31 +54,14 @@ async fn on_cloud(
         }
         Database::Postgres(url) => {
             let cfg = config(&id.layout.dir)?;
+            let engine = crate::server::engine_config(&cfg, id);
             let router = std::sync::Arc::new(outpost_engine::router::Router::new());
             let store =
                 outpost_store_postgres::PgStore::open(&url, crate::server::postgres_options(&cfg), router).await?;
-            let r = run(&store, &keys, &certs, op, relay, max_bytes, &body).await;
+            let blobs = Blobs::open(store.clone(), &id.layout.database(), engine.media.clone(), &engine.storage)?;
+            let r = mule::cloud_request(&store, Some(&blobs), &keys, &certs, req, &body).await;
             store.shutdown().await;
             r.map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))
-        }
-    }
-}
-
-async fn run<S: LinkStore>(
-    store: &S,
-    keys: &mule::CloudKeys,
-    certs: &Path,
-    op: Op,
-    relay: Option<String>,
-    max_bytes: u64,
-    body: &[u8],
-) -> Result<(Summary, Vec<u8>), MuleError> {
-    match op {
-        Op::Import => mule::cloud_import_keeping_cert(store, keys, body, max_bytes, certs).await,
-        Op::Export => {
-            let relay = relay.unwrap_or_default();
-            let key = mule::known_hub_key(certs, &relay)?;
-            mule::cloud_answer(store, keys, &relay, &key, max_bytes).await
         }
     }
 }

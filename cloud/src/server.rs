@@ -172,6 +172,7 @@ pub async fn run(
             // PostgreSQL cloud needs none: the commands write to its database beside it.
             let handler = outpost_engine::mule::cloud_handler(
                 core.store.clone(),
+                core.hub.blobs.clone(),
                 std::sync::Arc::new(id.mule_keys()?),
                 id.layout.relays(),
             );

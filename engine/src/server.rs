@@ -355,7 +355,7 @@ pub async fn run(
         // Stick export and import while the hub serves (`outpost-relay export|import`).
         match crate::mule::hub_keys(&dir, &config) {
             Ok(keys) => {
-                let handler = crate::mule::hub_handler(core.store.clone(), Arc::new(keys));
+                let handler = crate::mule::hub_handler(core.store.clone(), core.hub.blobs.clone(), Arc::new(keys));
                 let task = crate::mule::control::serve(data.clone(), handler, core.stop_token());
                 core.spawn("control socket", task);
             }

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::path::Path;
 
 use outpost_shared::media::BlobId;
-use outpost_shared::{RoomId, UserId};
+use outpost_shared::{Cursor, RoomId, UserId};
 
 use crate::{BlobBytes, StoreError};
 
@@ -122,6 +122,15 @@ pub trait MediaStore: Clone + Send + Sync + 'static {
     fn blob_complete(&self, blob: CompleteBlob) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Records that `peer` holds `blob` completely; after the commit.
     fn blob_confirmed(&self, blob: BlobId, peer: &str, at: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Blobs complete and not evicted here, named by our messages up to `through` (any
+    /// room), that `peer` does not hold yet, the earliest message first, at most `limit`:
+    /// what a USB stick carries beside the messages that name them (`outpost_engine::mule`).
+    fn blobs_named_through(
+        &self,
+        peer: &str,
+        through: Cursor,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(BlobId, u64)>, StoreError>> + Send;
     /// The next blob `peer` should get: complete and not evicted here, named by a message
     /// the peer already holds, in one of `rooms` (None: any), not yet held by the peer;
     /// the earliest such message first.

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::path::Path;
 
 use outpost_shared::media::BlobId;
-use outpost_shared::{RoomId, UserId};
+use outpost_shared::{Cursor, RoomId, UserId};
 use outpost_storage::{
     BlobRecord, BlobSource, BytesError, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionBasis, StoreError,
 };
@@ -232,6 +232,24 @@ impl MediaStore for PgStore {
                 .await?;
             Ok(rows.first().and_then(|r| Some((blob_id(r.get(0))?, from_sql(r.get(1))))))
         }
+    }
+
+    async fn blobs_named_through(
+        &self,
+        peer: &str,
+        through: Cursor,
+        limit: u32,
+    ) -> Result<Vec<(BlobId, u64)>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT r.sha256, min(b.size) FROM media_refs r JOIN blobs b ON b.sha256 = r.sha256
+                  WHERE r.cursor <= $1 AND b.evicted IS NULL
+                    AND NOT EXISTS (SELECT 1 FROM blob_peers p WHERE p.sha256 = r.sha256 AND p.peer = $2)
+                  GROUP BY r.sha256 ORDER BY min(r.cursor) LIMIT $3",
+                &[&crate::to_sql(through.0), &peer, &i64::from(limit)],
+            )
+            .await?;
+        Ok(rows.iter().filter_map(|r| Some((blob_id(r.get(0))?, from_sql(r.get(1))))).collect())
     }
 
     async fn blob_for_peer(&self, blob: BlobId, rooms: Option<Vec<RoomId>>) -> Result<Option<u64>, StoreError> {

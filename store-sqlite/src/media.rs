@@ -7,7 +7,7 @@ use std::future::Future;
 use std::path::Path;
 
 use outpost_shared::media::BlobId;
-use outpost_shared::{RoomId, UserId};
+use outpost_shared::{Cursor, RoomId, UserId};
 use outpost_storage::{
     BlobRecord, BlobSource, BytesError, CompleteBlob, MediaStore, MediaUsage, PendingUpload, RetentionBasis, StoreError,
 };
@@ -251,6 +251,32 @@ impl MediaStore for Store {
                 }
             }
             Ok(None)
+        })
+    }
+
+    fn blobs_named_through(
+        &self,
+        peer: &str,
+        through: Cursor,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(BlobId, u64)>, StoreError>> + Send {
+        let peer = peer.to_owned();
+        self.read_with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT r.sha256, b.size FROM media_refs r JOIN blobs b ON b.sha256 = r.sha256
+                  WHERE r.cursor <= ?1 AND b.evicted IS NULL
+                    AND NOT EXISTS (SELECT 1 FROM blob_peers p WHERE p.sha256 = r.sha256 AND p.peer = ?2)
+                  GROUP BY r.sha256 ORDER BY min(r.cursor) LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![i64::try_from(through.0).unwrap_or(i64::MAX), peer, i64::from(limit)])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let sha: Vec<u8> = r.get(0)?;
+                if let Some(blob) = blob_id(&sha) {
+                    out.push((blob, sql_u(r.get(1)?)));
+                }
+            }
+            Ok(out)
         })
     }
 

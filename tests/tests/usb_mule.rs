@@ -364,3 +364,47 @@ async fn kill_9_in_the_middle_of_export_and_of_import_loses_and_repeats_nothing(
     assert_eq!(s["backlog"]["messages"], 0, "the cloud confirmed everything: {s}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_taken_in_a_village_without_network_reaches_the_doctor_whole_by_stick() -> anyhow::Result<()> {
+    use outpost_tests::media::{Upload, download, info, photo, sha256_hex};
+    let tmp = tempfile::tempdir()?;
+    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
+    let quic = free_udp_addr()?;
+    let cloud_proc = cloud.start(&quic).await?;
+    let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &free_udp_addr()?)?;
+    let relay = relay_dir.start(&[]).await?;
+    let stick = tmp.path().join("stick");
+    std::fs::create_dir(&stick)?;
+
+    let amina = cloud.token("amina", "worker", &["clinic"], "1h")?;
+    let img = photo(600_000, 3);
+    let mut up = Upload::new(&relay.http_base(), &amina, &img);
+    up.create().await?;
+    up.run(256 << 10, None).await?;
+    let mut phone = Device::connect(&relay.ws_url()).await?;
+    phone.hello(&amina, "amina-phone", None, None).await?;
+    phone.send_stored(up.message("clinic", "wound, day 2", "IMG_7.jpg")).await?;
+    let s = status(&relay.http_base()).await?;
+    assert_eq!(s["backlog"]["files"], 1, "the photo waits for the cloud: {s}");
+
+    ok("outpost-relay", &[&"export", &"--dir", &relay_dir.dir, &"--to", &stick]).await?;
+    let out = ok("outpost-cloud", &[&"import", &"--dir", &cloud.dir, &stick]).await?;
+    assert!(out.contains("1 media files"), "{out}");
+
+    // The doctor has the whole photo at once, not only its preview.
+    let neema = cloud.token("dr-neema", "doctor", &["clinic"], "1h")?;
+    let (code, v) = info(&cloud_proc.http_base(), &neema, &up.sha).await?;
+    assert_eq!((code, &v["available"]), (200, &json!(true)), "{v}");
+    let full = download(&cloud_proc.http_base(), &neema, &up.sha).await?;
+    assert_eq!(sha256_hex(&full.body), up.sha, "the same bytes");
+
+    // Back at the hub, the photo counts as confirmed: nothing waits, nothing goes again.
+    let out = ok("outpost-relay", &[&"import", &"--dir", &relay_dir.dir, &stick]).await?;
+    assert!(out.contains("1 media files"), "{out}");
+    let s = status(&relay.http_base()).await?;
+    assert_eq!((s["backlog"]["files"].as_u64(), s["backlog"]["messages"].as_u64()), (Some(0), Some(0)), "{s}");
+    let (_, v) = info(&relay.http_base(), &amina, &up.sha).await?;
+    assert_eq!(v["custody"], "forwarded", "{v}");
+    Ok(())
+}

@@ -89,7 +89,8 @@ pub async fn hub_export(dir: &Path, to: &Path, max_mb: u64) -> anyhow::Result<St
     let db = config.db_path(dir);
     let (summary, bytes) = on_server(&hub_data(dir, &config), Op::Export, None, max_bytes, Vec::new(), |_| async {
         let store = crate::server::open_store(&config, &db)?;
-        let r = super::hub_export(&store, &keys, max_bytes).await;
+        let blobs = crate::media::Blobs::open(store.clone(), &db, config.media.clone(), &config.storage)?;
+        let r = super::hub_export(&store, Some(&blobs), &keys, max_bytes).await;
         store.shutdown().await;
         Ok(r)
     })
@@ -107,7 +108,8 @@ pub async fn hub_import(dir: &Path, path: &Path) -> anyhow::Result<String> {
     let db = config.db_path(dir);
     let (summary, _) = on_server(&hub_data(dir, &config), Op::Import, None, 0, body, |body| async move {
         let store = crate::server::open_store(&config, &db)?;
-        let r = super::hub_import(&store, &keys, &body).await.map(|s| (s, Vec::new()));
+        let blobs = crate::media::Blobs::open(store.clone(), &db, config.media.clone(), &config.storage)?;
+        let r = super::hub_import(&store, Some(&blobs), &keys, &body).await.map(|s| (s, Vec::new()));
         store.shutdown().await;
         Ok(r)
     })

@@ -20,17 +20,21 @@ pub mod seal;
 
 use std::sync::Arc;
 
+use outpost_shared::media::BlobId;
 use outpost_shared::uplink::batch::{self, Lane};
 use outpost_shared::uplink::dict;
 use outpost_shared::{Cursor, RoomId};
-use outpost_storage::{Forwarded, LinkStore, OutboundQuery, StoreError};
+use outpost_storage::{Forwarded, LinkStore, OutboundQuery, Storage, StoreError};
 use p256::{PublicKey, SecretKey};
 use serde::{Deserialize, Serialize};
 
 pub use seal::{Direction, Header, SealError};
 
 use crate::link::uplink::CLOUD_PEER;
+use crate::media::{Blobs, Owner, Upload};
 
+/// Media files listed for one stick at most (more wait for the next).
+const FILES_PER_STICK: u32 = 10_000;
 /// Entries per batch on a stick (as on the link).
 const PAGE: usize = 1024;
 /// Body bytes per batch on a stick, about.
@@ -105,6 +109,21 @@ pub struct ToCloud {
     /// Rooms the hub serves (what the cloud sends down).
     pub rooms: Vec<RoomId>,
     pub entries: u64,
+    /// How many sections after the manifest are batches; media files follow them, one
+    /// section each, in the order of `files`.
+    #[serde(default)]
+    pub batches: u32,
+    /// Media files the cloud lacks, named by messages up to `until`.
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+}
+
+/// A media file on a stick (its bytes are a section of their own; the name is their
+/// SHA-256, checked on import).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub blob: BlobId,
+    pub size: u64,
 }
 
 /// What the cloud's answer says beside its entries.
@@ -120,6 +139,9 @@ pub struct FromCloud {
     pub until: Cursor,
     pub more: bool,
     pub entries: u64,
+    /// Media files of the hub's stick the cloud now holds whole.
+    #[serde(default)]
+    pub files_held: Vec<BlobId>,
 }
 
 /// What an export or import did, as printed and as the control socket answers.
@@ -134,6 +156,9 @@ pub struct Summary {
     /// More entries wait than fit in this file (`--max-mb`): export again.
     pub more: bool,
     pub bytes: u64,
+    /// Media files carried (export) or taken in whole (import).
+    #[serde(default)]
+    pub files: u64,
     /// For an answer file: the hub it is for.
     pub relay_id: String,
 }
@@ -142,8 +167,8 @@ impl Summary {
     pub fn line(&self, what: &str) -> String {
         let more = if self.more { "; more wait than fit in one file: run it again after this trip" } else { "" };
         format!(
-            "{what}: {} entries ({} new), confirmed through {}, {} bytes{more}",
-            self.entries, self.fresh, self.confirmed_through, self.bytes
+            "{what}: {} entries ({} new), {} media files, confirmed through {}, {} bytes{more}",
+            self.entries, self.fresh, self.files, self.confirmed_through, self.bytes
         )
     }
 }
@@ -260,19 +285,72 @@ async fn import_batches<S: LinkStore>(
     Ok((entries, fresh))
 }
 
+/// Takes in the media files of a hub's stick; returns those now held whole here. A file
+/// refused here (too large, storage full, bytes that do not match its name) is left out:
+/// the hub keeps it and sends it again.
+async fn take_files<S: Storage>(
+    blobs: Option<&Blobs<S>>,
+    relay: &str,
+    files: &[FileEntry],
+    sections: &[Vec<u8>],
+) -> Result<Vec<BlobId>, MuleError> {
+    let Some(blobs) = blobs else { return Ok(Vec::new()) };
+    let owner = Owner::Peer(relay.to_owned());
+    let mut held = Vec::new();
+    for (f, bytes) in files.iter().zip(sections) {
+        if bytes.len() as u64 != f.size {
+            return Err(MuleError::Contents(format!("file {} is not {} bytes", f.blob, f.size)));
+        }
+        let taken = match blobs.begin(&owner, f.blob, f.size, true).await {
+            Ok(Upload::Complete { .. }) => Ok(Upload::Complete { size: f.size }),
+            Ok(Upload::Partial { .. }) => blobs.write(&owner, f.blob, 0, bytes.clone()).await,
+            Err(e) => Err(e),
+        };
+        match taken {
+            Ok(Upload::Complete { .. }) => held.push(f.blob),
+            Ok(Upload::Partial { .. }) => {}
+            Err(crate::media::MediaError::Io(e)) => return Err(MuleError::Contents(e.to_string())),
+            Err(crate::media::MediaError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(%relay, blob = %f.blob, error = %e, "a media file from a stick was refused; the hub keeps it")
+            }
+        }
+    }
+    Ok(held)
+}
+
 fn manifest<T: serde::de::DeserializeOwned>(sections: &[Vec<u8>]) -> Result<T, MuleError> {
     let first = sections.first().ok_or_else(|| MuleError::Contents("no manifest".into()))?;
     serde_json::from_slice(first).map_err(|e| MuleError::Contents(format!("the manifest: {e}")))
 }
 
 /// `outpost-relay export`: everything the cloud has not confirmed, sealed for it.
-pub async fn hub_export<S: LinkStore>(
+pub async fn hub_export<S: Storage>(
     store: &S,
+    blobs: Option<&Blobs<S>>,
     keys: &HubKeys,
     max_bytes: u64,
 ) -> Result<(Summary, Vec<u8>), MuleError> {
     let known = store.peer_known(CLOUD_PEER).await?.unwrap_or_default();
-    let c = collect(store, CLOUD_PEER, None, known.sent_hwm, max_bytes).await?;
+    let mut c = collect(store, CLOUD_PEER, None, known.sent_hwm, max_bytes).await?;
+    let batches = u32::try_from(c.sections.len()).unwrap_or(u32::MAX);
+    // Media files named by the messages on the stick, while the file has room; the rest
+    // wait for the next trip (the network's bulk lane sends them the same way).
+    let mut files = Vec::new();
+    if let Some(blobs) = blobs {
+        let mut bytes: u64 = c.sections.iter().map(|s| s.len() as u64).sum();
+        for (blob, size) in store.blobs_named_through(CLOUD_PEER, c.until, FILES_PER_STICK).await? {
+            if bytes + size > max_bytes {
+                c.more = true;
+                break;
+            }
+            let len = usize::try_from(size).map_err(|e| MuleError::Contents(e.to_string()))?;
+            let data = blobs.read_at(blob, 0, len).await.map_err(|e| MuleError::Contents(e.to_string()))?;
+            bytes += size;
+            files.push(FileEntry { blob, size });
+            c.sections.push(data);
+        }
+    }
     let m = ToCloud {
         relay_epoch: store.epoch().0.clone(),
         cloud_epoch: known.epoch,
@@ -282,6 +360,8 @@ pub async fn hub_export<S: LinkStore>(
         holds_cloud_through: known.recv_hwm,
         rooms: store.rooms(),
         entries: c.entries,
+        batches,
+        files,
     };
     let mut sections = vec![serde_json::to_vec(&m).map_err(|e| MuleError::Contents(e.to_string()))?];
     sections.extend(c.sections);
@@ -300,6 +380,7 @@ pub async fn hub_export<S: LinkStore>(
         entries: m.entries,
         more: m.more,
         bytes: file.len() as u64,
+        files: m.files.len() as u64,
         relay_id: keys.relay_id.clone(),
         ..Summary::default()
     };
@@ -307,7 +388,12 @@ pub async fn hub_export<S: LinkStore>(
 }
 
 /// `outpost-relay import`: the cloud's answer applied (its receipt, then its entries).
-pub async fn hub_import<S: LinkStore>(store: &S, keys: &HubKeys, file: &[u8]) -> Result<Summary, MuleError> {
+pub async fn hub_import<S: Storage>(
+    store: &S,
+    blobs: Option<&Blobs<S>>,
+    keys: &HubKeys,
+    file: &[u8],
+) -> Result<Summary, MuleError> {
     let header = seal::peek(file)?;
     if header.direction != Direction::FromCloud {
         return Err(MuleError::Refused(
@@ -347,6 +433,12 @@ pub async fn hub_import<S: LinkStore>(store: &S, keys: &HubKeys, file: &[u8]) ->
         let forwarded = forwardable(store, CLOUD_PEER, None, before.sent_hwm, confirmed).await?;
         store.peer_acked(CLOUD_PEER, confirmed, forwarded, crate::clock::now_ms()).await;
     }
+    // Files the cloud took in whole from our last stick: the bulk lane sends them no more.
+    if let Some(blobs) = blobs {
+        for blob in &m.files_held {
+            blobs.confirm(*blob, CLOUD_PEER).await.map_err(|e| MuleError::Contents(e.to_string()))?;
+        }
+    }
     let detail = format!(
         "the cloud's answer imported from a stick: {entries} entries ({fresh} new); the cloud holds this hub's log through {}",
         confirmed.0
@@ -361,6 +453,7 @@ pub async fn hub_import<S: LinkStore>(store: &S, keys: &HubKeys, file: &[u8]) ->
         entries,
         fresh,
         confirmed_through: confirmed.0.max(before.sent_hwm.0),
+        files: m.files_held.len() as u64,
         more: m.more,
         bytes: file.len() as u64,
         relay_id: keys.relay_id.clone(),
@@ -389,8 +482,9 @@ pub fn check_hub_file(keys: &CloudKeys, header: &Header) -> Result<(String, Publ
 
 /// `outpost-cloud import`: a hub's file imported exactly once, and the answer to carry
 /// back (sealed for that hub).
-pub async fn cloud_import<S: LinkStore>(
+pub async fn cloud_import<S: Storage>(
     store: &S,
+    blobs: Option<&Blobs<S>>,
     keys: &CloudKeys,
     file: &[u8],
     max_bytes: u64,
@@ -403,7 +497,9 @@ pub async fn cloud_import<S: LinkStore>(
     let state = store.peer_hello(&relay, &m.relay_epoch, m.rooms.clone()).await?;
     // The hub's marks are about this database of ours (or it never heard of any).
     let ours = m.cloud_epoch == store.epoch().0;
-    let (entries, fresh) = import_batches(store, &relay, &sections[1..], state.recv_hwm).await?;
+    let batches = (m.batches as usize).min(sections.len() - 1);
+    let (entries, fresh) = import_batches(store, &relay, &sections[1..=batches], state.recv_hwm).await?;
+    let files_held = take_files(blobs, &relay, &m.files, &sections[1 + batches..]).await?;
     if ours || m.after == Cursor(0) {
         // The hub's file starts where this database confirmed its log (or at its
         // beginning): with every batch in, it holds the hub's log through `until`.
@@ -414,7 +510,7 @@ pub async fn cloud_import<S: LinkStore>(
         let forwarded = forwardable(store, &relay, Some(rooms), state.sent_hwm, m.holds_cloud_through).await?;
         store.peer_acked(&relay, m.holds_cloud_through, forwarded, crate::clock::now_ms()).await;
     }
-    let (mut summary, answer) = cloud_answer(store, keys, &relay, &hub_key, max_bytes).await?;
+    let (mut summary, answer) = cloud_answer(store, keys, &relay, &hub_key, max_bytes, files_held).await?;
     summary.entries = entries;
     summary.fresh = fresh;
     tracing::info!(%relay, entries, fresh, answer_bytes = answer.len(), "stick imported");
@@ -437,6 +533,7 @@ pub async fn cloud_answer<S: LinkStore>(
     relay: &str,
     hub_key: &PublicKey,
     max_bytes: u64,
+    files_held: Vec<BlobId>,
 ) -> Result<(Summary, Vec<u8>), MuleError> {
     let known = store.peer_known(relay).await?.ok_or_else(|| {
         MuleError::Refused(format!("hub {relay} never reached this cloud: import a stick from it first"))
@@ -451,6 +548,7 @@ pub async fn cloud_answer<S: LinkStore>(
         until: c.until,
         more: c.more,
         entries: c.entries,
+        files_held,
     };
     let mut sections = vec![serde_json::to_vec(&m).map_err(|e| MuleError::Contents(e.to_string()))?];
     sections.extend(c.sections);
@@ -468,6 +566,7 @@ pub async fn cloud_answer<S: LinkStore>(
     let summary = Summary {
         entries: m.entries,
         confirmed_through: m.holds_relay_through.0,
+        files: m.files_held.len() as u64,
         more: m.more,
         bytes: file.len() as u64,
         relay_id: relay.to_owned(),
@@ -491,45 +590,62 @@ pub fn hub_keys(dir: &std::path::Path, config: &crate::RelayConfig) -> Result<Hu
 }
 
 /// What a running hub does with a stick request (its control socket).
-pub fn hub_handler<S: LinkStore>(store: S, keys: Arc<HubKeys>) -> control::Handler {
+pub fn hub_handler<S: Storage>(store: S, blobs: Option<Blobs<S>>, keys: Arc<HubKeys>) -> control::Handler {
     Arc::new(move |req: control::Request, body: Vec<u8>| {
-        let (store, keys) = (store.clone(), keys.clone());
+        let (store, blobs, keys) = (store.clone(), blobs.clone(), keys.clone());
         Box::pin(async move {
             match req.op {
-                control::Op::Export => hub_export(&store, &keys, req.max_bytes).await,
-                control::Op::Import => Ok((hub_import(&store, &keys, &body).await?, Vec::new())),
+                control::Op::Export => hub_export(&store, blobs.as_ref(), &keys, req.max_bytes).await,
+                control::Op::Import => Ok((hub_import(&store, blobs.as_ref(), &keys, &body).await?, Vec::new())),
             }
         })
     })
 }
 
 /// What a running cloud does with a stick request (its control socket).
-pub fn cloud_handler<S: LinkStore>(store: S, keys: Arc<CloudKeys>, certs: std::path::PathBuf) -> control::Handler {
+pub fn cloud_handler<S: Storage>(
+    store: S,
+    blobs: Option<Blobs<S>>,
+    keys: Arc<CloudKeys>,
+    certs: std::path::PathBuf,
+) -> control::Handler {
     Arc::new(move |req: control::Request, body: Vec<u8>| {
-        let (store, keys, certs) = (store.clone(), keys.clone(), certs.clone());
-        Box::pin(async move {
-            match req.op {
-                control::Op::Import => cloud_import_keeping_cert(&store, &keys, &body, req.max_bytes, &certs).await,
-                control::Op::Export => {
-                    let relay = req.relay.unwrap_or_default();
-                    let key = known_hub_key(&certs, &relay)?;
-                    cloud_answer(&store, &keys, &relay, &key, req.max_bytes).await
-                }
-            }
-        })
+        let (store, blobs, keys, certs) = (store.clone(), blobs.clone(), keys.clone(), certs.clone());
+        Box::pin(async move { cloud_request(&store, blobs.as_ref(), &keys, &certs, req, &body).await })
     })
+}
+
+/// A stick request at the cloud: a hub's file imported (and answered), or an answer made
+/// on demand for `req.relay`.
+pub async fn cloud_request<S: Storage>(
+    store: &S,
+    blobs: Option<&Blobs<S>>,
+    keys: &CloudKeys,
+    certs: &std::path::Path,
+    req: control::Request,
+    body: &[u8],
+) -> Result<(Summary, Vec<u8>), MuleError> {
+    match req.op {
+        control::Op::Import => cloud_import_keeping_cert(store, blobs, keys, body, req.max_bytes, certs).await,
+        control::Op::Export => {
+            let relay = req.relay.unwrap_or_default();
+            let key = known_hub_key(certs, &relay)?;
+            cloud_answer(store, keys, &relay, &key, req.max_bytes, Vec::new()).await
+        }
+    }
 }
 
 /// [`cloud_import`], keeping the hub's certificate in `certs` (the cloud's `relays/`
 /// folder) so that later answers can be sealed for it on demand.
-pub async fn cloud_import_keeping_cert<S: LinkStore>(
+pub async fn cloud_import_keeping_cert<S: Storage>(
     store: &S,
+    blobs: Option<&Blobs<S>>,
     keys: &CloudKeys,
     file: &[u8],
     max_bytes: u64,
     certs: &std::path::Path,
 ) -> Result<(Summary, Vec<u8>), MuleError> {
-    let answer = cloud_import(store, keys, file, max_bytes).await?;
+    let answer = cloud_import(store, blobs, keys, file, max_bytes).await?;
     let header = seal::peek(file)?;
     if let Some(cert) = header.relay_cert.as_deref() {
         keep_hub_cert(certs, &header.relay_id, cert);
