@@ -130,3 +130,53 @@ async fn a_resent_id_is_deduplicated_with_the_same_cursor() -> anyhow::Result<()
     assert_eq!(b.expect("message").await?["cursor"], next["cursor"], "the re-sent id arrived twice");
     Ok(())
 }
+
+/// A phone on a poor Wi-Fi reads slower than its room writes: its queue on the hub
+/// overflows again and again, also while it is catching up from the log, and it still
+/// gets every message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_far_behind_a_busy_room_gets_every_message_once_in_order() -> anyhow::Result<()> {
+    const N: usize = 4_000;
+    let tmp = tempfile::tempdir()?;
+    let cloud = outpost_tests::Cloud::init(&tmp.path().join("cloud"))?;
+    let relay_dir =
+        cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &outpost_tests::free_udp_addr()?)?;
+    let env = [
+        // A queue of four live entries per device: a slow reader overflows it at once.
+        ("OUTPOST_LIMITS__OUTBOUND_QUEUE", "4"),
+        ("OUTPOST_LIMITS__RATE_PER_SEC", "100000"),
+        ("OUTPOST_LIMITS__RATE_BURST", "100000"),
+    ];
+    let relay = relay_dir.start(&env).await?;
+    let mut slow = cloud.worker(&relay.ws_url(), "zawadi", &["clinic"]).await?;
+    let mut amina = cloud.worker(&relay.ws_url(), "amina", &["clinic"]).await?;
+    let pad = "x".repeat(1000);
+    let writer = tokio::spawn(async move {
+        let mut sent = Vec::with_capacity(N);
+        for round in 0..N / 500 {
+            let mut ids = Vec::new();
+            for i in 0..500 {
+                ids.push(amina.send_msg(chat("clinic", &format!("{round}/{i} {pad}"))).await?);
+            }
+            for id in &ids {
+                amina.expect_stored(id).await?;
+            }
+            sent.extend(ids);
+        }
+        anyhow::Ok(sent)
+    });
+    let mut got = Vec::with_capacity(N);
+    while got.len() < N {
+        let f = slow.expect("message").await?;
+        got.push(f["msg"]["id"].as_str().unwrap_or_default().to_owned());
+        if got.len() % 100 == 0 {
+            // Reading in fits and starts, as a phone whose Wi-Fi comes and goes.
+            tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+        }
+    }
+    let sent = writer.await??;
+    assert_eq!(got.len(), sent.len());
+    assert_eq!(got, sent, "every message once, in the order it was sent");
+    slow.no_frame_of("message", std::time::Duration::from_millis(300)).await?;
+    Ok(())
+}

@@ -386,7 +386,9 @@ impl<S: Storage> Session<S> {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         loop {
-            if self.link.take_lagged() && self.replay.is_none() {
+            // Taken only between replays: entries dropped while a replay runs may be newer
+            // than its last page, so the flag stays up for the replay after it.
+            if self.replay.is_none() && self.link.take_lagged() {
                 self.replay = Some(Box::default());
             }
             if let Some(held) = self.next_replay_step() {
