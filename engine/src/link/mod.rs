@@ -690,10 +690,16 @@ async fn send<S: LinkStore>(
                 .increment(1);
             metrics::histogram!("outpost_link_batch_bytes", "lane" => lane_name).record(bytes.len() as f64);
             forwarded.insert(id, out.forwardable);
-            let conn = conn.clone();
+            // The stream is opened here, in batch order, not in the writer: the peer
+            // imports normal batches in the order of their streams (each sender's order
+            // depends on it), and writer tasks may start in any order (tokio runs the
+            // task spawned last first), which once put a later batch on an earlier stream.
+            let mut s = match conn.open_uni().await {
+                Ok(s) => s,
+                Err(e) => return LinkError::Connection(e),
+            };
             let received_tx = received_tx.clone();
             writers.spawn(async move {
-                let mut s = conn.open_uni().await?;
                 let _ = s.set_priority(match queue {
                     Queue::Emergency => PRIORITY_EMERGENCY,
                     Queue::BacklogEmergency => PRIORITY_BACKLOG_EMERGENCY,
