@@ -63,6 +63,28 @@ async fn send_many(d: &mut Device, n: usize, what: &str) -> anyhow::Result<Vec<S
     Ok(ids)
 }
 
+/// A running cloud, and a running hub of it whose uplink leads nowhere (no network in the
+/// village), with an empty stick.
+struct Offline {
+    cloud: Cloud,
+    cloud_proc: outpost_tests::CloudProc,
+    relay_dir: outpost_tests::RelayDir,
+    relay: outpost_tests::Relay,
+    stick: std::path::PathBuf,
+}
+
+impl Offline {
+    async fn start(tmp: &Path) -> anyhow::Result<Self> {
+        let cloud = Cloud::init(&tmp.join("cloud"))?;
+        let cloud_proc = cloud.start(&free_udp_addr()?).await?;
+        let relay_dir = cloud.provision_relay_at("village-7", &tmp.join("relay"), &free_udp_addr()?)?;
+        let relay = relay_dir.start(&[]).await?;
+        let stick = tmp.join("stick");
+        std::fs::create_dir(&stick)?;
+        Ok(Self { cloud, cloud_proc, relay_dir, relay, stick })
+    }
+}
+
 fn ids(frames: &[Value]) -> Vec<String> {
     frames.iter().map(|f| f["msg"]["id"].as_str().unwrap_or_default().to_owned()).collect()
 }
@@ -70,14 +92,7 @@ fn ids(frames: &[Value]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_village_without_network_reaches_the_doctor_by_stick_and_gets_the_reply_back() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
-    let quic = free_udp_addr()?;
-    let cloud_proc = cloud.start(&quic).await?;
-    // The hub's uplink leads nowhere: no network in the village.
-    let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &free_udp_addr()?)?;
-    let relay = relay_dir.start(&[]).await?;
-    let stick = tmp.path().join("stick");
-    std::fs::create_dir(&stick)?;
+    let Offline { cloud, cloud_proc, relay_dir, relay, stick } = Offline::start(tmp.path()).await?;
 
     let mut amina = cloud.worker(&relay.ws_url(), "amina", &["clinic"]).await?;
     let mut dr = cloud.clinic_device(&cloud_proc.ws_url(), "dr-neema", "doctor", "neema-laptop").await?;
@@ -369,13 +384,7 @@ async fn kill_9_in_the_middle_of_export_and_of_import_loses_and_repeats_nothing(
 async fn a_photo_taken_in_a_village_without_network_reaches_the_doctor_whole_by_stick() -> anyhow::Result<()> {
     use outpost_tests::media::{Upload, download, info, photo, sha256_hex};
     let tmp = tempfile::tempdir()?;
-    let cloud = Cloud::init(&tmp.path().join("cloud"))?;
-    let quic = free_udp_addr()?;
-    let cloud_proc = cloud.start(&quic).await?;
-    let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &free_udp_addr()?)?;
-    let relay = relay_dir.start(&[]).await?;
-    let stick = tmp.path().join("stick");
-    std::fs::create_dir(&stick)?;
+    let Offline { cloud, cloud_proc, relay_dir, relay, stick } = Offline::start(tmp.path()).await?;
 
     let amina = cloud.token("amina", "worker", &["clinic"], "1h")?;
     let img = photo(600_000, 3);

@@ -134,13 +134,7 @@ pub async fn serve(dir: PathBuf, handler: Handler, stop: CancellationToken) {
 
 async fn answer(stream: UnixStream, handler: Handler) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    let req: Request = serde_json::from_str(&read_line(&mut read).await?).map_err(std::io::Error::other)?;
-    if req.len > MAX_FILE_BYTES {
-        return Err(std::io::Error::other("file too large"));
-    }
-    let mut body = vec![0u8; usize::try_from(req.len).map_err(std::io::Error::other)?];
-    read.read_exact(&mut body).await?;
+    let (req, body): (Request, _) = read_message(&mut BufReader::new(read), |r: &Request| r.len).await?;
     let (answer, bytes) = match handler(req, body).await {
         Ok((summary, bytes)) => {
             (Answer { ok: true, code: None, message: None, summary, len: bytes.len() as u64 }, bytes)
@@ -156,11 +150,34 @@ async fn answer(stream: UnixStream, handler: Handler) -> std::io::Result<()> {
             Vec::new(),
         ),
     };
-    let mut line = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    write.write_all(&line).await?;
-    write.write_all(&bytes).await?;
+    write_message(&mut write, &answer, &bytes).await?;
     write.shutdown().await
+}
+
+/// A JSON line and the `len(line)` bytes after it.
+async fn read_message<T: serde::de::DeserializeOwned, R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    len: impl FnOnce(&T) -> u64,
+) -> std::io::Result<(T, Vec<u8>)> {
+    let head: T = serde_json::from_str(&read_line(r).await?).map_err(std::io::Error::other)?;
+    let n = len(&head);
+    if n > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!("a file of {n} bytes is more than this server takes")));
+    }
+    let mut body = vec![0u8; usize::try_from(n).map_err(std::io::Error::other)?];
+    r.read_exact(&mut body).await?;
+    Ok((head, body))
+}
+
+async fn write_message<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    head: &T,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(head).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.write_all(body).await
 }
 
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<String> {
@@ -183,18 +200,8 @@ pub async fn call(dir: &Path, mut req: Request, body: &[u8]) -> std::io::Result<
     };
     req.len = body.len() as u64;
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(&req).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    write.write_all(&line).await?;
-    write.write_all(body).await?;
-    let mut read = BufReader::new(read);
-    let answer: Answer = serde_json::from_str(&read_line(&mut read).await?).map_err(std::io::Error::other)?;
-    if answer.len > MAX_FILE_BYTES {
-        return Err(std::io::Error::other("answer too large"));
-    }
-    let mut bytes = vec![0u8; usize::try_from(answer.len).map_err(std::io::Error::other)?];
-    read.read_exact(&mut bytes).await?;
-    Ok(Some((answer, bytes)))
+    write_message(&mut write, &req, body).await?;
+    read_message(&mut BufReader::new(read), |a: &Answer| a.len).await.map(Some)
 }
 
 /// Writes `bytes` to `path` so that a reader finds the old file or the new one, never a

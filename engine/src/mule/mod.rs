@@ -24,7 +24,7 @@ use outpost_shared::media::BlobId;
 use outpost_shared::uplink::batch::{self, Lane};
 use outpost_shared::uplink::dict;
 use outpost_shared::{Cursor, RoomId};
-use outpost_storage::{Forwarded, LinkStore, OutboundQuery, Storage, StoreError};
+use outpost_storage::{Forwarded, LinkStore, Outbound, OutboundQuery, Storage, StoreError};
 use p256::{PublicKey, SecretKey};
 use serde::{Deserialize, Serialize};
 
@@ -181,65 +181,17 @@ struct Collected {
     more: bool,
 }
 
-/// Our log after `after` for `peer` (of `rooms` only, if given), as batches, until
-/// `max_bytes` of batches are written. Emergencies first, as on the link.
-async fn collect<S: LinkStore>(
-    store: &S,
-    peer: &str,
-    rooms: Option<Arc<[RoomId]>>,
-    after: Cursor,
-    max_bytes: u64,
-) -> Result<Collected, MuleError> {
-    let head = store.head();
-    let dictionary = dict::get(dict::CURRENT).map(|d| (dict::CURRENT, d));
-    let mut c = Collected { sections: Vec::new(), entries: 0, until: head.max(after), more: false };
-    let mut bytes = 0u64;
-    for lane in [Lane::Emergency, Lane::Normal] {
-        let mut from = after;
-        while from < head {
-            let q = OutboundQuery {
-                peer: peer.to_owned(),
-                rooms: rooms.clone(),
-                after: from,
-                until: Some(head),
-                lane,
-                limit: PAGE,
-                max_bytes: PAGE_BYTES,
-                newest_first: false,
-            };
-            let out = store.outbound(q).await?;
-            if out.scanned_to <= from {
-                break;
-            }
-            if !out.entries.is_empty() {
-                let id = c.sections.len() as u64;
-                let b = batch::encode(id, lane, after, &out.entries, dictionary)
-                    .map_err(|e| MuleError::Contents(e.to_string()))?;
-                bytes += b.len() as u64;
-                c.entries += out.entries.len() as u64;
-                c.sections.push(b);
-            }
-            from = out.scanned_to;
-            if lane == Lane::Normal && bytes >= max_bytes && from < head {
-                c.until = from;
-                c.more = true;
-                break;
-            }
-        }
-    }
-    Ok(c)
-}
-
-/// Messages written here among our log in (`after`, `until`] for `peer`: their senders
-/// learn `forwarded` once the peer confirmed them.
-async fn forwardable<S: LinkStore>(
+/// Pages our log for `peer` (of `rooms` only, if given) in (`after`, `until`] as the link
+/// would, emergencies first, handing each page to `take`; `take` answering false stops
+/// the paging, and the answer is where it stopped.
+async fn page_out<S: LinkStore>(
     store: &S,
     peer: &str,
     rooms: Option<Arc<[RoomId]>>,
     after: Cursor,
     until: Cursor,
-) -> Result<Vec<Forwarded>, MuleError> {
-    let mut all = Vec::new();
+    mut take: impl FnMut(Lane, Outbound) -> Result<bool, MuleError>,
+) -> Result<Option<Cursor>, MuleError> {
     for lane in [Lane::Emergency, Lane::Normal] {
         let mut from = after;
         while from < until {
@@ -257,10 +209,63 @@ async fn forwardable<S: LinkStore>(
             if out.scanned_to <= from {
                 break;
             }
-            all.extend(out.forwardable);
             from = out.scanned_to;
+            if !take(lane, out)? && from < until {
+                return Ok(Some(from));
+            }
         }
     }
+    Ok(None)
+}
+
+/// Our log after `after` for `peer` (of `rooms` only, if given), as batches, until
+/// `max_bytes` of batches are written.
+async fn collect<S: LinkStore>(
+    store: &S,
+    peer: &str,
+    rooms: Option<Arc<[RoomId]>>,
+    after: Cursor,
+    max_bytes: u64,
+) -> Result<Collected, MuleError> {
+    let head = store.head();
+    let dictionary = dict::get(dict::CURRENT).map(|d| (dict::CURRENT, d));
+    let mut c = Collected { sections: Vec::new(), entries: 0, until: head.max(after), more: false };
+    let mut bytes = 0u64;
+    let stopped = page_out(store, peer, rooms, after, head, |lane, out| {
+        if !out.entries.is_empty() {
+            let id = c.sections.len() as u64;
+            let b = batch::encode(id, lane, after, &out.entries, dictionary)
+                .map_err(|e| MuleError::Contents(e.to_string()))?;
+            bytes += b.len() as u64;
+            c.entries += out.entries.len() as u64;
+            c.sections.push(b);
+        }
+        // Emergencies all go; ordinary entries while the file has room.
+        Ok(lane == Lane::Emergency || bytes < max_bytes)
+    })
+    .await?;
+    if let Some(at) = stopped {
+        c.until = at;
+        c.more = true;
+    }
+    Ok(c)
+}
+
+/// Messages written here among our log in (`after`, `until`] for `peer`: their senders
+/// learn `forwarded` once the peer confirmed them.
+async fn forwardable<S: LinkStore>(
+    store: &S,
+    peer: &str,
+    rooms: Option<Arc<[RoomId]>>,
+    after: Cursor,
+    until: Cursor,
+) -> Result<Vec<Forwarded>, MuleError> {
+    let mut all = Vec::new();
+    page_out(store, peer, rooms, after, until, |_, out| {
+        all.extend(out.forwardable);
+        Ok(true)
+    })
+    .await?;
     Ok(all)
 }
 
