@@ -198,6 +198,19 @@ impl Device {
         Ok(f)
     }
 
+    /// Sends `n` chat messages (`"{what} {i}"`) to `room`, pipelined as an outbox flush,
+    /// and waits until each is stored; their ids, in order.
+    pub async fn send_chats(&mut self, room: &str, n: usize, what: &str) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            ids.push(self.send_msg(chat(room, &format!("{what} {i}"))).await?);
+        }
+        for id in &ids {
+            self.expect_stored(id).await?;
+        }
+        Ok(ids)
+    }
+
     /// Collects `n` `message` frames.
     pub async fn messages(&mut self, n: usize) -> anyhow::Result<Vec<Value>> {
         let mut out = Vec::with_capacity(n);

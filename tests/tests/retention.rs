@@ -85,18 +85,6 @@ fn ids(page: &Value) -> Vec<String> {
         .map_or_else(Vec::new, |m| m.iter().map(|m| m["msg"]["id"].as_str().unwrap_or_default().to_owned()).collect())
 }
 
-/// Sends `n` messages to `clinic` and waits until each is stored; returns their ids.
-async fn send_many(d: &mut Device, n: usize, what: &str) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        out.push(d.send_msg(chat("clinic", &format!("{what} {i}"))).await?);
-    }
-    for id in &out {
-        d.expect_stored(id).await?;
-    }
-    Ok(out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_leave_the_hub_after_retain_days_and_history_comes_back_from_the_cloud() -> anyhow::Result<()>
 {
@@ -109,7 +97,7 @@ async fn confirmed_messages_leave_the_hub_after_retain_days_and_history_comes_ba
     let mut amina = phone(&cloud, &relay.ws_url(), "amina", "worker").await?;
     let mut dr = phone(&cloud, &cloud_proc.ws_url(), "dr-neema", "doctor").await?;
 
-    let mut confirmed = send_many(&mut amina, 10, "visit").await?;
+    let mut confirmed = amina.send_chats("clinic", 10, "visit").await?;
     // An emergency nobody's device has received: the hub keeps it however old.
     let mut alert = chat("clinic", "child not breathing");
     alert["priority"] = json!("emergency");
@@ -126,7 +114,7 @@ async fn confirmed_messages_leave_the_hub_after_retain_days_and_history_comes_ba
 
     // The cloud goes away; three more messages stay unconfirmed.
     cloud_proc.terminate().await?;
-    let unconfirmed = send_many(&mut amina, 3, "after the cut").await?;
+    let unconfirmed = amina.send_chats("clinic", 3, "after the cut").await?;
     amina.close().await;
     relay.terminate().await?;
 
@@ -261,10 +249,10 @@ async fn kill_9_while_pruning_loses_nothing_unconfirmed() -> anyhow::Result<()> 
     let mut amina = phone(&cloud, &relay.ws_url(), "amina", "worker").await?;
     // Within a device's burst allowance (2,000), so no send is rate-limited.
     const CONFIRMED: u64 = 1500;
-    send_many(&mut amina, CONFIRMED as usize, "old").await?;
+    amina.send_chats("clinic", CONFIRMED as usize, "old").await?;
     status_until(&relay.http_base(), "the cloud to confirm everything", all_confirmed).await?;
     cloud_proc.terminate().await?;
-    let unconfirmed = send_many(&mut amina, 20, "unconfirmed").await?;
+    let unconfirmed = amina.send_chats("clinic", 20, "unconfirmed").await?;
     amina.close().await;
     relay.terminate().await?;
 

@@ -51,18 +51,6 @@ async fn status(base: &str) -> anyhow::Result<Value> {
     Ok(s)
 }
 
-/// Sends `n` chat messages from `d` and waits until each is stored.
-async fn send_many(d: &mut Device, n: usize, what: &str) -> anyhow::Result<Vec<String>> {
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        ids.push(d.send_msg(chat("clinic", &format!("{what} {i}"))).await?);
-    }
-    for id in &ids {
-        d.expect_stored(id).await?;
-    }
-    Ok(ids)
-}
-
 /// A running cloud, and a running hub of it whose uplink leads nowhere (no network in the
 /// village), with an empty stick.
 struct Offline {
@@ -96,7 +84,7 @@ async fn a_village_without_network_reaches_the_doctor_by_stick_and_gets_the_repl
 
     let mut amina = cloud.worker(&relay.ws_url(), "amina", &["clinic"]).await?;
     let mut dr = cloud.clinic_device(&cloud_proc.ws_url(), "dr-neema", "doctor", "neema-laptop").await?;
-    let visits = send_many(&mut amina, 300, "visit").await?;
+    let visits = amina.send_chats("clinic", 300, "visit").await?;
     let mut alert = chat("clinic", "child not breathing");
     alert["priority"] = json!("emergency");
     let alert_id = amina.send_stored(alert).await?["id"].as_str().unwrap_or_default().to_owned();
@@ -165,7 +153,7 @@ async fn a_village_without_network_reaches_the_doctor_by_stick_and_gets_the_repl
     relay.terminate().await?;
     let relay = relay_dir.start_via(&cloud_proc.quic_addr(), &[("OUTPOST_UPLINK__RETRY_MAX_SECS", "1")]).await?;
     let mut amina = cloud.worker(&relay.ws_url(), "amina", &["clinic"]).await?;
-    let after = send_many(&mut amina, 1, "by network").await?;
+    let after = amina.send_chats("clinic", 1, "by network").await?;
     let f = dr.expect("message").await?;
     assert_eq!(f["msg"]["id"], after[0].as_str(), "the first message the doctor gets is the new one: {f}");
     dr.no_frame_of("message", Duration::from_millis(500)).await?;
@@ -182,7 +170,7 @@ async fn a_stick_from_another_cloud_for_another_hub_or_changed_on_the_way_is_ref
     let village8 = cloud.provision_relay_at("village-8", &tmp.path().join("relay8"), &free_udp_addr()?)?;
     let mut relay = village7.start(&[]).await?;
     let mut amina = cloud.worker(&relay.ws_url(), "amina", &["clinic"]).await?;
-    send_many(&mut amina, 5, "visit").await?;
+    amina.send_chats("clinic", 5, "visit").await?;
     amina.close().await;
     // Every command below runs with its server stopped: it opens the database itself.
     relay.terminate().await?;
@@ -295,7 +283,7 @@ async fn kill_9_in_the_middle_of_export_and_of_import_loses_and_repeats_nothing(
     let village = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &free_udp_addr()?)?;
     let mut relay = village.start(UNLIMITED).await?;
     let mut amina = cloud.worker(&relay.ws_url(), "amina", &["clinic"]).await?;
-    let sent = send_many(&mut amina, FROM_VILLAGE, "visit").await?;
+    let sent = amina.send_chats("clinic", FROM_VILLAGE, "visit").await?;
     amina.close().await;
     relay.terminate().await?;
     let stick = tmp.path().join("stick");
@@ -333,7 +321,7 @@ async fn kill_9_in_the_middle_of_export_and_of_import_loses_and_repeats_nothing(
     let mut dr = cloud.clinic_device(&cloud_proc.ws_url(), "dr-neema", "doctor", "neema-laptop").await?;
     let got = ids(&dr.messages(FROM_VILLAGE).await?);
     assert_eq!(got, sent, "every message once, in order");
-    let replies = send_many(&mut dr, FROM_DOCTOR, "advice").await?;
+    let replies = dr.send_chats("clinic", FROM_DOCTOR, "advice").await?;
     dr.close().await;
     cloud_proc.terminate().await?;
     ok("outpost-cloud", &[&"export", &"--dir", &cloud.dir, &"--relay", &"village-7", &"--to", &stick]).await?;
