@@ -30,6 +30,9 @@
 //! `--phases wear` measures the bytes the hub, Mosquitto and JetStream write to storage
 //! per stored message, at 10 and 1,000 messages/s of `--body-bytes` (module `wear`).
 //!
+//! `--phases stick` carries a hub's backlog of `--drain-messages` to the cloud on a USB
+//! stick and the answer back, with hub and cloud running (module `stick`).
+//!
 //! `--phases all` runs every one of them and opens the report with one table of every goal
 //! measured (module `goals`): the full run BENCHMARKS.md records.
 //!
@@ -47,6 +50,7 @@ mod procfs;
 mod rebuild;
 mod report;
 mod stats;
+mod stick;
 mod uplink;
 mod wear;
 
@@ -223,6 +227,9 @@ pub enum Phase {
     /// message at 10 and 1,000 messages/s with `--body-bytes` messages (module `wear`).
     /// Only when named (not in `all`).
     Wear,
+    /// A USB stick as the uplink: a hub's backlog of `--drain-messages` carried to the cloud
+    /// and the answer back (module `stick`). Not in the default set.
+    Stick,
     /// Every phase above, in the order hub, uplink, media, peers, and a first table with
     /// every goal measured (about 50 minutes; `--quick` for a smoke run of all of them).
     All,
@@ -312,6 +319,10 @@ async fn main() -> anyhow::Result<()> {
     if args.phases.contains(&Phase::Wear) {
         let run = wear::run(&args, &tmp).await?;
         sections.push(wear::markdown(&args, &command, &machine, &run));
+    }
+    if args.phases.contains(&Phase::Stick) {
+        let (reps, elapsed) = stick::run(&args, &tmp).await?;
+        sections.push(stick::markdown(&command, &machine, &reps, elapsed));
     }
     if args.runs(Phase::Peers) {
         let (reps, versions, elapsed) = peers::run(&args, &tmp).await?;

@@ -532,3 +532,55 @@ async fn on_postgres_retention_spares_held_rooms_and_an_audited_delete_erases() 
     );
     Ok(())
 }
+
+/// Runs `bin args`, which must succeed; its stdout.
+fn run_ok(bin: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> anyhow::Result<String> {
+    let out = outpost_tests::command(bin).args(args.iter().map(|a| a.as_ref())).output()?;
+    anyhow::ensure!(out.status.success(), "{bin} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usb_stick_reaches_a_cloud_on_postgresql_beside_its_running_node() -> anyhow::Result<()> {
+    let (_pg, url) = cluster()?;
+    let tmp = tempfile::tempdir()?;
+    let cloud = cloud_on(&tmp.path().join("cloud"), &url)?;
+    let node = cloud.start("127.0.0.1:0").await?;
+    // The hub's uplink leads nowhere: a village without network.
+    let relay_dir = cloud.provision_relay_at("village-7", &tmp.path().join("relay"), &free_udp_addr()?)?;
+    let relay = relay_dir.start(&[]).await?;
+    let mut amina = cloud.worker(&relay.ws_url(), "amina", &["clinic"]).await?;
+    let mut dr = cloud.clinic_device(&node.ws_url(), "dr-neema", "doctor", "laptop").await?;
+    let sent = amina.send_chats("clinic", 50, "visit").await?;
+    let stick = tmp.path().join("stick");
+    std::fs::create_dir(&stick)?;
+
+    // The import writes to the database beside the running node, which hears of it.
+    run_ok("outpost-relay", &[&"export", &"--dir", &relay_dir.dir, &"--to", &stick])?;
+    let out = run_ok("outpost-cloud", &[&"import", &"--dir", &cloud.dir, &stick])?;
+    assert!(out.contains("50 entries (50 new)"), "{out}");
+    let got: Vec<Value> = dr.messages(50).await?;
+    let ids: Vec<String> = got.iter().map(|f| f["msg"]["id"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(ids, sent, "every message once, in order, at the running node");
+
+    // The reply and the receipt come back by stick.
+    let reply = dr.send_stored(chat("clinic", "bring her in tomorrow")).await?;
+    run_ok("outpost-cloud", &[&"export", &"--dir", &cloud.dir, &"--relay", &"village-7", &"--to", &stick])?;
+    let out = run_ok("outpost-relay", &[&"import", &"--dir", &relay_dir.dir, &stick])?;
+    assert!(out.contains("confirmed through 50"), "{out}");
+    let mut forwarded = HashSet::new();
+    let mut replied = false;
+    while forwarded.len() < sent.len() || !replied {
+        let f = amina.next().await?;
+        if f["type"] == "receipt" && f["state"] == "forwarded" {
+            forwarded.insert(f["id"].as_str().unwrap_or_default().to_owned());
+        } else if f["type"] == "message" {
+            assert_eq!(f["msg"]["id"], reply["id"], "{f}");
+            replied = true;
+        }
+    }
+    // The same stick again: nothing new at the doctor.
+    run_ok("outpost-cloud", &[&"import", &"--dir", &cloud.dir, &stick.join("village-7.to-cloud.outpost")])?;
+    dr.no_frame_of("message", Duration::from_millis(500)).await?;
+    Ok(())
+}

@@ -42,7 +42,7 @@ pub struct UplinkRun {
 }
 
 /// Seed of the corpus; repetitions of the mix use consecutive seeds.
-const SEED: u64 = 7;
+pub(crate) const SEED: u64 = 7;
 
 pub async fn run(args: &Args, tmp: &Path) -> anyhow::Result<UplinkRun> {
     let started = tokio::time::Instant::now();
