@@ -9,7 +9,6 @@
 //! hub. Reported: each step's wall time, the stick's bytes per message against the JSON
 //! the phones sent, and the time from the import's start to the doctor holding all.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -22,7 +21,7 @@ use crate::Args;
 use crate::goals::Section;
 use crate::procfs::MachineInfo;
 use crate::stats::Summary;
-use crate::uplink::village::{self, Doctor, DoctorSeen, FillPlan};
+use crate::uplink::village::{self, Doctor, DoctorSeen};
 use crate::uplink::world::{Site, Village};
 
 /// One round of the stick.
@@ -60,22 +59,7 @@ async fn once(root: &Path, messages: usize, seed: u64) -> anyhow::Result<StickRe
     site.emu.cut();
     let village = Village::generate(seed, messages);
     let (tokens, doctor_token) = village.tokens(&site.cloud)?;
-    let mut plans: Vec<FillPlan> = village
-        .people
-        .iter()
-        .zip(&tokens)
-        .map(|((_, device), token)| FillPlan { token: token.clone(), device: device.clone(), frames: Vec::new() })
-        .collect();
-    let index: HashMap<&str, usize> = village.people.iter().enumerate().map(|(i, (u, _))| (u.as_str(), i)).collect();
-    let mut ids = std::collections::HashSet::with_capacity(messages);
-    let mut send_json_bytes = 0u64;
-    for m in &village.messages {
-        let p = &mut plans[index[m.from.as_str()]];
-        let (id, frame) = village::send_frame(m, p.frames.len() as u64 + 1)?;
-        send_json_bytes += frame.len() as u64;
-        ids.insert(id);
-        p.frames.push(frame);
-    }
+    let (plans, ids, send_json_bytes) = village::plans(&village, &tokens)?;
     let stored = village::fill(&site.relay.ws_url(), plans).await.context("storing the village's messages")?;
     eprintln!("    {stored} messages stored on the hub; the stick's round begins");
 

@@ -15,7 +15,7 @@
 //! forwarder ([`tcp_base`]). From before the cloud starts to the end, 500 more phones are signed in
 //! and idle, so the hub's memory is read in the situation the memory goal names.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use super::model::{self, ModelRun};
 use super::quic_base::{self, Transfer};
 use super::tcp_base;
-use super::village::{self, Doctor, DoctorSeen, FillPlan, Phone};
+use super::village::{self, Doctor, DoctorSeen, Phone};
 use super::world::{Batches, Bytes, CpuMark, CpuShare, LogTail, Site, Transport, Village, watch_connect};
 use crate::stats::{self, Latency};
 
@@ -121,22 +121,7 @@ pub async fn run(root: &Path, spec: DrainSpec) -> anyhow::Result<DrainResult> {
     let (tokens, doctor_token) = village.tokens(&site.cloud)?;
 
     // The backlog: each person's messages from their own phone, in corpus order.
-    let mut plans: Vec<FillPlan> = village
-        .people
-        .iter()
-        .zip(&tokens)
-        .map(|((_, device), token)| FillPlan { token: token.clone(), device: device.clone(), frames: Vec::new() })
-        .collect();
-    let index: HashMap<&str, usize> = village.people.iter().enumerate().map(|(i, (u, _))| (u.as_str(), i)).collect();
-    let mut ids = HashSet::with_capacity(spec.messages);
-    let mut send_json_bytes = 0u64;
-    for m in &village.messages {
-        let p = &mut plans[index[m.from.as_str()]];
-        let (id, frame) = village::send_frame(m, p.frames.len() as u64 + 1)?;
-        send_json_bytes += frame.len() as u64;
-        ids.insert(id);
-        p.frames.push(frame);
-    }
+    let (plans, ids, send_json_bytes) = village::plans(&village, &tokens)?;
     let started = Instant::now();
     let stored = village::fill(&site.relay.ws_url(), plans).await.context("building the backlog")?;
     let fill_secs = started.elapsed().as_secs_f64();

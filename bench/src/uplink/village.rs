@@ -380,6 +380,32 @@ async fn doctor_task(mut ws: Ws, mut rx: mpsc::Receiver<String>, seen: Arc<Mutex
     }
 }
 
+/// `village`'s messages as each person's phone will send them (`tokens` in the order of
+/// `village.people`), in corpus order: the phones' plans, the ids to watch for, and the
+/// bytes of JSON the phones send.
+pub fn plans(
+    village: &super::world::Village,
+    tokens: &[String],
+) -> anyhow::Result<(Vec<FillPlan>, HashSet<u128>, u64)> {
+    let mut plans: Vec<FillPlan> = village
+        .people
+        .iter()
+        .zip(tokens)
+        .map(|((_, device), token)| FillPlan { token: token.clone(), device: device.clone(), frames: Vec::new() })
+        .collect();
+    let index: HashMap<&str, usize> = village.people.iter().enumerate().map(|(i, (u, _))| (u.as_str(), i)).collect();
+    let mut ids = HashSet::with_capacity(village.messages.len());
+    let mut json_bytes = 0u64;
+    for m in &village.messages {
+        let p = &mut plans[index[m.from.as_str()]];
+        let (id, frame) = send_frame(m, p.frames.len() as u64 + 1)?;
+        json_bytes += frame.len() as u64;
+        ids.insert(id);
+        p.frames.push(frame);
+    }
+    Ok((plans, ids, json_bytes))
+}
+
 /// One phone's share of a backlog: its token, device name and `send` frames.
 pub struct FillPlan {
     pub token: String,
