@@ -182,44 +182,57 @@ struct Collected {
 }
 
 /// Pages our log for `peer` (of `rooms` only, if given) in (`after`, `until`] as the link
-/// would, emergencies first, handing each page to `take`; `take` answering false stops
-/// the paging, and the answer is where it stopped.
-async fn page_out<S: LinkStore>(
-    store: &S,
-    peer: &str,
+/// would: the emergency lane, then the normal lane.
+struct Pager<'a, S> {
+    store: &'a S,
+    peer: &'a str,
     rooms: Option<Arc<[RoomId]>>,
     after: Cursor,
     until: Cursor,
-    mut take: impl FnMut(Lane, Outbound) -> Result<bool, MuleError>,
-) -> Result<Option<Cursor>, MuleError> {
-    for lane in [Lane::Emergency, Lane::Normal] {
-        let mut from = after;
-        while from < until {
-            let q = OutboundQuery {
-                peer: peer.to_owned(),
-                rooms: rooms.clone(),
-                after: from,
-                until: Some(until),
-                lane,
-                limit: PAGE,
-                max_bytes: PAGE_BYTES,
-                newest_first: false,
-            };
-            let out = store.outbound(q).await?;
-            if out.scanned_to <= from {
-                break;
-            }
-            from = out.scanned_to;
-            if !take(lane, out)? && from < until {
-                return Ok(Some(from));
-            }
-        }
+    lanes: std::slice::Iter<'static, Lane>,
+    lane: Option<Lane>,
+    /// Where the current lane has been read to.
+    from: Cursor,
+}
+
+impl<'a, S: LinkStore> Pager<'a, S> {
+    fn new(store: &'a S, peer: &'a str, rooms: Option<Arc<[RoomId]>>, after: Cursor, until: Cursor) -> Self {
+        const LANES: [Lane; 2] = [Lane::Emergency, Lane::Normal];
+        let mut lanes = LANES.iter();
+        let lane = lanes.next().copied();
+        Self { store, peer, rooms, after, until, lanes, lane, from: after }
     }
-    Ok(None)
+
+    /// The next page and its lane; `None` once both lanes are read through `until`.
+    async fn next(&mut self) -> Result<Option<(Lane, Outbound)>, MuleError> {
+        while let Some(lane) = self.lane {
+            if self.from < self.until {
+                let q = OutboundQuery {
+                    peer: self.peer.to_owned(),
+                    rooms: self.rooms.clone(),
+                    after: self.from,
+                    until: Some(self.until),
+                    lane,
+                    limit: PAGE,
+                    max_bytes: PAGE_BYTES,
+                    newest_first: false,
+                };
+                let out = self.store.outbound(q).await?;
+                if out.scanned_to > self.from {
+                    self.from = out.scanned_to;
+                    return Ok(Some((lane, out)));
+                }
+            }
+            self.lane = self.lanes.next().copied();
+            self.from = self.after;
+        }
+        Ok(None)
+    }
 }
 
 /// Our log after `after` for `peer` (of `rooms` only, if given), as batches, until
-/// `max_bytes` of batches are written.
+/// `max_bytes` of batches are written. Emergencies all go; ordinary entries while the
+/// file has room.
 async fn collect<S: LinkStore>(
     store: &S,
     peer: &str,
@@ -228,25 +241,30 @@ async fn collect<S: LinkStore>(
     max_bytes: u64,
 ) -> Result<Collected, MuleError> {
     let head = store.head();
-    let dictionary = dict::get(dict::CURRENT).map(|d| (dict::CURRENT, d));
     let mut c = Collected { sections: Vec::new(), entries: 0, until: head.max(after), more: false };
     let mut bytes = 0u64;
-    let stopped = page_out(store, peer, rooms, after, head, |lane, out| {
+    let mut pager = Pager::new(store, peer, rooms, after, head);
+    while let Some((lane, out)) = pager.next().await? {
         if !out.entries.is_empty() {
             let id = c.sections.len() as u64;
-            let b = batch::encode(id, lane, after, &out.entries, dictionary)
-                .map_err(|e| MuleError::Contents(e.to_string()))?;
-            bytes += b.len() as u64;
             c.entries += out.entries.len() as u64;
+            // Compressing is CPU work: off the runtime, as on the link, so a running hub's
+            // sessions do not wait for a courier's export.
+            let b = tokio::task::spawn_blocking(move || {
+                let dictionary = dict::get(dict::CURRENT).map(|d| (dict::CURRENT, d));
+                batch::encode(id, lane, after, &out.entries, dictionary)
+            })
+            .await
+            .map_err(|e| MuleError::Contents(e.to_string()))?
+            .map_err(|e| MuleError::Contents(e.to_string()))?;
+            bytes += b.len() as u64;
             c.sections.push(b);
         }
-        // Emergencies all go; ordinary entries while the file has room.
-        Ok(lane == Lane::Emergency || bytes < max_bytes)
-    })
-    .await?;
-    if let Some(at) = stopped {
-        c.until = at;
-        c.more = true;
+        if lane == Lane::Normal && bytes >= max_bytes && pager.from < head {
+            c.until = pager.from;
+            c.more = true;
+            break;
+        }
     }
     Ok(c)
 }
@@ -261,11 +279,10 @@ async fn forwardable<S: LinkStore>(
     until: Cursor,
 ) -> Result<Vec<Forwarded>, MuleError> {
     let mut all = Vec::new();
-    page_out(store, peer, rooms, after, until, |_, out| {
+    let mut pager = Pager::new(store, peer, rooms, after, until);
+    while let Some((_, out)) = pager.next().await? {
         all.extend(out.forwardable);
-        Ok(true)
-    })
-    .await?;
+    }
     Ok(all)
 }
 
