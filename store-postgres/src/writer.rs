@@ -271,6 +271,10 @@ impl Writer {
                         p.finish(None);
                     }
                 });
+                // Counted before anyone is answered, as on SQLite.
+                metrics::counter!("outpost_messages_stored_total").increment(stored as u64);
+                metrics::histogram!("outpost_commit_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("outpost_commit_commands").record(n as f64);
                 // Publish before answering: once a sender holds `stored`, every online
                 // member (on every node that has caught up) has the message queued. The
                 // tail answers once it has published, while this writer goes on with the
@@ -285,9 +289,6 @@ impl Writer {
                 } else {
                     answer();
                 }
-                metrics::counter!("outpost_messages_stored_total").increment(stored as u64);
-                metrics::histogram!("outpost_commit_seconds").record(started.elapsed().as_secs_f64());
-                metrics::histogram!("outpost_commit_commands").record(n as f64);
                 self.refresh_size().await;
             }
             Err(err) => {

@@ -336,13 +336,15 @@ impl Writer {
                 // What retention removed counts before anyone is answered: a caller told a
                 // prune is done reads totals that include it.
                 self.publish_tally();
+                // The counters too: a sender that holds `stored` and then reads /metrics
+                // finds its message counted.
                 let stored = pending.iter().filter(|p| matches!(p, Pending::Append(_, Ok(a)) if !a.duplicate)).count();
-                for p in pending {
-                    p.finish(None);
-                }
                 metrics::counter!("outpost_messages_stored_total").increment(stored as u64);
                 metrics::histogram!("outpost_commit_seconds").record(started.elapsed().as_secs_f64());
                 metrics::histogram!("outpost_commit_commands").record(n as f64);
+                for p in pending {
+                    p.finish(None);
+                }
                 let _ = self.head_tx.send(self.next_cursor - 1);
                 self.refresh_used_bytes();
                 if std::mem::take(&mut self.secure_delete)
