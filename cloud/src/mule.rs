@@ -39,10 +39,10 @@ async fn on_cloud(
 ) -> anyhow::Result<(Summary, Vec<u8>)> {
     let keys = id.mule_keys()?;
     let certs = id.layout.relays();
-    let req = Request { op: op.clone(), relay: relay.clone(), max_bytes, len: 0 };
+    let req = Request { op, relay, max_bytes, len: 0 };
     match Database::of(&id.layout.dir, id, database)? {
         Database::Sqlite(db) => {
-            stick::on_server(&id.layout.data(), op, relay, max_bytes, body, |body| async move {
+            stick::on_server(&id.layout.data(), req, body, |req, body| async move {
                 let engine = crate::server::engine_config(&config(&id.layout.dir)?, id);
                 let store = outpost_engine::server::open_store(&engine, &db)?;
                 let blobs = Blobs::open(store.clone(), &db, engine.media.clone(), &engine.storage)?;

@@ -105,13 +105,19 @@ impl UplinkSettings {
     }
 }
 
+/// The hub's identity written by `outpost-relay init` in `dir/identity` (PEM): the relay
+/// CA's certificate, the hub's certificate and its key.
+pub fn identity_files(dir: &Path) -> Result<(String, String, String), String> {
+    let read =
+        |f: &str| std::fs::read_to_string(dir.join("identity").join(f)).map_err(|e| format!("identity/{f}: {e}"));
+    Ok((read("ca.crt")?, read("relay.crt")?, read("relay.key")?))
+}
+
 impl UplinkSettings {
     /// Reads the identity written by `outpost-relay init` from `dir/identity`; the rest
     /// comes from the hub's `[uplink]` settings.
     pub fn from_dir(dir: &Path, relay_id: &str, uplink: &UplinkConfig) -> Result<Self, String> {
-        let read =
-            |f: &str| std::fs::read_to_string(dir.join("identity").join(f)).map_err(|e| format!("identity/{f}: {e}"));
-        let (ca, cert, key) = (read("ca.crt")?, read("relay.crt")?, read("relay.key")?);
+        let (ca, cert, key) = identity_files(dir)?;
         let mut client = tls::client_config(&ca, &cert, &key).map_err(|e| e.to_string())?;
         let tcp = if uplink.tcp_fallback {
             Some(tls::tcp_client_config(&ca, &cert, &key).map_err(|e| e.to_string())?)

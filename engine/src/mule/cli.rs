@@ -38,29 +38,27 @@ pub fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
 }
 
-/// Runs `op` on the server whose data directory is `data`: through its control socket if
-/// it runs, else here (`direct`, given the file), holding the directory's lock.
+/// Runs `req` on the server whose data directory is `data`: through its control socket
+/// if it runs, else here (`direct`, given the request and the file), holding the
+/// directory's lock.
 pub async fn on_server<F, Fut>(
     data: &Path,
-    op: Op,
-    relay: Option<String>,
-    max_bytes: u64,
+    req: Request,
     body: Vec<u8>,
     direct: F,
 ) -> anyhow::Result<(Summary, Vec<u8>)>
 where
-    F: FnOnce(Vec<u8>) -> Fut,
+    F: FnOnce(Request, Vec<u8>) -> Fut,
     Fut: Future<Output = anyhow::Result<Result<(Summary, Vec<u8>), MuleError>>>,
 {
-    let req = Request { op, relay, max_bytes, len: 0 };
-    match control::call(data, req, &body).await {
+    match control::call(data, req.clone(), &body).await {
         Ok(Some((answer, bytes))) if answer.ok => Ok((answer.summary, bytes)),
         Ok(Some((answer, _))) => {
             Err(anyhow::anyhow!("{} ({})", answer.message.unwrap_or_default(), answer.code.unwrap_or_default()))
         }
         Ok(None) => {
             let _lock = DataLock::take(data).map_err(anyhow::Error::msg)?;
-            direct(body).await?.map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))
+            direct(req, body).await?.map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))
         }
         Err(e) => Err(anyhow::anyhow!(
             "the running server stopped answering ({e}); nothing was lost: run the command again once it runs"
@@ -73,46 +71,48 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     control::write_atomically(path, bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
-/// The data directory of the hub in `dir` (where its database, lock and socket are).
-fn hub_data(dir: &Path, config: &crate::RelayConfig) -> PathBuf {
+/// The hub's configuration in `dir`, as `run` loads it.
+fn hub_config(dir: &Path) -> anyhow::Result<crate::RelayConfig> {
+    crate::RelayConfig::load(dir).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs `op` on the hub in `dir` (see [`on_server`]).
+async fn on_hub(
+    dir: &Path,
+    config: crate::RelayConfig,
+    op: Op,
+    max_bytes: u64,
+    body: Vec<u8>,
+) -> anyhow::Result<(Summary, Vec<u8>)> {
+    let keys = super::hub_keys(dir, &config).map_err(anyhow::Error::msg)?;
     let db = config.db_path(dir);
-    db.parent().map_or_else(|| dir.to_path_buf(), Path::to_path_buf)
+    // The data directory: where the database, the lock and the socket are.
+    let data = db.parent().map_or_else(|| dir.to_path_buf(), Path::to_path_buf);
+    let req = Request { op, relay: None, max_bytes, len: 0 };
+    on_server(&data, req, body, |req, body| async move {
+        let store = crate::server::open_store(&config, &db)?;
+        let blobs = crate::media::Blobs::open(store.clone(), &db, config.media.clone(), &config.storage)?;
+        let r = super::hub_request(&store, Some(&blobs), &keys, req, &body).await;
+        store.shutdown().await;
+        Ok(r)
+    })
+    .await
 }
 
 /// `outpost-relay export --dir DIR --to PATH`: what the cloud has not confirmed, sealed
 /// for it, written to PATH (a file, or `PATH/<relay>.to-cloud.outpost` in a folder).
 pub async fn hub_export(dir: &Path, to: &Path, max_mb: u64) -> anyhow::Result<String> {
-    let config = crate::RelayConfig::load(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let keys = super::hub_keys(dir, &config).map_err(anyhow::Error::msg)?;
-    let target = stick_file(to, &keys.relay_id, TO_CLOUD);
-    let max_bytes = max_mb.saturating_mul(1 << 20);
-    let db = config.db_path(dir);
-    let (summary, bytes) = on_server(&hub_data(dir, &config), Op::Export, None, max_bytes, Vec::new(), |_| async {
-        let store = crate::server::open_store(&config, &db)?;
-        let blobs = crate::media::Blobs::open(store.clone(), &db, config.media.clone(), &config.storage)?;
-        let r = super::hub_export(&store, Some(&blobs), &keys, max_bytes).await;
-        store.shutdown().await;
-        Ok(r)
-    })
-    .await?;
+    let (summary, bytes) =
+        on_hub(dir, hub_config(dir)?, Op::Export, max_mb.saturating_mul(1 << 20), Vec::new()).await?;
+    let target = stick_file(to, &summary.relay_id, TO_CLOUD);
     write_file(&target, &bytes)?;
     Ok(format!("{} → {}", summary.line("exported for the cloud"), target.display()))
 }
 
 /// `outpost-relay import --dir DIR PATH`: the cloud's answer applied.
 pub async fn hub_import(dir: &Path, path: &Path) -> anyhow::Result<String> {
-    let config = crate::RelayConfig::load(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let keys = super::hub_keys(dir, &config).map_err(anyhow::Error::msg)?;
-    let source = stick_file(path, &keys.relay_id, FROM_CLOUD);
-    let body = read_file(&source)?;
-    let db = config.db_path(dir);
-    let (summary, _) = on_server(&hub_data(dir, &config), Op::Import, None, 0, body, |body| async move {
-        let store = crate::server::open_store(&config, &db)?;
-        let blobs = crate::media::Blobs::open(store.clone(), &db, config.media.clone(), &config.storage)?;
-        let r = super::hub_import(&store, Some(&blobs), &keys, &body).await.map(|s| (s, Vec::new()));
-        store.shutdown().await;
-        Ok(r)
-    })
-    .await?;
+    let config = hub_config(dir)?;
+    let source = stick_file(path, &config.identity.relay_id, FROM_CLOUD);
+    let (summary, _) = on_hub(dir, config, Op::Import, 0, read_file(&source)?).await?;
     Ok(format!("{} from {}", summary.line("imported the cloud's answer"), source.display()))
 }

@@ -173,7 +173,7 @@ impl Summary {
     }
 }
 
-/// A page of our log for `peer` as the link would send it, both lanes.
+/// Our log for a peer as a file carries it: the link's batches, both lanes.
 struct Collected {
     sections: Vec<Vec<u8>>,
     entries: u64,
@@ -291,12 +291,11 @@ async fn forwardable<S: LinkStore>(
 async fn import_batches<S: LinkStore>(
     store: &S,
     peer: &str,
-    sections: &[Vec<u8>],
+    sections: Vec<Vec<u8>>,
     hwm: Cursor,
 ) -> Result<(u64, u64), MuleError> {
     let (mut entries, mut fresh) = (0u64, 0u64);
     for s in sections {
-        let s = s.clone();
         let (_, batch) = tokio::task::spawn_blocking(move || batch::decode(&s, MAX_BATCH_RAW))
             .await
             .map_err(|e| MuleError::Contents(e.to_string()))?
@@ -314,7 +313,7 @@ async fn take_files<S: Storage>(
     blobs: Option<&Blobs<S>>,
     relay: &str,
     files: &[FileEntry],
-    sections: &[Vec<u8>],
+    sections: Vec<Vec<u8>>,
 ) -> Result<Vec<BlobId>, MuleError> {
     let Some(blobs) = blobs else { return Ok(Vec::new()) };
     let owner = Owner::Peer(relay.to_owned());
@@ -325,7 +324,7 @@ async fn take_files<S: Storage>(
         }
         let taken = match blobs.begin(&owner, f.blob, f.size, true).await {
             Ok(Upload::Complete { .. }) => Ok(Upload::Complete { size: f.size }),
-            Ok(Upload::Partial { .. }) => blobs.write(&owner, f.blob, 0, bytes.clone()).await,
+            Ok(Upload::Partial { .. }) => blobs.write(&owner, f.blob, 0, bytes).await,
             Err(e) => Err(e),
         };
         match taken {
@@ -434,7 +433,7 @@ pub async fn hub_import<S: Storage>(
             header.relay_id, keys.relay_id
         )));
     }
-    let (_, sections) = seal::open(file, &keys.key, &keys.ca)?;
+    let (_, mut sections) = seal::open(file, &keys.key, &keys.ca)?;
     let m: FromCloud = manifest(&sections)?;
     if m.relay_epoch != store.epoch().0 {
         return Err(MuleError::Refused(
@@ -446,7 +445,8 @@ pub async fn hub_import<S: Storage>(
     // As a handshake would: a cloud with a new database gets our whole log again.
     store.peer_hello(CLOUD_PEER, &m.cloud_epoch, Vec::new()).await?;
     let before = store.peer_known(CLOUD_PEER).await?.unwrap_or_default();
-    let (entries, fresh) = import_batches(store, CLOUD_PEER, &sections[1..], before.recv_hwm).await?;
+    let batches = sections.split_off(1);
+    let (entries, fresh) = import_batches(store, CLOUD_PEER, batches, before.recv_hwm).await?;
     // The cloud started after what we said we hold (or acknowledged on the link) in this
     // database of ours: with every batch in, we hold its log through `until`.
     store.import(CLOUD_PEER, Vec::new(), m.until).await?;
@@ -503,25 +503,28 @@ pub fn check_hub_file(keys: &CloudKeys, header: &Header) -> Result<(String, Publ
 }
 
 /// `outpost-cloud import`: a hub's file imported exactly once, and the answer to carry
-/// back (sealed for that hub).
+/// back (sealed for that hub). The hub's certificate is kept in `certs` (the cloud's
+/// `relays/` folder) so that later answers can be sealed for it on demand.
 pub async fn cloud_import<S: Storage>(
     store: &S,
     blobs: Option<&Blobs<S>>,
     keys: &CloudKeys,
+    certs: &std::path::Path,
     file: &[u8],
     max_bytes: u64,
 ) -> Result<(Summary, Vec<u8>), MuleError> {
     let header = seal::peek(file)?;
     let (relay, hub_key) = check_hub_file(keys, &header)?;
-    let (_, sections) = seal::open(file, &keys.ca_key, &hub_key)?;
+    let (_, mut sections) = seal::open(file, &keys.ca_key, &hub_key)?;
     let m: ToCloud = manifest(&sections)?;
     // As the link's handshake would: a hub with a new database gets its rooms again.
     let state = store.peer_hello(&relay, &m.relay_epoch, m.rooms.clone()).await?;
     // The hub's marks are about this database of ours (or it never heard of any).
     let ours = m.cloud_epoch == store.epoch().0;
-    let batches = (m.batches as usize).min(sections.len() - 1);
-    let (entries, fresh) = import_batches(store, &relay, &sections[1..=batches], state.recv_hwm).await?;
-    let files_held = take_files(blobs, &relay, &m.files, &sections[1 + batches..]).await?;
+    let mut batches = sections.split_off(1);
+    let files = batches.split_off((m.batches as usize).min(batches.len()));
+    let (entries, fresh) = import_batches(store, &relay, batches, state.recv_hwm).await?;
+    let files_held = take_files(blobs, &relay, &m.files, files).await?;
     if ours || m.after == Cursor(0) {
         // The hub's file starts where this database confirmed its log (or at its
         // beginning): with every batch in, it holds the hub's log through `until`.
@@ -545,6 +548,9 @@ pub async fn cloud_import<S: Storage>(
             outpost_storage::AuditEvent::new(outpost_storage::AuditKind::RelayConnected, detail).actor(relay.as_str()),
         )
         .await;
+    if let Some(cert) = header.relay_cert.as_deref() {
+        keep_hub_cert(certs, &relay, cert);
+    }
     Ok((summary, answer))
 }
 
@@ -599,9 +605,7 @@ pub async fn cloud_answer<S: LinkStore>(
 
 /// A hub's keys from its relay directory (`identity/`, written by `outpost-relay init`).
 pub fn hub_keys(dir: &std::path::Path, config: &crate::RelayConfig) -> Result<HubKeys, String> {
-    let read =
-        |f: &str| std::fs::read_to_string(dir.join("identity").join(f)).map_err(|e| format!("identity/{f}: {e}"));
-    let (ca, cert, key) = (read("ca.crt")?, read("relay.crt")?, read("relay.key")?);
+    let (ca, cert, key) = crate::link::uplink::identity_files(dir)?;
     Ok(HubKeys {
         cloud_id: config.identity.cloud_id.clone(),
         relay_id: config.identity.relay_id.clone(),
@@ -615,13 +619,23 @@ pub fn hub_keys(dir: &std::path::Path, config: &crate::RelayConfig) -> Result<Hu
 pub fn hub_handler<S: Storage>(store: S, blobs: Option<Blobs<S>>, keys: Arc<HubKeys>) -> control::Handler {
     Arc::new(move |req: control::Request, body: Vec<u8>| {
         let (store, blobs, keys) = (store.clone(), blobs.clone(), keys.clone());
-        Box::pin(async move {
-            match req.op {
-                control::Op::Export => hub_export(&store, blobs.as_ref(), &keys, req.max_bytes).await,
-                control::Op::Import => Ok((hub_import(&store, blobs.as_ref(), &keys, &body).await?, Vec::new())),
-            }
-        })
+        Box::pin(async move { hub_request(&store, blobs.as_ref(), &keys, req, &body).await })
     })
+}
+
+/// A stick request at a hub: a file for the cloud written, or the cloud's answer applied
+/// (the answer file is then empty).
+pub async fn hub_request<S: Storage>(
+    store: &S,
+    blobs: Option<&Blobs<S>>,
+    keys: &HubKeys,
+    req: control::Request,
+    body: &[u8],
+) -> Result<(Summary, Vec<u8>), MuleError> {
+    match req.op {
+        control::Op::Export => hub_export(store, blobs, keys, req.max_bytes).await,
+        control::Op::Import => Ok((hub_import(store, blobs, keys, body).await?, Vec::new())),
+    }
 }
 
 /// What a running cloud does with a stick request (its control socket).
@@ -648,31 +662,13 @@ pub async fn cloud_request<S: Storage>(
     body: &[u8],
 ) -> Result<(Summary, Vec<u8>), MuleError> {
     match req.op {
-        control::Op::Import => cloud_import_keeping_cert(store, blobs, keys, body, req.max_bytes, certs).await,
+        control::Op::Import => cloud_import(store, blobs, keys, certs, body, req.max_bytes).await,
         control::Op::Export => {
             let relay = req.relay.unwrap_or_default();
             let key = known_hub_key(certs, &relay)?;
             cloud_answer(store, keys, &relay, &key, req.max_bytes, Vec::new()).await
         }
     }
-}
-
-/// [`cloud_import`], keeping the hub's certificate in `certs` (the cloud's `relays/`
-/// folder) so that later answers can be sealed for it on demand.
-pub async fn cloud_import_keeping_cert<S: Storage>(
-    store: &S,
-    blobs: Option<&Blobs<S>>,
-    keys: &CloudKeys,
-    file: &[u8],
-    max_bytes: u64,
-    certs: &std::path::Path,
-) -> Result<(Summary, Vec<u8>), MuleError> {
-    let answer = cloud_import(store, blobs, keys, file, max_bytes).await?;
-    let header = seal::peek(file)?;
-    if let Some(cert) = header.relay_cert.as_deref() {
-        keep_hub_cert(certs, &header.relay_id, cert);
-    }
-    Ok(answer)
 }
 
 /// Keeps a hub's certificate (checked by the caller) for answers made on demand.
